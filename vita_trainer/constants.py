@@ -1,0 +1,21 @@
+"""Token and label constants shared by data and model.
+
+The reference splices at negative placeholder ids (-200 image, -500 audio) inside forward.
+We instead expand each placeholder at data time into one real special token per embedding,
+so sequence lengths are known before training (truncation is checked, packing is possible)
+and the model only needs a masked scatter.
+"""
+
+IGNORE_INDEX = -100
+
+IMAGE_PLACEHOLDER = "<image>"   # in conversation text: one per image (expanded to one per tile)
+VIDEO_PLACEHOLDER = "<video>"   # in conversation text: one per video (expanded to one per frame)
+AUDIO_PLACEHOLDER = "<audio>"   # in conversation text: one per audio clip
+
+# Special tokens added to the tokenizer; each stands for one embedding slot.
+IMAGE_TOKEN = "<|vita_image|>"
+AUDIO_TOKEN = "<|vita_audio|>"
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+ENDOFTEXT = "<|endoftext|>"

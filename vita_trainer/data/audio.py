@@ -1,0 +1,73 @@
+"""Audio loading (soundfile), resampling to 16 kHz (torchaudio) and whale fbank features with global CMVN."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16000
+NUM_MEL_BINS = 80
+
+
+def load_audio(path: str | Path) -> torch.Tensor:
+    """Mono float waveform in [-1, 1] at 16 kHz, shape (samples,)."""
+    import soundfile as sf
+    import torchaudio.functional as AF
+
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    if sr != SAMPLE_RATE:
+        wave = AF.resample(wave, sr, SAMPLE_RATE)
+    return wave
+
+
+def fbank(wave: torch.Tensor) -> torch.Tensor:
+    """80-bin Kaldi fbank, 25 ms window, 10 ms shift, on int16-scaled audio as whale expects. (T, 80)."""
+    import torchaudio.compliance.kaldi as kaldi
+
+    return kaldi.fbank(wave.unsqueeze(0) * (1 << 15), num_mel_bins=NUM_MEL_BINS, frame_length=25.0,
+                       frame_shift=10.0, dither=0.0, energy_floor=0.0, sample_frequency=SAMPLE_RATE)
+
+
+def fbank_frames(num_samples: int) -> int:
+    """Frame count of `fbank` for a clip (Kaldi snip_edges: 400-sample window, 160-sample hop)."""
+    return 0 if num_samples < 400 else 1 + (num_samples - 400) // 160
+
+
+class GlobalCMVN:
+    """Global mean / inverse-std normalisation of fbank features.
+
+    Loads either a whale/wenet `global_cmvn` JSON ({"mean_stat", "var_stat", "frame_num"}) or
+    our own {"mean": [...], "istd": [...]}.
+    """
+
+    def __init__(self, mean: torch.Tensor, istd: torch.Tensor):
+        self.mean, self.istd = mean.float(), istd.float()
+
+    @classmethod
+    def identity(cls, dim: int = NUM_MEL_BINS) -> "GlobalCMVN":
+        return cls(torch.zeros(dim), torch.ones(dim))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "GlobalCMVN":
+        stats = json.loads(Path(path).read_text())
+        if "mean" in stats:
+            return cls(torch.tensor(stats["mean"]), torch.tensor(stats["istd"]))
+        n = float(stats["frame_num"])
+        mean = torch.tensor(stats["mean_stat"], dtype=torch.float64) / n
+        var = torch.tensor(stats["var_stat"], dtype=torch.float64) / n - mean ** 2
+        return cls(mean, 1.0 / torch.sqrt(var.clamp_min(1e-20)))
+
+    @classmethod
+    def estimate(cls, feats: list[torch.Tensor]) -> "GlobalCMVN":
+        allf = torch.cat(feats)
+        return cls(allf.mean(0), 1.0 / allf.std(0).clamp_min(1e-5))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"mean": self.mean.tolist(), "istd": self.istd.tolist()}))
+
+    def __call__(self, feats: torch.Tensor) -> torch.Tensor:
+        return (feats - self.mean) * self.istd

@@ -1,0 +1,99 @@
+"""Lazy supervised dataset over a registry mixture: sample metadata up front, media only in __getitem__."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from .processor import SampleProcessor
+from .registry import Registry
+from .sample import parse_sample
+
+log = logging.getLogger(__name__)
+
+
+def read_samples(path: Path) -> list:
+    """A JSON list or JSONL file. Errors name the file and the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise DataError(f"chat file {path} does not exist", file=str(path), reason="missing_file") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"chat file is not UTF-8 (byte {e.start})", file=str(path), reason="encoding") from e
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}", file=str(path),
+                            reason="json") from e
+        return data
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"invalid JSONL at line {lineno}: {e.msg}", file=str(path), reason="json") from e
+    return out
+
+
+class LazySupervisedDataset(Dataset):
+    def __init__(self, registry: Registry, dataset_use: str, processor: SampleProcessor, *,
+                 skip_bad_samples: bool = False, seed: int = 0, on_skip=None):
+        self.processor, self.skip_bad_samples, self.on_skip = processor, skip_bad_samples, on_skip
+        self.entries: list[tuple[str, object]] = []  # (file, parsed sample)
+        self.skipped: Counter = Counter()
+        rng = random.Random(seed)
+        for name, ds in registry.mixture(dataset_use):
+            path = registry.resolve(ds.chat_path)
+            raws = read_samples(path)
+            if ds.data_ratio < 1.0:
+                raws = rng.sample(raws, max(1, int(len(raws) * ds.data_ratio)))
+            for i, raw in enumerate(raws):
+                try:
+                    sample = parse_sample(raw, file=str(path), index=i)
+                    if sample.images:  # a set missing from the registry fails now, not at step 10k
+                        registry.image_folder(sample.set_name, file=str(path), sample_id=sample.sample_id)
+                    self.entries.append((str(path), sample))
+                except DataError as e:
+                    self._skip_or_raise(e)
+        if not self.entries:
+            raise DataError(f"--dataset_use {dataset_use!r} yields no usable samples")
+
+    def _skip_or_raise(self, err: DataError):
+        if not self.skip_bad_samples:
+            raise err
+        self.skipped[err.reason] += 1
+        log.warning("skipping sample: %s", err)
+        if self.on_skip:
+            self.on_skip(err.reason)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        """Cheap length estimates, positive for samples with media and negative for text-only (LLaVA's
+        convention for --group_by_modality_length); no media is read."""
+        tpt = self.processor.media.tokens_per_tile
+        out = []
+        for _, s in self.entries:
+            n = sum(len(v) for _, v in s.turns) // 3 + len(s.images) * tpt + len(s.audios) * 100
+            out.append(n if (s.images or s.audios or s.video) else -n)
+        return out
+
+    def __getitem__(self, i: int) -> dict:
+        for attempt in range(len(self.entries)):
+            file, s = self.entries[(i + attempt) % len(self.entries)]
+            try:
+                return self.processor(s, file)
+            except DataError as e:
+                self._skip_or_raise(e)
+        raise DataError("every sample failed to load")

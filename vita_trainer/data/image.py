@@ -1,0 +1,54 @@
+"""InternVL-style dynamic image tiling."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+# ImageNet statistics used by InternViT; SigLIP uses 0.5/0.5 (set per vision tower in the model config).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def candidate_grids(min_tiles: int = 1, max_tiles: int = 12) -> list[tuple[int, int]]:
+    """All (cols, rows) with min_tiles <= cols*rows <= max_tiles, smallest area first."""
+    grids = {(i, j) for n in range(min_tiles, max_tiles + 1)
+             for i in range(1, n + 1) for j in range(1, n + 1) if min_tiles <= i * j <= max_tiles}
+    return sorted(grids, key=lambda g: g[0] * g[1])
+
+
+def choose_grid(width: int, height: int, tile_size: int, max_tiles: int = 12) -> tuple[int, int]:
+    """The grid nearest the image's aspect ratio; among equals, a larger one if the image is big enough."""
+    aspect = width / height
+    best, best_diff = (1, 1), float("inf")
+    area = width * height
+    for cols, rows in candidate_grids(1, max_tiles):
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and area > 0.5 * tile_size * tile_size * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def tile_image(image: Image.Image, tile_size: int, max_tiles: int = 12, use_thumbnail: bool = True,
+               dynamic: bool = True) -> list[Image.Image]:
+    """Cut an image into tiles (plus a thumbnail when there is more than one tile)."""
+    image = image.convert("RGB")
+    if not dynamic:
+        return [image.resize((tile_size, tile_size), Image.BICUBIC)]
+    cols, rows = choose_grid(image.width, image.height, tile_size, max_tiles)
+    resized = image.resize((cols * tile_size, rows * tile_size), Image.BICUBIC)
+    tiles = [resized.crop((c * tile_size, r * tile_size, (c + 1) * tile_size, (r + 1) * tile_size))
+             for r in range(rows) for c in range(cols)]
+    if use_thumbnail and len(tiles) > 1:
+        tiles.append(image.resize((tile_size, tile_size), Image.BICUBIC))
+    return tiles
+
+
+def tiles_to_tensor(tiles: list[Image.Image], mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """(N, 3, H, W) float tensor, normalised."""
+    arr = np.stack([np.asarray(t, dtype=np.float32) / 255.0 for t in tiles])  # N,H,W,3
+    arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,186 @@
+"""One sample from raw JSON to model inputs: template -> token ids and labels -> image tiles and fbank."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..constants import (AUDIO_PLACEHOLDER, AUDIO_TOKEN, IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN,
+                         VIDEO_PLACEHOLDER)
+from ..errors import DataError
+from . import audio as audio_io
+from .image import tile_image, tiles_to_tensor
+from .registry import Registry
+from .sample import ParsedSample
+from .template import render_segments, tokenize_segments
+from .video import load_frames
+
+
+@dataclass(frozen=True)
+class MediaSpec:
+    """What the data path must know about the model's encoders (derived from VitaConfig)."""
+    tile_size: int
+    tokens_per_tile: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    audio_tokens_fn: object             # fbank frames -> LLM tokens (the encoder's own length formula)
+    max_tiles: int = 12
+    use_thumbnail: bool = True
+    min_audio_seconds: float = 0.5
+    max_audio_seconds: float = 30.0
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> "MediaSpec":
+        from ..model.audio_encoder import audio_llm_tokens
+        stride = config.audio_config["adapter_stride"]
+        values = dict(tile_size=config.vision_config.image_size, tokens_per_tile=config.tokens_per_tile,
+                      image_mean=tuple(config.image_mean), image_std=tuple(config.image_std),
+                      audio_tokens_fn=lambda frames: audio_llm_tokens(frames, stride),
+                      max_tiles=config.max_tiles)
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass
+class Warnings:
+    """Counted, non-fatal observations (e.g. audio outside the duration bounds)."""
+    audio_too_short: int = 0
+    audio_too_long: int = 0
+
+
+class SampleProcessor:
+    def __init__(self, tokenizer, media: MediaSpec, registry: Registry, model_max_length: int,
+                 image_aspect_ratio: str = "dynamic", cmvn: audio_io.GlobalCMVN | None = None):
+        self.tok, self.media, self.registry = tokenizer, media, registry
+        self.max_len = model_max_length
+        self.dynamic = image_aspect_ratio != "square"
+        self.cmvn = cmvn or audio_io.GlobalCMVN.identity()
+        self.image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.audio_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+        self.warnings = Warnings()
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    # --- media ---------------------------------------------------------------------------------
+    def _safe_path(self, root: Path, rel: str, *, file, sid, field) -> Path:
+        path = (root / rel)
+        if not path.exists():
+            raise DataError(f"file {path} does not exist", file=file, sample_id=sid, field=field,
+                            reason="missing_file", hint="fix the path or drop the sample (vita-data check --write-clean)")
+        return path
+
+    def _load_images(self, s: ParsedSample, file: str) -> list[list[Image.Image]]:
+        if not s.images:
+            return []
+        folder = self.registry.image_folder(s.set_name, file=file, sample_id=s.sample_id)
+        single = s.set_name in self.registry.no_patch_sets
+        out = []
+        for i, rel in enumerate(s.images):
+            path = self._safe_path(folder, rel, file=file, sid=s.sample_id, field=f"image[{i}]")
+            try:
+                with Image.open(path) as im:
+                    im.load()
+                    out.append(tile_image(im, self.media.tile_size, self.media.max_tiles,
+                                          self.media.use_thumbnail, dynamic=self.dynamic and not single))
+            except (UnidentifiedImageError, OSError, SyntaxError) as e:
+                raise DataError(f"image {path} cannot be decoded: {e}", file=file, sample_id=s.sample_id,
+                                field=f"image[{i}]", reason="corrupt_file") from e
+        return out
+
+    def _load_video(self, s: ParsedSample, file: str) -> list[Image.Image]:
+        root = self.registry.resolve(self.registry.video_root or ".")
+        path = self._safe_path(root, s.video, file=file, sid=s.sample_id, field="video")
+        try:
+            frames = load_frames(path)
+        except (ValueError, OSError) as e:
+            raise DataError(f"video {path} cannot be decoded: {e}", file=file, sample_id=s.sample_id,
+                            field="video", reason="corrupt_file") from e
+        return [tile_image(f, self.media.tile_size, dynamic=False)[0] for f in frames]
+
+    def _load_audios(self, s: ParsedSample, file: str) -> list[torch.Tensor]:
+        if not s.audios:
+            return []
+        root = self.registry.resolve(self.registry.audio_root or ".")
+        feats = []
+        for i, rel in enumerate(s.audios):
+            path = self._safe_path(root, rel, file=file, sid=s.sample_id, field=f"audio[{i}]")
+            try:
+                wave = audio_io.load_audio(path)
+            except Exception as e:  # soundfile raises LibsndfileError / RuntimeError variants
+                raise DataError(f"audio {path} cannot be decoded: {e}", file=file, sample_id=s.sample_id,
+                                field=f"audio[{i}]", reason="corrupt_file") from e
+            seconds = wave.numel() / audio_io.SAMPLE_RATE
+            if seconds < self.media.min_audio_seconds:
+                self.warnings.audio_too_short += 1
+            elif seconds > self.media.max_audio_seconds:
+                self.warnings.audio_too_long += 1
+            if wave.numel() < 400 * 8:  # too short for even one LLM token after 8x subsampling
+                raise DataError(f"audio {path} is {seconds:.3f}s long, too short to encode", file=file,
+                                sample_id=s.sample_id, field=f"audio[{i}]", reason="audio_too_short")
+            feats.append(self.cmvn(audio_io.fbank(wave)))
+        return feats
+
+    # --- tokens ------------------------------------------------------------------------------
+    def _expand(self, ids: list[int], labels: list[int], counts: dict[int, list[int]]):
+        """Replace each single media token by one token per embedding slot (labels stay masked)."""
+        out_ids, out_labels = [], []
+        cursor = {k: 0 for k in counts}
+        for tid, lab in zip(ids, labels):
+            if tid in counts:
+                n = counts[tid][cursor[tid]]
+                cursor[tid] += 1
+                out_ids.extend([tid] * n)
+                out_labels.extend([IGNORE_INDEX] * n)
+            else:
+                out_ids.append(tid)
+                out_labels.append(lab)
+        return out_ids, out_labels
+
+    def __call__(self, s: ParsedSample, file: str) -> dict:
+        tile_groups = self._load_images(s, file)
+        if s.video:
+            frames = self._load_video(s, file)
+        else:
+            frames = []
+        feats = self._load_audios(s, file)
+
+        # Placeholders become single media tokens, expanded after tokenisation (cheap and exact).
+        image_counts: list[int] = []
+        turns = []
+        for role, text in s.turns:
+            text = text.replace(IMAGE_PLACEHOLDER, IMAGE_TOKEN).replace(AUDIO_PLACEHOLDER, AUDIO_TOKEN)
+            text = text.replace(VIDEO_PLACEHOLDER, IMAGE_TOKEN * len(frames))
+            turns.append((role, text))
+        image_counts = [len(g) * self.media.tokens_per_tile for g in tile_groups]
+        image_counts += [self.media.tokens_per_tile] * len(frames)
+        audio_counts = [self.media.audio_tokens_fn(f.shape[0]) for f in feats]
+
+        ids, labels = tokenize_segments(render_segments(turns, s.modality), self._encode)
+        if ids.count(self.image_id) != len(tile_groups) + len(frames) or ids.count(self.audio_id) != len(feats):
+            raise DataError("media tokens appear in the text itself", file=file, sample_id=s.sample_id,
+                            field="conversations", reason="placeholder",
+                            hint=f"remove literal {IMAGE_TOKEN}/{AUDIO_TOKEN} from the text")
+        ids, labels = self._expand(ids, labels, {self.image_id: image_counts, self.audio_id: audio_counts})
+
+        if len(ids) > self.max_len:
+            media_pos = [i for i, t in enumerate(ids) if t in (self.image_id, self.audio_id)]
+            if media_pos and media_pos[-1] >= self.max_len:
+                raise DataError(f"sample is {len(ids)} tokens and truncation at model_max_length={self.max_len} "
+                                f"would cut through its media", file=file, sample_id=s.sample_id,
+                                field="conversations", reason="truncated",
+                                hint="raise --model_max_length, use fewer tiles, or shorten the sample")
+            ids, labels = ids[: self.max_len], labels[: self.max_len]
+        if all(l == IGNORE_INDEX for l in labels):
+            raise DataError("every label is masked (nothing to train; the reference's silent 'loss is 0')",
+                            file=file, sample_id=s.sample_id, field="conversations", reason="fully_masked",
+                            hint="check the assistant replies are non-empty and fit within --model_max_length")
+
+        all_tiles = [t for g in tile_groups for t in g] + frames
+        pixel_values = (tiles_to_tensor(all_tiles, self.media.image_mean, self.media.image_std)
+                        if all_tiles else None)
+        return {"id": s.sample_id, "input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
+                "pixel_values": pixel_values, "audio_features": feats}

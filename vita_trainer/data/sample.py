@@ -1,0 +1,88 @@
+"""Structural checks of one raw VITA/LLaVA sample; no media I/O here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..constants import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
+from ..errors import DataError
+from .template import ROLES
+
+
+@dataclass
+class ParsedSample:
+    sample_id: str
+    set_name: str | None
+    turns: list[tuple[str, str]]          # (user|assistant, text)
+    images: list[str] = field(default_factory=list)
+    audios: list[str] = field(default_factory=list)
+    video: str | None = None
+
+    @property
+    def modality(self) -> str:
+        return "video" if self.video else "image" if self.images else "language"
+
+
+def _as_list(value, *, name, file, sample_id) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise DataError(f"`{name}` must be a string or a list of strings, got {type(value).__name__}",
+                    file=file, sample_id=sample_id, field=name)
+
+
+def parse_sample(raw, *, file: str, index: int) -> ParsedSample:
+    """Validate the schema and placeholder counts; raise DataError naming file, id and field."""
+    if not isinstance(raw, dict):
+        raise DataError(f"sample #{index} is a {type(raw).__name__}, not an object", file=file,
+                        sample_id=f"#{index}", reason="schema")
+    sid = str(raw.get("id", f"#{index}"))
+    if "id" not in raw:
+        raise DataError("sample has no `id`", file=file, sample_id=sid, field="id", reason="schema",
+                        hint="give every sample a unique string id")
+    convs = raw.get("conversations")
+    if not isinstance(convs, list) or not convs:
+        raise DataError("`conversations` must be a non-empty list", file=file, sample_id=sid,
+                        field="conversations", reason="schema")
+    turns: list[tuple[str, str]] = []
+    for t, turn in enumerate(convs):
+        where = f"conversations[{t}]"
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            raise DataError("each turn needs a string `value`", file=file, sample_id=sid, field=where,
+                            reason="schema")
+        role = ROLES.get(turn.get("from"))
+        if role is None:
+            raise DataError(f"unknown speaker {turn.get('from')!r}", file=file, sample_id=sid,
+                            field=f"{where}.from", reason="schema", hint="use 'human' or 'gpt'")
+        expected = "user" if t % 2 == 0 else "assistant"
+        if role != expected:
+            raise DataError(f"turn {t} is from {turn.get('from')!r} but turns must alternate human/gpt "
+                            f"starting with human", file=file, sample_id=sid, field=f"{where}.from",
+                            reason="schema")
+        if role == "assistant" and any(p in turn["value"] for p in
+                                       (IMAGE_PLACEHOLDER, AUDIO_PLACEHOLDER, VIDEO_PLACEHOLDER)):
+            raise DataError("media placeholder inside an assistant reply", file=file, sample_id=sid,
+                            field=f"{where}.value", reason="placeholder")
+        turns.append((role, turn["value"]))
+    if turns[-1][0] != "assistant":
+        raise DataError("the last turn must be an assistant ('gpt') reply; nothing would be trained",
+                        file=file, sample_id=sid, field="conversations", reason="schema")
+
+    images = _as_list(raw.get("image"), name="image", file=file, sample_id=sid)
+    audios = _as_list(raw.get("audio"), name="audio", file=file, sample_id=sid)
+    video = raw.get("video")
+    if video is not None and not isinstance(video, str):
+        raise DataError("`video` must be a string path", file=file, sample_id=sid, field="video", reason="schema")
+
+    text = "".join(v for _, v in turns)
+    for placeholder, media, name in ((IMAGE_PLACEHOLDER, images, "image"), (AUDIO_PLACEHOLDER, audios, "audio"),
+                                     (VIDEO_PLACEHOLDER, [video] if video else [], "video")):
+        n = text.count(placeholder)
+        if n != len(media):
+            raise DataError(f"{n} {placeholder} placeholder(s) in the conversation but {len(media)} {name} file(s)",
+                            file=file, sample_id=sid, field=name, reason="placeholder",
+                            hint=f"put exactly one {placeholder} in a human turn for each entry of `{name}`")
+    return ParsedSample(sid, raw.get("set"), turns, images, audios, video)

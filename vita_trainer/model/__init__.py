@@ -1,0 +1,4 @@
+from .configuration import VitaConfig
+from .modeling import MODULE_GROUPS, VitaForCausalLM
+
+__all__ = ["VitaConfig", "VitaForCausalLM", "MODULE_GROUPS"]

@@ -1,0 +1,71 @@
+"""Build VITA configs and models: a tiny random one for tests and the demo, and the real 7B layout."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .configuration import VitaConfig
+from .modeling import VitaForCausalLM
+
+AutoConfig.register("vita", VitaConfig, exist_ok=True)
+AutoModelForCausalLM.register(VitaConfig, VitaForCausalLM, exist_ok=True)
+
+
+def attn_implementation() -> str:
+    """flash_attention_2 where flash-attn is installed (GPU images), SDPA otherwise."""
+    from transformers.utils import is_flash_attn_2_available
+    return "flash_attention_2" if is_flash_attn_2_available() else "sdpa"
+
+
+def tiny_config(tokenizer, *, hidden: int = 64, layers: int = 2, heads: int = 4, ffn: int = 256,
+                vision: str = "siglip", image_size: int = 32, patch_size: int = 8, vision_hidden: int = 32,
+                vision_layers: int = 1, audio_d_model: int = 32, audio_layers: int = 1,
+                projector: str = "mlp2x_gelu", adapter_type: str = "subsampling", ctc_vocab_size: int = 0,
+                downsample_ratio: float | None = None) -> VitaConfig:
+    """A VITA with the same structure as the real one, small enough for a CPU test."""
+    from ..constants import AUDIO_TOKEN, IMAGE_TOKEN
+    text = dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=max(heads // 2, 1), intermediate_size=ffn,
+                max_position_embeddings=4096, tie_word_embeddings=True,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if vision == "internvit":
+        vis = dict(model_type="internvl_vision", hidden_size=vision_hidden, num_hidden_layers=vision_layers,
+                   num_attention_heads=2, intermediate_size=vision_hidden * 2, image_size=[image_size] * 2,
+                   patch_size=[patch_size] * 2)
+        ratio = 0.5 if downsample_ratio is None else downsample_ratio
+        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    else:
+        vis = dict(model_type="siglip_vision_model", hidden_size=vision_hidden, num_hidden_layers=vision_layers,
+                   num_attention_heads=2, intermediate_size=vision_hidden * 2, image_size=image_size,
+                   patch_size=patch_size)
+        ratio = 1.0 if downsample_ratio is None else downsample_ratio
+        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    audio = dict(d_model=audio_d_model, num_layers=audio_layers, num_heads=2, ffn_dim=audio_d_model * 4,
+                 dropout=0.0, adapter_type=adapter_type)
+    return VitaConfig(text_config=text, vision_config=vis, audio_config=audio, mm_projector_type=projector,
+                      downsample_ratio=ratio, image_mean=mean, image_std=std,
+                      image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                      audio_token_id=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN), ctc_vocab_size=ctc_vocab_size)
+
+
+def vita_1p5_config(image_token_id: int = 151665, audio_token_id: int = 151666, vocab_size: int = 151936) -> VitaConfig:
+    """The VITA-1.5 7B layout: Qwen2.5-7B-Instruct, InternViT-300M-448px with 0.5 pixel shuffle, 24-layer whale."""
+    text = dict(model_type="qwen2", vocab_size=vocab_size, hidden_size=3584, intermediate_size=18944,
+                num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
+                rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, eos_token_id=151645,
+                pad_token_id=151643)
+    vis = dict(model_type="internvl_vision", hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+               intermediate_size=4096, image_size=[448, 448], patch_size=[14, 14])
+    return VitaConfig(text_config=text, vision_config=vis, audio_config={}, mm_projector_type="mlp2x_gelu",
+                      downsample_ratio=0.5, image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225),
+                      image_token_id=image_token_id, audio_token_id=audio_token_id)
+
+
+def build_model(config: VitaConfig) -> VitaForCausalLM:
+    config.text_config._attn_implementation = attn_implementation()
+    return VitaForCausalLM(config)
+
+
+def load_model(path: str, **kwargs) -> VitaForCausalLM:
+    """Load a VITA folder (save_pretrained output); under ZeRO-3 HF partitions it while loading."""
+    return VitaForCausalLM.from_pretrained(path, attn_implementation=attn_implementation(), **kwargs)

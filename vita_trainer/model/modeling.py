@@ -1,0 +1,111 @@
+"""VitaForCausalLM: an HF causal LM with a vision tower + projector and a whale audio encoder + adapter."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from .audio_encoder import AudioAdapter, WhaleEncoder
+from .configuration import VitaConfig
+from .projector import build_projector
+from .splice import scatter_media, valid_frames
+from .vision import VisionTower
+
+# Module groups that stage presets freeze or train. One name per trainable part.
+MODULE_GROUPS = ("llm", "vision_tower", "mm_projector", "audio_encoder", "audio_adapter", "ctc_head")
+GROUP_ATTRS = {"llm": "language_model"}
+
+
+class VitaForCausalLM(PreTrainedModel):
+    config_class = VitaConfig
+    base_model_prefix = "vita"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _no_split_modules = ["Qwen2DecoderLayer", "EncoderBlock"]
+
+    def __init__(self, config: VitaConfig):
+        super().__init__(config)
+        llm_dim = config.text_config.hidden_size
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.vision_tower = VisionTower(config.vision_config, config.downsample_ratio)
+        self.mm_projector = build_projector(config.mm_projector_type, self.vision_tower.out_dim, llm_dim)
+        a = config.audio_config
+        self.audio_encoder = WhaleEncoder(**a)
+        self.audio_adapter = AudioAdapter(a["d_model"], llm_dim, stride=a["adapter_stride"])
+        # CTC head for the audio-encoder stage (reference stage 2.1, never released there).
+        self.ctc_head = nn.Linear(a["d_model"], config.ctc_vocab_size) if config.ctc_vocab_size else None
+        self.post_init()
+
+    def group_module(self, group: str) -> nn.Module | None:
+        return getattr(self, GROUP_ATTRS.get(group, group))
+
+    def _init_weights(self, module):
+        # Sub-models initialise themselves; our own Linear/Conv layers keep PyTorch's default init.
+        pass
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    # --- encoders ----------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.mm_projector(self.vision_tower(pixel_values))
+
+    def encode_audio(self, feats: torch.Tensor, lengths: torch.Tensor):
+        hidden, lens = self.audio_encoder(feats, lengths)
+        out, out_lens = self.audio_adapter(hidden, lens)
+        return out, out_lens
+
+    def _dummy_pixels(self, device) -> torch.Tensor:
+        size = self.config.vision_config.image_size
+        size = size if isinstance(size, int) else size[0]
+        return torch.zeros(1, 3, size, size, device=device)
+
+    def embed_inputs(self, input_ids: torch.Tensor, pixel_values=None, audio_features=None,
+                     audio_feature_lengths=None) -> torch.Tensor:
+        """Token embeddings with image-tile and audio embeddings written into their slots.
+
+        Every call runs both encoders, on a dummy tile or clip when the batch has none, and adds a
+        zero-weighted term: under ZeRO-3 every rank must run every module in the same order.
+        """
+        embeds = self.get_input_embeddings()(input_ids)
+        device = embeds.device
+        has_images = pixel_values is not None and pixel_values.shape[0] > 0
+        img = self.encode_images(pixel_values if has_images else self._dummy_pixels(device))
+        if has_images:
+            embeds = scatter_media(embeds, input_ids, self.config.image_token_id, img.flatten(0, 1), "image")
+        else:
+            embeds = embeds + 0.0 * img.sum()
+
+        has_audio = audio_features is not None and audio_features.shape[0] > 0
+        if not has_audio:
+            audio_features = torch.zeros(1, 64, self.config.audio_config["input_dim"], device=device)
+            audio_feature_lengths = torch.tensor([64], device=device)
+        hidden, lens = self.encode_audio(audio_features, audio_feature_lengths)
+        if has_audio:
+            embeds = scatter_media(embeds, input_ids, self.config.audio_token_id, valid_frames(hidden, lens), "audio")
+        else:
+            embeds = embeds + 0.0 * hidden.sum()
+        if self.ctc_head is not None and self.training:
+            # Keep the CTC head in the graph for ZeRO-3 even in stages that do not use it.
+            embeds = embeds + 0.0 * self.ctc_head.weight.sum()
+        return embeds
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, pixel_values=None, audio_features=None,
+                audio_feature_lengths=None, position_ids=None, **kwargs):
+        embeds = self.embed_inputs(input_ids, pixel_values, audio_features, audio_feature_lengths)
+        return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
+                                   position_ids=position_ids, **kwargs)
+
+    @torch.no_grad()
+    def generate_from_inputs(self, input_ids, attention_mask, pixel_values=None, audio_features=None,
+                             audio_feature_lengths=None, **gen_kwargs):
+        embeds = self.embed_inputs(input_ids, pixel_values, audio_features, audio_feature_lengths)
+        return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **gen_kwargs)

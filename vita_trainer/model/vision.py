@@ -1,0 +1,49 @@
+"""Vision tower: SigLIP or InternViT (transformers' InternVLVisionModel), built from config, plus pixel shuffle."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def build_vision_backbone(vision_config) -> nn.Module:
+    from transformers import AutoModel
+    return AutoModel.from_config(vision_config)
+
+
+def pixel_shuffle(x: torch.Tensor, ratio: float) -> torch.Tensor:
+    """(N, h, w, C) -> (N, h*r, w*r, C/r^2): trades spatial tokens for channels (InternVL)."""
+    n, h, w, c = x.shape
+    x = x.reshape(n, h, int(w * ratio), int(c / ratio))
+    x = x.permute(0, 2, 1, 3).reshape(n, int(w * ratio), int(h * ratio), int(c / (ratio * ratio)))
+    return x.permute(0, 2, 1, 3).contiguous()
+
+
+class VisionTower(nn.Module):
+    """Last hidden state without CLS, optionally pixel-shuffled: (tiles, tokens_per_tile, out_dim)."""
+
+    def __init__(self, vision_config, downsample_ratio: float = 1.0):
+        super().__init__()
+        self.backbone = build_vision_backbone(vision_config)
+        self.downsample_ratio = downsample_ratio
+        self.out_dim = int(vision_config.hidden_size / (downsample_ratio ** 2))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.backbone.parameters()).dtype
+        feats = self.backbone(pixel_values=pixel_values.to(dtype)).last_hidden_state
+        side = math.isqrt(feats.shape[1])
+        if side * side != feats.shape[1]:  # drop CLS
+            feats = feats[:, 1:]
+            side = math.isqrt(feats.shape[1])
+        if self.downsample_ratio != 1.0:
+            feats = pixel_shuffle(feats.reshape(feats.shape[0], side, side, -1), self.downsample_ratio)
+            feats = feats.reshape(feats.shape[0], -1, feats.shape[-1])
+        return feats
+
+
+def tokens_per_tile(vision_config, downsample_ratio: float) -> int:
+    size = vision_config.image_size if isinstance(vision_config.image_size, int) else vision_config.image_size[0]
+    patch = vision_config.patch_size if isinstance(vision_config.patch_size, int) else vision_config.patch_size[0]
+    return int((size // patch) ** 2 * downsample_ratio ** 2)
