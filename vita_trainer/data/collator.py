@@ -13,6 +13,7 @@ from ..constants import IGNORE_INDEX
 @dataclass
 class MultimodalCollator:
     pad_token_id: int
+    ctc: bool = False   # audio-encoder CTC stage: targets are the transcript's UTF-8 bytes (+1; 0 is blank)
 
     def __call__(self, samples: list[dict]) -> dict:
         ids = pad_sequence([s["input_ids"] for s in samples], batch_first=True, padding_value=self.pad_token_id)
@@ -28,4 +29,11 @@ class MultimodalCollator:
         if feats:
             batch["audio_features"] = pad_sequence(feats, batch_first=True)
             batch["audio_feature_lengths"] = torch.tensor([f.shape[0] for f in feats])
+        if self.ctc:
+            targets = [torch.tensor(list(s["transcript"].encode("utf-8"))) + 1 for s in samples]
+            batch["ctc_targets"] = pad_sequence(targets, batch_first=True)
+            batch["ctc_target_lengths"] = torch.tensor([len(t) for t in targets])
+        skipped = [r for s in samples for r in s.get("skipped_reasons", [])]
+        if skipped:
+            batch["skipped_reasons"] = skipped
         return batch

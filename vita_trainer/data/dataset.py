@@ -46,8 +46,9 @@ def read_samples(path: Path) -> list:
 
 class LazySupervisedDataset(Dataset):
     def __init__(self, registry: Registry, dataset_use: str, processor: SampleProcessor, *,
-                 skip_bad_samples: bool = False, seed: int = 0, on_skip=None):
+                 skip_bad_samples: bool = False, seed: int = 0, on_skip=None, cache: bool = False):
         self.processor, self.skip_bad_samples, self.on_skip = processor, skip_bad_samples, on_skip
+        self.cache: dict[int, dict] | None = {} if cache else None
         self.entries: list[tuple[str, object]] = []  # (file, parsed sample)
         self.skipped: Counter = Counter()
         rng = random.Random(seed)
@@ -90,10 +91,21 @@ class LazySupervisedDataset(Dataset):
         return out
 
     def __getitem__(self, i: int) -> dict:
+        if self.cache is not None:
+            if i not in self.cache:
+                self.cache[i] = self._load(i)
+            return self.cache[i]
+        return self._load(i)
+
+    def _load(self, i: int) -> dict:
+        reasons = []  # carried in the sample so counts survive DataLoader worker processes
         for attempt in range(len(self.entries)):
             file, s = self.entries[(i + attempt) % len(self.entries)]
             try:
-                return self.processor(s, file)
+                out = self.processor(s, file)
+                out["skipped_reasons"] = reasons
+                return out
             except DataError as e:
                 self._skip_or_raise(e)
+                reasons.append(e.reason)
         raise DataError("every sample failed to load")

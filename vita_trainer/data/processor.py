@@ -183,4 +183,5 @@ class SampleProcessor:
         pixel_values = (tiles_to_tensor(all_tiles, self.media.image_mean, self.media.image_std)
                         if all_tiles else None)
         return {"id": s.sample_id, "input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-                "pixel_values": pixel_values, "audio_features": feats}
+                "pixel_values": pixel_values, "audio_features": feats,
+                "transcript": s.turns[-1][1]}

@@ -42,8 +42,11 @@ class VitaForCausalLM(PreTrainedModel):
         return getattr(self, GROUP_ATTRS.get(group, group))
 
     def _init_weights(self, module):
-        # Sub-models initialise themselves; our own Linear/Conv layers keep PyTorch's default init.
-        pass
+        # Sub-models initialise themselves and our encoder layers keep PyTorch's default init; only a CTC head
+        # added to a loaded checkpoint (missing weights) needs an explicit init.
+        if module is getattr(self, "ctc_head", None):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
@@ -98,8 +101,18 @@ class VitaForCausalLM(PreTrainedModel):
             embeds = embeds + 0.0 * self.ctc_head.weight.sum()
         return embeds
 
+    def ctc_loss(self, audio_features, audio_feature_lengths, ctc_targets, ctc_target_lengths):
+        """CTC on the audio encoder's output (blank = 0; targets are UTF-8 bytes + 1)."""
+        from transformers.modeling_outputs import CausalLMOutput
+        hidden, lens = self.audio_encoder(audio_features, audio_feature_lengths)
+        logp = self.ctc_head(hidden).float().log_softmax(-1).transpose(0, 1)
+        loss = nn.functional.ctc_loss(logp, ctc_targets, lens, ctc_target_lengths, blank=0, zero_infinity=True)
+        return CausalLMOutput(loss=loss, logits=None)
+
     def forward(self, input_ids=None, attention_mask=None, labels=None, pixel_values=None, audio_features=None,
-                audio_feature_lengths=None, position_ids=None, **kwargs):
+                audio_feature_lengths=None, position_ids=None, ctc_targets=None, ctc_target_lengths=None, **kwargs):
+        if ctc_targets is not None:
+            return self.ctc_loss(audio_features, audio_feature_lengths, ctc_targets, ctc_target_lengths)
         embeds = self.embed_inputs(input_ids, pixel_values, audio_features, audio_feature_lengths)
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
                                    position_ids=position_ids, **kwargs)

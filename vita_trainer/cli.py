@@ -1,0 +1,64 @@
+"""`vita-train` command line: train, local, init-model, merge-lora, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import VitaError
+
+USAGE = """vita-train COMMAND ...
+  train [HF/VITA flags]         one stage (what torchrun launches; same as python -m vita_trainer.train)
+  local RUN.yaml [--nproc N]    every stage of a VitaTrainingRun on this machine
+  init-model --tiny OUT         write a random tiny VITA folder (tests, demo)
+  merge-lora BASE LORA_RUN OUT  merge a LoRA stage's adapter into its base model
+  demo [--out DIR]              synthetic data + tiny model + full pipeline + held-out accuracy
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    try:
+        if cmd == "train":
+            from .train.main import main as train_main
+            train_main(rest)
+        elif cmd == "local":
+            p = argparse.ArgumentParser(prog="vita-train local")
+            p.add_argument("run")
+            p.add_argument("--nproc", type=int, default=None, help="processes per stage (default: from the spec)")
+            a = p.parse_args(rest)
+            from .local import run_local
+            run_local(a.run, a.nproc)
+        elif cmd == "init-model":
+            p = argparse.ArgumentParser(prog="vita-train init-model")
+            p.add_argument("out")
+            p.add_argument("--tiny", action="store_true", required=True, help="tiny random model (CPU)")
+            p.add_argument("--tokenizer", default="qwen2.5")
+            a = p.parse_args(rest)
+            from .data.tokenizer import load_tokenizer
+            from .model.builder import build_model, tiny_config
+            tok = load_tokenizer(a.tokenizer)
+            build_model(tiny_config(tok)).save_pretrained(a.out)
+            tok.save_pretrained(a.out)
+            print(f"wrote {a.out}")
+        elif cmd == "merge-lora":
+            from .train.lora import merge_lora
+            print(merge_lora(*rest))
+        elif cmd == "demo":
+            from .demo.run import main as demo_main
+            return demo_main(rest)
+        else:
+            print(USAGE, file=sys.stderr)
+            return 2
+    except VitaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""`vita-train local RUN.yaml`: every stage of a VitaTrainingRun in sequence on this machine (torchrun)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import ConfigError
+from .spec import VitaTrainingRun, load_run
+from .stages.plan import (STAGE_DONE_FILE, PathRoots, check_spec, nproc_per_node, stage_args, stage_inputs,
+                          stage_output_dir)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def preflight(run: VitaTrainingRun, roots: PathRoots) -> list[str]:
+    """Everything that can be checked before any training starts."""
+    from .data.registry import load_registry
+    spec = run.spec
+    problems = check_spec(spec)
+    base, _ = stage_inputs(spec, 0, roots)
+    if not (Path(base) / "config.json").is_file():
+        problems.append(f"model.base {base} is not a model folder (no config.json)")
+    try:
+        registry = load_registry(Path(roots.data) / spec.data.registry if not os.path.isabs(spec.data.registry)
+                                 else spec.data.registry)
+        for i, stage in enumerate(spec.stages):
+            try:
+                for _, ds in registry.mixture(stage.dataset_use):
+                    if not registry.resolve(ds.chat_path).is_file():
+                        problems.append(f"stages[{i}] ({stage.name}): chat file {registry.resolve(ds.chat_path)} missing")
+            except ConfigError as e:
+                problems.append(f"stages[{i}] ({stage.name}): {e}")
+    except ConfigError as e:
+        problems.append(str(e))
+    return problems
+
+
+def run_local(path: str | Path, nproc: int | None = None, on_stage_done=None, extra_env=None) -> list[dict]:
+    path = Path(path).resolve()
+    run = load_run(path)
+    roots = PathRoots(data=str(path.parent), checkpoints=str(path.parent))
+    problems = preflight(run, roots)
+    if problems:
+        raise ConfigError(f"{path} cannot run:\n  " + "\n  ".join(problems))
+    summaries = []
+    for i, stage in enumerate(run.spec.stages):
+        out = Path(stage_output_dir(run.spec, i, roots))
+        done = out / STAGE_DONE_FILE
+        if done.is_file():
+            print(f"[local] stage {i + 1}/{len(run.spec.stages)} {stage.name}: already done, skipping", flush=True)
+        else:
+            n = nproc or nproc_per_node(run.spec, i)
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
+                   "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                   "-m", "vita_trainer.train", *stage_args(run.spec, i, roots)]
+            print(f"[local] stage {i + 1}/{len(run.spec.stages)} {stage.name} ({stage.preset}) on {n} process(es)",
+                  flush=True)
+            env = {**os.environ, **(extra_env or {})}
+            proc = subprocess.run(cmd, env=env)
+            if proc.returncode != 0 or not done.is_file():
+                raise ConfigError(f"stage {stage.name} failed (exit {proc.returncode}); fix the error above and rerun "
+                                  f"`vita-train local {path}`: finished stages are skipped and this one resumes "
+                                  f"from its last checkpoint")
+        summary = json.loads(done.read_text())
+        summaries.append(summary)
+        plot_losses(summary, out / "loss.png")
+        if on_stage_done:
+            on_stage_done(i, summary)
+    print(format_summary(summaries), flush=True)
+    return summaries
+
+
+def plot_losses(summary: dict, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if not summary.get("losses"):
+        return
+    steps, losses = zip(*summary["losses"])
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(steps, losses)
+    ax.set(title=f"{summary['stage']} ({summary['preset']})", xlabel="step", ylabel="loss")
+    fig.tight_layout()
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+
+
+def format_summary(summaries: list[dict]) -> str:
+    rows = [f"{'stage':<18}{'preset':<16}{'steps':>6}{'first loss':>12}{'final loss':>12}{'seconds':>9}  trains"]
+    for s in summaries:
+        fl = f"{s['first_loss']:.4f}" if s.get("first_loss") is not None else "-"
+        ll = f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else "-"
+        rows.append(f"{s['stage']:<18}{s['preset']:<16}{s['global_step']:>6}{fl:>12}{ll:>12}{s['seconds']:>9}  "
+                    f"{','.join(s['trainable'])}")
+    return "\n".join(rows)

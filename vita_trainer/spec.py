@@ -1,0 +1,130 @@
+"""The `VitaTrainingRun` run spec: one typed model shared by `vita-train local`, the operator and the CRD.
+
+Field names are camelCase in YAML (Kubernetes API conventions) and snake_case in Python.
+Relative paths in `model`, `data` and `output` resolve against the dataset / checkpoint volume mount
+on a cluster, and against the YAML file's folder locally.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from .errors import ConfigError
+
+API_GROUP = "vita.training.dev"
+API_VERSION = f"{API_GROUP}/v1alpha1"
+KIND = "VitaTrainingRun"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+ArgValue = str | int | float | bool
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class ModelSpec(_Spec):
+    base: str = Field(description="VITA folder (save_pretrained output) that the first stage starts from")
+    tokenizer: str = Field("qwen2.5", description="'qwen2.5' for the real vocabulary built offline, or a tokenizer folder")
+    vision_tower: str | None = Field(None, description="Vision tower folder or config (composing a new model only)")
+    audio_encoder: str | None = Field(None, description="Audio encoder weights (composing a new model only)")
+    mm_projector_type: str = Field("mlp2x_gelu", pattern=r"^(linear|identity|mlp\d+x_gelu)$",
+                                   description="Vision projector type")
+
+
+class DataSpec(_Spec):
+    registry: str = Field(description="Dataset registry YAML (image folders, audio root, datasets, mixtures)")
+
+
+class Toleration(_Spec):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class ResourcesSpec(_Spec):
+    nodes: int = Field(1, ge=1, le=1024, description="Number of nodes (1 Master + nodes-1 Workers)")
+    gpus_per_node: int = Field(0, ge=0, le=16, description="GPUs per node; also torchrun's nproc_per_node")
+    cpu_procs_per_node: int = Field(1, ge=1, le=64, description="torchrun processes per node when gpusPerNode is 0")
+    cpu: str = Field("8", description="CPU request and limit per pod")
+    memory: str = Field("64Gi", description="Memory request and limit per pod")
+    shm_size: str = Field("16Gi", description="Size of the memory-backed /dev/shm")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    priority_class_name: str | None = None
+
+
+class VolumeSpec(_Spec):
+    claim_name: str = Field(description="PersistentVolumeClaim name")
+    mount_path: str = Field(description="Where the volume is mounted in trainer pods")
+
+
+class VolumesSpec(_Spec):
+    dataset: VolumeSpec | None = Field(None, description="Shared dataset volume, mounted read-only")
+    checkpoints: VolumeSpec | None = Field(None, description="Checkpoint volume, mounted read-write")
+
+
+class SchedulingSpec(_Spec):
+    kueue_queue: str | None = Field(None, description="Kueue LocalQueue name (label kueue.x-k8s.io/queue-name)")
+    volcano_queue: str | None = Field(None, description="Volcano queue (runPolicy.schedulingPolicy.queue)")
+
+
+class StageSpec(_Spec):
+    name: str = Field(pattern=DNS_LABEL, max_length=30, description="Stage name, unique in the run (DNS label)")
+    preset: str = Field(description="Stage preset name or alias, e.g. vision_align or 1.1")
+    dataset_use: str = Field(description="Mixture or dataset key in the registry")
+    args: dict[str, ArgValue] = Field(default_factory=dict,
+                                      description="Trainer flag overrides (HF TrainingArguments and VITA flags)")
+    resources: ResourcesSpec | None = Field(None, description="Overrides the run's resources for this stage")
+    retry_limit: int = Field(2, ge=0, le=20, description="Failed attempts to retry, resuming from the last checkpoint")
+
+
+class TrainerSpec(_Spec):
+    image: str = Field("ghcr.io/vita-trainer/trainer:0.1.0", description="Trainer container image")
+    deepspeed: Literal["zero2", "zero3", "zero3_offload", "none"] = Field("zero3", description="Shipped DeepSpeed config")
+    metrics_port: int = Field(9400, ge=1024, le=65535, description="Port of the trainer's /metrics on rank 0")
+    env_from_secrets: dict[str, str] = Field(default_factory=dict,
+                                             description="Env var name -> 'secret/key' reference, never a value")
+
+
+class VitaTrainingRunSpec(_Spec):
+    model: ModelSpec
+    data: DataSpec
+    stages: list[StageSpec] = Field(min_length=1, description="Stages, run in order")
+    output: str = Field(description="Output root; stage k writes <output>/<stage name>")
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    volumes: VolumesSpec = Field(default_factory=VolumesSpec)
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    suspend: bool = Field(False, description="Suspend the run (passed to the current job's runPolicy.suspend)")
+
+
+class Metadata(_Spec):
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+    name: str = Field(pattern=DNS_LABEL, max_length=40)
+    namespace: str | None = None
+
+
+class VitaTrainingRun(_Spec):
+    api_version: Literal["vita.training.dev/v1alpha1"] = API_VERSION
+    kind: Literal["VitaTrainingRun"] = KIND
+    metadata: Metadata
+    spec: VitaTrainingRunSpec
+
+
+def load_run(path: str | Path) -> VitaTrainingRun:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"run spec {path} does not exist")
+    try:
+        return VitaTrainingRun.model_validate(yaml.safe_load(path.read_text()))
+    except ValidationError as e:
+        raise ConfigError(f"run spec {path} is invalid:\n{e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"run spec {path} is not valid YAML: {e}") from e

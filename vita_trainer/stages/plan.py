@@ -1,0 +1,113 @@
+"""The stage plan: (run spec, stage index) -> trainer arguments. Pure; shared by the local runner and the operator.
+
+Handoff rule: a stage starts from the newest earlier stage that saved full weights (or the run's base model),
+plus the partial weights ({group}.bin) of every partial stage after that one, applied in stage order.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..spec import ResourcesSpec, VitaTrainingRunSpec
+from .presets import get_preset, resolve_trainable
+
+# Reference freeze flags accepted in a stage's `args`.
+FREEZE_FLAGS = ("tune_mm_mlp_adapter", "tune_audio_mlp_adapter", "freeze_backbone", "unfreeze_vision_tower",
+                "freeze_mm_mlp_adapter", "freeze_audio_encoder", "freeze_audio_encoder_adapter")
+STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage finishes
+
+
+@dataclass(frozen=True)
+class PathRoots:
+    """Where relative spec paths point: the dataset and checkpoint mounts (or the YAML's folder locally)."""
+    data: str
+    checkpoints: str
+
+
+def _join(root: str, path: str) -> str:
+    return path if posixpath.isabs(path) else posixpath.join(root, path)
+
+
+def _as_bool(v) -> bool:
+    return v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
+
+
+def trainable_groups(spec: VitaTrainingRunSpec, index: int) -> frozenset[str]:
+    stage = spec.stages[index]
+    flags = {k: _as_bool(stage.args[k]) for k in FREEZE_FLAGS if k in stage.args}
+    return resolve_trainable(get_preset(stage.preset), **flags)
+
+
+def saves_full_model(spec: VitaTrainingRunSpec, index: int) -> bool:
+    return "llm" in trainable_groups(spec, index) or _as_bool(spec.stages[index].args.get("save_full_model", False))
+
+
+def stage_output_dir(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> str:
+    return posixpath.join(_join(roots.checkpoints, spec.output), spec.stages[index].name)
+
+
+def stage_inputs(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> tuple[str, list[str]]:
+    """(model folder to start from, partial weight files to load on top, in order)."""
+    partial_stages: list[int] = []
+    base = _join(roots.data, spec.model.base)
+    for j in range(index - 1, -1, -1):
+        if saves_full_model(spec, j):
+            base = stage_output_dir(spec, j, roots)
+            break
+        partial_stages.append(j)
+    files = [posixpath.join(stage_output_dir(spec, j, roots), f"{g}.bin")
+             for j in reversed(partial_stages) for g in sorted(trainable_groups(spec, j))]
+    return base, files
+
+
+def stage_resources(spec: VitaTrainingRunSpec, index: int) -> ResourcesSpec:
+    return spec.stages[index].resources or spec.resources
+
+
+def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
+    """Semantic problems the schema cannot see. Empty list means the spec is runnable."""
+    problems = []
+    names = [s.name for s in spec.stages]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        problems.append(f"stage names must be unique; repeated: {dupes}")
+    for i, stage in enumerate(spec.stages):
+        try:
+            trainable_groups(spec, i)
+        except ConfigError as e:
+            problems.append(f"stages[{i}] ({stage.name}): {e}")
+        if "output_dir" in stage.args or "model_name_or_path" in stage.args:
+            problems.append(f"stages[{i}] ({stage.name}): args may not set output_dir or model_name_or_path; "
+                            f"the plan derives them from `output` and the previous stage")
+    return problems
+
+
+def stage_args(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> list[str]:
+    """Trainer command-line arguments for one stage (without the launcher)."""
+    problems = check_spec(spec)
+    if problems:
+        raise ConfigError("run spec is not runnable:\n  " + "\n  ".join(problems))
+    stage = spec.stages[index]
+    base, partial_files = stage_inputs(spec, index, roots)
+    args = ["--stage", get_preset(stage.preset).name, "--stage_name", stage.name,
+            "--model_name_or_path", base,
+            "--tokenizer_name_or_path", spec.model.tokenizer if spec.model.tokenizer == "qwen2.5"
+            else _join(roots.data, spec.model.tokenizer),
+            "--data_registry", _join(roots.data, spec.data.registry),
+            "--dataset_use", stage.dataset_use,
+            "--output_dir", stage_output_dir(spec, index, roots),
+            "--metrics_port", str(spec.trainer.metrics_port)]
+    if partial_files:
+        args += ["--init_weights", *partial_files]
+    if spec.trainer.deepspeed != "none":
+        args += ["--deepspeed", spec.trainer.deepspeed]
+    for key, value in stage.args.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+def nproc_per_node(spec: VitaTrainingRunSpec, index: int) -> int:
+    r = stage_resources(spec, index)
+    return r.gpus_per_node if r.gpus_per_node > 0 else r.cpu_procs_per_node

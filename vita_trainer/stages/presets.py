@@ -1,0 +1,70 @@
+"""Stage presets are data (presets.yaml); this module loads them and resolves overrides. Pure."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import ConfigError
+from ..model.modeling import MODULE_GROUPS
+
+Group = Literal["llm", "vision_tower", "mm_projector", "audio_encoder", "audio_adapter", "ctc_head"]
+
+
+class StagePreset(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    description: str
+    aliases: list[str] = Field(default_factory=list)
+    train: list[Group]
+    objective: Literal["lm", "ctc"] = "lm"
+    consumes: list[str] = Field(default_factory=list)
+    module_lr: dict[Group, float] = Field(default_factory=dict)
+    training: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+    @property
+    def saves_full_model(self) -> bool:
+        """Stages that train the LLM save full weights; the others save just their groups."""
+        return "llm" in self.train
+
+
+@lru_cache(maxsize=1)
+def all_presets() -> dict[str, StagePreset]:
+    raw = yaml.safe_load((Path(__file__).with_name("presets.yaml")).read_text())
+    return {name: StagePreset(name=name, **body) for name, body in raw.items()}
+
+
+def get_preset(name: str) -> StagePreset:
+    presets = all_presets()
+    if name in presets:
+        return presets[name]
+    for p in presets.values():
+        if name in p.aliases:
+            return p
+    known = ", ".join(f"{p.name} ({'/'.join(p.aliases)})" if p.aliases else p.name for p in presets.values())
+    raise ConfigError(f"unknown stage preset {name!r}; known presets (aliases): {known}")
+
+
+# Reference freeze flags, applied on top of the preset in this order. None means "not given".
+def resolve_trainable(preset: StagePreset, *, tune_mm_mlp_adapter=None, tune_audio_mlp_adapter=None,
+                      freeze_backbone=None, unfreeze_vision_tower=None, freeze_mm_mlp_adapter=None,
+                      freeze_audio_encoder=None, freeze_audio_encoder_adapter=None) -> frozenset[str]:
+    groups = set(preset.train)
+    if tune_mm_mlp_adapter or tune_audio_mlp_adapter:  # the reference's "adapter only" switches
+        groups = ({"mm_projector"} if tune_mm_mlp_adapter else set()) | (
+            {"audio_adapter"} if tune_audio_mlp_adapter else set())
+    for flag, group, trains_when in ((freeze_backbone, "llm", False), (unfreeze_vision_tower, "vision_tower", True),
+                                     (freeze_mm_mlp_adapter, "mm_projector", False),
+                                     (freeze_audio_encoder, "audio_encoder", False),
+                                     (freeze_audio_encoder_adapter, "audio_adapter", False)):
+        if flag is not None:
+            (groups.add if flag == trains_when else groups.discard)(group)
+    if not groups:
+        raise ConfigError(f"stage preset {preset.name!r} with these freeze flags trains nothing; "
+                          f"remove a freeze flag or pick another preset")
+    assert groups <= set(MODULE_GROUPS)
+    return frozenset(groups)

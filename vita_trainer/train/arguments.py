@@ -1,0 +1,76 @@
+"""Command-line arguments: the reference's flags with their meaning, plus every HF TrainingArguments flag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+
+from transformers import TrainingArguments
+
+DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3_offload")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(metadata={"help": "VITA folder to start from (see `vita-train init-model`)"})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={
+        "help": "'qwen2.5' (real vocabulary, offline) or a tokenizer folder; default: the model folder"})
+    model_type: str = field(default="qwen2p5_instruct", metadata={"help": "Reference compatibility; LLM family"})
+    version: str = field(default="qwen2p5_instruct", metadata={"help": "Chat template; only qwen2p5_instruct"})
+    vision_tower: str | None = field(default=None, metadata={"help": "Accepted for reference command lines; the "
+                                     "tower is part of the VITA folder (compose one with init-model)"})
+    audio_encoder: str | None = field(default=None, metadata={"help": "As --vision_tower, for the audio encoder"})
+    mm_projector_type: str | None = field(default=None, metadata={"help": "Must match the model folder if given"})
+    init_weights: list[str] = field(default_factory=list, metadata={
+        "help": "Partial state dicts ({group}.bin) loaded on top of the model, in order"})
+    pretrain_mm_mlp_adapter: str | None = field(default=None, metadata={"help": "Reference flag: mm_projector.bin"})
+    pretrain_audio_mlp_adapter: str | None = field(default=None, metadata={"help": "Reference flag: audio adapter"})
+    # Reference freeze flags; None means "as the stage preset says".
+    tune_mm_mlp_adapter: bool | None = None
+    tune_audio_mlp_adapter: bool | None = None
+    freeze_backbone: bool | None = None
+    unfreeze_vision_tower: bool | None = None
+    freeze_mm_mlp_adapter: bool | None = None
+    freeze_audio_encoder: bool | None = None
+    freeze_audio_encoder_adapter: bool | None = None
+    lora_enable: bool = field(default=False, metadata={"help": "Train LoRA adapters on the LLM (peft)"})
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+
+
+@dataclass
+class DataArguments:
+    data_registry: str = field(metadata={"help": "Dataset registry YAML"})
+    dataset_use: str = field(metadata={"help": "Mixture or dataset key in the registry"})
+    image_aspect_ratio: str = field(default="dynamic", metadata={"help": "dynamic (InternVL tiling) | square | pad"})
+    max_tiles: int | None = field(default=None, metadata={"help": "Maximum tiles per image; default from config"})
+    lazy_preprocess: bool = field(default=True, metadata={"help": "Always lazy; accepted for compatibility"})
+    is_multimodal: bool = field(default=True, metadata={"help": "Accepted for compatibility"})
+    group_by_modality_length: bool = field(default=False, metadata={"help": "Group batches by length and modality"})
+    skip_bad_samples: bool = field(default=False, metadata={"help": "Count and skip unreadable samples instead of failing"})
+    cache_processed_samples: bool = field(default=False, metadata={
+        "help": "Keep each processed sample in memory after its first use (small data sets; still lazy)"})
+    audio_cmvn: str | None = field(default=None, metadata={"help": "global_cmvn stats file; default: <model>/global_cmvn.json"})
+    min_audio_seconds: float = 0.5
+    max_audio_seconds: float = 30.0
+
+
+@dataclass
+class VitaTrainingArguments(TrainingArguments):
+    stage: str = field(default="multimodal_sft", metadata={"help": "Stage preset name or alias (see presets.yaml)"})
+    stage_name: str | None = field(default=None, metadata={"help": "Label for metrics and logs; default: the preset"})
+    model_max_length: int = field(default=6200, metadata={"help": "Maximum sequence length after media expansion"})
+    metrics_port: int = field(default=9400, metadata={"help": "Rank 0 serves Prometheus /metrics here; 0 disables"})
+    save_full_model: bool = field(default=False, metadata={"help": "Partial stages: also save full weights"})
+    vision_tower_lr: float | None = None
+    mm_projector_lr: float | None = None
+    audio_encoder_lr: float | None = None
+    audio_adapter_lr: float | None = None
+
+
+def resolve_deepspeed(value: str | None) -> str | None:
+    """Shipped config names (zero2, zero3, zero3_offload) become file paths; anything else is a path."""
+    if value in DEEPSPEED_PRESETS:
+        return str(resources.files("vita_trainer") / "configs" / f"{value}.json")
+    return value

@@ -1,0 +1,60 @@
+"""LoRA on the LLM with peft, saved as the adapter plus non_lora_trainables.bin; and the merge back.
+
+The reference's LoRA path fails with its Qwen2.5 scripts (VITA issue 97) because it wraps the whole
+multimodal model; here only the language model is wrapped, so the towers and adapters keep their names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def add_lora(model, args):
+    from peft import LoraConfig, get_peft_model
+    cfg = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                     target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    model.language_model = get_peft_model(model.language_model, cfg)
+    return model
+
+
+def unfreeze_lora(model) -> int:
+    n = 0
+    for name, p in model.language_model.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_(True)
+            n += p.numel()
+    return n
+
+
+def save_lora(trainer, out: Path) -> list[str]:
+    model = trainer.model
+    if not trainer.args.should_save:
+        return []
+    model.language_model.save_pretrained(str(out / "lora"))
+    extra = {k: v.detach().cpu() for k, v in model.named_parameters()
+             if v.requires_grad and not k.startswith("language_model.")}
+    torch.save(extra, out / "non_lora_trainables.bin")
+    model.config.save_pretrained(str(out))
+    return [str(out / "lora"), str(out / "non_lora_trainables.bin")]
+
+
+def merge_lora(base_dir: str, lora_run_dir: str, out_dir: str) -> str:
+    """Base VITA folder + a LoRA stage's output -> a plain VITA folder with merged weights."""
+    from peft import PeftModel
+
+    from ..data.tokenizer import load_tokenizer
+    from ..model.builder import load_model
+    from .weights import load_partial
+    model = load_model(base_dir)
+    model.language_model = PeftModel.from_pretrained(model.language_model, str(Path(lora_run_dir) / "lora"))
+    model.language_model = model.language_model.merge_and_unload()
+    extra = Path(lora_run_dir) / "non_lora_trainables.bin"
+    if extra.is_file():
+        load_partial(model, extra)
+    model.save_pretrained(out_dir)
+    load_tokenizer(base_dir).save_pretrained(out_dir)
+    return out_dir

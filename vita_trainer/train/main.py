@@ -1,0 +1,170 @@
+"""Training entry: `torchrun -m vita_trainer.train [flags]` or `vita-train train [flags]`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser, set_seed
+
+from ..errors import ConfigError
+from ..stages.plan import STAGE_DONE_FILE
+from ..stages.presets import get_preset, resolve_trainable
+from .arguments import DataArguments, ModelArguments, VitaTrainingArguments, resolve_deepspeed
+
+log = logging.getLogger("vita_trainer")
+
+
+def _given_flags(argv: list[str]) -> set[str]:
+    return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+
+
+def parse(argv: list[str]):
+    argv = list(argv)
+    if "--deepspeed" in argv:  # shipped config names -> files
+        i = argv.index("--deepspeed") + 1
+        argv[i] = resolve_deepspeed(argv[i])
+    parser = HfArgumentParser((ModelArguments, DataArguments, VitaTrainingArguments))
+    given = _given_flags(argv)
+    preset = get_preset(_flag_value(argv, "--stage") or "multimodal_sft")
+    # Preset training defaults apply where the command line is silent.
+    extra = []
+    for key, value in preset.training.items():
+        if key not in given:
+            extra += [f"--{key}", str(value)]
+    if "bf16" not in given and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        extra += ["--bf16", "True"]
+    if "gradient_checkpointing" not in given and torch.cuda.is_available():
+        extra += ["--gradient_checkpointing", "True"]
+    if "use_cpu" not in given and not torch.cuda.is_available():
+        extra += ["--use_cpu", "True"]
+    if "report_to" not in given:
+        extra += ["--report_to", "none"]
+    model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv + extra)
+    if model_args.version != "qwen2p5_instruct":
+        raise ConfigError(f"--version {model_args.version!r}: only the qwen2p5_instruct template is implemented")
+    return model_args, data_args, train_args, preset
+
+
+def _flag_value(argv, flag):
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    model_args, data_args, args, preset = parse(argv)
+    logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_seed(args.seed)
+    from ..data.audio import GlobalCMVN
+    from ..data.collator import MultimodalCollator
+    from ..data.dataset import LazySupervisedDataset
+    from ..data.processor import MediaSpec, SampleProcessor
+    from ..data.registry import load_registry
+    from ..data.tokenizer import load_tokenizer
+    from ..model.builder import load_model
+    from .metrics import MetricsCallback, TrainerMetrics
+    from .trainer import VitaTrainer, last_complete_checkpoint
+    from .weights import apply_trainable, load_partial, save_groups
+
+    groups = resolve_trainable(preset, **{k: getattr(model_args, k) for k in (
+        "tune_mm_mlp_adapter", "tune_audio_mlp_adapter", "freeze_backbone", "unfreeze_vision_tower",
+        "freeze_mm_mlp_adapter", "freeze_audio_encoder", "freeze_audio_encoder_adapter")})
+    stage_name = args.stage_name or preset.name
+    model_dir = Path(model_args.model_name_or_path)
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(f"--model_name_or_path {model_dir} has no config.json; point it at a VITA folder "
+                          f"(the previous stage's output, or one made with `vita-train init-model`)")
+    registry = load_registry(data_args.data_registry)  # fail before the model loads
+    tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or str(model_dir))
+
+    config_overrides = {"ctc_vocab_size": 257} if preset.objective == "ctc" else {}
+    model = load_model(str(model_dir), **config_overrides)
+    if model_args.mm_projector_type and model_args.mm_projector_type != model.config.mm_projector_type:
+        raise ConfigError(f"--mm_projector_type {model_args.mm_projector_type} but {model_dir} was built with "
+                          f"{model.config.mm_projector_type}")
+    partial = list(model_args.init_weights) + [p for p in (model_args.pretrain_mm_mlp_adapter,
+                                                           model_args.pretrain_audio_mlp_adapter) if p]
+    for path in partial:
+        log.info("loaded %s from %s", load_partial(model, path), path)
+    if model_args.lora_enable:
+        from .lora import add_lora
+        model = add_lora(model, model_args)
+        groups = groups - {"llm"}
+    counts = apply_trainable(model, groups)
+    if model_args.lora_enable:
+        from .lora import unfreeze_lora
+        counts["lora"] = unfreeze_lora(model)
+    log.info("stage %s (preset %s) trains %s", stage_name, preset.name, counts)
+
+    cmvn_path = Path(data_args.audio_cmvn) if data_args.audio_cmvn else model_dir / "global_cmvn.json"
+    cmvn = GlobalCMVN.load(cmvn_path) if cmvn_path.is_file() else GlobalCMVN.identity()
+    media = MediaSpec.from_config(model.config, min_audio_seconds=data_args.min_audio_seconds,
+                                  max_audio_seconds=data_args.max_audio_seconds,
+                                  **({"max_tiles": data_args.max_tiles} if data_args.max_tiles else {}))
+    processor = SampleProcessor(tokenizer, media, registry, args.model_max_length,
+                                image_aspect_ratio=data_args.image_aspect_ratio, cmvn=cmvn)
+    dataset = LazySupervisedDataset(registry, data_args.dataset_use, processor,
+                                    skip_bad_samples=data_args.skip_bad_samples, seed=args.seed,
+                                    cache=data_args.cache_processed_samples)
+
+    metrics = MetricsCallback(TrainerMetrics(), stage_name, preset.name, args.metrics_port)
+    module_lr = dict(preset.module_lr)
+    for g in ("vision_tower", "mm_projector", "audio_encoder", "audio_adapter"):
+        if getattr(args, f"{g}_lr") is not None:
+            module_lr[g] = getattr(args, f"{g}_lr")
+    trainer = VitaTrainer(model=model, args=args, train_dataset=dataset,
+                          data_collator=MultimodalCollator(tokenizer.pad_token_id, ctc=preset.objective == "ctc"),
+                          processing_class=tokenizer, callbacks=[metrics], metrics_callback=metrics,
+                          module_lr=module_lr,
+                          modality_lengths=dataset.modality_lengths if (data_args.group_by_modality_length
+                                                                        or getattr(args, "group_by_length", False)) else None)
+    resume = args.resume_from_checkpoint
+    if resume in (None, "auto", "True", "true"):  # automatic resume when checkpoints exist
+        resume = last_complete_checkpoint(args.output_dir)
+        if resume:
+            log.info("resuming from %s", resume)
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    out = Path(args.output_dir)
+    outputs = []
+    full = preset.saves_full_model or args.save_full_model or model_args.lora_enable or "llm" in groups
+    if model_args.lora_enable:
+        from .lora import save_lora
+        outputs += save_lora(trainer, out)
+    elif full:
+        trainer.save_model(str(out))
+        outputs.append(str(out / "model.safetensors"))
+    else:
+        outputs += save_groups(trainer.model_wrapped.module if hasattr(trainer.model_wrapped, "module")
+                               else trainer.model, groups, out, args.should_save)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    summary = {"stage": stage_name, "preset": preset.name, "trainable": sorted(counts), "full_model": bool(full),
+               "outputs": outputs, "global_step": trainer.state.global_step, "train_loss": result.training_loss,
+               "final_loss": losses[-1] if losses else None, "first_loss": losses[0] if losses else None,
+               "losses": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
+               "skipped_samples": dict(dataset.skipped), "seconds": round(time.time() - start, 1),
+               "audio_warnings": vars(processor.warnings)}
+    if args.should_save:
+        if full and not model_args.lora_enable:
+            tokenizer.save_pretrained(str(out))
+            if cmvn_path.is_file() and cmvn_path.parent != out:
+                (out / "global_cmvn.json").write_text(cmvn_path.read_text())
+        tmp = out / (STAGE_DONE_FILE + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(out / STAGE_DONE_FILE)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Trainer metrics for Prometheus. Metric names are defined here once; the dashboard may use only these."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from transformers import TrainerCallback
+
+log = logging.getLogger("vita_trainer")
+
+
+class TrainerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry()
+        L = ["stage"]
+        self.loss = Gauge("vita_train_loss", "Training loss at the last logging step", L, registry=r)
+        self.learning_rate = Gauge("vita_train_learning_rate", "Current learning rate", L, registry=r)
+        self.grad_norm = Gauge("vita_train_grad_norm", "Gradient norm before clipping", L, registry=r)
+        self.samples_per_second = Gauge("vita_train_samples_per_second", "Samples/s over all ranks", L, registry=r)
+        self.tokens_per_second = Gauge("vita_train_tokens_per_second", "Non-pad tokens/s over all ranks", L, registry=r)
+        self.step = Gauge("vita_train_global_step", "Optimizer steps done", L, registry=r)
+        self.max_steps = Gauge("vita_train_max_steps", "Optimizer steps planned", L, registry=r)
+        self.epoch = Gauge("vita_train_epoch", "Fractional epoch", L, registry=r)
+        self.stage_info = Gauge("vita_train_stage_info", "1 for the running stage", ["stage", "preset"], registry=r)
+        self.tokens = Counter("vita_train_tokens", "Non-pad tokens trained, all ranks", L, registry=r)
+        self.samples = Counter("vita_train_samples", "Samples trained, all ranks", L, registry=r)
+        self.skipped = Counter("vita_train_skipped_samples", "Samples skipped as unreadable", ["stage", "reason"],
+                               registry=r)
+        self.checkpoint_seconds = Histogram("vita_train_checkpoint_seconds", "Seconds to write a checkpoint", L,
+                                            registry=r, buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800))
+        self.gpu_memory = Gauge("vita_train_gpu_memory_bytes", "Peak GPU memory allocated on rank 0", L, registry=r)
+
+    def names(self) -> set[str]:
+        """Every exposed sample name (counters add _total, histograms _bucket/_sum/_count)."""
+        return {s.name for m in self.registry.collect() for s in m.samples} | {m.name for m in self.registry.collect()}
+
+
+def _all_reduce(values: list[float]) -> list[float]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor(values, dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+    return values
+
+
+class MetricsCallback(TrainerCallback):
+    """Every rank counts tokens, samples and skips; at each log step the counts are summed over ranks and rank 0
+    exports them and prints one progress line."""
+
+    def __init__(self, metrics: TrainerMetrics, stage: str, preset: str, port: int):
+        self.m, self.stage, self.preset, self.port = metrics, stage, preset, port
+        self.pending = {"tokens": 0.0, "samples": 0.0}
+        self.pending_skips: dict[str, float] = {}
+        self.last_time = time.monotonic()
+        self.start_time = self.last_time
+        self.server = None
+
+    def count_batch(self, tokens: int, samples: int, skipped: list[str]):
+        self.pending["tokens"] += tokens
+        self.pending["samples"] += samples
+        for reason in skipped:
+            self.pending_skips[reason] = self.pending_skips.get(reason, 0) + 1
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.m.stage_info.labels(self.stage, self.preset).set(1)
+        self.m.max_steps.labels(self.stage).set(state.max_steps)
+        if state.is_world_process_zero and self.port:
+            self.server = start_http_server(self.port, registry=self.m.registry)
+            log.info("serving Prometheus metrics on :%d/metrics", self.port)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        from ..errors import DataError  # noqa: F401  (reasons are DataError.reason strings)
+        reasons = sorted(set(self.pending_skips) | {"corrupt_file", "missing_file"})
+        summed = _all_reduce([self.pending["tokens"], self.pending["samples"]]
+                             + [self.pending_skips.get(r, 0) for r in reasons])
+        tokens, samples, skips = summed[0], summed[1], dict(zip(reasons, summed[2:]))
+        self.pending = {"tokens": 0.0, "samples": 0.0}
+        self.pending_skips = {}
+        now = time.monotonic()
+        dt = max(now - self.last_time, 1e-9)
+        self.last_time = now
+        if not state.is_world_process_zero:
+            return
+        logs = logs or {}
+        s = self.stage
+        for key, gauge in (("loss", self.m.loss), ("learning_rate", self.m.learning_rate),
+                           ("grad_norm", self.m.grad_norm)):
+            if key in logs:
+                gauge.labels(s).set(float(logs[key]))
+        self.m.tokens.labels(s).inc(tokens)
+        self.m.samples.labels(s).inc(samples)
+        for reason, n in skips.items():
+            if n:
+                self.m.skipped.labels(s, reason).inc(n)
+        self.m.tokens_per_second.labels(s).set(tokens / dt)
+        self.m.samples_per_second.labels(s).set(samples / dt)
+        self.m.step.labels(s).set(state.global_step)
+        self.m.epoch.labels(s).set(state.epoch or 0.0)
+        if torch.cuda.is_available():
+            self.m.gpu_memory.labels(s).set(torch.cuda.max_memory_allocated())
+        if "loss" in logs:
+            elapsed = now - self.start_time
+            eta = elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step)
+            log.info("[%s] step %d/%d loss %.4f lr %.2e grad_norm %s tokens/s %.0f eta %ds", s, state.global_step,
+                     state.max_steps, logs["loss"], logs.get("learning_rate", 0.0),
+                     f"{logs['grad_norm']:.3f}" if "grad_norm" in logs else "-", tokens / dt, eta)
+
+    def on_train_end(self, args, state, control, **kw):
+        self.m.stage_info.labels(self.stage, self.preset).set(0)
+        if self.server is not None:
+            self.server[0].shutdown()

@@ -1,0 +1,116 @@
+"""VitaTrainer: HF Trainer plus atomic checkpoints, token accounting, per-module learning rates and
+a non-finite-loss guard."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import rotate_checkpoints
+
+from ..errors import VitaError
+
+log = logging.getLogger("vita_trainer")
+STAGING = ".staging"
+
+
+def _barrier():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """Newest checkpoint-N. Checkpoints are renamed into place only when complete, so any is loadable."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    steps = [(int(m.group(1)), p) for p in root.iterdir()
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    return str(max(steps)[1]) if steps else None
+
+
+class VitaTrainer(Trainer):
+    def __init__(self, *args, metrics_callback=None, module_lr: dict[str, float] | None = None,
+                 modality_lengths=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.metrics_callback = metrics_callback
+        self.module_lr = module_lr or {}
+        self.modality_lengths = modality_lengths
+        self._staging_root = None
+
+    # --- data ---------------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        if self.modality_lengths is not None:
+            # Length-grouped batches keep padding low; abs() because text-only samples carry negative lengths.
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=[abs(n) for n in self.modality_lengths])
+        return super()._get_train_sampler(train_dataset)
+
+    # --- loss ---------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        skipped = inputs.pop("skipped_reasons", [])
+        if self.metrics_callback is not None:
+            self.metrics_callback.count_batch(int(inputs["attention_mask"].sum()), int(inputs["input_ids"].shape[0]),
+                                              skipped)
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if not torch.isfinite(loss.detach()).all():
+            raise VitaError(f"non-finite loss ({loss.item()}) at step {self.state.global_step}; lower the learning "
+                            f"rate, enable gradient clipping (--max_grad_norm), or check the batch's data")
+        return result
+
+    # --- optimiser ----------------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        if not self.module_lr or self.optimizer is not None:
+            return super().create_optimizer(model) if model is not None else super().create_optimizer()
+        model = self.model
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[float, float], list] = {}
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            head = name.split(".", 1)[0]
+            lr = self.module_lr.get(head, self.args.learning_rate)
+            wd = self.args.weight_decay if name in decay else 0.0
+            groups.setdefault((lr, wd), []).append(p)
+        opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = opt_cls([{"params": ps, "lr": lr, "weight_decay": wd}
+                                  for (lr, wd), ps in groups.items()], **opt_kwargs)
+        return self.optimizer
+
+    # --- atomic checkpoints -------------------------------------------------------------------
+    def _get_output_dir(self, trial):
+        return self._staging_root or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        """Write into <output>/.staging/checkpoint-N, then rename into place: a crash mid-save leaves the
+        previous checkpoint untouched and no half-written checkpoint-N behind."""
+        start = time.monotonic()
+        final_root = super()._get_output_dir(trial)
+        name = f"checkpoint-{self.state.global_step}"
+        self._staging_root = os.path.join(final_root, STAGING)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_root = None
+        if os.environ.get("VITA_FAULT_CRASH_IN_SAVE") == str(self.state.global_step):
+            os._exit(17)  # test hook: simulates a crash after the shards are written, before the commit
+        _barrier()
+        if self.args.should_save:
+            src, dst = os.path.join(final_root, STAGING, name), os.path.join(final_root, name)
+            if os.path.exists(dst):
+                shutil.rmtree(dst)
+            os.replace(src, dst)
+            rotate_checkpoints(final_root, self.args.save_total_limit, self.state.best_model_checkpoint)
+        _barrier()
+        if self.metrics_callback is not None:
+            self.metrics_callback.m.checkpoint_seconds.labels(self.metrics_callback.stage).observe(
+                time.monotonic() - start)
