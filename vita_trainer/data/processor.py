@@ -53,7 +53,9 @@ class Warnings:
 
 class SampleProcessor:
     def __init__(self, tokenizer, media: MediaSpec, registry: Registry, model_max_length: int,
-                 image_aspect_ratio: str = "dynamic", cmvn: audio_io.GlobalCMVN | None = None):
+                 image_aspect_ratio: str = "dynamic", cmvn: audio_io.GlobalCMVN | None = None,
+                 system_prompt: str | None = None):
+        self.system_prompt = system_prompt
         self.tok, self.media, self.registry = tokenizer, media, registry
         self.max_len = model_max_length
         self.dynamic = image_aspect_ratio != "square"
@@ -159,7 +161,7 @@ class SampleProcessor:
         image_counts += [self.media.tokens_per_tile] * len(frames)
         audio_counts = [self.media.audio_tokens_fn(f.shape[0]) for f in feats]
 
-        ids, labels = tokenize_segments(render_segments(turns, s.modality), self._encode)
+        ids, labels = tokenize_segments(render_segments(turns, s.modality, self.system_prompt), self._encode)
         if ids.count(self.image_id) != len(tile_groups) + len(frames) or ids.count(self.audio_id) != len(feats):
             raise DataError("media tokens appear in the text itself", file=file, sample_id=s.sample_id,
                             field="conversations", reason="placeholder",

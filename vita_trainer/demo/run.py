@@ -15,11 +15,14 @@ from ..data.tokenizer import train_tiny_tokenizer
 from ..model.builder import build_model, tiny_config
 from . import synth
 
+# A short system prompt: the tiny model's compute goes to the media and answers, not to 48 masked tokens.
+SYSTEM_PROMPT = "You are VITA."
 # Four stages: "base-lm" stands in for the pretrained Qwen2.5 a real run starts from; then the three VITA stages.
 # Stage 3 also trains the encoders: frozen random encoders cap what a tiny model can learn (demo-feasibility.md).
 COMMON = {"per_device_train_batch_size": 48, "logging_steps": 25, "save_steps": 500, "save_total_limit": 1,
           "lr_scheduler_type": "cosine", "warmup_steps": 0.03, "dataloader_num_workers": 0,
-          "cache_processed_samples": True, "model_max_length": 512, "seed": 0}
+          "cache_processed_samples": True, "model_max_length": 512, "seed": 0,
+          "system_prompt": SYSTEM_PROMPT}
 STAGES = [
     ("base-lm", "text_sft", "demo_text", {"max_steps": 400, "learning_rate": 1e-3}),
     ("vision-align", "vision_align", "demo_image", {"max_steps": 300, "learning_rate": 1e-3}),
@@ -50,7 +53,7 @@ def prepare(out: Path, small: bool = False, seed: int = 0) -> None:
     files = synth.generate(out, seed=seed, **sizes)
     tok = train_tiny_tokenizer(synth.corpus(list(files["chats"].values())), vocab_size=1000)
     torch.manual_seed(seed)
-    cfg = tiny_config(tok, hidden=128, layers=2, heads=4, ffn=256, image_size=64, patch_size=8, vision_hidden=64,
+    cfg = tiny_config(tok, hidden=64, layers=2, heads=4, ffn=256, image_size=64, patch_size=8, vision_hidden=64,
                       vision_layers=2, audio_d_model=64, audio_layers=2)
     build_model(cfg).save_pretrained(out / "base_model")
     tok.save_pretrained(out / "base_model")
@@ -67,7 +70,7 @@ def evaluate_run(out: Path, final_stage: str) -> dict:
     model_dir = out / "runs" / final_stage
     model, tok = load_model(str(model_dir)), load_tokenizer(str(model_dir))
     proc = SampleProcessor(tok, MediaSpec.from_config(model.config), load_registry(out / "registry.yaml"), 512,
-                           cmvn=GlobalCMVN.load(model_dir / "global_cmvn.json"))
+                           cmvn=GlobalCMVN.load(model_dir / "global_cmvn.json"), system_prompt=SYSTEM_PROMPT)
     kind = {q: k for q, k in synth.IMAGE_QUESTIONS + synth.AUDIO_QUESTIONS}
     return {"image": evaluate(model, tok, proc, str(out / "chats" / "image_eval.json"), kind.get),
             "audio": evaluate(model, tok, proc, str(out / "chats" / "audio_eval.json"), kind.get)}

@@ -52,6 +52,8 @@ class DataArguments:
     cache_processed_samples: bool = field(default=False, metadata={
         "help": "Keep each processed sample in memory after its first use (small data sets; still lazy)"})
     audio_cmvn: str | None = field(default=None, metadata={"help": "global_cmvn stats file; default: <model>/global_cmvn.json"})
+    system_prompt: str | None = field(default=None, metadata={
+        "help": "Replace the template's modality-dependent system prompts with this text"})
     min_audio_seconds: float = 0.5
     max_audio_seconds: float = 30.0
 

