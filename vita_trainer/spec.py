@@ -76,6 +76,10 @@ class SchedulingSpec(_Spec):
 
 
 class StageSpec(_Spec):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, json_schema_extra={
+        "x-kubernetes-validations": [
+            {"rule": "!has(self.args) || (!('output_dir' in self.args) && !('model_name_or_path' in self.args))",
+             "message": "args may not set output_dir or model_name_or_path: the stage plan derives them"}]})
     name: str = Field(pattern=DNS_LABEL, max_length=30, description="Stage name, unique in the run (DNS label)")
     preset: str = Field(description="Stage preset name or alias, e.g. vision_align or 1.1")
     dataset_use: str = Field(description="Mixture or dataset key in the registry")
@@ -94,6 +98,13 @@ class TrainerSpec(_Spec):
 
 
 class VitaTrainingRunSpec(_Spec):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, json_schema_extra={
+        "x-kubernetes-validations": [
+            {"rule": "self.stages.all(s, self.stages.filter(t, t.name == s.name).size() == 1)",
+             "message": "stage names must be unique"},
+            {"rule": "!(has(self.scheduling) && has(self.scheduling.kueueQueue) && has(self.scheduling.volcanoQueue))",
+             "message": "set at most one of scheduling.kueueQueue and scheduling.volcanoQueue"},
+        ]})
     model: ModelSpec
     data: DataSpec
     stages: list[StageSpec] = Field(min_length=1, description="Stages, run in order")

@@ -34,8 +34,10 @@ class TrainerMetrics:
         self.gpu_memory = Gauge("vita_train_gpu_memory_bytes", "Peak GPU memory allocated on rank 0", L, registry=r)
 
     def names(self) -> set[str]:
-        """Every exposed sample name (counters add _total, histograms _bucket/_sum/_count)."""
-        return {s.name for m in self.registry.collect() for s in m.samples} | {m.name for m in self.registry.collect()}
+        """Every sample name the exporter can expose (counters add _total, histograms _bucket/_sum/_count)."""
+        suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+                    "gauge": ("",)}
+        return {m.name + sfx for m in self.registry.collect() for sfx in suffixes.get(m.type, ("",))}
 
 
 def _all_reduce(values: list[float]) -> list[float]:
@@ -68,7 +70,12 @@ class MetricsCallback(TrainerCallback):
         self.m.stage_info.labels(self.stage, self.preset).set(1)
         self.m.max_steps.labels(self.stage).set(state.max_steps)
         if state.is_world_process_zero and self.port:
-            self.server = start_http_server(self.port, registry=self.m.registry)
+            try:
+                self.server = start_http_server(self.port, registry=self.m.registry)
+            except OSError as e:
+                from ..errors import ConfigError
+                raise ConfigError(f"cannot serve metrics on port {self.port} ({e}); pass --metrics_port with a "
+                                  f"free port, or 0 to disable the endpoint") from e
             log.info("serving Prometheus metrics on :%d/metrics", self.port)
 
     def on_log(self, args, state, control, logs=None, **kw):

@@ -1,0 +1,1 @@
+"""Kubernetes operator for VitaTrainingRun: one Kubeflow PyTorchJob per stage, in sequence."""

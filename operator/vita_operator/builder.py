@@ -1,0 +1,136 @@
+"""PyTorchJob builder: a pure function of (run, stage, attempt). Behind `JobBackend` so a Kubeflow Trainer v2
+TrainJob builder can be added beside it."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol
+
+from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
+from vita_trainer.stages.plan import PathRoots, nproc_per_node, stage_args, stage_output_dir, stage_resources
+
+LABEL_RUN = f"{API_GROUP}/run"
+LABEL_STAGE = f"{API_GROUP}/stage"
+LABEL_ATTEMPT = f"{API_GROUP}/attempt"
+MANAGED_BY = ("app.kubernetes.io/managed-by", "vita-operator")
+KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+DATASET_MOUNT_DEFAULT, CHECKPOINT_MOUNT_DEFAULT = "/data", "/checkpoints"
+# Pod-level restarts (OnFailure) absorb transient crashes; the operator's own attempts handle the rest.
+POD_BACKOFF_LIMIT = 3
+TTL_AFTER_FINISHED = 7 * 24 * 3600
+
+
+class JobBackend(Protocol):
+    api_version: str
+    plural: str
+
+    def build(self, run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int) -> dict: ...
+
+    def phase(self, job: dict) -> tuple[str, str]: ...
+
+
+def job_name(run_name: str, stage_name: str, attempt: int) -> str:
+    """Deterministic and DNS-1035 safe (<= 50 chars leaves room for Kubeflow's '-master-0' pod suffixes)."""
+    name = f"{run_name}-{stage_name}-{attempt}"
+    if len(name) <= 50:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:50 - 9 - len(str(attempt)) - 1].rstrip('-')}-{digest}-{attempt}"
+
+
+def roots(spec: VitaTrainingRunSpec) -> PathRoots:
+    v = spec.volumes
+    return PathRoots(data=v.dataset.mount_path if v.dataset else DATASET_MOUNT_DEFAULT,
+                     checkpoints=v.checkpoints.mount_path if v.checkpoints else CHECKPOINT_MOUNT_DEFAULT)
+
+
+def _secret_env(spec: VitaTrainingRunSpec) -> list[dict]:
+    env = []
+    for var, ref in sorted(spec.trainer.env_from_secrets.items()):
+        secret, _, key = ref.partition("/")
+        env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key or var}}})
+    return env
+
+
+def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: list[str]) -> dict:
+    res = stage_resources(spec, index)
+    limits = {"cpu": res.cpu, "memory": res.memory}
+    if res.gpus_per_node:
+        limits["nvidia.com/gpu"] = str(res.gpus_per_node)
+    mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}}]
+    v = spec.volumes
+    if v.dataset:
+        mounts.append({"name": "dataset", "mountPath": v.dataset.mount_path, "readOnly": True})
+        volumes.append({"name": "dataset", "persistentVolumeClaim": {"claimName": v.dataset.claim_name,
+                                                                       "readOnly": True}})
+    if v.checkpoints:
+        mounts.append({"name": "checkpoints", "mountPath": v.checkpoints.mount_path})
+        volumes.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": v.checkpoints.claim_name}})
+    port = spec.trainer.metrics_port
+    container = {
+        "name": "pytorch", "image": spec.trainer.image, "imagePullPolicy": "IfNotPresent",
+        # Kubeflow injects MASTER_ADDR/PORT and PET_NNODES/PET_NPROC_PER_NODE/PET_NODE_RANK, which torchrun reads.
+        "command": ["torchrun"],
+        "args": ["--master_addr=$(MASTER_ADDR)", "--master_port=$(MASTER_PORT)", "-m", "vita_trainer.train", *args],
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, *_secret_env(spec)],
+        "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
+        "resources": {"requests": dict(limits), "limits": limits},
+        "volumeMounts": mounts,
+    }
+    pod_spec = {"containers": [container], "volumes": volumes}
+    if res.node_selector:
+        pod_spec["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in res.tolerations]
+    if res.priority_class_name:
+        pod_spec["priorityClassName"] = res.priority_class_name
+    return {"metadata": {"labels": dict(labels),
+                         "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                                         "prometheus.io/path": "/metrics"}},
+            "spec": pod_spec}
+
+
+class PyTorchJobBackend:
+    api_version = "kubeflow.org/v1"
+    plural = "pytorchjobs"
+
+    def build(self, run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int,
+              suspend: bool = False) -> dict:
+        stage = spec.stages[index]
+        res = stage_resources(spec, index)
+        labels = {MANAGED_BY[0]: MANAGED_BY[1], LABEL_RUN: run_name, LABEL_STAGE: stage.name,
+                  LABEL_ATTEMPT: str(attempt)}
+        job_labels = dict(labels)
+        if spec.scheduling.kueue_queue:
+            job_labels[KUEUE_LABEL] = spec.scheduling.kueue_queue
+        template = _pod_template(spec, index, labels, stage_args(spec, index, roots(spec)))
+        replica = lambda n: {"replicas": n, "restartPolicy": "OnFailure", "template": template}  # noqa: E731
+        replicas = {"Master": replica(1)}
+        if res.nodes > 1:
+            replicas["Worker"] = replica(res.nodes - 1)
+        run_policy = {"backoffLimit": POD_BACKOFF_LIMIT, "cleanPodPolicy": "Running",
+                      "ttlSecondsAfterFinished": TTL_AFTER_FINISHED, "suspend": suspend}
+        if stage.args.get("active_deadline_seconds"):
+            run_policy["activeDeadlineSeconds"] = int(stage.args["active_deadline_seconds"])
+        if spec.scheduling.volcano_queue:
+            run_policy["schedulingPolicy"] = {"queue": spec.scheduling.volcano_queue, "minAvailable": res.nodes}
+            if res.priority_class_name:
+                run_policy["schedulingPolicy"]["priorityClass"] = res.priority_class_name
+        return {"apiVersion": self.api_version, "kind": "PyTorchJob",
+                "metadata": {"name": job_name(run_name, stage.name, attempt), "namespace": namespace,
+                             "labels": job_labels,
+                             "annotations": {f"{API_GROUP}/output": stage_output_dir(spec, index, roots(spec))}},
+                "spec": {"nprocPerNode": str(nproc_per_node(spec, index)), "runPolicy": run_policy,
+                         "pytorchReplicaSpecs": replicas}}
+
+    def phase(self, job: dict) -> tuple[str, str]:
+        """(Pending|Running|Suspended|Succeeded|Failed, message) from the job's conditions."""
+        conds = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or []
+                 if c.get("status") == "True"}
+        for kind in ("Succeeded", "Failed", "Suspended", "Running", "Restarting"):
+            if kind in conds:
+                c = conds[kind]
+                msg = f"{c.get('reason', kind)}: {c.get('message', '')}".strip(": ")
+                return ("Running" if kind == "Restarting" else kind), msg
+        return "Pending", ""

@@ -1,0 +1,120 @@
+"""Generate the VitaTrainingRun CRD from the run spec model (the single source of truth).
+
+`vita-operator-crd > manifests/crd/vitatrainingruns.yaml` regenerates it; a test fails when the checked-in copies
+(manifests/ and the Helm chart's crds/) drift from this output.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import yaml
+
+from vita_trainer.spec import API_GROUP, KIND, VitaTrainingRunSpec
+from vita_trainer.stages.presets import all_presets
+
+PLURAL = "vitatrainingruns"
+VERSION = "v1alpha1"
+PHASES = ["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+
+
+def _structural(node, defs):
+    """Pydantic JSON schema -> Kubernetes structural OpenAPI v3 (inline refs, nullable, no titles)."""
+    if isinstance(node, list):
+        return [_structural(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].split("/")[-1]])
+        extra = {k: v for k, v in node.items() if k != "$ref"}
+        return _structural({**target, **extra}, defs)
+    if "anyOf" in node:
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        if len(options) == 1:  # Optional[X]
+            merged = _structural({**options[0], **rest}, defs)
+            merged.pop("default", None) if rest.get("default") is None else None
+            return merged
+        # scalars of several types (stage args values): keep them as they are
+        return {k: v for k, v in _structural(rest, defs).items()} | {"x-kubernetes-preserve-unknown-fields": True}
+    out = {}
+    for key, value in node.items():
+        if key in ("title", "$defs") or (key == "additionalProperties" and value is False):
+            continue  # structural schemas forbid additionalProperties: false; the API server prunes instead
+        if key == "const":
+            out["enum"] = [value]
+            continue
+        out[key] = _structural(value, defs)
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    return out
+
+
+def spec_schema() -> dict:
+    raw = VitaTrainingRunSpec.model_json_schema(by_alias=True)
+    schema = _structural(raw, raw.get("$defs", {}))
+    schema["description"] = ("What to train: base model, dataset registry, the ordered stages with their presets "
+                             "and overrides, resources and volumes.")
+    # Presets are data; the API server rejects names that no preset or alias defines.
+    names = sorted({n for p in all_presets().values() for n in [p.name, *p.aliases]})
+    schema["properties"]["stages"]["items"]["properties"]["preset"]["enum"] = names
+    args = schema["properties"]["stages"]["items"]["properties"]["args"]
+    args.pop("additionalProperties", None)
+    args["x-kubernetes-preserve-unknown-fields"] = True
+    return schema
+
+
+def status_schema() -> dict:
+    time = {"type": "string", "format": "date-time"}
+    stage = {"type": "object", "properties": {
+        "name": {"type": "string"},
+        "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed"]},
+        "jobName": {"type": "string", "description": "PyTorchJob of the latest attempt"},
+        "attempts": {"type": "integer", "minimum": 0},
+        "startTime": time, "completionTime": time,
+        "checkpointPath": {"type": "string", "description": "Where the stage writes checkpoints and its output"},
+        "finalLoss": {"type": "number", "description": "Last logged training loss, if known"},
+        "message": {"type": "string"}}}
+    condition = {"type": "object", "required": ["type", "status"], "properties": {
+        "type": {"type": "string"}, "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+        "reason": {"type": "string"}, "message": {"type": "string"}, "lastTransitionTime": time,
+        "observedGeneration": {"type": "integer"}}}
+    return {"type": "object", "description": "Observed state, written by the operator.", "properties": {
+        "phase": {"type": "string", "enum": PHASES},
+        "currentStage": {"type": "string"}, "currentJob": {"type": "string"},
+        "observedGeneration": {"type": "integer"},
+        "conditions": {"type": "array", "items": condition,
+                       "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        "stages": {"type": "array", "items": stage}}}
+
+
+def crd() -> dict:
+    schema = {"type": "object", "description": "A progressive VITA-1.5 training run: one PyTorchJob per stage.",
+              "required": ["spec"], "properties": {
+                  "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
+                  "spec": spec_schema(), "status": status_schema()}}
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{PLURAL}.{API_GROUP}"},
+            "spec": {"group": API_GROUP, "scope": "Namespaced",
+                     "names": {"plural": PLURAL, "singular": "vitatrainingrun", "kind": KIND, "shortNames": ["vtr"],
+                               "categories": ["all", "vita"]},
+                     "versions": [{"name": VERSION, "served": True, "storage": True,
+                                   "subresources": {"status": {}},
+                                   "additionalPrinterColumns": [
+                                       {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage"},
+                                       {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                                       {"name": "Job", "type": "string", "jsonPath": ".status.currentJob"},
+                                       {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}],
+                                   "schema": {"openAPIV3Schema": schema}}]}}
+
+
+def render() -> str:
+    return "# Generated by `vita-operator-crd` from vita_trainer.spec; do not edit by hand.\n" + yaml.safe_dump(
+        crd(), sort_keys=False, width=120)
+
+
+def main() -> None:
+    sys.stdout.write(render())

@@ -1,0 +1,177 @@
+"""kopf handlers: read the cluster, call the pure `decide`, apply its answer idempotently.
+
+Run with: kopf run --standalone -m vita_operator.handlers --liveness=http://0.0.0.0:8081/healthz
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import threading
+import time
+
+import kopf
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+from pydantic import ValidationError
+
+from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
+
+from . import metrics
+from .builder import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY, PyTorchJobBackend
+from .crd import PLURAL, VERSION
+from .state import CreateJob, ObservedJob, SetJobSuspend, decide
+
+BACKEND = PyTorchJobBackend()
+JOB_GROUP, JOB_VERSION = BACKEND.api_version.split("/")
+API_URL_ENV = "VITA_OPERATOR_API_URL"   # tests point the operator at an emulated API server
+_locks: dict[str, threading.Lock] = {}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _api() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi()
+
+
+@kopf.on.login()
+def login(**kwargs):
+    url = os.environ.get(API_URL_ENV)
+    if url:
+        return kopf.ConnectionInfo(server=url, insecure=True, scheme="Bearer", token="test")
+    return kopf.login_via_client(**kwargs)
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_):
+    url = os.environ.get(API_URL_ENV)
+    if url:
+        cfg = client.Configuration(host=url)
+        client.Configuration.set_default(cfg)
+    else:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+    settings.posting.level = 20  # INFO and up become Kubernetes Events
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    port = int(os.environ.get("VITA_OPERATOR_METRICS_PORT", "9090"))
+    if port:
+        from prometheus_client import start_http_server
+        start_http_server(port, registry=metrics.REGISTRY)
+
+
+def observed_jobs(namespace: str, run_name: str) -> list[ObservedJob]:
+    items = _api().list_namespaced_custom_object(JOB_GROUP, JOB_VERSION, namespace, BACKEND.plural,
+                                                 label_selector=f"{LABEL_RUN}={run_name}")["items"]
+    out = []
+    for job in items:  # filter again: label selectors are not honoured everywhere (mocks)
+        labels = job.get("metadata", {}).get("labels", {})
+        if labels.get(LABEL_RUN) != run_name or labels.get(MANAGED_BY[0]) != MANAGED_BY[1]:
+            continue
+        phase, message = BACKEND.phase(job)
+        out.append(ObservedJob(job["metadata"]["name"], labels.get(LABEL_STAGE, ""),
+                               int(labels.get(LABEL_ATTEMPT, "0")), phase, message))
+    return out
+
+
+def _patch_status(namespace: str, name: str, status: dict) -> None:
+    _api().patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+
+
+def reconcile(run: dict, logger) -> None:
+    """One pass for one run. Safe to call concurrently and repeatedly."""
+    meta = run["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    key = f"{namespace}/{name}"
+    with _locks.setdefault(key, threading.Lock()), metrics.RECONCILE_SECONDS.time():
+        try:
+            spec = VitaTrainingRunSpec.model_validate(run.get("spec") or {})
+        except ValidationError as e:  # the CRD schema normally rejects these first
+            status = dict(run.get("status") or {}, phase="Failed")
+            status["conditions"] = [{"type": "Failed", "status": "True", "reason": "InvalidSpec",
+                                     "message": str(e)[:1000], "lastTransitionTime": _now()}]
+            _patch_status(namespace, name, status)
+            kopf.warn(run, reason="InvalidSpec", message=str(e)[:1000])
+            metrics.record_phase(key, "Failed")
+            return
+        try:
+            jobs = observed_jobs(namespace, name)
+        except ApiException as e:
+            if e.status == 404:
+                msg = "the PyTorchJob CRD (kubeflow.org/v1) is not installed; install the Kubeflow training operator"
+                status = dict(run.get("status") or {}, phase=(run.get("status") or {}).get("phase", "Pending"))
+                status["conditions"] = [{"type": "Ready", "status": "False", "reason": "PyTorchJobCRDMissing",
+                                         "message": msg, "lastTransitionTime": _now()}]
+                _patch_status(namespace, name, status)
+                kopf.warn(run, reason="PyTorchJobCRDMissing", message=msg)
+                metrics.RECONCILE_ERRORS.labels("crd_missing").inc()
+                return
+            raise
+        decision = decide(name, meta.get("generation", 1), spec, run.get("status"), jobs, _now())
+        for action in decision.actions:
+            if isinstance(action, CreateJob):
+                body = BACKEND.build(name, namespace, spec, action.index, action.attempt, suspend=action.suspend)
+                kopf.adopt(body, owner=run)  # ownerReferences: deleting the run deletes its jobs
+                try:
+                    _api().create_namespaced_custom_object(JOB_GROUP, JOB_VERSION, namespace, BACKEND.plural, body)
+                except ApiException as e:
+                    if e.status != 409:  # 409: created by an earlier pass; names are deterministic
+                        raise
+            elif isinstance(action, SetJobSuspend):
+                _api().patch_namespaced_custom_object(JOB_GROUP, JOB_VERSION, namespace, BACKEND.plural, action.name,
+                                                      {"spec": {"runPolicy": {"suspend": action.suspend}}})
+        if decision.status != (run.get("status") or {}):
+            _patch_status(namespace, name, decision.status)
+        for etype, reason, message in decision.events:
+            (kopf.warn if etype == "Warning" else kopf.info)(run, reason=reason, message=message)
+            metrics.STAGE_TRANSITIONS.labels(reason).inc()
+            if reason in ("StageRetrying",) or (reason == "RunFailed"):
+                metrics.JOB_FAILURES.inc()
+        metrics.record_phase(key, decision.status.get("phase"))
+        logger.info("reconciled %s: phase=%s stage=%s job=%s", key, decision.status.get("phase"),
+                    decision.status.get("currentStage"), decision.status.get("currentJob"))
+
+
+@kopf.on.resume(API_GROUP, VERSION, PLURAL)
+@kopf.on.create(API_GROUP, VERSION, PLURAL)
+@kopf.on.update(API_GROUP, VERSION, PLURAL, field="spec")
+def on_run(body, logger, **_):
+    try:
+        reconcile(dict(body), logger)
+    except ApiException as e:
+        metrics.RECONCILE_ERRORS.labels("api").inc()
+        raise kopf.TemporaryError(f"API error {e.status}: {e.reason}", delay=10) from e
+
+
+@kopf.timer(API_GROUP, VERSION, PLURAL, interval=float(os.environ.get("VITA_OPERATOR_RESYNC_SECONDS", "60")),
+            idle=5)
+def resync(body, logger, **_):
+    """Safety net for missed job events."""
+    on_run(body=body, logger=logger)
+
+
+@kopf.on.event(JOB_GROUP, JOB_VERSION, BACKEND.plural, labels={MANAGED_BY[0]: MANAGED_BY[1]})
+def on_job(body, logger, **_):
+    labels = body.get("metadata", {}).get("labels", {})
+    run_name, namespace = labels.get(LABEL_RUN), body["metadata"].get("namespace")
+    if not run_name:
+        return
+    try:
+        run = _api().get_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL, run_name)
+    except ApiException as e:
+        if e.status == 404:
+            return  # the run is gone; garbage collection removes its jobs
+        raise
+    if run.get("metadata", {}).get("deletionTimestamp"):
+        return
+    started = time.monotonic()
+    on_run(body=run, logger=logger)
+    logger.debug("job event reconcile took %.3fs", time.monotonic() - started)
+
+
+@kopf.on.delete(API_GROUP, VERSION, PLURAL, optional=True)
+def on_delete(body, **_):
+    metrics.record_phase(f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)

@@ -1,0 +1,154 @@
+"""The operator's pure core: (spec, status, observed jobs) -> new status, actions and events.
+
+Rules:
+- Stages run in spec order; a stage's record is matched by name and a Succeeded record stays done.
+- Each attempt of a stage is its own job, named deterministically (run, stage, attempt). The attempt counter is
+  the larger of the recorded one and the highest attempt seen among existing jobs, so a restart between
+  "create job" and "write status" neither duplicates nor forgets a job.
+- A failed job is retried while attempts <= retryLimit; the trainer resumes from the newest checkpoint in
+  the stage's output folder. After that the run is Failed with the job's reason.
+- Spec edits: a job keeps the spec it was created with. Every job created after an edit (the next stage, or a
+  retry) uses the new spec. Finished runs (Succeeded/Failed) ignore edits: delete and recreate to rerun.
+- spec.suspend suspends the current job (runPolicy.suspend) and creates new jobs suspended. A job that is
+  suspended while the run is not (Kueue holding it in a queue) is left alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vita_trainer.spec import VitaTrainingRunSpec
+from vita_trainer.stages.plan import check_spec, stage_output_dir
+
+from .builder import job_name, roots
+
+TERMINAL = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class ObservedJob:
+    name: str
+    stage: str
+    attempt: int
+    phase: str          # Pending|Running|Suspended|Succeeded|Failed
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    index: int
+    attempt: int
+    suspend: bool
+
+
+@dataclass(frozen=True)
+class SetJobSuspend:
+    name: str
+    suspend: bool
+
+
+@dataclass
+class Decision:
+    status: dict
+    actions: list = field(default_factory=list)
+    events: list = field(default_factory=list)   # (type, reason, message)
+
+
+def _condition(status: dict, ctype: str, value: bool, reason: str, message: str, now: str, generation: int):
+    conds = status.setdefault("conditions", [])
+    new = {"type": ctype, "status": "True" if value else "False", "reason": reason, "message": message,
+           "observedGeneration": generation}
+    for c in conds:
+        if c["type"] == ctype:
+            new["lastTransitionTime"] = c.get("lastTransitionTime", now) if c["status"] == new["status"] else now
+            c.clear()
+            c.update(new)
+            return
+    conds.append({**new, "lastTransitionTime": now})
+
+
+def _set_phase(d: Decision, phase: str, reason: str, message: str, now: str, generation: int):
+    if d.status.get("phase") != phase:
+        d.events.append(("Warning" if phase == "Failed" else "Normal", f"Run{phase}", message))
+    d.status["phase"] = phase
+    for ctype in ("Running", "Suspended", "Succeeded", "Failed"):
+        _condition(d.status, ctype, ctype == phase, reason if ctype == phase else "", message if ctype == phase
+                   else "", now, generation)
+
+
+def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: dict | None,
+           jobs: list[ObservedJob], now: str) -> Decision:
+    import copy
+    d = Decision(status=copy.deepcopy(status or {}))
+    st = d.status
+    st["observedGeneration"] = generation
+    if st.get("phase") in TERMINAL:
+        return d
+
+    problems = check_spec(spec)
+    if problems:
+        _set_phase(d, "Failed", "InvalidSpec", "; ".join(problems), now, generation)
+        return d
+
+    records = {r["name"]: r for r in st.get("stages", [])}
+    st["stages"] = [records.get(s.name, {"name": s.name, "phase": "Pending", "attempts": 0}) for s in spec.stages]
+    for i, s in enumerate(spec.stages):
+        st["stages"][i]["checkpointPath"] = stage_output_dir(spec, i, roots(spec))
+
+    for i, stage in enumerate(spec.stages):
+        rec = st["stages"][i]
+        if rec["phase"] == "Succeeded":
+            continue
+        seen = [j for j in jobs if j.stage == stage.name]
+        attempt = max([rec.get("attempts", 0)] + [j.attempt for j in seen])
+        name = job_name(run_name, stage.name, attempt) if attempt else None
+        job = next((j for j in seen if j.attempt == attempt), None)
+        st["currentStage"], st["currentJob"] = stage.name, name
+        if attempt == 0 or job is None:
+            attempt = attempt or 1
+            name = job_name(run_name, stage.name, attempt)
+            d.actions.append(CreateJob(i, attempt, spec.suspend))
+            rec.update(phase="Running", attempts=attempt, jobName=name)
+            rec.setdefault("startTime", now)
+            st["currentJob"] = name
+            d.events.append(("Normal", "StageStarted", f"stage {stage.name} attempt {attempt}: created job {name}"))
+            _set_phase(d, "Suspended" if spec.suspend else "Running", "StageRunning",
+                       f"stage {stage.name} ({i + 1}/{len(spec.stages)})", now, generation)
+            return d
+        rec.update(attempts=attempt, jobName=name)
+        if job.phase == "Succeeded":
+            rec.update(phase="Succeeded", completionTime=now, message=job.message)
+            d.events.append(("Normal", "StageSucceeded", f"stage {stage.name} succeeded ({name})"))
+            continue  # start the next stage in the same pass
+        if job.phase == "Failed":
+            if attempt <= stage.retry_limit:
+                nxt = attempt + 1
+                new_name = job_name(run_name, stage.name, nxt)
+                d.actions.append(CreateJob(i, nxt, spec.suspend))
+                rec.update(phase="Running", attempts=nxt, jobName=new_name,
+                           message=f"attempt {attempt} failed: {job.message}")
+                st["currentJob"] = new_name
+                d.events.append(("Warning", "StageRetrying", f"stage {stage.name} attempt {attempt} failed "
+                                 f"({job.message}); attempt {nxt} resumes from the last checkpoint"))
+                return d
+            rec.update(phase="Failed", completionTime=now, message=job.message)
+            _set_phase(d, "Failed", "JobFailed", f"stage {stage.name} failed after {attempt} attempt(s): "
+                       f"{job.message}", now, generation)
+            return d
+        # Pending / Running / Suspended
+        if spec.suspend and job.phase != "Suspended":
+            d.actions.append(SetJobSuspend(name, True))
+            d.events.append(("Normal", "StageSuspended", f"suspending job {name}"))
+        elif not spec.suspend and st.get("phase") == "Suspended" and job.phase == "Suspended":
+            d.actions.append(SetJobSuspend(name, False))
+            d.events.append(("Normal", "StageResumed", f"resuming job {name}"))
+        phase = "Suspended" if spec.suspend else "Running"
+        msg = f"stage {stage.name} ({i + 1}/{len(spec.stages)})"
+        if job.phase == "Suspended" and not spec.suspend:
+            msg += ": job is suspended (queued, e.g. by Kueue)"
+        _set_phase(d, phase, "StageRunning", msg, now, generation)
+        return d
+
+    st["currentJob"] = None
+    _set_phase(d, "Succeeded", "AllStagesSucceeded", f"all {len(spec.stages)} stages succeeded", now, generation)
+    return d

@@ -1,0 +1,57 @@
+"""A kmock Kubernetes emulator in a background thread, for running the real kopf operator against it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from kmock import KubernetesEmulator, Server
+from kmock._internal.references import ResourceInfo
+
+RESOURCES = {
+    "v1/namespaces": ResourceInfo(namespaced=False, kind="Namespace", singular="namespace",
+                                  verbs={"list", "watch", "get"}),
+    "v1/events": ResourceInfo(namespaced=True, kind="Event", singular="event", verbs={"create", "list", "get"}),
+    "events.k8s.io/v1/events": ResourceInfo(namespaced=True, kind="Event", singular="event",
+                                            verbs={"create", "list", "get"}),
+    "vita.training.dev/v1alpha1/vitatrainingruns": ResourceInfo(
+        namespaced=True, kind="VitaTrainingRun", singular="vitatrainingrun", subresources={"status"},
+        verbs={"create", "delete", "get", "list", "patch", "update", "watch"}),
+}
+PYTORCHJOBS = ("kubeflow.org/v1/pytorchjobs", ResourceInfo(
+    namespaced=True, kind="PyTorchJob", singular="pytorchjob", subresources={"status"},
+    verbs={"create", "delete", "get", "list", "patch", "update", "watch"}))
+
+
+class KMockThread:
+    def __init__(self, with_pytorchjobs: bool = True):
+        self.with_pytorchjobs = with_pytorchjobs
+        self.ready = threading.Event()
+        self.stopping = None
+        self.url = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        asyncio.run(self._main())
+
+    async def _main(self):
+        self.loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        async with KubernetesEmulator() as kmock, Server(kmock) as server:
+            for key, info in RESOURCES.items():
+                kmock.resources[key] = info
+            if self.with_pytorchjobs:
+                kmock.resources[PYTORCHJOBS[0]] = PYTORCHJOBS[1]
+            self.kmock = kmock
+            self.url = str(server.url).rstrip("/")
+            self.ready.set()
+            await self.stopping.wait()
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.ready.wait(10), "kmock did not start"
+        return self
+
+    def __exit__(self, *exc):
+        self.loop.call_soon_threadsafe(self.stopping.set)
+        self.thread.join(10)
