@@ -21,3 +21,10 @@ test: setup
 	$(VENV)/bin/python -m pytest -q tests
 
 .PHONY: setup demo test
+
+# Regenerate the CRD from the run spec model (tests fail when the checked-in copies drift).
+crd: setup
+	$(VENV)/bin/vita-operator-crd > manifests/crd/vitatrainingruns.yaml
+	cp manifests/crd/vitatrainingruns.yaml helm/vita-operator/crds/vitatrainingruns.yaml
+
+.PHONY: crd

@@ -136,6 +136,8 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
                        f"{job.message}", now, generation)
             return d
         # Pending / Running / Suspended
+        rec["phase"] = "Running"
+        rec.setdefault("startTime", now)
         if spec.suspend and job.phase != "Suspended":
             d.actions.append(SetJobSuspend(name, True))
             d.events.append(("Normal", "StageSuspended", f"suspending job {name}"))

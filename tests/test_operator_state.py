@@ -1,0 +1,121 @@
+"""Table-driven tests of the operator's pure state machine."""
+
+import pytest
+
+from vita_operator.state import CreateJob, ObservedJob, SetJobSuspend, decide
+from vita_trainer.spec import VitaTrainingRunSpec
+
+NOW = "2026-11-26T00:00:00Z"
+
+
+def spec(suspend=False, retry=1, stages=("s1", "s2", "s3")):
+    presets = {"s1": "vision_align", "s2": "audio_align", "s3": "multimodal_sft"}
+    return VitaTrainingRunSpec.model_validate({
+        "model": {"base": "b"}, "data": {"registry": "r.yaml"}, "output": "o", "suspend": suspend,
+        "stages": [{"name": s, "preset": presets.get(s, "multimodal_sft"), "datasetUse": "d", "retryLimit": retry}
+                   for s in stages]})
+
+
+def job(stage, attempt, phase, msg=""):
+    return ObservedJob(f"run-{stage}-{attempt}", stage, attempt, phase, msg)
+
+
+def rec(name, phase, attempts):
+    return {"name": name, "phase": phase, "attempts": attempts, "jobName": f"run-{name}-{attempts}"}
+
+
+def status(*records, phase="Running"):
+    return {"phase": phase, "stages": list(records)}
+
+
+# (case, spec, status, jobs) -> (actions, phase, stage phases, event reasons)
+CASES = [
+    ("new run creates stage 1 attempt 1", spec(), None, [],
+     [CreateJob(0, 1, False)], "Running", ["Running", "Pending", "Pending"], ["StageStarted", "RunRunning"]),
+    ("running job: nothing to do", spec(), status(rec("s1", "Running", 1)), [job("s1", 1, "Running")],
+     [], "Running", ["Running", "Pending", "Pending"], []),
+    ("success chains to the next stage", spec(), status(rec("s1", "Running", 1)), [job("s1", 1, "Succeeded")],
+     [CreateJob(1, 1, False)], "Running", ["Succeeded", "Running", "Pending"], ["StageSucceeded", "StageStarted"]),
+    ("last success finishes the run", spec(),
+     status(rec("s1", "Succeeded", 1), rec("s2", "Succeeded", 1), rec("s3", "Running", 1)),
+     [job("s3", 1, "Succeeded")], [], "Succeeded", ["Succeeded"] * 3, ["StageSucceeded", "RunSucceeded"]),
+    ("failure within the retry limit retries", spec(retry=1), status(rec("s1", "Running", 1)),
+     [job("s1", 1, "Failed", "OOMKilled")], [CreateJob(0, 2, False)], "Running", ["Running", "Pending", "Pending"],
+     ["StageRetrying"]),
+    ("exhausted retries fail the run", spec(retry=1), status(rec("s1", "Running", 2)),
+     [job("s1", 1, "Failed"), job("s1", 2, "Failed", "BackoffLimitExceeded: x")], [], "Failed",
+     ["Failed", "Pending", "Pending"], ["RunFailed"]),
+    ("retry limit 0 fails at once", spec(retry=0), status(rec("s1", "Running", 1)), [job("s1", 1, "Failed")],
+     [], "Failed", ["Failed", "Pending", "Pending"], ["RunFailed"]),
+    ("suspend a running job", spec(suspend=True), status(rec("s1", "Running", 1)), [job("s1", 1, "Running")],
+     [SetJobSuspend("run-s1-1", True)], "Suspended", ["Running", "Pending", "Pending"],
+     ["StageSuspended", "RunSuspended"]),
+    ("suspended run creates its next job suspended", spec(suspend=True), status(rec("s1", "Running", 1),
+                                                                                phase="Suspended"),
+     [job("s1", 1, "Succeeded")], [CreateJob(1, 1, True)], "Suspended", ["Succeeded", "Running", "Pending"],
+     ["StageSucceeded", "StageStarted"]),
+    ("resume a suspended run", spec(), status(rec("s1", "Running", 1), phase="Suspended"),
+     [job("s1", 1, "Suspended")], [SetJobSuspend("run-s1-1", False)], "Running", ["Running", "Pending", "Pending"],
+     ["StageResumed", "RunRunning"]),
+    ("Kueue-held job is left alone", spec(), status(rec("s1", "Running", 1)), [job("s1", 1, "Suspended")],
+     [], "Running", ["Running", "Pending", "Pending"], []),
+    # operator restarts: status may be behind or ahead of the cluster
+    ("restart: job exists but status never recorded it", spec(), None, [job("s1", 1, "Running")],
+     [], "Running", ["Running", "Pending", "Pending"], ["RunRunning"]),
+    ("restart: status recorded a job that was never created", spec(), status(rec("s1", "Running", 1)), [],
+     [CreateJob(0, 1, False)], "Running", ["Running", "Pending", "Pending"], ["StageStarted"]),
+    ("restart: retry job exists, status still at attempt 1", spec(retry=2), status(rec("s1", "Running", 1)),
+     [job("s1", 1, "Failed"), job("s1", 2, "Running")], [], "Running", ["Running", "Pending", "Pending"], []),
+    ("restart in Succeeded: nothing to do", spec(), {"phase": "Succeeded", "stages": []}, [], [], "Succeeded",
+     None, []),
+    ("restart in Failed: nothing to do", spec(), {"phase": "Failed", "stages": []}, [], [], "Failed", None, []),
+    ("spec edit adds a stage after the run: finished runs stay finished", spec(stages=("s1", "s2", "s3", "s4")),
+     {"phase": "Succeeded", "stages": [rec("s1", "Succeeded", 1)]}, [], [], "Succeeded", None, []),
+    ("spec edit: a new later stage is picked up", spec(stages=("s1", "s2", "s3", "s4")),
+     status(rec("s1", "Succeeded", 1), rec("s2", "Succeeded", 1), rec("s3", "Running", 1)),
+     [job("s3", 1, "Succeeded")], [CreateJob(3, 1, False)], "Running", ["Succeeded"] * 3 + ["Running"],
+     ["StageSucceeded", "StageStarted"]),
+    ("spec edit: an unknown preset fails with InvalidSpec", spec(stages=("s1", "zz")), None, [], [], "Failed",
+     None, ["RunFailed"]),
+]
+
+
+@pytest.mark.parametrize("case,sp,st,jobs,actions,phase,stage_phases,events", CASES, ids=[c[0] for c in CASES])
+def test_transitions(case, sp, st, jobs, actions, phase, stage_phases, events):
+    if case.endswith("InvalidSpec"):
+        sp = sp.model_copy(update={"stages": [sp.stages[0], sp.stages[1].model_copy(update={"preset": "nope"})]})
+    d = decide("run", 3, sp, st, jobs, NOW)
+    assert d.actions == actions
+    assert d.status["phase"] == phase
+    assert d.status["observedGeneration"] == 3
+    if stage_phases is not None:
+        assert [r["phase"] for r in d.status["stages"]] == stage_phases
+    assert [reason for _, reason, _ in d.events] == events
+
+
+def test_failed_reason_comes_from_the_job():
+    d = decide("run", 1, spec(retry=0), status(rec("s1", "Running", 1)),
+               [job("s1", 1, "Failed", "BackoffLimitExceeded: pod OOMKilled")], NOW)
+    cond = {c["type"]: c for c in d.status["conditions"]}["Failed"]
+    assert cond["status"] == "True" and cond["reason"] == "JobFailed" and "OOMKilled" in cond["message"]
+
+
+def test_invalid_spec_reason_in_conditions():
+    sp = spec()
+    sp = sp.model_copy(update={"stages": [sp.stages[0], sp.stages[0]]})  # duplicate names
+    d = decide("run", 1, sp, None, [], NOW)
+    cond = {c["type"]: c for c in d.status["conditions"]}["Failed"]
+    assert cond["reason"] == "InvalidSpec" and "unique" in cond["message"]
+
+
+def test_decide_is_pure():
+    st = status(rec("s1", "Running", 1))
+    before = repr(st)
+    decide("run", 1, spec(), st, [job("s1", 1, "Succeeded")], NOW)
+    assert repr(st) == before
+
+
+def test_checkpoint_paths_are_recorded():
+    d = decide("run", 1, spec(), None, [], NOW)
+    assert [r["checkpointPath"] for r in d.status["stages"]] == ["/checkpoints/o/s1", "/checkpoints/o/s2",
+                                                                "/checkpoints/o/s3"]
