@@ -15,34 +15,19 @@ from ..data.tokenizer import train_tiny_tokenizer
 from ..model.builder import build_model, tiny_config
 from . import synth
 
-# A short system prompt: the tiny model's compute goes to the media and answers, not to 48 masked tokens.
-SYSTEM_PROMPT = "You are VITA."
-# Four stages: "base-lm" stands in for the pretrained Qwen2.5 a real run starts from; then the three VITA stages.
-# Stage 3 also trains the encoders: frozen random encoders cap what a tiny model can learn (demo-feasibility.md).
-COMMON = {"per_device_train_batch_size": 48, "logging_steps": 25, "save_steps": 500, "save_total_limit": 1,
-          "lr_scheduler_type": "cosine", "warmup_steps": 0.03, "dataloader_num_workers": 0,
-          "cache_processed_samples": True, "model_max_length": 512, "seed": 0,
-          "system_prompt": SYSTEM_PROMPT}
-STAGES = [
-    ("base-lm", "text_sft", "demo_text", {"max_steps": 400, "learning_rate": 1e-3}),
-    ("vision-align", "vision_align", "demo_image", {"max_steps": 300, "learning_rate": 1e-3}),
-    ("audio-align", "audio_align", "demo_audio", {"max_steps": 300, "learning_rate": 1e-3}),
-    ("multimodal", "multimodal_sft", "demo_multimodal",
-     {"max_steps": 2000, "learning_rate": 1e-3, "unfreeze_vision_tower": True, "freeze_audio_encoder": False,
-      "vision_tower_lr": 3e-3, "audio_encoder_lr": 3e-3}),
-]
+# The schedule is data: the shipped run-tiny.yaml (also manifests/examples/run-tiny.yaml).
+RUN_TINY = Path(__file__).with_name("run-tiny.yaml")
 
 
 def build_run(name: str, steps_scale: float, deepspeed: str, procs: int) -> dict:
-    stages = []
-    for stage_name, preset, mixture, args in STAGES:
-        a = {**COMMON, **args}
-        a["max_steps"] = max(int(a["max_steps"] * steps_scale), 2)
-        stages.append({"name": stage_name, "preset": preset, "datasetUse": mixture, "args": a})
-    return {"apiVersion": "vita.training.dev/v1alpha1", "kind": "VitaTrainingRun", "metadata": {"name": name},
-            "spec": {"model": {"base": "base_model", "tokenizer": "base_model"}, "data": {"registry": "registry.yaml"},
-                     "output": "runs", "trainer": {"deepspeed": deepspeed},
-                     "resources": {"gpusPerNode": 0, "cpuProcsPerNode": procs}, "stages": stages}}
+    """The shipped tiny run, with this invocation's step scale, DeepSpeed preset and process count."""
+    run = yaml.safe_load(RUN_TINY.read_text())
+    run["metadata"]["name"] = name
+    run["spec"]["trainer"]["deepspeed"] = deepspeed
+    run["spec"]["resources"]["cpuProcsPerNode"] = procs
+    for stage in run["spec"]["stages"]:
+        stage["args"]["max_steps"] = max(int(stage["args"]["max_steps"] * steps_scale), 2)
+    return run
 
 
 def prepare(out: Path, small: bool = False, seed: int = 0) -> None:
@@ -61,16 +46,19 @@ def prepare(out: Path, small: bool = False, seed: int = 0) -> None:
     GlobalCMVN.estimate([fbank(load_audio(c)) for c in clips]).save(out / "base_model" / "global_cmvn.json")
 
 
-def evaluate_run(out: Path, final_stage: str) -> dict:
+def evaluate_run(out: Path, final_stage: dict) -> dict:
+    """Held-out accuracy of the final stage's model, prompted exactly as that stage was trained."""
     from ..data.processor import MediaSpec, SampleProcessor
     from ..data.registry import load_registry
     from ..data.tokenizer import load_tokenizer
     from ..model.builder import load_model
     from .evaluate import evaluate
-    model_dir = out / "runs" / final_stage
+    model_dir = out / "runs" / final_stage["name"]
+    args = final_stage["args"]
     model, tok = load_model(str(model_dir)), load_tokenizer(str(model_dir))
-    proc = SampleProcessor(tok, MediaSpec.from_config(model.config), load_registry(out / "registry.yaml"), 512,
-                           cmvn=GlobalCMVN.load(model_dir / "global_cmvn.json"), system_prompt=SYSTEM_PROMPT)
+    proc = SampleProcessor(tok, MediaSpec.from_config(model.config), load_registry(out / "registry.yaml"),
+                           args["model_max_length"], cmvn=GlobalCMVN.load(model_dir / "global_cmvn.json"),
+                           system_prompt=args.get("system_prompt"))
     kind = {q: k for q, k in synth.IMAGE_QUESTIONS + synth.AUDIO_QUESTIONS}
     return {"image": evaluate(model, tok, proc, str(out / "chats" / "image_eval.json"), kind.get),
             "audio": evaluate(model, tok, proc, str(out / "chats" / "audio_eval.json"), kind.get)}
@@ -91,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     run_yaml.write_text(yaml.safe_dump(build_run("tiny-demo", a.steps_scale, a.deepspeed, a.nproc), sort_keys=False))
     from ..local import run_local
     summaries = run_local(run_yaml, a.nproc)
-    results = evaluate_run(out, STAGES[-1][0])
+    results = evaluate_run(out, yaml.safe_load(run_yaml.read_text())["spec"]["stages"][-1])
     report = {"stages": [{k: s[k] for k in ("stage", "preset", "global_step", "first_loss", "final_loss", "seconds")}
                          for s in summaries], "eval": results, "total_seconds": round(time.time() - t0, 1)}
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2))

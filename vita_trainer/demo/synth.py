@@ -54,7 +54,10 @@ def beeps(pitch: str, count: int, rng: random.Random) -> np.ndarray:
     return wave + noise
 
 
-def _two_turn(placeholder: str, qa: list[tuple[str, str]]) -> list[dict]:
+def _two_turn(placeholder: str, qa: list[tuple[str, str]], rng: random.Random) -> list[dict]:
+    """Both questions, in random order: a fixed order lets the model ignore the question text."""
+    qa = list(qa)
+    rng.shuffle(qa)
     convs = []
     for i, (q, a) in enumerate(qa):
         convs += [{"from": "human", "value": (placeholder + "\n" if i == 0 else "") + q}, {"from": "gpt", "value": a}]
@@ -76,7 +79,7 @@ def generate(root: str | Path, n_image: int = 1200, n_audio: int = 600, n_text: 
         draw_shape(colour, shape, rng).save(root / "images" / name)
         answers = {"color": colour, "shape": shape}
         return {"set": "shapes", "id": f"img-{split}-{i}", "image": name,
-                "conversations": _two_turn("<image>", [(q, answers[k]) for q, k in IMAGE_QUESTIONS])}
+                "conversations": _two_turn("<image>", [(q, answers[k]) for q, k in IMAGE_QUESTIONS], rng)}
 
     def audio_sample(i, split):
         pitch, count = rng.choice(list(PITCHES)), rng.choice(list(COUNTS))
@@ -84,7 +87,7 @@ def generate(root: str | Path, n_image: int = 1200, n_audio: int = 600, n_text: 
         sf.write(root / "audio" / name, beeps(pitch, count, rng), SR)
         answers = {"pitch": pitch, "count": COUNTS[count]}
         return {"id": f"aud-{split}-{i}", "audio": [name],
-                "conversations": _two_turn("<audio>", [(q, answers[k]) for q, k in AUDIO_QUESTIONS])}
+                "conversations": _two_turn("<audio>", [(q, answers[k]) for q, k in AUDIO_QUESTIONS], rng)}
 
     def text_sample(i):
         # Stand-in for the pretrained LLM: learn to answer questions in one word from a text description.
@@ -96,7 +99,7 @@ def generate(root: str | Path, n_image: int = 1200, n_audio: int = 600, n_text: 
             pitch, count = rng.choice(list(PITCHES)), rng.choice(list(COUNTS))
             ctx, qa = f"I hear {COUNTS[count]} {pitch} beeps.", [(q, {"pitch": pitch, "count": COUNTS[count]}[k])
                                                               for q, k in AUDIO_QUESTIONS]
-        return {"id": f"txt-{i}", "conversations": _two_turn(ctx, qa)}
+        return {"id": f"txt-{i}", "conversations": _two_turn(ctx, qa, rng)}
 
     chats = {
         "text": [text_sample(i) for i in range(n_text)],
