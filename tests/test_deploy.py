@@ -1,0 +1,197 @@
+"""Helm chart, plain manifests, examples, Grafana dashboard and Dockerfiles, all offline."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.k8s_tools import tool
+from vita_operator.metrics import REGISTRY as OPERATOR_REGISTRY
+from vita_trainer.spec import VitaTrainingRun
+from vita_trainer.stages.plan import check_spec
+from vita_trainer.train.metrics import TrainerMetrics
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "helm" / "vita-operator"
+KUEUE_VALUES = CHART / "examples" / "values-kueue.yaml"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory):
+    home = tmp_path_factory.mktemp("helm")
+    env = {**os.environ, "HELM_CACHE_HOME": str(home / "c"), "HELM_CONFIG_HOME": str(home / "cfg"),
+           "HELM_DATA_HOME": str(home / "d")}
+
+    def run(*args, check=True):
+        return subprocess.run([str(tool("helm")), *args], env=env, capture_output=True, text=True, check=check)
+    return run
+
+
+def docs(text):
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+@pytest.mark.parametrize("values", [None, KUEUE_VALUES])
+def test_helm_lint_and_template_validate(helm, values, tmp_path):
+    extra = ["-f", str(values)] if values else []
+    lint = helm("lint", "--strict", str(CHART), *extra)
+    assert "0 chart(s) failed" in lint.stdout
+    rendered = helm("template", "vita", str(CHART), "-n", "vita-system", "--include-crds", *extra).stdout
+    out = tmp_path / "rendered.yaml"
+    out.write_text(rendered)
+    kinds = [d["kind"] for d in docs(rendered)]
+    assert {"CustomResourceDefinition", "Deployment", "ClusterRole", "ServiceAccount", "Service", "Pod"} <= set(kinds)
+    if values:
+        assert {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"} <= set(kinds)
+    res = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "--quiet", str(out)], capture_output=True,
+                         text=True)
+    failures = [line for line in res.stdout.splitlines() + res.stderr.splitlines()
+                if "ERROR" in line or "failed" in line.lower()]
+    assert res.returncode == 0 and not failures, res.stdout + res.stderr
+
+
+def test_values_schema_rejects_bad_values(helm):
+    bad = helm("lint", "--strict", str(CHART), "--set", "ports.metrics=80", check=False)
+    assert bad.returncode != 0 and "minimum" in (bad.stdout + bad.stderr)
+    typo = helm("lint", "--strict", str(CHART), "--set", "watchAllNamespace=true", check=False)
+    assert typo.returncode != 0
+
+
+def test_operator_pod_security_and_least_privilege_rbac(helm):
+    rendered = docs(helm("template", "vita", str(CHART), "-n", "vita-system").stdout)
+    dep = next(d for d in rendered if d["kind"] == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]
+    assert c["resources"]["limits"] and c["resources"]["requests"]
+    role = next(d for d in rendered if d["kind"] == "ClusterRole")
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+        assert "secrets" not in rule["resources"]
+    resources = {r for rule in role["rules"] for r in rule["resources"]}
+    assert resources == {"vitatrainingruns", "vitatrainingruns/status", "pytorchjobs", "events"}
+    ns_scoped = docs(helm("template", "vita", str(CHART), "-n", "ml", "--set", "watchAllNamespaces=false").stdout)
+    assert {"Role", "RoleBinding"} <= {d["kind"] for d in ns_scoped}
+
+
+def test_plain_manifests_match_the_chart(helm):
+    rendered = helm("template", "vita-operator", str(CHART), "-n", "vita-system", "--skip-tests").stdout
+    checked_in = (ROOT / "manifests" / "operator.yaml").read_text()
+    assert docs(checked_in) == docs(rendered), "manifests/operator.yaml drifted: run `make manifests`"
+    kustom = yaml.safe_load((ROOT / "manifests" / "kustomization.yaml").read_text())
+    for res in kustom["resources"]:
+        assert (ROOT / "manifests" / res).is_file()
+
+
+EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_validate_against_the_run_spec_and_the_crd(path):
+    doc = yaml.safe_load(path.read_text())
+    run = VitaTrainingRun.model_validate(doc)
+    assert check_spec(run.spec) == []
+    crd = yaml.safe_load((ROOT / "manifests" / "crd" / "vitatrainingruns.yaml").read_text())
+    jsonschema.validate(doc, crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+
+
+def test_example_set_and_tiny_run_is_the_demo_one():
+    assert {p.name for p in EXAMPLES} >= {"run-stage3.yaml", "run-full.yaml", "run-tiny.yaml"}
+    assert (ROOT / "manifests/examples/run-tiny.yaml").read_text() == (
+        ROOT / "vita_trainer/demo/run-tiny.yaml").read_text()
+    full = VitaTrainingRun.model_validate(yaml.safe_load((ROOT / "manifests/examples/run-full.yaml").read_text()))
+    assert full.spec.resources.nodes == 4 and full.spec.resources.gpus_per_node == 8 and len(full.spec.stages) == 3
+
+
+def exported_metric_names():
+    trainer = TrainerMetrics().names()
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    operator = {m.name + s for m in OPERATOR_REGISTRY.collect() for s in suffixes.get(m.type, ("",))}
+    return trainer | operator
+
+
+def promql_metric_names(expr):
+    return set(re.findall(r"\b(vita_[a-z0-9_]+)\b", expr))
+
+
+def test_dashboard_uses_only_exported_metrics():
+    chart_copy = (CHART / "dashboards" / "vita-training.json").read_text()
+    assert chart_copy == (ROOT / "manifests" / "grafana" / "vita-training.json").read_text()
+    dash = json.loads(chart_copy)
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"]["query"] for v in dash["templating"]["list"] if isinstance(v.get("query"), dict)]
+    known = exported_metric_names()
+    used = set().union(*(promql_metric_names(e) for e in exprs))
+    assert used and used <= known, sorted(used - known)
+    titles = {p["title"] for p in dash["panels"]}
+    for need in ("Loss", "Learning rate", "Grad norm", "Tokens/s", "Samples/s", "GPU memory (rank 0 peak)",
+                 "Step progress", "ETA (seconds)", "Checkpoint duration p90", "Skipped samples (1h)",
+                 "Runs by phase", "Stage transitions (1h)", "Job failures (1h)"):
+        assert need in titles
+
+
+def test_alert_rules_use_only_exported_metrics(helm):
+    rendered = docs(helm("template", "vita", str(CHART), "-f", str(KUEUE_VALUES)).stdout)
+    rule = next(d for d in rendered if d["kind"] == "PrometheusRule")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    used = set().union(*(promql_metric_names(e) for e in exprs))
+    assert used and used <= exported_metric_names(), sorted(used - exported_metric_names())
+
+
+DOCKERFILES = [ROOT / "images" / "trainer" / "Dockerfile", ROOT / "images" / "operator" / "Dockerfile"]
+
+
+def test_hadolint_passes():
+    res = subprocess.run([str(BIN / "hadolint"), "--config", str(ROOT / ".hadolint.yaml"),
+                          *map(str, DOCKERFILES)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def stages(dockerfile: Path):
+    """Split a Dockerfile into stages: [(from_line, [instructions])], with ARG defaults substituted."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    args, out = {}, []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        inst, _, rest = line.partition(" ")
+        if inst == "ARG" and "=" in rest and not out:
+            k, v = rest.split("=", 1)
+            args[k] = v
+        if inst == "FROM":
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), rest.split()[0])
+            out.append((image, []))
+        elif out:
+            out[-1][1].append((inst, rest))
+    return out
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=["trainer", "operator"])
+def test_dockerfiles_pinned_multistage_non_root(dockerfile):
+    st = stages(dockerfile)
+    assert len(st) >= 2, "multi-stage build"
+    for image, _ in st:
+        assert "@sha256:" in image or re.search(r":\d[\w.\-]*$", image), f"unpinned base {image}"
+        assert not image.endswith(":latest")
+    final = st[-1][1]
+    users = [rest for inst, rest in final if inst == "USER"]
+    assert users and users[-1] not in ("0", "root"), "final stage must run as non-root"
+    if "operator" in str(dockerfile):
+        runs = " ".join(rest for inst, rest in final if inst == "RUN")
+        for tool_name in ("gcc", "build-essential", "make ", "g++"):
+            assert tool_name not in runs, f"build tool {tool_name} in the final operator image"
+    else:
+        assert any(inst == "HEALTHCHECK" for inst, _ in final)
+        builder_runs = " ".join(rest for _, steps in st[:-1] for inst, rest in steps if inst == "RUN")
+        assert "DS_BUILD_OPS=1" in builder_runs and "torch==2.14.1" in builder_runs
