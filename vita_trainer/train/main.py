@@ -42,6 +42,9 @@ def parse(argv: list[str]):
         extra += ["--gradient_checkpointing", "True"]
     if "use_cpu" not in given and not torch.cuda.is_available():
         extra += ["--use_cpu", "True"]
+    if "remove_unused_columns" not in given:
+        # Our collator needs transcript/skip fields that forward() does not take; HF would strip them.
+        extra += ["--remove_unused_columns", "False"]
     if "report_to" not in given:
         extra += ["--report_to", "none"]
     model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv + extra)

@@ -1,0 +1,94 @@
+"""LoRA train + merge, the audio-encoder CTC stage, the non-finite-loss guard and the local runner's preflight."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from vita_trainer.demo.run import build_run, prepare
+from vita_trainer.errors import ConfigError, VitaError
+from vita_trainer.train.main import main as train_main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    prepare(d, small=True)
+    return d
+
+
+def args(data, out, stage, mixture, *extra):
+    return ["--stage", stage, "--model_name_or_path", str(data / "base_model"),
+            "--data_registry", str(data / "registry.yaml"), "--dataset_use", mixture, "--output_dir", str(out),
+            "--max_steps", "6", "--per_device_train_batch_size", "4", "--logging_steps", "1",
+            "--save_strategy", "no", "--learning_rate", "3e-3", "--metrics_port", "0", "--model_max_length", "512",
+            "--disable_tqdm", "True", *extra]
+
+
+def test_lora_trains_and_merges_to_the_same_logits(data, tmp_path):
+    from peft import PeftModel
+
+    from vita_trainer.model.builder import load_model
+    from vita_trainer.train.lora import merge_lora
+    summary = train_main(args(data, tmp_path / "lora", "multimodal_sft", "demo_multimodal", "--lora_enable", "True",
+                              "--lora_r", "4", "--lora_alpha", "8"))
+    assert "lora" in summary["trainable"] and "llm" not in summary["trainable"]
+    assert (tmp_path / "lora" / "lora" / "adapter_config.json").is_file()
+    extra = torch.load(tmp_path / "lora" / "non_lora_trainables.bin", weights_only=True)
+    assert any(k.startswith("mm_projector.") for k in extra) and any(k.startswith("audio_adapter.") for k in extra)
+
+    merged = merge_lora(str(data / "base_model"), str(tmp_path / "lora"), str(tmp_path / "merged"))
+    base = load_model(str(data / "base_model"))
+    base.language_model = PeftModel.from_pretrained(base.language_model, str(tmp_path / "lora" / "lora"))
+    from vita_trainer.train.weights import load_partial
+    load_partial(base, tmp_path / "lora" / "non_lora_trainables.bin")
+    m = load_model(merged)
+    base.eval(), m.eval()
+    ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
+    with torch.no_grad():
+        a = base(input_ids=ids).logits
+        b = m(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-4)
+    ref = load_model(str(data / "base_model")).eval()
+    with torch.no_grad():
+        assert not torch.allclose(ref(input_ids=ids).logits, b, atol=1e-4)  # LoRA changed the model
+
+
+def test_audio_ctc_stage_trains_only_the_encoder_and_head(data, tmp_path):
+    summary = train_main(args(data, tmp_path / "ctc", "audio_ctc", "demo_audio", "--save_full_model", "True"))
+    assert set(summary["trainable"]) == {"audio_encoder", "ctc_head"}
+    losses = [l for _, l in summary["losses"]]
+    assert losses[-1] < losses[0]
+    before = load_file(data / "base_model" / "model.safetensors")
+    after = load_file(tmp_path / "ctc" / "model.safetensors")
+    assert any(k.startswith("ctc_head.") for k in after)
+    for k, v in before.items():
+        if k in after:
+            changed = not torch.equal(v, after[k])
+            assert changed == k.startswith("audio_encoder.") or not changed, k
+    assert any(not torch.equal(v, after[k]) for k, v in before.items() if k.startswith("audio_encoder."))
+
+
+def test_non_finite_loss_stops_with_a_clear_error(data, tmp_path):
+    with pytest.raises(VitaError, match="non-finite loss"):
+        train_main(args(data, tmp_path / "nan", "vision_align", "demo_image", "--learning_rate", "1e30",
+                        "--max_grad_norm", "0", "--lr_scheduler_type", "constant", "--warmup_steps", "0"))
+
+
+def test_preflight_reports_every_problem_before_training(data, tmp_path):
+    from vita_trainer.local import run_local
+    run = build_run("bad", 0.01, "none", 1)
+    run["spec"]["model"]["base"] = "no_such_model"
+    run["spec"]["stages"][1]["datasetUse"] = "Pretrain_video0"
+    run["spec"]["stages"][2]["args"]["freeze_audio_encoder_adapter"] = True  # audio_align would train nothing
+    path = data / "bad.yaml"
+    path.write_text(yaml.safe_dump(run))
+    with pytest.raises(ConfigError) as e:
+        run_local(path, nproc=1)
+    msg = str(e.value)
+    assert "no_such_model" in msg and "Pretrain_video0" in msg and "trains nothing" in msg
+    assert not (data / "runs").exists()  # nothing started
