@@ -1,16 +1,10 @@
 """Real Prometheus exposition from the trainer's metrics callback."""
 
-import socket
 import urllib.request
 from types import SimpleNamespace
 
+from vita_trainer.local import free_port
 from vita_trainer.train.metrics import MetricsCallback, TrainerMetrics
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_metrics_are_served_and_follow_prometheus_naming():

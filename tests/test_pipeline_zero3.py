@@ -1,7 +1,6 @@
 """A real 2-process DeepSpeed ZeRO-3 run (torchrun, gloo, CPU) of the tiny pipeline through `vita-train local`."""
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -10,16 +9,10 @@ import yaml
 from safetensors.torch import load_file
 
 from vita_trainer.demo.run import build_run, prepare
-from vita_trainer.local import run_local
+from vita_trainer.local import free_port, run_local
 from vita_trainer.stages.presets import get_preset
 
 pytestmark = pytest.mark.slow
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def small_run(out: Path, deepspeed="zero3", procs=2):
@@ -105,6 +98,16 @@ def test_finished_stages_are_skipped_on_rerun(zero3_run, capsys):
     again = run_local(out / "run.yaml", nproc=2)
     assert [s["global_step"] for s in again] == [s["global_step"] for s in summaries]
     assert capsys.readouterr().out.count("already done, skipping") == 4
+
+
+def test_checkpoints_are_zero3_shards_of_two_ranks(zero3_run):
+    out, _, _ = zero3_run
+    shards = out / "runs" / "multimodal" / "checkpoint-8" / "global_step8"
+    for rank in (0, 1):
+        assert (shards / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").is_file()
+    state = torch.load(shards / "zero_pp_rank_0_mp_rank_00_model_states.pt", weights_only=False, map_location="cpu")
+    assert state["ds_config"]["zero_optimization"]["stage"] == 3
+    assert state["dp_world_size"] == 2
 
 
 def test_stage_summary_records_outputs(zero3_run):

@@ -8,13 +8,17 @@ import sys
 import pytest
 
 from vita_trainer.demo.run import prepare
+from vita_trainer.local import free_port
 from vita_trainer.train.trainer import last_complete_checkpoint
 
 pytestmark = pytest.mark.slow
 
 
 def train_cmd(out, data, steps=8):
-    return [sys.executable, "-m", "vita_trainer.train", "--stage", "multimodal_sft",
+    # 2 processes, DeepSpeed ZeRO-3: the path real runs take.
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(free_port()), "-m", "vita_trainer.train", "--deepspeed", "zero3",
+            "--stage", "multimodal_sft",
             "--model_name_or_path", str(data / "base_model"), "--data_registry", str(data / "registry.yaml"),
             "--dataset_use", "demo_multimodal", "--output_dir", str(out), "--max_steps", str(steps),
             "--per_device_train_batch_size", "4", "--logging_steps", "1", "--save_steps", "4",
@@ -43,23 +47,26 @@ def test_resume_matches_uninterrupted_run(data, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     cut = tmp_path / "cut"
     r = run(train_cmd(cut, data), VITA_FAULT_EXIT_AT_STEP="4")
-    assert r.returncode == 18 and not (cut / "vita_stage.json").exists()
+    assert r.returncode != 0 and not (cut / "vita_stage.json").exists()
     assert last_complete_checkpoint(cut).endswith("checkpoint-4")
     r = run(train_cmd(cut, data))  # same command: resumes automatically
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "resuming from" in r.stderr
+    assert "checkpoint-4" in r.stderr[r.stderr.index("resuming from"):][:300]
     ref_l, cut_l = dict(losses(ref)), dict(losses(cut))
-    assert sorted(cut_l) == [5, 6, 7, 8]  # only the remaining steps ran
-    for step in (5, 6, 7, 8):
+    assert sorted(cut_l) == list(range(1, 9))
+    for step in (1, 2, 3, 4):  # restored from the checkpoint's trainer state
+        assert cut_l[step] == ref_l[step]
+    for step in (5, 6, 7, 8):  # trained after the resume
         assert cut_l[step] == pytest.approx(ref_l[step], rel=1e-3, abs=1e-4)
 
 
 def test_crash_during_save_keeps_previous_checkpoint(data, tmp_path):
     out = tmp_path / "crash"
     r = run(train_cmd(out, data), VITA_FAULT_CRASH_IN_SAVE="8")
-    assert r.returncode == 17
+    assert r.returncode != 0
     assert last_complete_checkpoint(out).endswith("checkpoint-4")
     assert not (out / "checkpoint-8").exists() and (out / ".staging" / "checkpoint-8").exists()
     r = run(train_cmd(out, data))  # the surviving checkpoint loads and the run completes
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "checkpoint-4" in r.stderr and sorted(dict(losses(out))) == [5, 6, 7, 8]
+    assert "checkpoint-4" in r.stderr[r.stderr.index("resuming from"):][:300]
+    assert json.loads((out / "vita_stage.json").read_text())["global_step"] == 8

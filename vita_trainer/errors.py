@@ -7,11 +7,17 @@ class VitaError(Exception):
     """Base class for every error this package raises on purpose."""
 
 
+# Every DataError.reason; metrics sum skips per reason across ranks, so the list is fixed and shared.
+DATA_ERROR_REASONS = ("invalid", "schema", "placeholder", "missing_file", "corrupt_file", "encoding", "json",
+                      "audio_too_short", "truncated", "fully_masked")
+
+
 class DataError(VitaError):
     """A problem with one sample or data file."""
 
     def __init__(self, message: str, *, file: str | None = None, sample_id: str | None = None,
                  field: str | None = None, hint: str | None = None, reason: str = "invalid"):
+        assert reason in DATA_ERROR_REASONS, reason
         self.file, self.sample_id, self.field, self.hint, self.reason = file, sample_id, field, hint, reason
         self.detail = message
         where = ", ".join(f"{k}={v}" for k, v in (("file", file), ("sample", sample_id), ("field", field)) if v)

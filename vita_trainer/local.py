@@ -15,7 +15,7 @@ from .stages.plan import (STAGE_DONE_FILE, PathRoots, check_spec, nproc_per_node
                           stage_output_dir)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -60,7 +60,7 @@ def run_local(path: str | Path, nproc: int | None = None, on_stage_done=None, ex
         else:
             n = nproc or nproc_per_node(run.spec, i)
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
-                   "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                   "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                    "-m", "vita_trainer.train", *stage_args(run.spec, i, roots)]
             print(f"[local] stage {i + 1}/{len(run.spec.stages)} {stage.name} ({stage.preset}) on {n} process(es)",
                   flush=True)

@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, args, preset = parse(argv)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.deepspeed and torch.distributed.is_initialized():
+        # On CPU, HF initialises torch.distributed itself and DeepSpeed's comm layer would see world size 1.
+        import deepspeed
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
     set_seed(args.seed)
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # denormal floats slow CPU kernels badly
@@ -169,6 +173,10 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = out / (STAGE_DONE_FILE + ".tmp")
         tmp.write_text(json.dumps(summary, indent=2))
         tmp.replace(out / STAGE_DONE_FILE)
+    if torch.distributed.is_initialized():
+        # A process group left alive at interpreter exit can abort a rank ("terminate called ...").
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return summary
 
 

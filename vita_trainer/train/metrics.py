@@ -9,6 +9,8 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from transformers import TrainerCallback
 
+from ..errors import DATA_ERROR_REASONS
+
 log = logging.getLogger("vita_trainer")
 
 
@@ -79,8 +81,7 @@ class MetricsCallback(TrainerCallback):
             log.info("serving Prometheus metrics on :%d/metrics", self.port)
 
     def on_log(self, args, state, control, logs=None, **kw):
-        from ..errors import DataError  # noqa: F401  (reasons are DataError.reason strings)
-        reasons = sorted(set(self.pending_skips) | {"corrupt_file", "missing_file"})
+        reasons = DATA_ERROR_REASONS  # the same vector length on every rank, or the all_reduce would hang
         summed = _all_reduce([self.pending["tokens"], self.pending["samples"]]
                              + [self.pending_skips.get(r, 0) for r in reasons])
         tokens, samples, skips = summed[0], summed[1], dict(zip(reasons, summed[2:]))
