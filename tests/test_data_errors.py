@@ -134,3 +134,25 @@ def test_registry_and_chat_file_errors(tmp_path):
     latin.write_bytes('[{"id": "é"}]'.encode("latin-1"))
     with pytest.raises(DataError, match="not UTF-8"):
         read_samples(latin)
+
+
+def test_long_audio_is_counted(tok, tiny_cfg, media_dir):
+    reg = Registry(audio_root=str(media_dir), base_dir=str(media_dir))
+    proc = SampleProcessor(tok, MediaSpec.from_config(tiny_cfg, max_audio_seconds=0.8), reg, 512)
+    run(proc, {"id": "long", "audio": ["one.wav"], "conversations": conv(("<audio>\nq", "a"))})
+    assert proc.warnings.audio_too_long == 1
+
+
+def test_video_sample_expands_to_one_tile_per_frame(tok, tiny_cfg, media_dir):
+    from PIL import Image
+    frames = [Image.new("RGB", (40, 30), (i * 20, 0, 0)) for i in range(10)]
+    frames[0].save(media_dir / "clip.gif", save_all=True, append_images=frames[1:], duration=100)
+    reg = Registry(video_root=str(media_dir), base_dir=str(media_dir))
+    proc = SampleProcessor(tok, MediaSpec.from_config(tiny_cfg), reg, 1024)
+    out = run(proc, {"id": "v", "video": "clip.gif", "conversations": conv(("<video>\nWhat happens?", "red"))})
+    n = out["pixel_values"].shape[0]
+    assert 4 <= n <= 16  # 1 s at 10 fps, sampled at 3 fps, then at least 4 frames
+    assert int((out["input_ids"] == tiny_cfg.image_token_id).sum()) == n * tiny_cfg.tokens_per_tile
+    (media_dir / "clip.mp4").write_bytes(b"\x00" * 64)
+    with pytest.raises(DataError, match="unsupported video format"):
+        run(proc, {"id": "v2", "video": "clip.mp4", "conversations": conv(("<video>\nq", "a"))})

@@ -103,3 +103,24 @@ def test_tiny_model_learns_a_mixed_batch(tok, tiny_cfg, media_dir):
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tok, tiny_cfg, media_dir):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg)
+    batch = mixed_batch(tok, tiny_cfg, media_dir)
+    model.train()
+    model(**batch).loss.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.language_model.model.gradient_checkpointing
+    model(**batch).loss.backward()
+    for n, p in model.named_parameters():
+        if n in ref:
+            assert torch.allclose(ref[n], p.grad, atol=1e-5), n
+
+
+def test_image_selftest_runs():
+    from vita_trainer.selftest import main
+    assert main() == 0

@@ -56,12 +56,13 @@ def run_status(a):
     return a.get_namespaced_custom_object(G, V, NS, P, "r1").get("status") or {}
 
 
-def operator(url):
+def operator(url, metrics_port=0, liveness_port=None):
     from kopf.testing import KopfRunner
     os.environ["VITA_OPERATOR_API_URL"] = url
-    os.environ["VITA_OPERATOR_METRICS_PORT"] = "0"
+    os.environ["VITA_OPERATOR_METRICS_PORT"] = str(metrics_port)
     os.environ["VITA_OPERATOR_RESYNC_SECONDS"] = "1"
-    return KopfRunner(["run", "--standalone", "--all-namespaces", "-m", "vita_operator.handlers"])
+    extra = [f"--liveness=http://127.0.0.1:{liveness_port}/healthz"] if liveness_port else []
+    return KopfRunner(["run", "--standalone", "--all-namespaces", "-m", "vita_operator.handlers", *extra])
 
 
 def test_stages_chain_retry_restart_and_delete():
@@ -115,16 +116,26 @@ def test_stages_chain_retry_restart_and_delete():
 
 
 def test_exhausted_retries_fail_the_run_with_the_job_reason():
+    import urllib.request
+
+    from vita_trainer.local import free_port
+    metrics_port, liveness_port = free_port(), free_port()
     with KMockThread() as mock:
         a = api(mock.url)
         run = {**RUN, "spec": {**RUN["spec"], "stages": [dict(RUN["spec"]["stages"][2], retryLimit=0)]}}
-        with operator(mock.url) as runner:
+        with operator(mock.url, metrics_port, liveness_port) as runner:
             a.create_namespaced_custom_object(G, V, NS, P, run)
             wait_for(lambda: "r1-s3-1" in jobs(a), what="job")
             set_job(a, "r1-s3-1", "Failed")
             wait_for(lambda: run_status(a).get("phase") == "Failed", what="Failed")
             cond = {c["type"]: c for c in run_status(a)["conditions"]}["Failed"]
             assert cond["reason"] == "JobFailed" and "job failed" in cond["message"]
+            health = urllib.request.urlopen(f"http://127.0.0.1:{liveness_port}/healthz", timeout=5)
+            assert health.status == 200
+            body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+            assert 'vita_operator_runs{phase="Failed"} 1.0' in body
+            assert 'vita_operator_job_failures_total 1.0' in body
+            assert "vita_operator_reconcile_seconds_count" in body
         assert runner.exception is None and set(jobs(a)) == {"r1-s3-1"}
 
 

@@ -9,7 +9,8 @@ class VitaError(Exception):
 
 # Every DataError.reason; metrics sum skips per reason across ranks, so the list is fixed and shared.
 DATA_ERROR_REASONS = ("invalid", "schema", "placeholder", "missing_file", "corrupt_file", "encoding", "json",
-                      "audio_too_short", "truncated", "fully_masked")
+                      "audio_too_short", "audio_too_long", "truncated", "fully_masked", "path_escape",
+                      "symlink_loop", "aspect_ratio")
 
 
 class DataError(VitaError):

@@ -32,6 +32,15 @@ def choose_grid(width: int, height: int, tile_size: int, max_tiles: int = 12) ->
     return best
 
 
+def tile_count(width: int, height: int, tile_size: int, max_tiles: int = 12, use_thumbnail: bool = True,
+               dynamic: bool = True) -> int:
+    """How many tiles `tile_image` makes, from the size alone (no decoding)."""
+    if not dynamic:
+        return 1
+    cols, rows = choose_grid(width, height, tile_size, max_tiles)
+    return cols * rows + (1 if use_thumbnail and cols * rows > 1 else 0)
+
+
 def tile_image(image: Image.Image, tile_size: int, max_tiles: int = 12, use_thumbnail: bool = True,
                dynamic: bool = True) -> list[Image.Image]:
     """Cut an image into tiles (plus a thumbnail when there is more than one tile)."""

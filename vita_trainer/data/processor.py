@@ -1,4 +1,9 @@
-"""One sample from raw JSON to model inputs: template -> token ids and labels -> image tiles and fbank."""
+"""One sample from raw JSON to model inputs: template -> token ids and labels -> image tiles and fbank.
+
+`layout` is the token side alone (given media counts); training calls it after decoding media, and
+`vita-data check` calls it with counts read from file headers, so both apply the same truncation and
+masking rules.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from ..constants import (AUDIO_PLACEHOLDER, AUDIO_TOKEN, IGNORE_INDEX, IMAGE_PLA
 from ..errors import DataError
 from . import audio as audio_io
 from .image import tile_image, tiles_to_tensor
+from .paths import resolve_media
 from .registry import Registry
 from .sample import ParsedSample
 from .template import render_segments, tokenize_segments
@@ -36,12 +42,16 @@ class MediaSpec:
     def from_config(cls, config, **overrides) -> "MediaSpec":
         from ..model.audio_encoder import audio_llm_tokens
         stride = config.audio_config["adapter_stride"]
-        values = dict(tile_size=config.vision_config.image_size, tokens_per_tile=config.tokens_per_tile,
+        values = dict(tile_size=_first(config.vision_config.image_size), tokens_per_tile=config.tokens_per_tile,
                       image_mean=tuple(config.image_mean), image_std=tuple(config.image_std),
                       audio_tokens_fn=lambda frames: audio_llm_tokens(frames, stride),
                       max_tiles=config.max_tiles)
         values.update(overrides)
         return cls(**values)
+
+
+def _first(size):
+    return size if isinstance(size, int) else size[0]
 
 
 @dataclass
@@ -55,11 +65,11 @@ class SampleProcessor:
     def __init__(self, tokenizer, media: MediaSpec, registry: Registry, model_max_length: int,
                  image_aspect_ratio: str = "dynamic", cmvn: audio_io.GlobalCMVN | None = None,
                  system_prompt: str | None = None):
-        self.system_prompt = system_prompt
         self.tok, self.media, self.registry = tokenizer, media, registry
         self.max_len = model_max_length
         self.dynamic = image_aspect_ratio != "square"
         self.cmvn = cmvn or audio_io.GlobalCMVN.identity()
+        self.system_prompt = system_prompt
         self.image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.audio_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
         self.warnings = Warnings()
@@ -67,35 +77,56 @@ class SampleProcessor:
     def _encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    # --- media ---------------------------------------------------------------------------------
-    def _safe_path(self, root: Path, rel: str, *, file, sid, field) -> Path:
-        path = (root / rel)
-        if not path.exists():
-            raise DataError(f"file {path} does not exist", file=file, sample_id=sid, field=field,
-                            reason="missing_file", hint="fix the path or drop the sample (vita-data check --write-clean)")
-        return path
-
-    def _load_images(self, s: ParsedSample, file: str) -> list[list[Image.Image]]:
+    # --- paths ---------------------------------------------------------------------------------
+    def image_paths(self, s: ParsedSample, file: str) -> list[Path]:
         if not s.images:
             return []
         folder = self.registry.image_folder(s.set_name, file=file, sample_id=s.sample_id)
-        single = s.set_name in self.registry.no_patch_sets
+        return [resolve_media(folder, rel, file=file, sample_id=s.sample_id, field=f"image[{i}]")
+                for i, rel in enumerate(s.images)]
+
+    def audio_paths(self, s: ParsedSample, file: str) -> list[Path]:
+        root = self.registry.resolve(self.registry.audio_root or ".")
+        return [resolve_media(root, rel, file=file, sample_id=s.sample_id, field=f"audio[{i}]")
+                for i, rel in enumerate(s.audios)]
+
+    def video_path(self, s: ParsedSample, file: str) -> Path | None:
+        if not s.video:
+            return None
+        root = self.registry.resolve(self.registry.video_root or ".")
+        return resolve_media(root, s.video, file=file, sample_id=s.sample_id, field="video")
+
+    def dynamic_tiling(self, s: ParsedSample) -> bool:
+        return self.dynamic and s.set_name not in self.registry.no_patch_sets
+
+    def check_duration(self, seconds: float, path: Path, *, file: str, sid: str, field: str) -> None:
+        """Counted warning outside [min, max]; an error when too short to yield one LLM token."""
+        if seconds < self.media.min_audio_seconds:
+            self.warnings.audio_too_short += 1
+        elif seconds > self.media.max_audio_seconds:
+            self.warnings.audio_too_long += 1
+        if seconds * audio_io.SAMPLE_RATE < 400 * 8:
+            raise DataError(f"audio {path} is {seconds:.3f}s long, too short to encode", file=file, sample_id=sid,
+                            field=field, reason="audio_too_short")
+
+    # --- media ---------------------------------------------------------------------------------
+    def _load_images(self, s: ParsedSample, file: str) -> list[list[Image.Image]]:
         out = []
-        for i, rel in enumerate(s.images):
-            path = self._safe_path(folder, rel, file=file, sid=s.sample_id, field=f"image[{i}]")
+        for i, path in enumerate(self.image_paths(s, file)):
             try:
                 with Image.open(path) as im:
                     im.load()
                     out.append(tile_image(im, self.media.tile_size, self.media.max_tiles,
-                                          self.media.use_thumbnail, dynamic=self.dynamic and not single))
+                                          self.media.use_thumbnail, dynamic=self.dynamic_tiling(s)))
             except (UnidentifiedImageError, OSError, SyntaxError) as e:
                 raise DataError(f"image {path} cannot be decoded: {e}", file=file, sample_id=s.sample_id,
                                 field=f"image[{i}]", reason="corrupt_file") from e
         return out
 
     def _load_video(self, s: ParsedSample, file: str) -> list[Image.Image]:
-        root = self.registry.resolve(self.registry.video_root or ".")
-        path = self._safe_path(root, s.video, file=file, sid=s.sample_id, field="video")
+        path = self.video_path(s, file)
+        if path is None:
+            return []
         try:
             frames = load_frames(path)
         except (ValueError, OSError) as e:
@@ -104,70 +135,37 @@ class SampleProcessor:
         return [tile_image(f, self.media.tile_size, dynamic=False)[0] for f in frames]
 
     def _load_audios(self, s: ParsedSample, file: str) -> list[torch.Tensor]:
-        if not s.audios:
-            return []
-        root = self.registry.resolve(self.registry.audio_root or ".")
         feats = []
-        for i, rel in enumerate(s.audios):
-            path = self._safe_path(root, rel, file=file, sid=s.sample_id, field=f"audio[{i}]")
+        for i, path in enumerate(self.audio_paths(s, file)):
             try:
                 wave = audio_io.load_audio(path)
             except Exception as e:  # soundfile raises LibsndfileError / RuntimeError variants
                 raise DataError(f"audio {path} cannot be decoded: {e}", file=file, sample_id=s.sample_id,
                                 field=f"audio[{i}]", reason="corrupt_file") from e
-            seconds = wave.numel() / audio_io.SAMPLE_RATE
-            if seconds < self.media.min_audio_seconds:
-                self.warnings.audio_too_short += 1
-            elif seconds > self.media.max_audio_seconds:
-                self.warnings.audio_too_long += 1
-            if wave.numel() < 400 * 8:  # too short for even one LLM token after 8x subsampling
-                raise DataError(f"audio {path} is {seconds:.3f}s long, too short to encode", file=file,
-                                sample_id=s.sample_id, field=f"audio[{i}]", reason="audio_too_short")
+            self.check_duration(wave.numel() / audio_io.SAMPLE_RATE, path, file=file, sid=s.sample_id,
+                                field=f"audio[{i}]")
             feats.append(self.cmvn(audio_io.fbank(wave)))
         return feats
 
     # --- tokens ------------------------------------------------------------------------------
-    def _expand(self, ids: list[int], labels: list[int], counts: dict[int, list[int]]):
-        """Replace each single media token by one token per embedding slot (labels stay masked)."""
-        out_ids, out_labels = [], []
-        cursor = {k: 0 for k in counts}
-        for tid, lab in zip(ids, labels):
-            if tid in counts:
-                n = counts[tid][cursor[tid]]
-                cursor[tid] += 1
-                out_ids.extend([tid] * n)
-                out_labels.extend([IGNORE_INDEX] * n)
-            else:
-                out_ids.append(tid)
-                out_labels.append(lab)
-        return out_ids, out_labels
-
-    def __call__(self, s: ParsedSample, file: str) -> dict:
-        tile_groups = self._load_images(s, file)
-        if s.video:
-            frames = self._load_video(s, file)
-        else:
-            frames = []
-        feats = self._load_audios(s, file)
-
-        # Placeholders become single media tokens, expanded after tokenisation (cheap and exact).
-        image_counts: list[int] = []
+    def layout(self, s: ParsedSample, file: str, image_tiles: list[int], video_frames: int,
+               audio_frames: list[int]) -> tuple[list[int], list[int]]:
+        """Token ids and labels with one media token per embedding slot; raises on truncated media and on
+        samples with nothing left to train."""
         turns = []
         for role, text in s.turns:
             text = text.replace(IMAGE_PLACEHOLDER, IMAGE_TOKEN).replace(AUDIO_PLACEHOLDER, AUDIO_TOKEN)
-            text = text.replace(VIDEO_PLACEHOLDER, IMAGE_TOKEN * len(frames))
-            turns.append((role, text))
-        image_counts = [len(g) * self.media.tokens_per_tile for g in tile_groups]
-        image_counts += [self.media.tokens_per_tile] * len(frames)
-        audio_counts = [self.media.audio_tokens_fn(f.shape[0]) for f in feats]
-
+            turns.append((role, text.replace(VIDEO_PLACEHOLDER, IMAGE_TOKEN * video_frames)))
+        tpt = self.media.tokens_per_tile
+        counts = {self.image_id: [n * tpt for n in image_tiles] + [tpt] * video_frames,
+                  self.audio_id: [self.media.audio_tokens_fn(f) for f in audio_frames]}
         ids, labels = tokenize_segments(render_segments(turns, s.modality, self.system_prompt), self._encode)
-        if ids.count(self.image_id) != len(tile_groups) + len(frames) or ids.count(self.audio_id) != len(feats):
+        if [ids.count(self.image_id), ids.count(self.audio_id)] != [len(counts[self.image_id]),
+                                                                     len(counts[self.audio_id])]:
             raise DataError("media tokens appear in the text itself", file=file, sample_id=s.sample_id,
                             field="conversations", reason="placeholder",
                             hint=f"remove literal {IMAGE_TOKEN}/{AUDIO_TOKEN} from the text")
-        ids, labels = self._expand(ids, labels, {self.image_id: image_counts, self.audio_id: audio_counts})
-
+        ids, labels = _expand(ids, labels, counts)
         if len(ids) > self.max_len:
             media_pos = [i for i, t in enumerate(ids) if t in (self.image_id, self.audio_id)]
             if media_pos and media_pos[-1] >= self.max_len:
@@ -176,14 +174,35 @@ class SampleProcessor:
                                 field="conversations", reason="truncated",
                                 hint="raise --model_max_length, use fewer tiles, or shorten the sample")
             ids, labels = ids[: self.max_len], labels[: self.max_len]
-        if all(l == IGNORE_INDEX for l in labels):
+        if all(lab == IGNORE_INDEX for lab in labels):
             raise DataError("every label is masked (nothing to train; the reference's silent 'loss is 0')",
                             file=file, sample_id=s.sample_id, field="conversations", reason="fully_masked",
                             hint="check the assistant replies are non-empty and fit within --model_max_length")
+        return ids, labels
 
+    def __call__(self, s: ParsedSample, file: str) -> dict:
+        tile_groups = self._load_images(s, file)
+        frames = self._load_video(s, file)
+        feats = self._load_audios(s, file)
+        ids, labels = self.layout(s, file, [len(g) for g in tile_groups], len(frames), [f.shape[0] for f in feats])
         all_tiles = [t for g in tile_groups for t in g] + frames
         pixel_values = (tiles_to_tensor(all_tiles, self.media.image_mean, self.media.image_std)
                         if all_tiles else None)
         return {"id": s.sample_id, "input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-                "pixel_values": pixel_values, "audio_features": feats,
-                "transcript": s.turns[-1][1]}
+                "pixel_values": pixel_values, "audio_features": feats, "transcript": s.turns[-1][1]}
+
+
+def _expand(ids: list[int], labels: list[int], counts: dict[int, list[int]]):
+    """Replace each single media token by one token per embedding slot (labels stay masked)."""
+    out_ids, out_labels = [], []
+    cursor = {k: 0 for k in counts}
+    for tid, lab in zip(ids, labels):
+        if tid in counts:
+            n = counts[tid][cursor[tid]]
+            cursor[tid] += 1
+            out_ids.extend([tid] * n)
+            out_labels.extend([IGNORE_INDEX] * n)
+        else:
+            out_ids.append(tid)
+            out_labels.append(lab)
+    return out_ids, out_labels

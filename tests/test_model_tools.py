@@ -1,0 +1,77 @@
+"""vita-model convert (ZeRO-3 shards and HF folders), inspect."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vita_trainer.demo.run import prepare
+from vita_trainer.local import free_port
+from vita_trainer.tools.model_cli import main as model_main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def zero3_stage(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mt")
+    prepare(d, small=True)
+    out = d / "stage"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "vita_trainer.train", "--deepspeed", "zero3",
+           "--stage", "multimodal_sft", "--model_name_or_path", str(d / "base_model"),
+           "--data_registry", str(d / "registry.yaml"), "--dataset_use", "demo_multimodal", "--output_dir", str(out),
+           "--max_steps", "2", "--save_steps", "2", "--per_device_train_batch_size", "2", "--learning_rate", "1e-2",
+           "--metrics_port", "0", "--model_max_length", "512", "--disable_tqdm", "True"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return d, out
+
+
+def logits(model, ids):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_convert_zero3_checkpoint_gives_the_training_model_logits(zero3_stage, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    import vita_trainer.model.builder  # noqa: F401  (registers the vita model type with the Auto classes)
+    d, out = zero3_stage
+    ckpt = out / "checkpoint-2"
+    assert (ckpt / "global_step2" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").is_file()
+    assert model_main(["convert", str(ckpt), str(tmp_path / "infer")]) == 0
+    infer = tmp_path / "infer"
+    for f in ("model.safetensors", "config.json", "tokenizer.json", "processor_config.json", "global_cmvn.json"):
+        assert (infer / f).is_file(), f
+    proc = json.loads((infer / "processor_config.json").read_text())
+    assert proc["tokens_per_tile"] == 64 and proc["sample_rate"] == 16000
+    loaded = AutoModelForCausalLM.from_pretrained(infer)  # one call
+    trained = AutoModelForCausalLM.from_pretrained(out)   # the stage's own gathered 16-bit save
+    base = AutoModelForCausalLM.from_pretrained(d / "base_model")
+    ids = torch.tensor([[5, 17, 42, 7, 99, 3, 11]])
+    assert torch.allclose(logits(loaded, ids), logits(trained, ids), atol=1e-5)
+    assert not torch.allclose(logits(base, ids), logits(trained, ids), atol=1e-4)  # training changed it
+    assert model_main(["convert", str(out), str(tmp_path / "infer2")]) == 0  # an HF folder converts too
+    assert torch.allclose(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "infer2"), ids),
+                          logits(trained, ids), atol=1e-5)
+
+
+def test_inspect_counts_and_memory(zero3_stage, capsys):
+    d, _ = zero3_stage
+    from vita_trainer.model.builder import load_model
+    model = load_model(str(d / "base_model"))
+    assert model_main(["inspect", str(d / "base_model"), "--stage", "vision_align", "--gpus", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["total"] == sum(p.numel() for p in model.parameters())
+    assert r["trainable"] == sum(p.numel() for p in model.mm_projector.parameters())
+    assert r["trainable_groups"] == ["mm_projector"]
+    assert model_main(["inspect", "vita-1.5-7b", "--stage", "multimodal_sft", "--gpus", "32", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert 8.0e9 < r["total"] < 9.0e9
+    expected = (r["total"] * 2 + r["trainable"] * 14) / 32 / 2 ** 30
+    assert r["zero3_model_states_gib_per_gpu"] == pytest.approx(expected, abs=0.01)

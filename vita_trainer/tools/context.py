@@ -1,0 +1,43 @@
+"""What every data tool needs: the registry, a tokenizer and the model's media costs, built once per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ToolOptions:
+    registry: str
+    model: str | None = None            # VITA folder: its config and tokenizer; default: the VITA-1.5 layout
+    tokenizer: str = "qwen2.5"
+    model_max_length: int = 6200
+    min_audio_seconds: float = 0.5
+    max_audio_seconds: float = 30.0
+    image_aspect_ratio: str = "dynamic"
+
+
+def build_processor(opts: ToolOptions):
+    from ..data.processor import MediaSpec, SampleProcessor
+    from ..data.registry import load_registry
+    from ..data.tokenizer import load_tokenizer
+    if opts.model:
+        from ..model.configuration import VitaConfig
+        config = VitaConfig.from_pretrained(opts.model)
+        tokenizer = load_tokenizer(opts.model)
+    else:
+        from ..model.builder import vita_1p5_config
+        config, tokenizer = vita_1p5_config(), load_tokenizer(opts.tokenizer)
+    media = MediaSpec.from_config(config, min_audio_seconds=opts.min_audio_seconds,
+                                  max_audio_seconds=opts.max_audio_seconds)
+    return SampleProcessor(tokenizer, media, load_registry(opts.registry), opts.model_max_length,
+                           image_aspect_ratio=opts.image_aspect_ratio)
+
+
+def chat_files(opts: ToolOptions, dataset_use: str | None, chats: list[str] | None) -> list[Path]:
+    from ..data.registry import load_registry
+    if chats:
+        return [Path(c) for c in chats]
+    registry = load_registry(opts.registry)
+    keys = [dataset_use] if dataset_use else list(registry.datasets)
+    return list(dict.fromkeys(registry.resolve(ds.chat_path) for key in keys for _, ds in registry.mixture(key)))

@@ -1,0 +1,150 @@
+"""`vita-data`: check, stats, concat, preprocess-images, preprocess-audio."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from multiprocessing import get_context
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..errors import VitaError
+from .context import ToolOptions, build_processor, chat_files
+
+_PROC = None  # one SampleProcessor per worker process
+
+
+def _init_worker(opts: ToolOptions):
+    global _PROC
+    _PROC = build_processor(opts)
+
+
+def _check_chunk(chunk):
+    from .check import check_sample
+    return [p for file, index, raw in chunk for p in check_sample(_PROC, raw, file, index)]
+
+
+def _chunks(items, size):
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def parallel_map(fn, items, opts: ToolOptions, workers: int, desc: str, chunk: int = 256):
+    """fn over chunks of items in `workers` processes, with a progress bar; results in input order."""
+    chunks = _chunks(items, chunk)
+    bar = tqdm(total=len(items), desc=desc, unit="sample", disable=None, file=sys.stderr)
+    out = []
+    if workers <= 1:
+        _init_worker(opts)
+        for c in chunks:
+            out.append(fn(c))
+            bar.update(len(c))
+    else:
+        with get_context("fork").Pool(workers, initializer=_init_worker, initargs=(opts,)) as pool:
+            for c, res in zip(chunks, pool.imap(fn, chunks)):
+                out.append(res)
+                bar.update(len(c))
+    bar.close()
+    return out
+
+
+def cmd_check(a, opts: ToolOptions) -> int:
+    from .check import load_chat_files, summarise, write_clean
+    items, problems = load_chat_files(chat_files(opts, a.dataset_use, a.chat))
+    for res in parallel_map(_check_chunk, items, opts, a.workers, "check"):
+        problems.extend(res)
+    report = summarise(problems, len(items))
+    if a.write_clean:
+        report["clean_files"] = write_clean(items, problems, Path(a.write_clean))
+    if a.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['samples']} samples, {report['bad_samples']} with problems")
+        for reason, n in report["problems_by_reason"].items():
+            print(f"  {reason:<18}{n:>8}")
+        for p in report["problems"][: a.limit]:
+            print(f"{p['file']}: sample {p['sample_id']} [{p['field']}] {p['reason']}: {p['message']}")
+        if len(report["problems"]) > a.limit:
+            print(f"... {len(report['problems']) - a.limit} more (use --json for all)")
+    return 1 if problems else 0
+
+
+def cmd_stats(a, opts: ToolOptions) -> int:
+    from .check import load_chat_files
+    from .stats import collect, write_report
+    items, _ = load_chat_files(chat_files(opts, a.dataset_use, a.chat))
+    rows = [r for res in parallel_map(collect, items, opts, a.workers, "stats") for r in res]
+    report = write_report(rows, Path(a.out))
+    print(json.dumps({k: v for k, v in report.items() if k != "histograms"}, indent=2) if a.json else
+          f"wrote {a.out}/stats.json and {a.out}/stats.png: {report['samples']} samples")
+    return 0
+
+
+def cmd_concat(a, opts: ToolOptions) -> int:
+    from .concat import concat_file
+    n_in, n_out = concat_file(Path(a.chat[0]), Path(a.output), build_processor(opts), a.max_tokens, a.seed)
+    print(f"packed {n_in} samples into {n_out} (max {a.max_tokens} tokens) -> {a.output}")
+    return 0
+
+
+def cmd_preprocess(a, kind: str) -> int:
+    from .preprocess import run_preprocess
+    done, skipped = run_preprocess(kind, Path(a.input), Path(a.output), a.workers, max_side=a.max_side,
+                                   fbank=getattr(a, "fbank", False))
+    print(f"{kind}: wrote {done}, up to date {skipped} -> {a.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vita-data", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp, needs_registry=True):
+        sp.add_argument("--registry", required=needs_registry, help="dataset registry YAML")
+        sp.add_argument("--dataset_use", help="mixture or dataset key (default: every dataset)")
+        sp.add_argument("--chat", nargs="*", help="chat files instead of the registry's datasets")
+        sp.add_argument("--model", help="VITA folder for the tokenizer and media token costs")
+        sp.add_argument("--tokenizer", default="qwen2.5")
+        sp.add_argument("--model_max_length", type=int, default=6200)
+        sp.add_argument("--min_audio_seconds", type=float, default=0.5)
+        sp.add_argument("--max_audio_seconds", type=float, default=30.0)
+        sp.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    c = sub.add_parser("check", help="validate samples and media; exit 1 when problems exist")
+    common(c)
+    c.add_argument("--write-clean", dest="write_clean", help="folder for cleaned JSON files without bad samples")
+    c.add_argument("--limit", type=int, default=50, help="problems to print (all with --json)")
+    s = sub.add_parser("stats", help="counts and histograms (PNG + JSON)")
+    common(s)
+    s.add_argument("--out", required=True)
+    k = sub.add_parser("concat", help="greedily pack samples into multi-turn samples up to N tokens")
+    common(k)
+    k.add_argument("--max-tokens", dest="max_tokens", type=int, default=6000)
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--output", required=True)
+    for kind in ("images", "audio"):
+        pp = sub.add_parser(f"preprocess-{kind}", help=f"resize/re-encode {kind} into another folder (idempotent)")
+        pp.add_argument("input")
+        pp.add_argument("output")
+        pp.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+        pp.add_argument("--max-side", dest="max_side", type=int, default=1344, help="images: longest side")
+        if kind == "audio":
+            pp.add_argument("--fbank", action="store_true", help="also write <name>.fbank.npy features")
+    a = p.parse_args(argv)
+    try:
+        if a.cmd.startswith("preprocess-"):
+            return cmd_preprocess(a, a.cmd.split("-", 1)[1])
+        opts = ToolOptions(registry=a.registry, model=a.model, tokenizer=a.tokenizer,
+                           model_max_length=a.model_max_length, min_audio_seconds=a.min_audio_seconds,
+                           max_audio_seconds=a.max_audio_seconds)
+        return {"check": cmd_check, "stats": cmd_stats, "concat": cmd_concat}[a.cmd](a, opts)
+    except VitaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""`vita-model`: convert a training checkpoint into an inference folder, merge LoRA, inspect sizes and memory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, VitaError
+
+BYTES_BF16, BYTES_ADAM_STATE = 2, 4 + 4 + 4  # fp32 master weights + Adam m + v per trainable parameter
+
+
+def _processor_config(config) -> dict:
+    from ..data.audio import NUM_MEL_BINS, SAMPLE_RATE
+    size = config.vision_config.image_size
+    return {"tile_size": size if isinstance(size, int) else size[0], "max_tiles": config.max_tiles,
+            "use_thumbnail": True, "image_mean": config.image_mean, "image_std": config.image_std,
+            "tokens_per_tile": config.tokens_per_tile, "sample_rate": SAMPLE_RATE, "num_mel_bins": NUM_MEL_BINS,
+            "audio_adapter_stride": config.audio_config["adapter_stride"]}
+
+
+def convert(ckpt: Path, out: Path) -> Path:
+    """A checkpoint (HF folder, or a Trainer checkpoint with DeepSpeed ZeRO shards) -> a clean inference folder:
+    model.safetensors, config with the multimodal fields, tokenizer, processor_config.json, global_cmvn.json."""
+    from ..data.tokenizer import load_tokenizer
+    from ..model.builder import build_model, load_model
+    from ..model.configuration import VitaConfig
+    if not (ckpt / "config.json").is_file():
+        raise ConfigError(f"{ckpt} has no config.json; pass a stage output or a checkpoint-N folder")
+    if (ckpt / "latest").is_file():  # ZeRO shards: consolidate to fp32 with DeepSpeed's own tool
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
+        model = build_model(VitaConfig.from_pretrained(ckpt))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k != "language_model.lm_head.weight" or not model.config.text_config.tie_word_embeddings]
+        if missing or unexpected:
+            raise ConfigError(f"{ckpt}: ZeRO state does not match the config (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
+        model.tie_weights()
+    else:
+        model = load_model(str(ckpt))
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    load_tokenizer(str(ckpt)).save_pretrained(out)
+    (out / "processor_config.json").write_text(json.dumps(_processor_config(model.config), indent=2))
+    for extra in ("global_cmvn.json",):
+        src = ckpt / extra if (ckpt / extra).is_file() else ckpt.parent / extra
+        if src.is_file():
+            (out / extra).write_text(src.read_text())
+    return out
+
+
+def inspect(model_path: str, stage: str | None, gpus: int) -> dict:
+    from ..model.builder import vita_1p5_config
+    from ..model.configuration import VitaConfig
+    from ..model.modeling import MODULE_GROUPS, VitaForCausalLM
+    from ..stages.presets import get_preset, resolve_trainable
+    config = vita_1p5_config() if model_path == "vita-1.5-7b" else VitaConfig.from_pretrained(model_path)
+    with torch.device("meta"):  # sizes without allocating
+        model = VitaForCausalLM(config)
+    counts = {g: sum(p.numel() for p in m.parameters()) for g in MODULE_GROUPS
+              if (m := model.group_module(g)) is not None}
+    total = sum(counts.values())
+    report = {"model": model_path, "parameters": counts, "total": total}
+    if stage:
+        trainable = resolve_trainable(get_preset(stage))
+        n_train = sum(counts.get(g, 0) for g in trainable)
+        # ZeRO-3 partitions weights, gradients and optimizer states over all GPUs (bf16 weights and grads,
+        # fp32 master copy and Adam moments for trainable parameters); activations come on top.
+        per_gpu = (total * BYTES_BF16 + n_train * (BYTES_BF16 + BYTES_ADAM_STATE)) / gpus
+        report.update(stage=get_preset(stage).name, trainable_groups=sorted(trainable), trainable=n_train,
+                      zero3_model_states_gib_per_gpu=round(per_gpu / 2 ** 30, 2), gpus=gpus)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vita-model", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("convert", help="checkpoint (HF folder or ZeRO shards) -> inference folder")
+    c.add_argument("checkpoint")
+    c.add_argument("output")
+    m = sub.add_parser("merge-lora", help="merge a LoRA stage's adapter into its base model")
+    m.add_argument("base")
+    m.add_argument("lora_run")
+    m.add_argument("output")
+    i = sub.add_parser("inspect", help="parameter counts, trainable modules, ZeRO-3 memory per GPU")
+    i.add_argument("model", help="VITA folder, or vita-1.5-7b for the published layout")
+    i.add_argument("--stage", help="stage preset for the trainable set and memory estimate")
+    i.add_argument("--gpus", type=int, default=8)
+    i.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "convert":
+            print(convert(Path(a.checkpoint), Path(a.output)))
+        elif a.cmd == "merge-lora":
+            from ..train.lora import merge_lora
+            print(merge_lora(a.base, a.lora_run, a.output))
+        else:
+            r = inspect(a.model, a.stage, a.gpus)
+            if a.json:
+                print(json.dumps(r, indent=2))
+            else:
+                for g, n in r["parameters"].items():
+                    mark = "  trains" if g in r.get("trainable_groups", []) else ""
+                    print(f"{g:<16}{n:>16,}{mark}")
+                print(f"{'total':<16}{r['total']:>16,}")
+                if a.stage:
+                    print(f"stage {r['stage']}: {r['trainable']:,} trainable; ZeRO-3 model states "
+                          f"~{r['zero3_model_states_gib_per_gpu']} GiB per GPU on {r['gpus']} GPUs (plus activations)")
+    except VitaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
