@@ -128,7 +128,7 @@ def reconcile(run: dict, logger) -> None:
         for etype, reason, message in decision.events:
             (kopf.warn if etype == "Warning" else kopf.info)(run, reason=reason, message=message)
             metrics.STAGE_TRANSITIONS.labels(reason).inc()
-            if reason in ("StageRetrying",) or (reason == "RunFailed"):
+            if reason in ("StageRetrying", "StageFailed"):  # each is one PyTorchJob observed Failed
                 metrics.JOB_FAILURES.inc()
         metrics.record_phase(key, decision.status.get("phase"))
         logger.info("reconciled %s: phase=%s stage=%s job=%s", key, decision.status.get("phase"),

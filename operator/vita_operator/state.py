@@ -132,6 +132,8 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
                                  f"({job.message}); attempt {nxt} resumes from the last checkpoint"))
                 return d
             rec.update(phase="Failed", completionTime=now, message=job.message)
+            d.events.append(("Warning", "StageFailed", f"stage {stage.name} attempt {attempt} failed "
+                             f"({job.message}); no retries left"))
             _set_phase(d, "Failed", "JobFailed", f"stage {stage.name} failed after {attempt} attempt(s): "
                        f"{job.message}", now, generation)
             return d
