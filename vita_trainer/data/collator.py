@@ -1,4 +1,8 @@
-"""Collate mixed text / image / audio samples into one padded batch."""
+"""Collate mixed text / image / audio samples: padded rows, or packed rows (several samples per row).
+
+Packed rows carry position ids that restart at 0 for every sample and no attention mask; transformers then
+keeps attention inside each sample (a block-diagonal mask for SDPA, varlen for flash-attention-2).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,26 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from ..constants import IGNORE_INDEX
+
+
+def _media(samples: list[dict], batch: dict, ctc: bool) -> dict:
+    """Media in the order the samples' tokens appear (row-major), which is the order the model fills slots."""
+    pixels = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
+    if pixels:
+        batch["pixel_values"] = torch.cat(pixels)
+    feats = [f for s in samples for f in s.get("audio_features", [])]
+    if feats:
+        batch["audio_features"] = pad_sequence(feats, batch_first=True)
+        batch["audio_feature_lengths"] = torch.tensor([f.shape[0] for f in feats])
+    if ctc:
+        targets = [torch.tensor(list(s["transcript"].encode("utf-8"))) + 1 for s in samples]
+        batch["ctc_targets"] = pad_sequence(targets, batch_first=True)
+        batch["ctc_target_lengths"] = torch.tensor([len(t) for t in targets])
+    skipped = [r for s in samples for r in s.get("skipped_reasons", [])]
+    if skipped:
+        batch["skipped_reasons"] = skipped
+    batch["num_tokens"] = sum(len(s["input_ids"]) for s in samples)
+    return batch
 
 
 @dataclass
@@ -21,19 +45,46 @@ class MultimodalCollator:
         mask = torch.zeros_like(ids, dtype=torch.long)
         for row, s in enumerate(samples):
             mask[row, : len(s["input_ids"])] = 1
-        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
-        pixels = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
-        if pixels:
-            batch["pixel_values"] = torch.cat(pixels)
-        feats = [f for s in samples for f in s.get("audio_features", [])]
-        if feats:
-            batch["audio_features"] = pad_sequence(feats, batch_first=True)
-            batch["audio_feature_lengths"] = torch.tensor([f.shape[0] for f in feats])
-        if self.ctc:
-            targets = [torch.tensor(list(s["transcript"].encode("utf-8"))) + 1 for s in samples]
-            batch["ctc_targets"] = pad_sequence(targets, batch_first=True)
-            batch["ctc_target_lengths"] = torch.tensor([len(t) for t in targets])
-        skipped = [r for s in samples for r in s.get("skipped_reasons", [])]
-        if skipped:
-            batch["skipped_reasons"] = skipped
-        return batch
+        return _media(samples, {"input_ids": ids, "labels": labels, "attention_mask": mask}, self.ctc)
+
+
+def pack_rows(lengths: list[int], max_length: int) -> list[list[int]]:
+    """Sample indices per row: the fewest rows of at most max_length tokens, balanced so that rows end up
+    nearly equal (longest sample first into the emptiest row) and little padding is left. Indices in a row
+    keep their batch order."""
+    n = len(lengths)
+    rows_needed = max(1, -(-sum(lengths) // max_length))
+    while True:
+        rows: list[list[int]] = [[] for _ in range(rows_needed)]
+        totals = [0] * rows_needed
+        for i in sorted(range(n), key=lambda i: -lengths[i]):
+            k = totals.index(min(totals))
+            rows[k].append(i)
+            totals[k] += lengths[i]
+        if max(totals) <= max_length or rows_needed >= n:
+            return [sorted(r) for r in rows if r]
+        rows_needed += 1
+
+
+@dataclass
+class PackedCollator:
+    pad_token_id: int
+    max_length: int
+
+    def __call__(self, samples: list[dict]) -> dict:
+        rows = pack_rows([len(s["input_ids"]) for s in samples], self.max_length)
+        ordered = [samples[i] for row in rows for i in row]
+        width = max(sum(len(samples[i]["input_ids"]) for i in row) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        pos = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                n = len(samples[i]["input_ids"])
+                ids[r, at:at + n] = samples[i]["input_ids"]
+                labels[r, at:at + n] = samples[i]["labels"]
+                pos[r, at:at + n] = torch.arange(n)
+                at += n
+            pos[r, at:] = torch.arange(width - at)  # padding is its own sequence, never attended by samples
+        return _media(ordered, {"input_ids": ids, "labels": labels, "position_ids": pos}, ctc=False)

@@ -114,6 +114,8 @@ class VitaForCausalLM(PreTrainedModel):
         if ctc_targets is not None:
             return self.ctc_loss(audio_features, audio_feature_lengths, ctc_targets, ctc_target_lengths)
         embeds = self.embed_inputs(input_ids, pixel_values, audio_features, audio_feature_lengths)
+        if attention_mask is None and position_ids is not None:
+            kwargs["use_cache"] = False  # packed rows: transformers derives the per-sample mask without a cache
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
                                    position_ids=position_ids, **kwargs)
 

@@ -48,6 +48,8 @@ class DataArguments:
     lazy_preprocess: bool = field(default=True, metadata={"help": "Always lazy; accepted for compatibility"})
     is_multimodal: bool = field(default=True, metadata={"help": "Accepted for compatibility"})
     group_by_modality_length: bool = field(default=False, metadata={"help": "Group batches by length and modality"})
+    pack_sequences: bool = field(default=False, metadata={
+        "help": "Pack several samples per row up to --model_max_length (attention stays inside each sample)"})
     skip_bad_samples: bool = field(default=False, metadata={"help": "Count and skip unreadable samples instead of failing"})
     cache_processed_samples: bool = field(default=False, metadata={
         "help": "Keep each processed sample in memory after its first use (small data sets; still lazy)"})

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # denormal floats slow CPU kernels badly
     from ..data.audio import GlobalCMVN
-    from ..data.collator import MultimodalCollator
+    from ..data.collator import MultimodalCollator, PackedCollator
     from ..data.dataset import LazySupervisedDataset
     from ..data.processor import MediaSpec, SampleProcessor
     from ..data.registry import load_registry
@@ -132,8 +132,11 @@ def main(argv: list[str] | None = None) -> dict:
     for g in ("vision_tower", "mm_projector", "audio_encoder", "audio_adapter"):
         if getattr(args, f"{g}_lr") is not None:
             module_lr[g] = getattr(args, f"{g}_lr")
-    trainer = VitaTrainer(model=model, args=args, train_dataset=dataset,
-                          data_collator=MultimodalCollator(tokenizer.pad_token_id, ctc=preset.objective == "ctc"),
+    if data_args.pack_sequences and preset.objective == "ctc":
+        raise ConfigError("--pack_sequences does not apply to the CTC stage (it trains on whole clips)")
+    collator = (PackedCollator(tokenizer.pad_token_id, args.model_max_length) if data_args.pack_sequences
+                else MultimodalCollator(tokenizer.pad_token_id, ctc=preset.objective == "ctc"))
+    trainer = VitaTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                           processing_class=tokenizer, callbacks=[metrics, FaultInjection()], metrics_callback=metrics,
                           module_lr=module_lr,
                           modality_lengths=dataset.modality_lengths if (data_args.group_by_modality_length

@@ -70,15 +70,22 @@ class VitaTrainer(Trainer):
     # --- loss ---------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         skipped = inputs.pop("skipped_reasons", [])
+        num_tokens = inputs.pop("num_tokens", 0)
         if self.metrics_callback is not None:
-            self.metrics_callback.count_batch(int(inputs["attention_mask"].sum()), int(inputs["input_ids"].shape[0]),
-                                              skipped)
+            self.metrics_callback.count_batch(int(num_tokens), int(self._samples_in(inputs)), skipped)
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = result[0] if return_outputs else result
         if not torch.isfinite(loss.detach()).all():
             raise VitaError(f"non-finite loss ({loss.item()}) at step {self.state.global_step}; lower the learning "
                             f"rate, enable gradient clipping (--max_grad_norm), or check the batch's data")
         return result
+
+    @staticmethod
+    def _samples_in(inputs) -> int:
+        pos = inputs.get("position_ids")
+        if pos is not None and inputs.get("attention_mask") is None:  # packed rows: count sequence starts
+            return int((pos == 0).sum())
+        return int(inputs["input_ids"].shape[0])
 
     # --- optimiser ----------------------------------------------------------------------------
     def create_optimizer(self, model=None):
