@@ -61,3 +61,11 @@ def test_video_sampling_between_4_and_16_frames():
     assert len(sample_indices(300, fps=30)) == 16       # 10 s at 3 fps = 30 -> capped at 16
     assert len(sample_indices(10, fps=30)) == 4         # short clip -> at least 4
     assert sample_indices(10, fps=30)[-1] == 9
+
+
+def test_tiles_to_tensor_normalises_like_the_formula():
+    from vita_trainer.data.image import IMAGENET_MEAN, IMAGENET_STD, tiles_to_tensor
+    tiles = [Image.fromarray((np.random.default_rng(i).random((8, 8, 3)) * 255).astype("uint8")) for i in range(3)]
+    ref = (np.stack([np.asarray(t, dtype=np.float32) / 255 for t in tiles]) - np.array(IMAGENET_MEAN, "float32")) \
+        / np.array(IMAGENET_STD, "float32")
+    assert torch.allclose(tiles_to_tensor(tiles), torch.from_numpy(ref).permute(0, 3, 1, 2), atol=1e-5)

@@ -17,7 +17,8 @@ G, V, P = "vita.training.dev", "v1alpha1", "vitatrainingruns"
 NS = "default"
 
 RUN = {
-    "apiVersion": f"{G}/{V}", "kind": "VitaTrainingRun", "metadata": {"name": "r1", "namespace": NS},
+    "apiVersion": f"{G}/{V}", "kind": "VitaTrainingRun",
+    "metadata": {"name": "r1", "namespace": NS, "resourceVersion": "1"},  # kmock assigns none; kopf patches test it
     "spec": {"model": {"base": "models/base"}, "data": {"registry": "registry.yaml"}, "output": "runs/r1",
              "trainer": {"image": "trainer:test"}, "resources": {"gpusPerNode": 8, "nodes": 2},
              "volumes": {"dataset": {"claimName": "data", "mountPath": "/data"},

@@ -15,7 +15,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
-from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
+from vita_trainer.spec import API_GROUP, KIND, VitaTrainingRunSpec
 
 from . import metrics
 from .builder import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY, PyTorchJobBackend
@@ -139,6 +139,8 @@ def reconcile(run: dict, logger) -> None:
 @kopf.on.create(API_GROUP, VERSION, PLURAL)
 @kopf.on.update(API_GROUP, VERSION, PLURAL, field="spec")
 def on_run(body, logger, **_):
+    if body.get("kind") != KIND:  # API emulators (kmock) can mix other kinds into this watch stream
+        return
     try:
         reconcile(dict(body), logger)
     except ApiException as e:

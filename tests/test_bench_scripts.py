@@ -1,0 +1,49 @@
+"""The benchmark scripts run and their checks hold (small sizes; the figures themselves are not asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(*args):
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_gpu_check_cpu_path():
+    out = run("bench/gpu_check.py", "--cpu-smoke")
+    result = json.loads(out[out.index("{"):])
+    assert result["packed_matches"] is True and result["tokens_per_s"] > 0 and result["device"] == "cpu"
+
+
+def test_token_efficiency_packing_goal():
+    out = run("bench/token_efficiency.py", "--samples", "2000")
+    packing = next(line for line in out.splitlines() if line.startswith("packing (random batches)"))
+    assert float(packing.split("non-pad fraction ")[1].split()[0]) >= 0.95
+
+
+def test_step_overhead_runs():
+    assert "overhead" in run("bench/step_overhead.py", "--steps", "2", "--batch", "2", "--seq", "64",
+                             "--hidden", "64", "--layers", "1")
+
+
+def test_data_pipeline_runs():
+    out = run("bench/data_pipeline.py", "--samples", "16", "--batch", "4")
+    assert "2 worker(s)" in out and "template + tokens + labels" in out
+
+
+def test_data_check_bench_runs():
+    out = run("bench/data_check.py", "--samples", "300")
+    assert "0 problems" in out
+
+
+def test_operator_scale_runs():
+    out = run("bench/operator_scale.py", "--runs", "5", "--kopf-runs", "2")
+    assert "'advanced_to_stage2': 2" in out
