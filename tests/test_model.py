@@ -124,3 +124,23 @@ def test_gradient_checkpointing_gives_the_same_gradients(tok, tiny_cfg, media_di
 def test_image_selftest_runs():
     from vita_trainer.selftest import main
     assert main() == 0
+
+
+@pytest.mark.parametrize("vision", ["siglip", "internvit"])
+def test_compose_from_pretrained_parts(tok, tmp_path, vision):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from vita_trainer.model.builder import compose_model
+    cfg = tiny_config(tok, vision=vision)
+    llm = AutoModelForCausalLM.from_config(cfg.text_config)
+    llm.save_pretrained(tmp_path / "llm")
+    tower = AutoModel.from_config(cfg.vision_config)
+    tower.save_pretrained(tmp_path / "vision")
+    model = compose_model(str(tmp_path / "llm"), str(tmp_path / "vision"), tok)
+    for k, v in llm.state_dict().items():
+        assert torch.equal(model.language_model.state_dict()[k], v), k
+    for k, v in tower.state_dict().items():
+        assert torch.equal(model.vision_tower.backbone.state_dict()[k], v), k
+    assert model.config.downsample_ratio == (0.5 if vision == "internvit" else 1.0)
+    ids = torch.tensor([tok("hello world")["input_ids"]])
+    assert torch.isfinite(model(input_ids=ids, labels=ids).loss)

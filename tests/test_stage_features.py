@@ -92,3 +92,19 @@ def test_preflight_reports_every_problem_before_training(data, tmp_path):
     msg = str(e.value)
     assert "no_such_model" in msg and "Pretrain_video0" in msg and "trains nothing" in msg
     assert not (data / "runs").exists()  # nothing started
+
+
+def test_demo_evaluation_runs_on_a_stage_output(data, tmp_path):
+    """The demo's held-out evaluation (greedy answers, exact match) on a freshly trained stage."""
+    from vita_trainer.demo.run import build_run, evaluate_run
+    out = tmp_path / "demo"
+    (out / "runs").mkdir(parents=True)
+    for name in ("registry.yaml", "chats", "images", "audio"):
+        (out / name).symlink_to(data / name)
+    train_main(args(data, out / "runs" / "multimodal", "multimodal_sft", "demo_multimodal",
+                    "--system_prompt", "You are VITA."))
+    final = build_run("t", 1.0, "none", 1)["spec"]["stages"][-1]
+    report = evaluate_run(out, final)
+    for kind, questions in (("image", {"color", "shape"}), ("audio", {"pitch", "count"})):
+        assert set(report[kind]["questions"]) == questions
+        assert 0.0 <= report[kind]["accuracy"]["all"] <= 1.0

@@ -10,8 +10,8 @@ from .errors import VitaError
 USAGE = """vita-train COMMAND ...
   train [HF/VITA flags]         one stage (what torchrun launches; same as python -m vita_trainer.train)
   local RUN.yaml [--nproc N]    every stage of a VitaTrainingRun on this machine
-  init-model --tiny OUT         write a random tiny VITA folder (tests, demo)
-  merge-lora BASE LORA_RUN OUT  merge a LoRA stage's adapter into its base model
+  init-model OUT --llm L --vision_tower V   compose a VITA folder from pretrained parts
+  init-model OUT --tiny         write a random tiny VITA folder (tests, demo)
   demo [--out DIR]              synthetic data + tiny model + full pipeline + held-out accuracy
 """
 
@@ -36,18 +36,24 @@ def main(argv: list[str] | None = None) -> int:
         elif cmd == "init-model":
             p = argparse.ArgumentParser(prog="vita-train init-model")
             p.add_argument("out")
-            p.add_argument("--tiny", action="store_true", required=True, help="tiny random model (CPU)")
-            p.add_argument("--tokenizer", default="qwen2.5")
+            p.add_argument("--tiny", action="store_true", help="tiny random model (CPU tests)")
+            p.add_argument("--llm", help="HF causal LM folder, e.g. Qwen2.5-7B-Instruct")
+            p.add_argument("--vision_tower", help="HF vision folder: SigLIP or InternViT (internvl_vision)")
+            p.add_argument("--mm_projector_type", default="mlp2x_gelu")
+            p.add_argument("--tokenizer", default=None, help="default: the LLM folder's, else qwen2.5")
             a = p.parse_args(rest)
             from .data.tokenizer import load_tokenizer
-            from .model.builder import build_model, tiny_config
-            tok = load_tokenizer(a.tokenizer)
-            build_model(tiny_config(tok)).save_pretrained(a.out)
+            from .model.builder import build_model, compose_model, tiny_config
+            tok = load_tokenizer(a.tokenizer or a.llm or "qwen2.5")
+            if a.tiny:
+                model = build_model(tiny_config(tok))
+            elif a.llm and a.vision_tower:
+                model = compose_model(a.llm, a.vision_tower, tok, mm_projector_type=a.mm_projector_type)
+            else:
+                p.error("pass --tiny, or --llm and --vision_tower")
+            model.save_pretrained(a.out)
             tok.save_pretrained(a.out)
             print(f"wrote {a.out}")
-        elif cmd == "merge-lora":
-            from .train.lora import merge_lora
-            print(merge_lora(*rest))
         elif cmd == "demo":
             from .demo.run import main as demo_main
             return demo_main(rest)

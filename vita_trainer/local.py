@@ -11,8 +11,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .spec import VitaTrainingRun, load_run
-from .stages.plan import (STAGE_DONE_FILE, PathRoots, check_spec, nproc_per_node, stage_args, stage_inputs,
-                          stage_output_dir)
+from .stages.plan import (STAGE_DONE_FILE, PathRoots, check_spec, nproc_per_node, resolve_path, stage_args,
+                          stage_inputs, stage_output_dir)
 
 
 def free_port() -> int:
@@ -30,8 +30,7 @@ def preflight(run: VitaTrainingRun, roots: PathRoots) -> list[str]:
     if not (Path(base) / "config.json").is_file():
         problems.append(f"model.base {base} is not a model folder (no config.json)")
     try:
-        registry = load_registry(Path(roots.data) / spec.data.registry if not os.path.isabs(spec.data.registry)
-                                 else spec.data.registry)
+        registry = load_registry(resolve_path(roots.data, spec.data.registry))
         for i, stage in enumerate(spec.stages):
             try:
                 for _, ds in registry.mixture(stage.dataset_use):
@@ -44,7 +43,7 @@ def preflight(run: VitaTrainingRun, roots: PathRoots) -> list[str]:
     return problems
 
 
-def run_local(path: str | Path, nproc: int | None = None, on_stage_done=None, extra_env=None) -> list[dict]:
+def run_local(path: str | Path, nproc: int | None = None) -> list[dict]:
     path = Path(path).resolve()
     run = load_run(path)
     roots = PathRoots(data=str(path.parent), checkpoints=str(path.parent))
@@ -64,8 +63,7 @@ def run_local(path: str | Path, nproc: int | None = None, on_stage_done=None, ex
                    "-m", "vita_trainer.train", *stage_args(run.spec, i, roots)]
             print(f"[local] stage {i + 1}/{len(run.spec.stages)} {stage.name} ({stage.preset}) on {n} process(es)",
                   flush=True)
-            env = {**os.environ, **(extra_env or {})}
-            proc = subprocess.run(cmd, env=env)
+            proc = subprocess.run(cmd, env=os.environ)
             if proc.returncode != 0 or not done.is_file():
                 raise ConfigError(f"stage {stage.name} failed (exit {proc.returncode}); fix the error above and rerun "
                                   f"`vita-train local {path}`: finished stages are skipped and this one resumes "
@@ -73,8 +71,6 @@ def run_local(path: str | Path, nproc: int | None = None, on_stage_done=None, ex
         summary = json.loads(done.read_text())
         summaries.append(summary)
         plot_losses(summary, out / "loss.png")
-        if on_stage_done:
-            on_stage_done(i, summary)
     print(format_summary(summaries), flush=True)
     return summaries
 

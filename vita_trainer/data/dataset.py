@@ -46,8 +46,8 @@ def read_samples(path: Path) -> list:
 
 class LazySupervisedDataset(Dataset):
     def __init__(self, registry: Registry, dataset_use: str, processor: SampleProcessor, *,
-                 skip_bad_samples: bool = False, seed: int = 0, on_skip=None, cache: bool = False):
-        self.processor, self.skip_bad_samples, self.on_skip = processor, skip_bad_samples, on_skip
+                 skip_bad_samples: bool = False, seed: int = 0, cache: bool = False):
+        self.processor, self.skip_bad_samples = processor, skip_bad_samples
         self.cache: dict[int, dict] | None = {} if cache else None
         self.entries: list[tuple[str, object]] = []  # (file, parsed sample)
         self.skipped: Counter = Counter()
@@ -73,8 +73,6 @@ class LazySupervisedDataset(Dataset):
             raise err
         self.skipped[err.reason] += 1
         log.warning("skipping sample: %s", err)
-        if self.on_skip:
-            self.on_skip(err.reason)
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 
 class DatasetEntry(BaseModel):
@@ -59,7 +59,6 @@ class Registry(BaseModel):
                           f"mixtures: {sorted(self.mixtures)}, datasets: {sorted(self.datasets)}")
 
     def image_folder(self, set_name: str | None, *, file: str, sample_id: str):
-        from ..errors import DataError
         if set_name is None:
             raise DataError("sample has media but no `set` field", file=file, sample_id=sample_id, field="set",
                             hint=f"add \"set\": one of {sorted(self.image_folders)}")

@@ -61,6 +61,36 @@ def vita_1p5_config(image_token_id: int = 151665, audio_token_id: int = 151666, 
                       image_token_id=image_token_id, audio_token_id=audio_token_id)
 
 
+def compose_model(llm_path: str, vision_path: str, tokenizer, audio_config: dict | None = None,
+                  mm_projector_type: str = "mlp2x_gelu") -> VitaForCausalLM:
+    """A new VITA from pretrained parts: an HF causal LM folder (e.g. Qwen2.5-7B-Instruct) and an HF vision
+    folder (SigLIP, or InternViT as transformers' internvl_vision). The projector, audio encoder and adapter
+    start random; stage 1 and 2 train them. InternViT gets the 0.5 pixel shuffle VITA-1.5 uses."""
+    from transformers import AutoModel
+
+    from ..constants import AUDIO_TOKEN, IMAGE_TOKEN
+    llm = AutoModelForCausalLM.from_pretrained(llm_path)
+    vision = AutoModel.from_pretrained(vision_path)
+    vcfg = vision.config if not hasattr(vision.config, "vision_config") else vision.config.vision_config
+    internvit = vcfg.model_type == "internvl_vision"
+    text = llm.config.to_dict()
+    text["vocab_size"] = max(llm.config.vocab_size, len(tokenizer))
+    config = VitaConfig(text_config=text, vision_config=vcfg.to_dict(), audio_config=audio_config or {},
+                        mm_projector_type=mm_projector_type, downsample_ratio=0.5 if internvit else 1.0,
+                        image_mean=(0.485, 0.456, 0.406) if internvit else (0.5, 0.5, 0.5),
+                        image_std=(0.229, 0.224, 0.225) if internvit else (0.5, 0.5, 0.5),
+                        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                        audio_token_id=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN))
+    model = build_model(config)
+    if len(tokenizer) > llm.config.vocab_size:
+        llm.resize_token_embeddings(len(tokenizer))
+    model.language_model.load_state_dict(llm.state_dict())
+    # a full SigLIP checkpoint (text + vision) keeps the tower under .vision_model
+    tower = vision if vision.config.model_type == vcfg.model_type else vision.vision_model
+    model.vision_tower.backbone.load_state_dict(tower.state_dict())
+    return model
+
+
 def build_model(config: VitaConfig) -> VitaForCausalLM:
     config.text_config._attn_implementation = attn_implementation()
     return VitaForCausalLM(config)

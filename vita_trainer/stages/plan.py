@@ -26,7 +26,8 @@ class PathRoots:
     checkpoints: str
 
 
-def _join(root: str, path: str) -> str:
+def resolve_path(root: str, path: str) -> str:
+    """A spec path: absolute as given, relative under its root (a volume mount, or the YAML's folder)."""
     return path if posixpath.isabs(path) else posixpath.join(root, path)
 
 
@@ -45,13 +46,13 @@ def saves_full_model(spec: VitaTrainingRunSpec, index: int) -> bool:
 
 
 def stage_output_dir(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> str:
-    return posixpath.join(_join(roots.checkpoints, spec.output), spec.stages[index].name)
+    return posixpath.join(resolve_path(roots.checkpoints, spec.output), spec.stages[index].name)
 
 
 def stage_inputs(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> tuple[str, list[str]]:
     """(model folder to start from, partial weight files to load on top, in order)."""
     partial_stages: list[int] = []
-    base = _join(roots.data, spec.model.base)
+    base = resolve_path(roots.data, spec.model.base)
     for j in range(index - 1, -1, -1):
         if saves_full_model(spec, j):
             base = stage_output_dir(spec, j, roots)
@@ -94,8 +95,8 @@ def stage_args(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> list[
     args = ["--stage", get_preset(stage.preset).name, "--stage_name", stage.name,
             "--model_name_or_path", base,
             "--tokenizer_name_or_path", spec.model.tokenizer if spec.model.tokenizer == "qwen2.5"
-            else _join(roots.data, spec.model.tokenizer),
-            "--data_registry", _join(roots.data, spec.data.registry),
+            else resolve_path(roots.data, spec.model.tokenizer),
+            "--data_registry", resolve_path(roots.data, spec.data.registry),
             "--dataset_use", stage.dataset_use,
             "--output_dir", stage_output_dir(spec, index, roots),
             "--metrics_port", str(spec.trainer.metrics_port)]

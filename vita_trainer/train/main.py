@@ -25,9 +25,11 @@ def _given_flags(argv: list[str]) -> set[str]:
 
 def parse(argv: list[str]):
     argv = list(argv)
-    if "--deepspeed" in argv:  # shipped config names -> files
-        i = argv.index("--deepspeed") + 1
-        argv[i] = resolve_deepspeed(argv[i])
+    for i, arg in enumerate(argv):  # shipped config names -> files
+        if arg == "--deepspeed" and i + 1 < len(argv):
+            argv[i + 1] = resolve_deepspeed(argv[i + 1])
+        elif arg.startswith("--deepspeed="):
+            argv[i] = "--deepspeed=" + resolve_deepspeed(arg.split("=", 1)[1])
     parser = HfArgumentParser((ModelArguments, DataArguments, VitaTrainingArguments))
     given = _given_flags(argv)
     preset = get_preset(_flag_value(argv, "--stage") or "multimodal_sft")
@@ -93,6 +95,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"--model_name_or_path {model_dir} has no config.json; point it at a VITA folder "
                           f"(the previous stage's output, or one made with `vita-train init-model`)")
+    for flag in ("vision_tower", "audio_encoder"):
+        if getattr(model_args, flag):
+            log.warning("--%s %s is ignored: the towers are part of the VITA folder %s (compose a new one with "
+                        "`vita-train init-model --llm ... --vision_tower ...`)", flag, getattr(model_args, flag),
+                        model_dir)
     registry = load_registry(data_args.data_registry)  # fail before the model loads
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or str(model_dir))
 
