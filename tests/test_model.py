@@ -144,3 +144,22 @@ def test_compose_from_pretrained_parts(tok, tmp_path, vision):
     assert model.config.downsample_ratio == (0.5 if vision == "internvit" else 1.0)
     ids = torch.tensor([tok("hello world")["input_ids"]])
     assert torch.isfinite(model(input_ids=ids, labels=ids).loss)
+
+
+def test_per_module_learning_rates(tok, tiny_cfg, tmp_path):
+    from transformers import TrainingArguments
+
+    from vita_trainer.train.trainer import VitaTrainer
+    model = build_model(tiny_cfg)
+    apply_trainable(model, frozenset({"llm", "vision_tower", "mm_projector"}))
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", learning_rate=1e-5,
+                             weight_decay=0.1)
+    trainer = VitaTrainer(model=model, args=args, module_lr={"vision_tower": 2e-6})
+    opt = trainer.create_optimizer()
+    by_lr = {}
+    for group in opt.param_groups:
+        by_lr.setdefault(group["lr"], set()).update(id(p) for p in group["params"])
+    vision = {id(p) for p in model.vision_tower.parameters()}
+    assert by_lr[2e-6] == vision
+    assert by_lr[1e-5] == {id(p) for p in model.parameters() if p.requires_grad} - vision
+    assert any(g["weight_decay"] == 0.0 for g in opt.param_groups)  # biases and norms

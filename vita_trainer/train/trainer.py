@@ -90,8 +90,8 @@ class VitaTrainer(Trainer):
     # --- optimiser ----------------------------------------------------------------------------
     def create_optimizer(self, model=None):
         if not self.module_lr or self.optimizer is not None:
-            return super().create_optimizer(model) if model is not None else super().create_optimizer()
-        model = self.model
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
         decay = set(self.get_decay_parameter_names(model))
         groups: dict[tuple[float, float], list] = {}
         for name, p in model.named_parameters():
