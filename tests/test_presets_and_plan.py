@@ -82,3 +82,15 @@ def test_semantic_problems_are_reported_before_training():
 def test_schema_rejects_bad_specs(bad):
     with pytest.raises(Exception):
         run_spec(**bad) if "stages" not in bad else run_spec(bad.pop("stages"), **bad)
+
+
+def test_handoff_follows_the_resolved_groups_not_the_preset():
+    from vita_trainer.stages.presets import saves_full_weights
+    # multimodal_sft trains the LLM, but freeze_backbone makes this stage partial: the trainer writes
+    # {group}.bin and the plan hands those files to the next stage (one rule for both sides)
+    spec = run_spec([{"name": "a", "preset": "multimodal_sft", "datasetUse": "mm", "args": {"freeze_backbone": True}},
+                     {"name": "b", "preset": "multimodal_sft", "datasetUse": "mm"}])
+    assert not saves_full_weights(frozenset({"mm_projector", "audio_adapter"}))
+    assert saves_full_weights(frozenset({"mm_projector"}), save_full_model=True)
+    assert stage_inputs(spec, 1, ROOTS) == ("/data/models/base", ["/ckpt/out/a/audio_adapter.bin",
+                                                                 "/ckpt/out/a/mm_projector.bin"])

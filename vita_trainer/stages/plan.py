@@ -11,11 +11,8 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..spec import ResourcesSpec, VitaTrainingRunSpec
-from .presets import get_preset, resolve_trainable
+from .presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_weights
 
-# Reference freeze flags accepted in a stage's `args`.
-FREEZE_FLAGS = ("tune_mm_mlp_adapter", "tune_audio_mlp_adapter", "freeze_backbone", "unfreeze_vision_tower",
-                "freeze_mm_mlp_adapter", "freeze_audio_encoder", "freeze_audio_encoder_adapter")
 STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage finishes
 
 
@@ -42,7 +39,8 @@ def trainable_groups(spec: VitaTrainingRunSpec, index: int) -> frozenset[str]:
 
 
 def saves_full_model(spec: VitaTrainingRunSpec, index: int) -> bool:
-    return "llm" in trainable_groups(spec, index) or _as_bool(spec.stages[index].args.get("save_full_model", False))
+    return saves_full_weights(trainable_groups(spec, index),
+                              _as_bool(spec.stages[index].args.get("save_full_model", False)))
 
 
 def stage_output_dir(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> str:

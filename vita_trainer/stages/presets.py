@@ -26,11 +26,6 @@ class StagePreset(BaseModel):
     module_lr: dict[Group, float] = Field(default_factory=dict)
     training: dict[str, float | int | str | bool] = Field(default_factory=dict)
 
-    @property
-    def saves_full_model(self) -> bool:
-        """Stages that train the LLM save full weights; the others save just their groups."""
-        return "llm" in self.train
-
 
 @lru_cache(maxsize=1)
 def all_presets() -> dict[str, StagePreset]:
@@ -49,7 +44,18 @@ def get_preset(name: str) -> StagePreset:
     raise ConfigError(f"unknown stage preset {name!r}; known presets (aliases): {known}")
 
 
-# Reference freeze flags, applied on top of the preset in this order. None means "not given".
+# Reference freeze flags, in the order resolve_trainable applies them on top of the preset.
+FREEZE_FLAGS = ("tune_mm_mlp_adapter", "tune_audio_mlp_adapter", "freeze_backbone", "unfreeze_vision_tower",
+                "freeze_mm_mlp_adapter", "freeze_audio_encoder", "freeze_audio_encoder_adapter")
+
+
+def saves_full_weights(trainable: frozenset[str], save_full_model: bool = False) -> bool:
+    """The one handoff rule: a stage that trains the LLM (or is asked to) saves full weights; the others save
+    just their trained groups as {group}.bin. The trainer writes by it and the stage plan reads by it."""
+    return "llm" in trainable or save_full_model
+
+
+# None means "not given".
 def resolve_trainable(preset: StagePreset, *, tune_mm_mlp_adapter=None, tune_audio_mlp_adapter=None,
                       freeze_backbone=None, unfreeze_vision_tower=None, freeze_mm_mlp_adapter=None,
                       freeze_audio_encoder=None, freeze_audio_encoder_adapter=None) -> frozenset[str]:

@@ -13,7 +13,7 @@ from transformers import HfArgumentParser, set_seed
 
 from ..errors import ConfigError
 from ..stages.plan import STAGE_DONE_FILE
-from ..stages.presets import get_preset, resolve_trainable
+from ..stages.presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_weights
 from .arguments import DataArguments, ModelArguments, VitaTrainingArguments, resolve_deepspeed
 
 log = logging.getLogger("vita_trainer")
@@ -87,9 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     from .trainer import FaultInjection, VitaTrainer, last_complete_checkpoint
     from .weights import apply_trainable, load_partial, save_groups
 
-    groups = resolve_trainable(preset, **{k: getattr(model_args, k) for k in (
-        "tune_mm_mlp_adapter", "tune_audio_mlp_adapter", "freeze_backbone", "unfreeze_vision_tower",
-        "freeze_mm_mlp_adapter", "freeze_audio_encoder", "freeze_audio_encoder_adapter")})
+    groups = resolve_trainable(preset, **{k: getattr(model_args, k) for k in FREEZE_FLAGS})
     stage_name = args.stage_name or preset.name
     model_dir = Path(model_args.model_name_or_path)
     if not (model_dir / "config.json").is_file():
@@ -158,7 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.output_dir)
     outputs = []
-    full = preset.saves_full_model or args.save_full_model or model_args.lora_enable or "llm" in groups
+    # LoRA removes "llm" from the groups above and has its own output format (adapter + non-LoRA weights)
+    full = model_args.lora_enable or saves_full_weights(groups, args.save_full_model)
     if model_args.lora_enable:
         from .lora import save_lora
         outputs += save_lora(trainer, out)
