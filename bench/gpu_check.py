@@ -44,7 +44,7 @@ def make_batch(tok, cfg, n_samples: int, seq: int, device: str, g: torch.Generat
     from vita_trainer.constants import IGNORE_INDEX
     samples = []
     tpt = cfg.tokens_per_tile
-    size = cfg.vision_config.image_size
+    size = cfg.tile_size
     for i in range(n_samples):
         n_text = int(torch.randint(seq // 4, seq // 2, (1,), generator=g))
         text = torch.randint(10, len(tok), (n_text,), generator=g)

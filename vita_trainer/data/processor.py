@@ -42,16 +42,12 @@ class MediaSpec:
     def from_config(cls, config, **overrides) -> "MediaSpec":
         from ..model.audio_encoder import audio_llm_tokens
         stride = config.audio_config["adapter_stride"]
-        values = dict(tile_size=_first(config.vision_config.image_size), tokens_per_tile=config.tokens_per_tile,
+        values = dict(tile_size=config.tile_size, tokens_per_tile=config.tokens_per_tile,
                       image_mean=tuple(config.image_mean), image_std=tuple(config.image_std),
                       audio_tokens_fn=lambda frames: audio_llm_tokens(frames, stride),
                       max_tiles=config.max_tiles)
         values.update(overrides)
         return cls(**values)
-
-
-def _first(size):
-    return size if isinstance(size, int) else size[0]
 
 
 @dataclass

@@ -6,7 +6,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from ..errors import ConfigError
 from .audio_encoder import ADAPTER_STRIDES
-from .vision import tokens_per_tile
+from .vision import side, tokens_per_tile
 
 DEFAULT_AUDIO = dict(input_dim=80, d_model=1024, num_layers=24, num_heads=16, ffn_dim=4096, dropout=0.1,
                      adapter_type="subsampling")
@@ -44,6 +44,10 @@ class VitaConfig(PretrainedConfig):
         # DeepSpeed "auto" bucket sizes read hidden_size from the top-level config.
         self.hidden_size = self.text_config.hidden_size
         super().__init__(**kwargs)
+
+    @property
+    def tile_size(self) -> int:
+        return side(self.vision_config.image_size)
 
     @property
     def tokens_per_tile(self) -> int:

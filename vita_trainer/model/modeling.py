@@ -67,9 +67,7 @@ class VitaForCausalLM(PreTrainedModel):
         return out, out_lens
 
     def _dummy_pixels(self, device) -> torch.Tensor:
-        size = self.config.vision_config.image_size
-        size = size if isinstance(size, int) else size[0]
-        return torch.zeros(1, 3, size, size, device=device)
+        return torch.zeros(1, 3, self.config.tile_size, self.config.tile_size, device=device)
 
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values=None, audio_features=None,
                      audio_feature_lengths=None) -> torch.Tensor:

@@ -43,7 +43,10 @@ class VisionTower(nn.Module):
         return feats
 
 
+def side(size) -> int:
+    """SigLIP configs give sizes as ints, InternViT (internvl_vision) as [h, w] lists; tiles are square."""
+    return size if isinstance(size, int) else size[0]
+
+
 def tokens_per_tile(vision_config, downsample_ratio: float) -> int:
-    size = vision_config.image_size if isinstance(vision_config.image_size, int) else vision_config.image_size[0]
-    patch = vision_config.patch_size if isinstance(vision_config.patch_size, int) else vision_config.patch_size[0]
-    return int((size // patch) ** 2 * downsample_ratio ** 2)
+    return int((side(vision_config.image_size) // side(vision_config.patch_size)) ** 2 * downsample_ratio ** 2)

@@ -16,8 +16,7 @@ BYTES_BF16, BYTES_ADAM_STATE = 2, 4 + 4 + 4  # fp32 master weights + Adam m + v 
 
 def _processor_config(config) -> dict:
     from ..data.audio import NUM_MEL_BINS, SAMPLE_RATE
-    size = config.vision_config.image_size
-    return {"tile_size": size if isinstance(size, int) else size[0], "max_tiles": config.max_tiles,
+    return {"tile_size": config.tile_size, "max_tiles": config.max_tiles,
             "use_thumbnail": True, "image_mean": config.image_mean, "image_std": config.image_std,
             "tokens_per_tile": config.tokens_per_tile, "sample_rate": SAMPLE_RATE, "num_mel_bins": NUM_MEL_BINS,
             "audio_adapter_stride": config.audio_config["adapter_stride"]}
