@@ -1,6 +1,5 @@
 """Sequence packing: the packed loss equals the unpacked loss on the same samples (fp32)."""
 
-import pytest
 import torch
 
 from tests.conftest import conv

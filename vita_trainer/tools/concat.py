@@ -9,16 +9,8 @@ import random
 from pathlib import Path
 
 from ..data.dataset import read_samples
-from ..data.sample import parse_sample
 from ..errors import DataError
-
-
-def token_count(proc, raw, file, index) -> int:
-    from .check import audio_frames, image_tiles, video_frames
-    s = parse_sample(raw, file=file, index=index)
-    ids, _ = proc.layout(s, file, image_tiles(proc, s, file), video_frames(proc, s, file),
-                         audio_frames(proc, s, file))
-    return len(ids)
+from .check import inspect_sample
 
 
 def merge(group: list[dict], index: int) -> dict:
@@ -62,7 +54,7 @@ def concat_file(src: Path, dst: Path, proc, max_tokens: int, seed: int) -> tuple
     raws = read_samples(src)
     counted = []
     for i, raw in enumerate(raws):
-        counted.append((raw, token_count(proc, raw, str(src), i)))
+        counted.append((raw, inspect_sample(proc, raw, str(src), i).tokens))
     packed = pack(counted, max_tokens, seed)
     dst.write_text(json.dumps(packed, ensure_ascii=False, indent=1))
     return len(raws), len(packed)

@@ -7,32 +7,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.sample import parse_sample
 from ..errors import DataError
 
 
 def collect(chunk) -> list[dict]:
     """Per-sample facts from headers only (runs in a worker with its own processor)."""
     from . import data_cli
-    from ..data.audio import SAMPLE_RATE, fbank_frames
-    from .check import audio_seconds, image_tiles, video_frames
+    from .check import inspect_sample
     proc = data_cli._PROC
     rows = []
     for file, index, raw in chunk:
         row = {"file": file, "dataset": Path(file).stem}
         try:
-            s = parse_sample(raw, file=file, index=index)
-            tiles, seconds = image_tiles(proc, s, file), audio_seconds(proc, s, file)
-            frames = [fbank_frames(int(sec * SAMPLE_RATE)) for sec in seconds]
-            ids, _ = proc.layout(s, file, tiles, video_frames(proc, s, file), frames)
-            sizes = []
-            for path in proc.image_paths(s, file):
-                from PIL import Image
-                with Image.open(path) as im:
-                    sizes.append(list(im.size))
+            facts = inspect_sample(proc, raw, file, index)
+            s = facts.sample
             row.update(modality="+".join(m for m, on in (("image", s.images), ("video", s.video),
                                                         ("audio", s.audios)) if on) or "text",
-                       tokens=len(ids), audio_seconds=seconds, image_sizes=sizes)
+                       tokens=facts.tokens, audio_seconds=facts.audio_seconds,
+                       image_sizes=[list(size) for size in facts.image_sizes])
         except DataError as e:
             row.update(modality="invalid", error=e.reason)
         rows.append(row)

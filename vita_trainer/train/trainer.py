@@ -4,7 +4,6 @@ a non-finite-loss guard."""
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import shutil
