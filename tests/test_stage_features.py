@@ -1,6 +1,5 @@
 """LoRA train + merge, the audio-encoder CTC stage, the non-finite-loss guard and the local runner's preflight."""
 
-
 import pytest
 import torch
 import yaml
