@@ -5,10 +5,10 @@ Run with: kopf run --standalone -m vita_operator.handlers --liveness=http://0.0.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 import threading
-import time
 
 import kopf
 from kubernetes import client, config
@@ -20,7 +20,7 @@ from vita_trainer.spec import API_GROUP, KIND, VitaTrainingRunSpec
 from . import metrics
 from .builder import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY, PyTorchJobBackend
 from .crd import PLURAL, VERSION
-from .state import CreateJob, ObservedJob, SetJobSuspend, decide
+from .state import CreateJob, ObservedJob, SetJobSuspend, decide, set_condition
 
 BACKEND = PyTorchJobBackend()
 JOB_GROUP, JOB_VERSION = BACKEND.api_version.split("/")
@@ -90,9 +90,8 @@ def reconcile(run: dict, logger) -> None:
         try:
             spec = VitaTrainingRunSpec.model_validate(run.get("spec") or {})
         except ValidationError as e:  # the CRD schema normally rejects these first
-            status = dict(run.get("status") or {}, phase="Failed")
-            status["conditions"] = [{"type": "Failed", "status": "True", "reason": "InvalidSpec",
-                                     "message": str(e)[:1000], "lastTransitionTime": _now()}]
+            status = {**copy.deepcopy(run.get("status") or {}), "phase": "Failed"}
+            set_condition(status, "Failed", True, "InvalidSpec", str(e)[:1000], _now(), meta.get("generation", 1))
             _patch_status(namespace, name, status)
             kopf.warn(run, reason="InvalidSpec", message=str(e)[:1000])
             metrics.record_phase(key, "Failed")
@@ -102,9 +101,9 @@ def reconcile(run: dict, logger) -> None:
         except ApiException as e:
             if e.status == 404:
                 msg = "the PyTorchJob CRD (kubeflow.org/v1) is not installed; install the Kubeflow training operator"
-                status = dict(run.get("status") or {}, phase=(run.get("status") or {}).get("phase", "Pending"))
-                status["conditions"] = [{"type": "Ready", "status": "False", "reason": "PyTorchJobCRDMissing",
-                                         "message": msg, "lastTransitionTime": _now()}]
+                status = copy.deepcopy(run.get("status") or {})
+                status.setdefault("phase", "Pending")
+                set_condition(status, "Ready", False, "PyTorchJobCRDMissing", msg, _now(), meta.get("generation", 1))
                 _patch_status(namespace, name, status)
                 kopf.warn(run, reason="PyTorchJobCRDMissing", message=msg)
                 metrics.RECONCILE_ERRORS.labels("crd_missing").inc()
@@ -169,9 +168,7 @@ def on_job(body, logger, **_):
         raise
     if run.get("metadata", {}).get("deletionTimestamp"):
         return
-    started = time.monotonic()
     on_run(body=run, logger=logger)
-    logger.debug("job event reconcile took %.3fs", time.monotonic() - started)
 
 
 @kopf.on.delete(API_GROUP, VERSION, PLURAL, optional=True)

@@ -54,7 +54,8 @@ class Decision:
     events: list = field(default_factory=list)   # (type, reason, message)
 
 
-def _condition(status: dict, ctype: str, value: bool, reason: str, message: str, now: str, generation: int):
+def set_condition(status: dict, ctype: str, value: bool, reason: str, message: str, now: str, generation: int):
+    """Update one standard condition in place; lastTransitionTime moves only when its status changes."""
     conds = status.setdefault("conditions", [])
     new = {"type": ctype, "status": "True" if value else "False", "reason": reason, "message": message,
            "observedGeneration": generation}
@@ -72,7 +73,7 @@ def _set_phase(d: Decision, phase: str, reason: str, message: str, now: str, gen
         d.events.append(("Warning" if phase == "Failed" else "Normal", f"Run{phase}", message))
     d.status["phase"] = phase
     for ctype in ("Running", "Suspended", "Succeeded", "Failed"):
-        _condition(d.status, ctype, ctype == phase, reason if ctype == phase else "", message if ctype == phase
+        set_condition(d.status, ctype, ctype == phase, reason if ctype == phase else "", message if ctype == phase
                    else "", now, generation)
 
 
