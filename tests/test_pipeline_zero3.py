@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from vita_trainer.demo.run import build_run, prepare
 from vita_trainer.local import free_port, run_local
+from vita_trainer.model.modeling import group_of
 from vita_trainer.stages.presets import get_preset
 
 pytestmark = pytest.mark.slow
@@ -29,11 +30,6 @@ def small_run(out: Path, deepspeed="zero3", procs=2):
     path = out / "run.yaml"
     path.write_text(yaml.safe_dump(run, sort_keys=False))
     return path, run
-
-
-def group_of(key):
-    head = key.split(".", 1)[0]
-    return "llm" if head == "language_model" else head
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,17 @@ MODULE_GROUPS = ("llm", "vision_tower", "mm_projector", "audio_encoder", "audio_
 GROUP_ATTRS = {"llm": "language_model"}
 
 
+def group_attr(group: str) -> str:
+    """The model attribute (and state-dict prefix) of a module group."""
+    return GROUP_ATTRS.get(group, group)
+
+
+def group_of(param_name: str) -> str:
+    """The module group a parameter or state-dict key belongs to."""
+    head = param_name.split(".", 1)[0]
+    return next((g for g, attr in GROUP_ATTRS.items() if attr == head), head)
+
+
 class VitaForCausalLM(PreTrainedModel):
     config_class = VitaConfig
     base_model_prefix = "vita"
@@ -39,7 +50,7 @@ class VitaForCausalLM(PreTrainedModel):
         self.post_init()
 
     def group_module(self, group: str) -> nn.Module | None:
-        return getattr(self, GROUP_ATTRS.get(group, group))
+        return getattr(self, group_attr(group))
 
     def _init_weights(self, module):
         # Sub-models initialise themselves and our encoder layers keep PyTorch's default init; only a CTC head

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..model.modeling import MODULE_GROUPS
+from ..model.modeling import MODULE_GROUPS, group_attr, group_of
 
 
 def _zero3() -> bool:
@@ -42,17 +42,12 @@ def apply_trainable(model, groups: frozenset[str]) -> dict[str, int]:
     return counts
 
 
-def _group_of(key: str) -> str:
-    head = key.split(".", 1)[0]
-    return "llm" if head == "language_model" else head
-
-
 def save_groups(model, groups, out_dir: str | Path, is_main: bool) -> list[str]:
     """Write {group}.bin with full (gathered) tensors; every rank must call this under ZeRO-3."""
     written = []
     for g in sorted(groups):
         module = model.group_module(g)
-        prefix = "language_model" if g == "llm" else g
+        prefix = group_attr(g)
         with gathered(module.parameters()):
             if is_main:
                 state = {f"{prefix}.{k}": v.detach().cpu().clone() for k, v in module.state_dict().items()}
@@ -93,4 +88,4 @@ def load_partial(model: nn.Module, path: str | Path) -> list[str]:
                 if tuple(t.shape) != tuple(v.shape):
                     raise ConfigError(f"{path}: {k} has shape {tuple(v.shape)}, model has {tuple(t.shape)}")
                 t.copy_(v.to(t.dtype))
-    return sorted({_group_of(k) for k in state})
+    return sorted({group_of(k) for k in state})
