@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import itertools
 import threading
+import time
+import uuid
 
-from kmock import KubernetesEmulator, Server
-from kmock._internal.references import ResourceInfo
+from kmock import KubernetesEmulator, ResourceInfo, Server, action
 
 RESOURCES = {
     "v1/namespaces": ResourceInfo(namespaced=False, kind="Namespace", singular="namespace",
@@ -23,6 +26,33 @@ PYTORCHJOBS = ("kubeflow.org/v1/pytorchjobs", ResourceInfo(
     verbs={"create", "delete", "get", "list", "patch", "update", "watch"}))
 
 
+class ApiServerEmulator(KubernetesEmulator):
+    """kmock plus what a real API server does on create: uid, creationTimestamp, resourceVersion, generateName.
+
+    kopf keys its per-object memory by metadata.uid: without uids every object shares one memory and
+    handlers get other objects' bodies. `created_at` records when each object was created (monotonic
+    seconds), for benchmarks that time the operator.
+    """
+
+    def __attrs_post_init__(self):
+        super().__attrs_post_init__()
+        self.created_at: dict[tuple[str, str, str], float] = {}
+        self._versions = itertools.count(1)
+
+    async def _handle(self, request):
+        if request.action == action.CREATE and isinstance(request.data, dict):
+            meta = request.data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp",
+                            datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            meta.setdefault("resourceVersion", str(next(self._versions)))
+            self.created_at[(request.resource.plural, meta.get("namespace") or request.namespace or "",
+                             meta["name"])] = time.monotonic()
+        return await super()._handle(request)
+
+
 class KMockThread:
     def __init__(self, with_pytorchjobs: bool = True):
         self.with_pytorchjobs = with_pytorchjobs
@@ -37,7 +67,7 @@ class KMockThread:
     async def _main(self):
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
-        async with KubernetesEmulator() as kmock, Server(kmock) as server:
+        async with ApiServerEmulator() as kmock, Server(kmock) as server:
             for key, info in RESOURCES.items():
                 kmock.resources[key] = info
             if self.with_pytorchjobs:

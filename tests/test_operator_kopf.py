@@ -18,7 +18,7 @@ NS = "default"
 
 RUN = {
     "apiVersion": f"{G}/{V}", "kind": "VitaTrainingRun",
-    "metadata": {"name": "r1", "namespace": NS, "resourceVersion": "1"},  # kmock assigns none; kopf patches test it
+    "metadata": {"name": "r1", "namespace": NS},
     "spec": {"model": {"base": "models/base"}, "data": {"registry": "registry.yaml"}, "output": "runs/r1",
              "trainer": {"image": "trainer:test"}, "resources": {"gpusPerNode": 8, "nodes": 2},
              "volumes": {"dataset": {"claimName": "data", "mountPath": "/data"},

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from vita_trainer.demo.run import build_run, prepare
 from vita_trainer.local import free_port, run_local
-from vita_trainer.model.modeling import group_of
+from vita_trainer.module_groups import group_of
 from vita_trainer.stages.presets import get_preset
 
 pytestmark = pytest.mark.slow

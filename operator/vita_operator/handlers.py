@@ -138,8 +138,6 @@ def reconcile(run: dict, logger) -> None:
 @kopf.on.create(API_GROUP, VERSION, PLURAL)
 @kopf.on.update(API_GROUP, VERSION, PLURAL, field="spec")
 def on_run(body, logger, **_):
-    if body.get("kind") != KIND:  # API emulators (kmock) can mix other kinds into this watch stream
-        return
     try:
         reconcile(dict(body), logger)
     except ApiException as e:

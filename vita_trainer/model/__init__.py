@@ -1,4 +1,5 @@
 from .configuration import VitaConfig
-from .modeling import MODULE_GROUPS, VitaForCausalLM
+from ..module_groups import MODULE_GROUPS
+from .modeling import VitaForCausalLM
 
 __all__ = ["VitaConfig", "VitaForCausalLM", "MODULE_GROUPS"]

@@ -6,27 +6,12 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from ..module_groups import group_attr
 from .audio_encoder import AudioAdapter, WhaleEncoder
 from .configuration import VitaConfig
 from .projector import build_projector
 from .splice import scatter_media, valid_frames
 from .vision import VisionTower
-
-# Module groups that stage presets freeze or train. One name per trainable part.
-MODULE_GROUPS = ("llm", "vision_tower", "mm_projector", "audio_encoder", "audio_adapter", "ctc_head")
-GROUP_ATTRS = {"llm": "language_model"}
-
-
-def group_attr(group: str) -> str:
-    """The model attribute (and state-dict prefix) of a module group."""
-    return GROUP_ATTRS.get(group, group)
-
-
-def group_of(param_name: str) -> str:
-    """The module group a parameter or state-dict key belongs to."""
-    head = param_name.split(".", 1)[0]
-    return next((g for g, attr in GROUP_ATTRS.items() if attr == head), head)
-
 
 class VitaForCausalLM(PreTrainedModel):
     config_class = VitaConfig

@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError
-from ..model.modeling import MODULE_GROUPS
+from ..module_groups import MODULE_GROUPS
 
 Group = Literal["llm", "vision_tower", "mm_projector", "audio_encoder", "audio_adapter", "ctc_head"]
 

@@ -56,7 +56,8 @@ def convert(ckpt: Path, out: Path) -> Path:
 def inspect(model_path: str, stage: str | None, gpus: int) -> dict:
     from ..model.builder import vita_1p5_config
     from ..model.configuration import VitaConfig
-    from ..model.modeling import MODULE_GROUPS, VitaForCausalLM
+    from ..model.modeling import VitaForCausalLM
+    from ..module_groups import MODULE_GROUPS
     from ..stages.presets import get_preset, resolve_trainable
     config = vita_1p5_config() if model_path == "vita-1.5-7b" else VitaConfig.from_pretrained(model_path)
     with torch.device("meta"):  # sizes without allocating

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..model.modeling import MODULE_GROUPS, group_attr, group_of
+from ..module_groups import MODULE_GROUPS, group_attr, group_of
 
 
 def _zero3() -> bool:
