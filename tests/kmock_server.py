@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import itertools
 import threading
@@ -43,7 +44,7 @@ class ApiServerEmulator(KubernetesEmulator):
         if request.action == action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
-                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:10]
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp",
                             datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
@@ -52,10 +53,38 @@ class ApiServerEmulator(KubernetesEmulator):
                              meta["name"])] = time.monotonic()
         return await super()._handle(request)
 
+    async def _serve_list(self, request):
+        """Lists honour equality label selectors (`a=b,c!=d,e`), as the API server does."""
+        result = await super()._serve_list(request)
+        selector = request.params.get("labelSelector")
+        if selector:
+            result["items"] = [o for o in result["items"] if _selected(o.get("metadata", {}).get("labels") or {},
+                                                                       selector)]
+        return result
+
+
+def _selected(labels: dict, selector: str) -> bool:
+    for term in selector.split(","):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif term.strip() not in labels:
+            return False
+    return True
+
 
 class KMockThread:
-    def __init__(self, with_pytorchjobs: bool = True):
+    """request_history: keep only the last N requests. kmock routes each request by scanning its whole
+    history, which is quadratic under load; benchmarks bound it (N well above the requests in flight)."""
+
+    def __init__(self, with_pytorchjobs: bool = True, request_history: int | None = None):
         self.with_pytorchjobs = with_pytorchjobs
+        self.request_history = request_history
         self.ready = threading.Event()
         self.stopping = None
         self.url = None
@@ -68,6 +97,8 @@ class KMockThread:
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
         async with ApiServerEmulator() as kmock, Server(kmock) as server:
+            if self.request_history:
+                kmock._requests = collections.deque(maxlen=self.request_history)
             for key, info in RESOURCES.items():
                 kmock.resources[key] = info
             if self.with_pytorchjobs:

@@ -44,6 +44,6 @@ def test_data_check_bench_runs():
     assert "0 problems" in out
 
 
-def test_operator_scale_runs():
-    out = run("bench/operator_scale.py", "--runs", "5", "--kopf-runs", "2")
-    assert "'advanced_to_stage2': 2" in out
+def test_operator_scale_runs(tmp_path):
+    out = run("bench/operator_scale.py", "--runs", "5", "--kopf-runs", "3", "--operator-log", str(tmp_path / "op.log"))
+    assert "'first_jobs_created': 3" in out and "'advanced_to_stage2': 3" in out

@@ -110,10 +110,31 @@ def test_stages_chain_retry_restart_and_delete():
                      what="run deleted")
         assert runner.exception is None
         assert sorted(jobs(a)) == ["r1-s1-1", "r1-s1-2", "r1-s2-1", "r1-s3-1"]  # one job per attempt, no dupes
-        # kmock stores events by name and kopf posts them with generateName, so read the POSTed events instead.
-        reasons = [r.data.get("reason") for r in mock.kmock["post"] if "/events" in str(r.url)]
+        core = client.CoreV1Api(client.ApiClient(client.Configuration(host=mock.url)))
+        reasons = [e.reason for e in core.list_namespaced_event(NS).items]
         for reason in ("StageStarted", "StageRetrying", "StageSucceeded", "RunSucceeded"):
             assert reason in reasons, (reason, reasons)
+
+
+def test_concurrent_runs_each_get_their_own_jobs():
+    """Many runs at once: each handler sees its own run (kopf keys per-object state by uid)."""
+    names = [f"c{i}" for i in range(8)]
+    with KMockThread() as mock:
+        a = api(mock.url)
+        with operator(mock.url) as runner:
+            for n in names:
+                a.create_namespaced_custom_object(G, V, NS, P, {**RUN, "metadata": {"name": n, "namespace": NS}})
+            wait_for(lambda: {f"{n}-s1-1" for n in names} <= set(jobs(a)), timeout=60, what="first jobs")
+            for n in names:
+                set_job(a, f"{n}-s1-1", "Succeeded")
+            wait_for(lambda: {f"{n}-s2-1" for n in names} <= set(jobs(a)), timeout=60, what="second jobs")
+            statuses = {n: a.get_namespaced_custom_object(G, V, NS, P, n)["status"] for n in names}
+        assert runner.exception is None
+        assert sorted(jobs(a)) == sorted(f"{n}-s{i}-1" for n in names for i in (1, 2))
+        for name, job in jobs(a).items():
+            assert job["metadata"]["labels"]["vita.training.dev/run"] == name.split("-")[0]
+            assert job["metadata"]["ownerReferences"][0]["name"] == name.split("-")[0]
+        assert all(st["currentJob"] == f"{n}-s2-1" for n, st in statuses.items()), statuses
 
 
 def test_exhausted_retries_fail_the_run_with_the_job_reason():

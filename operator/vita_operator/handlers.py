@@ -26,6 +26,7 @@ BACKEND = PyTorchJobBackend()
 JOB_GROUP, JOB_VERSION = BACKEND.api_version.split("/")
 API_URL_ENV = "VITA_OPERATOR_API_URL"   # tests point the operator at an emulated API server
 _locks: dict[str, threading.Lock] = {}
+_client: client.CustomObjectsApi | None = None   # one connection pool for all handler threads, built at startup
 
 
 def _now() -> str:
@@ -33,7 +34,9 @@ def _now() -> str:
 
 
 def _api() -> client.CustomObjectsApi:
-    return client.CustomObjectsApi()
+    if _client is None:
+        raise RuntimeError("the Kubernetes client is built by the startup handler")
+    return _client
 
 
 @kopf.on.login()
@@ -46,15 +49,19 @@ def login(**kwargs):
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_):
+    global _client
     url = os.environ.get(API_URL_ENV)
     if url:
-        cfg = client.Configuration(host=url)
-        client.Configuration.set_default(cfg)
+        client.Configuration.set_default(client.Configuration(host=url))
     else:
         try:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
+    cfg = client.Configuration.get_default_copy()
+    # Handlers run in kopf's thread pool; size the pool so threads don't queue for connections.
+    cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, settings.execution.max_workers or 32)
+    _client = client.CustomObjectsApi(client.ApiClient(cfg))
     settings.posting.level = 20  # INFO and up become Kubernetes Events
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     port = int(os.environ.get("VITA_OPERATOR_METRICS_PORT", "9090"))
