@@ -15,7 +15,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
-from vita_trainer.spec import API_GROUP, KIND, VitaTrainingRunSpec
+from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
 
 from . import metrics
 from .builder import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY, PyTorchJobBackend
