@@ -15,6 +15,7 @@ from kmock import KubernetesEmulator, ResourceInfo, Server, action
 RESOURCES = {
     "v1/namespaces": ResourceInfo(namespaced=False, kind="Namespace", singular="namespace",
                                   verbs={"list", "watch", "get"}),
+    "v1/pods": ResourceInfo(namespaced=True, kind="Pod", singular="pod", verbs={"create", "list", "get"}),
     "v1/events": ResourceInfo(namespaced=True, kind="Event", singular="event", verbs={"create", "list", "get"}),
     "events.k8s.io/v1/events": ResourceInfo(namespaced=True, kind="Event", singular="event",
                                             verbs={"create", "list", "get"}),

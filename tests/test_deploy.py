@@ -79,7 +79,9 @@ def test_operator_pod_security_and_least_privilege_rbac(helm):
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
         assert "secrets" not in rule["resources"]
     resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert resources == {"vitatrainingruns", "vitatrainingruns/status", "pytorchjobs", "events"}
+    assert resources == {"vitatrainingruns", "vitatrainingruns/status", "pytorchjobs", "events", "pods"}
+    pods = next(rule for rule in role["rules"] if "pods" in rule["resources"])
+    assert set(pods["verbs"]) == {"get", "list"}  # read-only: termination messages
     ns_scoped = docs(helm("template", "vita", str(CHART), "-n", "ml", "--set", "watchAllNamespaces=false").stdout)
     assert {"Role", "RoleBinding"} <= {d["kind"] for d in ns_scoped}
 

@@ -171,3 +171,29 @@ def test_cel_rules_are_declared_for_cross_field_checks():
     spec = crd_schema(yaml.safe_load(render()))["properties"]["spec"]
     rules = [r["rule"] for r in spec["x-kubernetes-validations"]]
     assert any("stages.all" in r for r in rules) and any("kueueQueue" in r for r in rules)
+
+
+def _pod(message, exit_code=0, container="pytorch"):
+    return {"status": {"containerStatuses": [
+        {"name": container, "state": {"terminated": {"exitCode": exit_code, "message": message}}}]}}
+
+
+@pytest.mark.parametrize("pod,expected", [
+    (_pod('{"stage":"s1","globalStep":10,"finalLoss":0.25}'), 0.25),
+    (_pod('{"stage":"s1","globalStep":0,"finalLoss":null}'), None),          # no loss was logged
+    (_pod('{"finalLoss":0.25}', exit_code=1), None),                         # failed: the message is a log tail
+    (_pod("Traceback (most recent call last): ..."), None),                  # not our JSON
+    (_pod('{"finalLoss":0.25}', container="sidecar"), None),
+    ({"status": {"containerStatuses": [{"name": "pytorch", "state": {"running": {}}}]}}, None),
+    ({}, None),
+])
+def test_final_loss_from_the_master_pods_termination_message(pod, expected):
+    assert PyTorchJobBackend().final_loss(pod) == expected
+
+
+def test_trainer_result_reaches_the_pod_status():
+    job = PyTorchJobBackend().build("r", "ns", VitaTrainingRunSpec.model_validate(FULL), 0, 1)
+    container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert PyTorchJobBackend().result_pod_selector("r-align-1") == \
+        "training.kubeflow.org/job-name=r-align-1,training.kubeflow.org/replica-type=master"

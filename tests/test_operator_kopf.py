@@ -4,6 +4,7 @@ What this shows: handler flow, stage chaining, retries, restarts without duplica
 What it cannot show (a mock): CRD validation/defaulting by a real API server, garbage collection of jobs.
 """
 
+import json
 import os
 import time
 
@@ -53,6 +54,21 @@ def set_job(a, name, cond):
         "conditions": [{"type": cond, "status": "True", "reason": f"Job{cond}", "message": f"job {cond.lower()}"}]}})
 
 
+def add_master_pod(url, job, final_loss):
+    """What Kubeflow and the kubelet leave behind: the finished master pod with the trainer's message."""
+    core = client.CoreV1Api(client.ApiClient(client.Configuration(host=url)))
+    core.create_namespaced_pod(NS, {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{job}-master-0", "namespace": NS,
+                     "labels": {"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": "master"}},
+        "spec": {"containers": [{"name": "pytorch", "image": "trainer:test"}]},
+        "status": {"phase": "Succeeded", "containerStatuses": [{
+            "name": "pytorch", "image": "trainer:test", "imageID": "", "ready": False, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+                                     "message": json.dumps({"stage": "s1", "globalStep": 9, "finalLoss": final_loss})}},
+        }]}})
+
+
 def run_status(a):
     return a.get_namespaced_custom_object(G, V, NS, P, "r1").get("status") or {}
 
@@ -79,12 +95,15 @@ def test_stages_chain_retry_restart_and_delete():
             # a failure is retried as attempt 2 (retryLimit 1)
             set_job(a, "r1-s1-1", "Failed")
             wait_for(lambda: "r1-s1-2" in jobs(a), what="retry job")
+            add_master_pod(mock.url, "r1-s1-1", 9.0)  # the failed attempt's pod is not the result
+            add_master_pod(mock.url, "r1-s1-2", 0.375)
             set_job(a, "r1-s1-2", "Succeeded")
             wait_for(lambda: "r1-s2-1" in jobs(a), what="stage 2 job")
             args = jobs(a)["r1-s2-1"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
                 "args"]
             # stage 2 starts from the base model plus stage 1's projector (adapter-only stage)
             assert "/ckpt/runs/r1/s1/mm_projector.bin" in args
+            assert run_status(a)["stages"][0]["finalLoss"] == 0.375
         assert runner.exception is None
         # operator restart mid-run: no duplicate jobs, progress kept
         before = set(jobs(a))
@@ -103,6 +122,7 @@ def test_stages_chain_retry_restart_and_delete():
             wait_for(lambda: run_status(a).get("phase") == "Succeeded", what="Succeeded")
             st = run_status(a)
             assert [s["attempts"] for s in st["stages"]] == [2, 1, 1]
+            assert [s.get("finalLoss") for s in st["stages"]] == [0.375, None, None]  # no pods: left unset
             assert st["observedGeneration"] >= 1
             assert {c["type"]: c["status"] for c in st["conditions"]}["Succeeded"] == "True"
             a.delete_namespaced_custom_object(G, V, NS, P, "r1")

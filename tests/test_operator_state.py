@@ -119,3 +119,11 @@ def test_checkpoint_paths_are_recorded():
     d = decide("run", 1, spec(), None, [], NOW)
     assert [r["checkpointPath"] for r in d.status["stages"]] == ["/checkpoints/o/s1", "/checkpoints/o/s2",
                                                                 "/checkpoints/o/s3"]
+
+
+def test_final_loss_is_recorded_when_the_stage_succeeds():
+    done = ObservedJob("run-s1-1", "s1", 1, "Succeeded", "", final_loss=0.125)
+    d = decide("run", 1, spec(), status(rec("s1", "Running", 1)), [done], NOW)
+    assert d.status["stages"][0]["finalLoss"] == 0.125 and "finalLoss" not in d.status["stages"][1]
+    d = decide("run", 1, spec(), status(rec("s1", "Running", 1)), [job("s1", 1, "Succeeded")], NOW)
+    assert "finalLoss" not in d.status["stages"][0]  # not reported: left unset, not zero

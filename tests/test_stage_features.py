@@ -1,5 +1,7 @@
 """LoRA train + merge, the audio-encoder CTC stage, the non-finite-loss guard and the local runner's preflight."""
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -56,9 +58,14 @@ def test_lora_trains_and_merges_to_the_same_logits(data, tmp_path):
         assert not torch.allclose(ref(input_ids=ids).logits, b, atol=1e-4)  # LoRA changed the model
 
 
-def test_audio_ctc_stage_trains_only_the_encoder_and_head(data, tmp_path):
+def test_audio_ctc_stage_trains_only_the_encoder_and_head(data, tmp_path, monkeypatch):
+    term = tmp_path / "termination-log"
+    term.touch()  # the kubelet provides this file in a pod
+    monkeypatch.setenv("VITA_TERMINATION_MESSAGE_PATH", str(term))
     summary = train_main(args(data, tmp_path / "ctc", "audio_ctc", "demo_audio", "--save_full_model", "True"))
     assert set(summary["trainable"]) == {"audio_encoder", "ctc_head"}
+    # the operator reads this from the pod status as status.stages[].finalLoss
+    assert json.loads(term.read_text()) == {"stage": "audio_ctc", "globalStep": 6, "finalLoss": summary["final_loss"]}
     losses = [l for _, l in summary["losses"]]
     assert losses[-1] < losses[0]
     before = load_file(data / "base_model" / "model.safetensors")
@@ -69,6 +76,12 @@ def test_audio_ctc_stage_trains_only_the_encoder_and_head(data, tmp_path):
             changed = not torch.equal(v, after[k])
             assert changed == k.startswith("audio_encoder.") or not changed, k
     assert any(not torch.equal(v, after[k]) for k, v in before.items() if k.startswith("audio_encoder."))
+
+
+def test_no_termination_message_outside_a_pod(tmp_path, monkeypatch):
+    from vita_trainer.train.termination import write_termination_message
+    monkeypatch.setenv("VITA_TERMINATION_MESSAGE_PATH", str(tmp_path / "absent"))
+    assert write_termination_message({"final_loss": 1.0}) is False and not (tmp_path / "absent").exists()
 
 
 def test_non_finite_loss_stops_with_a_clear_error(data, tmp_path):

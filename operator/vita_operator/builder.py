@@ -4,6 +4,8 @@ TrainJob builder can be added beside it."""
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 from typing import Protocol
 
 from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
@@ -14,6 +16,9 @@ LABEL_STAGE = f"{API_GROUP}/stage"
 LABEL_ATTEMPT = f"{API_GROUP}/attempt"
 MANAGED_BY = ("app.kubernetes.io/managed-by", "vita-operator")
 KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Set by the Kubeflow training operator on the pods it creates.
+KUBEFLOW_JOB_NAME, KUBEFLOW_REPLICA_TYPE = "training.kubeflow.org/job-name", "training.kubeflow.org/replica-type"
+TRAINER_CONTAINER = "pytorch"
 DATASET_MOUNT_DEFAULT, CHECKPOINT_MOUNT_DEFAULT = "/data", "/checkpoints"
 # Pod-level restarts (OnFailure) absorb transient crashes; the operator's own attempts handle the rest.
 POD_BACKOFF_LIMIT = 3
@@ -27,6 +32,10 @@ class JobBackend(Protocol):
     def build(self, run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int) -> dict: ...
 
     def phase(self, job: dict) -> tuple[str, str]: ...
+
+    def result_pod_selector(self, job_name: str) -> str: ...
+
+    def final_loss(self, pod: dict) -> float | None: ...
 
 
 def job_name(run_name: str, stage_name: str, attempt: int) -> str:
@@ -69,7 +78,7 @@ def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: lis
         volumes.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": v.checkpoints.claim_name}})
     port = spec.trainer.metrics_port
     container = {
-        "name": "pytorch", "image": spec.trainer.image, "imagePullPolicy": "IfNotPresent",
+        "name": TRAINER_CONTAINER, "image": spec.trainer.image, "imagePullPolicy": "IfNotPresent",
         # Kubeflow injects MASTER_ADDR/PORT and PET_NNODES/PET_NPROC_PER_NODE/PET_NODE_RANK, which torchrun reads.
         "command": ["torchrun"],
         "args": ["--master_addr=$(MASTER_ADDR)", "--master_port=$(MASTER_PORT)", "-m", "vita_trainer.train", *args],
@@ -77,6 +86,8 @@ def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: lis
         "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
         "resources": {"requests": dict(limits), "limits": limits},
         "volumeMounts": mounts,
+        # Success: the trainer's JSON result (vita_trainer.train.termination). Failure: the log tail.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod_spec = {"containers": [container], "volumes": volumes}
     if res.node_selector:
@@ -134,3 +145,22 @@ class PyTorchJobBackend:
                 msg = f"{c.get('reason', kind)}: {c.get('message', '')}".strip(": ")
                 return ("Running" if kind == "Restarting" else kind), msg
         return "Pending", ""
+
+    def result_pod_selector(self, job_name: str) -> str:
+        """The pod holding global rank 0, which writes the stage's result."""
+        return f"{KUBEFLOW_JOB_NAME}={job_name},{KUBEFLOW_REPLICA_TYPE}=master"
+
+    def final_loss(self, pod: dict) -> float | None:
+        """finalLoss from the trainer container's termination message, if it finished and wrote one."""
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") != TRAINER_CONTAINER:
+                continue
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if term.get("exitCode") != 0:
+                return None
+            try:
+                loss = json.loads(term.get("message") or "").get("finalLoss")
+            except (ValueError, AttributeError):
+                return None  # not our JSON (e.g. an older trainer image)
+            return float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else None
+        return None

@@ -76,7 +76,8 @@ def status_schema() -> dict:
         "attempts": {"type": "integer", "minimum": 0},
         "startTime": time, "completionTime": time,
         "checkpointPath": {"type": "string", "description": "Where the stage writes checkpoints and its output"},
-        "finalLoss": {"type": "number", "description": "Last logged training loss, if known"},
+        "finalLoss": {"type": "number", "description": "Last logged training loss, from the master pod's "
+                                                        "termination message; unset when not reported"},
         "message": {"type": "string"}}}
     condition = {"type": "object", "required": ["type", "status"], "properties": {
         "type": {"type": "string"}, "status": {"type": "string", "enum": ["True", "False", "Unknown"]},

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import logging
 import os
 import threading
 
@@ -22,21 +23,30 @@ from .builder import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY, PyTorchJ
 from .crd import PLURAL, VERSION
 from .state import CreateJob, ObservedJob, SetJobSuspend, decide, set_condition
 
+log = logging.getLogger(__name__)
 BACKEND = PyTorchJobBackend()
 JOB_GROUP, JOB_VERSION = BACKEND.api_version.split("/")
 API_URL_ENV = "VITA_OPERATOR_API_URL"   # tests point the operator at an emulated API server
 _locks: dict[str, threading.Lock] = {}
-_client: client.CustomObjectsApi | None = None   # one connection pool for all handler threads, built at startup
+_client: client.ApiClient | None = None   # one connection pool for all handler threads, built at startup
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _api() -> client.CustomObjectsApi:
+def _api_client() -> client.ApiClient:
     if _client is None:
         raise RuntimeError("the Kubernetes client is built by the startup handler")
     return _client
+
+
+def _api() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(_api_client())
+
+
+def _core() -> client.CoreV1Api:
+    return client.CoreV1Api(_api_client())
 
 
 @kopf.on.login()
@@ -61,7 +71,7 @@ def startup(settings: kopf.OperatorSettings, **_):
     cfg = client.Configuration.get_default_copy()
     # Handlers run in kopf's thread pool; size the pool so threads don't queue for connections.
     cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, settings.execution.max_workers or 32)
-    _client = client.CustomObjectsApi(client.ApiClient(cfg))
+    _client = client.ApiClient(cfg)
     settings.posting.level = 20  # INFO and up become Kubernetes Events
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     port = int(os.environ.get("VITA_OPERATOR_METRICS_PORT", "9090"))
@@ -70,18 +80,34 @@ def startup(settings: kopf.OperatorSettings, **_):
         start_http_server(port, registry=metrics.REGISTRY)
 
 
-def observed_jobs(namespace: str, run_name: str) -> list[ObservedJob]:
+def observed_jobs(namespace: str, run_name: str, recorded_done: set[str]) -> list[ObservedJob]:
+    """The run's jobs; a Succeeded job whose stage is not yet recorded done also gets its final loss."""
     items = _api().list_namespaced_custom_object(JOB_GROUP, JOB_VERSION, namespace, BACKEND.plural,
                                                  label_selector=f"{LABEL_RUN}={run_name}")["items"]
     out = []
-    for job in items:  # filter again: label selectors are not honoured everywhere (mocks)
+    for job in items:  # filter again: cheap, and safe against proxies or mocks that ignore selectors
         labels = job.get("metadata", {}).get("labels", {})
         if labels.get(LABEL_RUN) != run_name or labels.get(MANAGED_BY[0]) != MANAGED_BY[1]:
             continue
         phase, message = BACKEND.phase(job)
-        out.append(ObservedJob(job["metadata"]["name"], labels.get(LABEL_STAGE, ""),
-                               int(labels.get(LABEL_ATTEMPT, "0")), phase, message))
+        stage = labels.get(LABEL_STAGE, "")
+        loss = final_loss(namespace, job["metadata"]["name"]) if phase == "Succeeded" and stage not in recorded_done \
+            else None
+        out.append(ObservedJob(job["metadata"]["name"], stage, int(labels.get(LABEL_ATTEMPT, "0")), phase, message,
+                               loss))
     return out
+
+
+def final_loss(namespace: str, job_name: str) -> float | None:
+    """Best effort: a missing pod (cleaned up) or a failed read leaves finalLoss unset, never blocks the run."""
+    try:
+        pods = _core().list_namespaced_pod(namespace, label_selector=BACKEND.result_pod_selector(job_name)).items
+    except ApiException as e:
+        if e.status not in (403, 404):  # 403: RBAC without pods; 404: no such resource
+            log.warning("finalLoss of %s/%s not read: API error %s", namespace, job_name, e.status)
+        return None
+    losses = [BACKEND.final_loss(_core().api_client.sanitize_for_serialization(p)) for p in pods]
+    return next((x for x in losses if x is not None), None)
 
 
 def _patch_status(namespace: str, name: str, status: dict) -> None:
@@ -104,7 +130,8 @@ def reconcile(run: dict, logger) -> None:
             metrics.record_phase(key, "Failed")
             return
         try:
-            jobs = observed_jobs(namespace, name)
+            done = {r.get("name") for r in (run.get("status") or {}).get("stages") or [] if r.get("phase") == "Succeeded"}
+            jobs = observed_jobs(namespace, name, done)
         except ApiException as e:
             if e.status == 404:
                 msg = "the PyTorchJob CRD (kubeflow.org/v1) is not installed; install the Kubeflow training operator"

@@ -32,6 +32,7 @@ class ObservedJob:
     attempt: int
     phase: str          # Pending|Running|Suspended|Succeeded|Failed
     message: str = ""
+    final_loss: float | None = None   # from the finished master pod, when the trainer reported it
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,8 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
         rec.update(attempts=attempt, jobName=name)
         if job.phase == "Succeeded":
             rec.update(phase="Succeeded", completionTime=now, message=job.message)
+            if job.final_loss is not None:
+                rec["finalLoss"] = job.final_loss
             d.events.append(("Normal", "StageSucceeded", f"stage {stage.name} succeeded ({name})"))
             continue  # start the next stage in the same pass
         if job.phase == "Failed":

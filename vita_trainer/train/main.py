@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from ..stages.plan import STAGE_DONE_FILE
 from ..stages.presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_weights
 from .arguments import DataArguments, ModelArguments, VitaTrainingArguments, resolve_deepspeed
+from .termination import write_termination_message
 
 log = logging.getLogger("vita_trainer")
 
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = out / (STAGE_DONE_FILE + ".tmp")
         tmp.write_text(json.dumps(summary, indent=2))
         tmp.replace(out / STAGE_DONE_FILE)
+        write_termination_message(summary)
     if torch.distributed.is_initialized():
         # A process group left alive at interpreter exit can abort a rank ("terminate called ...").
         torch.distributed.barrier()
