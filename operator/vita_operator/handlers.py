@@ -130,8 +130,8 @@ def reconcile(run: dict, logger) -> None:
             metrics.record_phase(key, "Failed")
             return
         try:
-            done = {r.get("name") for r in (run.get("status") or {}).get("stages") or [] if r.get("phase") == "Succeeded"}
-            jobs = observed_jobs(namespace, name, done)
+            records = (run.get("status") or {}).get("stages") or []
+            jobs = observed_jobs(namespace, name, {r.get("name") for r in records if r.get("phase") == "Succeeded"})
         except ApiException as e:
             if e.status == 404:
                 msg = "the PyTorchJob CRD (kubeflow.org/v1) is not installed; install the Kubeflow training operator"
