@@ -29,7 +29,8 @@ PYTORCHJOBS = ("kubeflow.org/v1/pytorchjobs", ResourceInfo(
 
 
 class ApiServerEmulator(KubernetesEmulator):
-    """kmock plus what a real API server does on create: uid, creationTimestamp, resourceVersion, generateName.
+    """kmock plus what a real API server does: uid, creationTimestamp, resourceVersion and generateName on create,
+    a new resourceVersion on every update, and label selectors on lists.
 
     kopf keys its per-object memory by metadata.uid: without uids every object shares one memory and
     handlers get other objects' bodies. `created_at` records when each object was created (monotonic
@@ -52,6 +53,10 @@ class ApiServerEmulator(KubernetesEmulator):
             meta.setdefault("resourceVersion", str(next(self._versions)))
             self.created_at[(request.resource.plural, meta.get("namespace") or request.namespace or "",
                              meta["name"])] = time.monotonic()
+        elif request.action == action.UPDATE and isinstance(request.data, dict):
+            # Every change gets a new resourceVersion: kopf waits for the version its own patch returned
+            # before it trusts the next event (persistence.consistency_timeout).
+            request.data.setdefault("metadata", {})["resourceVersion"] = str(next(self._versions))
         return await super()._handle(request)
 
     async def _serve_list(self, request):

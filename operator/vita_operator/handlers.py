@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 import logging
 import os
 import threading
@@ -101,12 +102,14 @@ def observed_jobs(namespace: str, run_name: str, recorded_done: set[str]) -> lis
 def final_loss(namespace: str, job_name: str) -> float | None:
     """Best effort: a missing pod (cleaned up) or a failed read leaves finalLoss unset, never blocks the run."""
     try:
-        pods = _core().list_namespaced_pod(namespace, label_selector=BACKEND.result_pod_selector(job_name)).items
+        # Raw JSON: only a few status fields are needed, not the client's full V1Pod models.
+        raw = _core().list_namespaced_pod(namespace, label_selector=BACKEND.result_pod_selector(job_name),
+                                          _preload_content=False)
     except ApiException as e:
         if e.status not in (403, 404):  # 403: RBAC without pods; 404: no such resource
             log.warning("finalLoss of %s/%s not read: API error %s", namespace, job_name, e.status)
         return None
-    losses = [BACKEND.final_loss(_core().api_client.sanitize_for_serialization(p)) for p in pods]
+    losses = [BACKEND.final_loss(pod) for pod in json.loads(raw.data).get("items") or []]
     return next((x for x in losses if x is not None), None)
 
 
