@@ -167,10 +167,73 @@ def test_valid_spec_passes_the_crd():
                          "metadata": {"name": "x"}, "spec": FULL}, schema)
 
 
-def test_cel_rules_are_declared_for_cross_field_checks():
-    spec = crd_schema(yaml.safe_load(render()))["properties"]["spec"]
-    rules = [r["rule"] for r in spec["x-kubernetes-validations"]]
-    assert any("stages.all" in r for r in rules) and any("kueueQueue" in r for r in rules)
+def cel_rules(schema, path=()):
+    """(path, rule, message) for every x-kubernetes-validations rule; '*' in a path stands for list items."""
+    for r in schema.get("x-kubernetes-validations", []):
+        yield path, r["rule"], r.get("message", "")
+    for key, sub in (schema.get("properties") or {}).items():
+        yield from cel_rules(sub, path + (key,))
+    if "items" in schema:
+        yield from cel_rules(schema["items"], path + ("*",))
+
+
+def cel_failures(obj, rules):
+    """The messages of the rules `obj` breaks, evaluated with cel-python (standard CEL, as the API server uses)."""
+    import celpy
+    env = celpy.Environment()
+
+    def targets(node, path):
+        if not path:
+            yield node
+        elif path[0] == "*":
+            for item in node or []:
+                yield from targets(item, path[1:])
+        elif isinstance(node, dict) and path[0] in node:
+            yield from targets(node[path[0]], path[1:])
+
+    failed = []
+    for path, rule, message in rules:
+        program = env.program(env.compile(rule))
+        for target in targets(obj, path):
+            if not bool(program.evaluate({"self": celpy.json_to_cel(target)})):
+                failed.append(message or rule)
+    return failed
+
+
+CEL_BROKEN = [
+    ("duplicate stage names", lambda s: s["stages"].append(copy.deepcopy(s["stages"][0])), "unique"),
+    ("kueue and volcano", lambda s: s["scheduling"].update(volcanoQueue="v"), "volcano"),
+    ("args set output_dir", lambda s: s["stages"][0]["args"].update(output_dir="/x"), "output_dir"),
+    ("args set model_name_or_path", lambda s: s["stages"][1]["args"].update(model_name_or_path="m"),
+     "model_name_or_path"),
+]
+
+
+def test_cel_rules_hold_for_valid_specs_and_the_examples():
+    schema = crd_schema(yaml.safe_load(render()))
+    rules = list(cel_rules(schema))
+    assert len(rules) >= 3
+    runs = [{"spec": FULL}] + [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "manifests" / "examples")
+                                                                             .glob("*.yaml"))]
+    for run in runs:
+        assert cel_failures(run, rules) == [], run.get("metadata")
+
+
+@pytest.mark.parametrize("name,mutate,expected", CEL_BROKEN, ids=[c[0] for c in CEL_BROKEN])
+def test_cel_rules_reject_cross_field_errors_like_the_model(name, mutate, expected):
+    spec = copy.deepcopy(FULL)
+    mutate(spec)
+    failed = cel_failures({"spec": spec}, list(cel_rules(crd_schema(yaml.safe_load(render())))))
+    assert len(failed) == 1 and expected in failed[0].lower(), failed
+    # the same rule on the Python side: the model, or the stage plan's semantic check
+    from pydantic import ValidationError
+
+    from vita_trainer.stages.plan import check_spec
+    try:
+        problems = check_spec(VitaTrainingRunSpec.model_validate(spec))
+    except ValidationError as e:
+        problems = [str(e)]
+    assert any(expected in p.lower() for p in problems), problems
 
 
 def _pod(message, exit_code=0, container="pytorch"):

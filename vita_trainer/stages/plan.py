@@ -80,6 +80,9 @@ def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
         if "output_dir" in stage.args or "model_name_or_path" in stage.args:
             problems.append(f"stages[{i}] ({stage.name}): args may not set output_dir or model_name_or_path; "
                             f"the plan derives them from `output` and the previous stage")
+    if spec.scheduling.kueue_queue and spec.scheduling.volcano_queue:
+        problems.append("set at most one of scheduling.kueueQueue and scheduling.volcanoQueue: "
+                        "Kueue admits the job and Volcano gang-schedules it; use one queue system")
     return problems
 
 
