@@ -91,7 +91,8 @@ def _cpu_seconds(pid: int) -> float:
 def kopf_on_kmock(n_runs: int, log_path: Path, timeout: float = 300) -> dict:
     """n_runs created at once; once all have their first job, every first job turns Succeeded at once.
 
-    Latency per run: the emulator's clock at the status PATCH to its clock when the stage-2 job was created.
+    Latency per run: from the moment its status PATCH returned to the moment the emulator stored its stage-2 job
+    (one monotonic clock: the emulator runs in this process).
     """
     from kubernetes import client
 
