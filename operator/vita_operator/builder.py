@@ -4,12 +4,11 @@ TrainJob builder can be added beside it."""
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 from typing import Protocol
 
 from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
 from vita_trainer.stages.plan import PathRoots, nproc_per_node, stage_args, stage_output_dir, stage_resources
+from vita_trainer.train.termination import final_loss_of
 
 LABEL_RUN = f"{API_GROUP}/run"
 LABEL_STAGE = f"{API_GROUP}/stage"
@@ -156,11 +155,5 @@ class PyTorchJobBackend:
             if cs.get("name") != TRAINER_CONTAINER:
                 continue
             term = (cs.get("state") or {}).get("terminated") or {}
-            if term.get("exitCode") != 0:
-                return None
-            try:
-                loss = json.loads(term.get("message") or "").get("finalLoss")
-            except (ValueError, AttributeError):
-                return None  # not our JSON (e.g. an older trainer image)
-            return float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else None
+            return final_loss_of(term.get("message", "")) if term.get("exitCode") == 0 else None
         return None
