@@ -30,8 +30,11 @@ RUN = {
 
 
 def api(url):
-    cfg = client.Configuration(host=url)
-    return client.CustomObjectsApi(client.ApiClient(cfg))
+    return client.CustomObjectsApi(client.ApiClient(client.Configuration(host=url)))
+
+
+def core(url):
+    return client.CoreV1Api(client.ApiClient(client.Configuration(host=url)))
 
 
 def wait_for(fn, timeout=20.0, what="condition"):
@@ -56,8 +59,7 @@ def set_job(a, name, cond):
 
 def add_master_pod(url, job, final_loss):
     """What Kubeflow and the kubelet leave behind: the finished master pod with the trainer's message."""
-    core = client.CoreV1Api(client.ApiClient(client.Configuration(host=url)))
-    core.create_namespaced_pod(NS, {
+    core(url).create_namespaced_pod(NS, {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": f"{job}-master-0", "namespace": NS,
                      "labels": {"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": "master"}},
@@ -130,8 +132,7 @@ def test_stages_chain_retry_restart_and_delete():
                      what="run deleted")
         assert runner.exception is None
         assert sorted(jobs(a)) == ["r1-s1-1", "r1-s1-2", "r1-s2-1", "r1-s3-1"]  # one job per attempt, no dupes
-        core = client.CoreV1Api(client.ApiClient(client.Configuration(host=mock.url)))
-        reasons = [e.reason for e in core.list_namespaced_event(NS).items]
+        reasons = [e.reason for e in core(mock.url).list_namespaced_event(NS).items]
         for reason in ("StageStarted", "StageRetrying", "StageSucceeded", "RunSucceeded"):
             assert reason in reasons, (reason, reasons)
 
