@@ -1,8 +1,13 @@
-"""Whale-style audio encoder: Conv2d x4 subsampling, pre-norm Transformer, and an adapter to the LLM width.
+"""The VITA-1.5 whale audio encoder and its adapter to the LLM width, as the reference computes them.
 
-Differences from the reference (documented on purpose): positions are absolute sinusoidal rather than
-relative, and attention uses plain Linear modules called through forward (so ZeRO-3 parameter hooks
-see every weight; nn.MultiheadAttention reads out_proj.weight without calling out_proj).
+Encoder: Conv2d x4 subsampling, an embed layer (Linear, LayerNorm, Dropout, ReLU), x * sqrt(d), then pre-norm
+Transformer blocks with the reference's "rel-enc" attention: no position is added to x; every layer scores
+`((q + u)·k_j + (q + v)·(W_pos·PE_j)) / sqrt(d_k)` where PE_j is the sinusoid of the absolute *key* position
+(the reference comments its rel_shift out). That is one SDPA call with q' = [q+u ; q+v], k' = [k ; W_pos·PE]
+and scale 1/sqrt(d_k), so it stays on the fused attention kernels.
+
+Attention uses plain Linear modules called through forward, so ZeRO-3 parameter hooks see every weight.
+Key names differ from the reference (fused qkv, shorter paths); `vita15.py` owns the mapping.
 """
 
 from __future__ import annotations
@@ -19,13 +24,41 @@ def subsampled_frames(frames: int) -> int:
     return max(((frames - 1) // 2 - 1) // 2, 0)
 
 
-def adapter_frames(frames: int, stride: int, kernel: int = 5) -> int:
-    return (frames + 2 * (kernel // 2) - kernel) // stride + 1 if frames > 0 else 0
+def adapter_frames(frames: int, stride: int) -> int:
+    """Adapter output length: the reference right-pads kernel-1 frames, so ceil(frames / stride)."""
+    return (frames - 1) // stride + 1 if frames > 0 else 0
 
 
 def audio_llm_tokens(fbank_frames: int, adapter_stride: int) -> int:
     """LLM tokens for a clip of `fbank_frames` frames: x4 subsampling, then the adapter's stride."""
     return adapter_frames(subsampled_frames(fbank_frames), adapter_stride)
+
+
+def sinusoids(t: int, d: int, device=None) -> torch.Tensor:
+    """The reference's PositionalEncoding table rows 0..t-1: sin on even, cos on odd channels. (t, d) fp32."""
+    pos = torch.arange(t, device=device, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
+    pe = torch.zeros(t, d, device=device)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
+    return pe
+
+
+def chunk_mask(t: int, chunk_size: int, left_chunks: int, device=None) -> torch.Tensor:
+    """(t, t) bool: query i sees the keys of its own chunk and of `left_chunks` chunks before it (<0: all)."""
+    chunk = torch.arange(t, device=device) // chunk_size
+    ahead = chunk[None, :] <= chunk[:, None]
+    if left_chunks < 0:
+        return ahead
+    return ahead & (chunk[None, :] >= chunk[:, None] - left_chunks)
+
+
+def draw_chunking(t: int, max_left_chunks: int, generator=None) -> tuple[int, int]:
+    """WeNet's dynamic chunk training: half the time full attention, else a chunk of 1-25 frames."""
+    size = int(torch.randint(1, t + 1, (1,), generator=generator))
+    if size > t // 2:
+        return t, -1
+    left = int(torch.randint(0, max_left_chunks + 1, (1,), generator=generator)) if max_left_chunks > 0 else -1
+    return size % 25 + 1, left
 
 
 class Conv2dSubsampling4(nn.Module):
@@ -46,61 +79,90 @@ class EncoderBlock(nn.Module):
         self.heads = heads
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.pos_proj = nn.Linear(d, d, bias=False)
+        # Per-head biases of the reference's rel-enc attention; its init is Xavier-uniform.
+        self.pos_bias_u = nn.Parameter(nn.init.xavier_uniform_(torch.empty(heads, d // heads)))
+        self.pos_bias_v = nn.Parameter(nn.init.xavier_uniform_(torch.empty(heads, d // heads)))
         self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn, d))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, pe: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
-        x = x + self.dropout(self.proj(att.transpose(1, 2).reshape(b, t, d)))
+        h, dk = self.heads, d // self.heads
+        q, k, v = self.qkv(x).view(b, t, 3, h, dk).unbind(2)                      # (b, t, h, dk) each
+        p = self.pos_proj(pe).view(1, t, h, dk).expand(b, t, h, dk)
+        q2 = torch.cat([q + self.pos_bias_u, q + self.pos_bias_v], dim=-1)        # (b, t, h, 2dk)
+        k2 = torch.cat([k, p], dim=-1)
+        att = F.scaled_dot_product_attention(q2.transpose(1, 2), k2.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=mask, scale=1.0 / math.sqrt(dk))
+        return self.proj(att.transpose(1, 2).reshape(b, t, d))
+
+    def forward(self, x: torch.Tensor, pe: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.norm1(x), pe, mask))
         return x + self.dropout(self.ffn(self.norm2(x)))
 
 
 class WhaleEncoder(nn.Module):
+    """`chunk_size` > 0 restricts attention to chunks (streaming); `dynamic_chunks` draws a chunking per training
+    step as WeNet does. Both are off by default: VITA-1.5's settings are unpublished and its vLLM port uses full
+    attention. Unlike the reference, dynamic chunks never apply in eval mode."""
+
     def __init__(self, input_dim: int = 80, d_model: int = 1024, num_layers: int = 24, num_heads: int = 16,
-                 ffn_dim: int = 4096, dropout: float = 0.1, **_):
+                 ffn_dim: int = 4096, dropout: float = 0.1, chunk_size: int = -1, left_chunks: int = -1,
+                 dynamic_chunks: bool = False, **_):
         super().__init__()
         self.d_model = d_model
+        self.chunk_size, self.left_chunks, self.dynamic_chunks = chunk_size, left_chunks, dynamic_chunks
         self.subsample = Conv2dSubsampling4(input_dim, d_model)
+        self.embed = nn.Sequential(nn.Linear(d_model, d_model), nn.LayerNorm(d_model), nn.Dropout(dropout), nn.ReLU())
+        self.pos_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(EncoderBlock(d_model, num_heads, ffn_dim, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
 
-    def positions(self, t: int, device, dtype) -> torch.Tensor:
-        pos = torch.arange(t, device=device, dtype=torch.float32)[:, None]
-        div = torch.exp(torch.arange(0, self.d_model, 2, device=device, dtype=torch.float32)
-                        * (-math.log(10000.0) / self.d_model))
-        pe = torch.zeros(t, self.d_model, device=device)
-        pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
-        return pe.to(dtype)
+    def attention_mask(self, lengths: torch.Tensor, t: int) -> torch.Tensor:
+        """(B, 1, T, T) or (B, 1, 1, T) bool, True where a query may attend to a key."""
+        keep = (torch.arange(t, device=lengths.device)[None, :] < lengths[:, None])[:, None, None, :]
+        size, left = self.chunk_size, self.left_chunks
+        if self.dynamic_chunks and self.training:
+            size, left = draw_chunking(t, max(left, 0))
+        if 0 < size < t:
+            keep = keep & chunk_mask(t, size, left, lengths.device)[None, None]
+        return keep
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor):
         """feats (B, T, 80), lengths (B,) -> hidden (B, T', D), lengths (B,)."""
         dtype = self.subsample.out.weight.dtype
-        x = self.subsample(feats.to(dtype))
-        x = x * math.sqrt(self.d_model) + self.positions(x.shape[1], x.device, x.dtype)
+        x = self.embed(self.subsample(feats.to(dtype))) * math.sqrt(self.d_model)
+        x = self.pos_dropout(x)
+        pe = self.pos_dropout(sinusoids(x.shape[1], self.d_model, x.device).to(dtype))
         out_len = ((lengths - 1) // 2 - 1) // 2
-        keep = torch.arange(x.shape[1], device=x.device)[None, :] < out_len[:, None]
+        mask = self.attention_mask(out_len, x.shape[1])
         for block in self.blocks:
-            x = block(x, keep)
+            x = block(x, pe, mask)
         return self.norm(x), out_len
 
 
 class AudioAdapter(nn.Module):
-    """`subsampling` (stride 2, 12.5 tokens/s overall) or `cnn` (stride 1): Conv1d, LayerNorm, GELU, Linear."""
+    """`subsampling` (stride 2, 12.5 tokens/s overall) or `cnn` (stride 1): Conv1d, LayerNorm, GELU, Linear.
+
+    As the reference: padded encoder frames are zeroed, the input is right-padded by kernel-1 frames (output t
+    sees frames s*t .. s*t+kernel-1), and the LayerNorm eps is 1e-3.
+    """
 
     def __init__(self, d_in: int, d_llm: int, stride: int = 2, kernel: int = 5):
         super().__init__()
         self.stride, self.kernel = stride, kernel
-        self.conv = nn.Conv1d(d_in, 2 * d_in, kernel, stride, padding=kernel // 2)
-        self.norm = nn.LayerNorm(2 * d_in)
+        self.conv = nn.Conv1d(d_in, 2 * d_in, kernel, stride)
+        self.norm = nn.LayerNorm(2 * d_in, eps=1e-3)
         self.proj = nn.Linear(2 * d_in, d_llm)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
-        x = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        keep = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        x = F.pad((x * keep[..., None]).transpose(1, 2), (0, self.kernel - 1))
+        x = self.conv(x).transpose(1, 2)
         x = self.proj(F.gelu(self.norm(x)))
-        out_len = (lengths + 2 * (self.kernel // 2) - self.kernel) // self.stride + 1
-        return x, out_len.clamp_min(0)
+        out_len = torch.where(lengths > 0, (lengths - 1) // self.stride + 1, 0)
+        return x, out_len
 
 
 ADAPTER_STRIDES = {"subsampling": 2, "cnn": 1}

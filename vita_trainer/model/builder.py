@@ -31,34 +31,46 @@ def tiny_config(tokenizer, *, hidden: int = 64, layers: int = 2, heads: int = 4,
     if vision == "internvit":
         vis = dict(model_type="internvl_vision", hidden_size=vision_hidden, num_hidden_layers=vision_layers,
                    num_attention_heads=2, intermediate_size=vision_hidden * 2, image_size=[image_size] * 2,
-                   patch_size=[patch_size] * 2)
-        ratio = 0.5 if downsample_ratio is None else downsample_ratio
-        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+                   patch_size=[patch_size] * 2, attention_bias=True)
     else:
         vis = dict(model_type="siglip_vision_model", hidden_size=vision_hidden, num_hidden_layers=vision_layers,
                    num_attention_heads=2, intermediate_size=vision_hidden * 2, image_size=image_size,
                    patch_size=patch_size)
-        ratio = 1.0 if downsample_ratio is None else downsample_ratio
-        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    preset = dict(vision_preset(vis["model_type"]))
+    if downsample_ratio is not None:
+        preset["downsample_ratio"] = downsample_ratio
     audio = dict(d_model=audio_d_model, num_layers=audio_layers, num_heads=2, ffn_dim=audio_d_model * 4,
                  dropout=0.0, adapter_type=adapter_type)
     return VitaConfig(text_config=text, vision_config=vis, audio_config=audio, mm_projector_type=projector,
-                      downsample_ratio=ratio, image_mean=mean, image_std=std,
-                      image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                      **preset, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                       audio_token_id=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN), ctc_vocab_size=ctc_vocab_size)
 
 
-def vita_1p5_config(image_token_id: int = 151665, audio_token_id: int = 151666, vocab_size: int = 151936) -> VitaConfig:
+def vision_preset(model_type: str) -> dict:
+    """How VITA feeds a tower of this type: InternViT (VITA-1.5) gets the 0.5 feature scale, the 0.5 pixel
+    shuffle and ImageNet normalisation; SigLIP neither scale nor shuffle, and 0.5/0.5 normalisation."""
+    if model_type == "internvl_vision":
+        return dict(downsample_ratio=0.5, vision_feature_scale=0.5, image_mean=(0.485, 0.456, 0.406),
+                    image_std=(0.229, 0.224, 0.225))
+    return dict(downsample_ratio=1.0, vision_feature_scale=1.0, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
+
+
+# Qwen2.5-7B's embedding rows (the tokenizer has fewer entries; the released VITA-1.5 keeps all 152064).
+QWEN25_7B_VOCAB = 152064
+
+
+def vita_1p5_config(image_token_id: int = 151665, audio_token_id: int = 151666,
+                    vocab_size: int = QWEN25_7B_VOCAB) -> VitaConfig:
     """The VITA-1.5 7B layout: Qwen2.5-7B-Instruct, InternViT-300M-448px with 0.5 pixel shuffle, 24-layer whale."""
     text = dict(model_type="qwen2", vocab_size=vocab_size, hidden_size=3584, intermediate_size=18944,
                 num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
                 rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, eos_token_id=151645,
                 pad_token_id=151643)
     vis = dict(model_type="internvl_vision", hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-               intermediate_size=4096, image_size=[448, 448], patch_size=[14, 14])
+               intermediate_size=4096, image_size=[448, 448], patch_size=[14, 14], attention_bias=True,
+               layer_norm_eps=1e-6)
     return VitaConfig(text_config=text, vision_config=vis, audio_config={}, mm_projector_type="mlp2x_gelu",
-                      downsample_ratio=0.5, image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225),
-                      image_token_id=image_token_id, audio_token_id=audio_token_id)
+                      **vision_preset("internvl_vision"), image_token_id=image_token_id, audio_token_id=audio_token_id)
 
 
 def compose_model(llm_path: str, vision_path: str, tokenizer, audio_config: dict | None = None,
@@ -72,13 +84,10 @@ def compose_model(llm_path: str, vision_path: str, tokenizer, audio_config: dict
     llm = AutoModelForCausalLM.from_pretrained(llm_path)
     vision = AutoModel.from_pretrained(vision_path)
     vcfg = vision.config if not hasattr(vision.config, "vision_config") else vision.config.vision_config
-    internvit = vcfg.model_type == "internvl_vision"
     text = llm.config.to_dict()
     text["vocab_size"] = max(llm.config.vocab_size, len(tokenizer))
     config = VitaConfig(text_config=text, vision_config=vcfg.to_dict(), audio_config=audio_config or {},
-                        mm_projector_type=mm_projector_type, downsample_ratio=0.5 if internvit else 1.0,
-                        image_mean=(0.485, 0.456, 0.406) if internvit else (0.5, 0.5, 0.5),
-                        image_std=(0.229, 0.224, 0.225) if internvit else (0.5, 0.5, 0.5),
+                        mm_projector_type=mm_projector_type, **vision_preset(vcfg.model_type),
                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                         audio_token_id=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN))
     model = build_model(config)

@@ -9,7 +9,8 @@ from .audio_encoder import ADAPTER_STRIDES
 from .vision import side, tokens_per_tile
 
 DEFAULT_AUDIO = dict(input_dim=80, d_model=1024, num_layers=24, num_heads=16, ffn_dim=4096, dropout=0.1,
-                     adapter_type="subsampling")
+                     adapter_type="subsampling", adapter_kernel=5, chunk_size=-1, left_chunks=-1,
+                     dynamic_chunks=False)
 
 
 def _sub_config(value, default_type):
@@ -26,7 +27,7 @@ class VitaConfig(PretrainedConfig):
     sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
 
     def __init__(self, text_config=None, vision_config=None, audio_config=None, mm_projector_type="mlp2x_gelu",
-                 downsample_ratio=1.0, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), max_tiles=12,
+                 downsample_ratio=1.0, vision_feature_scale=1.0, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), max_tiles=12,
                  image_token_id=None, audio_token_id=None, ctc_vocab_size=0, **kwargs):
         self.text_config = _sub_config(text_config, "qwen2")
         self.vision_config = _sub_config(vision_config, "siglip_vision_model")
@@ -37,6 +38,7 @@ class VitaConfig(PretrainedConfig):
         self.audio_config = audio
         self.mm_projector_type = mm_projector_type
         self.downsample_ratio = downsample_ratio
+        self.vision_feature_scale = vision_feature_scale
         self.image_mean, self.image_std = list(image_mean), list(image_std)
         self.max_tiles = max_tiles
         self.image_token_id, self.audio_token_id = image_token_id, audio_token_id

@@ -19,17 +19,17 @@ class VitaForCausalLM(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
-    _no_split_modules = ["Qwen2DecoderLayer", "EncoderBlock"]
+    _no_split_modules = ["Qwen2DecoderLayer", "EncoderBlock", "InternVLVisionLayer"]
 
     def __init__(self, config: VitaConfig):
         super().__init__(config)
         llm_dim = config.text_config.hidden_size
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self.vision_tower = VisionTower(config.vision_config, config.downsample_ratio)
+        self.vision_tower = VisionTower(config.vision_config, config.downsample_ratio, config.vision_feature_scale)
         self.mm_projector = build_projector(config.mm_projector_type, self.vision_tower.out_dim, llm_dim)
         a = config.audio_config
         self.audio_encoder = WhaleEncoder(**a)
-        self.audio_adapter = AudioAdapter(a["d_model"], llm_dim, stride=a["adapter_stride"])
+        self.audio_adapter = AudioAdapter(a["d_model"], llm_dim, stride=a["adapter_stride"], kernel=a["adapter_kernel"])
         # CTC head for the audio-encoder stage (reference stage 2.1, never released there).
         self.ctc_head = nn.Linear(a["d_model"], config.ctc_vocab_size) if config.ctc_vocab_size else None
         self.post_init()

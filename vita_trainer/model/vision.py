@@ -24,10 +24,12 @@ def pixel_shuffle(x: torch.Tensor, ratio: float) -> torch.Tensor:
 class VisionTower(nn.Module):
     """Last hidden state without CLS, optionally pixel-shuffled: (tiles, tokens_per_tile, out_dim)."""
 
-    def __init__(self, vision_config, downsample_ratio: float = 1.0):
+    def __init__(self, vision_config, downsample_ratio: float = 1.0, feature_scale: float = 1.0):
         super().__init__()
         self.backbone = build_vision_backbone(vision_config)
         self.downsample_ratio = downsample_ratio
+        # VITA-1.5 multiplies InternViT features by 0.5 before the pixel shuffle; its projector expects that.
+        self.feature_scale = feature_scale
         self.out_dim = int(vision_config.hidden_size / (downsample_ratio ** 2))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -37,6 +39,8 @@ class VisionTower(nn.Module):
         if side * side != feats.shape[1]:  # drop CLS
             feats = feats[:, 1:]
             side = math.isqrt(feats.shape[1])
+        if self.feature_scale != 1.0:
+            feats = feats * self.feature_scale
         if self.downsample_ratio != 1.0:
             feats = pixel_shuffle(feats.reshape(feats.shape[0], side, side, -1), self.downsample_ratio)
             feats = feats.reshape(feats.shape[0], -1, feats.shape[-1])
