@@ -136,7 +136,8 @@ def test_compose_from_pretrained_parts(tok, tmp_path, vision):
     llm.save_pretrained(tmp_path / "llm")
     tower = AutoModel.from_config(cfg.vision_config)
     tower.save_pretrained(tmp_path / "vision")
-    model = compose_model(str(tmp_path / "llm"), str(tmp_path / "vision"), tok)
+    model, cmvn = compose_model(str(tmp_path / "llm"), str(tmp_path / "vision"), tok)
+    assert cmvn is None
     for k, v in llm.state_dict().items():
         assert torch.equal(model.language_model.state_dict()[k], v), k
     for k, v in tower.state_dict().items():

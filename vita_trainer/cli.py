@@ -10,7 +10,7 @@ from .errors import VitaError
 USAGE = """vita-train COMMAND ...
   train [HF/VITA flags]         one stage (what torchrun launches; same as python -m vita_trainer.train)
   local RUN.yaml [--nproc N]    every stage of a VitaTrainingRun on this machine
-  init-model OUT --llm L --vision_tower V   compose a VITA folder from pretrained parts
+  init-model OUT --llm L --vision_tower V [--audio_encoder A]   compose a VITA folder from pretrained parts
   init-model OUT --tiny         write a random tiny VITA folder (tests, demo)
   demo [--out DIR]              synthetic data + tiny model + full pipeline + held-out accuracy
 """
@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("out")
             p.add_argument("--tiny", action="store_true", help="tiny random model (CPU tests)")
             p.add_argument("--llm", help="HF causal LM folder, e.g. Qwen2.5-7B-Instruct")
-            p.add_argument("--vision_tower", help="HF vision folder: SigLIP or InternViT (internvl_vision)")
+            p.add_argument("--vision_tower", help="vision folder: OpenGVLab InternViT-300M-448px, or an HF "
+                                                  "internvl_vision / SigLIP folder")
+            p.add_argument("--audio_encoder", help="whale audio-encoder folder (final.pt, train.yaml, global_cmvn); "
+                                                   "without it the encoder starts random")
             p.add_argument("--mm_projector_type", default="mlp2x_gelu")
             p.add_argument("--tokenizer", default=None, help="default: the LLM folder's, else qwen2.5")
             a = p.parse_args(rest)
@@ -48,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
             if a.tiny:
                 model = build_model(tiny_config(tok))
             elif a.llm and a.vision_tower:
-                model = compose_model(a.llm, a.vision_tower, tok, mm_projector_type=a.mm_projector_type)
+                model, cmvn = compose_model(a.llm, a.vision_tower, tok, audio_encoder=a.audio_encoder,
+                                            mm_projector_type=a.mm_projector_type)
+                if cmvn is not None:
+                    from pathlib import Path
+                    Path(a.out).mkdir(parents=True, exist_ok=True)
+                    cmvn.save(Path(a.out) / "global_cmvn.json")
             else:
                 p.error("pass --tiny, or --llm and --vision_tower")
             model.save_pretrained(a.out)

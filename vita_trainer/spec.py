@@ -29,10 +29,13 @@ class _Spec(BaseModel):
 
 
 class ModelSpec(_Spec):
-    base: str = Field(description="VITA folder (save_pretrained output) that the first stage starts from")
+    base: str = Field(description="Folder the first stage starts from: a VITA folder (save_pretrained output), or a "
+                            "released VITA-1.5 folder (config model_type vita-Qwen2), imported once into the output")
     tokenizer: str = Field("qwen2.5", description="'qwen2.5' for the real vocabulary built offline, or a tokenizer folder")
-    vision_tower: str | None = Field(None, description="Vision tower folder or config (composing a new model only)")
-    audio_encoder: str | None = Field(None, description="Audio encoder weights (composing a new model only)")
+    vision_tower: str | None = Field(None, description="InternViT folder of a released VITA-1.5 base "
+                                     "(default: the path its config records)")
+    audio_encoder: str | None = Field(None, description="Whale audio-encoder folder of a released VITA-1.5 base "
+                                      "(default: the path its config records)")
     mm_projector_type: str = Field("mlp2x_gelu", pattern=r"^(linear|identity|mlp\d+x_gelu)$",
                                    description="Vision projector type")
 

@@ -40,8 +40,9 @@ def fbank_frames(num_samples: int) -> int:
 class GlobalCMVN:
     """Global mean / inverse-std normalisation of fbank features.
 
-    Loads either a whale/wenet `global_cmvn` JSON ({"mean_stat", "var_stat", "frame_num"}) or
-    our own {"mean": [...], "istd": [...]}.
+    Loads a whale/WeNet `global_cmvn` JSON ({"mean_stat", "var_stat", "frame_num"}), Kaldi's text form of the
+    same statistics (a 2 x (dim+1) matrix: sums and the frame count, then sums of squares), or our own
+    {"mean": [...], "istd": [...]}.
     """
 
     def __init__(self, mean: torch.Tensor, istd: torch.Tensor):
@@ -53,7 +54,20 @@ class GlobalCMVN:
 
     @classmethod
     def load(cls, path: str | Path) -> "GlobalCMVN":
-        stats = json.loads(Path(path).read_text())
+        from ..errors import ConfigError
+        text = Path(path).read_text()
+        try:
+            stats = json.loads(text)
+        except json.JSONDecodeError:
+            values = text.replace("[", " ").replace("]", " ").split()
+            try:
+                numbers = [float(v) for v in values]
+            except ValueError:
+                raise ConfigError(f"{path}: neither JSON nor Kaldi text CMVN statistics") from None
+            dim = len(numbers) // 2 - 1
+            if dim < 1 or len(numbers) != 2 * (dim + 1):
+                raise ConfigError(f"{path}: Kaldi CMVN statistics must be a 2 x (dim+1) matrix, got {len(numbers)} values")
+            stats = {"mean_stat": numbers[:dim], "frame_num": numbers[dim], "var_stat": numbers[dim + 1:2 * dim + 1]}
         if "mean" in stats:
             return cls(torch.tensor(stats["mean"]), torch.tensor(stats["istd"]))
         n = float(stats["frame_num"])
@@ -68,6 +82,12 @@ class GlobalCMVN:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps({"mean": self.mean.tolist(), "istd": self.istd.tolist()}))
+
+    def save_wenet(self, path: str | Path) -> None:
+        """The WeNet JSON form the reference reads (`is_json_cmvn`), as statistics of one frame."""
+        mean, istd = self.mean.double(), self.istd.double()
+        Path(path).write_text(json.dumps({"mean_stat": mean.tolist(), "var_stat": (1 / istd ** 2 + mean ** 2).tolist(),
+                                          "frame_num": 1}))
 
     def __call__(self, feats: torch.Tensor) -> torch.Tensor:
         return (feats - self.mean) * self.istd

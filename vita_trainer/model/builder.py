@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .configuration import VitaConfig
 from .modeling import VitaForCausalLM
+
+log = logging.getLogger(__name__)
 
 AutoConfig.register("vita", VitaConfig, exist_ok=True)
 AutoModelForCausalLM.register(VitaConfig, VitaForCausalLM, exist_ok=True)
@@ -73,31 +77,53 @@ def vita_1p5_config(image_token_id: int = 151665, audio_token_id: int = 151666,
                       **vision_preset("internvl_vision"), image_token_id=image_token_id, audio_token_id=audio_token_id)
 
 
-def compose_model(llm_path: str, vision_path: str, tokenizer, audio_config: dict | None = None,
-                  mm_projector_type: str = "mlp2x_gelu") -> VitaForCausalLM:
-    """A new VITA from pretrained parts: an HF causal LM folder (e.g. Qwen2.5-7B-Instruct) and an HF vision
-    folder (SigLIP, or InternViT as transformers' internvl_vision). The projector, audio encoder and adapter
-    start random; stage 1 and 2 train them. InternViT gets the 0.5 pixel shuffle VITA-1.5 uses."""
-    from transformers import AutoModel
+def compose_model(llm_path: str, vision_path: str, tokenizer, audio_encoder: str | None = None,
+                  audio_config: dict | None = None, mm_projector_type: str = "mlp2x_gelu"):
+    """A new VITA from pretrained parts, as the retraining guide downloads them: an HF causal LM folder
+    (Qwen2.5-7B-Instruct), a vision folder (OpenGVLab's InternViT-300M-448px, or transformers-native
+    internvl_vision / SigLIP) and optionally a whale audio-encoder folder (final.pt, train.yaml, global_cmvn).
+
+    The projector starts random (stage 1 trains it); so does the audio adapter unless final.pt carries one for
+    this LLM width. Returns (model, GlobalCMVN or None)."""
+    from transformers import AutoConfig, AutoModel
 
     from ..constants import AUDIO_TOKEN, IMAGE_TOKEN
+    from ..errors import ConfigError
+    from .vita15 import is_internvit_folder, load_internvit_folder, load_whale_folder
     llm = AutoModelForCausalLM.from_pretrained(llm_path)
-    vision = AutoModel.from_pretrained(vision_path)
-    vcfg = vision.config if not hasattr(vision.config, "vision_config") else vision.config.vision_config
+    if is_internvit_folder(vision_path):
+        vision_dict, vision_state = load_internvit_folder(vision_path)
+    else:
+        vision = AutoModel.from_pretrained(vision_path)
+        vcfg = vision.config if not hasattr(vision.config, "vision_config") else vision.config.vision_config
+        # a full SigLIP checkpoint (text + vision) keeps the tower under .vision_model
+        tower = vision if vision.config.model_type == vcfg.model_type else vision.vision_model
+        vision_dict, vision_state = vcfg.to_dict(), tower.state_dict()
+    audio_state, cmvn = {}, None
+    if audio_encoder:
+        audio_config, llm_dim, audio_state, cmvn = load_whale_folder(audio_encoder)
+        if llm_dim != llm.config.hidden_size and any(k.startswith("audio_adapter.") for k in audio_state):
+            raise ConfigError(f"{audio_encoder}/train.yaml: its adapter projects to {llm_dim}, the LLM {llm_path} "
+                              f"is {llm.config.hidden_size} wide; use the whale folder made for this LLM")
     text = llm.config.to_dict()
     text["vocab_size"] = max(llm.config.vocab_size, len(tokenizer))
-    config = VitaConfig(text_config=text, vision_config=vcfg.to_dict(), audio_config=audio_config or {},
-                        mm_projector_type=mm_projector_type, **vision_preset(vcfg.model_type),
+    config = VitaConfig(text_config=text, vision_config=vision_dict, audio_config=audio_config or {},
+                        mm_projector_type=mm_projector_type,
+                        **vision_preset(AutoConfig.for_model(**vision_dict).model_type),
                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                         audio_token_id=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN))
     model = build_model(config)
     if len(tokenizer) > llm.config.vocab_size:
         llm.resize_token_embeddings(len(tokenizer))
     model.language_model.load_state_dict(llm.state_dict())
-    # a full SigLIP checkpoint (text + vision) keeps the tower under .vision_model
-    tower = vision if vision.config.model_type == vcfg.model_type else vision.vision_model
-    model.vision_tower.backbone.load_state_dict(tower.state_dict())
-    return model
+    model.vision_tower.backbone.load_state_dict(vision_state)
+    if audio_state:
+        missing, unexpected = model.load_state_dict(audio_state, strict=False)
+        assert not unexpected, unexpected  # load_whale_folder checked every key against the encoder's layout
+        if not any(k.startswith("audio_adapter.") for k in audio_state):
+            log.warning("%s/final.pt has no adpter.* weights: the audio adapter starts random (stage 2 trains it)",
+                        audio_encoder)
+    return model, cmvn
 
 
 def build_model(config: VitaConfig) -> VitaForCausalLM:

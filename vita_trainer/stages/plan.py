@@ -103,6 +103,10 @@ def stage_args(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> list[
             "--metrics_port", str(spec.trainer.metrics_port)]
     if partial_files:
         args += ["--init_weights", *partial_files]
+    if base == resolve_path(roots.data, spec.model.base):  # the towers of a released VITA-1.5 base
+        for flag, value in (("--vision_tower", spec.model.vision_tower), ("--audio_encoder", spec.model.audio_encoder)):
+            if value:
+                args += [flag, resolve_path(roots.data, value)]
     if spec.trainer.deepspeed != "none":
         args += ["--deepspeed", spec.trainer.deepspeed]
     for key, value in stage.args.items():

@@ -1,4 +1,5 @@
-"""`vita-model`: convert a training checkpoint into an inference folder, merge LoRA, inspect sizes and memory."""
+"""`vita-model`: convert a training checkpoint into an inference folder, import and export VITA-1.5's released
+layout, merge LoRA, inspect sizes and memory."""
 
 from __future__ import annotations
 
@@ -87,6 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("base")
     m.add_argument("lora_run")
     m.add_argument("output")
+    im = sub.add_parser("import", help="a released VITA-1.5 folder -> a VITA folder this project trains")
+    im.add_argument("vita15_dir")
+    im.add_argument("output")
+    im.add_argument("--vision-tower", help="OpenGVLab InternViT-300M-448px folder (default: the config's mm_vision_tower)")
+    im.add_argument("--audio-encoder", help="whale folder with train.yaml (default: the config's mm_audio_encoder)")
+    im.add_argument("--tokenizer", help="default: the folder's own tokenizer, else the offline Qwen2.5 one")
+    ex = sub.add_parser("export", help="a VITA folder -> VITA-1.5's layout for VITA's own inference code")
+    ex.add_argument("model", help="a VITA folder (a stage's output or `convert` output)")
+    ex.add_argument("output")
+    ex.add_argument("--format", choices=["vita15"], default="vita15")
     i = sub.add_parser("inspect", help="parameter counts, trainable modules, ZeRO-3 memory per GPU")
     i.add_argument("model", help="VITA folder, or vita-1.5-7b for the published layout")
     i.add_argument("--stage", help="stage preset for the trainable set and memory estimate")
@@ -96,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.cmd == "convert":
             print(convert(Path(a.checkpoint), Path(a.output)))
+        elif a.cmd == "import":
+            from ..model.vita15 import import_vita15
+            print(import_vita15(a.vita15_dir, a.output, a.vision_tower, a.audio_encoder, a.tokenizer))
+        elif a.cmd == "export":
+            from ..model.vita15 import export_vita15
+            print(export_vita15(a.model, a.output))
         elif a.cmd == "merge-lora":
             from ..train.lora import merge_lora
             print(merge_lora(a.base, a.lora_run, a.output))

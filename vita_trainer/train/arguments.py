@@ -17,9 +17,10 @@ class ModelArguments:
         "help": "'qwen2.5' (real vocabulary, offline) or a tokenizer folder; default: the model folder"})
     model_type: str = field(default="qwen2p5_instruct", metadata={"help": "Reference compatibility; LLM family"})
     version: str = field(default="qwen2p5_instruct", metadata={"help": "Chat template; only qwen2p5_instruct"})
-    vision_tower: str | None = field(default=None, metadata={"help": "Accepted for reference command lines; the "
-                                     "tower is part of the VITA folder (compose one with init-model)"})
-    audio_encoder: str | None = field(default=None, metadata={"help": "As --vision_tower, for the audio encoder"})
+    vision_tower: str | None = field(default=None, metadata={"help": "When --model_name_or_path is a released "
+                                     "VITA-1.5 folder: its InternViT folder (default: the path its config records)"})
+    audio_encoder: str | None = field(default=None, metadata={"help": "When --model_name_or_path is a released "
+                                      "VITA-1.5 folder: its whale folder (default: the path its config records)"})
     mm_projector_type: str | None = field(default=None, metadata={"help": "Must match the model folder if given"})
     init_weights: list[str] = field(default_factory=list, metadata={
         "help": "Partial state dicts ({group}.bin) loaded on top of the model, in order"})

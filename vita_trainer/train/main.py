@@ -65,6 +65,36 @@ def _flag_value(argv, flag):
     return None
 
 
+IMPORTED_BASE_DIR = "vita15-base"  # beside the stage outputs: a released VITA-1.5 base, imported once per run
+
+
+def imported_base(model_dir: Path, model_args, output_dir: Path, is_main: bool) -> Path:
+    """The folder to load: `model_dir` itself, or a released VITA-1.5 folder imported once into the run's output.
+
+    Rank 0 imports (into a temporary folder, renamed when complete); the other ranks wait at a barrier.
+    """
+    from ..model.vita15 import import_vita15, is_vita15_folder
+    if not is_vita15_folder(model_dir):
+        for flag in ("vision_tower", "audio_encoder"):
+            if getattr(model_args, flag):
+                raise ConfigError(f"--{flag} applies to a released VITA-1.5 base only; {model_dir} is a VITA folder "
+                                  f"that already holds its towers (compose a new one with `vita-train init-model`)")
+        return model_dir
+    target = output_dir.parent / IMPORTED_BASE_DIR
+    if is_main and not (target / "config.json").is_file():
+        tmp = target.with_name(target.name + ".tmp")
+        if tmp.exists():
+            import shutil
+            shutil.rmtree(tmp)
+        log.info("importing the released VITA-1.5 folder %s into %s", model_dir, target)
+        import_vita15(model_dir, tmp, model_args.vision_tower, model_args.audio_encoder,
+                      model_args.tokenizer_name_or_path)
+        tmp.rename(target)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return target
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     model_args, data_args, args, preset = parse(argv)
@@ -94,11 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"--model_name_or_path {model_dir} has no config.json; point it at a VITA folder "
                           f"(the previous stage's output, or one made with `vita-train init-model`)")
-    for flag in ("vision_tower", "audio_encoder"):
-        if getattr(model_args, flag):
-            log.warning("--%s %s is ignored: the towers are part of the VITA folder %s (compose a new one with "
-                        "`vita-train init-model --llm ... --vision_tower ...`)", flag, getattr(model_args, flag),
-                        model_dir)
+    model_dir = imported_base(model_dir, model_args, Path(args.output_dir), args.process_index == 0)
     registry = load_registry(data_args.data_registry)  # fail before the model loads
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or str(model_dir))
 

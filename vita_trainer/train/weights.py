@@ -59,14 +59,16 @@ def save_groups(model, groups, out_dir: str | Path, is_main: bool) -> list[str]:
     return written
 
 
-def _normalise_key(key: str) -> str:
-    """Accept reference names: model.mm_projector.* and model.audio_encoder.adpter.*."""
-    key = key.removeprefix("module.").removeprefix("model.")
-    if key.startswith("audio_encoder.adpter."):
-        return "audio_adapter." + key.removeprefix("audio_encoder.adpter.")
-    if key.startswith("audio_encoder.encoder."):
-        return "audio_encoder." + key.removeprefix("audio_encoder.encoder.")
-    return key
+def _project_keys(state: dict) -> dict:
+    """Project keys for a partial state dict in either layout: ours ({group}.bin), or the reference's adapter-only
+    and checkpoint files (`model.mm_projector.*`, `model.audio_encoder.adpter.{conv1d2,bn2,project}.*`, ...)."""
+    from ..model.vita15_keys import CHECKPOINT_RULES, convert
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {("model." + k if k.startswith(("audio_encoder.encoder.", "audio_encoder.adpter.",
+                                            "vision_tower.vision_tower.")) else k): v for k, v in state.items()}
+    mapped, ours = convert(state, CHECKPOINT_RULES, "proj")
+    mapped.update((k.removeprefix("model."), state[k]) for k in ours)
+    return mapped
 
 
 def load_partial(model: nn.Module, path: str | Path) -> list[str]:
@@ -74,7 +76,7 @@ def load_partial(model: nn.Module, path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"partial weights {path} do not exist; did the previous stage finish?")
-    state = {_normalise_key(k): v for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
+    state = _project_keys(torch.load(path, map_location="cpu", weights_only=True))
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     unknown = [k for k in state if k not in params and k not in buffers]
