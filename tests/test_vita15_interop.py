@@ -200,3 +200,37 @@ def test_bad_released_folders_say_what_is_wrong(released, tmp_path):
     layer = dropped.split(".encoders.")[1].split(".")[0]
     assert "1 key(s) no mapping rule knows" in str(e.value) and "self_attn.rel_extra" in str(e.value)
     assert f"audio_encoder.blocks.{layer}.pos_proj.weight" in str(e.value)  # listed as missing, never random
+
+
+@pytest.mark.slow
+def test_run_stage3_example_trains_from_a_released_vita15_folder(tmp_path, tok):
+    """manifests/examples/run-stage3.yaml, with its three downloads replaced by tiny released-format folders at
+    the same paths and the schedule shrunk for a CPU: plan -> trainer -> import once -> training steps."""
+    from vita_trainer.demo.run import prepare
+    from vita_trainer.data.tokenizer import load_tokenizer
+    from vita_trainer.spec import VitaTrainingRun
+    from vita_trainer.stages.plan import PathRoots, stage_args
+    from vita_trainer.train.main import IMPORTED_BASE_DIR, main as train_main
+    prepare(tmp_path / "demo", small=True)
+    run = yaml.safe_load((Path(__file__).parents[1] / "manifests" / "examples" / "run-stage3.yaml").read_text())
+    model = run["spec"]["model"]
+    tree = write_released_tree(tmp_path / "tree", load_tokenizer(str(tmp_path / "demo" / "base_model")))
+    for key, folder in (("base", tree["ckpt"]), ("visionTower", tree["vision"]), ("audioEncoder", tree["whale"])):
+        (tmp_path / model[key]).parent.mkdir(parents=True, exist_ok=True)
+        folder.rename(tmp_path / model[key])
+    (tmp_path / "demo" / "base_model" / "global_cmvn.json").rename(tmp_path / "unused_cmvn.json")
+    run["spec"]["trainer"]["deepspeed"] = "none"
+    run["spec"]["data"]["registry"] = str(tmp_path / "demo" / "registry.yaml")
+    stage = run["spec"]["stages"][0]
+    stage["datasetUse"] = "demo_multimodal"
+    stage["args"] = {"max_steps": 2, "per_device_train_batch_size": 2, "model_max_length": 512,
+                     "save_strategy": "no", "logging_steps": 1, "disable_tqdm": True}
+    spec = VitaTrainingRun.model_validate(run).spec
+    argv = stage_args(spec, 0, PathRoots(data=str(tmp_path), checkpoints=str(tmp_path)))
+    assert argv[argv.index("--vision_tower") + 1] == str(tmp_path / model["visionTower"])
+    # the recorded tower paths point elsewhere (where the tree was written): the spec's folders are used
+    summary = train_main([*argv, "--metrics_port", "0", "--tokenizer_name_or_path", str(tmp_path / model["base"])])
+    assert summary["global_step"] == 2 and summary["final_loss"] == summary["final_loss"]  # finite, not NaN
+    imported = tmp_path / spec.output / IMPORTED_BASE_DIR
+    assert (imported / "config.json").is_file() and (imported / "global_cmvn.json").is_file()
+    assert json.loads((imported / "config.json").read_text())["vision_feature_scale"] == 0.5
