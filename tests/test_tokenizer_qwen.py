@@ -12,8 +12,15 @@ def qwen():
 def test_special_token_ids_match_qwen2p5(qwen):
     assert [qwen.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")] == [
         151643, 151644, 151645]
-    assert qwen.convert_tokens_to_ids("<|vita_image|>") == 151646
-    assert qwen.convert_tokens_to_ids("<|vita_audio|>") == 151647
+    # Qwen2.5's added tokens keep their ids, so VITA-1.5's embedding rows mean what they meant there
+    assert qwen.convert_tokens_to_ids("<|object_ref_start|>") == 151646
+    assert qwen.convert_tokens_to_ids("<|file_sep|>") == 151664
+    # and the media tokens land where vita_1p5_config expects them
+    from vita_trainer.model.builder import vita_1p5_config
+    cfg = vita_1p5_config()
+    assert qwen.convert_tokens_to_ids("<|vita_image|>") == cfg.image_token_id == 151665
+    assert qwen.convert_tokens_to_ids("<|vita_audio|>") == cfg.audio_token_id == 151666
+    assert len(qwen) == 151667 <= cfg.text_config.vocab_size
     ids = qwen("<|im_start|>user\nhi<|im_end|>", add_special_tokens=False)["input_ids"]
     assert ids[0] == 151644 and ids[-1] == 151645
 

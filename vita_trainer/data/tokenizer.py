@@ -7,6 +7,13 @@ from pathlib import Path
 from ..constants import AUDIO_TOKEN, ENDOFTEXT, IM_END, IM_START, IMAGE_TOKEN
 
 QWEN_SPECIALS = [ENDOFTEXT, IM_START, IM_END]  # ids 151643, 151644, 151645 in Qwen2.5
+# Qwen2.5's other added tokens, ids 151646-151664 in its tokenizer.json. The tiktoken file lacks them; without
+# them our media tokens would take 151646/151647, where VITA-1.5's checkpoint has <|object_ref_*|> rows.
+QWEN_ADDED = ["<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
+              "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
+              "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+              "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
+NOT_SPECIAL = {"<tool_call>", "</tool_call>"}  # plain added tokens in Qwen2.5 (decoded with the text)
 MEDIA_SPECIALS = [IMAGE_TOKEN, AUDIO_TOKEN]
 # Qwen2's pre-tokenizer split pattern (same as the package's tiktoken encoder).
 QWEN_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
@@ -34,11 +41,13 @@ def qwen2p5_tokenizer():
     tok = PreTrainedTokenizerFast(tokenizer_object=backend)
     # The converter may register specials in any order; insist on Qwen's ids.
     tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
+    from tokenizers import AddedToken
+    tok.add_tokens([AddedToken(t, special=t not in NOT_SPECIAL, normalized=False) for t in QWEN_ADDED])
     base = 151643
-    for i, t in enumerate(QWEN_SPECIALS):
+    for i, t in enumerate(QWEN_SPECIALS + QWEN_ADDED):
         got = tok.convert_tokens_to_ids(t)
         if got != base + i:
-            raise RuntimeError(f"Qwen special token {t} got id {got}, expected {base + i}")
+            raise RuntimeError(f"Qwen added token {t} got id {got}, expected {base + i}")
     return _finish(tok)
 
 

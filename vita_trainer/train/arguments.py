@@ -26,6 +26,11 @@ class ModelArguments:
         "help": "Partial state dicts ({group}.bin) loaded on top of the model, in order"})
     pretrain_mm_mlp_adapter: str | None = field(default=None, metadata={"help": "Reference flag: mm_projector.bin"})
     pretrain_audio_mlp_adapter: str | None = field(default=None, metadata={"help": "Reference flag: audio adapter"})
+    # The whale's chunked attention (reference transformer-chunk_size / -left_chunks / -dynamic-chunks); None keeps
+    # the model folder's setting. Training-only for dynamic chunks: eval always uses the fixed setting.
+    audio_chunk_size: int | None = None
+    audio_left_chunks: int | None = None
+    audio_dynamic_chunks: bool | None = None
     # Reference freeze flags; None means "as the stage preset says".
     tune_mm_mlp_adapter: bool | None = None
     tune_audio_mlp_adapter: bool | None = None

@@ -130,6 +130,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     config_overrides = {"ctc_vocab_size": 257} if preset.objective == "ctc" else {}
     model = load_model(str(model_dir), **config_overrides)
+    for key in ("chunk_size", "left_chunks", "dynamic_chunks"):  # saved with the model's config
+        if (value := getattr(model_args, f"audio_{key}")) is not None:
+            model.config.audio_config[key] = value
+            setattr(model.audio_encoder, key, value)
     if model_args.mm_projector_type and model_args.mm_projector_type != model.config.mm_projector_type:
         raise ConfigError(f"--mm_projector_type {model_args.mm_projector_type} but {model_dir} was built with "
                           f"{model.config.mm_projector_type}")
