@@ -160,7 +160,7 @@ def test_the_tower_folders_compose_a_new_model(released, tok, tmp_path):
     model = load_model(str(tmp_path / "vita"))
     assert model.config.vision_feature_scale == 0.5 and model.config.vision_config.attention_bias
     state = model.state_dict()
-    assert torch.equal(state["audio_encoder.blocks.5.pos_bias_u"],
+    assert torch.equal(state["audio_encoder.blocks.5.pos_bias.u"],
                        released["final"]["encoder.enc.1.encoders.5.self_attn.pos_bias_u"])
     assert torch.equal(state["audio_adapter.proj.weight"], released["final"]["adpter.project.weight"])
     assert torch.equal(state["vision_tower.backbone.embeddings.cls_token"],

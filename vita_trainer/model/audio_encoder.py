@@ -73,6 +73,24 @@ class Conv2dSubsampling4(nn.Module):
         return self.out(x.transpose(1, 2).reshape(b, t, c * f))
 
 
+class PositionBias(nn.Module):
+    """The reference's per-head biases u and v (pos_bias_u / pos_bias_v): (q + u, q + v).
+
+    A leaf module of its own, called through forward, so ZeRO-3 gathers them around the call like any Linear."""
+
+    def __init__(self, heads: int, head_dim: int):
+        super().__init__()
+        self.u = nn.Parameter(torch.empty(heads, head_dim))
+        self.v = nn.Parameter(torch.empty(heads, head_dim))
+        # Xavier-uniform as the reference, on the parameters themselves (like nn.Linear.reset_parameters): a
+        # tensor initialised before it became a Parameter loads as an empty shard under HF's ZeRO-3 loader.
+        nn.init.xavier_uniform_(self.u)
+        nn.init.xavier_uniform_(self.v)
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:  # (b, t, h, dk) -> (b, t, h, 2dk)
+        return torch.cat([q + self.u, q + self.v], dim=-1)
+
+
 class EncoderBlock(nn.Module):
     def __init__(self, d: int, heads: int, ffn: int, dropout: float):
         super().__init__()
@@ -80,9 +98,7 @@ class EncoderBlock(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.pos_proj = nn.Linear(d, d, bias=False)
-        # Per-head biases of the reference's rel-enc attention; its init is Xavier-uniform.
-        self.pos_bias_u = nn.Parameter(nn.init.xavier_uniform_(torch.empty(heads, d // heads)))
-        self.pos_bias_v = nn.Parameter(nn.init.xavier_uniform_(torch.empty(heads, d // heads)))
+        self.pos_bias = PositionBias(heads, d // heads)
         self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn, d))
         self.dropout = nn.Dropout(dropout)
 
@@ -91,7 +107,7 @@ class EncoderBlock(nn.Module):
         h, dk = self.heads, d // self.heads
         q, k, v = self.qkv(x).view(b, t, 3, h, dk).unbind(2)                      # (b, t, h, dk) each
         p = self.pos_proj(pe).view(1, t, h, dk).expand(b, t, h, dk)
-        q2 = torch.cat([q + self.pos_bias_u, q + self.pos_bias_v], dim=-1)        # (b, t, h, 2dk)
+        q2 = self.pos_bias(q)                                                     # (b, t, h, 2dk)
         k2 = torch.cat([k, p], dim=-1)
         att = F.scaled_dot_product_attention(q2.transpose(1, 2), k2.transpose(1, 2), v.transpose(1, 2),
                                              attn_mask=mask, scale=1.0 / math.sqrt(dk))
