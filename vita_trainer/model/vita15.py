@@ -19,6 +19,9 @@ from pathlib import Path
 
 import torch
 import yaml
+# Parameters on the meta device, but unlike `with torch.device("meta")` it leaves tensors made at import time alone
+# (transformers' audio_utils, imported by the InternViT modules, builds torchaudio's kaldi constants then).
+from accelerate import init_empty_weights
 
 from ..errors import ConfigError
 from .vita15_keys import (CHECKPOINT_RULES, INTERNVIT_RULES, WHALE_CMVN_KEYS, WHALE_RULES, check_keys,
@@ -166,7 +169,7 @@ def load_internvit_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Ten
     hf = internvit_to_hf_config(read_json(folder / "config.json"))
     state, unmatched = convert(read_weights(folder), INTERNVIT_RULES, "proj")
     from transformers import AutoConfig, AutoModel
-    with torch.device("meta"):
+    with init_empty_weights():
         expected = AutoModel.from_config(AutoConfig.for_model(**hf)).state_dict()
     check_keys(state, expected, unmatched, str(folder))
     return hf, state
@@ -186,7 +189,7 @@ def load_whale_folder(folder: str | Path):
         raw.pop(k, None)  # the reference, too, takes the statistics from the global_cmvn file
     state, unmatched = convert(raw, WHALE_RULES, "proj")
     from .audio_encoder import ADAPTER_STRIDES, AudioAdapter, WhaleEncoder
-    with torch.device("meta"):
+    with init_empty_weights():
         expected = {"audio_encoder." + k: v for k, v in WhaleEncoder(**audio).state_dict().items()}
         if any(k.startswith("audio_adapter.") for k in state):  # the adapter is optional: stage 2 trains it
             adapter = AudioAdapter(audio["d_model"], llm_dim, ADAPTER_STRIDES[audio["adapter_type"]],
@@ -218,7 +221,7 @@ def write_whale_folder(out: Path, audio_config: dict, llm_dim: int, audio_state:
 # --- the full checkpoint ------------------------------------------------------------------------------------
 def _expected_state(config) -> dict:
     from .modeling import VitaForCausalLM
-    with torch.device("meta"):
+    with init_empty_weights():
         state = VitaForCausalLM(config).state_dict()
     if config.text_config.tie_word_embeddings:
         state.pop("language_model.lm_head.weight", None)
