@@ -1,6 +1,5 @@
 import pytest
 import torch
-from accelerate import init_empty_weights
 
 from tests.conftest import conv
 from vita_trainer.data.collator import MultimodalCollator
@@ -55,9 +54,8 @@ def test_internvit_tower_pixel_shuffle(tok):
 def test_real_7b_layout_from_config():
     cfg = vita_1p5_config()
     assert cfg.tokens_per_tile == 256 and cfg.hidden_size == 3584
-    with init_empty_weights():
-        from vita_trainer.model.modeling import VitaForCausalLM
-        m = VitaForCausalLM(cfg)
+    from vita_trainer.model.modeling import VitaForCausalLM
+    m = VitaForCausalLM.empty(cfg)
     assert m.mm_projector[0].in_features == 4096 and m.mm_projector[0].out_features == 3584
     assert m.audio_adapter.conv.out_channels == 2048 and m.audio_adapter.proj.out_features == 3584
     n_audio = sum(p.numel() for p in m.audio_encoder.parameters())

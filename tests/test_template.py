@@ -1,25 +1,25 @@
 from vita_trainer.constants import IGNORE_INDEX
+from vita_trainer.data.chat_format import FORMATS
 from vita_trainer.data.template import render_segments, render_text, tokenize_segments
 
 
 def test_multi_turn_template_exact_string():
-    text = render_text([("user", "Hi"), ("assistant", "Hello!"), ("user", "Colour?"), ("assistant", "red")],
-                       "language", system="SYS")
+    text = render_text([("user", "Hi"), ("assistant", "Hello!"), ("user", "Colour?"), ("assistant", "red")], "SYS")
     assert text == ("<|im_start|>system\nSYS<|im_end|>\n"
                     "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
                     "<|im_start|>user\nColour?<|im_end|>\n<|im_start|>assistant\nred<|im_end|>\n")
 
 
 def test_system_prompt_depends_on_modality():
-    image = render_text([("user", "q"), ("assistant", "a")], "image")
-    lang = render_text([("user", "q"), ("assistant", "a")], "language")
-    assert "see images" in image and "see images" not in lang
+    chatml = FORMATS["chatml"]
+    assert "see images" in chatml.system_prompt("image") and "see images" not in chatml.system_prompt("language")
+    assert chatml.system_prompt("image", {"image": "mine"}) == "mine"
 
 
 def test_label_mask_positions_train_only_replies_and_im_end():
     # A character-level "tokenizer" makes positions easy to reason about.
     encode = lambda s: [ord(c) for c in s]  # noqa: E731
-    segs = render_segments([("user", "q"), ("assistant", "ab"), ("user", "r"), ("assistant", "c")], "language", "S")
+    segs = render_segments([("user", "q"), ("assistant", "ab"), ("user", "r"), ("assistant", "c")], "S")
     ids, labels = tokenize_segments(segs, encode)
     text = "".join(chr(i) for i in ids)
     trained = "".join(chr(l) for l in labels if l != IGNORE_INDEX)
@@ -32,7 +32,7 @@ def test_label_mask_positions_train_only_replies_and_im_end():
 
 
 def test_label_mask_with_real_tokenizer(tok):
-    segs = render_segments([("user", "hello"), ("assistant", "world")], "language", "S")
+    segs = render_segments([("user", "hello"), ("assistant", "world")], "S")
     ids, labels = tokenize_segments(segs, lambda s: tok(s, add_special_tokens=False)["input_ids"])
     kept = [i for i, l in zip(ids, labels) if l != IGNORE_INDEX]
     assert tok.decode(kept) == "world<|im_end|>"

@@ -60,8 +60,8 @@ class LazySupervisedDataset(Dataset):
             for i, raw in enumerate(raws):
                 try:
                     sample = parse_sample(raw, file=str(path), index=i)
-                    if sample.images:  # a set missing from the registry fails now, not at step 10k
-                        registry.image_folder(sample.set_name, file=str(path), sample_id=sample.sample_id)
+                    for set_name in dict.fromkeys(sample.image_sets):  # a set missing fails now, not at step 10k
+                        registry.image_folder(set_name, file=str(path), sample_id=sample.sample_id)
                     self.entries.append((str(path), sample))
                 except DataError as e:
                     self._skip_or_raise(e)

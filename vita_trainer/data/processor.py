@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..constants import (AUDIO_PLACEHOLDER, AUDIO_TOKEN, IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN,
-                         VIDEO_PLACEHOLDER)
+from ..constants import AUDIO_TOKEN, IGNORE_INDEX, IMAGE_TOKEN
 from ..errors import DataError
 from . import audio as audio_io
+from .chat_format import DEFAULT_FORMAT, MODALITIES, get_format
 from .image import tile_image, tiles_to_tensor
 from .paths import resolve_media
 from .registry import Registry
@@ -60,12 +60,16 @@ class Warnings:
 class SampleProcessor:
     def __init__(self, tokenizer, media: MediaSpec, registry: Registry, model_max_length: int,
                  image_aspect_ratio: str = "dynamic", cmvn: audio_io.GlobalCMVN | None = None,
-                 system_prompt: str | None = None):
+                 system_prompt: str | None = None, chat_format: str = DEFAULT_FORMAT,
+                 system_prompts: dict[str, str] | None = None):
+        """`system_prompt` replaces all three modality prompts; `system_prompts` ({image, video, language}) any."""
         self.tok, self.media, self.registry = tokenizer, media, registry
         self.max_len = model_max_length
-        self.dynamic = image_aspect_ratio != "square"
+        self.format = get_format(chat_format)
+        self.dynamic = image_aspect_ratio != "square" or self.format.square_still_tiles
         self.cmvn = cmvn or audio_io.GlobalCMVN.identity()
-        self.system_prompt = system_prompt
+        self.system_prompts = {**({m: system_prompt for m in MODALITIES} if system_prompt else {}),
+                               **{m: t for m, t in (system_prompts or {}).items() if t}}
         self.image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.audio_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
         self.warnings = Warnings()
@@ -75,10 +79,8 @@ class SampleProcessor:
 
     # --- paths ---------------------------------------------------------------------------------
     def image_paths(self, s: ParsedSample, file: str) -> list[Path]:
-        if not s.images:
-            return []
-        folder = self.registry.image_folder(s.set_name, file=file, sample_id=s.sample_id)
-        return [resolve_media(folder, rel, file=file, sample_id=s.sample_id, field=f"image[{i}]")
+        return [resolve_media(self.registry.image_folder(s.image_set(i), file=file, sample_id=s.sample_id), rel,
+                              file=file, sample_id=s.sample_id, field=f"image[{i}]")
                 for i, rel in enumerate(s.images)]
 
     def audio_paths(self, s: ParsedSample, file: str) -> list[Path]:
@@ -92,8 +94,8 @@ class SampleProcessor:
         root = self.registry.resolve(self.registry.video_root or ".")
         return resolve_media(root, s.video, file=file, sample_id=s.sample_id, field="video")
 
-    def dynamic_tiling(self, s: ParsedSample) -> bool:
-        return self.dynamic and s.set_name not in self.registry.no_patch_sets
+    def dynamic_tiling(self, s: ParsedSample, image: int = 0) -> bool:
+        return self.dynamic and s.image_set(image) not in self.registry.no_patch_sets
 
     def check_duration(self, seconds: float, path: Path, *, file: str, sid: str, field: str) -> None:
         """Counted warning outside [min, max]; an error when too short to yield one LLM token."""
@@ -113,7 +115,7 @@ class SampleProcessor:
                 with Image.open(path) as im:
                     im.load()
                     out.append(tile_image(im, self.media.tile_size, self.media.max_tiles,
-                                          self.media.use_thumbnail, dynamic=self.dynamic_tiling(s)))
+                                          self.media.use_thumbnail, dynamic=self.dynamic_tiling(s, i)))
             except (UnidentifiedImageError, OSError, SyntaxError) as e:
                 raise DataError(f"image {path} cannot be decoded: {e}", file=file, sample_id=s.sample_id,
                                 field=f"image[{i}]", reason="corrupt_file") from e
@@ -148,14 +150,14 @@ class SampleProcessor:
                audio_frames: list[int]) -> tuple[list[int], list[int]]:
         """Token ids and labels with one media token per embedding slot; raises on truncated media and on
         samples with nothing left to train."""
-        turns = []
-        for role, text in s.turns:
-            text = text.replace(IMAGE_PLACEHOLDER, IMAGE_TOKEN).replace(AUDIO_PLACEHOLDER, AUDIO_TOKEN)
-            turns.append((role, text.replace(VIDEO_PLACEHOLDER, IMAGE_TOKEN * video_frames)))
+        fmt = self.format
+        turns = fmt.turns(s.turns, video_frames, s.inserted_id)
         tpt = self.media.tokens_per_tile
         counts = {self.image_id: [n * tpt for n in image_tiles] + [tpt] * video_frames,
                   self.audio_id: [self.media.audio_tokens_fn(f) for f in audio_frames]}
-        ids, labels = tokenize_segments(render_segments(turns, s.modality, self.system_prompt), self._encode)
+        segments = render_segments(turns, fmt.system_prompt(s.modality, self.system_prompts),
+                                   newline_after_last_turn=fmt.newline_after_last_turn, end_tag=s.end_tag)
+        ids, labels = tokenize_segments(segments, self._encode)
         if [ids.count(self.image_id), ids.count(self.audio_id)] != [len(counts[self.image_id]),
                                                                      len(counts[self.audio_id])]:
             raise DataError("media tokens appear in the text itself", file=file, sample_id=s.sample_id,

@@ -12,15 +12,25 @@ from .template import ROLES
 @dataclass
 class ParsedSample:
     sample_id: str
-    set_name: str | None
+    set_name: str | list[str] | None      # one set for all images, or one per image (multi-image samples)
     turns: list[tuple[str, str]]          # (user|assistant, text)
     images: list[str] = field(default_factory=list)
     audios: list[str] = field(default_factory=list)
     video: str | None = None
+    end_tag: bool = True                  # False: the last reply has no <|im_end|> (reference field)
+    inserted_id: int | None = None        # conversations index of the reply marked ☟ (reference field, vita15)
 
     @property
     def modality(self) -> str:
+        """Which system prompt: audio-only samples are "language", as in the reference."""
         return "video" if self.video else "image" if self.images else "language"
+
+    def image_set(self, index: int) -> str | None:
+        return self.set_name[index] if isinstance(self.set_name, list) else self.set_name
+
+    @property
+    def image_sets(self) -> list[str | None]:
+        return [self.image_set(i) for i in range(len(self.images))]
 
 
 def _as_list(value, *, name, file, sample_id) -> list[str]:
@@ -85,4 +95,23 @@ def parse_sample(raw, *, file: str, index: int) -> ParsedSample:
             raise DataError(f"{n} {placeholder} placeholder(s) in the conversation but {len(media)} {name} file(s)",
                             file=file, sample_id=sid, field=name, reason="placeholder",
                             hint=f"put exactly one {placeholder} in a human turn for each entry of `{name}`")
-    return ParsedSample(sid, raw.get("set"), turns, images, audios, video)
+    set_name = raw.get("set")
+    if isinstance(set_name, list):
+        if not all(isinstance(v, str) for v in set_name) or len(set_name) != len(images):
+            raise DataError(f"`set` is a list of {len(set_name)} but the sample has {len(images)} image(s)",
+                            file=file, sample_id=sid, field="set", reason="schema",
+                            hint="give one set name per image, or a single string for all of them")
+    elif set_name is not None and not isinstance(set_name, str):
+        raise DataError(f"`set` must be a string or a list of strings, got {type(set_name).__name__}",
+                        file=file, sample_id=sid, field="set", reason="schema")
+    end_tag = raw.get("end_tag", True)
+    if not isinstance(end_tag, bool):
+        raise DataError(f"`end_tag` must be true or false, got {end_tag!r}", file=file, sample_id=sid,
+                        field="end_tag", reason="schema")
+    inserted_id = raw.get("inserted_id")
+    if inserted_id is not None and (isinstance(inserted_id, bool) or not isinstance(inserted_id, int)
+                                    or not 0 <= inserted_id < len(turns) or turns[inserted_id][0] != "assistant"):
+        raise DataError(f"`inserted_id` {inserted_id!r} is not the index of a gpt turn in `conversations`",
+                        file=file, sample_id=sid, field="inserted_id", reason="schema",
+                        hint=f"use an odd index below {len(turns)} (turns alternate human, gpt)")
+    return ParsedSample(sid, set_name, turns, images, audios, video, end_tag, inserted_id)

@@ -1,4 +1,5 @@
-"""The `qwen2p5_instruct` chat template and label masking.
+"""The Qwen2.5 chat template (`<|im_start|>role\ntext<|im_end|>`) and label masking; chat_format.py says what
+text goes into it.
 
 Only assistant replies and their closing `<|im_end|>` are trained; the system prompt, user turns,
 role headers and media slots are masked with IGNORE_INDEX.
@@ -10,18 +11,6 @@ from dataclasses import dataclass
 
 from ..constants import IGNORE_INDEX, IM_END, IM_START
 
-# Modality-dependent system prompts, as in the reference's qwen2p5_instruct conversation.
-SYSTEM_PROMPTS = {
-    "image": "You are an AI robot and your name is VITA. You are a multimodal large language model "
-             "developed by the open source community. Your aim is to be helpful, honest and harmless. "
-             "You support the ability to see images and listen to audio.",
-    "video": "You are an AI robot and your name is VITA. You are a multimodal large language model "
-             "developed by the open source community. Your aim is to be helpful, honest and harmless. "
-             "You support the ability to watch videos and listen to audio.",
-    "language": "You are an AI robot and your name is VITA. You are a multimodal large language model "
-                "developed by the open source community. Your aim is to be helpful, honest and harmless.",
-}
-
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
@@ -31,25 +20,28 @@ class Segment:
     trained: bool
 
 
-def render_segments(turns: list[tuple[str, str]], modality: str, system: str | None = None) -> list[Segment]:
+def render_segments(turns: list[tuple[str, str]], system: str, *, newline_after_last_turn: bool = True,
+                    end_tag: bool = True) -> list[Segment]:
     """Turn (role, text) pairs into template segments, marking which are trained.
 
-    `role` is already normalised to "user" or "assistant".
+    `role` is already normalised to "user" or "assistant"; `text` is already in the chat format's form.
+    `end_tag=False` (a sample field of the reference) leaves `<|im_end|>` off the last reply, so it is not trained.
     """
-    system_text = system if system is not None else SYSTEM_PROMPTS[modality]
-    segments = [Segment(f"{IM_START}system\n{system_text}{IM_END}\n", False)]
-    for role, text in turns:
+    segments = [Segment(f"{IM_START}system\n{system}{IM_END}\n", False)]
+    for index, (role, text) in enumerate(turns):
+        last = index == len(turns) - 1
         if role == "assistant":
             segments.append(Segment(f"{IM_START}assistant\n", False))
-            segments.append(Segment(f"{text}{IM_END}", True))
-            segments.append(Segment("\n", False))
+            segments.append(Segment(text + (IM_END if end_tag or not last else ""), True))
+            if not last or (newline_after_last_turn and end_tag):
+                segments.append(Segment("\n", False))
         else:
             segments.append(Segment(f"{IM_START}user\n{text}{IM_END}\n", False))
     return segments
 
 
-def render_text(turns: list[tuple[str, str]], modality: str, system: str | None = None) -> str:
-    return "".join(s.text for s in render_segments(turns, modality, system))
+def render_text(turns: list[tuple[str, str]], system: str, **options) -> str:
+    return "".join(s.text for s in render_segments(turns, system, **options))
 
 
 def tokenize_segments(segments: list[Segment], encode) -> tuple[list[int], list[int]]:

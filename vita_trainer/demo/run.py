@@ -58,7 +58,7 @@ def evaluate_run(out: Path, final_stage: dict) -> dict:
     model, tok = load_model(str(model_dir)), load_tokenizer(str(model_dir))
     proc = SampleProcessor(tok, MediaSpec.from_config(model.config), load_registry(out / "registry.yaml"),
                            args["model_max_length"], cmvn=GlobalCMVN.load(model_dir / "global_cmvn.json"),
-                           system_prompt=args.get("system_prompt"))
+                           system_prompt=args.get("system_prompt"), chat_format=model.config.chat_format)
     kind = {q: k for q, k in synth.IMAGE_QUESTIONS + synth.AUDIO_QUESTIONS}
     return {"image": evaluate(model, tok, proc, str(out / "chats" / "image_eval.json"), kind.get),
             "audio": evaluate(model, tok, proc, str(out / "chats" / "audio_eval.json"), kind.get)}

@@ -123,8 +123,8 @@ def generate(root: str | Path, n_image: int = 1200, n_audio: int = 600, n_text: 
 
 def corpus(chat_files: list[str]) -> list[str]:
     """All conversation text and the system prompts, for training the demo's tiny tokenizer."""
-    from ..data.template import SYSTEM_PROMPTS
-    out = list(SYSTEM_PROMPTS.values()) * 50
+    from ..data.chat_format import DEFAULT_FORMAT, FORMATS
+    out = list(FORMATS[DEFAULT_FORMAT].system_prompts.values()) * 50
     for f in chat_files:
         for s in json.loads(Path(f).read_text()):
             out += [t["value"] for t in s["conversations"]]

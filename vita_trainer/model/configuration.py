@@ -28,7 +28,8 @@ class VitaConfig(PretrainedConfig):
 
     def __init__(self, text_config=None, vision_config=None, audio_config=None, mm_projector_type="mlp2x_gelu",
                  downsample_ratio=1.0, vision_feature_scale=1.0, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), max_tiles=12,
-                 image_token_id=None, audio_token_id=None, ctc_vocab_size=0, **kwargs):
+                 image_token_id=None, audio_token_id=None, ctc_vocab_size=0, chat_format="chatml",
+                 **kwargs):
         self.text_config = _sub_config(text_config, "qwen2")
         self.vision_config = _sub_config(vision_config, "siglip_vision_model")
         audio = {**DEFAULT_AUDIO, **(audio_config or {})}
@@ -43,6 +44,8 @@ class VitaConfig(PretrainedConfig):
         self.max_tiles = max_tiles
         self.image_token_id, self.audio_token_id = image_token_id, audio_token_id
         self.ctc_vocab_size = ctc_vocab_size
+        # The prompt format the weights were trained with (data/chat_format.py): the trainer's --version default.
+        self.chat_format = chat_format
         # DeepSpeed "auto" bucket sizes read hidden_size from the top-level config.
         self.hidden_size = self.text_config.hidden_size
         super().__init__(**kwargs)

@@ -113,6 +113,19 @@ class VitaForCausalLM(PreTrainedModel):
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
                                    position_ids=position_ids, **kwargs)
 
+    @classmethod
+    def empty(cls, config: VitaConfig) -> "VitaForCausalLM":
+        """The model with parameters on the meta device: names, shapes and counts without memory.
+
+        accelerate's init_empty_weights rather than `with torch.device("meta")`, which also captures tensors that
+        modules imported during the build make at import time (transformers' audio_utils makes torchaudio's kaldi
+        constants then, and fbank fails later in the process). It re-creates tied parameters, so tie again."""
+        from accelerate import init_empty_weights
+        with init_empty_weights():
+            model = cls(config)
+        model.tie_weights()
+        return model
+
     @torch.no_grad()
     def generate_from_inputs(self, input_ids, attention_mask, pixel_values=None, audio_features=None,
                              audio_feature_lengths=None, **gen_kwargs):

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 import yaml
-# Parameters on the meta device, but unlike `with torch.device("meta")` it leaves tensors made at import time alone
-# (transformers' audio_utils, imported by the InternViT modules, builds torchaudio's kaldi constants then).
+# Tower shapes without memory; see VitaForCausalLM.empty for why not `with torch.device("meta")`.
 from accelerate import init_empty_weights
 
 from ..errors import ConfigError
@@ -221,8 +220,7 @@ def write_whale_folder(out: Path, audio_config: dict, llm_dim: int, audio_state:
 # --- the full checkpoint ------------------------------------------------------------------------------------
 def _expected_state(config) -> dict:
     from .modeling import VitaForCausalLM
-    with init_empty_weights():
-        state = VitaForCausalLM(config).state_dict()
+    state = VitaForCausalLM.empty(config).state_dict()
     if config.text_config.tie_word_embeddings:
         state.pop("language_model.lm_head.weight", None)
     return state
@@ -269,7 +267,7 @@ def import_vita15(src: str | Path, out: str | Path, vision_tower: str | None = N
                         mm_projector_type=cfg.get("mm_projector_type", "mlp2x_gelu"),
                         **vision_preset("internvl_vision"),
                         image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
-                        audio_token_id=tok.convert_tokens_to_ids(AUDIO_TOKEN))
+                        audio_token_id=tok.convert_tokens_to_ids(AUDIO_TOKEN), chat_format="vita15")
     if len(tok) > config.text_config.vocab_size:
         raise ConfigError(f"{src}: the tokenizer has {len(tok)} tokens, the checkpoint {config.text_config.vocab_size} rows")
     weights = read_weights(src)

@@ -102,7 +102,7 @@ def inspect_sample(proc, raw, file: str, index: int) -> SampleFacts:
     s = parse_sample(raw, file=file, index=index)
     sizes = image_sizes(proc, s, file)
     tiles = [tile_count(w, h, proc.media.tile_size, proc.media.max_tiles, proc.media.use_thumbnail,
-                        proc.dynamic_tiling(s)) for w, h in sizes]
+                        proc.dynamic_tiling(s, i)) for i, (w, h) in enumerate(sizes)]
     seconds = audio_seconds(proc, s, file)
     frames = [fbank_frames(int(sec * SAMPLE_RATE)) for sec in seconds]
     ids, _ = proc.layout(s, file, tiles, video_frames(proc, s, file), frames)

@@ -13,14 +13,23 @@ from ..errors import DataError
 from .check import inspect_sample
 
 
+def _as_list(value) -> list:
+    return [value] if isinstance(value, str) else value or []
+
+
 def merge(group: list[dict], index: int) -> dict:
     out = {"id": f"concat-{index}-" + "+".join(str(g["id"]) for g in group), "conversations": []}
-    if group[0].get("set") is not None:
-        out["set"] = group[0]["set"]
     for key in ("image", "audio"):
-        media = [m for g in group for m in ([g[key]] if isinstance(g.get(key), str) else g.get(key) or [])]
+        media = [m for g in group for m in _as_list(g.get(key))]
         if media:
             out[key] = media
+    # one set per image (a list-valued set is the reference's multi-image form); a single one stays a string
+    sets = [s for g in group for s in (g["set"] if isinstance(g.get("set"), list)
+                                       else [g.get("set")] * len(_as_list(g.get("image"))))]
+    if len(set(sets)) > 1:
+        out["set"] = sets
+    elif group[0].get("set") is not None:
+        out["set"] = sets[0] if sets else group[0]["set"]
     for g in group:
         out["conversations"].extend(g["conversations"])
     return out
@@ -37,7 +46,7 @@ def pack(samples: list[tuple[dict, int]], max_tokens: int, seed: int) -> list[di
         if raw.get("video"):
             done.append([raw])
             continue
-        key = raw.get("set")
+        key = tuple(raw["set"]) if isinstance(raw.get("set"), list) else raw.get("set")
         group, total = open_packs.get(key, ([], 0))
         # the system prompt is counted once per sample, so a packed sample is a little shorter than the sum
         if group and total + n > max_tokens:

@@ -15,6 +15,7 @@ class ToolOptions:
     min_audio_seconds: float = 0.5
     max_audio_seconds: float = 30.0
     image_aspect_ratio: str = "dynamic"
+    chat_format: str | None = None      # default: the model's (VITA-1.5 layout without --model: this project's)
 
 
 def build_processor(opts: ToolOptions):
@@ -31,7 +32,8 @@ def build_processor(opts: ToolOptions):
     media = MediaSpec.from_config(config, min_audio_seconds=opts.min_audio_seconds,
                                   max_audio_seconds=opts.max_audio_seconds)
     return SampleProcessor(tokenizer, media, load_registry(opts.registry), opts.model_max_length,
-                           image_aspect_ratio=opts.image_aspect_ratio)
+                           image_aspect_ratio=opts.image_aspect_ratio,
+                           chat_format=opts.chat_format or config.chat_format)
 
 
 def chat_files(opts: ToolOptions, dataset_use: str | None, chats: list[str] | None) -> list[Path]:

@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--model", help="VITA folder for the tokenizer and media token costs")
         sp.add_argument("--tokenizer", default="qwen2.5")
         sp.add_argument("--model_max_length", type=int, default=6200)
+        sp.add_argument("--version", help="chat format: vita15 (alias qwen2p5_instruct) or chatml (default: the model's)")
         sp.add_argument("--min_audio_seconds", type=float, default=0.5)
         sp.add_argument("--max_audio_seconds", type=float, default=30.0)
         sp.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_preprocess(a, a.cmd.split("-", 1)[1])
         opts = ToolOptions(registry=a.registry, model=a.model, tokenizer=a.tokenizer,
                            model_max_length=a.model_max_length, min_audio_seconds=a.min_audio_seconds,
-                           max_audio_seconds=a.max_audio_seconds)
+                           max_audio_seconds=a.max_audio_seconds, chat_format=a.version)
         return {"check": cmd_check, "stats": cmd_stats, "concat": cmd_concat}[a.cmd](a, opts)
     except VitaError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -55,16 +55,13 @@ def convert(ckpt: Path, out: Path) -> Path:
 
 
 def inspect(model_path: str, stage: str | None, gpus: int) -> dict:
-    from accelerate import init_empty_weights
-
     from ..model.builder import vita_1p5_config
     from ..model.configuration import VitaConfig
     from ..model.modeling import VitaForCausalLM
     from ..module_groups import MODULE_GROUPS
     from ..stages.presets import get_preset, resolve_trainable
     config = vita_1p5_config() if model_path == "vita-1.5-7b" else VitaConfig.from_pretrained(model_path)
-    with init_empty_weights():  # sizes without allocating
-        model = VitaForCausalLM(config)
+    model = VitaForCausalLM.empty(config)
     counts = {g: sum(p.numel() for p in m.parameters()) for g in MODULE_GROUPS
               if (m := model.group_module(g)) is not None}
     total = sum(counts.values())

@@ -16,7 +16,9 @@ class ModelArguments:
     tokenizer_name_or_path: str | None = field(default=None, metadata={
         "help": "'qwen2.5' (real vocabulary, offline) or a tokenizer folder; default: the model folder"})
     model_type: str = field(default="qwen2p5_instruct", metadata={"help": "Reference compatibility; LLM family"})
-    version: str = field(default="qwen2p5_instruct", metadata={"help": "Chat template; only qwen2p5_instruct"})
+    version: str | None = field(default=None, metadata={
+        "help": "Chat format: vita15 (VITA-1.5's own; the reference's name qwen2p5_instruct is an alias) or chatml "
+                "(plain Qwen2.5 ChatML); default: the model's (vita15 for models imported from VITA-1.5)"})
     vision_tower: str | None = field(default=None, metadata={"help": "When --model_name_or_path is a released "
                                      "VITA-1.5 folder: its InternViT folder (default: the path its config records)"})
     audio_encoder: str | None = field(default=None, metadata={"help": "When --model_name_or_path is a released "
@@ -61,7 +63,11 @@ class DataArguments:
         "help": "Keep each processed sample in memory after its first use (small data sets; still lazy)"})
     audio_cmvn: str | None = field(default=None, metadata={"help": "global_cmvn stats file; default: <model>/global_cmvn.json"})
     system_prompt: str | None = field(default=None, metadata={
-        "help": "Replace the template's modality-dependent system prompts with this text"})
+        "help": "Replace the chat format's three modality-dependent system prompts with this one text"})
+    system_prompt_image: str | None = field(default=None, metadata={"help": "System prompt for samples with images"})
+    system_prompt_video: str | None = field(default=None, metadata={"help": "System prompt for samples with a video"})
+    system_prompt_language: str | None = field(default=None, metadata={
+        "help": "System prompt for text-only and audio-only samples"})
     min_audio_seconds: float = 0.5
     max_audio_seconds: float = 30.0
 

@@ -51,8 +51,6 @@ def parse(argv: list[str]):
     if "report_to" not in given:
         extra += ["--report_to", "none"]
     model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv + extra)
-    if model_args.version != "qwen2p5_instruct":
-        raise ConfigError(f"--version {model_args.version!r}: only the qwen2p5_instruct template is implemented")
     return model_args, data_args, train_args, preset
 
 
@@ -108,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # denormal floats slow CPU kernels badly
     from ..data.audio import GlobalCMVN
+    from ..data.chat_format import MODALITIES
     from ..data.collator import MultimodalCollator, PackedCollator
     from ..data.dataset import LazySupervisedDataset
     from ..data.processor import MediaSpec, SampleProcessor
@@ -156,9 +155,15 @@ def main(argv: list[str] | None = None) -> dict:
     media = MediaSpec.from_config(model.config, min_audio_seconds=data_args.min_audio_seconds,
                                   max_audio_seconds=data_args.max_audio_seconds,
                                   **({"max_tiles": data_args.max_tiles} if data_args.max_tiles else {}))
+    chat_format = model_args.version or model.config.chat_format
     processor = SampleProcessor(tokenizer, media, registry, args.model_max_length,
                                 image_aspect_ratio=data_args.image_aspect_ratio, cmvn=cmvn,
-                                system_prompt=data_args.system_prompt)
+                                system_prompt=data_args.system_prompt, chat_format=chat_format,
+                                system_prompts={m: getattr(data_args, f"system_prompt_{m}") for m in MODALITIES})
+    model.config.chat_format = processor.format.name  # saved with the stage's output: the next stage keeps the format
+    if data_args.image_aspect_ratio == "square" and processor.format.square_still_tiles:
+        log.warning("--image_aspect_ratio square still tiles images under the %s chat format, as the reference's "
+                    "Qwen2.5 scripts do; list sets under no_patch_sets for single untiled tiles", chat_format)
     dataset = LazySupervisedDataset(registry, data_args.dataset_use, processor,
                                     skip_bad_samples=data_args.skip_bad_samples, seed=args.seed,
                                     cache=data_args.cache_processed_samples)
