@@ -12,7 +12,7 @@ from vita_operator.crd import render
 from vita_trainer.spec import VitaTrainingRunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-KUBEFLOW_CRD = ROOT.parent / "shared" / "k8s" / "pytorchjobs.kubeflow.org-v1.9.4.yaml"
+KUBEFLOW_CRD = ROOT / "third_party" / "kubeflow" / "pytorchjobs.kubeflow.org-v1.9.4.yaml"
 
 
 def crd_schema(doc):

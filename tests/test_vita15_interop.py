@@ -15,7 +15,7 @@ from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file
 
 from vita_trainer.errors import ConfigError
-from vita_trainer.model.vita15 import export_vita15, import_vita15, read_weights
+from vita_trainer.model.vita15 import import_vita15, read_weights
 
 LAYOUT = json.loads((Path(__file__).parent / "fixtures" / "vita15_weights_layout.json").read_text())
 GOLDEN_YAML = json.loads((Path(__file__).parent / "fixtures" / "whale_golden" / "config.json").read_text())
@@ -109,6 +109,7 @@ def test_every_released_key_imports_with_nothing_missing_or_unexpected(released,
     cmvn = json.loads((imported / "global_cmvn.json").read_text())
     assert torch.equal(torch.tensor(cmvn["mean"]), src["model.audio_encoder.encoder.global_cmvn.mean"])
     assert model.get_input_embeddings().weight.shape[0] == src["model.embed_tokens.weight"].shape[0]
+    assert model.config.chat_format == "vita15"  # fine-tuning keeps the prompt format it was trained with
 
 
 def test_internvit_qkv_split_by_hand(released, imported):
@@ -125,8 +126,10 @@ def test_internvit_qkv_split_by_hand(released, imported):
     assert torch.allclose(split, F.linear(x, w, b), atol=1e-6)
 
 
-def test_export_then_import_is_bit_exact_both_ways(released, imported, tmp_path):
-    out = export_vita15(imported, tmp_path / "exported")
+def test_export_then_import_is_bit_exact_both_ways(released, imported, tmp_path, capsys):
+    from vita_trainer.tools.model_cli import main as model_cli
+    assert model_cli(["export", str(imported), str(tmp_path / "exported"), "--format", "vita15"]) == 0
+    out = tmp_path / "exported"
     again = read_weights(out)
     # the released layout, key for key and bit for bit (CMVN buffers included)
     assert set(again) == set(released["state"]) == set(LAYOUT["a_vita15_full_checkpoint"])
@@ -139,7 +142,8 @@ def test_export_then_import_is_bit_exact_both_ways(released, imported, tmp_path)
     assert set(vision) == set(LAYOUT["c_internvit_300m_448px_hf"])
     for k, val in vision.items():
         assert torch.equal(released["state"]["model.vision_tower.vision_tower." + k], val), k
-    back = import_vita15(out, tmp_path / "reimported")
+    assert model_cli(["import", str(out), str(tmp_path / "reimported")]) == 0
+    back = tmp_path / "reimported"
     a, b = read_weights(imported), read_weights(back)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
