@@ -214,7 +214,7 @@ def test_run_stage3_example_trains_from_a_released_vita15_folder(tmp_path, tok):
     from vita_trainer.data.tokenizer import load_tokenizer
     from vita_trainer.spec import VitaTrainingRun
     from vita_trainer.stages.plan import PathRoots, stage_args
-    from vita_trainer.train.main import IMPORTED_BASE_DIR, main as train_main
+    from vita_trainer.train.main import PREPARED_BASE_DIR, main as train_main
     prepare(tmp_path / "demo", small=True)
     run = yaml.safe_load((Path(__file__).parents[1] / "manifests" / "examples" / "run-stage3.yaml").read_text())
     model = run["spec"]["model"]
@@ -235,6 +235,45 @@ def test_run_stage3_example_trains_from_a_released_vita15_folder(tmp_path, tok):
     # the recorded tower paths point elsewhere (where the tree was written): the spec's folders are used
     summary = train_main([*argv, "--metrics_port", "0", "--tokenizer_name_or_path", str(tmp_path / model["base"])])
     assert summary["global_step"] == 2 and summary["final_loss"] == summary["final_loss"]  # finite, not NaN
-    imported = tmp_path / spec.output / IMPORTED_BASE_DIR
+    imported = tmp_path / spec.output / PREPARED_BASE_DIR
     assert (imported / "config.json").is_file() and (imported / "global_cmvn.json").is_file()
     assert json.loads((imported / "config.json").read_text())["vision_feature_scale"] == 0.5
+
+
+@pytest.mark.slow
+def test_a_run_composes_its_base_from_the_guides_downloads(tmp_path):
+    """model.base = a Hugging Face LLM, model.visionTower / audioEncoder = the tower folders: the first stage
+    composes the VITA once (whale and InternViT weights loaded, projector new) and trains from it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from vita_trainer.data.tokenizer import load_tokenizer
+    from vita_trainer.demo.run import prepare
+    from vita_trainer.spec import VitaTrainingRun
+    from vita_trainer.stages.plan import PathRoots, stage_args
+    from vita_trainer.train.main import PREPARED_BASE_DIR, main as train_main
+    prepare(tmp_path / "demo", small=True)
+    tok = load_tokenizer(str(tmp_path / "demo" / "base_model"))
+    tree = write_released_tree(tmp_path / "tree", tok)
+    llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "qwen2", vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False))
+    llm.save_pretrained(tmp_path / "Qwen2.5-7B-Instruct")
+    tok.save_pretrained(tmp_path / "Qwen2.5-7B-Instruct")
+    run = {"apiVersion": "vita.training.dev/v1alpha1", "kind": "VitaTrainingRun", "metadata": {"name": "stage1"},
+           "spec": {"model": {"base": "Qwen2.5-7B-Instruct", "visionTower": str(tree["vision"]),
+                              "audioEncoder": str(tree["whale"]), "tokenizer": "Qwen2.5-7B-Instruct"},
+                    "data": {"registry": str(tmp_path / "demo" / "registry.yaml")}, "output": "runs",
+                    "trainer": {"deepspeed": "none"},
+                    "stages": [{"name": "vision-align", "preset": "vision_align", "datasetUse": "demo_image",
+                                "args": {"max_steps": 2, "per_device_train_batch_size": 2, "model_max_length": 512,
+                                         "save_strategy": "no", "disable_tqdm": True}}]}}
+    spec = VitaTrainingRun.model_validate(run).spec
+    summary = train_main([*stage_args(spec, 0, PathRoots(str(tmp_path), str(tmp_path))), "--metrics_port", "0"])
+    assert summary["global_step"] == 2 and summary["trainable"] == ["mm_projector"]
+    base = tmp_path / "runs" / PREPARED_BASE_DIR
+    assert (base / "global_cmvn.json").is_file()
+    from safetensors.torch import load_file
+    weights = load_file(base / "model.safetensors")
+    assert torch.equal(weights["audio_encoder.blocks.3.pos_bias.v"],
+                       tree["final"]["encoder.enc.1.encoders.3.self_attn.pos_bias_v"])
+    assert (tmp_path / "runs" / "vision-align" / "mm_projector.bin").is_file()

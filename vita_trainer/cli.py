@@ -46,21 +46,16 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--tokenizer", default=None, help="default: the LLM folder's, else qwen2.5")
             a = p.parse_args(rest)
             from .data.tokenizer import load_tokenizer
-            from .model.builder import build_model, compose_model, tiny_config
+            from .model.builder import build_model, tiny_config, write_composed
             tok = load_tokenizer(a.tokenizer or a.llm or "qwen2.5")
             if a.tiny:
-                model = build_model(tiny_config(tok))
+                build_model(tiny_config(tok)).save_pretrained(a.out)
+                tok.save_pretrained(a.out)
             elif a.llm and a.vision_tower:
-                model, cmvn = compose_model(a.llm, a.vision_tower, tok, audio_encoder=a.audio_encoder,
-                                            mm_projector_type=a.mm_projector_type)
-                if cmvn is not None:
-                    from pathlib import Path
-                    Path(a.out).mkdir(parents=True, exist_ok=True)
-                    cmvn.save(Path(a.out) / "global_cmvn.json")
+                write_composed(a.out, a.llm, a.vision_tower, tok, audio_encoder=a.audio_encoder,
+                               mm_projector_type=a.mm_projector_type)
             else:
                 p.error("pass --tiny, or --llm and --vision_tower")
-            model.save_pretrained(a.out)
-            tok.save_pretrained(a.out)
             print(f"wrote {a.out}")
         elif cmd == "demo":
             from .demo.run import main as demo_main

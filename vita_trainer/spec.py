@@ -29,13 +29,15 @@ class _Spec(BaseModel):
 
 
 class ModelSpec(_Spec):
-    base: str = Field(description="Folder the first stage starts from: a VITA folder (save_pretrained output), or a "
-                            "released VITA-1.5 folder (config model_type vita-Qwen2), imported once into the output")
+    base: str = Field(description="Folder the first stage starts from: a VITA folder (save_pretrained output), a "
+                            "released VITA-1.5 folder (config model_type vita-Qwen2), or a Hugging Face LLM such "
+                            "as Qwen2.5-7B-Instruct with visionTower set; the last two are prepared once into "
+                            "<output>/base-model")
     tokenizer: str = Field("qwen2.5", description="'qwen2.5' for the real vocabulary built offline, or a tokenizer folder")
-    vision_tower: str | None = Field(None, description="InternViT folder of a released VITA-1.5 base "
-                                     "(default: the path its config records)")
-    audio_encoder: str | None = Field(None, description="Whale audio-encoder folder of a released VITA-1.5 base "
-                                      "(default: the path its config records)")
+    vision_tower: str | None = Field(None, description="InternViT folder: of a released VITA-1.5 base (default: "
+                                     "the path its config records), or to compose a VITA with an LLM base")
+    audio_encoder: str | None = Field(None, description="Whale audio-encoder folder (final.pt, train.yaml, "
+                                      "global_cmvn), in the same two cases as visionTower")
     mm_projector_type: str = Field("mlp2x_gelu", pattern=r"^(linear|identity|mlp\d+x_gelu)$",
                                    description="Vision projector type")
 

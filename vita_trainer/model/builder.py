@@ -126,6 +126,20 @@ def compose_model(llm_path: str, vision_path: str, tokenizer, audio_encoder: str
     return model, cmvn
 
 
+def write_composed(out, llm_path: str, vision_path: str, tokenizer, audio_encoder: str | None = None,
+                   mm_projector_type: str = "mlp2x_gelu"):
+    """compose_model, saved as a VITA folder: weights, tokenizer, and the whale's CMVN statistics if any."""
+    from pathlib import Path
+    model, cmvn = compose_model(llm_path, vision_path, tokenizer, audio_encoder=audio_encoder,
+                                mm_projector_type=mm_projector_type)
+    out = Path(out)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if cmvn is not None:
+        cmvn.save(out / "global_cmvn.json")
+    return out
+
+
 def build_model(config: VitaConfig) -> VitaForCausalLM:
     config.text_config._attn_implementation = attn_implementation()
     return VitaForCausalLM(config)

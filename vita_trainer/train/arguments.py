@@ -19,10 +19,11 @@ class ModelArguments:
     version: str | None = field(default=None, metadata={
         "help": "Chat format: vita15 (VITA-1.5's own; the reference's name qwen2p5_instruct is an alias) or chatml "
                 "(plain Qwen2.5 ChatML); default: the model's (vita15 for models imported from VITA-1.5)"})
-    vision_tower: str | None = field(default=None, metadata={"help": "When --model_name_or_path is a released "
-                                     "VITA-1.5 folder: its InternViT folder (default: the path its config records)"})
-    audio_encoder: str | None = field(default=None, metadata={"help": "When --model_name_or_path is a released "
-                                      "VITA-1.5 folder: its whale folder (default: the path its config records)"})
+    vision_tower: str | None = field(default=None, metadata={"help": "InternViT folder: of a released VITA-1.5 "
+                                     "--model_name_or_path (default: the path its config records), or to compose a "
+                                     "VITA with a plain LLM --model_name_or_path (once per run, in <output>/base-model)"})
+    audio_encoder: str | None = field(default=None, metadata={"help": "Whale folder (final.pt, train.yaml, "
+                                      "global_cmvn), in the same two cases as --vision_tower"})
     mm_projector_type: str | None = field(default=None, metadata={"help": "Must match the model folder if given"})
     init_weights: list[str] = field(default_factory=list, metadata={
         "help": "Partial state dicts ({group}.bin) loaded on top of the model, in order"})

@@ -63,30 +63,44 @@ def _flag_value(argv, flag):
     return None
 
 
-IMPORTED_BASE_DIR = "vita15-base"  # beside the stage outputs: a released VITA-1.5 base, imported once per run
+PREPARED_BASE_DIR = "base-model"  # beside the stage outputs: the run's base, imported or composed once
 
 
-def imported_base(model_dir: Path, model_args, output_dir: Path, is_main: bool) -> Path:
-    """The folder to load: `model_dir` itself, or a released VITA-1.5 folder imported once into the run's output.
+def prepared_base(model_dir: Path, model_args, output_dir: Path, is_main: bool) -> Path:
+    """The folder to load: a VITA folder as it is; a released VITA-1.5 folder imported, or a Hugging Face LLM
+    composed with --vision_tower (and --audio_encoder), once per run into <output>/base-model.
 
-    Rank 0 imports (into a temporary folder, renamed when complete); the other ranks wait at a barrier.
+    Rank 0 writes it (into a temporary folder, renamed when complete); the other ranks wait at a barrier.
     """
-    from ..model.vita15 import import_vita15, is_vita15_folder
-    if not is_vita15_folder(model_dir):
+    from ..model.vita15 import MODEL_TYPE as VITA15_TYPE
+    from ..model.vita15 import import_vita15, read_json
+    kind = read_json(model_dir / "config.json").get("model_type")
+    if kind == "vita":
         for flag in ("vision_tower", "audio_encoder"):
             if getattr(model_args, flag):
-                raise ConfigError(f"--{flag} applies to a released VITA-1.5 base only; {model_dir} is a VITA folder "
-                                  f"that already holds its towers (compose a new one with `vita-train init-model`)")
+                raise ConfigError(f"--{flag} applies to a released VITA-1.5 base or an LLM to compose from; "
+                                  f"{model_dir} is a VITA folder that already holds its towers")
         return model_dir
-    target = output_dir.parent / IMPORTED_BASE_DIR
+    if kind != VITA15_TYPE and not model_args.vision_tower:
+        raise ConfigError(f"{model_dir} is a {kind!r} model, not a VITA folder: pass --vision_tower (and "
+                          f"--audio_encoder) to compose one from it, or point at a VITA folder")
+    target = output_dir.parent / PREPARED_BASE_DIR
     if is_main and not (target / "config.json").is_file():
         tmp = target.with_name(target.name + ".tmp")
         if tmp.exists():
             import shutil
             shutil.rmtree(tmp)
-        log.info("importing the released VITA-1.5 folder %s into %s", model_dir, target)
-        import_vita15(model_dir, tmp, model_args.vision_tower, model_args.audio_encoder,
-                      model_args.tokenizer_name_or_path)
+        log.info("preparing the run's base model from %s in %s", model_dir, target)
+        if kind == VITA15_TYPE:
+            import_vita15(model_dir, tmp, model_args.vision_tower, model_args.audio_encoder,
+                          model_args.tokenizer_name_or_path)
+        else:
+            from ..data.tokenizer import load_tokenizer
+            from ..model.builder import write_composed
+            write_composed(tmp, str(model_dir), model_args.vision_tower,
+                           load_tokenizer(model_args.tokenizer_name_or_path or str(model_dir)),
+                           audio_encoder=model_args.audio_encoder,
+                           mm_projector_type=model_args.mm_projector_type or "mlp2x_gelu")
         tmp.rename(target)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -123,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"--model_name_or_path {model_dir} has no config.json; point it at a VITA folder "
                           f"(the previous stage's output, or one made with `vita-train init-model`)")
-    model_dir = imported_base(model_dir, model_args, Path(args.output_dir), args.process_index == 0)
+    model_dir = prepared_base(model_dir, model_args, Path(args.output_dir), args.process_index == 0)
     registry = load_registry(data_args.data_registry)  # fail before the model loads
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or str(model_dir))
 
