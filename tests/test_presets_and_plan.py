@@ -94,3 +94,21 @@ def test_handoff_follows_the_resolved_groups_not_the_preset():
     assert saves_full_weights(frozenset({"mm_projector"}), save_full_model=True)
     assert stage_inputs(spec, 1, ROOTS) == ("/data/models/base", ["/ckpt/out/a/audio_adapter.bin",
                                                                  "/ckpt/out/a/mm_projector.bin"])
+
+
+def test_tower_folders_go_to_the_stages_that_start_from_the_base():
+    spec = run_spec([{"name": "align", "preset": "vision_align", "datasetUse": "a"},
+                     {"name": "sft", "preset": "multimodal_sft", "datasetUse": "a"},
+                     {"name": "more", "preset": "multimodal_sft", "datasetUse": "a"}])
+    spec.model.vision_tower, spec.model.audio_encoder = "models/InternViT", "/abs/whale"
+    first, second, third = (stage_args(spec, i, ROOTS) for i in range(3))
+    # align saves the projector only, so sft starts from the base too (plus mm_projector.bin)
+    for argv in (first, second):
+        assert argv[argv.index("--vision_tower") + 1] == "/data/models/InternViT"
+        assert argv[argv.index("--audio_encoder") + 1] == "/abs/whale"
+    assert "--vision_tower" not in third  # starts from sft's full output
+
+
+def test_the_prepared_base_folder_name_is_reserved():
+    spec = run_spec([{"name": "base-model", "preset": "multimodal_sft", "datasetUse": "a"}])
+    assert any("base-model" in p for p in check_spec(spec))

@@ -14,6 +14,7 @@ from ..spec import ResourcesSpec, VitaTrainingRunSpec
 from .presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_weights
 
 STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage finishes
+PREPARED_BASE_DIR = "base-model"      # beside the stage outputs: the run's base, imported or composed once
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         problems.append(f"stage names must be unique; repeated: {dupes}")
+    if PREPARED_BASE_DIR in names:
+        problems.append(f"no stage may be named {PREPARED_BASE_DIR!r}: the run keeps its imported or composed "
+                        f"base model in that folder of the output")
     for i, stage in enumerate(spec.stages):
         try:
             trainable_groups(spec, i)

@@ -12,7 +12,7 @@ import torch
 from transformers import HfArgumentParser, set_seed
 
 from ..errors import ConfigError
-from ..stages.plan import STAGE_DONE_FILE
+from ..stages.plan import PREPARED_BASE_DIR, STAGE_DONE_FILE
 from ..stages.presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_weights
 from .arguments import DataArguments, ModelArguments, VitaTrainingArguments, resolve_deepspeed
 from .termination import write_termination_message
@@ -61,9 +61,6 @@ def _flag_value(argv, flag):
         if a.startswith(flag + "="):
             return a.split("=", 1)[1]
     return None
-
-
-PREPARED_BASE_DIR = "base-model"  # beside the stage outputs: the run's base, imported or composed once
 
 
 def prepared_base(model_dir: Path, model_args, output_dir: Path, is_main: bool) -> Path:
@@ -137,8 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"--model_name_or_path {model_dir} has no config.json; point it at a VITA folder "
                           f"(the previous stage's output, or one made with `vita-train init-model`)")
-    model_dir = prepared_base(model_dir, model_args, Path(args.output_dir), args.process_index == 0)
     registry = load_registry(data_args.data_registry)  # fail before the model loads
+    model_dir = prepared_base(model_dir, model_args, Path(args.output_dir), args.process_index == 0)
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or str(model_dir))
 
     config_overrides = {"ctc_vocab_size": 257} if preset.objective == "ctc" else {}
