@@ -191,6 +191,8 @@ def test_bad_released_folders_say_what_is_wrong(released, tmp_path):
         (broken / "config.json").write_text(json.dumps({**cfg, "mm_vision_tower": "/nowhere/InternViT"}))
         import_vita15(broken, tmp_path / "o1")
     (broken / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="--vision-tower .*no config.json there"):  # a wrong folder is not skipped
+        import_vita15(broken, tmp_path / "o1", vision_tower=str(tmp_path))
     index = json.loads((broken / "model.safetensors.index.json").read_text())
     dropped = next(k for k in index["weight_map"] if k.endswith("linear_pos.weight"))
     shard = broken / index["weight_map"][dropped]

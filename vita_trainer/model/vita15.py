@@ -232,8 +232,15 @@ def _write_hf_weights(state: dict, out: Path) -> None:
 
 
 def _tower_folder(given: str | None, recorded: str | None, base: Path, flag: str, what: str) -> Path:
-    for candidate in (given, recorded, recorded and base / Path(recorded).name):
-        if candidate and (Path(candidate) / ("config.json" if flag == "--vision-tower" else "train.yaml")).is_file():
+    """The tower folder: as given (and then it must be one), else where the config records it, else a folder of
+    that name inside the checkpoint."""
+    marker = "config.json" if flag == "--vision-tower" else "train.yaml"
+    if given:
+        if not (Path(given) / marker).is_file():
+            raise ConfigError(f"{flag} {given}: no {marker} there; it must be the {what} folder")
+        return Path(given)
+    for candidate in (recorded, recorded and base / Path(recorded).name):
+        if candidate and (Path(candidate) / marker).is_file():
             return Path(candidate)
     raise ConfigError(f"{base}: the {what} folder is needed for its sizes (the reference rebuilds it from files "
                       f"too); the config records {recorded!r}, which is not here. Pass {flag} DIR")
