@@ -112,3 +112,14 @@ def test_tower_folders_go_to_the_stages_that_start_from_the_base():
 def test_the_prepared_base_folder_name_is_reserved():
     spec = run_spec([{"name": "base-model", "preset": "multimodal_sft", "datasetUse": "a"}])
     assert any("base-model" in p for p in check_spec(spec))
+
+
+def test_job_level_args_are_not_passed_to_the_trainer():
+    """active_deadline_seconds belongs to the PyTorchJob's runPolicy; the trainer's parser rejects unknown flags."""
+    from vita_trainer.train.main import parse
+    spec = run_spec([{"name": "s", "preset": "multimodal_sft", "datasetUse": "a",
+                      "args": {"active_deadline_seconds": 86400, "max_steps": 3}}])
+    argv = stage_args(spec, 0, ROOTS)
+    assert "--active_deadline_seconds" not in argv and "--max_steps" in argv
+    _, _, train_args, _ = parse(argv)
+    assert train_args.max_steps == 3

@@ -121,7 +121,7 @@ class PyTorchJobBackend:
             replicas["Worker"] = replica(res.nodes - 1)
         run_policy = {"backoffLimit": POD_BACKOFF_LIMIT, "cleanPodPolicy": "Running",
                       "ttlSecondsAfterFinished": TTL_AFTER_FINISHED, "suspend": suspend}
-        if stage.args.get("active_deadline_seconds"):
+        if stage.args.get("active_deadline_seconds"):  # one of plan.JOB_ARGS: the job's, not the trainer's
             run_policy["activeDeadlineSeconds"] = int(stage.args["active_deadline_seconds"])
         if spec.scheduling.volcano_queue:
             run_policy["schedulingPolicy"] = {"queue": spec.scheduling.volcano_queue, "minAvailable": res.nodes}

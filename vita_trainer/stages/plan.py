@@ -15,6 +15,7 @@ from .presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_wei
 
 STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage finishes
 PREPARED_BASE_DIR = "base-model"      # beside the stage outputs: the run's base, imported or composed once
+JOB_ARGS = ("active_deadline_seconds",)  # stage args the job builder consumes; the trainer never sees them
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ def stage_args(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> list[
     if spec.trainer.deepspeed != "none":
         args += ["--deepspeed", spec.trainer.deepspeed]
     for key, value in stage.args.items():
-        args += [f"--{key}", str(value)]
+        if key not in JOB_ARGS:
+            args += [f"--{key}", str(value)]
     return args
 
 
