@@ -24,7 +24,7 @@ from accelerate import init_empty_weights
 
 from ..errors import ConfigError
 from .vita15_keys import (CHECKPOINT_RULES, INTERNVIT_RULES, WHALE_CMVN_KEYS, WHALE_RULES, check_keys,
-                          convert)
+                          convert, convert_all)
 
 log = logging.getLogger(__name__)
 
@@ -201,16 +201,14 @@ def load_whale_folder(folder: str | Path):
 def write_internvit_folder(out: Path, vision_config, backbone_state: dict) -> None:
     from safetensors.torch import save_file
     out.mkdir(parents=True, exist_ok=True)
-    state, unmatched = convert(backbone_state, INTERNVIT_RULES, "ref")
-    check_keys(state, state, unmatched, "vision tower")
+    state = convert_all(backbone_state, INTERNVIT_RULES, "ref", "vision tower")
     (out / "config.json").write_text(json.dumps(hf_to_internvit_config(vision_config), indent=2))
     save_file({k: v.contiguous() for k, v in state.items()}, out / "model.safetensors", metadata={"format": "pt"})
 
 
 def write_whale_folder(out: Path, audio_config: dict, llm_dim: int, audio_state: dict, cmvn) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    state, unmatched = convert(audio_state, WHALE_RULES, "ref")
-    check_keys(state, state, unmatched, "audio encoder")
+    state = convert_all(audio_state, WHALE_RULES, "ref", "audio encoder")
     state.update(zip(WHALE_CMVN_KEYS, (cmvn.mean.clone(), cmvn.istd.clone())))
     torch.save(state, out / "final.pt")
     (out / "train.yaml").write_text(yaml.safe_dump(audio_config_to_whale_yaml(audio_config, llm_dim), sort_keys=False))
@@ -231,10 +229,9 @@ def _write_hf_weights(state: dict, out: Path) -> None:
     save_torch_state_dict({k: v.contiguous() for k, v in state.items()}, out, max_shard_size="5GB")
 
 
-def _tower_folder(given: str | None, recorded: str | None, base: Path, flag: str, what: str) -> Path:
-    """The tower folder: as given (and then it must be one), else where the config records it, else a folder of
-    that name inside the checkpoint."""
-    marker = "config.json" if flag == "--vision-tower" else "train.yaml"
+def _tower_folder(given: str | None, recorded: str | None, base: Path, flag: str, marker: str, what: str) -> Path:
+    """The tower folder (holding `marker`): as given, and then it must be one; else where the config records it;
+    else a folder of that name inside the checkpoint."""
     if given:
         if not (Path(given) / marker).is_file():
             raise ConfigError(f"{flag} {given}: no {marker} there; it must be the {what} folder")
@@ -249,18 +246,20 @@ def _tower_folder(given: str | None, recorded: str | None, base: Path, flag: str
 def import_vita15(src: str | Path, out: str | Path, vision_tower: str | None = None,
                   audio_encoder: str | None = None, tokenizer: str | None = None) -> Path:
     """A released VITA-1.5 folder -> a project VITA folder (config, same-dtype safetensors, tokenizer, CMVN)."""
+    from ..constants import AUDIO_TOKEN, IMAGE_TOKEN
     from ..data.audio import GlobalCMVN
     from ..data.tokenizer import load_tokenizer
     from .builder import vision_preset
     from .configuration import VitaConfig
-    from ..constants import AUDIO_TOKEN, IMAGE_TOKEN
     src, out = Path(src), Path(out)
     cfg = read_json(src / "config.json")
     if cfg.get("model_type") != MODEL_TYPE:
         raise ConfigError(f"{src}/config.json has model_type {cfg.get('model_type')!r}, not {MODEL_TYPE!r}: "
                           f"not a released VITA-1.5 folder")
-    vision_dir = _tower_folder(vision_tower, cfg.get("mm_vision_tower"), src, "--vision-tower", "InternViT")
-    audio_dir = _tower_folder(audio_encoder, cfg.get("mm_audio_encoder"), src, "--audio-encoder", "whale audio encoder")
+    vision_dir = _tower_folder(vision_tower, cfg.get("mm_vision_tower"), src, "--vision-tower", "config.json",
+                               "InternViT")
+    audio_dir = _tower_folder(audio_encoder, cfg.get("mm_audio_encoder"), src, "--audio-encoder", "train.yaml",
+                              "whale audio encoder")
     audio, llm_dim = whale_yaml_to_audio_config(yaml.safe_load((audio_dir / "train.yaml").read_text()),
                                                 str(audio_dir / "train.yaml"))
     if llm_dim != cfg["hidden_size"]:
@@ -327,8 +326,7 @@ def export_vita15(model_dir: str | Path, out: str | Path) -> Path:
                                                               for k, v in state.items() if k.startswith("vision_tower.")})
     write_whale_folder(audio_dir, config.audio_config, llm_dim,
                        {k: v for k, v in state.items() if k.startswith(("audio_encoder.", "audio_adapter."))}, cmvn)
-    ref, unmatched = convert(state, CHECKPOINT_RULES, "ref")
-    check_keys(ref, ref, unmatched, str(model_dir))
+    ref = convert_all(state, CHECKPOINT_RULES, "ref", str(model_dir))
     ref.update(("model.audio_encoder." + k, t) for k, t in zip(WHALE_CMVN_KEYS, (cmvn.mean.clone(), cmvn.istd.clone())))
     text = config.text_config.to_dict()
     vita = {**{k: v for k, v in text.items() if k not in _NOT_QWEN2}, "model_type": MODEL_TYPE,

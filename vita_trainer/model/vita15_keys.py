@@ -124,6 +124,13 @@ def convert(state: dict[str, torch.Tensor], rules, to: str) -> tuple[dict[str, t
     return out, unmatched
 
 
+def convert_all(state: dict[str, torch.Tensor], rules, to: str, source: str) -> dict[str, torch.Tensor]:
+    """`convert`, refusing any key no rule maps."""
+    mapped, unmatched = convert(state, rules, to)
+    check_keys(mapped, mapped, unmatched, source)
+    return mapped
+
+
 def check_keys(mapped: dict, expected: dict, unmatched: list[str], source: str, hint: str = "") -> None:
     """Refuse any unmapped, missing, unexpected or mis-shaped key, listing them all (never a silent random init)."""
     missing = sorted(set(expected) - set(mapped))
