@@ -57,7 +57,9 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
         return load_file(folder / "model.safetensors")
     if (folder / "pytorch_model.bin").is_file():
         return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise ConfigError(f"{folder} has no model.safetensors(.index.json) or pytorch_model.bin")
+    hint = (" (a training checkpoint with ZeRO shards: run `vita-model convert` on it first)"
+            if (folder / "latest").is_file() else "")
+    raise ConfigError(f"{folder} has no model.safetensors(.index.json) or pytorch_model.bin{hint}")
 
 
 def is_vita15_folder(path: str | Path) -> bool:
