@@ -279,3 +279,23 @@ def test_a_run_composes_its_base_from_the_guides_downloads(tmp_path):
     assert torch.equal(weights["audio_encoder.blocks.3.pos_bias.v"],
                        tree["final"]["encoder.enc.1.encoders.3.self_attn.pos_bias_v"])
     assert (tmp_path / "runs" / "vision-align" / "mm_projector.bin").is_file()
+
+
+def test_a_bf16_release_imports_as_bf16_with_the_whale_folders_exact_cmvn(released, tmp_path):
+    """As released: bf16 tensors, so the CMVN buffers are rounded; the whale folder's statistics are exact."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from vita_trainer.data.audio import GlobalCMVN
+    bf16 = tmp_path / "bf16"
+    shutil.copytree(released["ckpt"], bf16)
+    for shard in bf16.glob("*.safetensors"):
+        save_file({k: v.bfloat16() for k, v in load_file(shard).items()}, shard)
+    out = import_vita15(bf16, tmp_path / "imported")
+    weights = read_weights(out)
+    assert {v.dtype for v in weights.values()} == {torch.bfloat16}
+    assert torch.equal(weights["mm_projector.0.weight"], released["state"]["model.mm_projector.0.weight"].bfloat16())
+    cmvn = json.loads((out / "global_cmvn.json").read_text())
+    exact = GlobalCMVN.load(released["whale"] / "global_cmvn")
+    assert torch.equal(torch.tensor(cmvn["istd"]), exact.istd)
