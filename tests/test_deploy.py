@@ -79,7 +79,8 @@ def test_operator_pod_security_and_least_privilege_rbac(helm):
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
         assert "secrets" not in rule["resources"]
     resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert resources == {"vitatrainingruns", "vitatrainingruns/status", "pytorchjobs", "events", "pods"}
+    assert resources == {"vitatrainingruns", "vitatrainingruns/status", "vitatrainingruns/finalizers", "pytorchjobs",
+                         "events", "pods"}
     pods = next(rule for rule in role["rules"] if "pods" in rule["resources"])
     assert set(pods["verbs"]) == {"get", "list"}  # read-only: termination messages
     ns_scoped = docs(helm("template", "vita", str(CHART), "-n", "ml", "--set", "watchAllNamespaces=false").stdout)
@@ -213,3 +214,27 @@ def test_operator_imports_without_the_trainer_stack():
             "print(len(vita_operator.crd.crd()['spec']['versions']))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_stage_args_are_what_the_trainer_accepts(path):
+    """Every stage's args parse in the trainer, and every report_to integration is installed (no tensorboard
+    example that fails at the first step)."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    from vita_trainer.stages.plan import PathRoots, stage_args
+    from vita_trainer.train.main import parse
+    run = VitaTrainingRun.model_validate(yaml.safe_load(path.read_text()))
+    for i, stage in enumerate(run.spec.stages):
+        _, _, train_args, _ = parse(stage_args(run.spec, i, PathRoots("/data", "/ckpt")))
+        missing = set(train_args.report_to or []) - set(get_available_reporting_integrations()) - {"none"}
+        assert not missing, f"{path.name} stage {stage.name}: report_to {sorted(missing)} is not installed"
+
+
+def test_rbac_allows_owner_references_that_block_deletion(helm):
+    """kopf.adopt sets blockOwnerDeletion: under OwnerReferencesPermissionEnforcement that needs update on
+    vitatrainingruns/finalizers."""
+    rendered = docs(helm("template", "vita", str(CHART), "-n", "vita-system").stdout)
+    role = next(d for d in rendered if d["kind"] in ("ClusterRole", "Role"))
+    granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
+    assert ("vitatrainingruns/finalizers", "update") in granted
