@@ -260,3 +260,25 @@ def test_trainer_result_reaches_the_pod_status():
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert PyTorchJobBackend().result_pod_selector("r-align-1") == \
         "training.kubeflow.org/job-name=r-align-1,training.kubeflow.org/replica-type=master"
+
+
+@pytest.mark.parametrize("name,ok", [("vita-stage3", True), ("r", True), ("1run", False), ("Run", False),
+                                     ("run-", False), ("a" * 40, True), ("a" * 41, False), ("run_1", False)])
+def test_run_names_are_checked_by_the_api_server_and_the_model(name, ok):
+    """The API server cannot schema-check metadata.name, so a CEL rule does; the run model applies the same."""
+    from pydantic import ValidationError
+
+    from vita_trainer.spec import VitaTrainingRun
+    rules = list(cel_rules(crd_schema(yaml.safe_load(render()))))
+    run = {"apiVersion": "vita.training.dev/v1alpha1", "kind": "VitaTrainingRun", "metadata": {"name": name},
+           "spec": copy.deepcopy(FULL)}
+    failed = cel_failures(run, rules)
+    assert (failed == []) == ok, failed
+    if not ok:
+        assert "DNS-1035" in failed[0]
+    try:
+        VitaTrainingRun.model_validate(run)
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert accepted == ok

@@ -20,6 +20,10 @@ API_GROUP = "vita.training.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "VitaTrainingRun"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A run's name starts its PyTorchJobs' names (DNS-1035 for the training operator: a letter first) and is a label
+# value on them; 40 leaves room for "-<stage>-<attempt>" before job names are hashed.
+RUN_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+RUN_NAME_MAX = 40
 
 ArgValue = str | int | float | bool
 
@@ -123,7 +127,7 @@ class VitaTrainingRunSpec(_Spec):
 
 class Metadata(_Spec):
     model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
-    name: str = Field(pattern=DNS_LABEL, max_length=40)
+    name: str = Field(pattern=RUN_NAME, max_length=RUN_NAME_MAX)
     namespace: str | None = None
 
 

@@ -11,7 +11,7 @@ import sys
 
 import yaml
 
-from vita_trainer.spec import API_GROUP, KIND, VitaTrainingRunSpec
+from vita_trainer.spec import API_GROUP, KIND, RUN_NAME, RUN_NAME_MAX, VitaTrainingRunSpec
 from vita_trainer.stages.presets import all_presets
 
 PLURAL = "vitatrainingruns"
@@ -92,8 +92,18 @@ def status_schema() -> dict:
         "stages": {"type": "array", "items": stage}}}
 
 
+def name_rule() -> dict:
+    """metadata.name, checked by the API server (the schema cannot constrain metadata), as the run model does."""
+    return {"rule": f"!has(self.metadata) || !has(self.metadata.name) || "
+                    f"(self.metadata.name.matches('{RUN_NAME}') && self.metadata.name.size() <= {RUN_NAME_MAX})",
+            "message": f"metadata.name must be at most {RUN_NAME_MAX} characters of lowercase letters, digits and "
+                       f"'-', starting with a letter and ending with a letter or digit (DNS-1035): it starts the "
+                       f"names of the run's PyTorchJobs and is a label value on their pods"}
+
+
 def crd() -> dict:
     schema = {"type": "object", "description": "A progressive VITA-1.5 training run: one PyTorchJob per stage.",
+              "x-kubernetes-validations": [name_rule()],
               "required": ["spec"], "properties": {
                   "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
                   "spec": spec_schema(), "status": status_schema()}}
