@@ -123,3 +123,20 @@ def test_job_level_args_are_not_passed_to_the_trainer():
     assert "--active_deadline_seconds" not in argv and "--max_steps" in argv
     _, _, train_args, _ = parse(argv)
     assert train_args.max_steps == 3
+
+
+def test_stage_resources_change_only_the_fields_they_set():
+    """`{nodes: 2}` on a stage keeps the run's GPUs, selectors and tolerations, also after API-server defaulting:
+    the CRD gives the stage's fields no defaults."""
+    from vita_operator.crd import crd
+    from vita_trainer.stages.plan import stage_resources
+    spec = run_spec([{"name": "a", "preset": "multimodal_sft", "datasetUse": "a", "resources": {"nodes": 2}}],
+                    resources={"nodes": 1, "gpusPerNode": 8, "nodeSelector": {"gpu": "h100"},
+                               "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]})
+    r = stage_resources(spec, 0)
+    assert (r.nodes, r.gpus_per_node, r.node_selector) == (2, 8, {"gpu": "h100"})
+    assert r.tolerations[0].key == "nvidia.com/gpu"
+    stage_schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "stages"]["items"]["properties"]["resources"]
+    assert not [k for k, v in stage_schema["properties"].items() if "default" in v]
+    assert stage_schema["properties"]["nodes"]["minimum"] == 1  # the run's constraints still apply

@@ -8,10 +8,10 @@ on a cluster, and against the YAML file's folder locally.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.alias_generators import to_camel
 
 from .errors import ConfigError
@@ -68,6 +68,21 @@ class ResourcesSpec(_Spec):
     tolerations: list[Toleration] = Field(default_factory=list)
     priority_class_name: str | None = None
 
+    def overridden(self, override: BaseModel | None) -> "ResourcesSpec":
+        """These resources with the fields a stage sets replaced, and the rest kept."""
+        if override is None:
+            return self
+        return ResourcesSpec.model_validate({**self.model_dump(), **override.model_dump(exclude_none=True)})
+
+
+# A stage's resources: the same fields, all optional and without defaults, so that `{nodes: 2}` keeps the run's
+# GPUs, selectors and tolerations (with defaults, the API server would fill in every field and replace them all).
+ResourcesOverride = create_model(
+    "ResourcesOverride", __base__=_Spec,
+    **{name: (Annotated[field.annotation, *field.metadata] | None if field.metadata else field.annotation | None,
+              Field(None, description=field.description))
+       for name, field in ResourcesSpec.model_fields.items()})
+
 
 class VolumeSpec(_Spec):
     claim_name: str = Field(description="PersistentVolumeClaim name")
@@ -94,7 +109,8 @@ class StageSpec(_Spec):
     dataset_use: str = Field(description="Mixture or dataset key in the registry")
     args: dict[str, ArgValue] = Field(default_factory=dict,
                                       description="Trainer flag overrides (HF TrainingArguments and VITA flags)")
-    resources: ResourcesSpec | None = Field(None, description="Overrides the run's resources for this stage")
+    resources: ResourcesOverride | None = Field(None, description="For this stage, the fields of the run's "
+                                                "resources to change; unset fields keep the run's values")
     retry_limit: int = Field(2, ge=0, le=20, description="Failed attempts to retry, resuming from the last checkpoint")
 
 

@@ -64,7 +64,7 @@ def stage_inputs(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> tup
 
 
 def stage_resources(spec: VitaTrainingRunSpec, index: int) -> ResourcesSpec:
-    return spec.stages[index].resources or spec.resources
+    return spec.resources.overridden(spec.stages[index].resources)
 
 
 def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
