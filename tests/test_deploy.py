@@ -238,3 +238,13 @@ def test_rbac_allows_owner_references_that_block_deletion(helm):
     role = next(d for d in rendered if d["kind"] in ("ClusterRole", "Role"))
     granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
     assert ("vitatrainingruns/finalizers", "update") in granted
+
+
+def test_pod_monitor_scrapes_only_the_master_pods_that_serve_metrics(helm):
+    """Rank 0 (the Master replica) serves /metrics; worker pods would be permanently down targets."""
+    from vita_operator.builder import PyTorchJobBackend
+    rendered = docs(helm("template", "vita", str(CHART), "-n", "vita-system", "-f", str(KUEUE_VALUES)).stdout)
+    selector = next(d for d in rendered if d["kind"] == "PodMonitor")["spec"]["selector"]["matchLabels"]
+    assert selector["training.kubeflow.org/replica-type"] == "master"
+    # the same selector the operator uses to find a stage's result pod
+    assert "training.kubeflow.org/replica-type=master" in PyTorchJobBackend().result_pod_selector("j")
