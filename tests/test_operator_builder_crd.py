@@ -282,3 +282,23 @@ def test_run_names_are_checked_by_the_api_server_and_the_model(name, ok):
     except ValidationError:
         accepted = False
     assert accepted == ok
+
+
+def test_trainer_pods_meet_pod_security_restricted_and_can_write_their_volumes(pytorchjob_schema):
+    """fsGroup so root-owned CSI volumes take the first checkpoint; the "restricted" PodSecurity fields; HOME and
+    the caches on a writable volume, as an arbitrary UID (OpenShift) has HOME=/."""
+    import re
+    job = PyTorchJobBackend().build("my-run", "ml", VitaTrainingRunSpec.model_validate(FULL), 0, 1)
+    jsonschema.validate(job, pytorchjob_schema)
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        uid = int(re.search(r"--uid (\d+)", (ROOT / "images" / "trainer" / "Dockerfile").read_text()).group(1))
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == uid
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        c = pod["containers"][0]
+        assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        cache = next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "cache")
+        assert all(env[k].startswith(cache) for k in ("HOME", "HF_HOME", "TRITON_CACHE_DIR", "TORCH_EXTENSIONS_DIR"))
+        assert {"name": "cache", "emptyDir": {}} in pod["volumes"]

@@ -60,13 +60,18 @@ def _secret_env(spec: VitaTrainingRunSpec) -> list[dict]:
     return env
 
 
+TRAINER_UID = 1000          # the trainer image's user (images/trainer/Dockerfile)
+CACHE_DIR = "/cache"        # HOME and the HF / Triton / torch-extension caches: writable under any UID
+
+
 def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: list[str]) -> dict:
     res = stage_resources(spec, index)
     limits = {"cpu": res.cpu, "memory": res.memory}
     if res.gpus_per_node:
         limits["nvidia.com/gpu"] = str(res.gpus_per_node)
-    mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
-    volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}}]
+    mounts = [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "cache", "mountPath": CACHE_DIR}]
+    volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}},
+               {"name": "cache", "emptyDir": {}}]
     v = spec.volumes
     if v.dataset:
         mounts.append({"name": "dataset", "mountPath": v.dataset.mount_path, "readOnly": True})
@@ -81,14 +86,24 @@ def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: lis
         # Kubeflow injects MASTER_ADDR/PORT and PET_NNODES/PET_NPROC_PER_NODE/PET_NODE_RANK, which torchrun reads.
         "command": ["torchrun"],
         "args": ["--master_addr=$(MASTER_ADDR)", "--master_port=$(MASTER_PORT)", "-m", "vita_trainer.train", *args],
-        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, *_secret_env(spec)],
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"},
+                # Under an arbitrary UID (OpenShift) HOME is "/", and every cache below it fails to write.
+                {"name": "HOME", "value": CACHE_DIR}, {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+                {"name": "TRITON_CACHE_DIR", "value": f"{CACHE_DIR}/triton"},
+                {"name": "TORCH_EXTENSIONS_DIR", "value": f"{CACHE_DIR}/torch_extensions"}, *_secret_env(spec)],
         "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
         "resources": {"requests": dict(limits), "limits": limits},
         "volumeMounts": mounts,
         # Success: the trainer's JSON result (vita_trainer.train.termination). Failure: the log tail.
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        # PodSecurity "restricted"
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
-    pod_spec = {"containers": [container], "volumes": volumes}
+    pod_spec = {"containers": [container], "volumes": volumes,
+                # fsGroup: most CSI volumes are root-owned; without it the first checkpoint save is refused.
+                "securityContext": {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID,
+                                    "fsGroup": TRAINER_UID, "fsGroupChangePolicy": "OnRootMismatch",
+                                    "seccompProfile": {"type": "RuntimeDefault"}}}
     if res.node_selector:
         pod_spec["nodeSelector"] = dict(res.node_selector)
     if res.tolerations:
