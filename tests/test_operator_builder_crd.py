@@ -302,3 +302,15 @@ def test_trainer_pods_meet_pod_security_restricted_and_can_write_their_volumes(p
         cache = next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "cache")
         assert all(env[k].startswith(cache) for k in ("HOME", "HF_HOME", "TRITON_CACHE_DIR", "TORCH_EXTENSIONS_DIR"))
         assert {"name": "cache", "emptyDir": {}} in pod["volumes"]
+
+
+
+def test_private_images_and_the_trainer_service_account(pytorchjob_schema):
+    spec = copy.deepcopy(FULL)
+    spec["trainer"].update(imagePullSecrets=["registry-cred"], serviceAccountName="vita-trainer")
+    job = PyTorchJobBackend().build("my-run", "ml", VitaTrainingRunSpec.model_validate(spec), 0, 1)
+    jsonschema.validate(job, pytorchjob_schema)
+    pod = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-cred"}] and pod["serviceAccountName"] == "vita-trainer"
+    plain = PyTorchJobBackend().build("my-run", "ml", VitaTrainingRunSpec.model_validate(FULL), 0, 1)
+    assert "imagePullSecrets" not in plain["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]

@@ -120,6 +120,9 @@ class TrainerSpec(_Spec):
     metrics_port: int = Field(9400, ge=1024, le=65535, description="Port of the trainer's /metrics on rank 0")
     env_from_secrets: dict[str, str] = Field(default_factory=dict,
                                              description="Env var name -> 'secret/key' reference, never a value")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull a private trainer image")
+    service_account_name: str | None = Field(None, pattern=DNS_LABEL,
+                                             description="ServiceAccount of the trainer pods (default: the namespace's)")
 
 
 class VitaTrainingRunSpec(_Spec):

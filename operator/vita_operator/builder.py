@@ -110,6 +110,10 @@ def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: lis
         pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in res.tolerations]
     if res.priority_class_name:
         pod_spec["priorityClassName"] = res.priority_class_name
+    if spec.trainer.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.trainer.image_pull_secrets]
+    if spec.trainer.service_account_name:
+        pod_spec["serviceAccountName"] = spec.trainer.service_account_name
     return {"metadata": {"labels": dict(labels),
                          "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
                                          "prometheus.io/path": "/metrics"}},
