@@ -314,3 +314,24 @@ def test_private_images_and_the_trainer_service_account(pytorchjob_schema):
     assert pod["imagePullSecrets"] == [{"name": "registry-cred"}] and pod["serviceAccountName"] == "vita-trainer"
     plain = PyTorchJobBackend().build("my-run", "ml", VitaTrainingRunSpec.model_validate(FULL), 0, 1)
     assert "imagePullSecrets" not in plain["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+
+
+
+def test_a_gpu_pod_refuses_to_train_on_cpu(monkeypatch):
+    """Pods that request GPUs tell the trainer so; without CUDA it stops with the versions instead of silently
+    training on CPU (this machine has no GPU, as a node with a broken driver would look)."""
+    from vita_trainer.errors import ConfigError
+    from vita_trainer.stages.plan import GPUS_ENV
+    from vita_trainer.train.main import parse
+    spec = VitaTrainingRunSpec.model_validate(FULL)
+    gpu_env = {e["name"]: e.get("value") for e in PyTorchJobBackend().build("r", "ml", spec, 0, 1)["spec"][
+        "pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
+    cpu_env = {e["name"] for e in PyTorchJobBackend().build("r", "ml", spec, 1, 1)["spec"][
+        "pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
+    assert gpu_env[GPUS_ENV] == "8" and GPUS_ENV not in cpu_env
+    argv = ["--model_name_or_path", "m", "--output_dir", "o", "--data_registry", "r", "--dataset_use", "d"]
+    monkeypatch.setenv(GPUS_ENV, "8")
+    with pytest.raises(ConfigError, match="requested 8 GPU.*CUDA is unavailable.*driver"):
+        parse(argv)
+    monkeypatch.delenv(GPUS_ENV)
+    assert parse(argv)[2].use_cpu  # CPU runs (tests, the demo) still work

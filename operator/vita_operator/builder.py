@@ -7,7 +7,8 @@ import hashlib
 from typing import Protocol
 
 from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
-from vita_trainer.stages.plan import PathRoots, nproc_per_node, stage_args, stage_output_dir, stage_resources
+from vita_trainer.stages.plan import (GPUS_ENV, PathRoots, nproc_per_node, stage_args, stage_output_dir,
+                                      stage_resources)
 from vita_trainer.train.termination import final_loss_of
 
 LABEL_RUN = f"{API_GROUP}/run"
@@ -81,6 +82,7 @@ def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: lis
         mounts.append({"name": "checkpoints", "mountPath": v.checkpoints.mount_path})
         volumes.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": v.checkpoints.claim_name}})
     port = spec.trainer.metrics_port
+    gpu_env = [{"name": GPUS_ENV, "value": str(res.gpus_per_node)}] if res.gpus_per_node else []
     container = {
         "name": TRAINER_CONTAINER, "image": spec.trainer.image, "imagePullPolicy": "IfNotPresent",
         # Kubeflow injects MASTER_ADDR/PORT and PET_NNODES/PET_NPROC_PER_NODE/PET_NODE_RANK, which torchrun reads.
@@ -90,7 +92,8 @@ def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: lis
                 # Under an arbitrary UID (OpenShift) HOME is "/", and every cache below it fails to write.
                 {"name": "HOME", "value": CACHE_DIR}, {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
                 {"name": "TRITON_CACHE_DIR", "value": f"{CACHE_DIR}/triton"},
-                {"name": "TORCH_EXTENSIONS_DIR", "value": f"{CACHE_DIR}/torch_extensions"}, *_secret_env(spec)],
+                {"name": "TORCH_EXTENSIONS_DIR", "value": f"{CACHE_DIR}/torch_extensions"}, *gpu_env,
+                *_secret_env(spec)],
         "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
         "resources": {"requests": dict(limits), "limits": limits},
         "volumeMounts": mounts,

@@ -16,6 +16,7 @@ from .presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_wei
 STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage finishes
 PREPARED_BASE_DIR = "base-model"      # beside the stage outputs: the run's base, imported or composed once
 JOB_ARGS = ("active_deadline_seconds",)  # stage args the job builder consumes; the trainer never sees them
+GPUS_ENV = "VITA_EXPECTED_GPUS"       # set on pods that request GPUs: the trainer then refuses to fall back to CPU
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,23 @@ import torch
 from transformers import HfArgumentParser, set_seed
 
 from ..errors import ConfigError
-from ..stages.plan import PREPARED_BASE_DIR, STAGE_DONE_FILE
+from ..stages.plan import GPUS_ENV, PREPARED_BASE_DIR, STAGE_DONE_FILE
 from ..stages.presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_weights
 from .arguments import DataArguments, ModelArguments, VitaTrainingArguments, resolve_deepspeed
 from .termination import write_termination_message
 
 log = logging.getLogger("vita_trainer")
+
+
+def require_gpus_if_expected() -> None:
+    """A pod that requested GPUs must not fall back to CPU (a bad driver would otherwise train a 7B on CPU)."""
+    import os
+    expected = int(os.environ.get(GPUS_ENV, "0") or 0)
+    if expected and not torch.cuda.is_available():
+        raise ConfigError(f"this pod requested {expected} GPU(s) ({GPUS_ENV}) but CUDA is unavailable: torch "
+                          f"{torch.__version__} built for CUDA {torch.version.cuda}, {torch.cuda.device_count()} "
+                          f"device(s) visible. Check the node's NVIDIA driver (it must support CUDA "
+                          f"{torch.version.cuda}) and the device plugin; refusing to train on CPU")
 
 
 def _given_flags(argv: list[str]) -> set[str]:
@@ -43,7 +54,8 @@ def parse(argv: list[str]):
         extra += ["--bf16", "True"]
     if "gradient_checkpointing" not in given and torch.cuda.is_available():
         extra += ["--gradient_checkpointing", "True"]
-    if "use_cpu" not in given and not torch.cuda.is_available():
+    require_gpus_if_expected()
+    if "use_cpu" not in given and not torch.cuda.is_available():  # CPU runs: tests, the demo, `local` on a laptop
         extra += ["--use_cpu", "True"]
     if "remove_unused_columns" not in given:
         # Our collator needs transcript/skip fields that forward() does not take; HF would strip them.
