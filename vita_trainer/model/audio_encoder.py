@@ -4,10 +4,11 @@ Encoder: Conv2d x4 subsampling, an embed layer (Linear, LayerNorm, Dropout, ReLU
 Transformer blocks with the reference's "rel-enc" attention: no position is added to x; every layer scores
 `((q + u)·k_j + (q + v)·(W_pos·PE_j)) / sqrt(d_k)` where PE_j is the sinusoid of the absolute *key* position
 (the reference comments its rel_shift out). That is one SDPA call with q' = [q+u ; q+v], k' = [k ; W_pos·PE]
-and scale 1/sqrt(d_k), so it stays on the fused attention kernels.
+and scale 1/sqrt(d_k): PyTorch's attention, not a score matrix built by hand (v keeps head dim d_k, which SDPA
+allows; which kernel runs then is PyTorch's choice).
 
 Attention uses plain Linear modules called through forward, so ZeRO-3 parameter hooks see every weight.
-Key names differ from the reference (fused qkv, shorter paths); `vita15.py` owns the mapping.
+Key names differ from the reference (fused qkv, shorter paths); `vita15_keys.py` owns the mapping.
 """
 
 from __future__ import annotations
