@@ -26,6 +26,10 @@ RUN_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 RUN_NAME_MAX = 40
 
 ArgValue = str | int | float | bool
+# Kueue owns a queued job's suspend field: suspending it ourselves would start a suspend/unsuspend loop.
+SUSPEND_WITH_KUEUE = ("spec.suspend cannot be combined with scheduling.kueueQueue: Kueue owns the job's suspend "
+                      "field and would unsuspend it again, restarting GPU pods; deactivate the run's Kueue "
+                      "Workload instead (spec.active: false)")
 
 
 class _Spec(BaseModel):
@@ -132,6 +136,8 @@ class VitaTrainingRunSpec(_Spec):
              "message": "stage names must be unique"},
             {"rule": "!(has(self.scheduling) && has(self.scheduling.kueueQueue) && has(self.scheduling.volcanoQueue))",
              "message": "set at most one of scheduling.kueueQueue and scheduling.volcanoQueue"},
+            {"rule": "!(has(self.suspend) && self.suspend && has(self.scheduling) && has(self.scheduling.kueueQueue))",
+             "message": SUSPEND_WITH_KUEUE},
         ]})
     model: ModelSpec
     data: DataSpec

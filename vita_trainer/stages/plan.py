@@ -10,7 +10,7 @@ import posixpath
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..spec import ResourcesSpec, VitaTrainingRunSpec
+from ..spec import SUSPEND_WITH_KUEUE, ResourcesSpec, VitaTrainingRunSpec
 from .presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_weights
 
 STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage finishes
@@ -86,6 +86,8 @@ def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
         if "output_dir" in stage.args or "model_name_or_path" in stage.args:
             problems.append(f"stages[{i}] ({stage.name}): args may not set output_dir or model_name_or_path; "
                             f"the plan derives them from `output` and the previous stage")
+    if spec.suspend and spec.scheduling.kueue_queue:
+        problems.append(SUSPEND_WITH_KUEUE)
     if spec.scheduling.kueue_queue and spec.scheduling.volcano_queue:
         problems.append("set at most one of scheduling.kueueQueue and scheduling.volcanoQueue: "
                         "Kueue admits the job and Volcano gang-schedules it; use one queue system")
