@@ -248,3 +248,9 @@ def test_pod_monitor_scrapes_only_the_master_pods_that_serve_metrics(helm):
     assert selector["training.kubeflow.org/replica-type"] == "master"
     # the same selector the operator uses to find a stage's result pod
     assert "training.kubeflow.org/replica-type=master" in PyTorchJobBackend().result_pod_selector("j")
+
+
+def test_example_values_use_no_system_priority_class():
+    """system-cluster-critical / system-node-critical are admitted only in kube-system by default."""
+    for values in (CHART / "examples").glob("*.yaml"):
+        assert not str((yaml.safe_load(values.read_text()) or {}).get("priorityClassName", "")).startswith("system-")
