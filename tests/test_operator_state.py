@@ -1,5 +1,7 @@
 """Table-driven tests of the operator's pure state machine."""
 
+import re
+
 import pytest
 
 from vita_operator.state import CreateJob, ObservedJob, SetJobSuspend, decide
@@ -91,6 +93,9 @@ def test_transitions(case, sp, st, jobs, actions, phase, stage_phases, events):
     if stage_phases is not None:
         assert [r["phase"] for r in d.status["stages"]] == stage_phases
     assert [reason for _, reason, _ in d.events] == events
+    # metav1.Condition: every condition, False ones included, carries a CamelCase reason
+    for c in d.status.get("conditions", []):
+        assert re.fullmatch(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?", c["reason"]), c
 
 
 def test_failed_reason_comes_from_the_job():

@@ -74,8 +74,10 @@ def _set_phase(d: Decision, phase: str, reason: str, message: str, now: str, gen
         d.events.append(("Warning" if phase == "Failed" else "Normal", f"Run{phase}", message))
     d.status["phase"] = phase
     for ctype in ("Running", "Suspended", "Succeeded", "Failed"):
-        set_condition(d.status, ctype, ctype == phase, reason if ctype == phase else "", message if ctype == phase
-                   else "", now, generation)
+        if ctype == phase:
+            set_condition(d.status, ctype, True, reason, message, now, generation)
+        else:  # API conventions: a False condition says why too (a non-empty CamelCase reason)
+            set_condition(d.status, ctype, False, f"Run{phase}", f"the run is {phase}", now, generation)
 
 
 def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: dict | None,
