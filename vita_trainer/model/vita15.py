@@ -121,46 +121,50 @@ def whale_yaml_to_audio_config(train: dict, source: str = "train.yaml") -> tuple
     for path, want in _WHALE_FIXED.items():
         got = _get(train, path, source)
         if got != want:
-            raise ConfigError(f"{source}: {'.'.join(path)} is {got!r}; only {want!r} (VITA-1.5's encoder) is supported")
+            raise ConfigError(f"{source}: {'.'.join(path)} is {got!r}; only {want!r} (VITA-1.5's encoder) is "
+                              f"supported")
     t = _get(train, ("encoder_conf", "para_conf", "transformer"), source)
     model = train["model_conf"]
-    audio = dict(input_dim=int(_get(train, ("encoder_conf", "para_conf", "subsampling", "subsampling-input-dim"), source)),
-                 d_model=int(t["transformer-attention-dim"]), num_layers=int(t["transformer-num-blocks"]),
-                 num_heads=int(t["transformer-attention-heads"]), ffn_dim=int(t["transformer-linear-units"]),
-                 dropout=float(t.get("transformer-dropout-rate", 0.1)),
-                 adapter_type=model.get("adpter_type", "subsampling"), adapter_kernel=int(model.get("kernel_size", 3)),
-                 chunk_size=int(t.get("transformer-chunk_size", -1)), left_chunks=int(t.get("transformer-left_chunks", -1)),
+    input_dim = _get(train, ("encoder_conf", "para_conf", "subsampling", "subsampling-input-dim"), source)
+    audio = dict(input_dim=int(input_dim), d_model=int(t["transformer-attention-dim"]),
+                 num_layers=int(t["transformer-num-blocks"]), num_heads=int(t["transformer-attention-heads"]),
+                 ffn_dim=int(t["transformer-linear-units"]), dropout=float(t.get("transformer-dropout-rate", 0.1)),
+                 adapter_type=model.get("adpter_type", "subsampling"),
+                 adapter_kernel=int(model.get("kernel_size", 3)),  # the reference's default is 3, VITA-1.5's 5
+                 chunk_size=int(t.get("transformer-chunk_size", -1)),
+                 left_chunks=int(t.get("transformer-left_chunks", -1)),
                  dynamic_chunks=bool(t.get("transformer-dynamic-chunks", False)))
     return audio, int(_get(train, ("model_conf", "llm_embed_dim"), source))
 
 
+def _set(d: dict, path: tuple, value) -> None:
+    for k in path[:-1]:
+        d = d.setdefault(k, {})
+    d[path[-1]] = value
+
+
 def audio_config_to_whale_yaml(a: dict, llm_dim: int) -> dict:
+    """VitaConfig.audio_config -> the whale `train.yaml` dict; the settings the encoder fixes come from _WHALE_FIXED."""
     d = a["d_model"]
-    return {"input_dim": a["input_dim"], "cmvn_file": "global_cmvn", "is_json_cmvn": True,
-            "encoder_conf": {"overview_conf": {"encoder-input-dim": a["input_dim"], "encoder-output-dim": d,
-                                               "encoder-layer-config": "subsampling-transformer"},
-                             "para_conf": {"subsampling": {"subsampling-rate": 4, "subsampling-input-dim": a["input_dim"],
-                                                           "subsampling-output-dim": d, "subsampling-dropout-rate": a["dropout"]},
-                                           "transformer": {
-                                               "transformer-input-dim": d, "transformer-output-dim": d,
-                                               "transformer-attention-dim": d, "transformer-attention-heads": a["num_heads"],
-                                               "transformer-linear-units": a["ffn_dim"],
-                                               "transformer-num-blocks": a["num_layers"],
-                                               "transformer-dropout-rate": a["dropout"],
-                                               "transformer-attention-dropout-rate": 0.0,
-                                               "transformer-positional-dropout-rate": a["dropout"],
-                                               "transformer-input-layer": "linear", "transformer-pos-enc-class": "rel-enc",
-                                               "transformer-normalize-before": True, "transformer-concat-after": False,
-                                               "transformer-positionwise-layer-type": "linear",
-                                               "transformer-chunk_size": a["chunk_size"],
-                                               "transformer-left_chunks": a["left_chunks"],
-                                               "transformer-dynamic-chunks": a["dynamic_chunks"]}}},
-            "model_conf": {"enc_out_dim": d, "llm_embed_dim": llm_dim, "kernel_size": a["adapter_kernel"],
-                           "adpter_type": a["adapter_type"], "activation_func": "gelu", "norm": "layer",
-                           "freeze_encoder": False, "freeze_adpter": False, "audio_prompt_finetune": False,
-                           "audio_prompt_num": 0},
-            "dataset_conf": {"resample_conf": {"resample_rate": 16000},
-                             "fbank_conf": {"num_mel_bins": 80, "frame_length": 25, "frame_shift": 10, "dither": 0.0}}}
+    transformer = {"transformer-input-dim": d, "transformer-output-dim": d, "transformer-attention-dim": d,
+                   "transformer-attention-heads": a["num_heads"], "transformer-linear-units": a["ffn_dim"],
+                   "transformer-num-blocks": a["num_layers"], "transformer-dropout-rate": a["dropout"],
+                   "transformer-attention-dropout-rate": 0.0, "transformer-positional-dropout-rate": a["dropout"],
+                   "transformer-chunk_size": a["chunk_size"], "transformer-left_chunks": a["left_chunks"],
+                   "transformer-dynamic-chunks": a["dynamic_chunks"]}
+    subsampling = {"subsampling-input-dim": a["input_dim"], "subsampling-output-dim": d,
+                   "subsampling-dropout-rate": a["dropout"]}
+    train = {"input_dim": a["input_dim"], "cmvn_file": "global_cmvn", "is_json_cmvn": True,
+             "encoder_conf": {"overview_conf": {"encoder-input-dim": a["input_dim"], "encoder-output-dim": d},
+                              "para_conf": {"subsampling": subsampling, "transformer": transformer}},
+             "model_conf": {"enc_out_dim": d, "llm_embed_dim": llm_dim, "kernel_size": a["adapter_kernel"],
+                            "adpter_type": a["adapter_type"], "freeze_encoder": False, "freeze_adpter": False,
+                            "audio_prompt_finetune": False, "audio_prompt_num": 0},
+             "dataset_conf": {"resample_conf": {"resample_rate": 16000},
+                              "fbank_conf": {"num_mel_bins": 80, "frame_length": 25, "frame_shift": 10, "dither": 0.0}}}
+    for path, value in _WHALE_FIXED.items():
+        _set(train, path, value)
+    return train
 
 
 # --- the two tower folders ----------------------------------------------------------------------------------
@@ -218,12 +222,21 @@ def write_whale_folder(out: Path, audio_config: dict, llm_dim: int, audio_state:
 
 
 # --- the full checkpoint ------------------------------------------------------------------------------------
-def _expected_state(config) -> dict:
-    from .modeling import VitaForCausalLM
-    state = VitaForCausalLM.empty(config).state_dict()
+def _without_tied_head(state: dict, config) -> dict:
+    """A tied lm_head is the embedding: neither layout stores it twice."""
     if config.text_config.tie_word_embeddings:
         state.pop("language_model.lm_head.weight", None)
     return state
+
+
+def _expected_state(config) -> dict:
+    from .modeling import VitaForCausalLM
+    return _without_tied_head(VitaForCausalLM.empty(config).state_dict(), config)
+
+
+def _dtype_name(state: dict) -> str:
+    """The weights' dtype as configs name it ("bfloat16"): import and export keep it, so the round trip is exact."""
+    return str(next(iter(state.values())).dtype).removeprefix("torch.")
 
 
 def _write_hf_weights(state: dict, out: Path) -> None:
@@ -265,7 +278,8 @@ def import_vita15(src: str | Path, out: str | Path, vision_tower: str | None = N
     audio, llm_dim = whale_yaml_to_audio_config(yaml.safe_load((audio_dir / "train.yaml").read_text()),
                                                 str(audio_dir / "train.yaml"))
     if llm_dim != cfg["hidden_size"]:
-        raise ConfigError(f"{audio_dir}/train.yaml: llm_embed_dim {llm_dim} != the LLM's hidden_size {cfg['hidden_size']}")
+        raise ConfigError(f"{audio_dir}/train.yaml: llm_embed_dim {llm_dim} != the LLM's hidden_size "
+                          f"{cfg['hidden_size']}")
     tok = load_tokenizer(tokenizer or (str(src) if (src / "tokenizer_config.json").is_file() else "qwen2.5"))
     from transformers import AutoConfig
     qwen2_fields = set(AutoConfig.for_model("qwen2").to_dict()) | {"rope_theta", "rope_scaling"}
@@ -277,12 +291,12 @@ def import_vita15(src: str | Path, out: str | Path, vision_tower: str | None = N
                         image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
                         audio_token_id=tok.convert_tokens_to_ids(AUDIO_TOKEN), chat_format="vita15")
     if len(tok) > config.text_config.vocab_size:
-        raise ConfigError(f"{src}: the tokenizer has {len(tok)} tokens, the checkpoint {config.text_config.vocab_size} rows")
+        raise ConfigError(f"{src}: the tokenizer has {len(tok)} tokens, the checkpoint "
+                          f"{config.text_config.vocab_size} rows")
     weights = read_weights(src)
     buffers = [weights.pop(k, None) for k in ("model.audio_encoder." + k for k in WHALE_CMVN_KEYS)]
     state, unmatched = convert(weights, CHECKPOINT_RULES, "proj")
-    if config.text_config.tie_word_embeddings:
-        state.pop("language_model.lm_head.weight", None)
+    _without_tied_head(state, config)
     check_keys(state, _expected_state(config), unmatched, str(src),
                hint="Is this a VITA-1.5 checkpoint with the sizes its InternViT and whale folders state?")
     if all(b is not None and b.dtype == torch.float32 for b in buffers):
@@ -290,7 +304,7 @@ def import_vita15(src: str | Path, out: str | Path, vision_tower: str | None = N
     else:  # a bf16 checkpoint rounds the statistics; the whale folder keeps them exactly
         cmvn = GlobalCMVN.load(audio_dir / "global_cmvn")
     out.mkdir(parents=True, exist_ok=True)
-    config.torch_dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    config.dtype = _dtype_name(state)
     config.save_pretrained(out)
     _write_hf_weights(state, out)
     tok.save_pretrained(out)
@@ -314,9 +328,7 @@ def export_vita15(model_dir: str | Path, out: str | Path) -> Path:
     dropped = sorted(k for k in state if k.startswith("ctc_head."))
     if dropped:
         log.warning("not exported (training-only CTC head, not part of VITA-1.5): %s", dropped)
-    state = {k: v for k, v in state.items() if k not in dropped}
-    if config.text_config.tie_word_embeddings:
-        state.pop("language_model.lm_head.weight", None)
+    state = _without_tied_head({k: v for k, v in state.items() if k not in dropped}, config)
     check_keys(state, {k: v for k, v in _expected_state(config).items() if not k.startswith("ctc_head.")}, [],
                str(model_dir))
     cmvn_file = model_dir / "global_cmvn.json"
@@ -324,8 +336,8 @@ def export_vita15(model_dir: str | Path, out: str | Path) -> Path:
     llm_dim = config.text_config.hidden_size
     out.mkdir(parents=True, exist_ok=True)
     vision_dir, audio_dir = out / VISION_DIR, out / AUDIO_DIR
-    write_internvit_folder(vision_dir, config.vision_config, {k.removeprefix("vision_tower.backbone."): v
-                                                              for k, v in state.items() if k.startswith("vision_tower.")})
+    backbone = {k.removeprefix("vision_tower.backbone."): v for k, v in state.items() if k.startswith("vision_tower.")}
+    write_internvit_folder(vision_dir, config.vision_config, backbone)
     write_whale_folder(audio_dir, config.audio_config, llm_dim,
                        {k: v for k, v in state.items() if k.startswith(("audio_encoder.", "audio_adapter."))}, cmvn)
     ref = convert_all(state, CHECKPOINT_RULES, "ref", str(model_dir))
@@ -336,7 +348,7 @@ def export_vita15(model_dir: str | Path, out: str | Path) -> Path:
             "mm_audio_encoder": str(audio_dir.resolve()), "mm_projector_type": config.mm_projector_type,
             "mm_hidden_size": int(config.vision_config.hidden_size / config.downsample_ratio ** 2),
             "rope_theta": (text.get("rope_parameters") or {}).get("rope_theta", text.get("rope_theta")),
-            "use_mm_proj": True, "torch_dtype": str(next(iter(state.values())).dtype).removeprefix("torch.")}
+            "use_mm_proj": True, "torch_dtype": _dtype_name(state)}
     (out / "config.json").write_text(json.dumps(vita, indent=2))
     _write_hf_weights(ref, out)
     load_tokenizer(str(model_dir)).save_pretrained(out)
