@@ -291,9 +291,9 @@ def test_trainer_pods_meet_pod_security_restricted_and_can_write_their_volumes(p
     import re
     job = PyTorchJobBackend().build("my-run", "ml", VitaTrainingRunSpec.model_validate(FULL), 0, 1)
     jsonschema.validate(job, pytorchjob_schema)
+    uid = int(re.search(r"--uid (\d+)", (ROOT / "images" / "trainer" / "Dockerfile").read_text()).group(1))
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         pod = replica["template"]["spec"]
-        uid = int(re.search(r"--uid (\d+)", (ROOT / "images" / "trainer" / "Dockerfile").read_text()).group(1))
         assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == uid
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -305,7 +305,6 @@ def test_trainer_pods_meet_pod_security_restricted_and_can_write_their_volumes(p
         assert {"name": "cache", "emptyDir": {}} in pod["volumes"]
 
 
-
 def test_private_images_and_the_trainer_service_account(pytorchjob_schema):
     spec = copy.deepcopy(FULL)
     spec["trainer"].update(imagePullSecrets=["registry-cred"], serviceAccountName="vita-trainer")
@@ -315,7 +314,6 @@ def test_private_images_and_the_trainer_service_account(pytorchjob_schema):
     assert pod["imagePullSecrets"] == [{"name": "registry-cred"}] and pod["serviceAccountName"] == "vita-trainer"
     plain = PyTorchJobBackend().build("my-run", "ml", VitaTrainingRunSpec.model_validate(FULL), 0, 1)
     assert "imagePullSecrets" not in plain["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
-
 
 
 def test_a_gpu_pod_refuses_to_train_on_cpu(monkeypatch):

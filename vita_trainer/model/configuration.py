@@ -27,7 +27,8 @@ class VitaConfig(PretrainedConfig):
     sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
 
     def __init__(self, text_config=None, vision_config=None, audio_config=None, mm_projector_type="mlp2x_gelu",
-                 downsample_ratio=1.0, vision_feature_scale=1.0, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), max_tiles=12,
+                 downsample_ratio=1.0, vision_feature_scale=1.0, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
+                 max_tiles=12,
                  image_token_id=None, audio_token_id=None, ctc_vocab_size=0, chat_format="chatml",
                  **kwargs):
         self.text_config = _sub_config(text_config, "qwen2")
