@@ -1,0 +1,290 @@
+"""A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver (RBAC) and kube-controller-manager.
+
+The binaries are built once per machine from pinned Go modules by hack/control-plane/build.sh and cached
+outside the checkout. Certificates and keys are generated per session with openssl; every process is
+stopped (and waited for) at the end, so nothing outlives the test session.
+
+Identities: `admin` (a static token in system:masters) sets the cluster up and plays the other
+controllers (it flips PyTorchJob status as Kubeflow would); the operator gets a ServiceAccount token
+bound to exactly the chart's ClusterRole, so a missing RBAC verb fails a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD_SCRIPT = REPO / "hack" / "control-plane" / "build.sh"
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
+SERVICE_CIDR = "10.96.0.0/16"
+
+
+def k8s_version() -> str:
+    for line in (REPO / "hack" / "control-plane" / "go.mod").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "k8s.io/kubernetes":
+            return parts[1]
+    raise RuntimeError("hack/control-plane/go.mod does not require k8s.io/kubernetes")
+
+
+def bin_dir() -> Path:
+    default = Path.home() / ".cache" / "vita" / "k8s" / k8s_version()
+    return Path(os.environ.get("VITA_K8S_BIN", default))
+
+
+def ensure_binaries() -> Path:
+    """Build (first run on a machine, ~15 min on 2 cores) or reuse the cached binaries."""
+    out = bin_dir()
+    if not all((out / b).is_file() for b in BINARIES):
+        subprocess.run(["bash", str(BUILD_SCRIPT), str(out)], check=True)
+    return out
+
+
+def _free_port() -> int:
+    from vita_trainer.local import free_port
+    return free_port()
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_pki(d: Path) -> None:
+    """A CA, the API server's serving certificate (127.0.0.1/localhost) and the service-account key pair."""
+    d.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+             "-subj", "/CN=vita-test-ca", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out", "apiserver.csr",
+             "-subj", "/CN=kube-apiserver", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n"
+                               "extendedKeyUsage=serverAuth\n")
+    _openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "apiserver.crt", "-days", "2", "-extfile", "san.ext", cwd=d)
+    _openssl("genrsa", "-out", "sa.key", "2048", cwd=d)
+    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
+
+
+def kubeconfig(path: Path, server: str, ca: Path, token: str, user: str) -> Path:
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": user,
+        "clusters": [{"name": "test", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": {"cluster": "test", "user": user, "namespace": "default"}}]}))
+    return path
+
+
+class ControlPlane:
+    """Start with `with ControlPlane(workdir) as cp:`; `cp.admin_kubeconfig` is cluster-admin."""
+
+    def __init__(self, workdir: Path, bins: Path | None = None):
+        self.dir = Path(workdir)
+        self.bins = bins or ensure_binaries()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.port = _free_port()
+        self.server = f"https://127.0.0.1:{self.port}"
+        self.pki = self.dir / "pki"
+        self.admin_token = secrets.token_hex(16)
+        self.admin_kubeconfig = self.dir / "admin.kubeconfig"
+
+    # --- processes -------------------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = open(self.dir / f"{name}.log", "wb")
+        # Own process group: stop() signals the group, so no child outlives the session.
+        self.procs[name] = subprocess.Popen([str(self.bins / name), *args], stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def _check_alive(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                tail = (self.dir / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with {p.returncode}; log tail:\n{tail}")
+
+    def _wait_ready(self, timeout: float = 120.0) -> None:
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        req = urllib.request.Request(f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"})
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                with urllib.request.urlopen(req, context=ctx, timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except Exception as e:  # not up yet
+                last = str(e)
+            time.sleep(0.5)
+        raise RuntimeError(f"kube-apiserver not ready after {timeout:.0f}s: {last}")
+
+    def start(self) -> "ControlPlane":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        make_pki(self.pki)
+        etcd_port, peer_port = _free_port(), _free_port()
+        self._spawn("etcd", [
+            "--name", "test", "--data-dir", str(self.dir / "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+            "--initial-cluster", f"test=http://127.0.0.1:{peer_port}",
+            "--unsafe-no-fsync", "--log-level", "warn"])
+        (self.pki / "tokens.csv").write_text(f'{self.admin_token},admin,admin,"system:masters"\n')
+        self._spawn("kube-apiserver", [
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.port}",
+            f"--tls-cert-file={self.pki / 'apiserver.crt'}", f"--tls-private-key-file={self.pki / 'apiserver.key'}",
+            f"--token-auth-file={self.pki / 'tokens.csv'}",
+            "--authorization-mode=RBAC", "--anonymous-auth=false",
+            # What hardened clusters run: blockOwnerDeletion needs update on the owner's finalizers.
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={self.pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={self.pki / 'sa.key'}",
+            "--api-audiences=https://kubernetes.default.svc",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--cert-dir={self.dir / 'apiserver-certs'}", "-v=1"])
+        kubeconfig(self.admin_kubeconfig, self.server, self.pki / "ca.crt", self.admin_token, "admin")
+        self._wait_ready()
+        # Garbage collection (ownerReferences), namespace deletion and the default ServiceAccounts.
+        self._spawn("kube-controller-manager", [
+            f"--kubeconfig={self.admin_kubeconfig}", f"--authentication-kubeconfig={self.admin_kubeconfig}",
+            f"--authorization-kubeconfig={self.admin_kubeconfig}",
+            "--controllers=garbagecollector,namespace,serviceaccount",
+            "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=false", "-v=1"])
+        return self
+
+    def stop(self) -> None:
+        for p in reversed(list(self.procs.values())):
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> "ControlPlane":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- clients ---------------------------------------------------------------------------------
+    def kubectl(self, *args: str, kubeconfig_path: Path | None = None, input: str | None = None,
+                check: bool = True) -> subprocess.CompletedProcess:
+        from tests.k8s_tools import tool
+        return subprocess.run([str(tool("kubectl")), f"--kubeconfig={kubeconfig_path or self.admin_kubeconfig}",
+                               *args], input=input, capture_output=True, text=True, check=check)
+
+    def api_client(self, kubeconfig_path: Path | None = None):
+        from kubernetes import client, config
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(kubeconfig_path or self.admin_kubeconfig),
+                                client_configuration=cfg)
+        return client.ApiClient(cfg)
+
+    def service_account_kubeconfig(self, namespace: str, name: str) -> Path:
+        """A kubeconfig holding a bound token of that ServiceAccount (what a pod of the operator would get)."""
+        token = self.kubectl("create", "token", name, "-n", namespace, "--duration=6h").stdout.strip()
+        return kubeconfig(self.dir / f"{namespace}-{name}.kubeconfig", self.server, self.pki / "ca.crt", token,
+                          f"system:serviceaccount:{namespace}:{name}")
+
+
+def helm_template(*args: str) -> str:
+    from tests.k8s_tools import tool
+    return subprocess.run([str(tool("helm")), "template", "vita-operator", str(REPO / "helm" / "vita-operator"),
+                           "-n", "vita-system", *args], capture_output=True, text=True, check=True).stdout
+
+
+def install_operator_prerequisites(cp: ControlPlane, *, pytorchjob_crd: bool = True) -> Path:
+    """The chart's CRDs, namespace, ServiceAccount and RBAC (as `helm template` renders them); the Kubeflow
+    PyTorchJob CRD. Returns the operator's kubeconfig."""
+    cp.kubectl("create", "namespace", "vita-system")
+    cp.kubectl("apply", "--server-side", "-f", str(REPO / "helm" / "vita-operator" / "crds"))
+    rendered = helm_template("--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml")
+    cp.kubectl("apply", "-f", "-", input=rendered)
+    if pytorchjob_crd:
+        install_pytorchjob_crd(cp)
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    return cp.service_account_kubeconfig("vita-system", "vita-operator")
+
+
+def install_pytorchjob_crd(cp: ControlPlane) -> None:
+    cp.kubectl("apply", "--server-side", "-f", str(REPO / "third_party" / "kubeflow"))
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "pytorchjobs.kubeflow.org")
+
+
+class OperatorProcess:
+    """`python -m vita_operator`, as the image runs it, with the operator's own kubeconfig."""
+
+    def __init__(self, kubeconfig_path: Path, log_path: Path, *, resync_seconds: float = 60.0,
+                 metrics_port: int = 0):
+        self.kubeconfig, self.log_path = kubeconfig_path, log_path
+        self.resync, self.metrics_port = resync_seconds, metrics_port
+        self.liveness_port = _free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "OperatorProcess":
+        env = {k: v for k, v in os.environ.items() if k != "VITA_OPERATOR_API_URL"}
+        env.update(KUBECONFIG=str(self.kubeconfig), VITA_OPERATOR_RESYNC_SECONDS=str(self.resync),
+                   VITA_OPERATOR_METRICS_PORT=str(self.metrics_port),
+                   VITA_OPERATOR_LIVENESS=f"http://127.0.0.1:{self.liveness_port}/healthz",
+                   PYTHONPATH=os.pathsep.join([str(REPO / "operator"), str(REPO)]))
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "vita_operator"], env=env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2):
+                    return self
+            except Exception:
+                time.sleep(0.3)
+        raise RuntimeError(f"operator not live after 60s:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode if self.proc else 0
+
+    def __enter__(self) -> "OperatorProcess":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def have_go() -> bool:
+    return shutil.which("go") is not None
