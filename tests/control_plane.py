@@ -191,8 +191,11 @@ class ControlPlane:
     def kubectl(self, *args: str, kubeconfig_path: Path | None = None, input: str | None = None,
                 check: bool = True) -> subprocess.CompletedProcess:
         from tests.k8s_tools import tool
-        return subprocess.run([str(tool("kubectl")), f"--kubeconfig={kubeconfig_path or self.admin_kubeconfig}",
-                               *args], input=input, capture_output=True, text=True, check=check)
+        done = subprocess.run([str(tool("kubectl")), f"--kubeconfig={kubeconfig_path or self.admin_kubeconfig}",
+                               *args], input=input, capture_output=True, text=True)
+        if check and done.returncode:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+        return done
 
     def api_client(self, kubeconfig_path: Path | None = None):
         from kubernetes import client, config
@@ -221,15 +224,25 @@ def install_operator_prerequisites(cp: ControlPlane, *, pytorchjob_crd: bool = T
     cp.kubectl("apply", "--server-side", "-f", str(REPO / "helm" / "vita-operator" / "crds"))
     rendered = helm_template("--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml")
     cp.kubectl("apply", "-f", "-", input=rendered)
+    wait_established(cp, "vitatrainingruns.vita.training.dev")
     if pytorchjob_crd:
         install_pytorchjob_crd(cp)
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
     return cp.service_account_kubeconfig("vita-system", "vita-operator")
 
 
 def install_pytorchjob_crd(cp: ControlPlane) -> None:
     cp.kubectl("apply", "--server-side", "-f", str(REPO / "third_party" / "kubeflow"))
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "pytorchjobs.kubeflow.org")
+    wait_established(cp, "pytorchjobs.kubeflow.org")
+
+
+def wait_established(cp: ControlPlane, crd: str, timeout: float = 60.0) -> None:
+    # `kubectl wait` fails outright when the CRD has no status yet, so poll.
+    deadline = time.monotonic() + timeout
+    path = '{.status.conditions[?(@.type=="Established")].status}'
+    while cp.kubectl("get", "crd", crd, "-o", f"jsonpath={path}", check=False).stdout != "True":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"CRD {crd} not Established after {timeout:.0f}s")
+        time.sleep(0.2)
 
 
 class OperatorProcess:

@@ -26,6 +26,11 @@ RUN_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 RUN_NAME_MAX = 40
 
 ArgValue = str | int | float | bool
+# Bounds the API server needs to estimate the CRD's CEL rule costs (unbounded lists make it reject the CRD).
+MAX_STAGES = 32
+MAX_STAGE_ARGS = 128
+# Trainer flags that the stage plan derives (where a stage reads from and writes to); a stage may not set them.
+PLAN_DERIVED_ARGS = ("output_dir", "model_name_or_path")
 # Kueue owns a queued job's suspend field: suspending it ourselves would start a suspend/unsuspend loop.
 SUSPEND_WITH_KUEUE = ("spec.suspend cannot be combined with scheduling.kueueQueue: Kueue owns the job's suspend "
                       "field and would unsuspend it again, restarting GPU pods; deactivate the run's Kueue "
@@ -106,12 +111,12 @@ class SchedulingSpec(_Spec):
 class StageSpec(_Spec):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, json_schema_extra={
         "x-kubernetes-validations": [
-            {"rule": "!has(self.args) || (!('output_dir' in self.args) && !('model_name_or_path' in self.args))",
-             "message": "args may not set output_dir or model_name_or_path: the stage plan derives them"}]})
+            {"rule": "!has(self.args) || !(" + " || ".join(f"has(self.args.{a})" for a in PLAN_DERIVED_ARGS) + ")",
+             "message": f"args may not set {' or '.join(PLAN_DERIVED_ARGS)}: the stage plan derives them"}]})
     name: str = Field(pattern=DNS_LABEL, max_length=30, description="Stage name, unique in the run (DNS label)")
     preset: str = Field(description="Stage preset name or alias, e.g. vision_align or 1.1")
     dataset_use: str = Field(description="Mixture or dataset key in the registry")
-    args: dict[str, ArgValue] = Field(default_factory=dict,
+    args: dict[str, ArgValue] = Field(default_factory=dict, max_length=MAX_STAGE_ARGS,
                                       description="Trainer flag overrides (HF TrainingArguments and VITA flags)")
     resources: ResourcesOverride | None = Field(None, description="For this stage, the fields of the run's "
                                                 "resources to change; unset fields keep the run's values")
@@ -141,7 +146,7 @@ class VitaTrainingRunSpec(_Spec):
         ]})
     model: ModelSpec
     data: DataSpec
-    stages: list[StageSpec] = Field(min_length=1, description="Stages, run in order")
+    stages: list[StageSpec] = Field(min_length=1, max_length=MAX_STAGES, description="Stages, run in order")
     output: str = Field(description="Output root; stage k writes <output>/<stage name>")
     trainer: TrainerSpec = Field(default_factory=TrainerSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)

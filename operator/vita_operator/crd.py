@@ -11,7 +11,7 @@ import sys
 
 import yaml
 
-from vita_trainer.spec import API_GROUP, KIND, RUN_NAME, RUN_NAME_MAX, VitaTrainingRunSpec
+from vita_trainer.spec import API_GROUP, KIND, PLAN_DERIVED_ARGS, RUN_NAME, RUN_NAME_MAX, VitaTrainingRunSpec
 from vita_trainer.stages.presets import all_presets
 
 PLURAL = "vitatrainingruns"
@@ -61,9 +61,13 @@ def spec_schema() -> dict:
     # Presets are data; the API server rejects names that no preset or alias defines.
     names = sorted({n for p in all_presets().values() for n in [p.name, *p.aliases]})
     schema["properties"]["stages"]["items"]["properties"]["preset"]["enum"] = names
+    # Values of several scalar types, kept as written. The flags the plan derives are declared so that CEL can ask
+    # has(self.args.output_dir): the API server compiles rules against the schema, and undeclared keys have no type.
     args = schema["properties"]["stages"]["items"]["properties"]["args"]
-    args.pop("additionalProperties", None)
+    args.pop("additionalProperties")
     args["x-kubernetes-preserve-unknown-fields"] = True
+    args["properties"] = {a: {"type": "string", "description": "Derived by the stage plan; may not be set"}
+                          for a in PLAN_DERIVED_ARGS}
     return schema
 
 

@@ -10,7 +10,7 @@ import posixpath
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..spec import SUSPEND_WITH_KUEUE, ResourcesSpec, VitaTrainingRunSpec
+from ..spec import PLAN_DERIVED_ARGS, SUSPEND_WITH_KUEUE, ResourcesSpec, VitaTrainingRunSpec
 from .presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_weights
 
 STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage finishes
@@ -83,7 +83,7 @@ def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
             trainable_groups(spec, i)
         except ConfigError as e:
             problems.append(f"stages[{i}] ({stage.name}): {e}")
-        if "output_dir" in stage.args or "model_name_or_path" in stage.args:
+        if any(a in stage.args for a in PLAN_DERIVED_ARGS):
             problems.append(f"stages[{i}] ({stage.name}): args may not set output_dir or model_name_or_path; "
                             f"the plan derives them from `output` and the previous stage")
     if spec.suspend and spec.scheduling.kueue_queue:
