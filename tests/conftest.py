@@ -42,3 +42,23 @@ def conv(*pairs):
     for q, a in pairs:
         out += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
     return out
+
+
+@pytest.fixture(scope="session")
+def control_plane_binaries():
+    """etcd, kube-apiserver and kube-controller-manager, built once per machine (hack/control-plane/build.sh)."""
+    from tests.control_plane import ensure_binaries, have_go
+    if not have_go() and not os.environ.get("CI"):
+        pytest.skip("SKIPPED THE REAL-API-SERVER TIER: `go` is not installed, so the control plane cannot be "
+                    "built; install Go >= 1.24 to run it (CI always runs it)")
+    return ensure_binaries()
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests.control_plane import k8s_version
+    ran = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+           if "apiserver" in r.keywords and r.when == "call"]
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "apiserver" in r.keywords]
+    if ran or skipped:
+        terminalreporter.write_line(f"{len(ran)} tests ran against a real kube-apiserver {k8s_version()} "
+                                    f"(etcd, RBAC, controller-manager); {len(skipped)} skipped")

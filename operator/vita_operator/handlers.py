@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 BACKEND = PyTorchJobBackend()
 JOB_GROUP, JOB_VERSION = BACKEND.api_version.split("/")
 API_URL_ENV = "VITA_OPERATOR_API_URL"   # tests point the operator at an emulated API server
+NAMESPACE_ENV = "VITA_OPERATOR_NAMESPACE"  # watch one namespace (as __main__ does); unset: all namespaces
+RESYNC_ENV = "VITA_OPERATOR_RESYNC_SECONDS"
 _locks: dict[str, threading.Lock] = {}
 _client: client.ApiClient | None = None   # one connection pool for all handler threads, built at startup
 
@@ -74,7 +76,14 @@ def startup(settings: kopf.OperatorSettings, **_):
     cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, settings.execution.max_workers or 32)
     _client = client.ApiClient(cfg)
     settings.posting.level = 20  # INFO and up become Kubernetes Events
+    # No handler needs a finalizer any more; naming the one older versions added lets kopf remove it from runs.
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    global _resync
+    stop = threading.Event()  # one per start, and cleanup waits for the loop: it never outlives its operator
+    thread = threading.Thread(target=_resync_loop, name="vita-resync", daemon=True,
+                              args=(stop, float(os.environ.get(RESYNC_ENV, "60"))))
+    thread.start()
+    _resync = (stop, thread)
     port = int(os.environ.get("VITA_OPERATOR_METRICS_PORT", "9090"))
     if port:
         from prometheus_client import start_http_server
@@ -113,6 +122,24 @@ def final_loss(namespace: str, job_name: str) -> float | None:
     return next((x for x in losses if x is not None), None)
 
 
+def emit_event(run: dict, etype: str, reason: str, message: str) -> None:
+    """A core/v1 Event on the run (`kubectl describe` shows it). Written directly, not with kopf.info: that only
+    works inside kopf's per-object tasks, and the resync loop reconciles from its own thread. Best effort."""
+    meta = run["metadata"]
+    now = datetime.datetime.now(datetime.timezone.utc)
+    body = {"metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": run.get("apiVersion", f"{API_GROUP}/{VERSION}"),
+                               "kind": run.get("kind", "VitaTrainingRun"), "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "type": etype, "reason": reason, "message": message[:1024], "count": 1,
+            "firstTimestamp": now, "lastTimestamp": now, "source": {"component": "vita-operator"},
+            "reportingComponent": "vita-operator", "reportingInstance": os.environ.get("HOSTNAME", "vita-operator")}
+    try:
+        _core().create_namespaced_event(meta["namespace"], body)
+    except ApiException as e:
+        log.warning("event %s on %s/%s not written: API error %s", reason, meta["namespace"], meta["name"], e.status)
+
+
 def _patch_status(namespace: str, name: str, status: dict) -> None:
     _api().patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name, {"status": status})
 
@@ -129,7 +156,7 @@ def reconcile(run: dict, logger) -> None:
             status = {**copy.deepcopy(run.get("status") or {}), "phase": "Failed"}
             set_condition(status, "Failed", True, "InvalidSpec", str(e)[:1000], _now(), meta.get("generation", 1))
             _patch_status(namespace, name, status)
-            kopf.warn(run, reason="InvalidSpec", message=str(e)[:1000])
+            emit_event(run, "Warning", "InvalidSpec", str(e)[:1000])
             metrics.record_phase(key, "Failed")
             return
         try:
@@ -142,7 +169,7 @@ def reconcile(run: dict, logger) -> None:
                 status.setdefault("phase", "Pending")
                 set_condition(status, "Ready", False, "PyTorchJobCRDMissing", msg, _now(), meta.get("generation", 1))
                 _patch_status(namespace, name, status)
-                kopf.warn(run, reason="PyTorchJobCRDMissing", message=msg)
+                emit_event(run, "Warning", "PyTorchJobCRDMissing", msg)
                 metrics.RECONCILE_ERRORS.labels("crd_missing").inc()
                 return
             raise
@@ -162,7 +189,7 @@ def reconcile(run: dict, logger) -> None:
         if decision.status != (run.get("status") or {}):
             _patch_status(namespace, name, decision.status)
         for etype, reason, message in decision.events:
-            (kopf.warn if etype == "Warning" else kopf.info)(run, reason=reason, message=message)
+            emit_event(run, etype, reason, message)
             metrics.STAGE_TRANSITIONS.labels(reason).inc()
             if reason in ("StageRetrying", "StageFailed"):  # each is one PyTorchJob observed Failed
                 metrics.JOB_FAILURES.inc()
@@ -182,11 +209,44 @@ def on_run(body, logger, **_):
         raise kopf.TemporaryError(f"API error {e.status}: {e.reason}", delay=10) from e
 
 
-@kopf.timer(API_GROUP, VERSION, PLURAL, interval=float(os.environ.get("VITA_OPERATOR_RESYNC_SECONDS", "60")),
-            idle=5)
-def resync(body, logger, **_):
-    """Safety net for missed job events."""
-    on_run(body=body, logger=logger)
+def resync_all(logger=log, stop: threading.Event | None = None) -> int:
+    """Safety net for missed job events: one reconcile of every run. Returns how many runs it saw.
+
+    A loop of the operator's own, not a kopf timer: per-object timers make kopf put a finalizer on every run,
+    and with the operator down or uninstalled `kubectl delete` of a run (or of the CRD) would then hang."""
+    namespace = os.environ.get(NAMESPACE_ENV)
+    runs = (_api().list_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL) if namespace
+            else _api().list_cluster_custom_object(API_GROUP, VERSION, PLURAL))["items"]
+    for run in runs:
+        if stop is not None and stop.is_set():
+            break
+        if run.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        try:
+            reconcile(run, logger)
+        except Exception:  # one bad run must not stop the others; the next pass retries it
+            metrics.RECONCILE_ERRORS.labels("resync").inc()
+            logger.exception("resync of %s/%s failed", run["metadata"].get("namespace"), run["metadata"]["name"])
+    return len(runs)
+
+
+def _resync_loop(stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        try:
+            resync_all(stop=stop)
+        except Exception:  # API down: try again next interval
+            log.exception("resync failed")
+
+
+_resync: tuple[threading.Event, threading.Thread] | None = None
+
+
+@kopf.on.cleanup()
+def cleanup(**_):
+    if _resync:
+        stop, thread = _resync
+        stop.set()
+        thread.join(timeout=30)
 
 
 @kopf.on.event(JOB_GROUP, JOB_VERSION, BACKEND.plural, labels={MANAGED_BY[0]: MANAGED_BY[1]})

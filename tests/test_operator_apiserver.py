@@ -1,0 +1,224 @@
+"""The operator as deployed, against a real control plane (etcd, kube-apiserver with RBAC, controller-manager).
+
+What only a real API server shows, beside the kmock tier's handler flow: the CRD installs (CEL cost and
+compilation), schema/CEL/name rules reject bad runs with the messages users see, the chart's RBAC is enough
+(the operator runs on a ServiceAccount token bound to exactly the chart's ClusterRole, and its log may not
+contain a single Forbidden), OwnerReferencesPermissionEnforcement admits the jobs, the controller-manager
+garbage-collects a deleted run's jobs, and runs carry no finalizer that would hang with the operator down.
+Kubeflow's controller is played by the test: it flips PyTorchJob status as the training operator would.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.control_plane import (REPO, ControlPlane, OperatorProcess, install_operator_prerequisites,
+                                 install_pytorchjob_crd, k8s_version)
+
+pytestmark = [pytest.mark.apiserver, pytest.mark.slow]
+NS = "default"
+RUN = {
+    "apiVersion": "vita.training.dev/v1alpha1", "kind": "VitaTrainingRun",
+    "metadata": {"name": "r1", "namespace": NS},
+    "spec": {"model": {"base": "models/base"}, "data": {"registry": "registry.yaml"}, "output": "runs/r1",
+             "trainer": {"image": "trainer:test"}, "resources": {"gpusPerNode": 8, "nodes": 2},
+             "volumes": {"dataset": {"claimName": "data", "mountPath": "/data"},
+                         "checkpoints": {"claimName": "ckpt", "mountPath": "/ckpt"}},
+             "stages": [{"name": "s1", "preset": "vision_align", "datasetUse": "img", "retryLimit": 1},
+                        {"name": "s2", "preset": "audio_align", "datasetUse": "aud"},
+                        {"name": "s3", "preset": "multimodal_sft", "datasetUse": "mm"}]}}
+
+
+def wait_for(fn, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Cluster:
+    def __init__(self, cp: ControlPlane, operator_kubeconfig: Path, workdir: Path):
+        self.cp, self.operator_kubeconfig, self.dir = cp, operator_kubeconfig, workdir
+
+    def operator(self, name: str = "operator") -> OperatorProcess:
+        # Resync far beyond the test's waits: stage chaining must come from watch events, not the safety net.
+        return OperatorProcess(self.operator_kubeconfig, self.dir / f"{name}.log", resync_seconds=600)
+
+    def apply(self, obj: dict, *extra: str, check: bool = True):
+        return self.cp.kubectl("apply", *extra, "-f", "-", input=json.dumps(obj), check=check)
+
+    def get(self, kind: str, name: str = "", namespace: str = NS) -> dict:
+        out = self.cp.kubectl("get", kind, *([name] if name else []), "-n", namespace, "-o", "json").stdout
+        return json.loads(out)
+
+    def jobs(self) -> dict[str, dict]:
+        return {j["metadata"]["name"]: j for j in self.get("pytorchjobs")["items"]}
+
+    def run_status(self, name: str = "r1") -> dict:
+        return self.get("vitatrainingrun", name).get("status") or {}
+
+    def set_job(self, name: str, condition: str) -> None:
+        """What Kubeflow's training operator writes when a job ends."""
+        status = {"status": {"conditions": [{"type": condition, "status": "True", "reason": f"PyTorchJob{condition}",
+                                             "message": f"job {condition.lower()}"}]}}
+        self.cp.kubectl("patch", "pytorchjob", name, "-n", NS, "--subresource=status", "--type=merge",
+                        "-p", json.dumps(status))
+
+    def finished_master_pod(self, job: str, final_loss: float) -> None:
+        """What the kubelet leaves behind: the master pod, terminated, with the trainer's termination message."""
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{job}-master-0", "namespace": NS, "labels": {
+            "training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": "master"}},
+            "spec": {"containers": [{"name": "pytorch", "image": "trainer:test"}]}}
+        # The default ServiceAccount (admission needs it) comes from the controller-manager shortly after start.
+        wait_for(lambda: self.cp.kubectl("get", "serviceaccount", "default", "-n", NS, check=False).returncode == 0,
+                 what="default ServiceAccount")
+        self.apply(pod)
+        message = json.dumps({"stage": job.split("-")[1], "globalStep": 9, "finalLoss": final_loss})
+        status = {"status": {"phase": "Succeeded", "containerStatuses": [{
+            "name": "pytorch", "image": "trainer:test", "imageID": "", "ready": False, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": message}}}]}}
+        self.cp.kubectl("patch", "pod", f"{job}-master-0", "-n", NS, "--subresource=status", "--type=merge",
+                        "-p", json.dumps(status))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, control_plane_binaries):
+    workdir = tmp_path_factory.mktemp("control-plane")
+    with ControlPlane(workdir, control_plane_binaries) as cp:
+        yield Cluster(cp, install_operator_prerequisites(cp), workdir)
+
+
+def assert_no_forbidden(op: OperatorProcess) -> None:
+    """Every request the operator made was allowed by the chart's RBAC."""
+    forbidden = [line for line in op.log().splitlines() if "forbidden" in line.lower()]
+    assert not forbidden, "\n".join(forbidden[:5])
+
+
+def test_every_example_applies_and_the_api_server_rejects_bad_runs(cluster):
+    for path in sorted((REPO / "manifests" / "examples").glob("*.yaml")):
+        done = cluster.cp.kubectl("apply", "--dry-run=server", "-n", NS, "-f", str(path), check=False)
+        assert done.returncode == 0, (path.name, done.stderr)
+
+    def rejected(mutate) -> str:
+        run = copy.deepcopy(RUN)
+        mutate(run)
+        done = cluster.apply(run, "--dry-run=server", check=False)
+        assert done.returncode != 0, run
+        return done.stderr
+
+    assert "DNS-1035" in rejected(lambda r: r["metadata"].update(name="Stage3-Run"))
+    assert "at most 40 characters" in rejected(lambda r: r["metadata"].update(name="r" * 41))
+    assert "stage names must be unique" in rejected(lambda r: r["spec"]["stages"].append(r["spec"]["stages"][0]))
+    assert "may not set output_dir" in rejected(lambda r: r["spec"]["stages"][0].update(args={"output_dir": "/x"}))
+    assert "at most one of scheduling.kueueQueue" in rejected(
+        lambda r: r["spec"].update(scheduling={"kueueQueue": "q", "volcanoQueue": "v"}))
+    assert "Kueue owns the job's suspend" in rejected(
+        lambda r: r["spec"].update(suspend=True, scheduling={"kueueQueue": "q"}))
+    unknown_preset = rejected(lambda r: r["spec"]["stages"][0].update(preset="stage9"))
+    assert "spec.stages[0].preset" in unknown_preset and "Unsupported value" in unknown_preset
+    assert "spec.stages: Required value" in rejected(lambda r: r["spec"].pop("stages"))
+    assert "spec.resources.gpusPerNode" in rejected(lambda r: r["spec"]["resources"].update(gpusPerNode=99))
+
+
+def test_a_run_chains_retries_survives_a_restart_and_is_garbage_collected(cluster):
+    with cluster.operator() as op:
+        cluster.apply(RUN)
+        wait_for(lambda: "r1-s1-1" in cluster.jobs(), what="first job")
+        owner = cluster.jobs()["r1-s1-1"]["metadata"]["ownerReferences"][0]
+        # Admitted under OwnerReferencesPermissionEnforcement: the RBAC grants update on the run's finalizers.
+        assert owner["name"] == "r1" and owner["blockOwnerDeletion"] is True and owner["controller"] is True
+        wait_for(lambda: cluster.run_status().get("phase") == "Running", what="Running")
+        cluster.set_job("r1-s1-1", "Failed")
+        wait_for(lambda: "r1-s1-2" in cluster.jobs(), what="retry job")
+        cluster.finished_master_pod("r1-s1-2", 0.375)
+        cluster.set_job("r1-s1-2", "Succeeded")
+        wait_for(lambda: "r1-s2-1" in cluster.jobs(), what="stage 2 job")
+        assert cluster.run_status()["stages"][0]["finalLoss"] == 0.375  # read with the chart's pods get/list
+        assert_no_forbidden(op)
+    before = set(cluster.jobs())
+    with cluster.operator("operator-restarted") as op:
+        time.sleep(3)
+        assert set(cluster.jobs()) == before  # restart: no duplicate jobs, progress kept
+        status = cluster.run_status()
+        assert status["currentStage"] == "s2" and [s["phase"] for s in status["stages"]] == [
+            "Succeeded", "Running", "Pending"]
+        cluster.set_job("r1-s2-1", "Succeeded")
+        wait_for(lambda: "r1-s3-1" in cluster.jobs(), what="stage 3 job")
+        cluster.set_job("r1-s3-1", "Succeeded")
+        wait_for(lambda: cluster.run_status().get("phase") == "Succeeded", what="Succeeded")
+        assert_no_forbidden(op)
+    assert sorted(cluster.jobs()) == ["r1-s1-1", "r1-s1-2", "r1-s2-1", "r1-s3-1"]
+    # What users see: the printer columns and the events.
+    table = cluster.cp.kubectl("get", "vitatrainingruns", "-n", NS).stdout.splitlines()
+    assert table[0].split() == ["NAME", "STAGE", "PHASE", "JOB", "AGE"]
+    assert table[1].split()[:3] == ["r1", "s3", "Succeeded"]
+    described = cluster.cp.kubectl("describe", "vitatrainingrun", "r1", "-n", NS).stdout
+    for reason in ("StageStarted", "StageRetrying", "StageSucceeded", "RunSucceeded"):
+        assert reason in described, described[-2000:]
+    # Deleting the run: the controller-manager's garbage collector removes its jobs (ownerReferences).
+    cluster.cp.kubectl("delete", "vitatrainingrun", "r1", "-n", NS, "--timeout=60s")
+    wait_for(lambda: not cluster.jobs(), timeout=90, what="jobs garbage-collected")
+
+
+def test_a_run_deletes_while_the_operator_is_down(cluster):
+    run = copy.deepcopy(RUN)
+    run["metadata"]["name"] = "orphan"
+    with cluster.operator("operator-delete") as op:
+        cluster.apply(run)
+        wait_for(lambda: "orphan-s1-1" in cluster.jobs(), what="first job")
+        wait_for(lambda: cluster.run_status("orphan").get("phase") == "Running", what="Running")
+        assert_no_forbidden(op)
+    assert not cluster.get("vitatrainingrun", "orphan")["metadata"].get("finalizers")
+    # With the operator gone, nothing may hold the deletion up (a kopf finalizer would, forever).
+    cluster.cp.kubectl("delete", "vitatrainingrun", "orphan", "-n", NS, "--timeout=30s")
+    wait_for(lambda: not [j for j in cluster.jobs() if j.startswith("orphan-")], timeout=90,
+             what="jobs garbage-collected")
+
+
+def test_suspend_reaches_the_current_job(cluster):
+    run = copy.deepcopy(RUN)
+    run["metadata"]["name"] = "pausable"
+    with cluster.operator("operator-suspend") as op:
+        cluster.apply(run)
+        wait_for(lambda: "pausable-s1-1" in cluster.jobs(), what="first job")
+        cluster.cp.kubectl("patch", "vitatrainingrun", "pausable", "-n", NS, "--type=merge",
+                           "-p", '{"spec": {"suspend": true}}')
+        wait_for(lambda: cluster.jobs()["pausable-s1-1"]["spec"]["runPolicy"].get("suspend") is True,
+                 what="job suspended")
+        wait_for(lambda: cluster.run_status("pausable").get("phase") == "Suspended", what="Suspended")
+        assert_no_forbidden(op)
+    cluster.cp.kubectl("delete", "vitatrainingrun", "pausable", "-n", NS, "--timeout=30s")
+
+
+def test_a_pytorchjob_crd_installed_after_the_operator_is_picked_up(tmp_path, control_plane_binaries):
+    with ControlPlane(tmp_path, control_plane_binaries) as cp:
+        cluster = Cluster(cp, install_operator_prerequisites(cp, pytorchjob_crd=False), tmp_path)
+        with cluster.operator("operator-late-crd") as op:
+            cluster.apply(RUN)
+            ready = wait_for(lambda: {c["type"]: c for c in cluster.run_status().get("conditions", [])}.get("Ready"),
+                             what="Ready condition")
+            assert ready["reason"] == "PyTorchJobCRDMissing" and "Kubeflow" in ready["message"]
+            install_pytorchjob_crd(cp)
+            # kopf notices the new CRD (the chart lets it watch CRDs) and starts watching PyTorchJobs; the run's
+            # next reconcile (here: a spec edit) creates its job, and the job's status change drives the next
+            # stage: no restart.
+            cluster.cp.kubectl("patch", "vitatrainingrun", "r1", "-n", NS, "--type=merge",
+                               "-p", '{"spec": {"output": "runs/r1b"}}')
+            wait_for(lambda: "r1-s1-1" in cluster.jobs(), timeout=60, what="job after the CRD appeared")
+            cluster.set_job("r1-s1-1", "Succeeded")
+            wait_for(lambda: "r1-s2-1" in cluster.jobs(), timeout=60, what="stage 2 from a job event")
+            assert_no_forbidden(op)
+
+
+def test_the_tier_ran_on_the_pinned_release(cluster):
+    server = yaml.safe_load(cluster.cp.kubectl("version", "-o", "yaml").stdout)["serverVersion"]
+    assert server["gitVersion"] == k8s_version()
