@@ -254,3 +254,14 @@ def test_example_values_use_no_system_priority_class():
     """system-cluster-critical / system-node-critical are admitted only in kube-system by default."""
     for values in (CHART / "examples").glob("*.yaml"):
         assert not str((yaml.safe_load(values.read_text()) or {}).get("priorityClassName", "")).startswith("system-")
+
+
+def test_trainer_image_cuda_matches_the_torch_wheel():
+    """The base image's CUDA is the one the pinned torch wheel was built for (flash-attn and DeepSpeed ops need it)."""
+    import torch
+    (_, devel), (_, runtime) = [(n, line) for n, line in
+                                (ln.split("=", 1) for ln in (ROOT / "images" / "trainer" / "Dockerfile")
+                                 .read_text().splitlines() if ln.startswith("ARG CUDA_") and "=" in ln)
+                                if n.endswith(("DEVEL", "RUNTIME"))]
+    for image in (devel, runtime):
+        assert image.split(":")[1].startswith(f"{torch.version.cuda}."), (image, torch.version.cuda)
