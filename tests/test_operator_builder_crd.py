@@ -334,3 +334,32 @@ def test_a_gpu_pod_refuses_to_train_on_cpu(monkeypatch):
         parse(argv)
     monkeypatch.delenv(GPUS_ENV)
     assert parse(argv)[2].use_cpu  # CPU runs (tests, the demo) still work
+
+
+def test_multi_node_networking_reaches_the_pods(pytorchjob_schema):
+    """What a 4x8 H100 run over InfiniBand/RoCE needs: NCCL env, RDMA resources, a Multus network, affinity, IPC_LOCK."""
+    spec = copy.deepcopy(FULL)
+    affinity = {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {
+        "topologyKey": "topology.kubernetes.io/zone", "labelSelector": {"matchLabels": {"vita.training.dev/run": "r"}}}}]}}
+    spec["trainer"].update(env={"NCCL_SOCKET_IFNAME": "net1", "NCCL_IB_HCA": "mlx5", "HOME": "/scratch"},
+                           podAnnotations={"k8s.v1.cni.cncf.io/networks": "ib-net"}, ipcLock=True)
+    spec["resources"].update(extraResources={"rdma/rdma_shared_device_a": "1"}, affinity=affinity)
+    run = VitaTrainingRunSpec.model_validate(spec)
+    for index in (0, 1):  # the second stage overrides resources partly and keeps these
+        job = PyTorchJobBackend().build("my-run", "ml", run, index, 1)
+        jsonschema.validate(job, pytorchjob_schema)
+        template = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
+        c = template["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["NCCL_SOCKET_IFNAME"] == "net1" and env["NCCL_IB_HCA"] == "mlx5"
+        assert env["HOME"] == "/scratch" and [e["name"] for e in c["env"]].count("HOME") == 1
+        assert c["resources"]["limits"]["rdma/rdma_shared_device_a"] == "1"
+        assert c["resources"]["requests"]["rdma/rdma_shared_device_a"] == "1"
+        assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+        assert template["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == "ib-net"
+        assert template["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        assert template["spec"]["affinity"] == affinity
+    # the CRD keeps every one of them (nothing pruned by the API server's structural schema)
+    schema = crd_schema(yaml.safe_load(render()))["properties"]["spec"]
+    jsonschema.validate(spec, schema)
+    assert schema["properties"]["resources"]["properties"]["affinity"]["x-kubernetes-preserve-unknown-fields"]

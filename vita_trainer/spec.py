@@ -8,7 +8,7 @@ on a cluster, and against the YAML file's folder locally.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -76,6 +76,11 @@ class ResourcesSpec(_Spec):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     priority_class_name: str | None = None
+    extra_resources: dict[str, str] = Field(
+        default_factory=dict, description="More resources per pod, requested and limited alike, e.g. "
+        "{'rdma/rdma_shared_device_a': '1'} or {'nvidia.com/hostdev': '8'} for InfiniBand/RoCE")
+    affinity: dict[str, Any] | None = Field(None, description="Pod affinity, as Kubernetes writes it (e.g. "
+                                            "keep a job's nodes in one rack or NVLink domain)")
 
     def overridden(self, override: BaseModel | None) -> "ResourcesSpec":
         """These resources with the fields a stage sets replaced, and the rest kept."""
@@ -132,6 +137,12 @@ class TrainerSpec(_Spec):
     image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull a private trainer image")
     service_account_name: str | None = Field(None, pattern=DNS_LABEL,
                                              description="ServiceAccount of the trainer pods (default: the namespace's)")
+    env: dict[str, str] = Field(default_factory=dict, description="Plain env vars for the trainer, e.g. "
+                                "NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_DEBUG (secrets go in envFromSecrets)")
+    pod_annotations: dict[str, str] = Field(default_factory=dict, description="Annotations on trainer pods, e.g. "
+                                            "k8s.v1.cni.cncf.io/networks for a Multus secondary network")
+    ipc_lock: bool = Field(False, description="Add the IPC_LOCK capability (RDMA memory registration). Not allowed "
+                           "by PodSecurity 'restricted' or 'baseline': the namespace must be 'privileged'")
 
 
 class VitaTrainingRunSpec(_Spec):

@@ -70,6 +70,7 @@ def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: lis
     limits = {"cpu": res.cpu, "memory": res.memory}
     if res.gpus_per_node:
         limits["nvidia.com/gpu"] = str(res.gpus_per_node)
+    limits.update(res.extra_resources)  # RDMA devices and the like: without them NCCL falls back to TCP
     mounts = [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "cache", "mountPath": CACHE_DIR}]
     volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}},
                {"name": "cache", "emptyDir": {}}]
@@ -88,19 +89,23 @@ def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: lis
         # Kubeflow injects MASTER_ADDR/PORT and PET_NNODES/PET_NPROC_PER_NODE/PET_NODE_RANK, which torchrun reads.
         "command": ["torchrun"],
         "args": ["--master_addr=$(MASTER_ADDR)", "--master_port=$(MASTER_PORT)", "-m", "vita_trainer.train", *args],
-        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"},
-                # Under an arbitrary UID (OpenShift) HOME is "/", and every cache below it fails to write.
-                {"name": "HOME", "value": CACHE_DIR}, {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
-                {"name": "TRITON_CACHE_DIR", "value": f"{CACHE_DIR}/triton"},
-                {"name": "TORCH_EXTENSIONS_DIR", "value": f"{CACHE_DIR}/torch_extensions"}, *gpu_env,
-                *_secret_env(spec)],
+        "env": _merged_env([{"name": "HF_HUB_OFFLINE", "value": "1"},
+                            # Under an arbitrary UID (OpenShift) HOME is "/", and every cache below it fails to write.
+                            {"name": "HOME", "value": CACHE_DIR},
+                            {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+                            {"name": "TRITON_CACHE_DIR", "value": f"{CACHE_DIR}/triton"},
+                            {"name": "TORCH_EXTENSIONS_DIR", "value": f"{CACHE_DIR}/torch_extensions"}, *gpu_env],
+                           [{"name": k, "value": v} for k, v in sorted(spec.trainer.env.items())],
+                           _secret_env(spec)),
         "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
         "resources": {"requests": dict(limits), "limits": limits},
         "volumeMounts": mounts,
         # Success: the trainer's JSON result (vita_trainer.train.termination). Failure: the log tail.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         # PodSecurity "restricted"
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {"allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"], **({"add": ["IPC_LOCK"]} if spec.trainer.ipc_lock
+                                                                 else {})}},
     }
     pod_spec = {"containers": [container], "volumes": volumes,
                 # fsGroup: most CSI volumes are root-owned; without it the first checkpoint save is refused.
@@ -117,10 +122,19 @@ def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: lis
         pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.trainer.image_pull_secrets]
     if spec.trainer.service_account_name:
         pod_spec["serviceAccountName"] = spec.trainer.service_account_name
-    return {"metadata": {"labels": dict(labels),
-                         "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
-                                         "prometheus.io/path": "/metrics"}},
-            "spec": pod_spec}
+    if res.affinity:
+        pod_spec["affinity"] = res.affinity
+    annotations = {**spec.trainer.pod_annotations, "prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                   "prometheus.io/path": "/metrics"}
+    return {"metadata": {"labels": dict(labels), "annotations": annotations}, "spec": pod_spec}
+
+
+def _merged_env(*groups: list[dict]) -> list[dict]:
+    """One entry per name, later groups winning (a user's NCCL_DEBUG or HOME replaces ours, in our place)."""
+    merged: dict[str, dict] = {}
+    for group in groups:
+        merged.update((e["name"], e) for e in group)
+    return list(merged.values())
 
 
 class PyTorchJobBackend:

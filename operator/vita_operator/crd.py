@@ -42,6 +42,9 @@ def _structural(node, defs):
     for key, value in node.items():
         if key in ("title", "$defs") or (key == "additionalProperties" and value is False):
             continue  # structural schemas forbid additionalProperties: false; the API server prunes instead
+        if key == "additionalProperties" and value is True:  # free-form (affinity): kept as written
+            out["x-kubernetes-preserve-unknown-fields"] = True
+            continue
         if key == "const":
             out["enum"] = [value]
             continue
