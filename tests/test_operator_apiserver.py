@@ -49,9 +49,10 @@ class Cluster:
     def __init__(self, cp: ControlPlane, operator_kubeconfig: Path, workdir: Path):
         self.cp, self.operator_kubeconfig, self.dir = cp, operator_kubeconfig, workdir
 
-    def operator(self, name: str = "operator") -> OperatorProcess:
-        # Resync far beyond the test's waits: stage chaining must come from watch events, not the safety net.
-        return OperatorProcess(self.operator_kubeconfig, self.dir / f"{name}.log", resync_seconds=600)
+    def operator(self, name: str = "operator", resync_seconds: float = 600) -> OperatorProcess:
+        # Resync far beyond the test's waits by default: stage chaining must come from watch events, not the
+        # safety net.
+        return OperatorProcess(self.operator_kubeconfig, self.dir / f"{name}.log", resync_seconds=resync_seconds)
 
     def apply(self, obj: dict, *extra: str, check: bool = True):
         return self.cp.kubectl("apply", *extra, "-f", "-", input=json.dumps(obj), check=check)
@@ -73,8 +74,8 @@ class Cluster:
         self.cp.kubectl("patch", "pytorchjob", name, "-n", NS, "--subresource=status", "--type=merge",
                         "-p", json.dumps(status))
 
-    def finished_master_pod(self, job: str, final_loss: float) -> None:
-        """What the kubelet leaves behind: the master pod, terminated, with the trainer's termination message."""
+    def master_pod(self, job: str, phase: str, state: dict) -> None:
+        """What Kubeflow and the kubelet make: the job's master pod, its container in `state`."""
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{job}-master-0", "namespace": NS, "labels": {
             "training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": "master"}},
             "spec": {"containers": [{"name": "pytorch", "image": "trainer:test"}]}}
@@ -82,12 +83,15 @@ class Cluster:
         wait_for(lambda: self.cp.kubectl("get", "serviceaccount", "default", "-n", NS, check=False).returncode == 0,
                  what="default ServiceAccount")
         self.apply(pod)
-        message = json.dumps({"stage": job.split("-")[1], "globalStep": 9, "finalLoss": final_loss})
-        status = {"status": {"phase": "Succeeded", "containerStatuses": [{
+        status = {"status": {"phase": phase, "containerStatuses": [{
             "name": "pytorch", "image": "trainer:test", "imageID": "", "ready": False, "restartCount": 0,
-            "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": message}}}]}}
+            "state": state}]}}
         self.cp.kubectl("patch", "pod", f"{job}-master-0", "-n", NS, "--subresource=status", "--type=merge",
                         "-p", json.dumps(status))
+
+    def finished_master_pod(self, job: str, final_loss: float) -> None:
+        message = json.dumps({"stage": job.split("-")[1], "globalStep": 9, "finalLoss": final_loss})
+        self.master_pod(job, "Succeeded", {"terminated": {"exitCode": 0, "reason": "Completed", "message": message}})
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +201,25 @@ def test_suspend_reaches_the_current_job(cluster):
         wait_for(lambda: cluster.run_status("pausable").get("phase") == "Suspended", what="Suspended")
         assert_no_forbidden(op)
     cluster.cp.kubectl("delete", "vitatrainingrun", "pausable", "-n", NS, "--timeout=30s")
+
+
+def test_pods_that_cannot_start_show_on_the_run(cluster):
+    """ImagePullBackOff leaves Kubeflow's job Running forever; the operator's resync loop reports it on the run."""
+    run = copy.deepcopy(RUN)
+    run["metadata"]["name"] = "badimage"
+    with cluster.operator("operator-stuck", resync_seconds=1) as op:
+        cluster.apply(run)
+        wait_for(lambda: "badimage-s1-1" in cluster.jobs(), what="first job")
+        cluster.master_pod("badimage-s1-1", "Pending", {"waiting": {
+            "reason": "ImagePullBackOff", "message": 'Back-off pulling image "trainer:test"'}})
+        ready = wait_for(lambda: {c["type"]: c for c in cluster.run_status("badimage").get("conditions", [])}
+                         .get("PodsReady"), what="PodsReady condition")
+        assert ready["status"] == "False" and ready["reason"] == "PodsStuck"
+        assert "badimage-s1-1-master-0: ImagePullBackOff" in ready["message"]
+        described = cluster.cp.kubectl("describe", "vitatrainingrun", "badimage", "-n", NS).stdout
+        assert "PodsStuck" in described
+        assert_no_forbidden(op)
+    cluster.cp.kubectl("delete", "vitatrainingrun", "badimage", "-n", NS, "--timeout=30s")
 
 
 def test_a_pytorchjob_crd_installed_after_the_operator_is_picked_up(tmp_path, control_plane_binaries):

@@ -363,3 +363,26 @@ def test_multi_node_networking_reaches_the_pods(pytorchjob_schema):
     schema = crd_schema(yaml.safe_load(render()))["properties"]["spec"]
     jsonschema.validate(spec, schema)
     assert schema["properties"]["resources"]["properties"]["affinity"]["x-kubernetes-preserve-unknown-fields"]
+
+
+def _pod_status(name, **status):
+    return {"metadata": {"name": name}, "status": status}
+
+
+@pytest.mark.parametrize("pods,expected", [
+    ([], ""),
+    ([_pod_status("j-master-0", phase="Running", containerStatuses=[{"state": {"running": {}}}])], ""),
+    ([_pod_status("j-master-0", containerStatuses=[{"state": {"waiting": {"reason": "ContainerCreating"}}}])], ""),
+    ([_pod_status("j-worker-0", containerStatuses=[{"state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": "Back-off pulling image \"trainer:nope\""}}}])],
+     'pod j-worker-0: ImagePullBackOff: Back-off pulling image "trainer:nope"'),
+    ([_pod_status("j-master-0", containerStatuses=[{"state": {"waiting": {
+        "reason": "CreateContainerConfigError", "message": "secret \"wandb\" not found"}}}])],
+     'pod j-master-0: CreateContainerConfigError: secret "wandb" not found'),
+    ([_pod_status("j-master-0", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                             "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}])],
+     "pod j-master-0: Unschedulable: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),
+])
+def test_stuck_pods_are_named_with_their_reason(pods, expected):
+    from vita_operator.builder import stuck_reason
+    assert stuck_reason(pods) == expected

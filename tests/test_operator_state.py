@@ -132,3 +132,18 @@ def test_final_loss_is_recorded_when_the_stage_succeeds():
     assert d.status["stages"][0]["finalLoss"] == 0.125 and "finalLoss" not in d.status["stages"][1]
     d = decide("run", 1, spec(), status(rec("s1", "Running", 1)), [job("s1", 1, "Succeeded")], NOW)
     assert "finalLoss" not in d.status["stages"][0]  # not reported: left unset, not zero
+
+
+def test_pods_that_cannot_start_are_reported_once_and_cleared_when_they_start():
+    stuck = ObservedJob("run-s1-1", "s1", 1, "Running", "", None, "pod run-s1-1-master-0: ImagePullBackOff: no tag")
+    first = decide("run", 1, spec(), status(rec("s1", "Running", 1)), [stuck], NOW)
+    cond = {c["type"]: c for c in first.status["conditions"]}["PodsReady"]
+    assert (cond["status"], cond["reason"]) == ("False", "PodsStuck") and "ImagePullBackOff" in cond["message"]
+    assert [e[1] for e in first.events] == ["PodsStuck"] and first.events[0][0] == "Warning"
+    assert first.status["phase"] == "Running" and not first.actions  # reported, not failed: it can heal
+    again = decide("run", 1, spec(), first.status, [stuck], NOW)
+    assert "PodsStuck" not in [e[1] for e in again.events]  # one event per cause, not per reconcile
+    healed = decide("run", 1, spec(), again.status, [job("s1", 1, "Running")], NOW)
+    assert {c["type"]: c["status"] for c in healed.status["conditions"]}["PodsReady"] == "True"
+    plain = decide("run", 1, spec(), status(rec("s1", "Running", 1)), [job("s1", 1, "Running")], NOW)
+    assert "PodsReady" not in {c["type"] for c in plain.status.get("conditions", [])}

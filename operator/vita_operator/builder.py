@@ -23,6 +23,10 @@ DATASET_MOUNT_DEFAULT, CHECKPOINT_MOUNT_DEFAULT = "/data", "/checkpoints"
 # Pod-level restarts (OnFailure) absorb transient crashes; the operator's own attempts handle the rest.
 POD_BACKOFF_LIMIT = 3
 TTL_AFTER_FINISHED = 7 * 24 * 3600
+# Container states that do not heal by waiting alone: a wrong image or tag, a private registry without a pull
+# Secret, a missing Secret/ConfigMap (envFromSecrets) or a bad container config.
+STUCK_WAITING = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+                 "CreateContainerError")
 
 
 class JobBackend(Protocol):
@@ -32,6 +36,9 @@ class JobBackend(Protocol):
     def build(self, run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int) -> dict: ...
 
     def phase(self, job: dict) -> tuple[str, str]: ...
+
+    def pods_selector(self, job_name: str) -> str:
+        return f"{KUBEFLOW_JOB_NAME}={job_name}"
 
     def result_pod_selector(self, job_name: str) -> str: ...
 
@@ -181,6 +188,9 @@ class PyTorchJobBackend:
                 return ("Running" if kind == "Restarting" else kind), msg
         return "Pending", ""
 
+    def pods_selector(self, job_name: str) -> str:
+        return f"{KUBEFLOW_JOB_NAME}={job_name}"
+
     def result_pod_selector(self, job_name: str) -> str:
         """The pod holding global rank 0, which writes the stage's result."""
         return f"{KUBEFLOW_JOB_NAME}={job_name},{KUBEFLOW_REPLICA_TYPE}=master"
@@ -193,3 +203,18 @@ class PyTorchJobBackend:
             term = (cs.get("state") or {}).get("terminated") or {}
             return final_loss_of(term.get("message", "")) if term.get("exitCode") == 0 else None
         return None
+
+
+def stuck_reason(pods: list[dict]) -> str:
+    """Why a job's pods cannot start, from their status ("" when they can): the first stuck pod, named."""
+    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("name", "")):
+        name, status = pod.get("metadata", {}).get("name", "?"), pod.get("status") or {}
+        for cs in status.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_WAITING:
+                return f"pod {name}: {waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and \
+                    cond.get("reason") == "Unschedulable":
+                return f"pod {name}: Unschedulable: {cond.get('message', '')}".rstrip(": ")
+    return ""

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
 
 from . import metrics
-from .builder import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY, PyTorchJobBackend
+from .builder import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY, PyTorchJobBackend, stuck_reason
 from .crd import PLURAL, VERSION
 from .state import CreateJob, ObservedJob, SetJobSuspend, decide, set_condition
 
@@ -103,22 +103,28 @@ def observed_jobs(namespace: str, run_name: str, recorded_done: set[str]) -> lis
         stage = labels.get(LABEL_STAGE, "")
         loss = final_loss(namespace, job["metadata"]["name"]) if phase == "Succeeded" and stage not in recorded_done \
             else None
+        stuck = stuck_reason(_pods(namespace, BACKEND.pods_selector(job["metadata"]["name"]))) \
+            if phase in ("Pending", "Running") else ""
         out.append(ObservedJob(job["metadata"]["name"], stage, int(labels.get(LABEL_ATTEMPT, "0")), phase, message,
-                               loss))
+                               loss, stuck))
     return out
+
+
+def _pods(namespace: str, selector: str) -> list[dict]:
+    """Best effort: a failed read is logged and gives no pods; it never blocks the run."""
+    try:
+        # Raw JSON: only a few status fields are needed, not the client's full V1Pod models.
+        raw = _core().list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
+    except ApiException as e:
+        if e.status not in (403, 404):  # 403: RBAC without pods; 404: no such resource
+            log.warning("pods %s in %s not read: API error %s", selector, namespace, e.status)
+        return []
+    return json.loads(raw.data).get("items") or []
 
 
 def final_loss(namespace: str, job_name: str) -> float | None:
     """Best effort: a missing pod (cleaned up) or a failed read leaves finalLoss unset, never blocks the run."""
-    try:
-        # Raw JSON: only a few status fields are needed, not the client's full V1Pod models.
-        raw = _core().list_namespaced_pod(namespace, label_selector=BACKEND.result_pod_selector(job_name),
-                                          _preload_content=False)
-    except ApiException as e:
-        if e.status not in (403, 404):  # 403: RBAC without pods; 404: no such resource
-            log.warning("finalLoss of %s/%s not read: API error %s", namespace, job_name, e.status)
-        return None
-    losses = [BACKEND.final_loss(pod) for pod in json.loads(raw.data).get("items") or []]
+    losses = [BACKEND.final_loss(pod) for pod in _pods(namespace, BACKEND.result_pod_selector(job_name))]
     return next((x for x in losses if x is not None), None)
 
 

@@ -33,6 +33,7 @@ class ObservedJob:
     phase: str          # Pending|Running|Suspended|Succeeded|Failed
     message: str = ""
     final_loss: float | None = None   # from the finished master pod, when the trainer reported it
+    stuck: str = ""     # why its pods cannot start (ImagePullBackOff, missing Secret, Unschedulable); "" if not
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,19 @@ def _set_phase(d: Decision, phase: str, reason: str, message: str, now: str, gen
             set_condition(d.status, ctype, True, reason, message, now, generation)
         else:  # API conventions: a False condition says why too (a non-empty CamelCase reason)
             set_condition(d.status, ctype, False, f"Run{phase}", f"the run is {phase}", now, generation)
+
+
+def _pods_ready(d: Decision, job: ObservedJob, now: str, generation: int) -> None:
+    """Pods that cannot start leave Kubeflow's job "Running" forever: say so (condition PodsReady=False, one
+    Warning event per new cause). Not a failure: a pushed image or a created Secret heals it."""
+    old = next((c for c in d.status.get("conditions", []) if c["type"] == "PodsReady"), None)
+    if job.stuck:
+        if not old or old["status"] != "False" or old["message"] != job.stuck:
+            d.events.append(("Warning", "PodsStuck", f"job {job.name}: {job.stuck}"))
+        set_condition(d.status, "PodsReady", False, "PodsStuck", job.stuck, now, generation)
+    elif old and old["status"] == "False":
+        set_condition(d.status, "PodsReady", True, "PodsStarted", f"the pods of job {job.name} started", now,
+                      generation)
 
 
 def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: dict | None,
@@ -152,6 +166,7 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
         elif not spec.suspend and st.get("phase") == "Suspended" and job.phase == "Suspended":
             d.actions.append(SetJobSuspend(name, False))
             d.events.append(("Normal", "StageResumed", f"resuming job {name}"))
+        _pods_ready(d, job, now, generation)
         phase = "Suspended" if spec.suspend else "Running"
         msg = f"stage {stage.name} ({i + 1}/{len(spec.stages)})"
         if job.phase == "Suspended" and not spec.suspend:
