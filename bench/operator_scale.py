@@ -4,6 +4,8 @@
    (decisions/s). Baseline in the same run: building the same jobs alone (what any operator must do).
 2. The real kopf operator on kmock with 100 concurrent runs: latency from a job turning Succeeded to the next
    stage's job existing, and the operator's peak RSS.
+3. The same against a real control plane (etcd, kube-apiserver with RBAC, controller-manager; built once by
+   hack/control-plane/build.sh), the operator on the chart's ServiceAccount, as deployed.
 
     .venv/bin/python bench/operator_scale.py
 """
@@ -143,10 +145,66 @@ def kopf_on_kmock(n_runs: int, log_path: Path, timeout: float = 300) -> dict:
             "emulator_and_client_cpu_s": round(self_cpu, 2)}
 
 
+def kopf_on_real_apiserver(n_runs: int, workdir: Path, timeout: float = 300) -> dict:
+    """As kopf_on_kmock, on a real API server. Job creation times come from a watch in this process (the
+    server's creationTimestamp has 1 s resolution)."""
+    import threading
+
+    from kubernetes import client, watch
+
+    from tests.control_plane import ControlPlane, OperatorProcess, install_operator_prerequisites
+    G, V, P, NS = "vita.training.dev", "v1alpha1", "vitatrainingruns", "default"
+    seen: dict[str, float] = {}
+    with ControlPlane(workdir) as cp:
+        op_kubeconfig = install_operator_prerequisites(cp)
+        api = client.CustomObjectsApi(cp.api_client())
+        stop = threading.Event()
+
+        def watch_jobs():
+            w = watch.Watch()
+            for ev in w.stream(client.CustomObjectsApi(cp.api_client()).list_namespaced_custom_object,
+                               "kubeflow.org", "v1", NS, "pytorchjobs", timeout_seconds=int(timeout * 2)):
+                if ev["type"] == "ADDED":
+                    seen.setdefault(ev["object"]["metadata"]["name"], time.monotonic())
+                if stop.is_set():
+                    w.stop()
+
+        watcher = threading.Thread(target=watch_jobs, daemon=True)
+        watcher.start()
+        with OperatorProcess(op_kubeconfig, workdir / "operator.log", resync_seconds=600) as op:
+            t0 = time.monotonic()
+            for r in range(n_runs):
+                api.create_namespaced_custom_object(G, V, NS, P, {
+                    "apiVersion": f"{G}/{V}", "kind": "VitaTrainingRun",
+                    "metadata": {"name": f"r{r}", "namespace": NS}, "spec": SPEC})
+            _wait(lambda: all(f"r{r}-s1-1" in seen for r in range(n_runs)), timeout)
+            have_first = [r for r in range(n_runs) if f"r{r}-s1-1" in seen]
+            first_s = max((seen[f"r{r}-s1-1"] for r in have_first), default=t0) - t0
+            flipped, op_cpu0 = {}, _cpu_seconds(op.proc.pid)
+            for r in have_first:
+                api.patch_namespaced_custom_object_status("kubeflow.org", "v1", NS, "pytorchjobs", f"r{r}-s1-1", {
+                    "status": {"conditions": [{"type": "Succeeded", "status": "True", "reason": "Done"}]}})
+                flipped[r] = time.monotonic()
+            _wait(lambda: all(f"r{r}-s2-1" in seen for r in flipped), timeout)
+            peak, op_cpu = _peak_rss_mib(op.proc.pid), _cpu_seconds(op.proc.pid) - op_cpu0
+            phase_s = time.monotonic() - min(flipped.values(), default=time.monotonic())
+            apiserver_rss = _peak_rss_mib(cp.procs["kube-apiserver"].pid)
+        stop.set()
+    lat = sorted(seen[f"r{r}-s2-1"] - flipped[r] for r in flipped if f"r{r}-s2-1" in seen)
+    return {"runs": n_runs, "first_jobs_created": len(have_first), "all_first_jobs_within_s": round(first_s, 2),
+            "advanced_to_stage2": len(lat),
+            "succeeded_to_next_job_p50_s": round(statistics.median(lat), 3) if lat else None,
+            "succeeded_to_next_job_p95_s": round(lat[int(0.95 * (len(lat) - 1))], 3) if lat else None,
+            "succeeded_to_next_job_max_s": round(lat[-1], 3) if lat else None,
+            "operator_peak_rss_mib": round(peak, 1), "transition_phase_s": round(phase_s, 2),
+            "operator_cpu_s": round(op_cpu, 2), "kube_apiserver_peak_rss_mib": round(apiserver_rss, 1)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--kopf-runs", type=int, default=100)
+    ap.add_argument("--apiserver-runs", type=int, default=100, help="runs against a real API server (0: skip)")
     ap.add_argument("--operator-log", type=Path, default=Path("bench_out/operator_scale.log"))
     a = ap.parse_args()
     a.operator_log.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +212,11 @@ def main():
     print(f"pure core: {a.runs} runs x 3 stages, {rate:,.0f} decisions/s (each decision builds its job); "
           f"builder alone {build_rate:,.0f} jobs/s")
     print("kopf on kmock (operator in its own process):", kopf_on_kmock(a.kopf_runs, a.operator_log))
+    if a.apiserver_runs:
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="vita-apiserver-") as d:
+            print("kopf on a real kube-apiserver (operator in its own process, the chart's RBAC):",
+                  kopf_on_real_apiserver(a.apiserver_runs, Path(d)))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,10 @@ def test_data_check_bench_runs():
     assert "0 problems" in out
 
 
-def test_operator_scale_runs(tmp_path):
-    out = run("bench/operator_scale.py", "--runs", "5", "--kopf-runs", "3", "--operator-log", str(tmp_path / "op.log"))
-    assert "'first_jobs_created': 3" in out and "'advanced_to_stage2': 3" in out
+@pytest.mark.apiserver
+def test_operator_scale_runs(tmp_path, control_plane_binaries):
+    out = run("bench/operator_scale.py", "--runs", "5", "--kopf-runs", "3", "--apiserver-runs", "3",
+              "--operator-log", str(tmp_path / "op.log"))
+    kmock, real = out.split("kopf on a real kube-apiserver")
+    assert "'first_jobs_created': 3" in kmock and "'advanced_to_stage2': 3" in kmock
+    assert "'first_jobs_created': 3" in real and "'advanced_to_stage2': 3" in real
