@@ -162,12 +162,16 @@ def kopf_on_real_apiserver(n_runs: int, workdir: Path, timeout: float = 300) -> 
 
         def watch_jobs():
             w = watch.Watch()
-            for ev in w.stream(client.CustomObjectsApi(cp.api_client()).list_namespaced_custom_object,
-                               "kubeflow.org", "v1", NS, "pytorchjobs", timeout_seconds=int(timeout * 2)):
-                if ev["type"] == "ADDED":
-                    seen.setdefault(ev["object"]["metadata"]["name"], time.monotonic())
-                if stop.is_set():
-                    w.stop()
+            try:
+                for ev in w.stream(client.CustomObjectsApi(cp.api_client()).list_namespaced_custom_object,
+                                   "kubeflow.org", "v1", NS, "pytorchjobs", timeout_seconds=int(timeout * 2)):
+                    if ev["type"] == "ADDED":
+                        seen.setdefault(ev["object"]["metadata"]["name"], time.monotonic())
+                    if stop.is_set():
+                        w.stop()
+            except Exception:  # the server stopping ends the stream
+                if not stop.is_set():
+                    raise
 
         watcher = threading.Thread(target=watch_jobs, daemon=True)
         watcher.start()
@@ -189,7 +193,7 @@ def kopf_on_real_apiserver(n_runs: int, workdir: Path, timeout: float = 300) -> 
             peak, op_cpu = _peak_rss_mib(op.proc.pid), _cpu_seconds(op.proc.pid) - op_cpu0
             phase_s = time.monotonic() - min(flipped.values(), default=time.monotonic())
             apiserver_rss = _peak_rss_mib(cp.procs["kube-apiserver"].pid)
-        stop.set()
+        stop.set()  # before the control plane stops
     lat = sorted(seen[f"r{r}-s2-1"] - flipped[r] for r in flipped if f"r{r}-s2-1" in seen)
     return {"runs": n_runs, "first_jobs_created": len(have_first), "all_first_jobs_within_s": round(first_s, 2),
             "advanced_to_stage2": len(lat),

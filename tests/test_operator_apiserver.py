@@ -245,3 +245,32 @@ def test_a_pytorchjob_crd_installed_after_the_operator_is_picked_up(tmp_path, co
 def test_the_tier_ran_on_the_pinned_release(cluster):
     server = yaml.safe_load(cluster.cp.kubectl("version", "-o", "yaml").stdout)["serverVersion"]
     assert server["gitVersion"] == k8s_version()
+
+
+UPGRADE_CRDS = "kubectl apply --server-side --force-conflicts -f helm/vita-operator/crds/"
+
+
+def test_the_documented_crd_upgrade_keeps_new_fields(cluster):
+    """Helm never upgrades crds/: an older CRD refuses or prunes a new field. The README's command upgrades it."""
+    assert UPGRADE_CRDS in (REPO / "README.md").read_text()
+    crd_path = REPO / "helm" / "vita-operator" / "crds" / "vitatrainingruns.yaml"
+    old = yaml.safe_load(crd_path.read_text())
+    trainer = old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["trainer"]
+    del trainer["properties"]["env"]  # a release from before `trainer.env`
+    cluster.cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(old))
+    run = copy.deepcopy(RUN)
+    run["metadata"]["name"] = "upgraded"
+    run["spec"]["suspend"] = True  # nothing needs to run here
+    run["spec"]["trainer"]["env"] = {"NCCL_DEBUG": "INFO"}
+
+    # kubectl asks for strict field validation: the old schema refuses the field (other clients: pruned silently)
+    refused = wait_for(lambda: cluster.apply(run, check=False).stderr, what="the old schema refusing trainer.env")
+    assert 'unknown field "spec.trainer.env"' in refused
+    cluster.cp.kubectl(*UPGRADE_CRDS.split()[1:-1], str(REPO / UPGRADE_CRDS.split()[-1]))
+
+    def applied_env():
+        done = cluster.apply(run, check=False)
+        return done.returncode == 0 and cluster.get("vitatrainingrun", "upgraded")["spec"]["trainer"].get("env")
+
+    assert wait_for(applied_env, what="trainer.env kept after the upgrade") == {"NCCL_DEBUG": "INFO"}
+    cluster.cp.kubectl("delete", "vitatrainingrun", "upgraded", "-n", NS)
