@@ -31,8 +31,7 @@ crd: setup
 
 # Plain manifests for clusters without Helm, rendered from the chart (a test fails when they drift).
 manifests: setup
-	( echo "# Rendered from helm/vita-operator with default values (make manifests); do not edit by hand."; \
-	  $$($(VENV)/bin/python -c 'from tests.k8s_tools import tool; print(tool("helm"))') template vita-operator \
-	  helm/vita-operator -n vita-system --skip-tests ) > manifests/operator.yaml
+	$(VENV)/bin/python hack/render_manifests.py \
+	  $$($(VENV)/bin/python -c 'from tests.k8s_tools import tool; print(tool("helm"))') > manifests/operator.yaml
 
 .PHONY: manifests
