@@ -222,6 +222,29 @@ def test_pods_that_cannot_start_show_on_the_run(cluster):
     cluster.cp.kubectl("delete", "vitatrainingrun", "badimage", "-n", NS, "--timeout=30s")
 
 
+def test_a_permanent_trainer_error_is_not_retried(cluster):
+    """A bad config fails the stage at once (the trainer said so in its termination message); retries are kept for
+    failures another attempt can fix."""
+    from vita_trainer.train.termination import failure_message
+    run = copy.deepcopy(RUN)
+    run["metadata"]["name"] = "badconfig"
+    with cluster.operator("operator-permanent") as op:
+        cluster.apply(run)
+        wait_for(lambda: "badconfig-s1-1" in cluster.jobs(), what="first job")
+        message = failure_message("ConfigError", "--model_name_or_path /m has no config.json", False)
+        cluster.master_pod("badconfig-s1-1", "Failed", {"terminated": {"exitCode": 1, "reason": "Error",
+                                                                       "message": message}})
+        cluster.set_job("badconfig-s1-1", "Failed")
+        failed = wait_for(lambda: {c["type"]: c for c in cluster.run_status("badconfig").get("conditions", [])}
+                          .get("Failed", {}).get("status") == "True" and cluster.run_status("badconfig"),
+                          what="run Failed")
+        assert {c["type"]: c for c in failed["conditions"]}["Failed"]["reason"] == "PermanentError"
+        assert "no config.json" in failed["stages"][0]["message"]
+        assert "badconfig-s1-2" not in cluster.jobs()  # retryLimit 1 left unused
+        assert_no_forbidden(op)
+    cluster.cp.kubectl("delete", "vitatrainingrun", "badconfig", "-n", NS, "--timeout=30s")
+
+
 def test_a_pytorchjob_crd_installed_after_the_operator_is_picked_up(tmp_path, control_plane_binaries):
     with ControlPlane(tmp_path, control_plane_binaries) as cp:
         cluster = Cluster(cp, install_operator_prerequisites(cp, pytorchjob_crd=False), tmp_path)

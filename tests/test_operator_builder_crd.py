@@ -386,3 +386,19 @@ def _pod_status(name, **status):
 def test_stuck_pods_are_named_with_their_reason(pods, expected):
     from vita_operator.builder import stuck_reason
     assert stuck_reason(pods) == expected
+
+
+def test_pods_are_not_restarted_alone_and_permanent_errors_are_read(pytorchjob_schema):
+    """One failed pod fails the job (a fresh attempt gets a fresh rendezvous); the trainer's "not retryable" is read
+    from the failed master pod's termination message."""
+    from vita_trainer.train.termination import failure_message
+    job = PyTorchJobBackend().build("my-run", "ml", VitaTrainingRunSpec.model_validate(FULL), 0, 1)
+    jsonschema.validate(job, pytorchjob_schema)
+    assert {r["restartPolicy"] for r in job["spec"]["pytorchReplicaSpecs"].values()} == {"Never"}
+    assert job["spec"]["runPolicy"]["backoffLimit"] == 0
+    backend = PyTorchJobBackend()
+    assert backend.permanent_failure(_pod(failure_message("ConfigError", "bad flag", False), exit_code=2)) == \
+        "ConfigError: bad flag"
+    assert backend.permanent_failure(_pod(failure_message("NodeError", "no GPU", True), exit_code=2)) is None
+    assert backend.permanent_failure(_pod("Traceback ... NCCL error", exit_code=1)) is None  # log tail: retry
+    assert backend.permanent_failure(_pod('{"stage":"s","finalLoss":1.0}', exit_code=0)) is None

@@ -147,3 +147,16 @@ def test_pods_that_cannot_start_are_reported_once_and_cleared_when_they_start():
     assert {c["type"]: c["status"] for c in healed.status["conditions"]}["PodsReady"] == "True"
     plain = decide("run", 1, spec(), status(rec("s1", "Running", 1)), [job("s1", 1, "Running")], NOW)
     assert "PodsReady" not in {c["type"] for c in plain.status.get("conditions", [])}
+
+
+def test_a_permanent_error_fails_the_run_without_retries():
+    failed = ObservedJob("run-s1-1", "s1", 1, "Failed", "PyTorchJobFailed: job failed", None, "",
+                         "ConfigError: --model_name_or_path /m has no config.json")
+    d = decide("run", 1, spec(retry=3), status(rec("s1", "Running", 1)), [failed], NOW)
+    assert not d.actions and d.status["phase"] == "Failed"
+    assert d.status["stages"][0]["phase"] == "Failed" and "no config.json" in d.status["stages"][0]["message"]
+    cond = {c["type"]: c for c in d.status["conditions"]}["Failed"]
+    assert cond["reason"] == "PermanentError" and "ConfigError" in cond["message"]
+    # an unknown failure (NCCL, OOM-kill, node loss) is still retried
+    retried = decide("run", 1, spec(retry=3), status(rec("s1", "Running", 1)), [job("s1", 1, "Failed")], NOW)
+    assert retried.actions == [CreateJob(0, 2, False)]

@@ -119,3 +119,33 @@ def test_demo_evaluation_runs_on_a_stage_output(data, tmp_path):
     for kind, questions in (("image", {"color", "shape"}), ("audio", {"pitch", "count"})):
         assert set(report[kind]["questions"]) == questions
         assert 0.0 <= report[kind]["accuracy"]["all"] <= 1.0
+
+
+@pytest.mark.parametrize("argv,kind", [
+    (["--model_name_or_path", "/nonexistent", "--data_registry", "/r.yaml", "--dataset_use", "x"], "ConfigError"),
+    (["--no_such_flag", "1"], "UsageError"),
+])
+def test_a_bad_config_tells_the_operator_not_to_retry(tmp_path, argv, kind):
+    """What torchrun runs in a pod: a VitaError or a usage error exits 2 and says `retryable: false` in the
+    termination message, so the operator fails the stage instead of retrying it."""
+    import os
+    import subprocess
+    import sys
+    from vita_trainer.train.termination import permanent_failure_of
+    term = tmp_path / "termination-log"
+    term.write_text("")  # the kubelet creates it
+    done = subprocess.run([sys.executable, "-m", "vita_trainer.train", "--output_dir", str(tmp_path / "o"), *argv],
+                          env={**os.environ, "VITA_TERMINATION_MESSAGE_PATH": str(term)}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert permanent_failure_of(term.read_text()).startswith(f"{kind}: "), term.read_text()
+
+
+def test_a_pod_without_a_gpu_driver_may_be_retried_elsewhere(monkeypatch):
+    from vita_trainer.errors import NodeError
+    from vita_trainer.train.main import require_gpus_if_expected
+    monkeypatch.setenv("VITA_EXPECTED_GPUS", "8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(NodeError) as e:
+        require_gpus_if_expected()
+    assert e.value.retryable

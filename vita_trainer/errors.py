@@ -4,7 +4,11 @@ from __future__ import annotations
 
 
 class VitaError(Exception):
-    """Base class for every error this package raises on purpose."""
+    """Base class for every error this package raises on purpose.
+
+    `retryable`: whether another attempt (a new job, maybe on other nodes) could succeed. Bad configs and bad data
+    cannot; the trainer tells the operator so, and the stage fails at once instead of burning its retries."""
+    retryable = False
 
 
 # Every DataError.reason; metrics sum skips per reason across ranks, so the list is fixed and shared.
@@ -30,3 +34,8 @@ class DataError(VitaError):
 
 class ConfigError(VitaError):
     """A run spec, registry or stage configuration that cannot work; raised before training starts."""
+
+
+class NodeError(ConfigError):
+    """This node cannot run the stage (e.g. no usable GPU driver); another attempt may land on a good node."""
+    retryable = True

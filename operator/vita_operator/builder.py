@@ -9,7 +9,7 @@ from typing import Protocol
 from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
 from vita_trainer.stages.plan import (GPUS_ENV, PathRoots, nproc_per_node, stage_args, stage_output_dir,
                                       stage_resources)
-from vita_trainer.train.termination import final_loss_of
+from vita_trainer.train.termination import final_loss_of, permanent_failure_of
 
 LABEL_RUN = f"{API_GROUP}/run"
 LABEL_STAGE = f"{API_GROUP}/stage"
@@ -20,8 +20,11 @@ KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUBEFLOW_JOB_NAME, KUBEFLOW_REPLICA_TYPE = "training.kubeflow.org/job-name", "training.kubeflow.org/replica-type"
 TRAINER_CONTAINER = "pytorch"
 DATASET_MOUNT_DEFAULT, CHECKPOINT_MOUNT_DEFAULT = "/data", "/checkpoints"
-# Pod-level restarts (OnFailure) absorb transient crashes; the operator's own attempts handle the rest.
-POD_BACKOFF_LIMIT = 3
+# No pod-level restarts: torchrun's static rendezvous cannot take one restarted pod back, and a restart budget summed
+# over all pods is spent by one NCCL failure on 4 nodes. A failed pod fails the job; the operator's next attempt is a
+# fresh job (every pod, a new rendezvous) resuming from the checkpoint, and a permanent error is not retried at all.
+POD_RESTART_POLICY = "Never"
+POD_BACKOFF_LIMIT = 0
 TTL_AFTER_FINISHED = 7 * 24 * 3600
 # Container states that do not heal by waiting alone: a wrong image or tag, a private registry without a pull
 # Secret, a missing Secret/ConfigMap (envFromSecrets) or a bad container config.
@@ -41,6 +44,8 @@ class JobBackend(Protocol):
         return f"{KUBEFLOW_JOB_NAME}={job_name}"
 
     def result_pod_selector(self, job_name: str) -> str: ...
+
+    def permanent_failure(self, pod: dict) -> str | None: ...
 
     def final_loss(self, pod: dict) -> float | None: ...
 
@@ -158,7 +163,7 @@ class PyTorchJobBackend:
         if spec.scheduling.kueue_queue:
             job_labels[KUEUE_LABEL] = spec.scheduling.kueue_queue
         template = _pod_template(spec, index, labels, stage_args(spec, index, roots(spec)))
-        replica = lambda n: {"replicas": n, "restartPolicy": "OnFailure", "template": template}  # noqa: E731
+        replica = lambda n: {"replicas": n, "restartPolicy": POD_RESTART_POLICY, "template": template}  # noqa: E731
         replicas = {"Master": replica(1)}
         if res.nodes > 1:
             replicas["Worker"] = replica(res.nodes - 1)
@@ -194,6 +199,14 @@ class PyTorchJobBackend:
     def result_pod_selector(self, job_name: str) -> str:
         """The pod holding global rank 0, which writes the stage's result."""
         return f"{KUBEFLOW_JOB_NAME}={job_name},{KUBEFLOW_REPLICA_TYPE}=master"
+
+    def permanent_failure(self, pod: dict) -> str | None:
+        """The trainer's own "retrying cannot help" from a failed container's termination message, if any."""
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if cs.get("name") == TRAINER_CONTAINER and term.get("exitCode"):
+                return permanent_failure_of(term.get("message", ""))
+        return None
 
     def final_loss(self, pod: dict) -> float | None:
         """finalLoss from the trainer container's termination message, if it finished and wrote one."""

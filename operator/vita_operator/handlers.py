@@ -105,8 +105,10 @@ def observed_jobs(namespace: str, run_name: str, recorded_done: set[str]) -> lis
             else None
         stuck = stuck_reason(_pods(namespace, BACKEND.pods_selector(job["metadata"]["name"]))) \
             if phase in ("Pending", "Running") else ""
+        permanent = permanent_failure(namespace, job["metadata"]["name"]) \
+            if phase == "Failed" and stage not in recorded_done else ""
         out.append(ObservedJob(job["metadata"]["name"], stage, int(labels.get(LABEL_ATTEMPT, "0")), phase, message,
-                               loss, stuck))
+                               loss, stuck, permanent))
     return out
 
 
@@ -120,6 +122,12 @@ def _pods(namespace: str, selector: str) -> list[dict]:
             log.warning("pods %s in %s not read: API error %s", selector, namespace, e.status)
         return []
     return json.loads(raw.data).get("items") or []
+
+
+def permanent_failure(namespace: str, job_name: str) -> str:
+    """From the failed master pod: the trainer's permanent error, or "" (unknown failures are retried)."""
+    errors = [BACKEND.permanent_failure(pod) for pod in _pods(namespace, BACKEND.result_pod_selector(job_name))]
+    return next((e for e in errors if e), "")
 
 
 def final_loss(namespace: str, job_name: str) -> float | None:

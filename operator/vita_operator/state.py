@@ -5,7 +5,8 @@ Rules:
 - Each attempt of a stage is its own job, named deterministically (run, stage, attempt). The attempt counter is
   the larger of the recorded one and the highest attempt seen among existing jobs, so a restart between
   "create job" and "write status" neither duplicates nor forgets a job.
-- A failed job is retried while attempts <= retryLimit; the trainer resumes from the newest checkpoint in
+- A failed job whose trainer reported a permanent error (bad config or data) fails the run at once. Any
+  other failed job is retried while attempts <= retryLimit; the trainer resumes from the newest checkpoint in
   the stage's output folder. After that the run is Failed with the job's reason.
 - Spec edits: a job keeps the spec it was created with. Every job created after an edit (the next stage, or a
   retry) uses the new spec. Finished runs (Succeeded/Failed) ignore edits: delete and recreate to rerun.
@@ -34,6 +35,7 @@ class ObservedJob:
     message: str = ""
     final_loss: float | None = None   # from the finished master pod, when the trainer reported it
     stuck: str = ""     # why its pods cannot start (ImagePullBackOff, missing Secret, Unschedulable); "" if not
+    permanent: str = ""  # a failed job's error that another attempt cannot fix (bad config or data); "" if not
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,12 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             d.events.append(("Normal", "StageSucceeded", f"stage {stage.name} succeeded ({name})"))
             continue  # start the next stage in the same pass
         if job.phase == "Failed":
+            if job.permanent:
+                rec.update(phase="Failed", completionTime=now, message=job.permanent)
+                d.events.append(("Warning", "StageFailed", f"stage {stage.name} attempt {attempt} failed with an "
+                                 f"error that a retry cannot fix, not retried: {job.permanent}"))
+                _set_phase(d, "Failed", "PermanentError", f"stage {stage.name}: {job.permanent}", now, generation)
+                return d
             if attempt <= stage.retry_limit:
                 nxt = attempt + 1
                 new_name = job_name(run_name, stage.name, nxt)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, set_seed
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NodeError
 from ..stages.plan import GPUS_ENV, PREPARED_BASE_DIR, STAGE_DONE_FILE
 from ..stages.presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_weights
 from .arguments import DataArguments, ModelArguments, VitaTrainingArguments, resolve_deepspeed
@@ -25,7 +25,7 @@ def require_gpus_if_expected() -> None:
     import os
     expected = int(os.environ.get(GPUS_ENV, "0") or 0)
     if expected and not torch.cuda.is_available():
-        raise ConfigError(f"this pod requested {expected} GPU(s) ({GPUS_ENV}) but CUDA is unavailable: torch "
+        raise NodeError(f"this pod requested {expected} GPU(s) ({GPUS_ENV}) but CUDA is unavailable: torch "
                           f"{torch.__version__} built for CUDA {torch.version.cuda}, {torch.cuda.device_count()} "
                           f"device(s) visible. Check the node's NVIDIA driver (it must support CUDA "
                           f"{torch.version.cuda}) and the device plugin; refusing to train on CPU")

@@ -35,9 +35,37 @@ def final_loss_of(message: str) -> float | None:
         return None
 
 
-def write_termination_message(summary: dict) -> bool:
+# A trainer that stops on a VitaError exits with this code (1 is any other crash, signals are 128+).
+EXIT_VITA_ERROR = 2
+
+
+def failure_message(kind: str, error: str, retryable: bool) -> str:
+    return json.dumps({"error": kind, "message": error[:MAX_BYTES - 200], "retryable": retryable},
+                      separators=(",", ":"))
+
+
+def permanent_failure_of(message: str) -> str | None:
+    """The reader's side: "<kind>: <message>" when the trainer said another attempt cannot help, else None."""
+    try:
+        msg = json.loads(message or "")
+    except ValueError:
+        return None
+    if not isinstance(msg, dict) or msg.get("retryable") is not False:
+        return None
+    return f"{msg.get('error', 'Error')}: {msg.get('message', '')}"
+
+
+def _write(text: str) -> bool:
     path = Path(os.environ.get(PATH_ENV, DEFAULT_PATH))
     if not path.is_file():  # not in a pod (the kubelet creates the file); never create it ourselves
         return False
-    path.write_text(termination_message(summary))
+    path.write_text(text)
     return True
+
+
+def write_termination_message(summary: dict) -> bool:
+    return _write(termination_message(summary))
+
+
+def write_failure(kind: str, error: str, retryable: bool) -> bool:
+    return _write(failure_message(kind, error, retryable))
