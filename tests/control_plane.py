@@ -83,7 +83,42 @@ def kubeconfig(path: Path, server: str, ca: Path, token: str, user: str) -> Path
     return path
 
 
-class ControlPlane:
+class _Started:
+    """`with X(...) as x:` starts it and always stops it, also when the start itself fails half-way."""
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def stop_group(proc: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM the process group, then SIGKILL it after `timeout`; returns the exit code."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return proc.returncode
+
+
+class ControlPlane(_Started):
     """Start with `with ControlPlane(workdir) as cp:`; `cp.admin_kubeconfig` is cluster-admin."""
 
     def __init__(self, workdir: Path, bins: Path | None = None):
@@ -163,29 +198,9 @@ class ControlPlane:
         return self
 
     def stop(self) -> None:
-        for p in reversed(list(self.procs.values())):
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        for p in reversed(list(self.procs.values())):  # the controller-manager first, etcd last
+            stop_group(p, timeout=20)
         self.procs.clear()
-
-    def __enter__(self) -> "ControlPlane":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # --- clients ---------------------------------------------------------------------------------
     def kubectl(self, *args: str, kubeconfig_path: Path | None = None, input: str | None = None,
@@ -245,7 +260,7 @@ def wait_established(cp: ControlPlane, crd: str, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-class OperatorProcess:
+class OperatorProcess(_Started):
     """`python -m vita_operator`, as the image runs it, with the operator's own kubeconfig."""
 
     def __init__(self, kubeconfig_path: Path, log_path: Path, *, resync_seconds: float = 60.0,
@@ -279,24 +294,7 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode if self.proc else 0
-
-    def __enter__(self) -> "OperatorProcess":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return stop_group(self.proc, timeout=30) if self.proc else 0
 
 
 def have_go() -> bool:

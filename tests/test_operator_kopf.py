@@ -12,22 +12,10 @@ import pytest
 from kubernetes import client
 
 from tests.kmock_server import KMockThread
+from tests.operator_scenarios import NS, RUN, wait_for
 
 pytestmark = pytest.mark.slow
 G, V, P = "vita.training.dev", "v1alpha1", "vitatrainingruns"
-NS = "default"
-
-RUN = {
-    "apiVersion": f"{G}/{V}", "kind": "VitaTrainingRun",
-    "metadata": {"name": "r1", "namespace": NS},
-    "spec": {"model": {"base": "models/base"}, "data": {"registry": "registry.yaml"}, "output": "runs/r1",
-             "trainer": {"image": "trainer:test"}, "resources": {"gpusPerNode": 8, "nodes": 2},
-             "volumes": {"dataset": {"claimName": "data", "mountPath": "/data"},
-                         "checkpoints": {"claimName": "ckpt", "mountPath": "/ckpt"}},
-             "stages": [{"name": "s1", "preset": "vision_align", "datasetUse": "img", "retryLimit": 1},
-                        {"name": "s2", "preset": "audio_align", "datasetUse": "aud"},
-                        {"name": "s3", "preset": "multimodal_sft", "datasetUse": "mm"}]}}
-
 
 def api(url):
     return client.CustomObjectsApi(client.ApiClient(client.Configuration(host=url)))
@@ -35,16 +23,6 @@ def api(url):
 
 def core(url):
     return client.CoreV1Api(client.ApiClient(client.Configuration(host=url)))
-
-
-def wait_for(fn, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def jobs(a):

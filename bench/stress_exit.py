@@ -1,0 +1,46 @@
+"""Stress: back-to-back 2-process ZeRO-3 stages, counting aborts at interpreter exit ([cluster] item 17).
+
+A rank that finished its stage but dies at exit ("terminate called without an active exception", SIGABRT) is a
+failed pod and a needless retry in Kubernetes. Each run trains 4 steps with a checkpoint, like the resume test.
+
+    .venv/bin/python bench/stress_exit.py --runs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.test_resume_and_checkpoints import run, train_cmd  # noqa: E402
+from vita_trainer.demo.run import prepare  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=20)
+    a = ap.parse_args()
+    aborts, failures = 0, 0
+    with tempfile.TemporaryDirectory(prefix="vita-stress-") as d:
+        data = Path(d) / "data"
+        prepare(data, small=True)
+        for i in range(a.runs):
+            start = time.monotonic()
+            r = run(train_cmd(Path(d) / f"run{i}", data, steps=4))
+            aborted = "terminate called" in r.stderr or r.returncode in (-6, 134)
+            aborts += aborted
+            failures += r.returncode != 0
+            done = (Path(d) / f"run{i}" / "vita_stage.json").is_file()
+            print(f"run {i + 1}/{a.runs}: rc={r.returncode} stage_done={done} abort={aborted} "
+                  f"{time.monotonic() - start:.1f}s", flush=True)
+            if r.returncode != 0:
+                print(r.stderr[-1500:], flush=True)
+    print(f"{a.runs} back-to-back 2-process runs: {failures} failed, {aborts} aborted at exit")
+
+
+if __name__ == "__main__":
+    main()
