@@ -90,6 +90,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def _transition_latency(lat: list[float]) -> dict:
+    """How many runs advanced, and the Succeeded -> next job latency over them (sorted seconds)."""
+    return {"advanced_to_stage2": len(lat),
+            "succeeded_to_next_job_p50_s": round(statistics.median(lat), 3) if lat else None,
+            "succeeded_to_next_job_p95_s": round(lat[int(0.95 * (len(lat) - 1))], 3) if lat else None,
+            "succeeded_to_next_job_max_s": round(lat[-1], 3) if lat else None}
+
+
 def kopf_on_kmock(n_runs: int, log_path: Path, timeout: float = 300) -> dict:
     """n_runs created at once; once all have their first job, every first job turns Succeeded at once.
 
@@ -135,10 +143,7 @@ def kopf_on_kmock(n_runs: int, log_path: Path, timeout: float = 300) -> dict:
                 proc.wait()
     lat = sorted(created[second[r]] - flipped[r] for r in flipped if second[r] in created)
     return {"runs": n_runs, "first_jobs_created": len(have_first), "all_first_jobs_within_s": round(first_s, 2),
-            "advanced_to_stage2": len(lat),
-            "succeeded_to_next_job_p50_s": round(statistics.median(lat), 3) if lat else None,
-            "succeeded_to_next_job_p95_s": round(lat[int(0.95 * (len(lat) - 1))], 3) if lat else None,
-            "succeeded_to_next_job_max_s": round(lat[-1], 3) if lat else None,
+            **_transition_latency(lat),
             "operator_peak_rss_mib": round(peak, 1),
             # Where the time went in the transition phase: the operator's CPU vs the emulator's (and client's).
             "transition_phase_s": round(phase_s, 2), "operator_cpu_s": round(op_cpu, 2),
@@ -196,10 +201,7 @@ def kopf_on_real_apiserver(n_runs: int, workdir: Path, timeout: float = 300) -> 
         stop.set()  # before the control plane stops
     lat = sorted(seen[f"r{r}-s2-1"] - flipped[r] for r in flipped if f"r{r}-s2-1" in seen)
     return {"runs": n_runs, "first_jobs_created": len(have_first), "all_first_jobs_within_s": round(first_s, 2),
-            "advanced_to_stage2": len(lat),
-            "succeeded_to_next_job_p50_s": round(statistics.median(lat), 3) if lat else None,
-            "succeeded_to_next_job_p95_s": round(lat[int(0.95 * (len(lat) - 1))], 3) if lat else None,
-            "succeeded_to_next_job_max_s": round(lat[-1], 3) if lat else None,
+            **_transition_latency(lat),
             "operator_peak_rss_mib": round(peak, 1), "transition_phase_s": round(phase_s, 2),
             "operator_cpu_s": round(op_cpu, 2), "kube_apiserver_peak_rss_mib": round(apiserver_rss, 1)}
 

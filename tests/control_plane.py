@@ -23,6 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from vita_trainer.local import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "hack" / "control-plane" / "build.sh"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
@@ -48,11 +50,6 @@ def ensure_binaries() -> Path:
     if not all((out / b).is_file() for b in BINARIES):
         subprocess.run(["bash", str(BUILD_SCRIPT), str(out)], check=True)
     return out
-
-
-def _free_port() -> int:
-    from vita_trainer.local import free_port
-    return free_port()
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -125,7 +122,7 @@ class ControlPlane(_Started):
         self.dir = Path(workdir)
         self.bins = bins or ensure_binaries()
         self.procs: dict[str, subprocess.Popen] = {}
-        self.port = _free_port()
+        self.port = free_port()
         self.server = f"https://127.0.0.1:{self.port}"
         self.pki = self.dir / "pki"
         self.admin_token = secrets.token_hex(16)
@@ -163,7 +160,7 @@ class ControlPlane(_Started):
     def start(self) -> "ControlPlane":
         self.dir.mkdir(parents=True, exist_ok=True)
         make_pki(self.pki)
-        etcd_port, peer_port = _free_port(), _free_port()
+        etcd_port, peer_port = free_port(), free_port()
         self._spawn("etcd", [
             "--name", "test", "--data-dir", str(self.dir / "etcd"),
             "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
@@ -267,7 +264,7 @@ class OperatorProcess(_Started):
                  metrics_port: int = 0):
         self.kubeconfig, self.log_path = kubeconfig_path, log_path
         self.resync, self.metrics_port = resync_seconds, metrics_port
-        self.liveness_port = _free_port()
+        self.liveness_port = free_port()
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "OperatorProcess":

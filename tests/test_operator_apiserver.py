@@ -45,6 +45,18 @@ class Cluster:
     def run_status(self, name: str = "r1") -> dict:
         return self.get("vitatrainingrun", name).get("status") or {}
 
+    def condition(self, ctype: str, name: str = "r1") -> dict | None:
+        return {c["type"]: c for c in self.run_status(name).get("conditions", [])}.get(ctype)
+
+    def start_run(self, name: str) -> str:
+        """RUN under another name, applied; returns its first job's name once the operator created it."""
+        run = copy.deepcopy(RUN)
+        run["metadata"]["name"] = name
+        self.apply(run)
+        first = f"{name}-s1-1"
+        wait_for(lambda: first in self.jobs(), what=f"{name}'s first job")
+        return first
+
     def set_job(self, name: str, condition: str) -> None:
         """What Kubeflow's training operator writes when a job ends."""
         status = {"status": {"conditions": [{"type": condition, "status": "True", "reason": f"PyTorchJob{condition}",
@@ -152,11 +164,8 @@ def test_a_run_chains_retries_survives_a_restart_and_is_garbage_collected(cluste
 
 
 def test_a_run_deletes_while_the_operator_is_down(cluster):
-    run = copy.deepcopy(RUN)
-    run["metadata"]["name"] = "orphan"
     with cluster.operator("operator-delete") as op:
-        cluster.apply(run)
-        wait_for(lambda: "orphan-s1-1" in cluster.jobs(), what="first job")
+        cluster.start_run("orphan")
         wait_for(lambda: cluster.run_status("orphan").get("phase") == "Running", what="Running")
         assert_no_forbidden(op)
     assert not cluster.get("vitatrainingrun", "orphan")["metadata"].get("finalizers")
@@ -167,11 +176,8 @@ def test_a_run_deletes_while_the_operator_is_down(cluster):
 
 
 def test_suspend_reaches_the_current_job(cluster):
-    run = copy.deepcopy(RUN)
-    run["metadata"]["name"] = "pausable"
     with cluster.operator("operator-suspend") as op:
-        cluster.apply(run)
-        wait_for(lambda: "pausable-s1-1" in cluster.jobs(), what="first job")
+        cluster.start_run("pausable")
         cluster.cp.kubectl("patch", "vitatrainingrun", "pausable", "-n", NS, "--type=merge",
                            "-p", '{"spec": {"suspend": true}}')
         wait_for(lambda: cluster.jobs()["pausable-s1-1"]["spec"]["runPolicy"].get("suspend") is True,
@@ -183,15 +189,11 @@ def test_suspend_reaches_the_current_job(cluster):
 
 def test_pods_that_cannot_start_show_on_the_run(cluster):
     """ImagePullBackOff leaves Kubeflow's job Running forever; the operator's resync loop reports it on the run."""
-    run = copy.deepcopy(RUN)
-    run["metadata"]["name"] = "badimage"
     with cluster.operator("operator-stuck", resync_seconds=1) as op:
-        cluster.apply(run)
-        wait_for(lambda: "badimage-s1-1" in cluster.jobs(), what="first job")
-        cluster.master_pod("badimage-s1-1", "Pending", {"waiting": {
+        job = cluster.start_run("badimage")
+        cluster.master_pod(job, "Pending", {"waiting": {
             "reason": "ImagePullBackOff", "message": 'Back-off pulling image "trainer:test"'}})
-        ready = wait_for(lambda: {c["type"]: c for c in cluster.run_status("badimage").get("conditions", [])}
-                         .get("PodsReady"), what="PodsReady condition")
+        ready = wait_for(lambda: cluster.condition("PodsReady", "badimage"), what="PodsReady condition")
         assert ready["status"] == "False" and ready["reason"] == "PodsStuck"
         assert "badimage-s1-1-master-0: ImagePullBackOff" in ready["message"]
         described = cluster.cp.kubectl("describe", "vitatrainingrun", "badimage", "-n", NS).stdout
@@ -204,20 +206,16 @@ def test_a_permanent_trainer_error_is_not_retried(cluster):
     """A bad config fails the stage at once (the trainer said so in its termination message); retries are kept for
     failures another attempt can fix."""
     from vita_trainer.train.termination import failure_message
-    run = copy.deepcopy(RUN)
-    run["metadata"]["name"] = "badconfig"
     with cluster.operator("operator-permanent") as op:
-        cluster.apply(run)
-        wait_for(lambda: "badconfig-s1-1" in cluster.jobs(), what="first job")
+        job = cluster.start_run("badconfig")
         message = failure_message("ConfigError", "--model_name_or_path /m has no config.json", False)
-        cluster.master_pod("badconfig-s1-1", "Failed", {"terminated": {"exitCode": 1, "reason": "Error",
+        cluster.master_pod(job, "Failed", {"terminated": {"exitCode": 1, "reason": "Error",
                                                                        "message": message}})
-        cluster.set_job("badconfig-s1-1", "Failed")
-        failed = wait_for(lambda: {c["type"]: c for c in cluster.run_status("badconfig").get("conditions", [])}
-                          .get("Failed", {}).get("status") == "True" and cluster.run_status("badconfig"),
-                          what="run Failed")
-        assert {c["type"]: c for c in failed["conditions"]}["Failed"]["reason"] == "PermanentError"
-        assert "no config.json" in failed["stages"][0]["message"]
+        cluster.set_job(job, "Failed")
+        wait_for(lambda: cluster.run_status("badconfig").get("phase") == "Failed", what="run Failed")
+        failed = cluster.condition("Failed", "badconfig")
+        assert failed["status"] == "True" and failed["reason"] == "PermanentError"
+        assert "no config.json" in cluster.run_status("badconfig")["stages"][0]["message"]
         assert "badconfig-s1-2" not in cluster.jobs()  # retryLimit 1 left unused
         assert_no_forbidden(op)
     cluster.cp.kubectl("delete", "vitatrainingrun", "badconfig", "-n", NS, "--timeout=30s")
@@ -228,8 +226,7 @@ def test_a_pytorchjob_crd_installed_after_the_operator_is_picked_up(tmp_path, co
         cluster = Cluster(cp, install_operator_prerequisites(cp, pytorchjob_crd=False), tmp_path)
         with cluster.operator("operator-late-crd") as op:
             cluster.apply(RUN)
-            ready = wait_for(lambda: {c["type"]: c for c in cluster.run_status().get("conditions", [])}.get("Ready"),
-                             what="Ready condition")
+            ready = wait_for(lambda: cluster.condition("Ready"), what="Ready condition")
             assert ready["reason"] == "PyTorchJobCRDMissing" and "Kubeflow" in ready["message"]
             install_pytorchjob_crd(cp)
             # kopf notices the new CRD (the chart lets it watch CRDs) and starts watching PyTorchJobs; the run's

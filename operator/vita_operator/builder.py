@@ -40,8 +40,7 @@ class JobBackend(Protocol):
 
     def phase(self, job: dict) -> tuple[str, str]: ...
 
-    def pods_selector(self, job_name: str) -> str:
-        return f"{KUBEFLOW_JOB_NAME}={job_name}"
+    def pods_selector(self, job_name: str) -> str: ...
 
     def result_pod_selector(self, job_name: str) -> str: ...
 

@@ -6,6 +6,7 @@ Run with: kopf run --standalone -m vita_operator.handlers --liveness=http://0.0.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import json
 import logging
@@ -22,7 +23,7 @@ from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
 from . import metrics
 from .builder import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY, PyTorchJobBackend, stuck_reason
 from .crd import PLURAL, VERSION
-from .state import CreateJob, ObservedJob, SetJobSuspend, decide, set_condition
+from .state import TERMINAL, CreateJob, ObservedJob, SetJobSuspend, decide, set_condition
 
 log = logging.getLogger(__name__)
 BACKEND = PyTorchJobBackend()
@@ -90,26 +91,34 @@ def startup(settings: kopf.OperatorSettings, **_):
         start_http_server(port, registry=metrics.REGISTRY)
 
 
-def observed_jobs(namespace: str, run_name: str, recorded_done: set[str]) -> list[ObservedJob]:
-    """The run's jobs; a Succeeded job whose stage is not yet recorded done also gets its final loss."""
+def observed_jobs(namespace: str, run_name: str, recorded_done: set[str], read_pods: bool = True) -> list[ObservedJob]:
+    """The run's jobs. The latest attempt of a stage not yet recorded done also gets what its pods say: the final
+    loss (Succeeded), the trainer's permanent error (Failed) or why the pods cannot start (Pending/Running). Older
+    attempts and finished runs (`read_pods=False`) read no pods: the state machine looks at neither."""
     items = _api().list_namespaced_custom_object(JOB_GROUP, JOB_VERSION, namespace, BACKEND.plural,
                                                  label_selector=f"{LABEL_RUN}={run_name}")["items"]
-    out = []
+    jobs = []
     for job in items:  # filter again: cheap, and safe against proxies or mocks that ignore selectors
         labels = job.get("metadata", {}).get("labels", {})
         if labels.get(LABEL_RUN) != run_name or labels.get(MANAGED_BY[0]) != MANAGED_BY[1]:
             continue
-        phase, message = BACKEND.phase(job)
-        stage = labels.get(LABEL_STAGE, "")
-        loss = final_loss(namespace, job["metadata"]["name"]) if phase == "Succeeded" and stage not in recorded_done \
-            else None
-        stuck = stuck_reason(_pods(namespace, BACKEND.pods_selector(job["metadata"]["name"]))) \
-            if phase in ("Pending", "Running") else ""
-        permanent = permanent_failure(namespace, job["metadata"]["name"]) \
-            if phase == "Failed" and stage not in recorded_done else ""
-        out.append(ObservedJob(job["metadata"]["name"], stage, int(labels.get(LABEL_ATTEMPT, "0")), phase, message,
-                               loss, stuck, permanent))
-    return out
+        jobs.append(ObservedJob(job["metadata"]["name"], labels.get(LABEL_STAGE, ""),
+                                int(labels.get(LABEL_ATTEMPT, "0")), *BACKEND.phase(job)))
+    latest: dict[str, int] = {}
+    for j in jobs:
+        latest[j.stage] = max(latest.get(j.stage, 0), j.attempt)
+    return [_with_pod_reports(namespace, j) if read_pods and j.attempt == latest[j.stage]
+            and j.stage not in recorded_done else j for j in jobs]
+
+
+def _with_pod_reports(namespace: str, job: ObservedJob) -> ObservedJob:
+    if job.phase == "Succeeded":
+        return dataclasses.replace(job, final_loss=final_loss(namespace, job.name))
+    if job.phase == "Failed":
+        return dataclasses.replace(job, permanent=permanent_failure(namespace, job.name))
+    if job.phase in ("Pending", "Running"):
+        return dataclasses.replace(job, stuck=stuck_reason(_pods(namespace, BACKEND.pods_selector(job.name))))
+    return job
 
 
 def _pods(namespace: str, selector: str) -> list[dict]:
@@ -175,7 +184,8 @@ def reconcile(run: dict, logger) -> None:
             return
         try:
             records = (run.get("status") or {}).get("stages") or []
-            jobs = observed_jobs(namespace, name, {r.get("name") for r in records if r.get("phase") == "Succeeded"})
+            jobs = observed_jobs(namespace, name, {r.get("name") for r in records if r.get("phase") == "Succeeded"},
+                                 read_pods=(run.get("status") or {}).get("phase") not in TERMINAL)
         except ApiException as e:
             if e.status == 404:
                 msg = "the PyTorchJob CRD (kubeflow.org/v1) is not installed; install the Kubeflow training operator"
