@@ -1,5 +1,8 @@
-"""What both operator tiers (kmock and the real API server) run: the three-stage run and the wait helper."""
+"""What every operator tier (the pure state machine, kmock, the real API server) runs: the three-stage run, what
+each backend's Kubeflow controller writes on its jobs and pods, and the wait helper."""
 
+import copy
+import json
 import time
 
 NS = "default"
@@ -13,6 +16,63 @@ RUN = {
              "stages": [{"name": "s1", "preset": "vision_align", "datasetUse": "img", "retryLimit": 1},
                         {"name": "s2", "preset": "audio_align", "datasetUse": "aud"},
                         {"name": "s3", "preset": "multimodal_sft", "datasetUse": "mm"}]}}
+BACKENDS = ("pytorchjob", "trainjob")
+# group, version, plural of each backend's job
+JOB_RESOURCE = {"pytorchjob": ("kubeflow.org", "v1", "pytorchjobs"),
+                "trainjob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs")}
+
+
+def run_on(backend: str, name: str = "r1") -> dict:
+    """RUN under `name`, with its stages on `backend`."""
+    run = copy.deepcopy(RUN)
+    run["metadata"]["name"] = name
+    run["spec"]["trainer"]["backend"] = backend
+    return run
+
+
+def job_status(backend: str, phase: str) -> dict:
+    """The status each backend's controller writes for a job in `phase` (Pending|Running|Suspended|Succeeded|
+    Failed): the training operator's PyTorchJob conditions, or Trainer's TrainJob conditions and jobsStatus."""
+    def cond(ctype):
+        return {"conditions": [{"type": ctype, "status": "True", "reason": f"Job{phase}",
+                                "message": f"job {phase.lower()}", "lastTransitionTime": "2026-11-27T00:00:00Z"}]}
+    if phase == "Pending":
+        return {}
+    if backend == "pytorchjob":
+        return cond(phase)
+    if phase == "Running":
+        return {"jobsStatus": [{"name": "node", "active": 1, "ready": 1, "succeeded": 0, "failed": 0,
+                                "suspended": 0}]}
+    return cond({"Succeeded": "Complete"}.get(phase, phase))
+
+
+def job_args(job: dict) -> list[str]:
+    """The trainer's arguments in a built job of either backend."""
+    if job["kind"] == "TrainJob":
+        return job["spec"]["trainer"]["args"]
+    return job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]
+
+
+def result_pod(backend: str, job: str, phase: str, state: dict) -> dict:
+    """Rank 0's pod as each backend's controllers and the kubelet leave it, its trainer container in `state`."""
+    if backend == "pytorchjob":
+        name, container = f"{job}-master-0", "pytorch"
+        labels = {"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": "master"}
+    else:
+        name, container = f"{job}-node-0-0-x7k2p", "node"
+        labels = {"jobset.sigs.k8s.io/jobset-name": job, "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                  "batch.kubernetes.io/job-completion-index": "0"}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": labels},
+            "spec": {"containers": [{"name": container, "image": "trainer:test"}]},
+            "status": {"phase": phase, "containerStatuses": [{
+                "name": container, "image": "trainer:test", "imageID": "", "ready": False, "restartCount": 0,
+                "state": state}]}}
+
+
+def finished(job: str, final_loss: float) -> dict:
+    """A trainer container's state when its stage succeeded and reported its final loss."""
+    message = json.dumps({"stage": job.split("-")[1], "globalStep": 9, "finalLoss": final_loss})
+    return {"terminated": {"exitCode": 0, "reason": "Completed", "message": message}}
 
 
 def wait_for(fn, timeout=30.0, what="condition"):

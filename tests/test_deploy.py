@@ -20,6 +20,7 @@ from vita_trainer.train.metrics import TrainerMetrics
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "vita-operator"
 KUEUE_VALUES = CHART / "examples" / "values-kueue.yaml"
+TRAINJOB_VALUES = CHART / "examples" / "values-trainjob.yaml"
 BIN = Path(sys.executable).parent
 
 
@@ -38,7 +39,7 @@ def docs(text):
     return [d for d in yaml.safe_load_all(text) if d]
 
 
-@pytest.mark.parametrize("values", [None, KUEUE_VALUES])
+@pytest.mark.parametrize("values", [None, KUEUE_VALUES, TRAINJOB_VALUES])
 def test_helm_lint_and_template_validate(helm, values, tmp_path):
     extra = ["-f", str(values)] if values else []
     lint = helm("lint", "--strict", str(CHART), *extra)
@@ -48,8 +49,10 @@ def test_helm_lint_and_template_validate(helm, values, tmp_path):
     out.write_text(rendered)
     kinds = [d["kind"] for d in docs(rendered)]
     assert {"CustomResourceDefinition", "Deployment", "ClusterRole", "ServiceAccount", "Service", "Pod"} <= set(kinds)
-    if values:
+    if values == KUEUE_VALUES:
         assert {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"} <= set(kinds)
+    if values == TRAINJOB_VALUES:
+        assert {"ClusterTrainingRuntime", "PodMonitor"} <= set(kinds)
     res = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "--quiet", str(out)], capture_output=True,
                          text=True)
     failures = [line for line in res.stdout.splitlines() + res.stderr.splitlines()

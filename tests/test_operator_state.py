@@ -4,6 +4,9 @@ import re
 
 import pytest
 
+from tests.operator_scenarios import BACKENDS, job_status
+from vita_operator.backends import job_backends
+from vita_operator.builder import LABEL_ATTEMPT, LABEL_STAGE
 from vita_operator.state import CreateJob, ObservedJob, SetJobSuspend, decide
 from vita_trainer.spec import VitaTrainingRunSpec
 
@@ -82,13 +85,34 @@ CASES = [
 ]
 
 
+def as_backend_leaves_it(backend: str, sp, jobs: list[ObservedJob]) -> list[ObservedJob]:
+    """Each job as it would be on the cluster: built by `backend`, given the status its Kubeflow controller writes
+    for the job's phase, and read back through the backend (what the handlers do)."""
+    b = job_backends()[backend]
+    observed = []
+    for j in jobs:
+        raw = b.build("run", "ns", sp, [s.name for s in sp.stages].index(j.stage), j.attempt)
+        raw["status"] = job_status(backend, j.phase)
+        labels = raw["metadata"]["labels"]
+        observed.append(ObservedJob(raw["metadata"]["name"], labels[LABEL_STAGE], int(labels[LABEL_ATTEMPT]),
+                                    *b.phase(raw)))
+        assert observed[-1].phase == j.phase and observed[-1].name == j.name
+    return observed
+
+
+@pytest.mark.parametrize("backend", [None, *BACKENDS])
 @pytest.mark.parametrize("case,sp,st,jobs,actions,phase,stage_phases,events", CASES, ids=[c[0] for c in CASES])
-def test_transitions(case, sp, st, jobs, actions, phase, stage_phases, events):
+def test_transitions(case, sp, st, jobs, actions, phase, stage_phases, events, backend):
+    """The one scenario table: as plain observations, and on each backend's real job objects."""
     if case.endswith("InvalidSpec"):
         sp = sp.model_copy(update={"stages": [sp.stages[0], sp.stages[1].model_copy(update={"preset": "nope"})]})
-    d = decide("run", 3, sp, st, jobs, NOW)
+    if backend:
+        jobs = as_backend_leaves_it(backend, sp, jobs)
+    d = decide("run", 3, sp, st, jobs, NOW, backend or "pytorchjob")
     assert d.actions == actions
     assert d.status["phase"] == phase
+    if st is None or st.get("phase") not in ("Succeeded", "Failed"):
+        assert d.status["backend"] == (backend or "pytorchjob")
     assert d.status["observedGeneration"] == 3
     if stage_phases is not None:
         assert [r["phase"] for r in d.status["stages"]] == stage_phases
@@ -160,3 +184,14 @@ def test_a_permanent_error_fails_the_run_without_retries():
     # an unknown failure (NCCL, OOM-kill, node loss) is still retried
     retried = decide("run", 1, spec(retry=3), status(rec("s1", "Running", 1)), [job("s1", 1, "Failed")], NOW)
     assert retried.actions == [CreateJob(0, 2, False)]
+
+
+def test_the_default_backends_limits_apply_to_runs_that_name_none():
+    """A run without trainer.backend on an operator whose default is trainjob: what a TrainJob cannot carry fails
+    the run before any job exists, with the same message the CRD gives runs that name the backend."""
+    sp = VitaTrainingRunSpec.model_validate({**spec().model_dump(by_alias=True, exclude_none=True),
+                                             "scheduling": {"volcanoQueue": "gpu"}})
+    assert decide("run", 1, sp, None, [], NOW, "pytorchjob").actions == [CreateJob(0, 1, False)]
+    d = decide("run", 1, sp, None, [], NOW, "trainjob")
+    cond = {c["type"]: c for c in d.status["conditions"]}["Failed"]
+    assert not d.actions and cond["reason"] == "InvalidSpec" and "volcanoQueue needs the pytorchjob" in cond["message"]

@@ -32,6 +32,15 @@ MAX_STAGE_ARGS = 128
 # Trainer flags that the stage plan derives (where a stage reads from and writes to); a stage may not set them.
 PLAN_DERIVED_ARGS = ("output_dir", "model_name_or_path")
 # Kueue owns a queued job's suspend field: suspending it ourselves would start a suspend/unsuspend loop.
+# How a stage attempt runs on the cluster: a Kubeflow training-operator v1 PyTorchJob, or a Kubeflow Trainer v2
+# TrainJob on the chart's ClusterTrainingRuntime. Unset: the operator's default (a chart value).
+JOB_BACKENDS = ("pytorchjob", "trainjob")
+# What a TrainJob cannot carry per job (Trainer v2.3's runtimePatches have no field for it): the runtime decides.
+TRAINJOB_VOLCANO = ("scheduling.volcanoQueue needs the pytorchjob backend: a TrainJob's gang scheduling comes from "
+                    "its ClusterTrainingRuntime's podGroupPolicy; use scheduling.kueueQueue, or the pytorchjob backend")
+TRAINJOB_PRIORITY = ("resources.priorityClassName needs the pytorchjob backend: a TrainJob cannot set its pods' "
+                     "priority class; use Kueue's label kueue.x-k8s.io/priority-class via a Kueue queue, or the "
+                     "pytorchjob backend")
 SUSPEND_WITH_KUEUE = ("spec.suspend cannot be combined with scheduling.kueueQueue: Kueue owns the job's suspend "
                       "field and would unsuspend it again, restarting GPU pods; deactivate the run's Kueue "
                       "Workload instead (spec.active: false)")
@@ -143,6 +152,15 @@ class TrainerSpec(_Spec):
                                             "k8s.v1.cni.cncf.io/networks for a Multus secondary network")
     ipc_lock: bool = Field(False, description="Add the IPC_LOCK capability (RDMA memory registration). Not allowed "
                            "by PodSecurity 'restricted' or 'baseline': the namespace must be 'privileged'")
+    backend: Literal[JOB_BACKENDS] | None = Field(  # type: ignore[valid-type]
+        None, description="How each stage runs: 'pytorchjob' (Kubeflow training operator v1) or 'trainjob' "
+        "(Kubeflow Trainer v2, on the chart's ClusterTrainingRuntime). Unset: the operator's default, recorded in "
+        "status.backend when the run starts. Immutable",
+        json_schema_extra={"x-kubernetes-validations": [
+            {"rule": "self == oldSelf", "message": "trainer.backend is immutable: delete and recreate the run"}]})
+
+
+_TRAINJOB = "has(self.trainer) && has(self.trainer.backend) && self.trainer.backend == 'trainjob'"
 
 
 class VitaTrainingRunSpec(_Spec):
@@ -154,6 +172,11 @@ class VitaTrainingRunSpec(_Spec):
              "message": "set at most one of scheduling.kueueQueue and scheduling.volcanoQueue"},
             {"rule": "!(has(self.suspend) && self.suspend && has(self.scheduling) && has(self.scheduling.kueueQueue))",
              "message": SUSPEND_WITH_KUEUE},
+            {"rule": f"!({_TRAINJOB} && has(self.scheduling) && has(self.scheduling.volcanoQueue))",
+             "message": TRAINJOB_VOLCANO},
+            {"rule": f"!({_TRAINJOB} && ((has(self.resources) && has(self.resources.priorityClassName)) || "
+                     "self.stages.exists(s, has(s.resources) && has(s.resources.priorityClassName))))",
+             "message": TRAINJOB_PRIORITY},
         ]})
     model: ModelSpec
     data: DataSpec

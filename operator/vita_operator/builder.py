@@ -1,5 +1,5 @@
-"""PyTorchJob builder: a pure function of (run, stage, attempt). Behind `JobBackend` so a Kubeflow Trainer v2
-TrainJob builder can be added beside it."""
+"""Job builders: pure functions of (run, stage, attempt). The pod pieces both backends share, the `JobBackend`
+protocol, and the PyTorchJob backend (the TrainJob one is in trainjob.py)."""
 
 from __future__ import annotations
 
@@ -33,10 +33,17 @@ STUCK_WAITING = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "Create
 
 
 class JobBackend(Protocol):
+    """One way to run a stage attempt as a Kubernetes object; the state machine never sees which."""
+    name: str            # spec.trainer.backend
+    kind: str
     api_version: str
     plural: str
+    container: str       # the trainer container in the job's pods
 
-    def build(self, run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int) -> dict: ...
+    def build(self, run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int,
+              suspend: bool = False) -> dict: ...
+
+    def suspend_patch(self, suspend: bool) -> dict: ...
 
     def phase(self, job: dict) -> tuple[str, str]: ...
 
@@ -74,16 +81,67 @@ def _secret_env(spec: VitaTrainingRunSpec) -> list[dict]:
 
 TRAINER_UID = 1000          # the trainer image's user (images/trainer/Dockerfile)
 CACHE_DIR = "/cache"        # HOME and the HF / Triton / torch-extension caches: writable under any UID
+TRAINER_MODULE = ["-m", "vita_trainer.train"]
 
 
-def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: list[str]) -> dict:
+def job_labels(run_name: str, stage_name: str, attempt: int) -> dict:
+    """On the job and on its pods: what the operator finds them by."""
+    return {MANAGED_BY[0]: MANAGED_BY[1], LABEL_RUN: run_name, LABEL_STAGE: stage_name, LABEL_ATTEMPT: str(attempt)}
+
+
+def job_metadata(run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int) -> dict:
+    stage = spec.stages[index]
+    labels = job_labels(run_name, stage.name, attempt)
+    if spec.scheduling.kueue_queue:
+        labels[KUEUE_LABEL] = spec.scheduling.kueue_queue
+    return {"name": job_name(run_name, stage.name, attempt), "namespace": namespace, "labels": labels,
+            "annotations": {f"{API_GROUP}/output": stage_output_dir(spec, index, roots(spec))}}
+
+
+def active_deadline(spec: VitaTrainingRunSpec, index: int) -> int | None:
+    """One of plan.JOB_ARGS: the job's deadline, not a trainer flag."""
+    value = spec.stages[index].args.get("active_deadline_seconds")
+    return int(value) if value else None
+
+
+def container_resources(spec: VitaTrainingRunSpec, index: int) -> dict:
     res = stage_resources(spec, index)
     limits = {"cpu": res.cpu, "memory": res.memory}
     if res.gpus_per_node:
         limits["nvidia.com/gpu"] = str(res.gpus_per_node)
     limits.update(res.extra_resources)  # RDMA devices and the like: without them NCCL falls back to TCP
+    return {"requests": dict(limits), "limits": limits}
+
+
+def container_env(spec: VitaTrainingRunSpec, index: int) -> list[dict]:
+    gpus = stage_resources(spec, index).gpus_per_node
+    gpu_env = [{"name": GPUS_ENV, "value": str(gpus)}] if gpus else []
+    return _merged_env([{"name": "HF_HUB_OFFLINE", "value": "1"},
+                        # Under an arbitrary UID (OpenShift) HOME is "/", and every cache below it fails to write.
+                        {"name": "HOME", "value": CACHE_DIR},
+                        {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+                        {"name": "TRITON_CACHE_DIR", "value": f"{CACHE_DIR}/triton"},
+                        {"name": "TORCH_EXTENSIONS_DIR", "value": f"{CACHE_DIR}/torch_extensions"}, *gpu_env],
+                       [{"name": k, "value": v} for k, v in sorted(spec.trainer.env.items())],
+                       _secret_env(spec))
+
+
+def container_security(spec: VitaTrainingRunSpec) -> dict:
+    """PodSecurity "restricted"; IPC_LOCK only where the run asks for RDMA memory registration."""
+    return {"allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], **({"add": ["IPC_LOCK"]} if spec.trainer.ipc_lock else {})}}
+
+
+# fsGroup: most CSI volumes are root-owned; without it the first checkpoint save is refused.
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID, "fsGroup": TRAINER_UID,
+                "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def volumes_and_mounts(spec: VitaTrainingRunSpec, index: int) -> tuple[list[dict], list[dict]]:
+    """/dev/shm sized per stage, the cache folder, and the run's dataset (read-only) and checkpoint volumes."""
     mounts = [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "cache", "mountPath": CACHE_DIR}]
-    volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}},
+    volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory",
+                                             "sizeLimit": stage_resources(spec, index).shm_size}},
                {"name": "cache", "emptyDir": {}}]
     v = spec.volumes
     if v.dataset:
@@ -93,51 +151,52 @@ def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: lis
     if v.checkpoints:
         mounts.append({"name": "checkpoints", "mountPath": v.checkpoints.mount_path})
         volumes.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": v.checkpoints.claim_name}})
+    return volumes, mounts
+
+
+def pod_placement(spec: VitaTrainingRunSpec, index: int) -> dict:
+    """Pod spec fields for where and as whom the pods run (only the ones the run sets)."""
+    res = stage_resources(spec, index)
+    out: dict = {}
+    if res.node_selector:
+        out["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        out["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in res.tolerations]
+    if res.affinity:
+        out["affinity"] = res.affinity
+    if spec.trainer.image_pull_secrets:
+        out["imagePullSecrets"] = [{"name": name} for name in spec.trainer.image_pull_secrets]
+    if spec.trainer.service_account_name:
+        out["serviceAccountName"] = spec.trainer.service_account_name
+    return out
+
+
+def pod_annotations(spec: VitaTrainingRunSpec) -> dict:
     port = spec.trainer.metrics_port
-    gpu_env = [{"name": GPUS_ENV, "value": str(res.gpus_per_node)}] if res.gpus_per_node else []
+    return {**spec.trainer.pod_annotations, "prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+            "prometheus.io/path": "/metrics"}
+
+
+def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: list[str]) -> dict:
+    volumes, mounts = volumes_and_mounts(spec, index)
     container = {
         "name": TRAINER_CONTAINER, "image": spec.trainer.image, "imagePullPolicy": "IfNotPresent",
         # Kubeflow injects MASTER_ADDR/PORT and PET_NNODES/PET_NPROC_PER_NODE/PET_NODE_RANK, which torchrun reads.
         "command": ["torchrun"],
-        "args": ["--master_addr=$(MASTER_ADDR)", "--master_port=$(MASTER_PORT)", "-m", "vita_trainer.train", *args],
-        "env": _merged_env([{"name": "HF_HUB_OFFLINE", "value": "1"},
-                            # Under an arbitrary UID (OpenShift) HOME is "/", and every cache below it fails to write.
-                            {"name": "HOME", "value": CACHE_DIR},
-                            {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
-                            {"name": "TRITON_CACHE_DIR", "value": f"{CACHE_DIR}/triton"},
-                            {"name": "TORCH_EXTENSIONS_DIR", "value": f"{CACHE_DIR}/torch_extensions"}, *gpu_env],
-                           [{"name": k, "value": v} for k, v in sorted(spec.trainer.env.items())],
-                           _secret_env(spec)),
-        "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
-        "resources": {"requests": dict(limits), "limits": limits},
+        "args": ["--master_addr=$(MASTER_ADDR)", "--master_port=$(MASTER_PORT)", *TRAINER_MODULE, *args],
+        "env": container_env(spec, index),
+        "ports": [{"name": "metrics", "containerPort": spec.trainer.metrics_port, "protocol": "TCP"}],
+        "resources": container_resources(spec, index),
         "volumeMounts": mounts,
         # Success: the trainer's JSON result (vita_trainer.train.termination). Failure: the log tail.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        # PodSecurity "restricted"
-        "securityContext": {"allowPrivilegeEscalation": False,
-                            "capabilities": {"drop": ["ALL"], **({"add": ["IPC_LOCK"]} if spec.trainer.ipc_lock
-                                                                 else {})}},
+        "securityContext": container_security(spec),
     }
-    pod_spec = {"containers": [container], "volumes": volumes,
-                # fsGroup: most CSI volumes are root-owned; without it the first checkpoint save is refused.
-                "securityContext": {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID,
-                                    "fsGroup": TRAINER_UID, "fsGroupChangePolicy": "OnRootMismatch",
-                                    "seccompProfile": {"type": "RuntimeDefault"}}}
-    if res.node_selector:
-        pod_spec["nodeSelector"] = dict(res.node_selector)
-    if res.tolerations:
-        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in res.tolerations]
-    if res.priority_class_name:
-        pod_spec["priorityClassName"] = res.priority_class_name
-    if spec.trainer.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.trainer.image_pull_secrets]
-    if spec.trainer.service_account_name:
-        pod_spec["serviceAccountName"] = spec.trainer.service_account_name
-    if res.affinity:
-        pod_spec["affinity"] = res.affinity
-    annotations = {**spec.trainer.pod_annotations, "prometheus.io/scrape": "true", "prometheus.io/port": str(port),
-                   "prometheus.io/path": "/metrics"}
-    return {"metadata": {"labels": dict(labels), "annotations": annotations}, "spec": pod_spec}
+    pod_spec = {"containers": [container], "volumes": volumes, "securityContext": dict(POD_SECURITY),
+                **pod_placement(spec, index)}
+    if stage_resources(spec, index).priority_class_name:
+        pod_spec["priorityClassName"] = stage_resources(spec, index).priority_class_name
+    return {"metadata": {"labels": dict(labels), "annotations": pod_annotations(spec)}, "spec": pod_spec}
 
 
 def _merged_env(*groups: list[dict]) -> list[dict]:
@@ -148,48 +207,66 @@ def _merged_env(*groups: list[dict]) -> list[dict]:
     return list(merged.values())
 
 
+def trainer_container_state(pod: dict, container: str) -> dict:
+    """The named container's terminated state, or {} while it has none."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == container:
+            return (cs.get("state") or {}).get("terminated") or {}
+    return {}
+
+
+def permanent_failure_in(pod: dict, container: str) -> str | None:
+    """The trainer's own "retrying cannot help" from a failed container's termination message, if any."""
+    term = trainer_container_state(pod, container)
+    return permanent_failure_of(term.get("message", "")) if term.get("exitCode") else None
+
+
+def final_loss_in(pod: dict, container: str) -> float | None:
+    """finalLoss from the trainer container's termination message, if it finished and wrote one."""
+    term = trainer_container_state(pod, container)
+    return final_loss_of(term.get("message", "")) if term.get("exitCode") == 0 else None
+
+
 class PyTorchJobBackend:
+    """Kubeflow training operator v1: one PyTorchJob per stage attempt, a Master and nodes-1 Workers."""
+    name = "pytorchjob"
+    kind = "PyTorchJob"
     api_version = "kubeflow.org/v1"
     plural = "pytorchjobs"
+    container = TRAINER_CONTAINER
 
     def build(self, run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int,
               suspend: bool = False) -> dict:
         stage = spec.stages[index]
         res = stage_resources(spec, index)
-        labels = {MANAGED_BY[0]: MANAGED_BY[1], LABEL_RUN: run_name, LABEL_STAGE: stage.name,
-                  LABEL_ATTEMPT: str(attempt)}
-        job_labels = dict(labels)
-        if spec.scheduling.kueue_queue:
-            job_labels[KUEUE_LABEL] = spec.scheduling.kueue_queue
-        template = _pod_template(spec, index, labels, stage_args(spec, index, roots(spec)))
+        template = _pod_template(spec, index, job_labels(run_name, stage.name, attempt),
+                                 stage_args(spec, index, roots(spec)))
         replica = lambda n: {"replicas": n, "restartPolicy": POD_RESTART_POLICY, "template": template}  # noqa: E731
         replicas = {"Master": replica(1)}
         if res.nodes > 1:
             replicas["Worker"] = replica(res.nodes - 1)
         run_policy = {"backoffLimit": POD_BACKOFF_LIMIT, "cleanPodPolicy": "Running",
                       "ttlSecondsAfterFinished": TTL_AFTER_FINISHED, "suspend": suspend}
-        if stage.args.get("active_deadline_seconds"):  # one of plan.JOB_ARGS: the job's, not the trainer's
-            run_policy["activeDeadlineSeconds"] = int(stage.args["active_deadline_seconds"])
+        if active_deadline(spec, index):
+            run_policy["activeDeadlineSeconds"] = active_deadline(spec, index)
         if spec.scheduling.volcano_queue:
             run_policy["schedulingPolicy"] = {"queue": spec.scheduling.volcano_queue, "minAvailable": res.nodes}
             if res.priority_class_name:
                 run_policy["schedulingPolicy"]["priorityClass"] = res.priority_class_name
-        return {"apiVersion": self.api_version, "kind": "PyTorchJob",
-                "metadata": {"name": job_name(run_name, stage.name, attempt), "namespace": namespace,
-                             "labels": job_labels,
-                             "annotations": {f"{API_GROUP}/output": stage_output_dir(spec, index, roots(spec))}},
+        return {"apiVersion": self.api_version, "kind": self.kind,
+                "metadata": job_metadata(run_name, namespace, spec, index, attempt),
                 "spec": {"nprocPerNode": str(nproc_per_node(spec, index)), "runPolicy": run_policy,
                          "pytorchReplicaSpecs": replicas}}
 
+    def suspend_patch(self, suspend: bool) -> dict:
+        return {"spec": {"runPolicy": {"suspend": suspend}}}
+
     def phase(self, job: dict) -> tuple[str, str]:
         """(Pending|Running|Suspended|Succeeded|Failed, message) from the job's conditions."""
-        conds = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or []
-                 if c.get("status") == "True"}
+        conds = true_conditions(job)
         for kind in ("Succeeded", "Failed", "Suspended", "Running", "Restarting"):
             if kind in conds:
-                c = conds[kind]
-                msg = f"{c.get('reason', kind)}: {c.get('message', '')}".strip(": ")
-                return ("Running" if kind == "Restarting" else kind), msg
+                return ("Running" if kind == "Restarting" else kind), condition_message(conds[kind])
         return "Pending", ""
 
     def pods_selector(self, job_name: str) -> str:
@@ -200,21 +277,18 @@ class PyTorchJobBackend:
         return f"{KUBEFLOW_JOB_NAME}={job_name},{KUBEFLOW_REPLICA_TYPE}=master"
 
     def permanent_failure(self, pod: dict) -> str | None:
-        """The trainer's own "retrying cannot help" from a failed container's termination message, if any."""
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated") or {}
-            if cs.get("name") == TRAINER_CONTAINER and term.get("exitCode"):
-                return permanent_failure_of(term.get("message", ""))
-        return None
+        return permanent_failure_in(pod, self.container)
 
     def final_loss(self, pod: dict) -> float | None:
-        """finalLoss from the trainer container's termination message, if it finished and wrote one."""
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            if cs.get("name") != TRAINER_CONTAINER:
-                continue
-            term = (cs.get("state") or {}).get("terminated") or {}
-            return final_loss_of(term.get("message", "")) if term.get("exitCode") == 0 else None
-        return None
+        return final_loss_in(pod, self.container)
+
+
+def true_conditions(job: dict) -> dict[str, dict]:
+    return {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
+
+
+def condition_message(cond: dict) -> str:
+    return f"{cond.get('reason', cond.get('type', ''))}: {cond.get('message', '')}".strip(": ")
 
 
 def stuck_reason(pods: list[dict]) -> str:

@@ -11,7 +11,7 @@ import sys
 
 import yaml
 
-from vita_trainer.spec import API_GROUP, KIND, PLAN_DERIVED_ARGS, RUN_NAME, RUN_NAME_MAX, VitaTrainingRunSpec
+from vita_trainer.spec import API_GROUP, JOB_BACKENDS, KIND, PLAN_DERIVED_ARGS, RUN_NAME, RUN_NAME_MAX, VitaTrainingRunSpec
 from vita_trainer.stages.presets import all_presets
 
 PLURAL = "vitatrainingruns"
@@ -79,7 +79,7 @@ def status_schema() -> dict:
     stage = {"type": "object", "properties": {
         "name": {"type": "string"},
         "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed"]},
-        "jobName": {"type": "string", "description": "PyTorchJob of the latest attempt"},
+        "jobName": {"type": "string", "description": "Job (PyTorchJob or TrainJob) of the latest attempt"},
         "attempts": {"type": "integer", "minimum": 0},
         "startTime": time, "completionTime": time,
         "checkpointPath": {"type": "string", "description": "Where the stage writes checkpoints and its output"},
@@ -93,6 +93,9 @@ def status_schema() -> dict:
     return {"type": "object", "description": "Observed state, written by the operator.", "properties": {
         "phase": {"type": "string", "enum": PHASES},
         "currentStage": {"type": "string"}, "currentJob": {"type": "string"},
+        "backend": {"type": "string", "enum": list(JOB_BACKENDS),
+                    "description": "The job backend the run uses: spec.trainer.backend, else the operator's default "
+                                   "when the run started"},
         "observedGeneration": {"type": "integer"},
         "conditions": {"type": "array", "items": condition,
                        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
@@ -109,7 +112,8 @@ def name_rule() -> dict:
 
 
 def crd() -> dict:
-    schema = {"type": "object", "description": "A progressive VITA-1.5 training run: one PyTorchJob per stage.",
+    schema = {"type": "object", "description": "A progressive VITA-1.5 training run: one PyTorchJob or TrainJob per "
+                                               "stage attempt.",
               "x-kubernetes-validations": [name_rule()],
               "required": ["spec"], "properties": {
                   "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
@@ -125,6 +129,8 @@ def crd() -> dict:
                                        {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage"},
                                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                                        {"name": "Job", "type": "string", "jsonPath": ".status.currentJob"},
+                                       {"name": "Backend", "type": "string", "jsonPath": ".status.backend",
+                                        "priority": 1},
                                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}],
                                    "schema": {"openAPIV3Schema": schema}}]}}
 

@@ -18,21 +18,42 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
-from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
+from vita_trainer.spec import API_GROUP, JOB_BACKENDS, VitaTrainingRunSpec
 
 from . import metrics
-from .builder import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY, PyTorchJobBackend, stuck_reason
+from .backends import backend_of, job_backends
+from .builder import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY, JobBackend, stuck_reason
 from .crd import PLURAL, VERSION
 from .state import TERMINAL, CreateJob, ObservedJob, SetJobSuspend, decide, set_condition
+from .trainjob import DEFAULT_RUNTIME
 
 log = logging.getLogger(__name__)
-BACKEND = PyTorchJobBackend()
-JOB_GROUP, JOB_VERSION = BACKEND.api_version.split("/")
 API_URL_ENV = "VITA_OPERATOR_API_URL"   # tests point the operator at an emulated API server
 NAMESPACE_ENV = "VITA_OPERATOR_NAMESPACE"  # watch one namespace (as __main__ does); unset: all namespaces
 RESYNC_ENV = "VITA_OPERATOR_RESYNC_SECONDS"
+# The chart sets these from its values: which backends its RBAC allows, the default one, the TrainJob runtime.
+BACKENDS_ENV, DEFAULT_BACKEND_ENV = "VITA_OPERATOR_BACKENDS", "VITA_OPERATOR_DEFAULT_BACKEND"
+RUNTIME_ENV = "VITA_OPERATOR_TRAINJOB_RUNTIME"
 _locks: dict[str, threading.Lock] = {}
 _client: client.ApiClient | None = None   # one connection pool for all handler threads, built at startup
+
+
+def configured_backends(env: dict) -> tuple[list[str], str]:
+    """(enabled backends, default backend) from the operator's environment; a bad setting stops the operator."""
+    enabled = [b.strip() for b in env.get(BACKENDS_ENV, "pytorchjob").split(",") if b.strip()]
+    default = env.get(DEFAULT_BACKEND_ENV) or (enabled[0] if enabled else "")
+    unknown = [b for b in [*enabled, default] if b not in JOB_BACKENDS]
+    if unknown or not enabled:
+        raise SystemExit(f"{BACKENDS_ENV}={env.get(BACKENDS_ENV)!r}, {DEFAULT_BACKEND_ENV}={default!r}: name one or "
+                         f"more of {', '.join(JOB_BACKENDS)} (unknown: {unknown})")
+    if default not in enabled:
+        raise SystemExit(f"{DEFAULT_BACKEND_ENV}={default!r} is not among the enabled backends {enabled} "
+                         f"({BACKENDS_ENV}); enable it in the chart values too")
+    return enabled, default
+
+
+BACKENDS = job_backends(os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME)
+ENABLED, DEFAULT_BACKEND = configured_backends(dict(os.environ))
 
 
 def _now() -> str:
@@ -91,11 +112,17 @@ def startup(settings: kopf.OperatorSettings, **_):
         start_http_server(port, registry=metrics.REGISTRY)
 
 
-def observed_jobs(namespace: str, run_name: str, recorded_done: set[str], read_pods: bool = True) -> list[ObservedJob]:
+def _group_version(backend: JobBackend) -> tuple[str, str]:
+    group, version = backend.api_version.split("/")
+    return group, version
+
+
+def observed_jobs(backend: JobBackend, namespace: str, run_name: str, recorded_done: set[str],
+                  read_pods: bool = True) -> list[ObservedJob]:
     """The run's jobs. The latest attempt of a stage not yet recorded done also gets what its pods say: the final
     loss (Succeeded), the trainer's permanent error (Failed) or why the pods cannot start (Pending/Running). Older
     attempts and finished runs (`read_pods=False`) read no pods: the state machine looks at neither."""
-    items = _api().list_namespaced_custom_object(JOB_GROUP, JOB_VERSION, namespace, BACKEND.plural,
+    items = _api().list_namespaced_custom_object(*_group_version(backend), namespace, backend.plural,
                                                  label_selector=f"{LABEL_RUN}={run_name}")["items"]
     jobs = []
     for job in items:  # filter again: cheap, and safe against proxies or mocks that ignore selectors
@@ -103,21 +130,23 @@ def observed_jobs(namespace: str, run_name: str, recorded_done: set[str], read_p
         if labels.get(LABEL_RUN) != run_name or labels.get(MANAGED_BY[0]) != MANAGED_BY[1]:
             continue
         jobs.append(ObservedJob(job["metadata"]["name"], labels.get(LABEL_STAGE, ""),
-                                int(labels.get(LABEL_ATTEMPT, "0")), *BACKEND.phase(job)))
+                                int(labels.get(LABEL_ATTEMPT, "0")), *backend.phase(job)))
     latest: dict[str, int] = {}
     for j in jobs:
         latest[j.stage] = max(latest.get(j.stage, 0), j.attempt)
-    return [_with_pod_reports(namespace, j) if read_pods and j.attempt == latest[j.stage]
+    return [_with_pod_reports(backend, namespace, j) if read_pods and j.attempt == latest[j.stage]
             and j.stage not in recorded_done else j for j in jobs]
 
 
-def _with_pod_reports(namespace: str, job: ObservedJob) -> ObservedJob:
+def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob) -> ObservedJob:
     if job.phase == "Succeeded":
-        return dataclasses.replace(job, final_loss=final_loss(namespace, job.name))
+        losses = [backend.final_loss(p) for p in _pods(namespace, backend.result_pod_selector(job.name))]
+        return dataclasses.replace(job, final_loss=next((x for x in losses if x is not None), None))
     if job.phase == "Failed":
-        return dataclasses.replace(job, permanent=permanent_failure(namespace, job.name))
+        errors = [backend.permanent_failure(p) for p in _pods(namespace, backend.result_pod_selector(job.name))]
+        return dataclasses.replace(job, permanent=next((e for e in errors if e), ""))
     if job.phase in ("Pending", "Running"):
-        return dataclasses.replace(job, stuck=stuck_reason(_pods(namespace, BACKEND.pods_selector(job.name))))
+        return dataclasses.replace(job, stuck=stuck_reason(_pods(namespace, backend.pods_selector(job.name))))
     return job
 
 
@@ -131,18 +160,6 @@ def _pods(namespace: str, selector: str) -> list[dict]:
             log.warning("pods %s in %s not read: API error %s", selector, namespace, e.status)
         return []
     return json.loads(raw.data).get("items") or []
-
-
-def permanent_failure(namespace: str, job_name: str) -> str:
-    """From the failed master pod: the trainer's permanent error, or "" (unknown failures are retried)."""
-    errors = [BACKEND.permanent_failure(pod) for pod in _pods(namespace, BACKEND.result_pod_selector(job_name))]
-    return next((e for e in errors if e), "")
-
-
-def final_loss(namespace: str, job_name: str) -> float | None:
-    """Best effort: a missing pod (cleaned up) or a failed read leaves finalLoss unset, never blocks the run."""
-    losses = [BACKEND.final_loss(pod) for pod in _pods(namespace, BACKEND.result_pod_selector(job_name))]
-    return next((x for x in losses if x is not None), None)
 
 
 def emit_event(run: dict, etype: str, reason: str, message: str) -> None:
@@ -167,6 +184,25 @@ def _patch_status(namespace: str, name: str, status: dict) -> None:
     _api().patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name, {"status": status})
 
 
+def _blocked(run: dict, reason: str, message: str, metric: str) -> None:
+    """Nothing can be created yet, but an admin can fix it (install a CRD, enable a backend): a Ready=False
+    condition and an event, and the run stays Pending; the next reconcile tries again."""
+    meta = run["metadata"]
+    status = copy.deepcopy(run.get("status") or {})
+    status.setdefault("phase", "Pending")
+    set_condition(status, "Ready", False, reason, message, _now(), meta.get("generation", 1))
+    if status != (run.get("status") or {}):
+        _patch_status(meta["namespace"], meta["name"], status)
+        emit_event(run, "Warning", reason, message)
+    metrics.RECONCILE_ERRORS.labels(metric).inc()
+
+
+CRD_MISSING = {"pytorchjob": "the PyTorchJob CRD (kubeflow.org/v1) is not installed; install the Kubeflow training "
+                             "operator, or run with trainer.backend: trainjob",
+               "trainjob": "the TrainJob CRD (trainer.kubeflow.org/v1alpha1) is not installed; install Kubeflow "
+                           "Trainer v2, or run with trainer.backend: pytorchjob"}
+
+
 def reconcile(run: dict, logger) -> None:
     """One pass for one run. Safe to call concurrently and repeatedly."""
     meta = run["metadata"]
@@ -182,40 +218,43 @@ def reconcile(run: dict, logger) -> None:
             emit_event(run, "Warning", "InvalidSpec", str(e)[:1000])
             metrics.record_phase(key, "Failed")
             return
+        backend_name = backend_of(run, DEFAULT_BACKEND)
+        if backend_name not in ENABLED and (run.get("status") or {}).get("phase") not in TERMINAL:
+            _blocked(run, "BackendNotEnabled", f"trainer.backend {backend_name} is not enabled in this operator "
+                     f"(enabled: {', '.join(ENABLED)}); set backends.{backend_name}.enabled in the chart values",
+                     "backend_disabled")
+            return
+        backend = BACKENDS[backend_name]
+        group, version = _group_version(backend)
         try:
             records = (run.get("status") or {}).get("stages") or []
-            jobs = observed_jobs(namespace, name, {r.get("name") for r in records if r.get("phase") == "Succeeded"},
+            jobs = observed_jobs(backend, namespace, name,
+                                 {r.get("name") for r in records if r.get("phase") == "Succeeded"},
                                  read_pods=(run.get("status") or {}).get("phase") not in TERMINAL)
         except ApiException as e:
             if e.status == 404:
-                msg = "the PyTorchJob CRD (kubeflow.org/v1) is not installed; install the Kubeflow training operator"
-                status = copy.deepcopy(run.get("status") or {})
-                status.setdefault("phase", "Pending")
-                set_condition(status, "Ready", False, "PyTorchJobCRDMissing", msg, _now(), meta.get("generation", 1))
-                _patch_status(namespace, name, status)
-                emit_event(run, "Warning", "PyTorchJobCRDMissing", msg)
-                metrics.RECONCILE_ERRORS.labels("crd_missing").inc()
+                _blocked(run, f"{backend.kind}CRDMissing", CRD_MISSING[backend_name], "crd_missing")
                 return
             raise
-        decision = decide(name, meta.get("generation", 1), spec, run.get("status"), jobs, _now())
+        decision = decide(name, meta.get("generation", 1), spec, run.get("status"), jobs, _now(), backend_name)
         for action in decision.actions:
             if isinstance(action, CreateJob):
-                body = BACKEND.build(name, namespace, spec, action.index, action.attempt, suspend=action.suspend)
+                body = backend.build(name, namespace, spec, action.index, action.attempt, suspend=action.suspend)
                 kopf.adopt(body, owner=run)  # ownerReferences: deleting the run deletes its jobs
                 try:
-                    _api().create_namespaced_custom_object(JOB_GROUP, JOB_VERSION, namespace, BACKEND.plural, body)
+                    _api().create_namespaced_custom_object(group, version, namespace, backend.plural, body)
                 except ApiException as e:
                     if e.status != 409:  # 409: created by an earlier pass; names are deterministic
                         raise
             elif isinstance(action, SetJobSuspend):
-                _api().patch_namespaced_custom_object(JOB_GROUP, JOB_VERSION, namespace, BACKEND.plural, action.name,
-                                                      {"spec": {"runPolicy": {"suspend": action.suspend}}})
+                _api().patch_namespaced_custom_object(group, version, namespace, backend.plural, action.name,
+                                                      backend.suspend_patch(action.suspend))
         if decision.status != (run.get("status") or {}):
             _patch_status(namespace, name, decision.status)
         for etype, reason, message in decision.events:
             emit_event(run, etype, reason, message)
             metrics.STAGE_TRANSITIONS.labels(reason).inc()
-            if reason in ("StageRetrying", "StageFailed"):  # each is one PyTorchJob observed Failed
+            if reason in ("StageRetrying", "StageFailed"):  # each is one job observed Failed
                 metrics.JOB_FAILURES.inc()
         metrics.record_phase(key, decision.status.get("phase"))
         logger.info("reconciled %s: phase=%s stage=%s job=%s", key, decision.status.get("phase"),
@@ -273,8 +312,8 @@ def cleanup(**_):
         thread.join(timeout=30)
 
 
-@kopf.on.event(JOB_GROUP, JOB_VERSION, BACKEND.plural, labels={MANAGED_BY[0]: MANAGED_BY[1]})
 def on_job(body, logger, **_):
+    """A job changed (Kubeflow wrote its status): reconcile the run that owns it."""
     labels = body.get("metadata", {}).get("labels", {})
     run_name, namespace = labels.get(LABEL_RUN), body["metadata"].get("namespace")
     if not run_name:
@@ -288,6 +327,12 @@ def on_job(body, logger, **_):
     if run.get("metadata", {}).get("deletionTimestamp"):
         return
     on_run(body=run, logger=logger)
+
+
+# Watch only the enabled backends' jobs: the chart grants RBAC for those alone.
+for _name in ENABLED:
+    kopf.on.event(*_group_version(BACKENDS[_name]), BACKENDS[_name].plural, id=f"on_{_name}",
+                  labels={MANAGED_BY[0]: MANAGED_BY[1]})(on_job)
 
 
 @kopf.on.delete(API_GROUP, VERSION, PLURAL, optional=True)

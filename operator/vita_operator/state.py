@@ -10,7 +10,7 @@ Rules:
   the stage's output folder. After that the run is Failed with the job's reason.
 - Spec edits: a job keeps the spec it was created with. Every job created after an edit (the next stage, or a
   retry) uses the new spec. Finished runs (Succeeded/Failed) ignore edits: delete and recreate to rerun.
-- spec.suspend suspends the current job (runPolicy.suspend) and creates new jobs suspended. A job that is
+- spec.suspend suspends the current job (its backend's suspend field) and creates new jobs suspended. A job that is
   suspended while the run is not (Kueue holding it in a queue) is left alone.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vita_trainer.spec import VitaTrainingRunSpec
-from vita_trainer.stages.plan import check_spec, stage_output_dir
+from vita_trainer.stages.plan import backend_problems, check_spec, stage_output_dir
 
 from .builder import job_name, roots
 
@@ -97,7 +97,9 @@ def _pods_ready(d: Decision, job: ObservedJob, now: str, generation: int) -> Non
 
 
 def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: dict | None,
-           jobs: list[ObservedJob], now: str) -> Decision:
+           jobs: list[ObservedJob], now: str, backend: str = "pytorchjob") -> Decision:
+    """`backend`: the job backend the run uses (its own, else the operator's default); only its limits matter
+    here, the jobs arrive as ObservedJob whatever their kind."""
     import copy
     d = Decision(status=copy.deepcopy(status or {}))
     st = d.status
@@ -105,7 +107,8 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
     if st.get("phase") in TERMINAL:
         return d
 
-    problems = check_spec(spec)
+    st["backend"] = backend
+    problems = list(dict.fromkeys(check_spec(spec) + backend_problems(spec, backend)))
     if problems:
         _set_phase(d, "Failed", "InvalidSpec", "; ".join(problems), now, generation)
         return d

@@ -10,7 +10,8 @@ import posixpath
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..spec import PLAN_DERIVED_ARGS, SUSPEND_WITH_KUEUE, ResourcesSpec, VitaTrainingRunSpec
+from ..spec import (PLAN_DERIVED_ARGS, SUSPEND_WITH_KUEUE, TRAINJOB_PRIORITY, TRAINJOB_VOLCANO, ResourcesSpec,
+                    VitaTrainingRunSpec)
 from .presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_weights
 
 STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage finishes
@@ -91,6 +92,18 @@ def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
     if spec.scheduling.kueue_queue and spec.scheduling.volcano_queue:
         problems.append("set at most one of scheduling.kueueQueue and scheduling.volcanoQueue: "
                         "Kueue admits the job and Volcano gang-schedules it; use one queue system")
+    return problems + backend_problems(spec, spec.trainer.backend)
+
+
+def backend_problems(spec: VitaTrainingRunSpec, backend: str | None) -> list[str]:
+    """What the job backend cannot carry. The CRD checks it when the run names its backend; the operator again
+    with the backend it resolved (its default) for runs that don't."""
+    if backend != "trainjob":
+        return []
+    problems = [TRAINJOB_VOLCANO] if spec.scheduling.volcano_queue else []
+    if spec.resources.priority_class_name or any(s.resources and s.resources.priority_class_name
+                                                 for s in spec.stages):
+        problems.append(TRAINJOB_PRIORITY)
     return problems
 
 

@@ -31,3 +31,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The enabled job backends, comma-separated; the default backend must be one of them. */}}
+{{- define "vita-operator.enabledBackends" -}}
+{{- $enabled := list -}}
+{{- range $name := list "pytorchjob" "trainjob" -}}
+{{- if (index $.Values.backends $name).enabled -}}
+{{- $enabled = append $enabled $name -}}
+{{- end -}}
+{{- end -}}
+{{- if not (has .Values.defaultBackend $enabled) -}}
+{{- fail (printf "defaultBackend %q is not enabled: set backends.%s.enabled=true" .Values.defaultBackend .Values.defaultBackend) -}}
+{{- end -}}
+{{- join "," $enabled -}}
+{{- end -}}
