@@ -229,16 +229,28 @@ def helm_template(*args: str) -> str:
                            "-n", "vita-system", *args], capture_output=True, text=True, check=True).stdout
 
 
+# Both backends enabled: the chart's RBAC then grants PyTorchJobs and TrainJobs, and it ships its runtime.
+BOTH_BACKENDS = ("--set", "backends.trainjob.enabled=true")
+
+
 def install_operator_prerequisites(cp: ControlPlane, *, pytorchjob_crd: bool = True) -> Path:
-    """The chart's CRDs, namespace, ServiceAccount and RBAC (as `helm template` renders them); the Kubeflow
-    PyTorchJob CRD. Returns the operator's kubeconfig."""
+    """The chart's CRDs, namespace, ServiceAccount and RBAC (as `helm template` renders them with both backends);
+    the Kubeflow PyTorchJob CRD; Kubeflow Trainer's TrainJob and ClusterTrainingRuntime CRDs and the chart's
+    runtime. Returns the operator's kubeconfig."""
     cp.kubectl("create", "namespace", "vita-system")
     cp.kubectl("apply", "--server-side", "-f", str(REPO / "helm" / "vita-operator" / "crds"))
-    rendered = helm_template("--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml")
+    rendered = helm_template(*BOTH_BACKENDS, "--show-only", "templates/serviceaccount.yaml",
+                             "--show-only", "templates/rbac.yaml")
     cp.kubectl("apply", "-f", "-", input=rendered)
     wait_established(cp, "vitatrainingruns.vita.training.dev")
     if pytorchjob_crd:
         install_pytorchjob_crd(cp)
+    cp.kubectl("apply", "--server-side", "-f", str(REPO / "third_party" / "kubeflow-trainer"))
+    for crd in ("trainjobs.trainer.kubeflow.org", "clustertrainingruntimes.trainer.kubeflow.org"):
+        wait_established(cp, crd)
+    # The real API server checks the shipped runtime against Trainer's schema and CEL rules.
+    cp.kubectl("apply", "-f", "-", input=helm_template(*BOTH_BACKENDS, "--show-only",
+                                                       "templates/clustertrainingruntime.yaml"))
     return cp.service_account_kubeconfig("vita-system", "vita-operator")
 
 
@@ -261,8 +273,8 @@ class OperatorProcess(_Started):
     """`python -m vita_operator`, as the image runs it, with the operator's own kubeconfig."""
 
     def __init__(self, kubeconfig_path: Path, log_path: Path, *, resync_seconds: float = 60.0,
-                 metrics_port: int = 0):
-        self.kubeconfig, self.log_path = kubeconfig_path, log_path
+                 metrics_port: int = 0, backends: str = "pytorchjob,trainjob"):
+        self.kubeconfig, self.log_path, self.backends = kubeconfig_path, log_path, backends
         self.resync, self.metrics_port = resync_seconds, metrics_port
         self.liveness_port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -270,7 +282,7 @@ class OperatorProcess(_Started):
     def start(self) -> "OperatorProcess":
         env = {k: v for k, v in os.environ.items() if k != "VITA_OPERATOR_API_URL"}
         env.update(KUBECONFIG=str(self.kubeconfig), VITA_OPERATOR_RESYNC_SECONDS=str(self.resync),
-                   VITA_OPERATOR_METRICS_PORT=str(self.metrics_port),
+                   VITA_OPERATOR_METRICS_PORT=str(self.metrics_port), VITA_OPERATOR_BACKENDS=self.backends,
                    VITA_OPERATOR_LIVENESS=f"http://127.0.0.1:{self.liveness_port}/healthz",
                    PYTHONPATH=os.pathsep.join([str(REPO / "operator"), str(REPO)]))
         log = open(self.log_path, "ab")

@@ -23,9 +23,11 @@ RESOURCES = {
         namespaced=True, kind="VitaTrainingRun", singular="vitatrainingrun", subresources={"status"},
         verbs={"create", "delete", "get", "list", "patch", "update", "watch"}),
 }
+JOB_VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
 PYTORCHJOBS = ("kubeflow.org/v1/pytorchjobs", ResourceInfo(
-    namespaced=True, kind="PyTorchJob", singular="pytorchjob", subresources={"status"},
-    verbs={"create", "delete", "get", "list", "patch", "update", "watch"}))
+    namespaced=True, kind="PyTorchJob", singular="pytorchjob", subresources={"status"}, verbs=JOB_VERBS))
+TRAINJOBS = ("trainer.kubeflow.org/v1alpha1/trainjobs", ResourceInfo(
+    namespaced=True, kind="TrainJob", singular="trainjob", subresources={"status"}, verbs=JOB_VERBS))
 
 
 class ApiServerEmulator(KubernetesEmulator):
@@ -89,7 +91,7 @@ class KMockThread:
     history, which is quadratic under load; benchmarks bound it (N well above the requests in flight)."""
 
     def __init__(self, with_pytorchjobs: bool = True, request_history: int | None = None):
-        self.with_pytorchjobs = with_pytorchjobs
+        self.with_pytorchjobs = with_pytorchjobs  # TrainJobs are always served
         self.request_history = request_history
         self.ready = threading.Event()
         self.stopping = None
@@ -109,6 +111,7 @@ class KMockThread:
                 kmock.resources[key] = info
             if self.with_pytorchjobs:
                 kmock.resources[PYTORCHJOBS[0]] = PYTORCHJOBS[1]
+            kmock.resources[TRAINJOBS[0]] = TRAINJOBS[1]
             self.kmock = kmock
             self.url = str(server.url).rstrip("/")
             self.ready.set()

@@ -15,22 +15,26 @@ import json
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
 from tests.control_plane import (REPO, ControlPlane, OperatorProcess, install_operator_prerequisites,
                                  install_pytorchjob_crd, k8s_version)
-from tests.operator_scenarios import NS, RUN, wait_for
+from tests.operator_scenarios import (BACKENDS, JOB_RESOURCE, NS, RUN, finished, job_status, result_pod, run_on,
+                                      wait_for)
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.slow]
 class Cluster:
     def __init__(self, cp: ControlPlane, operator_kubeconfig: Path, workdir: Path):
         self.cp, self.operator_kubeconfig, self.dir = cp, operator_kubeconfig, workdir
 
-    def operator(self, name: str = "operator", resync_seconds: float = 600) -> OperatorProcess:
+    def operator(self, name: str = "operator", resync_seconds: float = 600,
+                 backends: str = ",".join(BACKENDS)) -> OperatorProcess:
         # Resync far beyond the test's waits by default: stage chaining must come from watch events, not the
         # safety net.
-        return OperatorProcess(self.operator_kubeconfig, self.dir / f"{name}.log", resync_seconds=resync_seconds)
+        return OperatorProcess(self.operator_kubeconfig, self.dir / f"{name}.log", resync_seconds=resync_seconds,
+                               backends=backends)
 
     def apply(self, obj: dict, *extra: str, check: bool = True):
         return self.cp.kubectl("apply", *extra, "-f", "-", input=json.dumps(obj), check=check)
@@ -39,8 +43,9 @@ class Cluster:
         out = self.cp.kubectl("get", kind, *([name] if name else []), "-n", namespace, "-o", "json").stdout
         return json.loads(out)
 
-    def jobs(self) -> dict[str, dict]:
-        return {j["metadata"]["name"]: j for j in self.get("pytorchjobs")["items"]}
+    def jobs(self, backend: str = "pytorchjob") -> dict[str, dict]:
+        group, _, plural = JOB_RESOURCE[backend]
+        return {j["metadata"]["name"]: j for j in self.get(f"{plural}.{group}")["items"]}
 
     def run_status(self, name: str = "r1") -> dict:
         return self.get("vitatrainingrun", name).get("status") or {}
@@ -48,40 +53,32 @@ class Cluster:
     def condition(self, ctype: str, name: str = "r1") -> dict | None:
         return {c["type"]: c for c in self.run_status(name).get("conditions", [])}.get(ctype)
 
-    def start_run(self, name: str) -> str:
-        """RUN under another name, applied; returns its first job's name once the operator created it."""
-        run = copy.deepcopy(RUN)
-        run["metadata"]["name"] = name
-        self.apply(run)
+    def start_run(self, name: str, backend: str = "pytorchjob") -> str:
+        """RUN under another name on `backend`, applied; returns its first job's name once the operator made it."""
+        self.apply(run_on(backend, name))
         first = f"{name}-s1-1"
-        wait_for(lambda: first in self.jobs(), what=f"{name}'s first job")
+        wait_for(lambda: first in self.jobs(backend), what=f"{name}'s first job")
         return first
 
-    def set_job(self, name: str, condition: str) -> None:
-        """What Kubeflow's training operator writes when a job ends."""
-        status = {"status": {"conditions": [{"type": condition, "status": "True", "reason": f"PyTorchJob{condition}",
-                                             "message": f"job {condition.lower()}"}]}}
-        self.cp.kubectl("patch", "pytorchjob", name, "-n", NS, "--subresource=status", "--type=merge",
-                        "-p", json.dumps(status))
+    def set_job(self, name: str, phase: str, backend: str = "pytorchjob") -> None:
+        """What the backend's Kubeflow controller writes when the job reaches `phase`."""
+        group, _, plural = JOB_RESOURCE[backend]
+        self.cp.kubectl("patch", f"{plural}.{group}", name, "-n", NS, "--subresource=status", "--type=merge",
+                        "-p", json.dumps({"status": job_status(backend, phase)}))
 
-    def master_pod(self, job: str, phase: str, state: dict) -> None:
-        """What Kubeflow and the kubelet make: the job's master pod, its container in `state`."""
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{job}-master-0", "namespace": NS, "labels": {
-            "training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": "master"}},
-            "spec": {"containers": [{"name": "pytorch", "image": "trainer:test"}]}}
+    def master_pod(self, job: str, phase: str, state: dict, backend: str = "pytorchjob") -> None:
+        """What Kubeflow and the kubelet make: the job's rank-0 pod, its trainer container in `state`."""
+        pod = result_pod(backend, job, phase, state)
+        status = {"status": pod.pop("status")}
         # The default ServiceAccount (admission needs it) comes from the controller-manager shortly after start.
         wait_for(lambda: self.cp.kubectl("get", "serviceaccount", "default", "-n", NS, check=False).returncode == 0,
                  what="default ServiceAccount")
         self.apply(pod)
-        status = {"status": {"phase": phase, "containerStatuses": [{
-            "name": "pytorch", "image": "trainer:test", "imageID": "", "ready": False, "restartCount": 0,
-            "state": state}]}}
-        self.cp.kubectl("patch", "pod", f"{job}-master-0", "-n", NS, "--subresource=status", "--type=merge",
+        self.cp.kubectl("patch", "pod", pod["metadata"]["name"], "-n", NS, "--subresource=status", "--type=merge",
                         "-p", json.dumps(status))
 
-    def finished_master_pod(self, job: str, final_loss: float) -> None:
-        message = json.dumps({"stage": job.split("-")[1], "globalStep": 9, "finalLoss": final_loss})
-        self.master_pod(job, "Succeeded", {"terminated": {"exitCode": 0, "reason": "Completed", "message": message}})
+    def finished_master_pod(self, job: str, final_loss: float, backend: str = "pytorchjob") -> None:
+        self.master_pod(job, "Succeeded", finished(job, final_loss), backend)
 
 
 @pytest.fixture(scope="module")
@@ -121,46 +118,57 @@ def test_every_example_applies_and_the_api_server_rejects_bad_runs(cluster):
     assert "spec.stages[0].preset" in unknown_preset and "Unsupported value" in unknown_preset
     assert "spec.stages: Required value" in rejected(lambda r: r["spec"].pop("stages"))
     assert "spec.resources.gpusPerNode" in rejected(lambda r: r["spec"]["resources"].update(gpusPerNode=99))
+    assert "volcanoQueue needs the pytorchjob backend" in rejected(
+        lambda r: r["spec"].update(trainer={"backend": "trainjob"}, scheduling={"volcanoQueue": "v"}))
+    # a run keeps its backend: its jobs so far are of that kind
+    cluster.apply(run_on("pytorchjob", "fixed"))
+    moved = cluster.cp.kubectl("patch", "vitatrainingrun", "fixed", "-n", NS, "--type=merge",
+                               "-p", '{"spec": {"trainer": {"backend": "trainjob"}}}', check=False)
+    assert moved.returncode != 0 and "trainer.backend is immutable" in moved.stderr
+    cluster.cp.kubectl("delete", "vitatrainingrun", "fixed", "-n", NS)
 
 
-def test_a_run_chains_retries_survives_a_restart_and_is_garbage_collected(cluster):
-    with cluster.operator() as op:
-        cluster.apply(RUN)
-        wait_for(lambda: "r1-s1-1" in cluster.jobs(), what="first job")
-        owner = cluster.jobs()["r1-s1-1"]["metadata"]["ownerReferences"][0]
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_run_chains_retries_survives_a_restart_and_is_garbage_collected(cluster, backend):
+    with cluster.operator(f"operator-{backend}") as op:
+        cluster.apply(run_on(backend))
+        wait_for(lambda: "r1-s1-1" in cluster.jobs(backend), what="first job")
+        owner = cluster.jobs(backend)["r1-s1-1"]["metadata"]["ownerReferences"][0]
         # Admitted under OwnerReferencesPermissionEnforcement: the RBAC grants update on the run's finalizers.
         assert owner["name"] == "r1" and owner["blockOwnerDeletion"] is True and owner["controller"] is True
         wait_for(lambda: cluster.run_status().get("phase") == "Running", what="Running")
-        cluster.set_job("r1-s1-1", "Failed")
-        wait_for(lambda: "r1-s1-2" in cluster.jobs(), what="retry job")
-        cluster.finished_master_pod("r1-s1-2", 0.375)
-        cluster.set_job("r1-s1-2", "Succeeded")
-        wait_for(lambda: "r1-s2-1" in cluster.jobs(), what="stage 2 job")
+        cluster.set_job("r1-s1-1", "Failed", backend)
+        wait_for(lambda: "r1-s1-2" in cluster.jobs(backend), what="retry job")
+        cluster.finished_master_pod("r1-s1-2", 0.375, backend)
+        cluster.set_job("r1-s1-2", "Succeeded", backend)
+        wait_for(lambda: "r1-s2-1" in cluster.jobs(backend), what="stage 2 job")
         assert cluster.run_status()["stages"][0]["finalLoss"] == 0.375  # read with the chart's pods get/list
         assert_no_forbidden(op)
-    before = set(cluster.jobs())
-    with cluster.operator("operator-restarted") as op:
+    before = set(cluster.jobs(backend))
+    with cluster.operator(f"operator-{backend}-restarted") as op:
         time.sleep(3)
-        assert set(cluster.jobs()) == before  # restart: no duplicate jobs, progress kept
+        assert set(cluster.jobs(backend)) == before  # restart: no duplicate jobs, progress kept
         status = cluster.run_status()
         assert status["currentStage"] == "s2" and [s["phase"] for s in status["stages"]] == [
             "Succeeded", "Running", "Pending"]
-        cluster.set_job("r1-s2-1", "Succeeded")
-        wait_for(lambda: "r1-s3-1" in cluster.jobs(), what="stage 3 job")
-        cluster.set_job("r1-s3-1", "Succeeded")
+        cluster.set_job("r1-s2-1", "Succeeded", backend)
+        wait_for(lambda: "r1-s3-1" in cluster.jobs(backend), what="stage 3 job")
+        cluster.set_job("r1-s3-1", "Succeeded", backend)
         wait_for(lambda: cluster.run_status().get("phase") == "Succeeded", what="Succeeded")
         assert_no_forbidden(op)
-    assert sorted(cluster.jobs()) == ["r1-s1-1", "r1-s1-2", "r1-s2-1", "r1-s3-1"]
+    assert sorted(cluster.jobs(backend)) == ["r1-s1-1", "r1-s1-2", "r1-s2-1", "r1-s3-1"]
     # What users see: the printer columns and the events.
     table = cluster.cp.kubectl("get", "vitatrainingruns", "-n", NS).stdout.splitlines()
     assert table[0].split() == ["NAME", "STAGE", "PHASE", "JOB", "AGE"]
     assert table[1].split()[:3] == ["r1", "s3", "Succeeded"]
+    wide = cluster.cp.kubectl("get", "vitatrainingruns", "-n", NS, "-o", "wide").stdout.splitlines()
+    assert "BACKEND" in wide[0].split() and backend in wide[1].split()  # (JOB is blank once the run is done)
     described = cluster.cp.kubectl("describe", "vitatrainingrun", "r1", "-n", NS).stdout
     for reason in ("StageStarted", "StageRetrying", "StageSucceeded", "RunSucceeded"):
         assert reason in described, described[-2000:]
     # Deleting the run: the controller-manager's garbage collector removes its jobs (ownerReferences).
     cluster.cp.kubectl("delete", "vitatrainingrun", "r1", "-n", NS, "--timeout=60s")
-    wait_for(lambda: not cluster.jobs(), timeout=90, what="jobs garbage-collected")
+    wait_for(lambda: not cluster.jobs(backend), timeout=90, what="jobs garbage-collected")
 
 
 def test_a_run_deletes_while_the_operator_is_down(cluster):
@@ -175,12 +183,17 @@ def test_a_run_deletes_while_the_operator_is_down(cluster):
              what="jobs garbage-collected")
 
 
-def test_suspend_reaches_the_current_job(cluster):
-    with cluster.operator("operator-suspend") as op:
-        cluster.start_run("pausable")
+SUSPEND_FIELD = {"pytorchjob": lambda job: job["spec"]["runPolicy"].get("suspend"),
+                 "trainjob": lambda job: job["spec"].get("suspend")}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_suspend_reaches_the_current_job(cluster, backend):
+    with cluster.operator(f"operator-suspend-{backend}") as op:
+        cluster.start_run("pausable", backend)
         cluster.cp.kubectl("patch", "vitatrainingrun", "pausable", "-n", NS, "--type=merge",
                            "-p", '{"spec": {"suspend": true}}')
-        wait_for(lambda: cluster.jobs()["pausable-s1-1"]["spec"]["runPolicy"].get("suspend") is True,
+        wait_for(lambda: SUSPEND_FIELD[backend](cluster.jobs(backend)["pausable-s1-1"]) is True,
                  what="job suspended")
         wait_for(lambda: cluster.run_status("pausable").get("phase") == "Suspended", what="Suspended")
         assert_no_forbidden(op)
@@ -202,23 +215,65 @@ def test_pods_that_cannot_start_show_on_the_run(cluster):
     cluster.cp.kubectl("delete", "vitatrainingrun", "badimage", "-n", NS, "--timeout=30s")
 
 
-def test_a_permanent_trainer_error_is_not_retried(cluster):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_permanent_trainer_error_is_not_retried(cluster, backend):
     """A bad config fails the stage at once (the trainer said so in its termination message); retries are kept for
     failures another attempt can fix."""
     from vita_trainer.train.termination import failure_message
-    with cluster.operator("operator-permanent") as op:
-        job = cluster.start_run("badconfig")
+    with cluster.operator(f"operator-permanent-{backend}") as op:
+        job = cluster.start_run("badconfig", backend)
         message = failure_message("ConfigError", "--model_name_or_path /m has no config.json", False)
-        cluster.master_pod(job, "Failed", {"terminated": {"exitCode": 1, "reason": "Error",
-                                                                       "message": message}})
-        cluster.set_job(job, "Failed")
+        cluster.master_pod(job, "Failed", {"terminated": {"exitCode": 1, "reason": "Error", "message": message}},
+                           backend)
+        cluster.set_job(job, "Failed", backend)
         wait_for(lambda: cluster.run_status("badconfig").get("phase") == "Failed", what="run Failed")
         failed = cluster.condition("Failed", "badconfig")
         assert failed["status"] == "True" and failed["reason"] == "PermanentError"
         assert "no config.json" in cluster.run_status("badconfig")["stages"][0]["message"]
-        assert "badconfig-s1-2" not in cluster.jobs()  # retryLimit 1 left unused
+        assert "badconfig-s1-2" not in cluster.jobs(backend)  # retryLimit 1 left unused
         assert_no_forbidden(op)
     cluster.cp.kubectl("delete", "vitatrainingrun", "badconfig", "-n", NS, "--timeout=30s")
+
+
+def test_the_trainjob_example_runs_stage_by_stage_on_trainjobs(cluster):
+    """`kubectl apply` of the shipped TrainJob example: every stage becomes a TrainJob that the API server admits
+    under Trainer v2.3.0's CRD (schema and CEL rules), referencing the chart's runtime, which is installed."""
+    from tests.test_operator_trainjob import schema_of
+    path = REPO / "manifests" / "examples" / "run-trainjob.yaml"
+    run = yaml.safe_load(path.read_text())
+    name, stages = run["metadata"]["name"], [s["name"] for s in run["spec"]["stages"]]
+    schema = schema_of("trainjobs")
+    with cluster.operator("operator-trainjob-example") as op:
+        cluster.cp.kubectl("apply", "-n", NS, "-f", str(path))
+        for stage in stages:
+            job_name = f"{name}-{stage}-1"
+            job = wait_for(lambda: cluster.jobs("trainjob").get(job_name), what=f"TrainJob {job_name}")
+            jsonschema.validate({k: v for k, v in job.items() if k != "status"}, schema)
+            runtime = job["spec"]["runtimeRef"]["name"]
+            assert cluster.cp.kubectl("get", "clustertrainingruntime", runtime, check=False).returncode == 0
+            assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-h100"
+            cluster.set_job(job_name, "Succeeded", "trainjob")
+        wait_for(lambda: cluster.run_status(name).get("phase") == "Succeeded", what="Succeeded")
+        assert not [j for j in cluster.jobs() if j.startswith(name)]  # no PyTorchJob on the way
+        assert_no_forbidden(op)
+    cluster.cp.kubectl("delete", "vitatrainingrun", name, "-n", NS, "--timeout=30s")
+
+
+def test_a_backend_the_operator_does_not_run_is_reported_not_failed(cluster):
+    """The chart enables backends one by one (and grants RBAC only for those): a run on another one waits with
+    Ready=False and an event, and starts once an operator with that backend runs."""
+    with cluster.operator("operator-pytorchjob-only", backends="pytorchjob") as op:
+        cluster.apply(run_on("trainjob", "elsewhere"))
+        ready = wait_for(lambda: cluster.condition("Ready", "elsewhere"), what="Ready condition")
+        assert ready["status"] == "False" and ready["reason"] == "BackendNotEnabled"
+        assert "backends.trainjob.enabled" in ready["message"]
+        assert cluster.run_status("elsewhere")["phase"] == "Pending" and not cluster.jobs("trainjob")
+        assert "BackendNotEnabled" in cluster.cp.kubectl("describe", "vitatrainingrun", "elsewhere", "-n", NS).stdout
+        assert_no_forbidden(op)
+    with cluster.operator("operator-both-backends", resync_seconds=1) as op:
+        wait_for(lambda: "elsewhere-s1-1" in cluster.jobs("trainjob"), what="its TrainJob")
+        assert_no_forbidden(op)
+    cluster.cp.kubectl("delete", "vitatrainingrun", "elsewhere", "-n", NS, "--timeout=30s")
 
 
 def test_a_pytorchjob_crd_installed_after_the_operator_is_picked_up(tmp_path, control_plane_binaries):

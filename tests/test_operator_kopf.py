@@ -4,7 +4,6 @@ What this shows: handler flow, stage chaining, retries, restarts without duplica
 What it cannot show (a mock): CRD validation/defaulting by a real API server, garbage collection of jobs.
 """
 
-import json
 import os
 import time
 
@@ -12,7 +11,8 @@ import pytest
 from kubernetes import client
 
 from tests.kmock_server import KMockThread
-from tests.operator_scenarios import NS, RUN, wait_for
+from tests.operator_scenarios import (BACKENDS, JOB_RESOURCE, NS, RUN, finished, job_args, job_status, result_pod,
+                                      run_on, wait_for)
 
 pytestmark = pytest.mark.slow
 G, V, P = "vita.training.dev", "v1alpha1", "vitatrainingruns"
@@ -25,28 +25,20 @@ def core(url):
     return client.CoreV1Api(client.ApiClient(client.Configuration(host=url)))
 
 
-def jobs(a):
-    return {j["metadata"]["name"]: j for j in a.list_namespaced_custom_object("kubeflow.org", "v1", NS,
-                                                                            "pytorchjobs")["items"]}
+def jobs(a, backend="pytorchjob"):
+    return {j["metadata"]["name"]: j for j in a.list_namespaced_custom_object(
+        *JOB_RESOURCE[backend][:2], NS, JOB_RESOURCE[backend][2])["items"]}
 
 
-def set_job(a, name, cond):
-    a.patch_namespaced_custom_object_status("kubeflow.org", "v1", NS, "pytorchjobs", name, {"status": {
-        "conditions": [{"type": cond, "status": "True", "reason": f"Job{cond}", "message": f"job {cond.lower()}"}]}})
+def set_job(a, name, phase, backend="pytorchjob"):
+    """What the backend's Kubeflow controller writes when the job reaches `phase`."""
+    group, version, plural = JOB_RESOURCE[backend]
+    a.patch_namespaced_custom_object_status(group, version, NS, plural, name, {"status": job_status(backend, phase)})
 
 
-def add_master_pod(url, job, final_loss):
-    """What Kubeflow and the kubelet leave behind: the finished master pod with the trainer's message."""
-    core(url).create_namespaced_pod(NS, {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": f"{job}-master-0", "namespace": NS,
-                     "labels": {"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": "master"}},
-        "spec": {"containers": [{"name": "pytorch", "image": "trainer:test"}]},
-        "status": {"phase": "Succeeded", "containerStatuses": [{
-            "name": "pytorch", "image": "trainer:test", "imageID": "", "ready": False, "restartCount": 0,
-            "state": {"terminated": {"exitCode": 0, "reason": "Completed",
-                                     "message": json.dumps({"stage": "s1", "globalStep": 9, "finalLoss": final_loss})}},
-        }]}})
+def add_master_pod(url, job, final_loss, backend="pytorchjob"):
+    """What Kubeflow and the kubelet leave behind: the finished rank-0 pod with the trainer's message."""
+    core(url).create_namespaced_pod(NS, result_pod(backend, job, "Succeeded", finished(job, final_loss)))
 
 
 def run_status(a):
@@ -58,47 +50,47 @@ def operator(url, metrics_port=0, liveness_port=None):
     os.environ["VITA_OPERATOR_API_URL"] = url
     os.environ["VITA_OPERATOR_METRICS_PORT"] = str(metrics_port)
     os.environ["VITA_OPERATOR_RESYNC_SECONDS"] = "1"
+    os.environ["VITA_OPERATOR_BACKENDS"] = ",".join(BACKENDS)  # read when kopf first imports the handlers
     extra = [f"--liveness=http://127.0.0.1:{liveness_port}/healthz"] if liveness_port else []
     return KopfRunner(["run", "--standalone", "--all-namespaces", "-m", "vita_operator.handlers", *extra])
 
 
-def test_stages_chain_retry_restart_and_delete():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stages_chain_retry_restart_and_delete(backend):
     with KMockThread() as mock:
         a = api(mock.url)
         with operator(mock.url) as runner:
-            a.create_namespaced_custom_object(G, V, NS, P, RUN)
-            wait_for(lambda: "r1-s1-1" in jobs(a), what="first job")
-            job = jobs(a)["r1-s1-1"]
+            a.create_namespaced_custom_object(G, V, NS, P, run_on(backend))
+            wait_for(lambda: "r1-s1-1" in jobs(a, backend), what="first job")
+            job = jobs(a, backend)["r1-s1-1"]
             assert job["metadata"]["ownerReferences"][0]["name"] == "r1"
-            assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+            assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1 if backend == "pytorchjob" else \
+                job["spec"]["trainer"]["numNodes"] == 2
             assert wait_for(lambda: run_status(a).get("phase") == "Running", what="Running")
+            assert run_status(a)["backend"] == backend
             # a failure is retried as attempt 2 (retryLimit 1)
-            set_job(a, "r1-s1-1", "Failed")
-            wait_for(lambda: "r1-s1-2" in jobs(a), what="retry job")
-            add_master_pod(mock.url, "r1-s1-1", 9.0)  # the failed attempt's pod is not the result
-            add_master_pod(mock.url, "r1-s1-2", 0.375)
-            set_job(a, "r1-s1-2", "Succeeded")
-            wait_for(lambda: "r1-s2-1" in jobs(a), what="stage 2 job")
-            args = jobs(a)["r1-s2-1"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
-                "args"]
+            set_job(a, "r1-s1-1", "Failed", backend)
+            wait_for(lambda: "r1-s1-2" in jobs(a, backend), what="retry job")
+            add_master_pod(mock.url, "r1-s1-1", 9.0, backend)  # the failed attempt's pod is not the result
+            add_master_pod(mock.url, "r1-s1-2", 0.375, backend)
+            set_job(a, "r1-s1-2", "Succeeded", backend)
+            wait_for(lambda: "r1-s2-1" in jobs(a, backend), what="stage 2 job")
             # stage 2 starts from the base model plus stage 1's projector (adapter-only stage)
-            assert "/ckpt/runs/r1/s1/mm_projector.bin" in args
+            assert "/ckpt/runs/r1/s1/mm_projector.bin" in job_args(jobs(a, backend)["r1-s2-1"])
             assert run_status(a)["stages"][0]["finalLoss"] == 0.375
         assert runner.exception is None
         # operator restart mid-run: no duplicate jobs, progress kept
-        before = set(jobs(a))
+        before = set(jobs(a, backend))
         with operator(mock.url) as runner:
             time.sleep(3)
-            assert set(jobs(a)) == before
+            assert set(jobs(a, backend)) == before
             st = run_status(a)
             assert st["currentStage"] == "s2" and [s["phase"] for s in st["stages"]] == ["Succeeded", "Running",
                                                                                           "Pending"]
-            set_job(a, "r1-s2-1", "Succeeded")
-            wait_for(lambda: "r1-s3-1" in jobs(a), what="stage 3 job")
-            args = jobs(a)["r1-s3-1"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
-                "args"]
-            assert "/ckpt/runs/r1/s2/audio_adapter.bin" in args
-            set_job(a, "r1-s3-1", "Succeeded")
+            set_job(a, "r1-s2-1", "Succeeded", backend)
+            wait_for(lambda: "r1-s3-1" in jobs(a, backend), what="stage 3 job")
+            assert "/ckpt/runs/r1/s2/audio_adapter.bin" in job_args(jobs(a, backend)["r1-s3-1"])
+            set_job(a, "r1-s3-1", "Succeeded", backend)
             wait_for(lambda: run_status(a).get("phase") == "Succeeded", what="Succeeded")
             st = run_status(a)
             assert [s["attempts"] for s in st["stages"]] == [2, 1, 1]
@@ -109,7 +101,9 @@ def test_stages_chain_retry_restart_and_delete():
             wait_for(lambda: not any(o for o in a.list_namespaced_custom_object(G, V, NS, P)["items"]),
                      what="run deleted")
         assert runner.exception is None
-        assert sorted(jobs(a)) == ["r1-s1-1", "r1-s1-2", "r1-s2-1", "r1-s3-1"]  # one job per attempt, no dupes
+        assert sorted(jobs(a, backend)) == ["r1-s1-1", "r1-s1-2", "r1-s2-1", "r1-s3-1"]  # one per attempt, no dupes
+        other = next(b for b in BACKENDS if b != backend)
+        assert not jobs(a, other)  # every stage on the run's backend
         reasons = [e.reason for e in core(mock.url).list_namespaced_event(NS).items]
         for reason in ("StageStarted", "StageRetrying", "StageSucceeded", "RunSucceeded"):
             assert reason in reasons, (reason, reasons)
