@@ -1,1 +1,1 @@
-"""Kubernetes operator for VitaTrainingRun: one Kubeflow PyTorchJob per stage, in sequence."""
+"""Kubernetes operator for VitaTrainingRun: one Kubeflow PyTorchJob or TrainJob per stage, in sequence."""

@@ -108,7 +108,7 @@ def name_rule() -> dict:
                     f"(self.metadata.name.matches('{RUN_NAME}') && self.metadata.name.size() <= {RUN_NAME_MAX})",
             "message": f"metadata.name must be at most {RUN_NAME_MAX} characters of lowercase letters, digits and "
                        f"'-', starting with a letter and ending with a letter or digit (DNS-1035): it starts the "
-                       f"names of the run's PyTorchJobs and is a label value on their pods"}
+                       f"names of the run's jobs and is a label value on their pods"}
 
 
 def crd() -> dict:
