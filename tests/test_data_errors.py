@@ -153,6 +153,9 @@ def test_video_sample_expands_to_one_tile_per_frame(tok, tiny_cfg, media_dir):
     n = out["pixel_values"].shape[0]
     assert 4 <= n <= 16  # 1 s at 10 fps, sampled at 3 fps, then at least 4 frames
     assert int((out["input_ids"] == tiny_cfg.image_token_id).sum()) == n * tiny_cfg.tokens_per_tile
-    (media_dir / "clip.mp4").write_bytes(b"\x00" * 64)
-    with pytest.raises(DataError, match="unsupported video format"):
+    (media_dir / "clip.mp4").write_bytes(b"\x00" * 64)  # MP4 decodes through PyAV: this one is garbage
+    with pytest.raises(DataError, match=r"field=video\] video .*clip.mp4 cannot be decoded: clip.mp4: .*Invalid data"):
         run(proc, {"id": "v2", "video": "clip.mp4", "conversations": conv(("<video>\nq", "a"))})
+    (media_dir / "clip.xyz").write_bytes(b"\x00" * 64)
+    with pytest.raises(DataError, match="unsupported video format '.xyz'; supported: .avi, .m4v, .mkv"):
+        run(proc, {"id": "v3", "video": "clip.xyz", "conversations": conv(("<video>\nq", "a"))})

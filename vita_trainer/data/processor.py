@@ -84,18 +84,19 @@ class SampleProcessor:
                 for i, rel in enumerate(s.images)]
 
     def audio_paths(self, s: ParsedSample, file: str) -> list[Path]:
-        root = self.registry.resolve(self.registry.audio_root or ".")
+        root = self.registry.media_root("audio", file)
         return [resolve_media(root, rel, file=file, sample_id=s.sample_id, field=f"audio[{i}]")
                 for i, rel in enumerate(s.audios)]
 
     def video_path(self, s: ParsedSample, file: str) -> Path | None:
         if not s.video:
             return None
-        root = self.registry.resolve(self.registry.video_root or ".")
+        root = self.registry.media_root("video", file)
         return resolve_media(root, s.video, file=file, sample_id=s.sample_id, field="video")
 
-    def dynamic_tiling(self, s: ParsedSample, image: int = 0) -> bool:
-        return self.dynamic and s.image_set(image) not in self.registry.no_patch_sets
+    def dynamic_tiling(self, s: ParsedSample, file: str, image: int = 0) -> bool:
+        set_name = s.image_set(image) or self.registry.default_set(file)
+        return self.dynamic and set_name not in self.registry.no_patch_sets
 
     def check_duration(self, seconds: float, path: Path, *, file: str, sid: str, field: str) -> None:
         """Counted warning outside [min, max]; an error when too short to yield one LLM token."""
@@ -115,7 +116,7 @@ class SampleProcessor:
                 with Image.open(path) as im:
                     im.load()
                     out.append(tile_image(im, self.media.tile_size, self.media.max_tiles,
-                                          self.media.use_thumbnail, dynamic=self.dynamic_tiling(s, i)))
+                                          self.media.use_thumbnail, dynamic=self.dynamic_tiling(s, file, i)))
             except (UnidentifiedImageError, OSError, SyntaxError) as e:
                 raise DataError(f"image {path} cannot be decoded: {e}", file=file, sample_id=s.sample_id,
                                 field=f"image[{i}]", reason="corrupt_file") from e

@@ -4,10 +4,14 @@
     audio_root: path                         # AudioFolder
     video_root: path                         # optional
     no_patch_sets: [set_name, ...]           # NoPatchSets: one untiled tile
-    datasets: {name: {chat_path: path, data_ratio: 1.0}}
+    datasets: {name: {chat_path: path, data_ratio: 1.0,
+                      set: set_name | image_folder: path,   # for its samples without `set` (LLaVA, ShareGPT4V)
+                      audio_root: path, video_root: path}}  # override the registry's roots for this dataset
     mixtures: {key: [dataset name, ...]}     # selected with --dataset_use
 
-Relative paths are resolved against the YAML file's folder.
+Relative paths are resolved against the YAML file's folder. Where a sample's media lives is decided in one place,
+`Registry.image_folder` / `media_root`, for training, `vita-data check` and `concat` alike: a sample's own `set`
+wins, then its dataset's `set` or `image_folder`.
 """
 
 from __future__ import annotations
@@ -15,15 +19,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from ..errors import ConfigError, DataError
 
 
 class DatasetEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     chat_path: str = Field(description="JSON or JSONL file of VITA/LLaVA conversation samples")
     data_ratio: float = Field(1.0, gt=0, le=1, description="Fraction of the file's samples to use")
+    default_set: str | None = Field(None, alias="set", description="image_folders entry for samples without `set`")
+    image_folder: str | None = Field(None, description="Image folder for samples without `set` (LLaVA and "
+                                     "ShareGPT4V files as downloaded: paths like coco/train2017/x.jpg under it)")
+    audio_root: str | None = Field(None, description="Audio folder of this dataset (default: the registry's)")
+    video_root: str | None = Field(None, description="Video folder of this dataset (default: the registry's)")
+
+    @model_validator(mode="after")
+    def _one_default_image_root(self):
+        if self.default_set and self.image_folder:
+            raise ValueError(f"dataset {self.chat_path}: set either `set` (an image_folders name) or `image_folder` "
+                             f"(a path), not both")
+        return self
 
 
 class Registry(BaseModel):
@@ -35,6 +51,7 @@ class Registry(BaseModel):
     datasets: dict[str, DatasetEntry] = Field(default_factory=dict)
     mixtures: dict[str, list[str]] = Field(default_factory=dict)
     base_dir: str = "."
+    _by_file: dict[str, DatasetEntry] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _mixtures_reference_datasets(self):
@@ -43,6 +60,17 @@ class Registry(BaseModel):
             if missing:
                 raise ValueError(f"mixture {key!r} names datasets {missing} that are not under `datasets:`; "
                                  f"defined: {sorted(self.datasets)}")
+        for name, ds in self.datasets.items():
+            if ds.default_set and ds.default_set not in self.image_folders:
+                raise ValueError(f"dataset {name!r}: set {ds.default_set!r} is not under image_folders "
+                                 f"(known: {sorted(self.image_folders)})")
+        by_file: dict[str, tuple[str, DatasetEntry]] = {}
+        for name, ds in self.datasets.items():
+            key = str(self.resolve(ds.chat_path))
+            other = by_file.setdefault(key, (name, ds))
+            if _roots(other[1]) != _roots(ds):  # media roots are looked up by chat file: they must agree
+                raise ValueError(f"datasets {other[0]!r} and {name!r} read the same chat file {ds.chat_path} with "
+                                 f"different media folders; use one dataset entry (with data_ratio) per file")
         return self
 
     def resolve(self, path: str) -> Path:
@@ -58,16 +86,47 @@ class Registry(BaseModel):
         raise ConfigError(f"--dataset_use {key!r} is neither a mixture nor a dataset in the registry; "
                           f"mixtures: {sorted(self.mixtures)}, datasets: {sorted(self.datasets)}")
 
+    def dataset_of(self, file: str) -> DatasetEntry | None:
+        """The dataset entry reading this chat file, if any (files given directly to the tools have none)."""
+        if self._by_file is None:
+            self._by_file = {str(self.resolve(ds.chat_path)): ds for ds in self.datasets.values()}
+        return self._by_file.get(str(Path(file))) or self._by_file.get(str(Path(file).resolve()))
+
+    def default_set(self, file: str) -> str | None:
+        """The set a sample of this file without `set` belongs to (its dataset's `set`), if any."""
+        ds = self.dataset_of(file)
+        return ds.default_set if ds else None
+
+    def media_root(self, kind: str, file: str) -> Path:
+        """Where a sample of this chat file finds its audio or video: its dataset's root, else the registry's."""
+        ds = self.dataset_of(file)
+        own = getattr(ds, f"{kind}_root") if ds else None
+        return self.resolve(own or getattr(self, f"{kind}_root") or ".")
+
     def image_folder(self, set_name: str | None, *, file: str, sample_id: str):
+        """The folder a sample's image paths are relative to: its own `set`, else its dataset's `set` or
+        `image_folder`."""
         if set_name is None:
-            raise DataError("sample has media but no `set` field", file=file, sample_id=sample_id, field="set",
-                            hint=f"add \"set\": one of {sorted(self.image_folders)}")
+            ds = self.dataset_of(file)
+            if ds and ds.image_folder:
+                return self.resolve(ds.image_folder)
+            set_name = ds.default_set if ds else None
+        if set_name is None:
+            raise DataError("sample has media but no `set` field, and its dataset names no image folder",
+                            file=file, sample_id=sample_id, field="set",
+                            hint=f"name the folder once for the whole file: `image_folder: <folder>` (or `set: "
+                                 f"<name>`) on its entry under datasets: in the registry; or add \"set\" to the "
+                                 f"sample (one of {sorted(self.image_folders)})")
         if set_name not in self.image_folders:
             raise DataError(f"set {set_name!r} is not in the registry's image_folders", file=file,
                             sample_id=sample_id, field="set",
                             hint=f"add `{set_name}: <folder>` under image_folders in the registry YAML "
                                  f"(known sets: {sorted(self.image_folders)})")
         return self.resolve(self.image_folders[set_name])
+
+
+def _roots(ds: DatasetEntry) -> tuple:
+    return ds.default_set, ds.image_folder, ds.audio_root, ds.video_root
 
 
 def load_registry(path: str | Path) -> Registry:

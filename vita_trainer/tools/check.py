@@ -29,10 +29,15 @@ class Problem:
     field: str
     reason: str
     message: str
+    hint: str = ""      # how to fix it, when the error knows
+
+    def line(self) -> str:
+        text = f"{self.file}: sample {self.sample_id} [{self.field}] {self.reason}: {self.message}"
+        return f"{text} -- fix: {self.hint}" if self.hint else text
 
 
 def _problem(e: DataError, file: str, sample_id: str) -> Problem:
-    return Problem(e.file or file, e.sample_id or sample_id, e.field or "", e.reason, e.detail)
+    return Problem(e.file or file, e.sample_id or sample_id, e.field or "", e.reason, e.detail, e.hint or "")
 
 
 def image_sizes(proc, s, file) -> list[tuple[int, int]]:
@@ -102,7 +107,7 @@ def inspect_sample(proc, raw, file: str, index: int) -> SampleFacts:
     s = parse_sample(raw, file=file, index=index)
     sizes = image_sizes(proc, s, file)
     tiles = [tile_count(w, h, proc.media.tile_size, proc.media.max_tiles, proc.media.use_thumbnail,
-                        proc.dynamic_tiling(s, i)) for i, (w, h) in enumerate(sizes)]
+                        proc.dynamic_tiling(s, file, i)) for i, (w, h) in enumerate(sizes)]
     seconds = audio_seconds(proc, s, file)
     frames = [fbank_frames(int(sec * SAMPLE_RATE)) for sec in seconds]
     ids, _ = proc.layout(s, file, tiles, video_frames(proc, s, file), frames)
@@ -125,7 +130,7 @@ def load_chat_files(paths: list[Path]) -> tuple[list[tuple[str, int, object]], l
         try:
             raws = read_samples(path)
         except DataError as e:
-            problems.append(Problem(str(path), "-", "", e.reason, e.detail))
+            problems.append(Problem(str(path), "-", "", e.reason, e.detail, e.hint or ""))
             continue
         if not isinstance(raws, list):
             problems.append(Problem(str(path), "-", "", "json", "top level must be a list of samples"))

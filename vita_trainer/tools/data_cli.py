@@ -51,7 +51,7 @@ def parallel_map(fn, items, opts: ToolOptions, workers: int, desc: str, chunk: i
 
 
 def cmd_check(a, opts: ToolOptions) -> int:
-    from .check import load_chat_files, summarise, write_clean
+    from .check import Problem, load_chat_files, summarise, write_clean
     items, problems = load_chat_files(chat_files(opts, a.dataset_use, a.chat))
     for res in parallel_map(_check_chunk, items, opts, a.workers, "check"):
         problems.extend(res)
@@ -65,7 +65,7 @@ def cmd_check(a, opts: ToolOptions) -> int:
         for reason, n in report["problems_by_reason"].items():
             print(f"  {reason:<18}{n:>8}")
         for p in report["problems"][: a.limit]:
-            print(f"{p['file']}: sample {p['sample_id']} [{p['field']}] {p['reason']}: {p['message']}")
+            print(Problem(**p).line())
         if len(report["problems"]) > a.limit:
             print(f"... {len(report['problems']) - a.limit} more (use --json for all)")
     return 1 if problems else 0
