@@ -1,4 +1,4 @@
-"""`vita-data`: check, stats, concat, preprocess-images, preprocess-audio."""
+"""`vita-data`: download, check, stats, concat, preprocess-images, preprocess-audio."""
 
 from __future__ import annotations
 
@@ -97,6 +97,20 @@ def cmd_preprocess(a, kind: str) -> int:
     return 0
 
 
+def cmd_download(a) -> int:
+    from .download import SOURCES_FILE, download, load_manifest
+    manifest = load_manifest(Path(a.manifest) if a.manifest else SOURCES_FILE)
+    if a.list or not (a.source or a.all):
+        for name, src in manifest.sources.items():
+            print(f"{name:<16}{sum(f.approx_bytes for f in src.files) / 1e9:>8.1f} GB  {src.description}")
+        if not a.list:
+            print("choose with --source NAME (repeatable) or --all", file=sys.stderr)
+        return 0 if a.list else 2
+    download(Path(a.root), list(manifest.sources) if a.all else a.source, manifest, dry_run=a.dry_run,
+             keep_archives=a.keep_archives, retries=a.retries)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vita-data", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -114,6 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--workers", type=int, default=os.cpu_count() or 1)
         sp.add_argument("--json", action="store_true", help="machine-readable output")
 
+    d = sub.add_parser("download", help="fetch the guide's datasets (resumable, verified) and write a registry")
+    d.add_argument("--root", default="datasets", help="download folder; the registry is written to <root>/registry.yaml")
+    d.add_argument("--source", action="append", help="a source to fetch (repeatable); see --list")
+    d.add_argument("--all", action="store_true", help="every source")
+    d.add_argument("--list", action="store_true", help="list the sources and their sizes")
+    d.add_argument("--dry-run", dest="dry_run", action="store_true", help="print what would be fetched and the disk")
+    d.add_argument("--keep-archives", dest="keep_archives", action="store_true", help="keep zips after unpacking")
+    d.add_argument("--retries", type=int, default=5, help="retries per file on dropped connections and 5xx")
+    d.add_argument("--manifest", help="another sources file of the shipped one's shape (e.g. an internal mirror)")
     c = sub.add_parser("check", help="validate samples and media; exit 1 when problems exist")
     common(c)
     c.add_argument("--write-clean", dest="write_clean", help="folder for cleaned JSON files without bad samples")
@@ -138,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.cmd.startswith("preprocess-"):
             return cmd_preprocess(a, a.cmd.split("-", 1)[1])
+        if a.cmd == "download":
+            return cmd_download(a)
         opts = ToolOptions(registry=a.registry, model=a.model, tokenizer=a.tokenizer,
                            model_max_length=a.model_max_length, min_audio_seconds=a.min_audio_seconds,
                            max_audio_seconds=a.max_audio_seconds, chat_format=a.version)
