@@ -27,6 +27,7 @@ from vita_operator.state import CreateJob, ObservedJob, decide  # noqa: E402
 from vita_trainer.spec import VitaTrainingRunSpec  # noqa: E402
 
 SPEC = {"model": {"base": "m"}, "data": {"registry": "r.yaml"}, "output": "o", "resources": {"gpusPerNode": 8},
+        "preflight": {"enabled": False},  # the stage jobs are what is measured
         "volumes": {"dataset": {"claimName": "d", "mountPath": "/data"},
                     "checkpoints": {"claimName": "c", "mountPath": "/ckpt"}},
         "stages": [{"name": "s1", "preset": "vision_align", "datasetUse": "a"},

@@ -11,6 +11,7 @@ RUN = {
     "metadata": {"name": "r1", "namespace": NS},
     "spec": {"model": {"base": "models/base"}, "data": {"registry": "registry.yaml"}, "output": "runs/r1",
              "trainer": {"image": "trainer:test"}, "resources": {"gpusPerNode": 8, "nodes": 2},
+             "preflight": {"enabled": False},  # its own scenarios turn it on
              "volumes": {"dataset": {"claimName": "data", "mountPath": "/data"},
                          "checkpoints": {"claimName": "ckpt", "mountPath": "/ckpt"}},
              "stages": [{"name": "s1", "preset": "vision_align", "datasetUse": "img", "retryLimit": 1},

@@ -17,6 +17,7 @@ def spec(suspend=False, retry=1, stages=("s1", "s2", "s3")):
     presets = {"s1": "vision_align", "s2": "audio_align", "s3": "multimodal_sft"}
     return VitaTrainingRunSpec.model_validate({
         "model": {"base": "b"}, "data": {"registry": "r.yaml"}, "output": "o", "suspend": suspend,
+        "preflight": {"enabled": False},  # test_preflight_* turn it on
         "stages": [{"name": s, "preset": presets.get(s, "multimodal_sft"), "datasetUse": "d", "retryLimit": retry}
                    for s in stages]})
 

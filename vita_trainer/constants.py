@@ -19,3 +19,6 @@ AUDIO_TOKEN = "<|vita_audio|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 ENDOFTEXT = "<|endoftext|>"
+
+# The reference recipe's sequence length after media expansion (the trainer's and the data tools' default).
+MODEL_MAX_LENGTH = 6200

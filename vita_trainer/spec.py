@@ -107,6 +107,14 @@ ResourcesOverride = create_model(
        for name, field in ResourcesSpec.model_fields.items()})
 
 
+class PreflightSpec(_Spec):
+    enabled: bool = Field(True, description="Check the data of every stage in a CPU Job before the first GPU job")
+    max_bad_fraction: float = Field(0.0, ge=0, le=1, description="Largest fraction of a stage's samples that may "
+                                    "have problems and still start training (the count is kept in status)")
+    cpu: str = Field("4", description="CPU request and limit of the preflight pod")
+    memory: str = Field("16Gi", description="Memory request and limit of the preflight pod")
+
+
 class VolumeSpec(_Spec):
     claim_name: str = Field(description="PersistentVolumeClaim name")
     mount_path: str = Field(description="Where the volume is mounted in trainer pods")
@@ -187,6 +195,8 @@ class VitaTrainingRunSpec(_Spec):
     volumes: VolumesSpec = Field(default_factory=VolumesSpec)
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     suspend: bool = Field(False, description="Suspend the run (passed to the current job's runPolicy.suspend)")
+    preflight: PreflightSpec = Field(default_factory=PreflightSpec, description="vita-data check of every stage's "
+                                     "datasetUse on the dataset volume before any GPU job; problems fail the run")
 
 
 class Metadata(_Spec):

@@ -90,7 +90,19 @@ def status_schema() -> dict:
         "type": {"type": "string"}, "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
         "reason": {"type": "string"}, "message": {"type": "string"}, "lastTransitionTime": time,
         "observedGeneration": {"type": "integer"}}}
+    preflight = {"type": "object", "description": "The data check before the first stage (spec.preflight)",
+                 "properties": {
+                     "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed"]},
+                     "attempts": {"type": "integer", "minimum": 0}, "jobName": {"type": "string"},
+                     "samples": {"type": "integer"}, "badSamples": {"type": "integer"},
+                     "problemsByReason": {"type": "object", "additionalProperties": {"type": "integer"}},
+                     "problems": {"type": "array", "maxItems": 20, "items": {"type": "string"},
+                                  "description": "The first problems; every one is in the report"},
+                     "reportPath": {"type": "string", "description": "The full JSON report, on the checkpoint "
+                                                                     "volume"},
+                     "completionTime": time, "message": {"type": "string"}}}
     return {"type": "object", "description": "Observed state, written by the operator.", "properties": {
+        "preflight": preflight,
         "phase": {"type": "string", "enum": PHASES},
         "currentStage": {"type": "string"}, "currentJob": {"type": "string"},
         "backend": {"type": "string", "enum": list(JOB_BACKENDS),

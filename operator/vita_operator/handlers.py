@@ -24,7 +24,9 @@ from . import metrics
 from .backends import backend_of, job_backends
 from .builder import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY, JobBackend, stuck_reason
 from .crd import PLURAL, VERSION
-from .state import TERMINAL, CreateJob, ObservedJob, SetJobSuspend, decide, set_condition
+from . import preflight as pre
+from .state import (TERMINAL, CreateJob, CreatePreflight, ObservedJob, ObservedPreflight, SetJobSuspend, decide,
+                    set_condition)
 from .trainjob import DEFAULT_RUNTIME
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,10 @@ def _api() -> client.CustomObjectsApi:
 
 def _core() -> client.CoreV1Api:
     return client.CoreV1Api(_api_client())
+
+
+def _batch() -> client.BatchV1Api:
+    return client.BatchV1Api(_api_client())
 
 
 @kopf.on.login()
@@ -148,6 +154,33 @@ def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob) -> 
     if job.phase in ("Pending", "Running"):
         return dataclasses.replace(job, stuck=stuck_reason(_pods(namespace, backend.pods_selector(job.name))))
     return job
+
+
+def preflight_needed(spec: VitaTrainingRunSpec, status: dict) -> bool:
+    """Whether the state machine may look at preflight Jobs (saves a LIST per reconcile once it passed)."""
+    return spec.preflight.enabled and status.get("phase") not in TERMINAL and \
+        (status.get("preflight") or {}).get("phase") != "Succeeded" and \
+        not any(r.get("attempts") for r in status.get("stages") or [])
+
+
+def observed_preflight(namespace: str, run_name: str) -> list[ObservedPreflight]:
+    """The run's preflight Jobs; the latest finished one also gets its pod's summary or permanent error."""
+    raw = _batch().list_namespaced_job(namespace, label_selector=f"{LABEL_RUN}={run_name},{pre.LABEL_PREFLIGHT}=true",
+                                       _preload_content=False)
+    out = []
+    for job in json.loads(raw.data).get("items") or []:
+        labels = job.get("metadata", {}).get("labels", {})
+        if labels.get(LABEL_RUN) == run_name and labels.get(MANAGED_BY[0]) == MANAGED_BY[1]:
+            out.append(ObservedPreflight(job["metadata"]["name"], int(labels.get(LABEL_ATTEMPT, "0")),
+                                         *pre.job_phase(job)))
+    latest = max((o.attempt for o in out), default=0)
+    for i, o in enumerate(out):
+        if o.attempt == latest and o.phase in ("Succeeded", "Failed"):
+            pods = _pods(namespace, pre.pod_selector(o.name))
+            out[i] = dataclasses.replace(
+                o, summary=next((s for s in map(pre.summary, pods) if s is not None), None),
+                permanent=next((e for e in map(pre.permanent_failure, pods) if e), ""))
+    return out
 
 
 def _pods(namespace: str, selector: str) -> list[dict]:
@@ -236,9 +269,19 @@ def reconcile(run: dict, logger) -> None:
                 _blocked(run, f"{backend.kind}CRDMissing", CRD_MISSING[backend_name], "crd_missing")
                 return
             raise
-        decision = decide(name, meta.get("generation", 1), spec, run.get("status"), jobs, _now(), backend_name)
+        preflight = observed_preflight(namespace, name) if preflight_needed(spec, run.get("status") or {}) else []
+        decision = decide(name, meta.get("generation", 1), spec, run.get("status"), jobs, _now(), backend_name,
+                          preflight)
         for action in decision.actions:
-            if isinstance(action, CreateJob):
+            if isinstance(action, CreatePreflight):
+                body = pre.preflight_job(name, namespace, spec, action.attempt)
+                kopf.adopt(body, owner=run)
+                try:
+                    _batch().create_namespaced_job(namespace, body)
+                except ApiException as e:
+                    if e.status != 409:
+                        raise
+            elif isinstance(action, CreateJob):
                 body = backend.build(name, namespace, spec, action.index, action.attempt, suspend=action.suspend)
                 kopf.adopt(body, owner=run)  # ownerReferences: deleting the run deletes its jobs
                 try:
@@ -329,10 +372,12 @@ def on_job(body, logger, **_):
     on_run(body=run, logger=logger)
 
 
-# Watch only the enabled backends' jobs: the chart grants RBAC for those alone.
+# Watch only the enabled backends' jobs: the chart grants RBAC for those alone. And the preflight Jobs.
 for _name in ENABLED:
     kopf.on.event(*_group_version(BACKENDS[_name]), BACKENDS[_name].plural, id=f"on_{_name}",
                   labels={MANAGED_BY[0]: MANAGED_BY[1]})(on_job)
+kopf.on.event("batch", "v1", "jobs", id="on_preflight",
+              labels={MANAGED_BY[0]: MANAGED_BY[1], pre.LABEL_PREFLIGHT: "true"})(on_job)
 
 
 @kopf.on.delete(API_GROUP, VERSION, PLURAL, optional=True)

@@ -10,6 +10,9 @@ Rules:
   the stage's output folder. After that the run is Failed with the job's reason.
 - Spec edits: a job keeps the spec it was created with. Every job created after an edit (the next stage, or a
   retry) uses the new spec. Finished runs (Succeeded/Failed) ignore edits: delete and recreate to rerun.
+- Preflight (spec.preflight, on by default): before the first stage's job, a CPU Job checks every stage's data.
+  Problems beyond maxBadFraction fail the run (PreflightFailed) and no GPU job is ever created; a preflight Job
+  that fails for other reasons is retried like a stage. Runs whose stages already started skip it.
 - spec.suspend suspends the current job (its backend's suspend field) and creates new jobs suspended. A job that is
   suspended while the run is not (Kueue holding it in a queue) is left alone.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vita_trainer.spec import VitaTrainingRunSpec
-from vita_trainer.stages.plan import backend_problems, check_spec, stage_output_dir
+from vita_trainer.stages.plan import PREFLIGHT, backend_problems, check_spec, stage_output_dir
 
 from .builder import job_name, roots
 
@@ -36,6 +39,21 @@ class ObservedJob:
     final_loss: float | None = None   # from the finished master pod, when the trainer reported it
     stuck: str = ""     # why its pods cannot start (ImagePullBackOff, missing Secret, Unschedulable); "" if not
     permanent: str = ""  # a failed job's error that another attempt cannot fix (bad config or data); "" if not
+
+
+@dataclass(frozen=True)
+class ObservedPreflight:
+    name: str
+    attempt: int
+    phase: str                   # Pending|Running|Succeeded|Failed
+    message: str = ""
+    summary: dict | None = None  # from the finished pod (tools/preflight.py); None if not read
+    permanent: str = ""          # the check could not run on this run's data config (bad registry or key)
+
+
+@dataclass(frozen=True)
+class CreatePreflight:
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -96,10 +114,87 @@ def _pods_ready(d: Decision, job: ObservedJob, now: str, generation: int) -> Non
                       generation)
 
 
+PREFLIGHT_RETRIES = 2
+
+
+def _preflight_verdict(summary: dict, max_bad: float) -> tuple[list[str], int, int]:
+    """(why it fails, samples, bad samples): a stage fails with unreadable files, no samples, or more bad samples
+    than max_bad allows."""
+    why, total, bad = [], 0, 0
+    for name, st in (summary.get("preflight") or {}).items():
+        n, b, files = st.get("samples", 0), st.get("badSamples", 0), st.get("fileProblems", 0)
+        total, bad = total + n, bad + b
+        if files:
+            why.append(f"stage {name}: {files} chat file(s) cannot be read")
+        elif not n:
+            why.append(f"stage {name}: no samples")
+        elif b > max_bad * n:
+            why.append(f"stage {name}: {b} of {n} samples have problems (allowed: {max_bad:.2%})")
+    return why, total, bad
+
+
+def _preflight(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: list[ObservedPreflight], now: str,
+               generation: int) -> bool:
+    """The preflight step; True while it holds the run (running, or failed it), False once it passed."""
+    pf = d.status.setdefault("preflight", {"phase": "Pending", "attempts": 0})
+    attempt = max([pf.get("attempts", 0)] + [o.attempt for o in observed])
+    job = next((o for o in observed if o.attempt == attempt), None)
+    if attempt == 0 or job is None:
+        attempt = attempt or 1
+        d.actions.append(CreatePreflight(attempt))
+        pf.update(phase="Running", attempts=attempt, jobName=job_name(run_name, PREFLIGHT, attempt))
+        d.events.append(("Normal", "PreflightStarted", f"checking the data of {len(spec.stages)} stage(s): job "
+                         f"{pf['jobName']}"))
+        _set_phase(d, "Running", "Preflight", "preflight: checking every stage's data", now, generation)
+        return True
+    pf.update(attempts=attempt, jobName=job.name)
+    if job.phase == "Succeeded" and job.summary is not None:
+        why, total, bad = _preflight_verdict(job.summary, spec.preflight.max_bad_fraction)
+        pf.update(samples=total, badSamples=bad, problemsByReason=job.summary.get("problemsByReason", {}),
+                  problems=job.summary.get("problems", [])[:20], reportPath=job.summary.get("report", ""),
+                  completionTime=now)
+        if why:
+            first = f"; first: {pf['problems'][0]}" if pf["problems"] else ""
+            reasons = ", ".join(f"{k} {v}" for k, v in pf["problemsByReason"].items())
+            msg = f"preflight: {'; '.join(why)} ({reasons}){first}; report: {pf['reportPath']}"
+            pf.update(phase="Failed", message=msg)
+            d.events.append(("Warning", "PreflightFailed", msg))
+            _set_phase(d, "Failed", "PreflightFailed", msg, now, generation)
+            return True
+        pf.update(phase="Succeeded", message=f"{total} samples checked, {bad} with problems")
+        d.events.append(("Normal", "PreflightPassed", f"{total} samples checked, {bad} with problems (allowed: "
+                         f"{spec.preflight.max_bad_fraction:.2%} per stage)"))
+        return False
+    if job.phase in ("Succeeded", "Failed"):
+        if job.permanent:
+            msg = f"preflight: {job.permanent}"
+            pf.update(phase="Failed", message=msg, completionTime=now)
+            d.events.append(("Warning", "PreflightFailed", msg))
+            _set_phase(d, "Failed", "PreflightFailed", msg, now, generation)
+            return True
+        cause = job.message or "the preflight pod left no report"
+        if attempt <= PREFLIGHT_RETRIES:
+            d.actions.append(CreatePreflight(attempt + 1))
+            pf.update(phase="Running", attempts=attempt + 1, jobName=job_name(run_name, PREFLIGHT, attempt + 1),
+                      message=f"attempt {attempt} failed: {cause}")
+            d.events.append(("Warning", "PreflightRetrying", f"preflight attempt {attempt} failed ({cause}); "
+                             f"attempt {attempt + 1} starts"))
+            return True
+        msg = f"preflight failed after {attempt} attempt(s): {cause}"
+        pf.update(phase="Failed", message=msg, completionTime=now)
+        d.events.append(("Warning", "PreflightFailed", msg))
+        _set_phase(d, "Failed", "PreflightFailed", msg, now, generation)
+        return True
+    pf["phase"] = "Running"
+    _set_phase(d, "Running", "Preflight", "preflight: checking every stage's data", now, generation)
+    return True
+
+
 def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: dict | None,
-           jobs: list[ObservedJob], now: str, backend: str = "pytorchjob") -> Decision:
+           jobs: list[ObservedJob], now: str, backend: str = "pytorchjob",
+           preflight: list[ObservedPreflight] = ()) -> Decision:
     """`backend`: the job backend the run uses (its own, else the operator's default); only its limits matter
-    here, the jobs arrive as ObservedJob whatever their kind."""
+    here, the jobs arrive as ObservedJob whatever their kind. `preflight`: the run's preflight Jobs."""
     import copy
     d = Decision(status=copy.deepcopy(status or {}))
     st = d.status
@@ -117,6 +212,11 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
     st["stages"] = [records.get(s.name, {"name": s.name, "phase": "Pending", "attempts": 0}) for s in spec.stages]
     for i, s in enumerate(spec.stages):
         st["stages"][i]["checkpointPath"] = stage_output_dir(spec, i, roots(spec))
+
+    started = any(r.get("attempts", 0) for r in st["stages"]) or any(jobs)
+    if spec.preflight.enabled and not started and (st.get("preflight") or {}).get("phase") != "Succeeded":
+        if _preflight(d, run_name, spec, list(preflight), now, generation):
+            return d
 
     for i, stage in enumerate(spec.stages):
         rec = st["stages"][i]

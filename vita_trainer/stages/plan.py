@@ -9,12 +9,14 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
+from ..constants import MODEL_MAX_LENGTH
 from ..errors import ConfigError
 from ..spec import (PLAN_DERIVED_ARGS, SUSPEND_WITH_KUEUE, TRAINJOB_PRIORITY, TRAINJOB_VOLCANO, ResourcesSpec,
                     VitaTrainingRunSpec)
 from .presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_weights
 
 STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage finishes
+PREFLIGHT = "preflight"                # names the run's data-check Job; no stage may take it
 PREPARED_BASE_DIR = "base-model"      # beside the stage outputs: the run's base, imported or composed once
 JOB_ARGS = ("active_deadline_seconds",)  # stage args the job builder consumes; the trainer never sees them
 GPUS_ENV = "VITA_EXPECTED_GPUS"       # set on pods that request GPUs: the trainer then refuses to fall back to CPU
@@ -79,6 +81,8 @@ def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
     if PREPARED_BASE_DIR in names:
         problems.append(f"no stage may be named {PREPARED_BASE_DIR!r}: the run keeps its imported or composed "
                         f"base model in that folder of the output")
+    if PREFLIGHT in names:
+        problems.append(f"no stage may be named {PREFLIGHT!r}: the run's data check Job takes that name")
     for i, stage in enumerate(spec.stages):
         try:
             trainable_groups(spec, i)
@@ -93,6 +97,13 @@ def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
         problems.append("set at most one of scheduling.kueueQueue and scheduling.volcanoQueue: "
                         "Kueue admits the job and Volcano gang-schedules it; use one queue system")
     return problems + backend_problems(spec, spec.trainer.backend)
+
+
+def stage_max_length(spec: VitaTrainingRunSpec, index: int) -> int:
+    """The sequence length the stage trains with: its args, else its preset's, else the recipe's default."""
+    stage = spec.stages[index]
+    value = stage.args.get("model_max_length", get_preset(stage.preset).training.get("model_max_length"))
+    return int(value) if value is not None else MODEL_MAX_LENGTH
 
 
 def backend_problems(spec: VitaTrainingRunSpec, backend: str | None) -> list[str]:

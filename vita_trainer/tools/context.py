@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..constants import MODEL_MAX_LENGTH
+
 
 @dataclass(frozen=True)
 class ToolOptions:
     registry: str
     model: str | None = None            # VITA folder: its config and tokenizer; default: the VITA-1.5 layout
     tokenizer: str = "qwen2.5"
-    model_max_length: int = 6200
+    model_max_length: int = MODEL_MAX_LENGTH
     min_audio_seconds: float = 0.5
     max_audio_seconds: float = 30.0
     image_aspect_ratio: str = "dynamic"

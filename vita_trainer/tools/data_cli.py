@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..constants import MODEL_MAX_LENGTH
 from ..errors import VitaError
 from .context import ToolOptions, build_processor, chat_files
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--chat", nargs="*", help="chat files instead of the registry's datasets")
         sp.add_argument("--model", help="VITA folder for the tokenizer and media token costs")
         sp.add_argument("--tokenizer", default="qwen2.5")
-        sp.add_argument("--model_max_length", type=int, default=6200)
+        sp.add_argument("--model_max_length", type=int, default=MODEL_MAX_LENGTH)
         sp.add_argument("--version", help="chat format: vita15 (alias qwen2p5_instruct) or chatml (default: the model's)")
         sp.add_argument("--min_audio_seconds", type=float, default=0.5)
         sp.add_argument("--max_audio_seconds", type=float, default=30.0)

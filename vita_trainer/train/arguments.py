@@ -7,6 +7,8 @@ from importlib import resources
 
 from transformers import TrainingArguments
 
+from ..constants import MODEL_MAX_LENGTH
+
 DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3_offload")
 
 
@@ -77,7 +79,7 @@ class DataArguments:
 class VitaTrainingArguments(TrainingArguments):
     stage: str = field(default="multimodal_sft", metadata={"help": "Stage preset name or alias (see presets.yaml)"})
     stage_name: str | None = field(default=None, metadata={"help": "Label for metrics and logs; default: the preset"})
-    model_max_length: int = field(default=6200, metadata={"help": "Maximum sequence length after media expansion"})
+    model_max_length: int = field(default=MODEL_MAX_LENGTH, metadata={"help": "Maximum sequence length after media expansion"})
     metrics_port: int = field(default=9400, metadata={"help": "Rank 0 serves Prometheus /metrics here; 0 disables"})
     save_full_model: bool = field(default=False, metadata={"help": "Partial stages: also save full weights"})
     vision_tower_lr: float | None = None

@@ -44,6 +44,16 @@ def failure_message(kind: str, error: str, retryable: bool) -> str:
                       separators=(",", ":"))
 
 
+def preflight_summary_of(message: str) -> dict | None:
+    """The reader's side of a finished preflight pod's message (tools/preflight.py): per-stage counts, problems per
+    reason, the first problems and where the full report is; None if the message is not one."""
+    try:
+        msg = json.loads(message or "")
+    except ValueError:
+        return None
+    return msg if isinstance(msg, dict) and isinstance(msg.get("preflight"), dict) else None
+
+
 def permanent_failure_of(message: str) -> str | None:
     """The reader's side: "<kind>: <message>" when the trainer said another attempt cannot help, else None."""
     try:
@@ -55,7 +65,7 @@ def permanent_failure_of(message: str) -> str | None:
     return f"{msg.get('error', 'Error')}: {msg.get('message', '')}"
 
 
-def _write(text: str) -> bool:
+def write_message(text: str) -> bool:
     path = Path(os.environ.get(PATH_ENV, DEFAULT_PATH))
     if not path.is_file():  # not in a pod (the kubelet creates the file); never create it ourselves
         return False
@@ -64,8 +74,8 @@ def _write(text: str) -> bool:
 
 
 def write_termination_message(summary: dict) -> bool:
-    return _write(termination_message(summary))
+    return write_message(termination_message(summary))
 
 
 def write_failure(kind: str, error: str, retryable: bool) -> bool:
-    return _write(failure_message(kind, error, retryable))
+    return write_message(failure_message(kind, error, retryable))

@@ -1,0 +1,83 @@
+"""The run's preflight: a CPU-only batch/v1 Job from the trainer image that runs `vita-data check` over every
+stage's datasetUse on the mounted dataset volume, before the first GPU job (vita_trainer/tools/preflight.py).
+Pure: the Job and what its finished pod says."""
+
+from __future__ import annotations
+
+from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
+from vita_trainer.stages.plan import GPUS_ENV, PREFLIGHT, resolve_path, stage_max_length
+from vita_trainer.train.termination import permanent_failure_of, preflight_summary_of
+
+from .builder import (POD_SECURITY, TTL_AFTER_FINISHED, container_env, container_security,
+                      job_labels, job_name, pod_placement, roots, trainer_container_state, volumes_and_mounts)
+
+CONTAINER = "preflight"
+LABEL_PREFLIGHT = f"{API_GROUP}/preflight"
+# Set by the Job controller on the pods it creates.
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+REPORT_FILE = "preflight-report.json"
+
+
+def report_path(spec: VitaTrainingRunSpec) -> str:
+    """Next to the run's stage outputs on the checkpoint volume."""
+    return f"{resolve_path(roots(spec).checkpoints, spec.output)}/{REPORT_FILE}"
+
+
+def preflight_args(spec: VitaTrainingRunSpec) -> list[str]:
+    r = roots(spec)
+    args = ["--registry", resolve_path(r.data, spec.data.registry),
+            "--tokenizer", spec.model.tokenizer if spec.model.tokenizer == "qwen2.5"
+            else resolve_path(r.data, spec.model.tokenizer), "--report", report_path(spec)]
+    for i, stage in enumerate(spec.stages):
+        args += ["--stage", f"{stage.name}={stage.dataset_use}:{stage_max_length(spec, i)}"]
+    return args
+
+
+def preflight_job(run_name: str, namespace: str, spec: VitaTrainingRunSpec, attempt: int) -> dict:
+    """No GPU, no node selector or tolerations for GPU nodes, no queue label: a small CPU pod anywhere the
+    dataset volume mounts. Placement that is not about GPUs (pull secrets, service account) is kept."""
+    pf = spec.preflight
+    labels = {**job_labels(run_name, PREFLIGHT, attempt), LABEL_PREFLIGHT: "true"}
+    volumes, mounts = volumes_and_mounts(spec, 0)
+    volumes = [v for v in volumes if v["name"] != "dshm"]
+    mounts = [m for m in mounts if m["name"] != "dshm"]
+    placement = {k: v for k, v in pod_placement(spec, 0).items() if k in ("imagePullSecrets", "serviceAccountName")}
+    limits = {"cpu": pf.cpu, "memory": pf.memory}
+    container = {"name": CONTAINER, "image": spec.trainer.image, "imagePullPolicy": "IfNotPresent",
+                 "command": ["python", "-m", "vita_trainer.tools.preflight"], "args": preflight_args(spec),
+                 "env": [e for e in container_env(spec, 0) if e["name"] != GPUS_ENV],  # a CPU pod: no GPU check
+                 "resources": {"requests": dict(limits), "limits": limits}, "volumeMounts": mounts,
+                 "terminationMessagePolicy": "FallbackToLogsOnError",
+                 "securityContext": {**container_security(spec), "capabilities": {"drop": ["ALL"]}}}
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": job_name(run_name, PREFLIGHT, attempt), "namespace": namespace, "labels": labels,
+                         "annotations": {f"{API_GROUP}/report": report_path(spec)}},
+            "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": TTL_AFTER_FINISHED,
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"restartPolicy": "Never", "containers": [container], "volumes": volumes,
+                                           "securityContext": dict(POD_SECURITY), **placement}}}}
+
+
+def job_phase(job: dict) -> tuple[str, str]:
+    """(Pending|Running|Succeeded|Failed, message) from a batch/v1 Job's status."""
+    status = job.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
+            phase = "Succeeded" if cond["type"] == "Complete" else "Failed"
+            return phase, f"{cond.get('reason', cond['type'])}: {cond.get('message', '')}".strip(": ")
+    return ("Running" if status.get("active") else "Pending"), ""
+
+
+def pod_selector(job: str) -> str:
+    return f"{JOB_NAME_LABEL}={job}"
+
+
+def summary(pod: dict) -> dict | None:
+    term = trainer_container_state(pod, CONTAINER)
+    return preflight_summary_of(term.get("message", "")) if term.get("exitCode") == 0 else None
+
+
+def permanent_failure(pod: dict) -> str | None:
+    term = trainer_container_state(pod, CONTAINER)
+    return permanent_failure_of(term.get("message", "")) if term.get("exitCode") else None
+
