@@ -235,16 +235,20 @@ def test_a_permanent_trainer_error_is_not_retried(cluster, backend):
     cluster.cp.kubectl("delete", "vitatrainingrun", "badconfig", "-n", NS, "--timeout=30s")
 
 
-def test_the_trainjob_example_runs_stage_by_stage_on_trainjobs(cluster):
-    """`kubectl apply` of the shipped TrainJob example: every stage becomes a TrainJob that the API server admits
-    under Trainer v2.3.0's CRD (schema and CEL rules), referencing the chart's runtime, which is installed."""
+def test_the_trainjob_example_runs_stage_by_stage_on_trainjobs(cluster, tmp_path, monkeypatch):
+    """`kubectl apply` of the shipped TrainJob example: its data check passes, then every stage becomes a TrainJob
+    that the API server admits under Trainer v2.3.0's CRD (schema and CEL rules), referencing the chart's runtime,
+    which is installed."""
     from tests.test_operator_trainjob import schema_of
     path = REPO / "manifests" / "examples" / "run-trainjob.yaml"
     run = yaml.safe_load(path.read_text())
     name, stages = run["metadata"]["name"], [s["name"] for s in run["spec"]["stages"]]
     schema = schema_of("trainjobs")
+    message = preflight_message(tmp_path, monkeypatch, bad=False, stages=stages)
     with cluster.operator("operator-trainjob-example") as op:
         cluster.cp.kubectl("apply", "-n", NS, "-f", str(path))
+        wait_for(lambda: f"{name}-preflight-1" in preflight_jobs(cluster), what="the example's preflight Job")
+        finish_preflight(cluster, f"{name}-preflight-1", 0, message)
         for stage in stages:
             job_name = f"{name}-{stage}-1"
             job = wait_for(lambda: cluster.jobs("trainjob").get(job_name), what=f"TrainJob {job_name}")
@@ -327,3 +331,110 @@ def test_the_documented_crd_upgrade_keeps_new_fields(cluster):
 
     assert wait_for(applied_env, what="trainer.env kept after the upgrade") == {"NCCL_DEBUG": "INFO"}
     cluster.cp.kubectl("delete", "vitatrainingrun", "upgraded", "-n", NS)
+
+
+# --- preflight: the Kubernetes Job controller and kubelet are played by the test, the check itself is real ---------
+def preflight_message(tmp_path, monkeypatch, bad: bool, stages=("s1", "s2", "s3")) -> str:
+    """What the preflight pod writes: tools/preflight.py run for real on a two-stage data set, one planted bad
+    sample in stage s2's file when `bad`."""
+    from PIL import Image
+
+    from vita_trainer.tools.preflight import main as preflight_main
+    from vita_trainer.train.termination import PATH_ENV
+    (tmp_path / "images").mkdir(exist_ok=True)
+    Image.new("RGB", (64, 48), "red").save(tmp_path / "images" / "ok.jpg")
+    turns = [{"from": "human", "value": "<image>\nWhat color?"}, {"from": "gpt", "value": "Red."}]
+    for name, images in (("img", ["ok.jpg"] * 2), ("aud", ["ok.jpg", "missing.jpg" if bad else "ok.jpg"]),
+                         ("mm", ["ok.jpg"])):
+        (tmp_path / f"{name}.json").write_text(json.dumps([{"id": f"{name}{i}", "image": im, "conversations": turns}
+                                                           for i, im in enumerate(images)]))
+    (tmp_path / "registry.yaml").write_text(yaml.safe_dump({"datasets": {
+        n: {"chat_path": f"{n}.json", "image_folder": "images"} for n in ("img", "aud", "mm")}}))
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setenv(PATH_ENV, str(log))
+    assert preflight_main(["--registry", str(tmp_path / "registry.yaml"), "--report", str(tmp_path / "r.json"),
+                           "--workers", "1", *[a for stage, key in zip(stages, ("img", "aud", "mm"))
+                                               for a in ("--stage", f"{stage}={key}:6200")]]) == 0
+    return log.read_text()
+
+
+def finish_preflight(cluster, job: str, exit_code: int, message: str) -> None:
+    """The pod the Job controller made, terminated as the kubelet reports it; then the Job's own status."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{job}-x7k2p", "namespace": NS, "labels": {
+        "batch.kubernetes.io/job-name": job}}, "spec": {"restartPolicy": "Never", "containers": [
+            {"name": "preflight", "image": "trainer:test"}]}}
+    wait_for(lambda: cluster.cp.kubectl("get", "serviceaccount", "default", "-n", NS, check=False).returncode == 0,
+             what="default ServiceAccount")
+    cluster.apply(pod)
+    state = {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                            "message": message}}
+    cluster.cp.kubectl("patch", "pod", pod["metadata"]["name"], "-n", NS, "--subresource=status", "--type=merge",
+                       "-p", json.dumps({"status": {"phase": "Succeeded" if exit_code == 0 else "Failed",
+                                                    "containerStatuses": [{
+                                                        "name": "preflight", "image": "trainer:test", "imageID": "",
+                                                        "ready": False, "restartCount": 0, "state": state}]}}))
+    now = "2026-11-27T00:00:00Z"
+    if exit_code == 0:
+        conditions = [{"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now},
+                      {"type": "Complete", "status": "True", "lastTransitionTime": now}]
+        status = {"startTime": now, "completionTime": now, "succeeded": 1, "conditions": conditions}
+    else:
+        conditions = [{"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
+                       "lastTransitionTime": now},
+                      {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                       "message": "Job has reached the specified backoff limit", "lastTransitionTime": now}]
+        status = {"startTime": now, "failed": 1, "conditions": conditions}
+    cluster.cp.kubectl("patch", "job", job, "-n", NS, "--subresource=status", "--type=merge",
+                       "-p", json.dumps({"status": status}))
+
+
+def with_preflight(name: str, max_bad: float = 0.0) -> dict:
+    run = run_on("pytorchjob", name)
+    run["spec"]["preflight"] = {"maxBadFraction": max_bad}  # enabled: the default
+    return run
+
+
+def preflight_jobs(cluster) -> dict[str, dict]:
+    return {j["metadata"]["name"]: j for j in cluster.get("jobs.batch")["items"]}
+
+
+def test_a_planted_bad_sample_fails_the_run_at_preflight_and_no_gpu_job_is_created(cluster, tmp_path, monkeypatch):
+    message = preflight_message(tmp_path, monkeypatch, bad=True)
+    with cluster.operator("operator-preflight-bad") as op:
+        cluster.apply(with_preflight("planted"))
+        job = wait_for(lambda: preflight_jobs(cluster).get("planted-preflight-1"), what="the preflight Job")
+        container = job["spec"]["template"]["spec"]["containers"][0]  # admitted by the API server's Job schema
+        assert container["args"][-2:] == ["--stage", "s3=mm:6200"] and "nvidia.com/gpu" not in str(container)
+        assert cluster.run_status("planted")["preflight"]["phase"] == "Running" and not cluster.jobs()
+        finish_preflight(cluster, "planted-preflight-1", 0, message)
+        wait_for(lambda: cluster.run_status("planted").get("phase") == "Failed", what="run Failed")
+        failed = cluster.condition("Failed", "planted")
+        assert failed["reason"] == "PreflightFailed" and "stage s2: 1 of 2 samples have problems" in failed["message"]
+        pf = cluster.run_status("planted")["preflight"]
+        assert pf["badSamples"] == 1 and pf["problemsByReason"] == {"missing_file": 1}
+        assert "sample aud1 [image[0]] missing_file" in pf["problems"][0]
+        assert "PreflightFailed" in cluster.cp.kubectl("describe", "vitatrainingrun", "planted", "-n", NS).stdout
+        assert not [j for j in cluster.jobs() if j.startswith("planted")]  # no GPU job, ever
+        assert_no_forbidden(op)
+    cluster.cp.kubectl("delete", "vitatrainingrun", "planted", "-n", NS, "--timeout=30s")
+
+
+def test_a_clean_preflight_starts_stage_one_and_an_infrastructure_failure_is_retried(cluster, tmp_path, monkeypatch):
+    message = preflight_message(tmp_path, monkeypatch, bad=False)
+    with cluster.operator("operator-preflight-ok") as op:
+        cluster.apply(with_preflight("checked"))
+        wait_for(lambda: "checked-preflight-1" in preflight_jobs(cluster), what="the preflight Job")
+        finish_preflight(cluster, "checked-preflight-1", 137, "OOMKilled: the log tail")  # not the check's verdict
+        wait_for(lambda: "checked-preflight-2" in preflight_jobs(cluster), what="a second preflight attempt")
+        assert "checked-s1-1" not in cluster.jobs()
+        finish_preflight(cluster, "checked-preflight-2", 0, message)
+        wait_for(lambda: "checked-s1-1" in cluster.jobs(), what="stage 1's PyTorchJob")
+        # the job is created before the status is written: wait for that too
+        pf = wait_for(lambda: (cluster.run_status("checked").get("preflight") or {}).get("phase") == "Succeeded"
+                      and cluster.run_status("checked")["preflight"], what="preflight Succeeded in status")
+        assert pf["phase"] == "Succeeded" and pf["samples"] == 5 and pf["badSamples"] == 0 and pf["attempts"] == 2
+        described = cluster.cp.kubectl("describe", "vitatrainingrun", "checked", "-n", NS).stdout
+        assert "PreflightRetrying" in described and "PreflightPassed" in described
+        assert_no_forbidden(op)
+    cluster.cp.kubectl("delete", "vitatrainingrun", "checked", "-n", NS, "--timeout=30s")

@@ -7,7 +7,7 @@ import pytest
 from tests.operator_scenarios import BACKENDS, job_status
 from vita_operator.backends import job_backends
 from vita_operator.builder import LABEL_ATTEMPT, LABEL_STAGE
-from vita_operator.state import CreateJob, ObservedJob, SetJobSuspend, decide
+from vita_operator.state import CreateJob, ObservedJob, ObservedPreflight, SetJobSuspend, decide
 from vita_trainer.spec import VitaTrainingRunSpec
 
 NOW = "2026-11-26T00:00:00Z"
@@ -196,3 +196,77 @@ def test_the_default_backends_limits_apply_to_runs_that_name_none():
     d = decide("run", 1, sp, None, [], NOW, "trainjob")
     cond = {c["type"]: c for c in d.status["conditions"]}["Failed"]
     assert not d.actions and cond["reason"] == "InvalidSpec" and "volcanoQueue needs the pytorchjob" in cond["message"]
+
+
+def preflight_spec(max_bad=0.0):
+    return spec().model_copy(update={"preflight": spec().preflight.model_copy(
+        update={"enabled": True, "max_bad_fraction": max_bad})})
+
+
+def summary(bad=0, samples=10, files=0, stage="s1"):
+    return {"preflight": {stage: {"samples": samples, "badSamples": bad, "fileProblems": files},
+                          "s2": {"samples": 5, "badSamples": 0, "fileProblems": 0}},
+            "problemsByReason": {"missing_file": bad} if bad else {}, "report": "/checkpoints/o/preflight-report.json",
+            "problems": [f"d.json: sample x{i} [image[0]] missing_file: gone" for i in range(bad)]}
+
+
+def pf_job(attempt, phase, summary=None, permanent="", msg=""):
+    return ObservedPreflight(f"run-preflight-{attempt}", attempt, phase, msg, summary, permanent)
+
+
+def test_preflight_runs_before_the_first_gpu_job_and_passes_to_stage_one():
+    from vita_operator.state import CreatePreflight
+    first = decide("run", 1, preflight_spec(), None, [], NOW)
+    assert first.actions == [CreatePreflight(1)] and first.status["preflight"]["jobName"] == "run-preflight-1"
+    assert first.status["phase"] == "Running" and [e[1] for e in first.events] == ["PreflightStarted", "RunRunning"]
+    waiting = decide("run", 1, preflight_spec(), first.status, [], NOW, preflight=[pf_job(1, "Running")])
+    assert not waiting.actions and all(r["phase"] == "Pending" for r in waiting.status["stages"])
+    passed = decide("run", 1, preflight_spec(), waiting.status, [], NOW, preflight=[pf_job(1, "Succeeded", summary())])
+    assert passed.actions == [CreateJob(0, 1, False)]
+    assert passed.status["preflight"]["phase"] == "Succeeded" and passed.status["preflight"]["samples"] == 15
+    assert [e[1] for e in passed.events] == ["PreflightPassed", "StageStarted"]
+    # once passed it is not looked at again, and a run that started stages before preflight existed never runs it
+    later = decide("run", 1, preflight_spec(), passed.status, [job("s1", 1, "Running")], NOW)
+    assert not later.actions and later.status["preflight"]["phase"] == "Succeeded"
+    old = decide("run", 1, preflight_spec(), status(rec("s1", "Running", 1)), [job("s1", 1, "Running")], NOW)
+    assert not old.actions and "preflight" not in old.status
+
+
+@pytest.mark.parametrize("max_bad,bad,files,fails", [
+    (0.0, 1, 0, True), (0.0, 0, 0, False), (0.2, 2, 0, False), (0.2, 3, 0, True), (0.5, 0, 1, True)])
+def test_preflight_problems_beyond_the_allowed_fraction_fail_the_run_without_a_gpu_job(max_bad, bad, files, fails):
+    st = {"preflight": {"phase": "Running", "attempts": 1}}
+    d = decide("run", 1, preflight_spec(max_bad), st, [], NOW,
+               preflight=[pf_job(1, "Succeeded", summary(bad=bad, files=files))])
+    pf = d.status["preflight"]
+    assert pf["badSamples"] == bad and pf["problemsByReason"] == ({"missing_file": bad} if bad else {})
+    if fails:
+        assert d.actions == [] and d.status["phase"] == "Failed" and pf["phase"] == "Failed"
+        cond = {c["type"]: c for c in d.status["conditions"]}["Failed"]
+        assert cond["reason"] == "PreflightFailed" and "preflight-report.json" in cond["message"]
+        assert "PreflightFailed" in [e[1] for e in d.events]
+        assert ("cannot be read" if files else f"{bad} of 10 samples have problems") in cond["message"]
+        if bad:
+            assert "sample x0" in cond["message"] and len(pf["problems"]) == bad
+    else:
+        assert d.actions == [CreateJob(0, 1, False)] and pf["phase"] == "Succeeded"
+
+
+def test_a_preflight_job_that_fails_for_other_reasons_is_retried_then_fails_the_run():
+    from vita_operator.state import PREFLIGHT_RETRIES, CreatePreflight
+    st = {"preflight": {"phase": "Running", "attempts": 1}}
+    d = decide("run", 1, preflight_spec(), st, [], NOW, preflight=[pf_job(1, "Failed", msg="BackoffLimitExceeded")])
+    assert d.actions == [CreatePreflight(2)] and "PreflightRetrying" in [e[1] for e in d.events]
+    # finished but no report read (e.g. the pod was evicted): another attempt too
+    d = decide("run", 1, preflight_spec(), st, [], NOW, preflight=[pf_job(1, "Succeeded")])
+    assert d.actions == [CreatePreflight(2)]
+    last = PREFLIGHT_RETRIES + 1
+    st = {"preflight": {"phase": "Running", "attempts": last}}
+    d = decide("run", 1, preflight_spec(), st, [], NOW, preflight=[pf_job(last, "Failed", msg="DeadlineExceeded")])
+    assert not d.actions and d.status["phase"] == "Failed"
+    assert {c["type"]: c for c in d.status["conditions"]}["Failed"]["reason"] == "PreflightFailed"
+    # a registry that does not exist is the run's own error: no retry
+    st = {"preflight": {"phase": "Running", "attempts": 1}}
+    d = decide("run", 1, preflight_spec(), st, [], NOW,
+               preflight=[pf_job(1, "Failed", permanent="ConfigError: dataset registry /data/r.yaml does not exist")])
+    assert not d.actions and "does not exist" in d.status["preflight"]["message"]

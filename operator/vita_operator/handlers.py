@@ -213,8 +213,16 @@ def emit_event(run: dict, etype: str, reason: str, message: str) -> None:
         log.warning("event %s on %s/%s not written: API error %s", reason, meta["namespace"], meta["name"], e.status)
 
 
-def _patch_status(namespace: str, name: str, status: dict) -> None:
-    _api().patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+def _patch_status(namespace: str, name: str, status: dict, resource_version: str | None = None) -> None:
+    """With `resource_version`, the API server refuses (409) a status computed from an older copy of the run."""
+    body: dict = {"status": status}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
+    _api().patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name, body)
+
+
+class _StaleRun(Exception):
+    """The run changed since it was read: decide again from a fresh copy."""
 
 
 def _blocked(run: dict, reason: str, message: str, metric: str) -> None:
@@ -236,8 +244,20 @@ CRD_MISSING = {"pytorchjob": "the PyTorchJob CRD (kubeflow.org/v1) is not instal
                            "Trainer v2, or run with trainer.backend: pytorchjob"}
 
 
-def reconcile(run: dict, logger) -> None:
-    """One pass for one run. Safe to call concurrently and repeatedly."""
+def reconcile(run: dict, logger, attempts: int = 3) -> None:
+    """One pass for one run. Safe to call concurrently and repeatedly: a pass decided on a stale copy (a job event
+    read the run just before another pass wrote its status) loses the write race and decides again, so nothing
+    recorded only in status (the preflight's result) is overwritten."""
+    for _ in range(attempts - 1):
+        try:
+            return _reconcile(run, logger)
+        except _StaleRun:
+            meta = run["metadata"]
+            run = _api().get_namespaced_custom_object(API_GROUP, VERSION, meta["namespace"], PLURAL, meta["name"])
+    _reconcile(run, logger)
+
+
+def _reconcile(run: dict, logger) -> None:
     meta = run["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     key = f"{namespace}/{name}"
@@ -272,6 +292,16 @@ def reconcile(run: dict, logger) -> None:
         preflight = observed_preflight(namespace, name) if preflight_needed(spec, run.get("status") or {}) else []
         decision = decide(name, meta.get("generation", 1), spec, run.get("status"), jobs, _now(), backend_name,
                           preflight)
+        # Status first, guarded by the run's resourceVersion: a decision made on a stale copy changes nothing and
+        # is made again. A crash between this write and the actions is what a restart already handles (a job that
+        # status records but that does not exist is created).
+        if decision.status != (run.get("status") or {}):
+            try:
+                _patch_status(namespace, name, decision.status, meta.get("resourceVersion"))
+            except ApiException as e:
+                if e.status == 409:
+                    raise _StaleRun() from e
+                raise
         for action in decision.actions:
             if isinstance(action, CreatePreflight):
                 body = pre.preflight_job(name, namespace, spec, action.attempt)
@@ -292,8 +322,6 @@ def reconcile(run: dict, logger) -> None:
             elif isinstance(action, SetJobSuspend):
                 _api().patch_namespaced_custom_object(group, version, namespace, backend.plural, action.name,
                                                       backend.suspend_patch(action.suspend))
-        if decision.status != (run.get("status") or {}):
-            _patch_status(namespace, name, decision.status)
         for etype, reason, message in decision.events:
             emit_event(run, etype, reason, message)
             metrics.STAGE_TRANSITIONS.labels(reason).inc()
