@@ -227,7 +227,18 @@ def final_loss_in(pod: dict, container: str) -> float | None:
     return final_loss_of(term.get("message", "")) if term.get("exitCode") == 0 else None
 
 
-class PyTorchJobBackend:
+class ResultPodReader:
+    """What every backend reads from its rank-0 pod's trainer container (named by the backend's `container`)."""
+    container: str
+
+    def permanent_failure(self, pod: dict) -> str | None:
+        return permanent_failure_in(pod, self.container)
+
+    def final_loss(self, pod: dict) -> float | None:
+        return final_loss_in(pod, self.container)
+
+
+class PyTorchJobBackend(ResultPodReader):
     """Kubeflow training operator v1: one PyTorchJob per stage attempt, a Master and nodes-1 Workers."""
     name = "pytorchjob"
     kind = "PyTorchJob"
@@ -275,13 +286,6 @@ class PyTorchJobBackend:
     def result_pod_selector(self, job_name: str) -> str:
         """The pod holding global rank 0, which writes the stage's result."""
         return f"{KUBEFLOW_JOB_NAME}={job_name},{KUBEFLOW_REPLICA_TYPE}=master"
-
-    def permanent_failure(self, pod: dict) -> str | None:
-        return permanent_failure_in(pod, self.container)
-
-    def final_loss(self, pod: dict) -> float | None:
-        return final_loss_in(pod, self.container)
-
 
 def true_conditions(job: dict) -> dict[str, dict]:
     return {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}

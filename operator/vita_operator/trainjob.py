@@ -13,9 +13,9 @@ from __future__ import annotations
 from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
 from vita_trainer.stages.plan import nproc_per_node, stage_args, stage_resources
 
-from .builder import (POD_SECURITY, TRAINER_MODULE, condition_message, true_conditions, active_deadline,
-                      container_env, container_resources, container_security, final_loss_in, job_labels, job_metadata,
-                      permanent_failure_in, pod_annotations, pod_placement, roots, volumes_and_mounts)
+from .builder import (POD_SECURITY, TRAINER_MODULE, ResultPodReader, active_deadline, condition_message,
+                      container_env, container_resources, container_security, job_labels, job_metadata,
+                      pod_annotations, pod_placement, roots, true_conditions, volumes_and_mounts)
 
 TRAINER_GROUP = "trainer.kubeflow.org"
 DEFAULT_RUNTIME = "vita-torch-distributed"
@@ -26,7 +26,7 @@ JOBSET_NAME, REPLICATED_JOB_NAME = "jobset.sigs.k8s.io/jobset-name", "jobset.sig
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
-class TrainJobBackend:
+class TrainJobBackend(ResultPodReader):
     name = "trainjob"
     kind = "TrainJob"
     api_version = f"{TRAINER_GROUP}/v1alpha1"
@@ -81,9 +81,3 @@ class TrainJobBackend:
     def result_pod_selector(self, job_name: str) -> str:
         """Node 0 holds global rank 0 (Trainer: PET_NODE_RANK is the Job's completion index)."""
         return f"{JOBSET_NAME}={job_name},{REPLICATED_JOB_NAME}={REPLICATED_JOB},{COMPLETION_INDEX}=0"
-
-    def permanent_failure(self, pod: dict) -> str | None:
-        return permanent_failure_in(pod, self.container)
-
-    def final_loss(self, pod: dict) -> float | None:
-        return final_loss_in(pod, self.container)
