@@ -27,6 +27,9 @@ def _media(samples: list[dict], batch: dict, ctc: bool) -> dict:
         targets = [torch.tensor(list(s["transcript"].encode("utf-8"))) + 1 for s in samples]
         batch["ctc_targets"] = pad_sequence(targets, batch_first=True)
         batch["ctc_target_lengths"] = torch.tensor([len(t) for t in targets])
+        # One label per sample: the Trainer counts labels != -100 (after the causal shift, so from column 1) over
+        # the accumulation window and all ranks into num_items_in_batch, which the CTC loss divides by.
+        batch["labels"] = torch.tensor([[IGNORE_INDEX, 0]] * len(samples))
     skipped = [r for s in samples for r in s.get("skipped_reasons", [])]
     if skipped:
         batch["skipped_reasons"] = skipped

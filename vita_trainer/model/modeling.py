@@ -95,18 +95,25 @@ class VitaForCausalLM(PreTrainedModel):
             embeds = embeds + 0.0 * self.ctc_head.weight.sum()
         return embeds
 
-    def ctc_loss(self, audio_features, audio_feature_lengths, ctc_targets, ctc_target_lengths):
-        """CTC on the audio encoder's output (blank = 0; targets are UTF-8 bytes + 1)."""
+    def ctc_loss(self, audio_features, audio_feature_lengths, ctc_targets, ctc_target_lengths,
+                 num_items_in_batch=None):
+        """CTC on the audio encoder's output (blank = 0; targets are UTF-8 bytes + 1), each sample's loss per target
+        byte. With the Trainer's `num_items_in_batch` (the samples of the whole accumulation window on every rank,
+        see the collator) the sum is divided by it, so the gradient is the same for any split into micro-batches
+        and ranks; the Trainer then neither divides by the accumulation steps nor lets DDP's mean shrink it."""
         from transformers.modeling_outputs import CausalLMOutput
         hidden, lens = self.audio_encoder(audio_features, audio_feature_lengths)
         logp = self.ctc_head(hidden).float().log_softmax(-1).transpose(0, 1)
-        loss = nn.functional.ctc_loss(logp, ctc_targets, lens, ctc_target_lengths, blank=0, zero_infinity=True)
+        per_sample = nn.functional.ctc_loss(logp, ctc_targets, lens, ctc_target_lengths, blank=0, zero_infinity=True,
+                                            reduction="none") / ctc_target_lengths.clamp(min=1).to(logp.dtype)
+        loss = per_sample.mean() if num_items_in_batch is None else per_sample.sum() / num_items_in_batch
         return CausalLMOutput(loss=loss, logits=None)
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, pixel_values=None, audio_features=None,
                 audio_feature_lengths=None, position_ids=None, ctc_targets=None, ctc_target_lengths=None, **kwargs):
         if ctc_targets is not None:
-            return self.ctc_loss(audio_features, audio_feature_lengths, ctc_targets, ctc_target_lengths)
+            return self.ctc_loss(audio_features, audio_feature_lengths, ctc_targets, ctc_target_lengths,
+                                 kwargs.get("num_items_in_batch"))
         embeds = self.embed_inputs(input_ids, pixel_values, audio_features, audio_feature_lengths)
         if attention_mask is None and position_ids is not None:
             kwargs["use_cache"] = False  # packed rows: transformers derives the per-sample mask without a cache
