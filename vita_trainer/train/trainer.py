@@ -36,6 +36,17 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
     return str(max(steps)[1]) if steps else None
 
 
+FAULT_NONFINITE_ENV = "VITA_FAULT_NONFINITE_LOSS"  # test hook: "STEP:RANK" makes that rank's loss NaN
+
+
+def _fault_nonfinite(step: int) -> bool:
+    spec = os.environ.get(FAULT_NONFINITE_ENV)
+    if not spec:
+        return False
+    at, _, rank = spec.partition(":")
+    return step == int(at) and os.environ.get("RANK", "0") == (rank or "0")
+
+
 class FaultInjection(TrainerCallback):
     """Test hook: VITA_FAULT_EXIT_AT_STEP=N kills the process after step N (and its checkpoint, if any)."""
 
@@ -74,10 +85,23 @@ class VitaTrainer(Trainer):
             self.metrics_callback.count_batch(int(num_tokens), int(self._samples_in(inputs)), skipped)
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = result[0] if return_outputs else result
-        if not torch.isfinite(loss.detach()).all():
-            raise VitaError(f"non-finite loss ({loss.item()}) at step {self.state.global_step}; lower the learning "
-                            f"rate, enable gradient clipping (--max_grad_norm), or check the batch's data")
+        if _fault_nonfinite(self.state.global_step):
+            loss = loss * float("nan")
+        self._stop_on_nonfinite(loss)
         return result
+
+    def _stop_on_nonfinite(self, loss: torch.Tensor) -> None:
+        """Every rank stops together: the decision is collective (one all-reduce of a flag per micro-batch), so
+        the ranks whose loss was finite do not wait in the next collective until the NCCL timeout."""
+        bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
+        here = bool(bad.item())
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and \
+                torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bad.item():
+            where = f"({loss.item()})" if here else "on another rank"
+            raise VitaError(f"non-finite loss {where} at step {self.state.global_step}; lower the learning rate, "
+                            f"enable gradient clipping (--max_grad_norm), or check the batch's data")
 
     @staticmethod
     def _samples_in(inputs) -> int:
