@@ -81,3 +81,18 @@ def test_a_nonfinite_loss_on_one_rank_stops_every_rank_at_once(data, tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode != 0
     assert "non-finite loss (nan) at step 2" in out and "non-finite loss on another rank at step 2" in out, out[-3000:]
+
+
+def test_lora_under_zero3_saves_full_adapter_tensors(data, tmp_path):
+    """Under ZeRO-3 every trainable parameter is partitioned over the ranks: the adapter and the non-LoRA weights
+    must be gathered (by every rank) before rank 0 writes them, or they are saved as empty tensors."""
+    import torch
+    from safetensors.torch import load_file
+    out = tmp_path / "lora"
+    r = run([*train_cmd(out, data, steps=2), "--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    adapter = load_file(out / "lora" / "adapter_model.safetensors")
+    assert adapter and all(t.numel() > 0 for t in adapter.values()), {k: t.shape for k, t in adapter.items()}
+    assert all(4 in t.shape for k, t in adapter.items() if "lora_A" in k or "lora_B" in k)
+    extra = torch.load(out / "non_lora_trainables.bin", weights_only=True)
+    assert extra and all(t.numel() > 0 for t in extra.values())

@@ -31,14 +31,18 @@ def unfreeze_lora(model) -> int:
 
 
 def save_lora(trainer, out: Path) -> list[str]:
+    """Every rank must call this: under ZeRO-3 the trainable parameters (LoRA A/B and the other trained groups)
+    are partitioned, and gathering them is collective; rank 0 then writes full tensors."""
+    from .weights import gathered
     model = trainer.model
-    if not trainer.args.should_save:
-        return []
-    model.language_model.save_pretrained(str(out / "lora"))
-    extra = {k: v.detach().cpu() for k, v in model.named_parameters()
-             if v.requires_grad and not k.startswith("language_model.")}
-    torch.save(extra, out / "non_lora_trainables.bin")
-    model.config.save_pretrained(str(out))
+    with gathered(p for p in model.parameters() if p.requires_grad):
+        if not trainer.args.should_save:
+            return []
+        model.language_model.save_pretrained(str(out / "lora"))
+        extra = {k: v.detach().cpu().clone() for k, v in model.named_parameters()
+                 if v.requires_grad and not k.startswith("language_model.")}
+        torch.save(extra, out / "non_lora_trainables.bin")
+        model.config.save_pretrained(str(out))
     return [str(out / "lora"), str(out / "non_lora_trainables.bin")]
 
 
