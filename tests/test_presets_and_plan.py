@@ -140,3 +140,13 @@ def test_stage_resources_change_only_the_fields_they_set():
         "stages"]["items"]["properties"]["resources"]
     assert not [k for k, v in stage_schema["properties"].items() if "default" in v]
     assert stage_schema["properties"]["nodes"]["minimum"] == 1  # the run's constraints still apply
+
+
+def test_a_ctc_stage_hands_on_its_encoder_but_not_its_ctc_head():
+    """The CTC head exists only in CTC stages' models: handing ctc_head.bin to the next stage made it refuse the
+    file ("keys do not exist in the model")."""
+    spec = run_spec([{"name": "ctc", "preset": "audio_ctc", "datasetUse": "aud"},
+                     {"name": "align", "preset": "audio_align", "datasetUse": "aud"},
+                     {"name": "ctc2", "preset": "audio_ctc", "datasetUse": "aud"}])
+    assert stage_inputs(spec, 1, ROOTS) == ("/data/models/base", ["/ckpt/out/ctc/audio_encoder.bin"])
+    assert "/ckpt/out/ctc/ctc_head.bin" in stage_inputs(spec, 2, ROOTS)[1]  # another CTC stage keeps it

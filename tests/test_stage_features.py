@@ -149,3 +149,24 @@ def test_a_pod_without_a_gpu_driver_may_be_retried_elsewhere(monkeypatch):
     with pytest.raises(NodeError) as e:
         require_gpus_if_expected()
     assert e.value.retryable
+
+
+def test_a_partial_ctc_stage_hands_its_encoder_to_the_next_stage(data, tmp_path):
+    """audio_ctc without save_full_model writes audio_encoder.bin and ctc_head.bin; the next stage (no CTC head)
+    starts from the base plus what the plan hands on, and its encoder is the one the CTC stage trained."""
+    from vita_trainer.spec import VitaTrainingRunSpec
+    from vita_trainer.stages.plan import PathRoots, stage_inputs
+    train_main(args(data, tmp_path / "run" / "ctc", "audio_ctc", "demo_audio"))
+    assert {p.name for p in (tmp_path / "run" / "ctc").glob("*.bin")} == {"audio_encoder.bin", "ctc_head.bin"}
+    spec = VitaTrainingRunSpec.model_validate({
+        "model": {"base": "base_model"}, "data": {"registry": "registry.yaml"}, "output": "run",
+        "stages": [{"name": "ctc", "preset": "audio_ctc", "datasetUse": "demo_audio"},
+                   {"name": "align", "preset": "audio_align", "datasetUse": "demo_audio"}]})
+    _, files = stage_inputs(spec, 1, PathRoots(data=str(data), checkpoints=str(tmp_path)))
+    summary = train_main(args(data, tmp_path / "run" / "align", "audio_align", "demo_audio", "--save_full_model",
+                              "True", "--init_weights", *files))
+    assert summary["losses"]
+    trained = torch.load(tmp_path / "run" / "ctc" / "audio_encoder.bin", weights_only=True)
+    after = load_file(tmp_path / "run" / "align" / "model.safetensors")
+    shared = [k for k in trained if k in after]
+    assert shared and all(torch.equal(trained[k], after[k]) for k in shared)  # frozen in align: kept as handed

@@ -62,8 +62,10 @@ def stage_inputs(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> tup
             base = stage_output_dir(spec, j, roots)
             break
         partial_stages.append(j)
+    # The CTC head only serves the CTC objective: a stage without it has no such module, so it is not handed on.
+    ctc = get_preset(spec.stages[index].preset).objective == "ctc"
     files = [posixpath.join(stage_output_dir(spec, j, roots), f"{g}.bin")
-             for j in reversed(partial_stages) for g in sorted(trainable_groups(spec, j))]
+             for j in reversed(partial_stages) for g in sorted(trainable_groups(spec, j)) if ctc or g != "ctc_head"]
     return base, files
 
 
