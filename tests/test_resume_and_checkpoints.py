@@ -96,3 +96,20 @@ def test_lora_under_zero3_saves_full_adapter_tensors(data, tmp_path):
     assert all(4 in t.shape for k, t in adapter.items() if "lora_A" in k or "lora_B" in k)
     extra = torch.load(out / "non_lora_trainables.bin", weights_only=True)
     assert extra and all(t.numel() > 0 for t in extra.values())
+
+
+def test_a_world_size_change_stops_with_what_to_do_and_stale_staging_is_cleared(data, tmp_path):
+    """checkpoint-4 written by 2 ranks, resumed on 1: a clear, not-retryable error before DeepSpeed's load; the
+    staging folder an earlier crashed attempt left is removed first."""
+    out = tmp_path / "ws"
+    r = run(train_cmd(out, data, steps=4))
+    assert r.returncode == 0, r.stderr[-3000:]
+    stale = out / ".staging" / "checkpoint-99"
+    stale.mkdir(parents=True)
+    (stale / "zero_pp_rank_3_mp_rank_00_model_states.pt").write_bytes(b"from another world size")
+    one_rank = train_cmd(out, data, steps=8)
+    one_rank[one_rank.index("--nproc_per_node") + 1] = "1"
+    r = run(one_rank)
+    assert r.returncode != 0 and "exitcode: 2" in r.stderr, r.stderr[-3000:]  # the trainer's not-retryable exit
+    assert "checkpoint-4 was written by 2 ranks but this run has 1" in r.stderr and "vita-model convert" in r.stderr
+    assert not stale.exists()

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ..data.tokenizer import load_tokenizer
     from ..model.builder import load_model
     from .metrics import MetricsCallback, TrainerMetrics
-    from .trainer import FaultInjection, VitaTrainer, last_complete_checkpoint
+    from .trainer import FaultInjection, VitaTrainer, prepare_resume
     from .weights import apply_trainable, load_partial, save_groups
 
     groups = resolve_trainable(preset, **{k: getattr(model_args, k) for k in FREEZE_FLAGS})
@@ -205,11 +205,10 @@ def main(argv: list[str] | None = None) -> dict:
                           module_lr=module_lr,
                           modality_lengths=dataset.modality_lengths if (data_args.group_by_modality_length
                                                                         or getattr(args, "group_by_length", False)) else None)
-    resume = args.resume_from_checkpoint
-    if resume in (None, "auto", "True", "true"):  # automatic resume when checkpoints exist
-        resume = last_complete_checkpoint(args.output_dir)
-        if resume:
-            log.info("resuming from %s", resume)
+    # automatic resume when checkpoints exist (unless --resume_from_checkpoint names one)
+    resume = prepare_resume(args.output_dir, args.resume_from_checkpoint, args.should_save)
+    if resume:
+        log.info("resuming from %s", resume)
     start = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
 

@@ -15,7 +15,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import rotate_checkpoints
 
-from ..errors import VitaError
+from ..errors import ConfigError, VitaError
 
 log = logging.getLogger("vita_trainer")
 STAGING = ".staging"
@@ -34,6 +34,39 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
     steps = [(int(m.group(1)), p) for p in root.iterdir()
              if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
     return str(max(steps)[1]) if steps else None
+
+
+def _dist() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and \
+        torch.distributed.get_world_size() > 1
+
+
+def prepare_resume(output_dir: str | Path, requested: str | None, is_main: bool) -> str | None:
+    """The checkpoint every rank resumes from, chosen once by rank 0 and broadcast (ranks listing the folder
+    while rank 0 renames a new checkpoint into place could otherwise pick different ones). Rank 0 also removes
+    the staging folder a crashed attempt left (shards of another world size would mix into zero_to_fp32)."""
+    root = Path(output_dir)
+    choice = [None]
+    if is_main:
+        shutil.rmtree(root / STAGING, ignore_errors=True)
+        choice[0] = last_complete_checkpoint(root) if requested in (None, "auto", "True", "true") else requested
+    if _dist():
+        torch.distributed.broadcast_object_list(choice, src=0)
+    if choice[0]:
+        check_world_size(choice[0])
+    return choice[0]
+
+
+def check_world_size(checkpoint: str | Path) -> None:
+    """A ZeRO checkpoint holds one optimizer/parameter partition per rank: resuming on another number of ranks
+    cannot load it. Stop with what to do instead of DeepSpeed's shape error deep in the load."""
+    shards = list(Path(checkpoint).glob("global_step*/*zero_pp_rank_*_mp_rank_00_model_states.pt"))
+    world = torch.distributed.get_world_size() if _dist() else int(os.environ.get("WORLD_SIZE", "1"))
+    if shards and len(shards) != world:
+        raise ConfigError(f"{checkpoint} was written by {len(shards)} ranks but this run has {world}: a ZeRO "
+                          f"checkpoint resumes only on the same number of ranks. Run the stage on {len(shards)} "
+                          f"ranks again, or start a new stage from its weights (vita-model convert {checkpoint} "
+                          f"OUT, then use OUT as the model)")
 
 
 FAULT_NONFINITE_ENV = "VITA_FAULT_NONFINITE_LOSS"  # test hook: "STEP:RANK" makes that rank's loss NaN
