@@ -95,6 +95,14 @@ class VitaForCausalLM(PreTrainedModel):
             embeds = embeds + 0.0 * self.ctc_head.weight.sum()
         return embeds
 
+    def train(self, mode: bool = True):
+        """A frozen audio encoder stays in eval mode, as the reference keeps it: its dropout would only add noise to
+        features that nothing in the stage learns from (the Trainer calls train() before every step)."""
+        super().train(mode)
+        if mode and self.audio_encoder is not None and not any(p.requires_grad for p in self.audio_encoder.parameters()):
+            self.audio_encoder.eval()
+        return self
+
     def ctc_loss(self, audio_features, audio_feature_lengths, ctc_targets, ctc_target_lengths,
                  num_items_in_batch=None):
         """CTC on the audio encoder's output (blank = 0; targets are UTF-8 bytes + 1), each sample's loss per target

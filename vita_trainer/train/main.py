@@ -50,10 +50,9 @@ def parse(argv: list[str]):
     for key, value in preset.training.items():
         if key not in given:
             extra += [f"--{key}", str(value)]
-    if "bf16" not in given and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        extra += ["--bf16", "True"]
-    if "gradient_checkpointing" not in given and torch.cuda.is_available():
-        extra += ["--gradient_checkpointing", "True"]
+    cuda = torch.cuda.is_available()
+    extra += recipe_defaults(given, cuda=cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+                             ampere=cuda and torch.cuda.get_device_capability()[0] >= 8)
     require_gpus_if_expected()
     if "use_cpu" not in given and not torch.cuda.is_available():  # CPU runs: tests, the demo, `local` on a laptop
         extra += ["--use_cpu", "True"]
@@ -64,6 +63,25 @@ def parse(argv: list[str]):
         extra += ["--report_to", "none"]
     model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv + extra)
     return model_args, data_args, train_args, preset
+
+
+# A ZeRO-3 checkpoint of a 7B model with its optimizer states can take longer than HF's 30-minute default to
+# write to network storage; every other rank waits for it in a collective meanwhile.
+DDP_TIMEOUT_SECONDS = 7200
+
+
+def recipe_defaults(given: set[str], *, cuda: bool, bf16: bool, ampere: bool) -> list[str]:
+    """The reference recipe's settings where HF's defaults differ, for the flags the command line leaves out.
+    GPU only where they only make sense there: CPU runs (tests, the demo) keep HF's in-process data loading."""
+    defaults = {"ddp_timeout": DDP_TIMEOUT_SECONDS}
+    if cuda:
+        defaults.update(gradient_checkpointing=True, dataloader_num_workers=4, dataloader_persistent_workers=True,
+                        dataloader_pin_memory=True)
+    if bf16:
+        defaults["bf16"] = True
+    if ampere:
+        defaults["tf32"] = True
+    return [a for k, v in defaults.items() if k not in given for a in (f"--{k}", str(v))]
 
 
 def _flag_value(argv, flag):
