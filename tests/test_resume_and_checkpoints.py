@@ -113,3 +113,14 @@ def test_a_world_size_change_stops_with_what_to_do_and_stale_staging_is_cleared(
     assert r.returncode != 0 and "exitcode: 2" in r.stderr, r.stderr[-3000:]  # the trainer's not-retryable exit
     assert "checkpoint-4 was written by 2 ranks but this run has 1" in r.stderr and "vita-model convert" in r.stderr
     assert not stale.exists()
+
+
+def test_zero3_offload_trains_with_deepspeeds_cpu_adam_and_the_module_learning_rates(data, tmp_path):
+    """zero3_offload: DeepSpeed refuses a torch optimizer with an offloaded optimizer (zero_force_ds_cpu_optimizer);
+    the trainer builds DeepSpeedCPUAdam with the per-module learning-rate groups instead."""
+    cmd = train_cmd(tmp_path / "offload", data, steps=3)
+    cmd[cmd.index("--deepspeed") + 1] = "zero3_offload"
+    r = run([*cmd, "--mm_projector_lr", "1e-3"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "optimizer DeepSpeedCPUAdam, 2 parameter groups, learning rates [0.001, 0.003]" in r.stderr, r.stderr[-3000:]
+    assert len(losses(tmp_path / "offload")) == 3

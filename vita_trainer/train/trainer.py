@@ -144,8 +144,16 @@ class VitaTrainer(Trainer):
         return int(inputs["input_ids"].shape[0])
 
     # --- optimiser ----------------------------------------------------------------------------
+    def _offloads_optimizer(self) -> bool:
+        cfg = getattr(self.args, "hf_deepspeed_config", None)
+        zero = (cfg.config if cfg is not None else {}).get("zero_optimization") or {}
+        return (zero.get("offload_optimizer") or {}).get("device") in ("cpu", "nvme")
+
     def create_optimizer(self, model=None):
-        if not self.module_lr or self.optimizer is not None:
+        """Per-module learning rates as parameter groups. With the optimizer offloaded (zero3_offload) DeepSpeed
+        takes only its own CPU Adam (zero_force_ds_cpu_optimizer), so the same groups go to DeepSpeedCPUAdam."""
+        offload = self._offloads_optimizer()
+        if (not self.module_lr and not offload) or self.optimizer is not None:
             return super().create_optimizer(model)
         model = self.model if model is None else model
         decay = set(self.get_decay_parameter_names(model))
@@ -157,9 +165,17 @@ class VitaTrainer(Trainer):
             lr = self.module_lr.get(head, self.args.learning_rate)
             wd = self.args.weight_decay if name in decay else 0.0
             groups.setdefault((lr, wd), []).append(p)
-        opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
+        if offload:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+            opt_cls, opt_kwargs = DeepSpeedCPUAdam, {"lr": self.args.learning_rate, "adamw_mode": True,
+                                                     "betas": (self.args.adam_beta1, self.args.adam_beta2),
+                                                     "eps": self.args.adam_epsilon}
+        else:
+            opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = opt_cls([{"params": ps, "lr": lr, "weight_decay": wd}
                                   for (lr, wd), ps in groups.items()], **opt_kwargs)
+        log.info("optimizer %s, %d parameter groups, learning rates %s", opt_cls.__name__, len(groups),
+                 sorted({lr for lr, _ in groups}))
         return self.optimizer
 
     # --- atomic checkpoints -------------------------------------------------------------------
