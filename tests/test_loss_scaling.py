@@ -43,3 +43,37 @@ def test_ctc_gradient_is_the_same_for_1_or_2_ranks_and_1_or_2_accumulation_steps
     # and the loss itself is the per-byte CTC loss averaged over samples, whatever the split
     mean = model(**full).loss
     torch.testing.assert_close(model(**full, num_items_in_batch=num_items).loss, mean)
+
+
+def test_the_chunked_lm_loss_equals_the_plain_one_in_value_and_gradient(tok):
+    """The training path without full logits (several chunks here) against HF's plain loss, with and without the
+    Trainer's num_items_in_batch, on padded rows with masked prompts."""
+    import vita_trainer.model.chunked_loss as chunked
+    torch.manual_seed(0)
+    model = VitaForCausalLM(tiny_config(tok)).eval()
+    ids = torch.randint(10, 200, (3, 17))
+    labels = ids.clone()
+    labels[:, :5] = -100          # prompts
+    labels[2, 12:] = -100         # a shorter row's padding
+    mask = torch.ones_like(ids)
+    mask[2, 12:] = 0
+    params = [p for p in model.parameters()]
+    for num_items in (None, 40):
+        model.chunked_loss = False
+        plain = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=num_items).loss
+        plain_grads = torch.autograd.grad(plain, params, allow_unused=True)
+        model.train()
+        model.chunked_loss = True
+        chunked.CHUNK_TOKENS, saved = 7, chunked.CHUNK_TOKENS  # several chunks for 3 short rows
+        try:
+            out = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=num_items)
+        finally:
+            chunked.CHUNK_TOKENS = saved
+            model.eval()
+        assert out.logits is None
+        torch.testing.assert_close(out.loss, plain, rtol=1e-5, atol=1e-6)
+        for a, b in zip(torch.autograd.grad(out.loss, params, allow_unused=True), plain_grads):
+            if b is None:
+                assert a is None or not a.any()
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

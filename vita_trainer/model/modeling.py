@@ -21,6 +21,9 @@ class VitaForCausalLM(PreTrainedModel):
     _supports_flash_attn = True
     _no_split_modules = ["Qwen2DecoderLayer", "EncoderBlock", "InternVLVisionLayer"]
 
+    # Set by the trainer (--chunked_loss): training losses without the batch's full fp32 logits.
+    chunked_loss = False
+
     def __init__(self, config: VitaConfig):
         super().__init__(config)
         llm_dim = config.text_config.hidden_size
@@ -125,8 +128,23 @@ class VitaForCausalLM(PreTrainedModel):
         embeds = self.embed_inputs(input_ids, pixel_values, audio_features, audio_feature_lengths)
         if attention_mask is None and position_ids is not None:
             kwargs["use_cache"] = False  # packed rows: transformers derives the per-sample mask without a cache
+        if labels is not None and self.training and self.chunked_loss:
+            return self._chunked_loss_forward(embeds, attention_mask, labels, position_ids, **kwargs)
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
                                    position_ids=position_ids, **kwargs)
+
+    def _chunked_loss_forward(self, embeds, attention_mask, labels, position_ids, num_items_in_batch=None,
+                              **kwargs):
+        """Training with labels: the decoder's hidden states, then the loss in chunks (model/chunked_loss.py);
+        no logits are returned."""
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        from .chunked_loss import chunked_causal_lm_loss
+        kwargs["use_cache"] = False
+        hidden = self.language_model.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
+                                                   position_ids=position_ids, **kwargs).last_hidden_state
+        loss = chunked_causal_lm_loss(hidden, self.language_model.get_output_embeddings(), labels, num_items_in_batch)
+        return CausalLMOutputWithPast(loss=loss, logits=None)
 
     @classmethod
     def empty(cls, config: VitaConfig) -> "VitaForCausalLM":

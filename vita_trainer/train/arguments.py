@@ -82,6 +82,9 @@ class VitaTrainingArguments(TrainingArguments):
     model_max_length: int = field(default=MODEL_MAX_LENGTH, metadata={"help": "Maximum sequence length after media expansion"})
     metrics_port: int = field(default=9400, metadata={"help": "Rank 0 serves Prometheus /metrics here; 0 disables"})
     save_full_model: bool = field(default=False, metadata={"help": "Partial stages: also save full weights"})
+    chunked_loss: bool = field(default=True, metadata={
+        "help": "LM loss from the labelled positions' logits only, in checkpointed chunks, never the batch's "
+                "full fp32 logits (HF's path needs tens of GB at 8 x 6200 tokens)"})
     vision_tower_lr: float | None = None
     mm_projector_lr: float | None = None
     audio_encoder_lr: float | None = None

@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = add_lora(model, model_args)
         groups = groups - {"llm"}
     counts = apply_trainable(model, groups)
+    model.chunked_loss = args.chunked_loss
     if model_args.lora_enable:
         from .lora import unfreeze_lora
         counts["lora"] = unfreeze_lora(model)

@@ -1,0 +1,38 @@
+"""Causal-LM cross-entropy without the batch's full logits.
+
+HF's path computes logits for every position (tokens x 152k vocabulary) and upcasts them to fp32 for the loss:
+for a micro-batch of 8 x 6200 tokens that alone is tens of GB. Here only the positions that have a label get
+logits, in chunks, each chunk recomputed in the backward pass (activation checkpointing), so at most one chunk of
+logits exists at a time. Same value and gradient as the plain path (tests/test_loss_scaling.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..constants import IGNORE_INDEX
+
+CHUNK_TOKENS = 4096  # 4096 x 152k fp32 logits: 2.5 GB per chunk in flight
+
+
+def _chunk_loss(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+
+
+def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor,
+                           num_items_in_batch=None, chunk_tokens: int | None = None) -> torch.Tensor:
+    """Mean next-token loss over labelled positions (or the sum over `num_items_in_batch`, as HF's loss does)."""
+    chunk_tokens = chunk_tokens or CHUNK_TOKENS
+    hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    targets = labels[:, 1:].reshape(-1).to(hidden.device)
+    keep = targets != IGNORE_INDEX
+    hidden, targets = hidden[keep], targets[keep]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.numel(), chunk_tokens):
+        piece = slice(start, start + chunk_tokens)
+        total = total + checkpoint(_chunk_loss, lm_head, hidden[piece], targets[piece], use_reentrant=False)
+    if num_items_in_batch is None:
+        return total / max(targets.numel(), 1)
+    return total / num_items_in_batch
