@@ -54,20 +54,23 @@ def job_args(job: dict) -> list[str]:
     return job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]
 
 
-def result_pod(backend: str, job: str, phase: str, state: dict) -> dict:
-    """Rank 0's pod as each backend's controllers and the kubelet leave it, its trainer container in `state`."""
-    if backend == "pytorchjob":
-        name, container = f"{job}-master-0", "pytorch"
-        labels = {"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": "master"}
-    else:
-        name, container = f"{job}-node-0-0-x7k2p", "node"
-        labels = {"jobset.sigs.k8s.io/jobset-name": job, "jobset.sigs.k8s.io/replicatedjob-name": "node",
-                  "batch.kubernetes.io/job-completion-index": "0"}
+def pod(name: str, labels: dict, container: str, phase: str, state: dict) -> dict:
+    """A pod as a job controller and the kubelet leave it: one container, in `state`."""
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": labels},
-            "spec": {"containers": [{"name": container, "image": "trainer:test"}]},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": container, "image": "trainer:test"}]},
             "status": {"phase": phase, "containerStatuses": [{
                 "name": container, "image": "trainer:test", "imageID": "", "ready": False, "restartCount": 0,
                 "state": state}]}}
+
+
+def result_pod(backend: str, job: str, phase: str, state: dict) -> dict:
+    """Rank 0's pod as each backend's controllers and the kubelet leave it, its trainer container in `state`."""
+    if backend == "pytorchjob":
+        return pod(f"{job}-master-0", {"training.kubeflow.org/job-name": job,
+                                       "training.kubeflow.org/replica-type": "master"}, "pytorch", phase, state)
+    return pod(f"{job}-node-0-0-x7k2p", {"jobset.sigs.k8s.io/jobset-name": job,
+                                         "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                                         "batch.kubernetes.io/job-completion-index": "0"}, "node", phase, state)
 
 
 def finished(job: str, final_loss: float) -> dict:

@@ -21,8 +21,8 @@ import yaml
 
 from tests.control_plane import (REPO, ControlPlane, OperatorProcess, install_operator_prerequisites,
                                  install_pytorchjob_crd, k8s_version)
-from tests.operator_scenarios import (BACKENDS, JOB_RESOURCE, NS, RUN, finished, job_status, result_pod, run_on,
-                                      wait_for)
+from tests.operator_scenarios import (BACKENDS, JOB_RESOURCE, NS, RUN, finished, job_status, pod, result_pod,
+                                      run_on, wait_for)
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.slow]
 class Cluster:
@@ -66,16 +66,20 @@ class Cluster:
         self.cp.kubectl("patch", f"{plural}.{group}", name, "-n", NS, "--subresource=status", "--type=merge",
                         "-p", json.dumps({"status": job_status(backend, phase)}))
 
-    def master_pod(self, job: str, phase: str, state: dict, backend: str = "pytorchjob") -> None:
-        """What Kubeflow and the kubelet make: the job's rank-0 pod, its trainer container in `state`."""
-        pod = result_pod(backend, job, phase, state)
-        status = {"status": pod.pop("status")}
+    def put_pod(self, manifest: dict) -> None:
+        """Create the pod, then write its status through the status subresource, as the kubelet does."""
+        manifest = copy.deepcopy(manifest)
+        status = {"status": manifest.pop("status")}
         # The default ServiceAccount (admission needs it) comes from the controller-manager shortly after start.
         wait_for(lambda: self.cp.kubectl("get", "serviceaccount", "default", "-n", NS, check=False).returncode == 0,
                  what="default ServiceAccount")
-        self.apply(pod)
-        self.cp.kubectl("patch", "pod", pod["metadata"]["name"], "-n", NS, "--subresource=status", "--type=merge",
-                        "-p", json.dumps(status))
+        self.apply(manifest)
+        self.cp.kubectl("patch", "pod", manifest["metadata"]["name"], "-n", NS, "--subresource=status",
+                        "--type=merge", "-p", json.dumps(status))
+
+    def master_pod(self, job: str, phase: str, state: dict, backend: str = "pytorchjob") -> None:
+        """What Kubeflow and the kubelet make: the job's rank-0 pod, its trainer container in `state`."""
+        self.put_pod(result_pod(backend, job, phase, state))
 
     def finished_master_pod(self, job: str, final_loss: float, backend: str = "pytorchjob") -> None:
         self.master_pod(job, "Succeeded", finished(job, final_loss), backend)
@@ -361,19 +365,10 @@ def preflight_message(tmp_path, monkeypatch, bad: bool, stages=("s1", "s2", "s3"
 
 def finish_preflight(cluster, job: str, exit_code: int, message: str) -> None:
     """The pod the Job controller made, terminated as the kubelet reports it; then the Job's own status."""
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{job}-x7k2p", "namespace": NS, "labels": {
-        "batch.kubernetes.io/job-name": job}}, "spec": {"restartPolicy": "Never", "containers": [
-            {"name": "preflight", "image": "trainer:test"}]}}
-    wait_for(lambda: cluster.cp.kubectl("get", "serviceaccount", "default", "-n", NS, check=False).returncode == 0,
-             what="default ServiceAccount")
-    cluster.apply(pod)
     state = {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
                             "message": message}}
-    cluster.cp.kubectl("patch", "pod", pod["metadata"]["name"], "-n", NS, "--subresource=status", "--type=merge",
-                       "-p", json.dumps({"status": {"phase": "Succeeded" if exit_code == 0 else "Failed",
-                                                    "containerStatuses": [{
-                                                        "name": "preflight", "image": "trainer:test", "imageID": "",
-                                                        "ready": False, "restartCount": 0, "state": state}]}}))
+    cluster.put_pod(pod(f"{job}-x7k2p", {"batch.kubernetes.io/job-name": job}, "preflight",
+                        "Succeeded" if exit_code == 0 else "Failed", state))
     now = "2026-11-27T00:00:00Z"
     if exit_code == 0:
         conditions = [{"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now},

@@ -194,8 +194,9 @@ def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: lis
     }
     pod_spec = {"containers": [container], "volumes": volumes, "securityContext": dict(POD_SECURITY),
                 **pod_placement(spec, index)}
-    if stage_resources(spec, index).priority_class_name:
-        pod_spec["priorityClassName"] = stage_resources(spec, index).priority_class_name
+    priority = stage_resources(spec, index).priority_class_name
+    if priority:
+        pod_spec["priorityClassName"] = priority
     return {"metadata": {"labels": dict(labels), "annotations": pod_annotations(spec)}, "spec": pod_spec}
 
 
@@ -258,8 +259,8 @@ class PyTorchJobBackend(ResultPodReader):
             replicas["Worker"] = replica(res.nodes - 1)
         run_policy = {"backoffLimit": POD_BACKOFF_LIMIT, "cleanPodPolicy": "Running",
                       "ttlSecondsAfterFinished": TTL_AFTER_FINISHED, "suspend": suspend}
-        if active_deadline(spec, index):
-            run_policy["activeDeadlineSeconds"] = active_deadline(spec, index)
+        if deadline := active_deadline(spec, index):
+            run_policy["activeDeadlineSeconds"] = deadline
         if spec.scheduling.volcano_queue:
             run_policy["schedulingPolicy"] = {"queue": spec.scheduling.volcano_queue, "minAvailable": res.nodes}
             if res.priority_class_name:

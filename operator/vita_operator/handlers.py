@@ -221,6 +221,17 @@ def _patch_status(namespace: str, name: str, status: dict, resource_version: str
     _api().patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name, body)
 
 
+def _create_owned(run: dict, body: dict, create) -> None:
+    """Create a job owned by the run (ownerReferences: deleting the run deletes its jobs). A 409 means an earlier
+    pass created it: names are deterministic."""
+    kopf.adopt(body, owner=run)
+    try:
+        create(body)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+
+
 class _StaleRun(Exception):
     """The run changed since it was read: decide again from a fresh copy."""
 
@@ -304,21 +315,13 @@ def _reconcile(run: dict, logger) -> None:
                 raise
         for action in decision.actions:
             if isinstance(action, CreatePreflight):
-                body = pre.preflight_job(name, namespace, spec, action.attempt)
-                kopf.adopt(body, owner=run)
-                try:
-                    _batch().create_namespaced_job(namespace, body)
-                except ApiException as e:
-                    if e.status != 409:
-                        raise
+                _create_owned(run, pre.preflight_job(name, namespace, spec, action.attempt),
+                              lambda body: _batch().create_namespaced_job(namespace, body))
             elif isinstance(action, CreateJob):
-                body = backend.build(name, namespace, spec, action.index, action.attempt, suspend=action.suspend)
-                kopf.adopt(body, owner=run)  # ownerReferences: deleting the run deletes its jobs
-                try:
-                    _api().create_namespaced_custom_object(group, version, namespace, backend.plural, body)
-                except ApiException as e:
-                    if e.status != 409:  # 409: created by an earlier pass; names are deterministic
-                        raise
+                _create_owned(run, backend.build(name, namespace, spec, action.index, action.attempt,
+                                                 suspend=action.suspend),
+                              lambda body: _api().create_namespaced_custom_object(group, version, namespace,
+                                                                                  backend.plural, body))
             elif isinstance(action, SetJobSuspend):
                 _api().patch_namespaced_custom_object(group, version, namespace, backend.plural, action.name,
                                                       backend.suspend_patch(action.suspend))

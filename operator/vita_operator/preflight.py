@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
 from vita_trainer.stages.plan import GPUS_ENV, PREFLIGHT, resolve_path, stage_max_length
-from vita_trainer.train.termination import permanent_failure_of, preflight_summary_of
+from vita_trainer.train.termination import preflight_summary_of
 
-from .builder import (POD_SECURITY, TTL_AFTER_FINISHED, container_env, container_security,
-                      job_labels, job_name, pod_placement, roots, trainer_container_state, volumes_and_mounts)
+from .builder import (POD_SECURITY, TTL_AFTER_FINISHED, condition_message, container_env, container_security,
+                      job_labels, job_name, permanent_failure_in, pod_placement, roots, trainer_container_state,
+                      true_conditions, volumes_and_mounts)
 
 CONTAINER = "preflight"
 LABEL_PREFLIGHT = f"{API_GROUP}/preflight"
@@ -60,12 +61,11 @@ def preflight_job(run_name: str, namespace: str, spec: VitaTrainingRunSpec, atte
 
 def job_phase(job: dict) -> tuple[str, str]:
     """(Pending|Running|Succeeded|Failed, message) from a batch/v1 Job's status."""
-    status = job.get("status") or {}
-    for cond in status.get("conditions") or []:
-        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
-            phase = "Succeeded" if cond["type"] == "Complete" else "Failed"
-            return phase, f"{cond.get('reason', cond['type'])}: {cond.get('message', '')}".strip(": ")
-    return ("Running" if status.get("active") else "Pending"), ""
+    conds = true_conditions(job)
+    for kind, phase in (("Complete", "Succeeded"), ("Failed", "Failed")):
+        if kind in conds:
+            return phase, condition_message(conds[kind])
+    return ("Running" if (job.get("status") or {}).get("active") else "Pending"), ""
 
 
 def pod_selector(job: str) -> str:
@@ -78,6 +78,5 @@ def summary(pod: dict) -> dict | None:
 
 
 def permanent_failure(pod: dict) -> str | None:
-    term = trainer_container_state(pod, CONTAINER)
-    return permanent_failure_of(term.get("message", "")) if term.get("exitCode") else None
+    return permanent_failure_in(pod, CONTAINER)
 

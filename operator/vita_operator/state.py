@@ -133,6 +133,14 @@ def _preflight_verdict(summary: dict, max_bad: float) -> tuple[list[str], int, i
     return why, total, bad
 
 
+def _fail_preflight(d: Decision, pf: dict, msg: str, now: str, generation: int) -> bool:
+    """The run is Failed with reason PreflightFailed: no stage job is ever created."""
+    pf.update(phase="Failed", message=msg, completionTime=now)
+    d.events.append(("Warning", "PreflightFailed", msg))
+    _set_phase(d, "Failed", "PreflightFailed", msg, now, generation)
+    return True
+
+
 def _preflight(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: list[ObservedPreflight], now: str,
                generation: int) -> bool:
     """The preflight step; True while it holds the run (running, or failed it), False once it passed."""
@@ -156,22 +164,15 @@ def _preflight(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: 
         if why:
             first = f"; first: {pf['problems'][0]}" if pf["problems"] else ""
             reasons = ", ".join(f"{k} {v}" for k, v in pf["problemsByReason"].items())
-            msg = f"preflight: {'; '.join(why)} ({reasons}){first}; report: {pf['reportPath']}"
-            pf.update(phase="Failed", message=msg)
-            d.events.append(("Warning", "PreflightFailed", msg))
-            _set_phase(d, "Failed", "PreflightFailed", msg, now, generation)
-            return True
+            return _fail_preflight(d, pf, f"preflight: {'; '.join(why)} ({reasons}){first}; report: "
+                                          f"{pf['reportPath']}", now, generation)
         pf.update(phase="Succeeded", message=f"{total} samples checked, {bad} with problems")
         d.events.append(("Normal", "PreflightPassed", f"{total} samples checked, {bad} with problems (allowed: "
                          f"{spec.preflight.max_bad_fraction:.2%} per stage)"))
         return False
     if job.phase in ("Succeeded", "Failed"):
         if job.permanent:
-            msg = f"preflight: {job.permanent}"
-            pf.update(phase="Failed", message=msg, completionTime=now)
-            d.events.append(("Warning", "PreflightFailed", msg))
-            _set_phase(d, "Failed", "PreflightFailed", msg, now, generation)
-            return True
+            return _fail_preflight(d, pf, f"preflight: {job.permanent}", now, generation)
         cause = job.message or "the preflight pod left no report"
         if attempt <= PREFLIGHT_RETRIES:
             d.actions.append(CreatePreflight(attempt + 1))
@@ -180,11 +181,7 @@ def _preflight(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: 
             d.events.append(("Warning", "PreflightRetrying", f"preflight attempt {attempt} failed ({cause}); "
                              f"attempt {attempt + 1} starts"))
             return True
-        msg = f"preflight failed after {attempt} attempt(s): {cause}"
-        pf.update(phase="Failed", message=msg, completionTime=now)
-        d.events.append(("Warning", "PreflightFailed", msg))
-        _set_phase(d, "Failed", "PreflightFailed", msg, now, generation)
-        return True
+        return _fail_preflight(d, pf, f"preflight failed after {attempt} attempt(s): {cause}", now, generation)
     pf["phase"] = "Running"
     _set_phase(d, "Running", "Preflight", "preflight: checking every stage's data", now, generation)
     return True

@@ -56,8 +56,8 @@ class TrainJobBackend(ResultPodReader):
                    "resourcesPerNode": container_resources(spec, index)}
         job_spec = {"runtimeRef": {"apiGroup": TRAINER_GROUP, "kind": "ClusterTrainingRuntime", "name": self.runtime},
                     "trainer": trainer, "runtimePatches": [patch], "suspend": suspend}
-        if active_deadline(spec, index):
-            job_spec["activeDeadlineSeconds"] = active_deadline(spec, index)
+        if deadline := active_deadline(spec, index):
+            job_spec["activeDeadlineSeconds"] = deadline
         return {"apiVersion": self.api_version, "kind": self.kind,
                 "metadata": job_metadata(run_name, namespace, spec, index, attempt), "spec": job_spec}
 

@@ -90,7 +90,10 @@ class Registry(BaseModel):
         """The dataset entry reading this chat file, if any (files given directly to the tools have none)."""
         if self._by_file is None:
             self._by_file = {str(self.resolve(ds.chat_path)): ds for ds in self.datasets.values()}
-        return self._by_file.get(str(Path(file))) or self._by_file.get(str(Path(file).resolve()))
+        key = str(Path(file))
+        if key not in self._by_file:  # asked once per sample and image: resolve (file system calls) once per file
+            self._by_file[key] = self._by_file.get(str(Path(file).resolve()))
+        return self._by_file[key]
 
     def default_set(self, file: str) -> str | None:
         """The set a sample of this file without `set` belongs to (its dataset's `set`), if any."""

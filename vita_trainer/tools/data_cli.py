@@ -51,11 +51,19 @@ def parallel_map(fn, items, opts: ToolOptions, workers: int, desc: str, chunk: i
     return out
 
 
-def cmd_check(a, opts: ToolOptions) -> int:
-    from .check import Problem, load_chat_files, summarise, write_clean
-    items, problems = load_chat_files(chat_files(opts, a.dataset_use, a.chat))
-    for res in parallel_map(_check_chunk, items, opts, a.workers, "check"):
+def check_items(opts: ToolOptions, dataset_use: str | None, chats: list[str] | None, workers: int,
+                desc: str = "check") -> tuple[list, list]:
+    """(file, index, raw) of every sample, and every problem: file-level ones, then each sample's."""
+    from .check import load_chat_files
+    items, problems = load_chat_files(chat_files(opts, dataset_use, chats))
+    for res in parallel_map(_check_chunk, items, opts, workers, desc):
         problems.extend(res)
+    return items, problems
+
+
+def cmd_check(a, opts: ToolOptions) -> int:
+    from .check import Problem, summarise, write_clean
+    items, problems = check_items(opts, a.dataset_use, a.chat, a.workers)
     report = summarise(problems, len(items))
     if a.write_clean:
         report["clean_files"] = write_clean(items, problems, Path(a.write_clean))

@@ -19,17 +19,15 @@ from pathlib import Path
 
 from ..errors import VitaError
 from ..train.termination import EXIT_VITA_ERROR, MAX_BYTES, failure_message, write_message
-from .context import ToolOptions, chat_files
+from .context import ToolOptions
 
 FIRST_PROBLEMS = 20
 
 
 def check_stage(opts: ToolOptions, dataset_use: str, workers: int) -> dict:
-    from .check import load_chat_files, summarise
-    from .data_cli import _check_chunk, parallel_map
-    items, problems = load_chat_files(chat_files(opts, dataset_use, None))
-    for res in parallel_map(_check_chunk, items, opts, workers, f"preflight {dataset_use}"):
-        problems.extend(res)
+    from .check import summarise
+    from .data_cli import check_items
+    items, problems = check_items(opts, dataset_use, None, workers, f"preflight {dataset_use}")
     return summarise(problems, len(items))
 
 

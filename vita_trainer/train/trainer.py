@@ -126,13 +126,12 @@ class VitaTrainer(Trainer):
     def _stop_on_nonfinite(self, loss: torch.Tensor) -> None:
         """Every rank stops together: the decision is collective (one all-reduce of a flag per micro-batch), so
         the ranks whose loss was finite do not wait in the next collective until the NCCL timeout."""
-        bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
-        here = bool(bad.item())
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and \
-                torch.distributed.get_world_size() > 1:
+        finite = torch.isfinite(loss.detach()).all()
+        bad = (~finite).float().reshape(1)  # stays on the device: one host sync per micro-batch, below
+        if _dist():
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
         if bad.item():
-            where = f"({loss.item()})" if here else "on another rank"
+            where = "on another rank" if finite else f"({loss.item()})"
             raise VitaError(f"non-finite loss {where} at step {self.state.global_step}; lower the learning rate, "
                             f"enable gradient clipping (--max_grad_norm), or check the batch's data")
 
