@@ -1,8 +1,11 @@
 """GPU check: a ~1B-parameter Qwen2-shaped VITA (plus a SigLIP-style tower) through real training steps.
 
-bf16, flash-attention-2 when installed (SDPA otherwise), gradient checkpointing, packed rows. Prints tokens/s,
-achieved TFLOP/s and MFU against the card's bf16 dense peak, peak memory, and checks that the packed and the
-unpacked loss agree on the device. Needs only torch + transformers (no DeepSpeed, no network).
+bf16, flash-attention-2 when installed (SDPA otherwise), gradient checkpointing, packed rows. Prints real tokens/s,
+model TFLOP/s and MFU (6N per real token plus causal attention over each sample, against the card model's bf16
+dense peak), hardware TFLOP/s separately (with the recomputed forward and padding), peak memory; and checks that
+packed rows (two or more) give the unpacked loss in fp32 (SDPA) and in bf16 under every attention backend here:
+SDPA, flash-attention-2 when installed, and the plain-torch flash-attention reference (model/varlen_reference.py),
+which takes the same varlen arguments. Needs only torch + transformers (no DeepSpeed, no network).
 
     bash bench/gpu_check.sh            # on a GPU machine (< 8 minutes on one H100/H200)
     python bench/gpu_check.py --cpu-smoke   # the same code path, tiny, on CPU (used by the tests)
@@ -16,12 +19,15 @@ import time
 
 import torch
 
-# bf16 dense peak TFLOP/s (no sparsity), by device-name substring.
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
+# bf16 dense peak TFLOP/s (no sparsity) by card model; the first name the device name contains wins, so the
+# more specific names come first (torch names the SXM H100 "NVIDIA H100 80GB HBM3").
+PEAK_TFLOPS = (("H200 NVL", 835.0), ("H200", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.0),
+               ("A100", 312.0), ("L40S", 362.0))
+BF16_LOSS_TOLERANCE = 2e-2  # bf16 rounding differs between padded and packed layouts; a leak moves the loss more
 
 
 def peak_for(name: str) -> float | None:
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return next((v for k, v in PEAK_TFLOPS if k in name), None)
 
 
 def build(smoke: bool, device: str):
@@ -68,6 +74,63 @@ def to(batch, device, dtype):
     return out
 
 
+def step_flops(cfg, model, lengths: list[int], processed_tokens: int, tiles: int, recompute: bool) -> tuple[float, float]:
+    """(model FLOPs, hardware FLOPs) of one training step. Model: 6N per real token (N: the decoder layers and the
+    LM head), causal attention 6 L d s^2 per sample of s tokens, 6N per vision patch. Hardware adds the forward
+    recomputed under gradient checkpointing (8 instead of 6) and the padding positions the rows carry."""
+    text = cfg.text_config
+    n_llm = sum(p.numel() for p in model.language_model.model.layers.parameters()) + text.vocab_size * text.hidden_size
+    n_vis = sum(p.numel() for p in model.vision_tower.parameters()) + sum(p.numel() for p in model.mm_projector.parameters())
+    vcfg = cfg.vision_config
+    size, patch = (vcfg["image_size"], vcfg["patch_size"]) if isinstance(vcfg, dict) else (vcfg.image_size, vcfg.patch_size)
+    size, patch = (size[0] if isinstance(size, (list, tuple)) else size), (patch[0] if isinstance(patch, (list, tuple)) else patch)
+    patches = tiles * (size // patch) ** 2
+    attention = text.num_hidden_layers * text.hidden_size * sum(n * n for n in lengths)
+    per = 8 if recompute else 6
+    model_flops = 6 * n_llm * sum(lengths) + 6 * attention + 6 * n_vis * patches
+    hardware_flops = per * n_llm * processed_tokens + per * attention + per * n_vis * patches
+    return model_flops, hardware_flops
+
+
+def packing_check(model, tok, cfg, seq: int, device: str, dtype, g) -> dict:
+    """Packed (two or more rows) vs unpacked loss on the device, per attention backend and dtype; for the flash
+    backends also the loss without the varlen arguments (what transformers ran before), to show the check sees a
+    leak."""
+    import importlib.util
+
+    from vita_trainer.data.collator import MultimodalCollator, PackedCollator
+    from vita_trainer.model import varlen_reference
+    samples = make_batch(tok, cfg, 6, seq, device, g)
+    unpacked = MultimodalCollator(tok.pad_token_id)(samples)
+    packed = PackedCollator(tok.pad_token_id, 2 * seq)(samples)
+    rows = int(packed["input_ids"].shape[0])
+    backends = ["sdpa", varlen_reference.register()]
+    if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        backends.append("flash_attention_2")
+    # fp32 for a tight comparison (SDPA, and the reference), then the training dtype under every backend
+    runs = list(dict.fromkeys([("sdpa", torch.float32), (backends[1], torch.float32)] + [(b, dtype) for b in backends]))
+    llm_cfg = model.language_model.config
+    results = {"rows": rows, "samples": len(samples), "backends_missing": [] if "flash_attention_2" in backends else ["flash_attention_2"]}
+    model.eval()
+    for backend, dt in runs:
+        model.to(dt)
+        llm_cfg._attn_implementation = backend
+        with torch.no_grad():
+            a = model(**to(unpacked, device, dt)).loss.item()
+            b = model(**to(packed, device, dt)).loss.item()
+            leaky = None
+            if "flash" in backend:
+                bare = {k: v for k, v in packed.items() if not k.startswith(("cu_seq_lens", "max_length"))}
+                leaky = model(**to(bare, device, dt)).loss.item()
+        tol = 1e-3 if dt == torch.float32 else BF16_LOSS_TOLERANCE
+        results[f"{backend}/{str(dt).replace('torch.', '')}"] = {
+            "unpacked": a, "packed": b, "matches": abs(a - b) < tol,
+            **({"without_varlen_args": leaky} if leaky is not None else {})}
+    llm_cfg._attn_implementation = "sdpa"
+    results["all_match"] = 2 <= rows < len(samples) and all(r["matches"] for k, r in results.items() if isinstance(r, dict))
+    return results
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu-smoke", action="store_true")
@@ -75,7 +138,9 @@ def main():
     ap.add_argument("--samples-per-step", type=int, default=16)
     ap.add_argument("--seq", type=int, default=2048)
     a = ap.parse_args()
-    from vita_trainer.data.collator import MultimodalCollator, PackedCollator
+    import importlib.util
+
+    from vita_trainer.data.collator import PackedCollator
     smoke = a.cpu_smoke or not torch.cuda.is_available()
     device = "cpu" if smoke else "cuda"
     dtype = torch.float32 if smoke else torch.bfloat16
@@ -83,52 +148,54 @@ def main():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     tok, cfg, model = build(smoke, device)
-    attn = cfg.text_config._attn_implementation
-    model = model.to(dtype)
     n_params = sum(p.numel() for p in model.parameters())
 
-    # 1) packed vs unpacked loss on the device (fp32 copy of the model for a tight comparison)
-    check = make_batch(tok, cfg, 4, seq, device, g)
-    ref = model.float().eval()
-    with torch.no_grad():
-        l_unpacked = ref(**to(MultimodalCollator(tok.pad_token_id)(check), device, torch.float32)).loss.item()
-        l_packed = ref(**to(PackedCollator(tok.pad_token_id, seq * 2)(check), device, torch.float32)).loss.item()
+    # 1) packed vs unpacked loss on the device, fp32 and bf16, per attention backend
+    packing = packing_check(model, tok, cfg, seq, device, dtype, g)
+
+    # 2) training throughput, flash-attention-2 when installed
+    attn = "flash_attention_2" if not smoke and importlib.util.find_spec("flash_attn") else "sdpa"
+    model.language_model.config._attn_implementation = attn
     model = model.to(dtype).train()
     if not smoke:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=not smoke)
     collate = PackedCollator(tok.pad_token_id, seq * 4)
-    tokens = 0
+    real = processed = 0
+    model_flops = hardware_flops = 0.0
     for i in range(steps + 2):
-        batch = to(collate(make_batch(tok, cfg, n, seq, device, g)), device, dtype)
+        samples = make_batch(tok, cfg, n, seq, device, g)
+        batch = to(collate(samples), device, dtype)
         if i == 2:  # two warm-up steps
             if not smoke:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-            start, tokens = time.perf_counter(), 0
+            start, real, processed, model_flops, hardware_flops = time.perf_counter(), 0, 0, 0.0, 0.0
         loss = model(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        tokens += int(batch["input_ids"].numel())
+        lengths = [len(s["input_ids"]) for s in samples]
+        real += sum(lengths)
+        processed += int(batch["input_ids"].numel())
+        mf, hf = step_flops(cfg, model, lengths, int(batch["input_ids"].numel()),
+                            tiles=int(batch["pixel_values"].shape[0]), recompute=not smoke)
+        model_flops, hardware_flops = model_flops + mf, hardware_flops + hf
     if not smoke:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    tps = tokens / elapsed
-    # 6 N per token for forward+backward, plus 2 N for the recomputed forward under gradient checkpointing
-    flops_per_token = (6 + (0 if smoke else 2)) * n_params
-    tflops = tps * flops_per_token / 1e12
     name = "cpu" if smoke else torch.cuda.get_device_name()
     peak = None if smoke else peak_for(name)
+    tflops, hw_tflops = model_flops / elapsed / 1e12, hardware_flops / elapsed / 1e12
     result = {"device": name, "attention": attn, "params": n_params, "dtype": str(dtype).replace("torch.", ""),
-              "tokens_per_s": round(tps, 1), "achieved_tflops": round(tflops, 2),
-              "mfu": round(tflops / peak, 3) if peak else None,
+              "peak_tflops": peak, "tokens_per_s": round(real / elapsed, 1), "padding_fraction":
+              round(1 - real / processed, 3), "model_tflops": round(tflops, 4), "hardware_tflops": round(hw_tflops, 4),
+              "mfu": round(tflops / peak, 3) if peak else None, "hfu": round(hw_tflops / peak, 3) if peak else None,
               "peak_memory_gib": None if smoke else round(torch.cuda.max_memory_allocated() / 2 ** 30, 2),
-              "loss_unpacked": l_unpacked, "loss_packed": l_packed,
-              "packed_matches": abs(l_unpacked - l_packed) < 1e-3, "final_loss": loss.item()}
+              "packing": packing, "packed_matches": packing["all_match"], "final_loss": loss.item()}
     print(json.dumps(result, indent=2))
     if not result["packed_matches"]:
-        raise SystemExit("packed and unpacked losses disagree")
+        raise SystemExit("packed and unpacked losses disagree (see packing)")
 
 
 if __name__ == "__main__":

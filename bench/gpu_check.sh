@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check, ready for a machine with one H100/H200 (torch + transformers, no network, no DeepSpeed needed).
-# Runs in well under 8 minutes; prints one JSON result (tokens/s, TFLOP/s, MFU, peak memory, packing check).
+# Runs in well under 8 minutes; prints one JSON result: real tokens/s, model and hardware TFLOP/s, MFU against the
+# card model's bf16 peak, peak memory, and packed (2+ rows) vs unpacked loss in fp32 and bf16 per attention backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true

@@ -27,6 +27,19 @@ def test_gpu_check_cpu_path():
               "sys.argv = ['bench/gpu_check.py', '--cpu-smoke']\nrunpy.run_path(sys.argv[0], run_name='__main__')")
     result = json.loads(out[out.index("{"):])
     assert result["packed_matches"] is True and result["tokens_per_s"] > 0 and result["device"] == "cpu"
+    packing = result["packing"]
+    assert 2 <= packing["rows"] < packing["samples"]  # two or more rows, some holding several samples
+    reference = packing["flash_attention_varlen_reference/float32"]
+    assert reference["matches"] and reference["without_varlen_args"] != reference["packed"]
+    assert result["model_tflops"] > 0 and result["hardware_tflops"] >= result["model_tflops"]
+
+
+def test_gpu_check_peak_by_card_model():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from gpu_check import peak_for
+    assert peak_for("NVIDIA H100 80GB HBM3") == 989.0 and peak_for("NVIDIA H100 PCIe") == 756.0
+    assert peak_for("NVIDIA H100 NVL") == 835.0 and peak_for("NVIDIA H200") == 989.0
+    assert peak_for("NVIDIA H200 NVL") == 835.0 and peak_for("Tesla T4") is None
 
 
 def test_token_efficiency_packing_goal():

@@ -75,3 +75,30 @@ def test_inspect_counts_and_memory(zero3_stage, capsys):
     assert 8.0e9 < r["total"] < 9.0e9
     expected = (r["total"] * 2 + r["trainable"] * 14) / 32 / 2 ** 30
     assert r["zero3_model_states_gib_per_gpu"] == pytest.approx(expected, abs=0.01)
+
+
+def test_inspect_says_whether_the_reference_micro_batch_fits(capsys):
+    """8 x 6200 tokens on an 80 GiB card: HF's full fp32 logits alone are ~70 GiB and do not fit; the chunked loss
+    does. The largest micro-batch it names fits and one more token would not."""
+    from vita_trainer.model.memory import GIB, LayerShape, estimate
+    from vita_trainer.model.builder import vita_1p5_config
+    args = ["inspect", "vita-1.5-7b", "--stage", "multimodal_sft", "--gpus", "32", "--tokens", "49600"]
+    assert model_main(args + ["--json", "--no-chunked-loss"]) == 0
+    plain = json.loads(capsys.readouterr().out)["memory"]
+    assert not plain["fits"] and 60 < plain["logits_gib"] < 80
+    assert model_main(args + ["--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    chunked = r["memory"]
+    assert chunked["fits"] and chunked["logits_gib"] < 8 and chunked["activations_gib"] == plain["activations_gib"]
+    assert chunked["total_gib"] == pytest.approx(
+        chunked["model_states_gib"] + chunked["activations_gib"] + chunked["logits_gib"], abs=0.02)
+    shape = LayerShape.of(vita_1p5_config().text_config)
+    common = dict(total=r["total"], trainable=r["trainable"], gpus=32, gpu_memory_gib=80.0)
+    at_max = estimate(shape, tokens=chunked["max_tokens"], **common)
+    assert at_max["fits"] and not estimate(shape, tokens=chunked["max_tokens"] + 1, **common)["fits"]
+    assert at_max["total_gib"] * GIB <= 80 * GIB
+    assert model_main(["inspect", "vita-1.5-7b", "--stage", "multimodal_sft", "--gpus", "32"]) == 0
+    assert "fits a 80 GiB GPU" in capsys.readouterr().out
+    assert model_main(["inspect", "vita-1.5-7b", "--stage", "audio_ctc", "--gpus", "8", "--json"]) == 0
+    ctc = json.loads(capsys.readouterr().out)["memory"]
+    assert ctc["activations_gib"] == ctc["logits_gib"] == 0  # the CTC stage never runs the LLM

@@ -1,12 +1,15 @@
 """Sequence packing: the packed loss equals the unpacked loss on the same samples (fp32)."""
 
+import pytest
 import torch
+from transformers import AttentionInterface
 
 from tests.conftest import conv
-from vita_trainer.data.collator import MultimodalCollator, PackedCollator, pack_rows
+from vita_trainer.data.collator import MultimodalCollator, PackedCollator, pack_rows, varlen_boundaries
 from vita_trainer.data.processor import MediaSpec, SampleProcessor
 from vita_trainer.data.registry import Registry
 from vita_trainer.data.sample import parse_sample
+from vita_trainer.model import varlen_reference
 from vita_trainer.model.builder import build_model
 
 
@@ -58,3 +61,72 @@ def test_packed_loss_equals_unpacked_loss(tok, tiny_cfg, media_dir):
         logits2 = model(**packed2).logits
     assert torch.allclose(logits[r, first_len:], logits2[r, first_len:], atol=1e-5)
     assert not torch.allclose(logits[r, :first_len], logits2[r, :first_len], atol=1e-5)
+
+
+def test_varlen_boundaries_cover_every_sample_and_padding_tail():
+    b = varlen_boundaries([[3, 2], [4]], width=6)
+    assert b["cu_seq_lens_q"].tolist() == [0, 3, 5, 6, 10, 12] and b["cu_seq_lens_q"].dtype == torch.int32
+    assert b["cu_seq_lens_k"].tolist() == b["cu_seq_lens_q"].tolist()
+    assert b["max_length_q"] == b["max_length_k"] == 4
+    assert varlen_boundaries([[2, 4]], width=6)["cu_seq_lens_q"].tolist() == [0, 2, 6]  # a full row: no tail
+
+
+@pytest.fixture
+def varlen_attention():
+    """The plain-torch flash-attention reference (model/varlen_reference.py), recording the boundaries each call
+    received."""
+    calls = []
+
+    def recording(module, query, key, value, attention_mask, **kwargs):
+        cu = kwargs.get("cu_seq_lens_q")
+        calls.append(None if cu is None else (cu.tolist(), kwargs.get("max_length_q")))
+        return varlen_reference.varlen_attention(module, query, key, value, attention_mask, **kwargs)
+
+    varlen_reference.register(recording)
+    yield calls
+    del AttentionInterface._global_mapping[varlen_reference.NAME]
+
+
+def test_packed_rows_stay_apart_under_flash_attention(tok, tiny_cfg, media_dir, varlen_attention):
+    """Two or more packed rows under a flash-attention backend: the boundaries reach every attention call and the
+    loss equals the unpacked loss; without them (the old collator) samples in a row attend to each other."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg).float().eval()
+    items = samples(tok, tiny_cfg, media_dir)
+    unpacked = MultimodalCollator(tok.pad_token_id)(items)
+    longest = max(len(s["input_ids"]) for s in items)
+    packed = PackedCollator(tok.pad_token_id, max_length=longest + 40)(items)
+    rows = pack_rows([len(s["input_ids"]) for s in items], longest + 40)
+    assert len(rows) >= 2 and any(len(r) > 1 for r in rows)
+    for b in (unpacked, packed):
+        b.pop("num_tokens")
+    with torch.no_grad():
+        reference = model(**unpacked).loss  # SDPA, padded rows
+        model.language_model.config._attn_implementation = varlen_reference.NAME
+        exact = model(**packed).loss
+        leaky = model(**{k: v for k, v in packed.items() if not k.startswith(("cu_seq_lens", "max_length"))}).loss
+    width = packed["input_ids"].shape[1]
+    expected = varlen_boundaries([[len(items[i]["input_ids"]) for i in row] for row in rows], width)
+    layers = tiny_cfg.text_config.num_hidden_layers
+    assert varlen_attention[:layers] == [(expected["cu_seq_lens_q"].tolist(), expected["max_length_q"])] * layers
+    assert torch.isclose(exact, reference, atol=1e-4, rtol=0), (exact.item(), reference.item())
+    assert not torch.isclose(leaky, reference, atol=1e-3, rtol=0)
+
+
+def test_sdpa_gets_no_varlen_arguments(tok, tiny_cfg, media_dir, monkeypatch):
+    """SDPA keeps its block-diagonal mask from the position ids; the varlen arguments are not passed to it."""
+    seen = []
+    real = AttentionInterface._global_mapping["sdpa"]
+
+    def recording(*args, **kwargs):
+        seen.append(sorted(k for k in kwargs if k.startswith(("cu_seq_lens", "max_length"))))
+        return real(*args, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", recording)
+    model = build_model(tiny_cfg).float().eval()
+    assert model.language_model.config._attn_implementation == "sdpa"
+    packed = PackedCollator(tok.pad_token_id, max_length=4096)(samples(tok, tiny_cfg, media_dir))
+    packed.pop("num_tokens")
+    with torch.no_grad():
+        model(**packed)
+    assert seen and all(s == [] for s in seen)

@@ -25,8 +25,9 @@ def small_run(out: Path, deepspeed="zero3", procs=2):
     # vision-align also writes full weights so that "frozen stays bit-identical" is checkable there too;
     # audio-align stays partial, so the next stage must pick up audio_adapter.bin (the partial handoff).
     run["spec"]["stages"][1]["args"]["save_full_model"] = True
-    # stage 3 packs sequences and groups by length, under ZeRO-3
-    run["spec"]["stages"][3]["args"].update(pack_sequences=True, group_by_modality_length=True)
+    # stage 3 packs sequences into token-budget batches (rank 0 measures the lengths, the other rank receives
+    # them), under ZeRO-3
+    run["spec"]["stages"][3]["args"].update(pack_sequences=True, max_tokens_per_batch=2048)
     path = out / "run.yaml"
     path.write_text(yaml.safe_dump(run, sort_keys=False))
     return path, run

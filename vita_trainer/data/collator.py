@@ -1,7 +1,10 @@
 """Collate mixed text / image / audio samples: padded rows, or packed rows (several samples per row).
 
-Packed rows carry position ids that restart at 0 for every sample and no attention mask; transformers then
-keeps attention inside each sample (a block-diagonal mask for SDPA, varlen for flash-attention-2).
+Packed rows carry position ids that restart at 0 for every sample and no attention mask, plus the sample
+boundaries over the flattened rows (`cu_seq_lens_q/k`, `max_length_q/k`). SDPA and eager build a block-diagonal
+mask from the position ids; flash-attention-2 needs the boundaries, because transformers infers them from position
+ids only for a single row (`_is_packed_sequence`): with two or more rows it would run one causal call per row and
+let the samples in a row attend to each other. The model passes the boundaries on only to flash attention.
 """
 
 from __future__ import annotations
@@ -69,6 +72,20 @@ def pack_rows(lengths: list[int], max_length: int) -> list[list[int]]:
         rows_needed += 1
 
 
+def varlen_boundaries(row_lengths: list[list[int]], width: int) -> dict:
+    """flash-attention's varlen arguments for rows of `width` tokens laid end to end: every sample is a segment,
+    and so is each row's padding tail (it attends only to itself, as its position ids say)."""
+    segments = []
+    for lengths in row_lengths:
+        segments += lengths
+        if width > sum(lengths):
+            segments.append(width - sum(lengths))
+    cu = torch.zeros(len(segments) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(segments), 0)
+    longest = max(segments)
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu.clone(), "max_length_q": longest, "max_length_k": longest}
+
+
 @dataclass
 class PackedCollator:
     pad_token_id: int
@@ -90,4 +107,6 @@ class PackedCollator:
                 pos[r, at:at + n] = torch.arange(n)
                 at += n
             pos[r, at:] = torch.arange(width - at)  # padding is its own sequence, never attended by samples
-        return _media(ordered, {"input_ids": ids, "labels": labels, "position_ids": pos}, ctc=False)
+        batch = {"input_ids": ids, "labels": labels, "position_ids": pos,
+                 **varlen_boundaries([[len(samples[i]["input_ids"]) for i in row] for row in rows], width)}
+        return _media(ordered, batch, ctc=False)

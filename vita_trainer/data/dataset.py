@@ -88,6 +88,18 @@ class LazySupervisedDataset(Dataset):
             out.append(n if (s.images or s.audios or s.video) else -n)
         return out
 
+    def token_lengths(self) -> list[int]:
+        """Each sample's exact token count from its media headers (data/facts.py), for token-budget batches. A
+        sample whose headers cannot be read counts as --model_max_length: it is skipped or fails when loaded."""
+        from .facts import inspect_parsed
+        out = []
+        for file, s in self.entries:
+            try:
+                out.append(inspect_parsed(self.processor, s, file).tokens)
+            except DataError:
+                out.append(self.processor.max_len)
+        return out
+
     def __getitem__(self, i: int) -> dict:
         if self.cache is not None:
             if i not in self.cache:

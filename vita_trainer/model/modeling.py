@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.utils.generic import is_flash_attention_requested
 
 from ..module_groups import group_attr
 from .audio_encoder import AudioAdapter, WhaleEncoder
@@ -12,6 +13,10 @@ from .configuration import VitaConfig
 from .projector import build_projector
 from .splice import scatter_media, valid_frames
 from .vision import VisionTower
+
+# What the packed collator adds for flash attention's varlen kernel (data/collator.py: varlen_boundaries).
+VARLEN_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
 
 class VitaForCausalLM(PreTrainedModel):
     config_class = VitaConfig
@@ -126,6 +131,9 @@ class VitaForCausalLM(PreTrainedModel):
             return self.ctc_loss(audio_features, audio_feature_lengths, ctc_targets, ctc_target_lengths,
                                  kwargs.get("num_items_in_batch"))
         embeds = self.embed_inputs(input_ids, pixel_values, audio_features, audio_feature_lengths)
+        if not is_flash_attention_requested(self.language_model.config):
+            for key in VARLEN_KWARGS:  # packed rows' boundaries are for flash attention; SDPA masks by position
+                kwargs.pop(key, None)
         if attention_mask is None and position_ids is not None:
             kwargs["use_cache"] = False  # packed rows: transformers derives the per-sample mask without a cache
         if labels is not None and self.training and self.chunked_loss:

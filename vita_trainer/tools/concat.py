@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..data.dataset import read_samples
 from ..errors import DataError
-from .check import inspect_sample
+from ..data.facts import inspect_sample
 
 
 def _as_list(value) -> list:

@@ -8,11 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
+from ..constants import MODEL_MAX_LENGTH
 from ..errors import ConfigError, VitaError
-
-BYTES_BF16, BYTES_ADAM_STATE = 2, 4 + 4 + 4  # fp32 master weights + Adam m + v per trainable parameter
 
 
 def _processor_config(config) -> dict:
@@ -54,7 +51,9 @@ def convert(ckpt: Path, out: Path) -> Path:
     return out
 
 
-def inspect(model_path: str, stage: str | None, gpus: int) -> dict:
+def inspect(model_path: str, stage: str | None, gpus: int, tokens: int = MODEL_MAX_LENGTH,
+            gpu_memory_gib: float = 80.0, gradient_checkpointing: bool = True, chunked_loss: bool = True) -> dict:
+    from ..model import memory
     from ..model.builder import vita_1p5_config
     from ..model.configuration import VitaConfig
     from ..model.modeling import VitaForCausalLM
@@ -67,14 +66,34 @@ def inspect(model_path: str, stage: str | None, gpus: int) -> dict:
     total = sum(counts.values())
     report = {"model": model_path, "parameters": counts, "total": total}
     if stage:
-        trainable = resolve_trainable(get_preset(stage))
+        preset = get_preset(stage)
+        trainable = resolve_trainable(preset)
         n_train = sum(counts.get(g, 0) for g in trainable)
-        # ZeRO-3 partitions weights, gradients and optimizer states over all GPUs (bf16 weights and grads,
-        # fp32 master copy and Adam moments for trainable parameters); activations come on top.
-        per_gpu = (total * BYTES_BF16 + n_train * (BYTES_BF16 + BYTES_ADAM_STATE)) / gpus
-        report.update(stage=get_preset(stage).name, trainable_groups=sorted(trainable), trainable=n_train,
-                      zero3_model_states_gib_per_gpu=round(per_gpu / 2 ** 30, 2), gpus=gpus)
+        per_gpu = memory.model_states_bytes(total, n_train, gpus)
+        report.update(stage=preset.name, trainable_groups=sorted(trainable), trainable=n_train,
+                      zero3_model_states_gib_per_gpu=round(per_gpu / memory.GIB, 2), gpus=gpus,
+                      memory=memory.estimate(memory.LayerShape.of(config.text_config), total=total, trainable=n_train,
+                                             gpus=gpus, tokens=tokens, gpu_memory_gib=gpu_memory_gib,
+                                             gradient_checkpointing=gradient_checkpointing,
+                                             chunked_loss=chunked_loss, language_model=preset.objective != "ctc"))
     return report
+
+
+def _print_inspect(r: dict) -> None:
+    for g, n in r["parameters"].items():
+        mark = "  trains" if g in r.get("trainable_groups", []) else ""
+        print(f"{g:<16}{n:>16,}{mark}")
+    print(f"{'total':<16}{r['total']:>16,}")
+    if "stage" not in r:
+        return
+    m = r["memory"]
+    print(f"stage {r['stage']}: {r['trainable']:,} trainable, on {r['gpus']} GPUs; per GPU for a micro-batch of "
+          f"{m['tokens']:,} tokens:")
+    for part in ("model_states", "activations", "logits", "total"):
+        print(f"  {part.replace('_', ' '):<14}{m[part + '_gib']:>8.2f} GiB")
+    verdict = "fits" if m["fits"] else "does NOT fit"
+    print(f"{verdict} a {m['gpu_memory_gib']:g} GiB GPU ({m['usable_gib']:g} GiB usable); at most ~{m['max_tokens']:,} "
+          f"tokens per micro-batch (--max_tokens_per_batch)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("model", help="VITA folder, or vita-1.5-7b for the published layout")
     i.add_argument("--stage", help="stage preset for the trainable set and memory estimate")
     i.add_argument("--gpus", type=int, default=8)
+    i.add_argument("--tokens", type=int, default=MODEL_MAX_LENGTH,
+                   help="tokens per micro-batch per GPU (padded rows x width, or --max_tokens_per_batch)")
+    i.add_argument("--gpu-memory-gib", type=float, default=80.0, help="the card's memory (H100 80, H200 141)")
+    i.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
+    i.add_argument("--no-chunked-loss", dest="chunked_loss", action="store_false")
     i.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -116,17 +140,12 @@ def main(argv: list[str] | None = None) -> int:
             from ..train.lora import merge_lora
             print(merge_lora(a.base, a.lora_run, a.output))
         else:
-            r = inspect(a.model, a.stage, a.gpus)
+            r = inspect(a.model, a.stage, a.gpus, a.tokens, a.gpu_memory_gib, a.gradient_checkpointing,
+                        a.chunked_loss)
             if a.json:
                 print(json.dumps(r, indent=2))
             else:
-                for g, n in r["parameters"].items():
-                    mark = "  trains" if g in r.get("trainable_groups", []) else ""
-                    print(f"{g:<16}{n:>16,}{mark}")
-                print(f"{'total':<16}{r['total']:>16,}")
-                if a.stage:
-                    print(f"stage {r['stage']}: {r['trainable']:,} trainable; ZeRO-3 model states "
-                          f"~{r['zero3_model_states_gib_per_gpu']} GiB per GPU on {r['gpus']} GPUs (plus activations)")
+                _print_inspect(r)
     except VitaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

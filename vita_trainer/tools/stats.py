@@ -13,7 +13,7 @@ from ..errors import DataError
 def collect(chunk) -> list[dict]:
     """Per-sample facts from headers only (runs in a worker with its own processor)."""
     from . import data_cli
-    from .check import inspect_sample
+    from ..data.facts import inspect_sample
     proc = data_cli._PROC
     rows = []
     for file, index, raw in chunk:

@@ -59,6 +59,10 @@ class DataArguments:
     lazy_preprocess: bool = field(default=True, metadata={"help": "Always lazy; accepted for compatibility"})
     is_multimodal: bool = field(default=True, metadata={"help": "Accepted for compatibility"})
     group_by_modality_length: bool = field(default=False, metadata={"help": "Group batches by length and modality"})
+    max_tokens_per_batch: int | None = field(default=None, metadata={
+        "help": "Cap each micro-batch by tokens instead of a sample count (replaces --per_device_train_batch_size): "
+                "as many samples as fit, padded rows counted as samples x longest, packed rows by their sum; "
+                "ranks get batches of even cost. At least --model_max_length"})
     pack_sequences: bool = field(default=False, metadata={
         "help": "Pack several samples per row up to --model_max_length (attention stays inside each sample)"})
     skip_bad_samples: bool = field(default=False, metadata={"help": "Count and skip unreadable samples instead of failing"})

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ..data.tokenizer import load_tokenizer
     from ..model.builder import load_model
     from .metrics import MetricsCallback, TrainerMetrics
-    from .trainer import FaultInjection, VitaTrainer, prepare_resume
+    from .trainer import FaultInjection, VitaTrainer, prepare_resume, token_budget_sampler
     from .weights import apply_trainable, load_partial, save_groups
 
     groups = resolve_trainable(preset, **{k: getattr(model_args, k) for k in FREEZE_FLAGS})
@@ -219,9 +219,16 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError("--pack_sequences does not apply to the CTC stage (it trains on whole clips)")
     collator = (PackedCollator(tokenizer.pad_token_id, args.model_max_length) if data_args.pack_sequences
                 else MultimodalCollator(tokenizer.pad_token_id, ctc=preset.objective == "ctc"))
+    budget = data_args.max_tokens_per_batch
+    if budget is not None and (budget < args.model_max_length or data_args.group_by_modality_length):
+        raise ConfigError(f"--max_tokens_per_batch {budget} must be at least --model_max_length "
+                          f"({args.model_max_length}), and it replaces --group_by_modality_length (its batches are "
+                          f"already grouped by length)")
     trainer = VitaTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                           processing_class=tokenizer, callbacks=[metrics, FaultInjection()], metrics_callback=metrics,
                           module_lr=module_lr,
+                          train_sampler=(token_budget_sampler(dataset, args, budget, packed=data_args.pack_sequences)
+                                         if budget else None),
                           modality_lengths=dataset.modality_lengths if (data_args.group_by_modality_length
                                                                         or getattr(args, "group_by_length", False)) else None)
     # automatic resume when checkpoints exist (unless --resume_from_checkpoint names one)

@@ -72,6 +72,17 @@ def check_world_size(checkpoint: str | Path) -> None:
 FAULT_NONFINITE_ENV = "VITA_FAULT_NONFINITE_LOSS"  # test hook: "STEP:RANK" makes that rank's loss NaN
 
 
+def token_budget_sampler(dataset, args, max_tokens: int, packed: bool):
+    """The token-budget batch sampler (data/token_budget.py). Rank 0 reads every sample's headers once and
+    sends the lengths to the others, so all ranks plan the same batches."""
+    from ..data.token_budget import TokenBudgetSampler
+    lengths = [dataset.token_lengths() if args.process_index == 0 else None]
+    if _dist():
+        torch.distributed.broadcast_object_list(lengths, src=0)
+    return TokenBudgetSampler(lengths[0], max_tokens, packed=packed, dp_size=max(1, args.world_size),
+                              grad_accum=args.gradient_accumulation_steps, rank=args.process_index, seed=args.seed)
+
+
 def _fault_nonfinite(step: int) -> bool:
     spec = os.environ.get(FAULT_NONFINITE_ENV)
     if not spec:
@@ -95,15 +106,18 @@ class FaultInjection(TrainerCallback):
 
 class VitaTrainer(Trainer):
     def __init__(self, *args, metrics_callback=None, module_lr: dict[str, float] | None = None,
-                 modality_lengths=None, **kwargs):
+                 modality_lengths=None, train_sampler=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.metrics_callback = metrics_callback
         self.module_lr = module_lr or {}
         self.modality_lengths = modality_lengths
+        self.train_sampler = train_sampler
         self._staging_root = None
 
     # --- data ---------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
+        if self.train_sampler is not None:
+            return self.train_sampler
         if self.modality_lengths is not None:
             # Length-grouped batches keep padding low; abs() because text-only samples carry negative lengths.
             return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,

@@ -1,0 +1,94 @@
+"""What one sample is, from media headers only: image sizes, clip durations, video frames and its exact token
+count (through the same `SampleProcessor.layout` training uses). `vita-data check`/`stats`/`concat` and the
+token-budget sampler share it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+from ..errors import DataError
+from .audio import SAMPLE_RATE, fbank_frames
+from .image import tile_count
+from .sample import ParsedSample, parse_sample
+from .video import load_frames
+
+MAX_ASPECT_RATIO = 12.0
+
+
+def image_sizes(proc, s, file) -> list[tuple[int, int]]:
+    """(width, height) from each image's header, after Pillow's verify; problems for broken or too-wide images."""
+    sizes = []
+    for i, path in enumerate(proc.image_paths(s, file)):
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+                im.verify()
+        except Exception as e:  # Pillow raises many types for broken files
+            raise DataError(f"image {path} cannot be decoded: {e}", file=file, sample_id=s.sample_id,
+                            field=f"image[{i}]", reason="corrupt_file") from e
+        if max(width, height) / max(min(width, height), 1) > MAX_ASPECT_RATIO:
+            raise DataError(f"image {path} is {width}x{height}, aspect ratio over {MAX_ASPECT_RATIO:g}:1",
+                            file=file, sample_id=s.sample_id, field=f"image[{i}]", reason="aspect_ratio")
+        sizes.append((width, height))
+    return sizes
+
+
+def audio_seconds(proc, s, file) -> list[float]:
+    """Durations from the file headers; problems for unreadable, empty or out-of-bounds clips."""
+    import soundfile as sf
+    durations = []
+    for i, path in enumerate(proc.audio_paths(s, file)):
+        field = f"audio[{i}]"
+        try:
+            info = sf.info(str(path))
+        except Exception as e:
+            raise DataError(f"audio {path} cannot be decoded: {e}", file=file, sample_id=s.sample_id, field=field,
+                            reason="corrupt_file") from e
+        seconds = info.frames / info.samplerate if info.samplerate else 0.0
+        if seconds <= 0:
+            raise DataError(f"audio {path} has no samples", file=file, sample_id=s.sample_id, field=field,
+                            reason="corrupt_file")
+        lo, hi = proc.media.min_audio_seconds, proc.media.max_audio_seconds
+        if not lo <= seconds <= hi:
+            raise DataError(f"audio {path} is {seconds:.2f}s, outside [{lo}, {hi}]s", file=file,
+                            sample_id=s.sample_id, field=field,
+                            reason="audio_too_short" if seconds < lo else "audio_too_long")
+        durations.append(seconds)
+    return durations
+
+
+def video_frames(proc, s, file) -> int:
+    path = proc.video_path(s, file)
+    if path is None:
+        return 0
+    try:
+        return len(load_frames(path))
+    except (ValueError, OSError) as e:
+        raise DataError(f"video {path} cannot be decoded: {e}", file=file, sample_id=s.sample_id, field="video",
+                        reason="corrupt_file") from e
+
+
+@dataclass(frozen=True)
+class SampleFacts:
+    sample: ParsedSample
+    image_sizes: list[tuple[int, int]]
+    audio_seconds: list[float]
+    tokens: int
+
+
+def inspect_sample(proc, raw, file: str, index: int) -> SampleFacts:
+    """Everything check, stats and concat need about one sample, from media headers only. The token count comes
+    from the same `layout` training uses, so truncation and full masking are caught exactly as training would."""
+    return inspect_parsed(proc, parse_sample(raw, file=file, index=index), file)
+
+
+def inspect_parsed(proc, s: ParsedSample, file: str) -> SampleFacts:
+    sizes = image_sizes(proc, s, file)
+    tiles = [tile_count(w, h, proc.media.tile_size, proc.media.max_tiles, proc.media.use_thumbnail,
+                        proc.dynamic_tiling(s, file, i)) for i, (w, h) in enumerate(sizes)]
+    seconds = audio_seconds(proc, s, file)
+    frames = [fbank_frames(int(sec * SAMPLE_RATE)) for sec in seconds]
+    ids, _ = proc.layout(s, file, tiles, video_frames(proc, s, file), frames)
+    return SampleFacts(s, sizes, seconds, len(ids))
