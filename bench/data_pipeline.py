@@ -1,9 +1,11 @@
-"""Benchmark: samples/s of the full data path (JSON -> template -> tokens/labels -> image tiles -> fbank ->
+"""Benchmark: host samples/s of the full data path (JSON -> template -> tokens/labels -> images -> fbank ->
 collate) for a 60% image / 20% audio / 10% image+audio / 10% text mix with 640x480 JPEGs and 3-15 s clips,
 VITA-1.5 media settings (448 px tiles, up to 12 + thumbnail) and the real Qwen2.5 tokenizer.
 
-Runs the DataLoader with 1 and 2 worker processes (1 worker is the baseline, same run) and, in-process, the
-share of time spent in each step of the path.
+Two image pipelines, alternating in one run at 1 torch thread: the host-PIL path (the baseline: float tiles on
+the host, the reference's per-tile processing) and the device path (the host decodes to uint8; resize, tiling and
+normalisation run on the model's device). Prints both rates and their ratio, collate time per batch, what the
+device step costs on this CPU, DataLoader samples/s with 1 and 2 workers, and the share of each step of the path.
 
     .venv/bin/python bench/data_pipeline.py
 """
@@ -72,9 +74,10 @@ def timed_shares(proc: SampleProcessor, dataset: LazySupervisedDataset, collate,
             finally:
                 spent[name] += time.perf_counter() - t
         return inner
-    proc._load_images = wrap("image decode + tiles", proc._load_images)
+    saved = {name: getattr(proc, name) for name in ("host_tiles", "device_image", "_load_audios", "layout")}
+    proc.host_tiles = wrap("image decode + tiles", proc.host_tiles)
+    proc.device_image = wrap("image decode (uint8)", proc.device_image)
     proc._load_audios = wrap("audio load + fbank", proc._load_audios)
-    proc._load_video = wrap("video", proc._load_video)
     proc.layout = wrap("template + tokens + labels", proc.layout)
     import vita_trainer.data.processor as P
     original = P.tiles_to_tensor
@@ -84,39 +87,82 @@ def timed_shares(proc: SampleProcessor, dataset: LazySupervisedDataset, collate,
         items = [dataset[j] for j in range(i, min(i + batch, len(dataset)))]
         wrap("collate", collate)(items)
     P.tiles_to_tensor = original
+    for name, fn in saved.items():
+        setattr(proc, name, fn)
     total = time.perf_counter() - start
     # JSON parsing and schema checks happen once, when the dataset is built (measured separately)
     return {k: v / total for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
+
+
+def in_process(dataset, collate, batch: int) -> tuple[float, float, list]:
+    """(samples/s, collate ms per batch, the batches) for the whole data set in this process."""
+    start, collate_s, batches = time.perf_counter(), 0.0, []
+    for i in range(0, len(dataset), batch):
+        items = [dataset[j] for j in range(i, min(i + batch, len(dataset)))]
+        t = time.perf_counter()
+        batches.append(collate(items))
+        collate_s += time.perf_counter() - t
+    return len(dataset) / (time.perf_counter() - start), 1e3 * collate_s / len(batches), batches
+
+
+def device_step_ms(batches: list, config) -> tuple[float, int]:
+    """What the device step (resize, tile, normalise) costs per batch here, and the tiles it made."""
+    from vita_trainer.model.image_tiles import tiles_from_images
+    start, tiles = time.perf_counter(), 0
+    with_images = [b for b in batches if "images" in b]
+    for b in with_images:
+        tiles += len(tiles_from_images(b["images"], b["image_sizes"], b["image_grids"], config.tile_size,
+                                       config.image_mean, config.image_std))
+    return 1e3 * (time.perf_counter() - start) / max(len(with_images), 1), tiles
+
+
+def loader_rate(dataset, collate, batch: int, workers: int) -> float:
+    loader = DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=collate, persistent_workers=False)
+    start = time.perf_counter()
+    n = sum(len(b["input_ids"]) for b in loader)
+    return n / (time.perf_counter() - start)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=240)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating host/device rounds; the best of each")
     a = ap.parse_args()
+    import torch
+
+    from vita_trainer.model.builder import vita_1p5_config
+    torch.set_num_threads(1)
+    pipelines = ("host", "device")
     with tempfile.TemporaryDirectory() as tmp:
         registry = make_data(Path(tmp), a.samples)
-        opts = ToolOptions(registry=str(registry))
-        proc = build_processor(opts)
+        procs = {p: build_processor(ToolOptions(registry=str(registry), image_pipeline=p)) for p in pipelines}
         t = time.perf_counter()
-        dataset = LazySupervisedDataset(load_registry(registry), "d", proc)
-        parse_s = time.perf_counter() - t
-        collate = MultimodalCollator(proc.tok.pad_token_id)
-        rates = {}
-        for workers in (1, 2):
-            loader = DataLoader(dataset, batch_size=a.batch, num_workers=workers, collate_fn=collate,
-                                persistent_workers=False)
-            start = time.perf_counter()
-            n = sum(len(b["input_ids"]) for b in loader)
-            rates[workers] = n / (time.perf_counter() - start)
-        shares = timed_shares(proc, dataset, collate, a.batch)
-    print(f"{a.samples} samples (60% image, 20% audio, 10% both, 10% text; 640x480 JPEG, 3-15 s audio)")
+        datasets = {p: LazySupervisedDataset(load_registry(registry), "d", procs[p]) for p in pipelines}
+        parse_s = (time.perf_counter() - t) / len(pipelines)
+        collate = MultimodalCollator(procs["host"].tok.pad_token_id)
+        rate, collate_ms, batches = {p: 0.0 for p in pipelines}, {p: float("inf") for p in pipelines}, {}
+        for _ in range(a.rounds):
+            for p in pipelines:
+                r, c, batches[p] = in_process(datasets[p], collate, a.batch)
+                rate[p], collate_ms[p] = max(rate[p], r), min(collate_ms[p], c)
+        step_ms, tiles = device_step_ms(batches["device"], vita_1p5_config())
+        workers = {w: loader_rate(datasets["device"], collate, a.batch, w) for w in (1, 2)}
+        shares = {p: timed_shares(procs[p], datasets[p], collate, a.batch) for p in pipelines}
+    print(f"{a.samples} samples (60% image, 20% audio, 10% both, 10% text; 640x480 JPEG, 3-15 s audio), "
+          f"1 torch thread, in-process, best of {a.rounds} alternating rounds")
     print(f"JSON load + schema checks: {a.samples / parse_s:,.0f} samples/s (once, at dataset build)")
-    for w, r in rates.items():
-        print(f"DataLoader, {w} worker(s): {r:.1f} samples/s ({r / rates[1]:.2f}x the 1-worker baseline)")
-    print("share of time per step of the path (in-process):")
-    for k, v in shares.items():
-        print(f"  {k:<28}{100 * v:5.1f}%")
+    for p in pipelines:
+        print(f"{p} path: {rate[p]:.1f} samples/s; collate {collate_ms[p]:.1f} ms per batch of {a.batch}")
+    print(f"device pipeline: {rate['device'] / rate['host']:.2f}x the host-PIL baseline")
+    print(f"device step on this CPU (resize + tile + normalise, 1 thread): {step_ms:.1f} ms per batch of {a.batch} "
+          f"({tiles} tiles in all)")
+    for w, r in workers.items():
+        print(f"device pipeline, DataLoader with {w} worker(s): {r:.1f} samples/s ({r / w:.1f} per worker)")
+    for p in pipelines:
+        print(f"share of time per step, {p} pipeline (in-process):")
+        for k, v in shares[p].items():
+            print(f"  {k:<28}{100 * v:5.1f}%")
 
 
 if __name__ == "__main__":

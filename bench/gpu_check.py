@@ -5,7 +5,8 @@ model TFLOP/s and MFU (6N per real token plus causal attention over each sample,
 dense peak), hardware TFLOP/s separately (with the recomputed forward and padding), peak memory; and checks that
 packed rows (two or more) give the unpacked loss in fp32 (SDPA) and in bf16 under every attention backend here:
 SDPA, flash-attention-2 when installed, and the plain-torch flash-attention reference (model/varlen_reference.py),
-which takes the same varlen arguments. Needs only torch + transformers (no DeepSpeed, no network).
+which takes the same varlen arguments; and times the device image pipeline's step (8 decoded 640x480 images to
+104 normalised tiles). Needs only torch + transformers (no DeepSpeed, no network).
 
     bash bench/gpu_check.sh            # on a GPU machine (< 8 minutes on one H100/H200)
     python bench/gpu_check.py --cpu-smoke   # the same code path, tiny, on CPU (used by the tests)
@@ -131,6 +132,26 @@ def packing_check(model, tok, cfg, seq: int, device: str, dtype, g) -> dict:
     return results
 
 
+def device_image_step_ms(device: str, reps: int) -> float:
+    """The device image pipeline's step (resize, tile, normalise) for a batch of 8 decoded 640x480 images, each
+    a 4x3 grid plus thumbnail (104 tiles of 448 px), in ms per batch."""
+    from vita_trainer.model.image_tiles import tiles_from_images
+    mean = std = (0.5, 0.5, 0.5)  # (data.image's constants would import Pillow, which the GPU image lacks)
+    images = torch.randint(0, 256, (8, 480, 640, 3), dtype=torch.uint8).to(device)
+    sizes = torch.tensor([[480, 640]] * 8)
+    grids = torch.tensor([[4, 3, 1]] * 8)
+    for _ in range(2):
+        tiles_from_images(images, sizes, grids, 448, mean, std)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        tiles_from_images(images, sizes, grids, 448, mean, std)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 1e3 * (time.perf_counter() - start) / reps
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu-smoke", action="store_true")
@@ -152,6 +173,8 @@ def main():
 
     # 1) packed vs unpacked loss on the device, fp32 and bf16, per attention backend
     packing = packing_check(model, tok, cfg, seq, device, dtype, g)
+
+    image_step_ms = device_image_step_ms(device, 1 if smoke else 20)
 
     # 2) training throughput, flash-attention-2 when installed
     attn = "flash_attention_2" if not smoke and importlib.util.find_spec("flash_attn") else "sdpa"
@@ -192,6 +215,7 @@ def main():
               round(1 - real / processed, 3), "model_tflops": round(tflops, 4), "hardware_tflops": round(hw_tflops, 4),
               "mfu": round(tflops / peak, 3) if peak else None, "hfu": round(hw_tflops / peak, 3) if peak else None,
               "peak_memory_gib": None if smoke else round(torch.cuda.max_memory_allocated() / 2 ** 30, 2),
+              "device_image_step_ms_per_8_images": round(image_step_ms, 2),
               "packing": packing, "packed_matches": packing["all_match"], "final_loss": loss.item()}
     print(json.dumps(result, indent=2))
     if not result["packed_matches"]:

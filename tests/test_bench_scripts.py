@@ -54,8 +54,10 @@ def test_step_overhead_runs():
 
 
 def test_data_pipeline_runs():
-    out = run("bench/data_pipeline.py", "--samples", "16", "--batch", "4")
-    assert "2 worker(s)" in out and "template + tokens + labels" in out
+    out = run("bench/data_pipeline.py", "--samples", "16", "--batch", "4", "--rounds", "1")
+    assert "2 worker(s)" in out and "template + tokens + labels" in out and "image decode (uint8)" in out
+    ratio = next(line for line in out.splitlines() if line.startswith("device pipeline: "))
+    assert ratio.endswith("x the host-PIL baseline") and float(ratio.split()[2].rstrip("x")) > 0
 
 
 def test_data_check_bench_runs():

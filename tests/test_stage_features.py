@@ -84,6 +84,14 @@ def test_no_termination_message_outside_a_pod(tmp_path, monkeypatch):
     assert write_termination_message({"final_loss": 1.0}) is False and not (tmp_path / "absent").exists()
 
 
+def test_device_image_pipeline_with_token_budget_batches_learns(data, tmp_path):
+    """In-process training with uint8 images tiled by the model and token-budget batches: the loss falls."""
+    summary = train_main(args(data, tmp_path / "device", "vision_align", "demo_image", "--image_pipeline", "device",
+                              "--max_tokens_per_batch", "1024"))
+    losses = [loss for _, loss in summary["losses"]]
+    assert len(losses) == 6 and min(losses[-2:]) < losses[0], losses
+
+
 def test_non_finite_loss_stops_with_a_clear_error(data, tmp_path):
     with pytest.raises(VitaError, match="non-finite loss"):
         train_main(args(data, tmp_path / "nan", "vision_align", "demo_image", "--learning_rate", "1e30",

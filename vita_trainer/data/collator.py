@@ -17,11 +17,26 @@ from torch.nn.utils.rnn import pad_sequence
 from ..constants import IGNORE_INDEX
 
 
+def stack_images(images: list[torch.Tensor], grids: list[tuple[int, int, int]]) -> dict:
+    """Decoded (H, W, 3) uint8 images of any size as one (N, Hmax, Wmax, 3) tensor, with each one's size and tile
+    grid (the device pipeline). The padding is never read (the device step crops each image to its size), so it is
+    left uninitialised."""
+    height, width = max(im.shape[0] for im in images), max(im.shape[1] for im in images)
+    out = torch.empty((len(images), height, width, 3), dtype=torch.uint8)
+    for k, im in enumerate(images):
+        out[k, :im.shape[0], :im.shape[1]] = im
+    return {"images": out, "image_sizes": torch.tensor([[im.shape[0], im.shape[1]] for im in images]),
+            "image_grids": torch.tensor(grids)}
+
+
 def _media(samples: list[dict], batch: dict, ctc: bool) -> dict:
     """Media in the order the samples' tokens appear (row-major), which is the order the model fills slots."""
     pixels = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
     if pixels:
         batch["pixel_values"] = torch.cat(pixels)
+    images = [im for s in samples for im in s.get("images", [])]
+    if images:
+        batch.update(stack_images(images, [g for s in samples for g in s["image_grids"]]))
     feats = [f for s in samples for f in s.get("audio_features", [])]
     if feats:
         batch["audio_features"] = pad_sequence(feats, batch_first=True)

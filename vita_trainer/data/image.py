@@ -1,4 +1,5 @@
-"""InternVL-style dynamic image tiling."""
+"""InternVL-style dynamic image tiling: on the host with PIL (the reference's exact pixels), or decode-only on the
+host with the resize, crop and normalisation left to the model's device (model/image_tiles.py)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,26 @@ def tiles_to_tensor(tiles: list[Image.Image], mean=IMAGENET_MEAN, std=IMAGENET_S
     scale = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     shift = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     return x.sub_(shift).div_(scale).contiguous()
+
+
+def tile_grid(width: int, height: int, tile_size: int, max_tiles: int = 12, use_thumbnail: bool = True,
+              dynamic: bool = True) -> tuple[int, int, int]:
+    """(cols, rows, thumbnail 0/1): the layout `tile_image` cuts, as three numbers the device step follows."""
+    if not dynamic:
+        return 1, 1, 0
+    cols, rows = choose_grid(width, height, tile_size, max_tiles)
+    return cols, rows, int(use_thumbnail and cols * rows > 1)
+
+
+def decode_for_device(image: Image.Image, tile_size: int, max_tiles: int = 12, use_thumbnail: bool = True,
+                      dynamic: bool = True) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """The decoded image as an (H, W, 3) uint8 tensor (as decoded: a channels-last copy is a plain memcpy for the
+    collator, and the device permutes for free) and its tile grid; nothing else happens on the host.
+
+    `image` is opened but not yet loaded: a JPEG larger than twice what the tiles need is decoded at a reduced DCT
+    scale (Pillow's draft mode), never below the grid's size, which saves most of its decode time."""
+    grid = tile_grid(image.width, image.height, tile_size, max_tiles, use_thumbnail, dynamic)
+    if image.format == "JPEG":
+        image.draft("RGB", (grid[0] * tile_size, grid[1] * tile_size))
+    rgb = image.convert("RGB")
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)), grid

@@ -14,15 +14,18 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..constants import AUDIO_TOKEN, IGNORE_INDEX, IMAGE_TOKEN
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from . import audio as audio_io
 from .chat_format import DEFAULT_FORMAT, MODALITIES, get_format
-from .image import tile_image, tiles_to_tensor
+from .image import decode_for_device, tile_image, tiles_to_tensor
 from .paths import resolve_media
 from .registry import Registry
 from .sample import ParsedSample
 from .template import render_segments, tokenize_segments
 from .video import load_frames
+
+
+IMAGE_PIPELINES = ("host", "device")
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,13 @@ class SampleProcessor:
     def __init__(self, tokenizer, media: MediaSpec, registry: Registry, model_max_length: int,
                  image_aspect_ratio: str = "dynamic", cmvn: audio_io.GlobalCMVN | None = None,
                  system_prompt: str | None = None, chat_format: str = DEFAULT_FORMAT,
-                 system_prompts: dict[str, str] | None = None):
-        """`system_prompt` replaces all three modality prompts; `system_prompts` ({image, video, language}) any."""
+                 system_prompts: dict[str, str] | None = None, image_pipeline: str = "host"):
+        """`system_prompt` replaces all three modality prompts; `system_prompts` ({image, video, language}) any.
+        `image_pipeline`: "host" returns normalised float tiles (the reference's PIL pixels); "device" returns the
+        decoded uint8 images and their tile grids, and the model tiles them on its device."""
+        if image_pipeline not in IMAGE_PIPELINES:
+            raise ConfigError(f"--image_pipeline {image_pipeline!r}: choose one of {', '.join(IMAGE_PIPELINES)}")
+        self.image_pipeline = image_pipeline
         self.tok, self.media, self.registry = tokenizer, media, registry
         self.max_len = model_max_length
         self.format = get_format(chat_format)
@@ -109,29 +117,35 @@ class SampleProcessor:
                             field=field, reason="audio_too_short")
 
     # --- media ---------------------------------------------------------------------------------
-    def _load_images(self, s: ParsedSample, file: str) -> list[list[Image.Image]]:
+    def _load_images(self, s: ParsedSample, file: str, decode) -> list:
+        """`decode(opened image, dynamic tiling?)` for each of the sample's images, decode errors named."""
         out = []
         for i, path in enumerate(self.image_paths(s, file)):
             try:
                 with Image.open(path) as im:
-                    im.load()
-                    out.append(tile_image(im, self.media.tile_size, self.media.max_tiles,
-                                          self.media.use_thumbnail, dynamic=self.dynamic_tiling(s, file, i)))
+                    out.append(decode(im, self.dynamic_tiling(s, file, i)))
             except (UnidentifiedImageError, OSError, SyntaxError) as e:
                 raise DataError(f"image {path} cannot be decoded: {e}", file=file, sample_id=s.sample_id,
                                 field=f"image[{i}]", reason="corrupt_file") from e
         return out
+
+    def host_tiles(self, image: Image.Image, dynamic: bool) -> list[Image.Image]:
+        image.load()
+        return tile_image(image, self.media.tile_size, self.media.max_tiles, self.media.use_thumbnail, dynamic=dynamic)
+
+    def device_image(self, image: Image.Image, dynamic: bool) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        return decode_for_device(image, self.media.tile_size, self.media.max_tiles, self.media.use_thumbnail,
+                                 dynamic=dynamic)
 
     def _load_video(self, s: ParsedSample, file: str) -> list[Image.Image]:
         path = self.video_path(s, file)
         if path is None:
             return []
         try:
-            frames = load_frames(path)
+            return load_frames(path)
         except (ValueError, OSError) as e:
             raise DataError(f"video {path} cannot be decoded: {e}", file=file, sample_id=s.sample_id,
                             field="video", reason="corrupt_file") from e
-        return [tile_image(f, self.media.tile_size, dynamic=False)[0] for f in frames]
 
     def _load_audios(self, s: ParsedSample, file: str) -> list[torch.Tensor]:
         feats = []
@@ -180,15 +194,21 @@ class SampleProcessor:
         return ids, labels
 
     def __call__(self, s: ParsedSample, file: str) -> dict:
-        tile_groups = self._load_images(s, file)
-        frames = self._load_video(s, file)
+        frames = self._load_video(s, file)  # each frame is one untiled tile
+        if self.image_pipeline == "device":
+            decoded = self._load_images(s, file, self.device_image) + [self.device_image(f, False) for f in frames]
+            tile_counts = [cols * rows + thumb for _, (cols, rows, thumb) in decoded[:len(decoded) - len(frames)]]
+            media = {"images": [pixels for pixels, _ in decoded], "image_grids": [grid for _, grid in decoded]}
+        else:
+            tile_groups = self._load_images(s, file, self.host_tiles) + [self.host_tiles(f, False) for f in frames]
+            tile_counts = [len(g) for g in tile_groups[:len(tile_groups) - len(frames)]]
+            tiles = [t for g in tile_groups for t in g]
+            media = {"pixel_values": tiles_to_tensor(tiles, self.media.image_mean, self.media.image_std)
+                     if tiles else None}
         feats = self._load_audios(s, file)
-        ids, labels = self.layout(s, file, [len(g) for g in tile_groups], len(frames), [f.shape[0] for f in feats])
-        all_tiles = [t for g in tile_groups for t in g] + frames
-        pixel_values = (tiles_to_tensor(all_tiles, self.media.image_mean, self.media.image_std)
-                        if all_tiles else None)
-        return {"id": s.sample_id, "input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-                "pixel_values": pixel_values, "audio_features": feats, "transcript": s.turns[-1][1]}
+        ids, labels = self.layout(s, file, tile_counts, len(frames), [f.shape[0] for f in feats])
+        return {"id": s.sample_id, "input_ids": torch.tensor(ids), "labels": torch.tensor(labels), **media,
+                "audio_features": feats, "transcript": s.turns[-1][1]}
 
 
 def _expand(ids: list[int], labels: list[int], counts: dict[int, list[int]]):

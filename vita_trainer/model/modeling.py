@@ -125,11 +125,22 @@ class VitaForCausalLM(PreTrainedModel):
         loss = per_sample.mean() if num_items_in_batch is None else per_sample.sum() / num_items_in_batch
         return CausalLMOutput(loss=loss, logits=None)
 
+    def tiles(self, pixel_values=None, images=None, image_sizes=None, image_grids=None):
+        """Normalised tiles: as the host made them (pixel_values), or made here from decoded uint8 images (the
+        device image pipeline, model/image_tiles.py)."""
+        if images is None:
+            return pixel_values
+        from .image_tiles import tiles_from_images
+        return tiles_from_images(images, image_sizes, image_grids, self.config.tile_size, self.config.image_mean,
+                                 self.config.image_std)
+
     def forward(self, input_ids=None, attention_mask=None, labels=None, pixel_values=None, audio_features=None,
-                audio_feature_lengths=None, position_ids=None, ctc_targets=None, ctc_target_lengths=None, **kwargs):
+                audio_feature_lengths=None, position_ids=None, ctc_targets=None, ctc_target_lengths=None,
+                images=None, image_sizes=None, image_grids=None, **kwargs):
         if ctc_targets is not None:
             return self.ctc_loss(audio_features, audio_feature_lengths, ctc_targets, ctc_target_lengths,
                                  kwargs.get("num_items_in_batch"))
+        pixel_values = self.tiles(pixel_values, images, image_sizes, image_grids)
         embeds = self.embed_inputs(input_ids, pixel_values, audio_features, audio_feature_lengths)
         if not is_flash_attention_requested(self.language_model.config):
             for key in VARLEN_KWARGS:  # packed rows' boundaries are for flash attention; SDPA masks by position
@@ -169,6 +180,8 @@ class VitaForCausalLM(PreTrainedModel):
 
     @torch.no_grad()
     def generate_from_inputs(self, input_ids, attention_mask, pixel_values=None, audio_features=None,
-                             audio_feature_lengths=None, **gen_kwargs):
+                             audio_feature_lengths=None, images=None, image_sizes=None, image_grids=None,
+                             **gen_kwargs):
+        pixel_values = self.tiles(pixel_values, images, image_sizes, image_grids)
         embeds = self.embed_inputs(input_ids, pixel_values, audio_features, audio_feature_lengths)
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **gen_kwargs)

@@ -18,6 +18,7 @@ class ToolOptions:
     max_audio_seconds: float = 30.0
     image_aspect_ratio: str = "dynamic"
     chat_format: str | None = None      # default: the model's (VITA-1.5 layout without --model: this project's)
+    image_pipeline: str = "host"        # "device": decoded uint8 images, tiled by the model (benchmarks)
 
 
 def build_processor(opts: ToolOptions):
@@ -35,7 +36,7 @@ def build_processor(opts: ToolOptions):
                                   max_audio_seconds=opts.max_audio_seconds)
     return SampleProcessor(tokenizer, media, load_registry(opts.registry), opts.model_max_length,
                            image_aspect_ratio=opts.image_aspect_ratio,
-                           chat_format=opts.chat_format or config.chat_format)
+                           chat_format=opts.chat_format or config.chat_format, image_pipeline=opts.image_pipeline)
 
 
 def chat_files(opts: ToolOptions, dataset_use: str | None, chats: list[str] | None) -> list[Path]:

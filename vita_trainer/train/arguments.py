@@ -59,6 +59,11 @@ class DataArguments:
     lazy_preprocess: bool = field(default=True, metadata={"help": "Always lazy; accepted for compatibility"})
     is_multimodal: bool = field(default=True, metadata={"help": "Accepted for compatibility"})
     group_by_modality_length: bool = field(default=False, metadata={"help": "Group batches by length and modality"})
+    image_pipeline: str = field(default="auto", metadata={
+        "choices": ["auto", "device", "host"],
+        "help": "device: DataLoader workers only decode images (uint8), the model resizes, tiles and normalises "
+                "them on its device; host: PIL tiles as float on the host (the reference's exact pixels); "
+                "auto: device on GPUs, host on CPU"})
     max_tokens_per_batch: int | None = field(default=None, metadata={
         "help": "Cap each micro-batch by tokens instead of a sample count (replaces --per_device_train_batch_size): "
                 "as many samples as fit, padded rows counted as samples x longest, packed rows by their sum; "

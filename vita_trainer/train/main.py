@@ -84,6 +84,12 @@ def recipe_defaults(given: set[str], *, cuda: bool, bf16: bool, ampere: bool) ->
     return [a for k, v in defaults.items() if k not in given for a in (f"--{k}", str(v))]
 
 
+def image_pipeline(choice: str, cuda: bool) -> str:
+    """auto: the device pipeline where there is a GPU to tile on; on CPU the host path, whose pixels are the
+    reference's exactly."""
+    return ("device" if cuda else "host") if choice == "auto" else choice
+
+
 def _flag_value(argv, flag):
     for i, a in enumerate(argv):
         if a == flag and i + 1 < len(argv):
@@ -201,7 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
     processor = SampleProcessor(tokenizer, media, registry, args.model_max_length,
                                 image_aspect_ratio=data_args.image_aspect_ratio, cmvn=cmvn,
                                 system_prompt=data_args.system_prompt, chat_format=chat_format,
-                                system_prompts={m: getattr(data_args, f"system_prompt_{m}") for m in MODALITIES})
+                                system_prompts={m: getattr(data_args, f"system_prompt_{m}") for m in MODALITIES},
+                                image_pipeline=image_pipeline(data_args.image_pipeline, torch.cuda.is_available()))
     model.config.chat_format = processor.format.name  # saved with the stage's output: the next stage keeps the format
     if data_args.image_aspect_ratio == "square" and processor.format.square_still_tiles:
         log.warning("--image_aspect_ratio square still tiles images under the %s chat format, as the reference's "
