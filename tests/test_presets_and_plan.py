@@ -96,6 +96,29 @@ def test_handoff_follows_the_resolved_groups_not_the_preset():
                                                                  "/ckpt/out/a/mm_projector.bin"])
 
 
+def test_a_lora_stage_hands_its_merged_weights_to_the_next_stage():
+    spec = run_spec([{"name": "a", "preset": "multimodal_sft", "datasetUse": "mm",
+                      "args": {"lora_enable": "true", "freeze_backbone": True}},
+                     {"name": "b", "preset": "multimodal_sft", "datasetUse": "mm"}])
+    assert stage_inputs(spec, 1, ROOTS) == ("/ckpt/out/a", [])
+
+
+@pytest.mark.parametrize("word", ["yes", "true", "t", "y", "1", "no", "false", "f", "n", "0", "True", "T", "NO"])
+def test_boolean_args_read_as_the_trainer_reads_them(word):
+    from transformers.hf_argparser import string_to_bool
+
+    from vita_trainer.stages.plan import trainable_groups
+    from vita_trainer.stages.presets import as_bool
+    assert as_bool(word) is string_to_bool(word)
+    spec = run_spec([{"name": "a", "preset": "multimodal_sft", "datasetUse": "mm", "args": {"freeze_backbone": word}}])
+    assert ("llm" not in trainable_groups(spec, 0)) is string_to_bool(word)
+
+
+def test_a_boolean_arg_that_is_not_one_is_a_spec_problem():
+    spec = run_spec([{"name": "a", "preset": "multimodal_sft", "datasetUse": "mm", "args": {"freeze_backbone": "maybe"}}])
+    assert any("--freeze_backbone: 'maybe' is not a boolean" in p for p in check_spec(spec))
+
+
 def test_tower_folders_go_to_the_stages_that_start_from_the_base():
     spec = run_spec([{"name": "align", "preset": "vision_align", "datasetUse": "a"},
                      {"name": "sft", "preset": "multimodal_sft", "datasetUse": "a"},

@@ -14,7 +14,7 @@ def test_gpu_runs_get_the_recipes_data_loading_precision_and_timeout():
     assert as_flags(recipe_defaults(set(), cuda=True, bf16=True, ampere=True)) == {
         "--ddp_timeout": str(DDP_TIMEOUT_SECONDS), "--gradient_checkpointing": "True",
         "--dataloader_num_workers": "4", "--dataloader_persistent_workers": "True",
-        "--dataloader_pin_memory": "True", "--bf16": "True", "--tf32": "True"}
+        "--dataloader_pin_memory": "True", "--dataloader_prefetch_factor": "4", "--bf16": "True", "--tf32": "True"}
     chosen = as_flags(recipe_defaults({"dataloader_num_workers", "tf32"}, cuda=True, bf16=True, ampere=True))
     assert "--dataloader_num_workers" not in chosen and "--tf32" not in chosen  # the command line wins
     assert "--tf32" not in as_flags(recipe_defaults(set(), cuda=True, bf16=False, ampere=False))  # V100, T4

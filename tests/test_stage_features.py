@@ -56,6 +56,14 @@ def test_lora_trains_and_merges_to_the_same_logits(data, tmp_path):
     ref = load_model(str(data / "base_model")).eval()
     with torch.no_grad():
         assert not torch.allclose(ref(input_ids=ids).logits, b, atol=1e-4)  # LoRA changed the model
+        # merged on handoff: the stage's own folder holds the same full weights
+        handoff = load_model(str(tmp_path / "lora")).eval()
+        assert torch.allclose(handoff(input_ids=ids).logits, b, atol=1e-4)
+    assert summary["full_model"] and str(tmp_path / "lora" / "model.safetensors") in summary["outputs"]
+    # and a full stage trains from it, as the plan hands it on (before: no weights in the folder)
+    nxt = train_main(args(data, tmp_path / "next", "multimodal_sft", "demo_multimodal", "--model_name_or_path",
+                          str(tmp_path / "lora"), "--max_steps", "2"))
+    assert nxt["global_step"] == 2 and (tmp_path / "next" / "model.safetensors").is_file()
 
 
 def test_audio_ctc_stage_trains_only_the_encoder_and_head(data, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ from ..constants import MODEL_MAX_LENGTH
 from ..errors import ConfigError
 from ..spec import (PLAN_DERIVED_ARGS, SUSPEND_WITH_KUEUE, TRAINJOB_PRIORITY, TRAINJOB_VOLCANO, ResourcesSpec,
                     VitaTrainingRunSpec)
-from .presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_weights
+from .presets import FREEZE_FLAGS, as_bool, get_preset, resolve_trainable, saves_full_weights
 
 STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage finishes
 PREFLIGHT = "preflight"                # names the run's data-check Job; no stage may take it
@@ -34,19 +34,16 @@ def resolve_path(root: str, path: str) -> str:
     return path if posixpath.isabs(path) else posixpath.join(root, path)
 
 
-def _as_bool(v) -> bool:
-    return v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
-
-
 def trainable_groups(spec: VitaTrainingRunSpec, index: int) -> frozenset[str]:
     stage = spec.stages[index]
-    flags = {k: _as_bool(stage.args[k]) for k in FREEZE_FLAGS if k in stage.args}
+    flags = {k: as_bool(stage.args[k], f"--{k}") for k in FREEZE_FLAGS if k in stage.args}
     return resolve_trainable(get_preset(stage.preset), **flags)
 
 
 def saves_full_model(spec: VitaTrainingRunSpec, index: int) -> bool:
-    return saves_full_weights(trainable_groups(spec, index),
-                              _as_bool(spec.stages[index].args.get("save_full_model", False)))
+    args = spec.stages[index].args
+    return saves_full_weights(trainable_groups(spec, index), as_bool(args.get("save_full_model", False), "--save_full_model"),
+                              lora=as_bool(args.get("lora_enable", False), "--lora_enable"))
 
 
 def stage_output_dir(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> str:

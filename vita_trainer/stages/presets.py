@@ -49,10 +49,26 @@ FREEZE_FLAGS = ("tune_mm_mlp_adapter", "tune_audio_mlp_adapter", "freeze_backbon
                 "freeze_mm_mlp_adapter", "freeze_audio_encoder", "freeze_audio_encoder_adapter")
 
 
-def saves_full_weights(trainable: frozenset[str], save_full_model: bool = False) -> bool:
-    """The one handoff rule: a stage that trains the LLM (or is asked to) saves full weights; the others save
-    just their trained groups as {group}.bin. The trainer writes by it and the stage plan reads by it."""
-    return "llm" in trainable or save_full_model
+TRUE_WORDS, FALSE_WORDS = ("yes", "true", "t", "y", "1"), ("no", "false", "f", "n", "0")
+
+
+def as_bool(value, flag: str = "value") -> bool:
+    """A boolean stage arg, read as transformers' HfArgumentParser reads the same flag in the trainer (its
+    `string_to_bool` words; tests/test_presets_and_plan.py keeps the two equal), so the plan and the trainer never
+    disagree about a freeze flag."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise ConfigError(f"{flag}: {value!r} is not a boolean; use one of {'/'.join(TRUE_WORDS + FALSE_WORDS)}")
+
+
+def saves_full_weights(trainable: frozenset[str], save_full_model: bool = False, lora: bool = False) -> bool:
+    """The one handoff rule: a stage that trains the LLM (fully, or through LoRA adapters that it merges on
+    handoff), or is asked to, saves full weights; the others save just their trained groups as {group}.bin. The
+    trainer writes by it and the stage plan reads by it."""
+    return "llm" in trainable or save_full_model or lora
 
 
 # None means "not given".

@@ -46,19 +46,22 @@ def save_lora(trainer, out: Path) -> list[str]:
     return [str(out / "lora"), str(out / "non_lora_trainables.bin")]
 
 
-def merge_lora(base_dir: str, lora_run_dir: str, out_dir: str) -> str:
-    """Base VITA folder + a LoRA stage's output -> a plain VITA folder with merged weights."""
+def merge_lora(base_dir: str, lora_run_dir: str, out_dir: str, init_weights: list[str] = (), tokenizer=None) -> str:
+    """Base VITA folder (+ the partial weights the stage loaded on top, in order) + a LoRA stage's output -> a
+    plain VITA folder with merged weights. `out_dir` may be the LoRA stage's own output (merge on handoff)."""
     from peft import PeftModel
 
     from ..data.tokenizer import load_tokenizer
     from ..model.builder import load_model
     from .weights import load_partial
     model = load_model(base_dir)
+    for path in init_weights:
+        load_partial(model, path)
     model.language_model = PeftModel.from_pretrained(model.language_model, str(Path(lora_run_dir) / "lora"))
     model.language_model = model.language_model.merge_and_unload()
     extra = Path(lora_run_dir) / "non_lora_trainables.bin"
     if extra.is_file():
         load_partial(model, extra)
     model.save_pretrained(out_dir)
-    load_tokenizer(base_dir).save_pretrained(out_dir)
+    (tokenizer or load_tokenizer(base_dir)).save_pretrained(out_dir)
     return out_dir

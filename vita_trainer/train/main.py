@@ -75,8 +75,10 @@ def recipe_defaults(given: set[str], *, cuda: bool, bf16: bool, ampere: bool) ->
     GPU only where they only make sense there: CPU runs (tests, the demo) keep HF's in-process data loading."""
     defaults = {"ddp_timeout": DDP_TIMEOUT_SECONDS}
     if cuda:
+        # 4 workers as the reference; the device image pipeline's uint8 batches are small, so 4 batches ahead per
+        # worker cost little pinned memory (samples/s per worker: docs/benchmarks.md).
         defaults.update(gradient_checkpointing=True, dataloader_num_workers=4, dataloader_persistent_workers=True,
-                        dataloader_pin_memory=True)
+                        dataloader_pin_memory=True, dataloader_prefetch_factor=4)
     if bf16:
         defaults["bf16"] = True
     if ampere:
@@ -247,11 +249,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.output_dir)
     outputs = []
-    # LoRA removes "llm" from the groups above and has its own output format (adapter + non-LoRA weights)
-    full = model_args.lora_enable or saves_full_weights(groups, args.save_full_model)
+    full = saves_full_weights(groups, args.save_full_model, lora=model_args.lora_enable)
     if model_args.lora_enable:
-        from .lora import save_lora
+        # The adapter and the other trained weights, then merged into full weights: the next stage starts from them.
+        from .lora import merge_lora, save_lora
         outputs += save_lora(trainer, out)
+        if args.should_save:
+            outputs.append(str(Path(merge_lora(str(model_dir), str(out), str(out), partial, tokenizer))
+                               / "model.safetensors"))
     elif full:
         trainer.save_model(str(out))
         outputs.append(str(out / "model.safetensors"))
@@ -266,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
                "skipped_samples": dict(dataset.skipped), "seconds": round(time.time() - start, 1),
                "audio_warnings": vars(processor.warnings)}
     if args.should_save:
-        if full and not model_args.lora_enable:
+        if full:
             tokenizer.save_pretrained(str(out))
             if cmvn_path.is_file() and cmvn_path.parent != out:
                 (out / "global_cmvn.json").write_text(cmvn_path.read_text())
