@@ -124,3 +124,38 @@ def test_zero3_offload_trains_with_deepspeeds_cpu_adam_and_the_module_learning_r
     assert r.returncode == 0, r.stderr[-3000:]
     assert "optimizer DeepSpeedCPUAdam, 2 parameter groups, learning rates [0.001, 0.003]" in r.stderr, r.stderr[-3000:]
     assert len(losses(tmp_path / "offload")) == 3
+
+
+def test_out_of_memory_retries_with_half_the_micro_batch_and_sees_the_same_samples(data, tmp_path):
+    """[self-healing] A 2-process ZeRO-3 stage runs out of memory at step 5 with micro-batch 4 (the fault hook acts
+    as a card that holds 2): the local runner, with the operator's policy, retries from checkpoint-4 with micro-batch
+    2 and accumulation 2, reaches step 8, and the tokens seen and the losses match an uninterrupted run."""
+    import yaml
+
+    from vita_trainer.demo.run import build_run
+    from vita_trainer.local import run_local
+
+    def one_stage_run(name):
+        run = build_run(name, 1.0, "zero3", 2)
+        stage = run["spec"]["stages"][3]
+        stage["args"] = {**stage["args"], "max_steps": 8, "per_device_train_batch_size": 4, "save_steps": 4,
+                         "logging_steps": 1, "learning_rate": 3e-3, "seed": 0}
+        run["spec"]["stages"] = [stage]
+        run["spec"]["trainer"]["metricsPort"] = free_port()
+        run["spec"]["output"] = name
+        path = data / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(run, sort_keys=False))
+        return path
+
+    ref = run_local(one_stage_run("oom-ref"), nproc=2)[0]
+    os.environ["VITA_FAULT_OOM"] = "4:2"
+    try:
+        healed = run_local(one_stage_run("oom-healed"), nproc=2)[0]
+    finally:
+        del os.environ["VITA_FAULT_OOM"]
+    assert healed["global_step"] == ref["global_step"] == 8
+    assert healed["tokens_seen"] == ref["tokens_seen"] > 0
+    ref_l, healed_l = dict(ref["losses"]), dict(healed["losses"])
+    assert sorted(healed_l) == list(range(1, 9))
+    for step in range(1, 9):
+        assert healed_l[step] == pytest.approx(ref_l[step], rel=1e-3, abs=1e-4), step

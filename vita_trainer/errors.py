@@ -39,3 +39,15 @@ class ConfigError(VitaError):
 class NodeError(ConfigError):
     """This node cannot run the stage (e.g. no usable GPU driver); another attempt may land on a good node."""
     retryable = True
+
+
+class OutOfMemory(VitaError):
+    """The GPU ran out of memory at this micro-batch. Retryable: the operator's next attempt halves the micro-batch
+    and doubles the accumulation (stages/oom.py), so the global batch and the schedule stay the same."""
+    retryable = True
+
+    def __init__(self, step: int, per_device_train_batch_size: int, gradient_accumulation_steps: int, detail: str):
+        self.step, self.micro_batch, self.accumulation = step, per_device_train_batch_size, gradient_accumulation_steps
+        super().__init__(f"out of GPU memory at step {step} with per_device_train_batch_size "
+                         f"{per_device_train_batch_size} and gradient_accumulation_steps {gradient_accumulation_steps}"
+                         f": {detail.splitlines()[0] if detail else ''}")

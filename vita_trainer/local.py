@@ -7,12 +7,16 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from .errors import ConfigError
 from .spec import VitaTrainingRun, load_run
+from .stages.oom import after_oom
 from .stages.plan import (STAGE_DONE_FILE, PathRoots, check_spec, nproc_per_node, resolve_path, stage_args,
-                          stage_inputs, stage_output_dir)
+                          stage_inputs, stage_output_dir, with_stage_args)
+from .train.termination import oom_of
+from .train.termination import PATH_ENV as TERMINATION_PATH_ENV
 
 
 def free_port() -> int:
@@ -57,22 +61,41 @@ def run_local(path: str | Path, nproc: int | None = None) -> list[dict]:
         if done.is_file():
             print(f"[local] stage {i + 1}/{len(run.spec.stages)} {stage.name}: already done, skipping", flush=True)
         else:
-            n = nproc or nproc_per_node(run.spec, i)
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
-                   "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                   "-m", "vita_trainer.train", *stage_args(run.spec, i, roots)]
-            print(f"[local] stage {i + 1}/{len(run.spec.stages)} {stage.name} ({stage.preset}) on {n} process(es)",
-                  flush=True)
-            proc = subprocess.run(cmd, env=os.environ)
-            if proc.returncode != 0 or not done.is_file():
-                raise ConfigError(f"stage {stage.name} failed (exit {proc.returncode}); fix the error above and rerun "
-                                  f"`vita-train local {path}`: finished stages are skipped and this one resumes "
-                                  f"from its last checkpoint")
+            run_stage(run.spec, i, roots, nproc or nproc_per_node(run.spec, i), path)
         summary = json.loads(done.read_text())
         summaries.append(summary)
         plot_losses(summary, out / "loss.png")
     print(format_summary(summaries), flush=True)
     return summaries
+
+
+def run_stage(spec, index: int, roots: PathRoots, nproc: int, path: Path) -> None:
+    """One stage with torchrun; out of GPU memory, it is retried as the operator does (stages/oom.py)."""
+    stage, overrides = spec.stages[index], {}
+    done = Path(stage_output_dir(spec, index, roots)) / STAGE_DONE_FILE
+    while True:
+        with tempfile.TemporaryDirectory() as tmp:
+            message = Path(tmp) / "termination-log"  # the trainer writes its result here, as in a pod
+            message.touch()
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                   "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                   "-m", "vita_trainer.train", *stage_args(with_stage_args(spec, index, overrides), index, roots)]
+            print(f"[local] stage {index + 1}/{len(spec.stages)} {stage.name} ({stage.preset}) on {nproc} "
+                  f"process(es){' with ' + str(overrides) if overrides else ''}", flush=True)
+            proc = subprocess.run(cmd, env={**os.environ, TERMINATION_PATH_ENV: str(message)})
+            # torchrun exits 1 whatever its workers did; the trainer's message says what happened
+            oom = oom_of(message.read_text()) if proc.returncode else None
+        if oom and stage.oom_policy == "adjust":
+            overrides = after_oom(oom["perDeviceTrainBatchSize"], oom["gradientAccumulationSteps"]) or {}
+            if overrides:
+                print(f"[local] stage {stage.name} ran out of memory at step {oom['step']}; retrying from the last "
+                      f"checkpoint with {overrides}", flush=True)
+                continue
+        if proc.returncode != 0 or not done.is_file():
+            raise ConfigError(f"stage {stage.name} failed (exit {proc.returncode}); fix the error above and rerun "
+                              f"`vita-train local {path}`: finished stages are skipped and this one resumes "
+                              f"from its last checkpoint")
+        return
 
 
 def plot_losses(summary: dict, png: Path) -> None:

@@ -143,6 +143,10 @@ class StageSpec(_Spec):
     resources: ResourcesOverride | None = Field(None, description="For this stage, the fields of the run's "
                                                 "resources to change; unset fields keep the run's values")
     retry_limit: int = Field(2, ge=0, le=20, description="Failed attempts to retry, resuming from the last checkpoint")
+    oom_policy: Literal["adjust", "fail"] = Field("adjust", description="When the GPU runs out of memory: adjust "
+                                                  "retries from the last checkpoint with half the micro-batch and "
+                                                  "twice the accumulation (same global batch and schedule), down to "
+                                                  "micro-batch 1, without using retryLimit; fail stops the stage")
 
 
 class TrainerSpec(_Spec):

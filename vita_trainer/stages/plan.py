@@ -66,6 +66,16 @@ def stage_inputs(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> tup
     return base, files
 
 
+def with_stage_args(spec: VitaTrainingRunSpec, index: int, overrides: dict) -> VitaTrainingRunSpec:
+    """The spec with some of one stage's args replaced: what one attempt runs with (e.g. after running out of
+    memory), leaving the user's spec as written."""
+    if not overrides:
+        return spec
+    stages = list(spec.stages)
+    stages[index] = stages[index].model_copy(update={"args": {**stages[index].args, **overrides}})
+    return spec.model_copy(update={"stages": stages})
+
+
 def stage_resources(spec: VitaTrainingRunSpec, index: int) -> ResourcesSpec:
     return spec.resources.overridden(spec.stages[index].resources)
 

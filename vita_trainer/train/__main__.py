@@ -4,12 +4,18 @@ import logging
 import os
 import sys
 
-from ..errors import VitaError
+from ..errors import OutOfMemory, VitaError
 from .main import main
-from .termination import EXIT_VITA_ERROR, write_failure
+from .termination import EXIT_OUT_OF_MEMORY, EXIT_VITA_ERROR, write_failure
 
 try:
     main()
+except OutOfMemory as e:
+    # Every rank that ran out writes the same facts; the operator's next attempt halves the micro-batch.
+    write_failure("OutOfMemory", str(e), True, outOfMemory={
+        "step": e.step, "perDeviceTrainBatchSize": e.micro_batch, "gradientAccumulationSteps": e.accumulation})
+    print(f"OutOfMemory: {e}", file=sys.stderr)
+    sys.exit(EXIT_OUT_OF_MEMORY)
 except VitaError as e:
     # Said in the pod's termination message, so the operator retries only what another attempt can fix.
     write_failure(type(e).__name__, str(e), e.retryable)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, set_seed
 
-from ..errors import ConfigError, NodeError
+from ..errors import ConfigError, NodeError, OutOfMemory
 from ..stages.plan import GPUS_ENV, PREPARED_BASE_DIR, STAGE_DONE_FILE
 from ..stages.presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_weights
 from .arguments import DataArguments, ModelArguments, VitaTrainingArguments, resolve_deepspeed
@@ -62,6 +62,10 @@ def parse(argv: list[str]):
     if "report_to" not in given:
         extra += ["--report_to", "none"]
     model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv + extra)
+    if "include_num_input_tokens_seen" not in given:
+        # Real tokens seen, kept in checkpoints: the stage summary reports it, and a resumed attempt (say, with a
+        # smaller micro-batch after running out of memory) continues the count. The CLI only takes true/false.
+        train_args.include_num_input_tokens_seen = "non_padding"
     return model_args, data_args, train_args, preset
 
 
@@ -245,7 +249,11 @@ def main(argv: list[str] | None = None) -> dict:
     if resume:
         log.info("resuming from %s", resume)
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except torch.OutOfMemoryError as e:
+        raise OutOfMemory(trainer.state.global_step, args.per_device_train_batch_size,
+                          args.gradient_accumulation_steps, str(e)) from e
 
     out = Path(args.output_dir)
     outputs = []
@@ -266,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = {"stage": stage_name, "preset": preset.name, "trainable": sorted(counts), "full_model": bool(full),
                "outputs": outputs, "global_step": trainer.state.global_step, "train_loss": result.training_loss,
+               "tokens_seen": trainer.state.num_input_tokens_seen,
                "final_loss": losses[-1] if losses else None, "first_loss": losses[0] if losses else None,
                "losses": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
                "skipped_samples": dict(dataset.skipped), "seconds": round(time.time() - start, 1),

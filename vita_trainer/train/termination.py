@@ -35,13 +35,26 @@ def final_loss_of(message: str) -> float | None:
         return None
 
 
-# A trainer that stops on a VitaError exits with this code (1 is any other crash, signals are 128+).
+# A trainer that stops on a VitaError exits with this code (1 is any other crash, signals are 128+); out of GPU
+# memory has its own, so that even a reader without the termination message (a log, a local run) can tell.
 EXIT_VITA_ERROR = 2
+EXIT_OUT_OF_MEMORY = 3
 
 
-def failure_message(kind: str, error: str, retryable: bool) -> str:
-    return json.dumps({"error": kind, "message": error[:MAX_BYTES - 200], "retryable": retryable},
+def failure_message(kind: str, error: str, retryable: bool, **details) -> str:
+    return json.dumps({"error": kind, "message": error[:MAX_BYTES - 300], "retryable": retryable, **details},
                       separators=(",", ":"))
+
+
+def oom_of(message: str) -> dict | None:
+    """The reader's side of an out-of-memory failure: {"step", "perDeviceTrainBatchSize",
+    "gradientAccumulationSteps"} as the failed attempt ran, else None."""
+    try:
+        msg = json.loads(message or "")
+    except ValueError:
+        return None
+    oom = msg.get("outOfMemory") if isinstance(msg, dict) else None
+    return oom if isinstance(oom, dict) else None
 
 
 def preflight_summary_of(message: str) -> dict | None:
@@ -77,5 +90,5 @@ def write_termination_message(summary: dict) -> bool:
     return write_message(termination_message(summary))
 
 
-def write_failure(kind: str, error: str, retryable: bool) -> bool:
-    return write_message(failure_message(kind, error, retryable))
+def write_failure(kind: str, error: str, retryable: bool, **details) -> bool:
+    return write_message(failure_message(kind, error, retryable, **details))

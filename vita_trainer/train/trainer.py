@@ -70,6 +70,9 @@ def check_world_size(checkpoint: str | Path) -> None:
 
 
 FAULT_NONFINITE_ENV = "VITA_FAULT_NONFINITE_LOSS"  # test hook: "STEP:RANK" makes that rank's loss NaN
+# Test hook: "STEP:FITS" raises CUDA's out-of-memory error at STEP on every rank while the micro-batch is larger than
+# FITS, as a card that holds FITS samples would.
+FAULT_OOM_ENV = "VITA_FAULT_OOM"
 
 
 def token_budget_sampler(dataset, args, max_tokens: int, packed: bool):
@@ -81,6 +84,13 @@ def token_budget_sampler(dataset, args, max_tokens: int, packed: bool):
         torch.distributed.broadcast_object_list(lengths, src=0)
     return TokenBudgetSampler(lengths[0], max_tokens, packed=packed, dp_size=max(1, args.world_size),
                               grad_accum=args.gradient_accumulation_steps, rank=args.process_index, seed=args.seed)
+
+
+def _fault_oom(step: int, micro_batch: int) -> None:
+    at, _, fits = os.environ.get(FAULT_OOM_ENV, "").partition(":")
+    if at and step == int(at) and micro_batch > int(fits or 0):
+        raise torch.OutOfMemoryError(f"CUDA out of memory (injected by {FAULT_OOM_ENV} at step {step} with "
+                                     f"micro-batch {micro_batch})")
 
 
 def _fault_nonfinite(step: int) -> bool:
@@ -126,6 +136,7 @@ class VitaTrainer(Trainer):
 
     # --- loss ---------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        _fault_oom(self.state.global_step, self.args.per_device_train_batch_size)
         skipped = inputs.pop("skipped_reasons", [])
         num_tokens = inputs.pop("num_tokens", 0)
         if self.metrics_callback is not None:
