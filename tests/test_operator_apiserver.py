@@ -21,8 +21,8 @@ import yaml
 
 from tests.control_plane import (REPO, ControlPlane, OperatorProcess, install_operator_prerequisites,
                                  install_pytorchjob_crd, k8s_version)
-from tests.operator_scenarios import (BACKENDS, JOB_RESOURCE, NS, RUN, finished, job_status, pod, result_pod,
-                                      run_on, wait_for)
+from tests.operator_scenarios import (BACKENDS, JOB_RESOURCE, NS, RUN, finished, job_args, job_status, pod,
+                                      result_pod, run_on, wait_for)
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.slow]
 class Cluster:
@@ -237,6 +237,30 @@ def test_a_permanent_trainer_error_is_not_retried(cluster, backend):
         assert "badconfig-s1-2" not in cluster.jobs(backend)  # retryLimit 1 left unused
         assert_no_forbidden(op)
     cluster.cp.kubectl("delete", "vitatrainingrun", "badconfig", "-n", NS, "--timeout=30s")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_out_of_memory_retries_with_half_the_micro_batch(cluster, backend):
+    """[self-healing] The trainer's out-of-memory report on rank 0's pod: attempt 2 runs with half the micro-batch
+    and twice the accumulation, the adjustment is in the status and an event, and retryLimit is untouched."""
+    from vita_trainer.train.termination import failure_message
+    with cluster.operator(f"operator-oom-{backend}") as op:
+        job = cluster.start_run("oom", backend)
+        message = failure_message("OutOfMemory", "out of GPU memory at step 40", True, outOfMemory={
+            "step": 40, "perDeviceTrainBatchSize": 8, "gradientAccumulationSteps": 2})
+        cluster.master_pod(job, "Failed", {"terminated": {"exitCode": 1, "reason": "Error", "message": message}},
+                           backend)
+        cluster.set_job(job, "Failed", backend)
+        retry = wait_for(lambda: cluster.jobs(backend).get("oom-s1-2"), what="attempt 2")
+        args = job_args(retry)
+        assert args[args.index("--per_device_train_batch_size") + 1] == "4"
+        assert args[args.index("--gradient_accumulation_steps") + 1] == "4"
+        stage = cluster.run_status("oom")["stages"][0]
+        assert stage["oomAdjustments"][0]["nextPerDeviceTrainBatchSize"] == 4 and stage["attempts"] == 2
+        described = cluster.cp.kubectl("describe", "vitatrainingrun", "oom", "-n", NS).stdout
+        assert "OutOfMemory" in described
+        assert_no_forbidden(op)
+    cluster.cp.kubectl("delete", "vitatrainingrun", "oom", "-n", NS, "--timeout=30s")
 
 
 def test_the_trainjob_example_runs_stage_by_stage_on_trainjobs(cluster, tmp_path, monkeypatch):

@@ -270,3 +270,48 @@ def test_a_preflight_job_that_fails_for_other_reasons_is_retried_then_fails_the_
     d = decide("run", 1, preflight_spec(), st, [], NOW,
                preflight=[pf_job(1, "Failed", permanent="ConfigError: dataset registry /data/r.yaml does not exist")])
     assert not d.actions and "does not exist" in d.status["preflight"]["message"]
+
+
+def oom_job(attempt, micro, accum, step=40):
+    return ObservedJob(f"run-s1-{attempt}", "s1", attempt, "Failed", "PyTorchJobFailed: job failed",
+                       oom={"step": step, "perDeviceTrainBatchSize": micro, "gradientAccumulationSteps": accum})
+
+
+def test_out_of_memory_halves_the_micro_batch_until_one_without_using_the_retries():
+    sp = spec(retry=0)
+    d = decide("run", 1, sp, status(rec("s1", "Running", 1)), [oom_job(1, 8, 2)], NOW)
+    assert d.actions == [CreateJob(0, 2, False, {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 4})]
+    r = d.status["stages"][0]
+    assert r["argOverrides"] == {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 4}
+    assert r["oomAdjustments"] == [{"attempt": 1, "step": 40, "perDeviceTrainBatchSize": 8,
+                                    "gradientAccumulationSteps": 2, "nextPerDeviceTrainBatchSize": 4,
+                                    "nextGradientAccumulationSteps": 4}]
+    assert ("Warning", "OutOfMemory") == d.events[0][:2] and "per_device_train_batch_size 4" in d.events[0][2]
+    # the job of attempt 2 exists; a restart of the operator before it runs keeps the overrides
+    d2 = decide("run", 1, sp, d.status, [oom_job(1, 8, 2)], NOW)
+    assert d2.actions == [CreateJob(0, 2, False, {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 4})]
+    # 4 -> 2 -> 1, then the stage fails with the history (retryLimit 0 was never used)
+    d = decide("run", 1, sp, d.status, [oom_job(2, 4, 4)], NOW)
+    d = decide("run", 1, sp, d.status, [oom_job(3, 2, 8)], NOW)
+    assert d.actions == [CreateJob(0, 4, False, {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 16})]
+    d = decide("run", 1, sp, d.status, [oom_job(4, 1, 16)], NOW)
+    assert not d.actions and d.status["phase"] == "Failed"
+    cond = {c["type"]: c for c in d.status["conditions"]}["Failed"]
+    assert cond["reason"] == "OutOfMemory" and "micro-batches tried: 8 -> 4 -> 2 -> 1" in cond["message"]
+
+
+def test_after_an_oom_adjustment_other_retries_keep_the_smaller_batch_and_their_own_count():
+    sp = spec(retry=1)
+    d = decide("run", 1, sp, status(rec("s1", "Running", 1)), [oom_job(1, 4, 1)], NOW)
+    smaller = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}
+    d = decide("run", 1, sp, d.status, [job("s1", 2, "Failed", "node lost")], NOW)  # a retry, not an OOM
+    assert d.actions == [CreateJob(0, 3, False, smaller)]
+    d = decide("run", 1, sp, d.status, [job("s1", 3, "Failed", "node lost")], NOW)  # retryLimit 1 is used up
+    assert not d.actions and d.status["phase"] == "Failed"
+
+
+def test_oom_policy_fail_stops_the_stage_like_any_failure_without_retries_left():
+    sp = VitaTrainingRunSpec.model_validate({**spec(retry=0).model_dump(by_alias=True, exclude_none=True)})
+    sp.stages[0].oom_policy = "fail"
+    d = decide("run", 1, sp, status(rec("s1", "Running", 1)), [oom_job(1, 8, 1)], NOW)
+    assert not d.actions and d.status["phase"] == "Failed" and "oomAdjustments" not in d.status["stages"][0]

@@ -9,7 +9,7 @@ from typing import Protocol
 from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
 from vita_trainer.stages.plan import (GPUS_ENV, PathRoots, nproc_per_node, stage_args, stage_output_dir,
                                       stage_resources)
-from vita_trainer.train.termination import final_loss_of, permanent_failure_of
+from vita_trainer.train.termination import final_loss_of, oom_of, permanent_failure_of
 
 LABEL_RUN = f"{API_GROUP}/run"
 LABEL_STAGE = f"{API_GROUP}/stage"
@@ -52,6 +52,8 @@ class JobBackend(Protocol):
     def result_pod_selector(self, job_name: str) -> str: ...
 
     def permanent_failure(self, pod: dict) -> str | None: ...
+
+    def out_of_memory(self, pod: dict) -> dict | None: ...
 
     def final_loss(self, pod: dict) -> float | None: ...
 
@@ -222,6 +224,12 @@ def permanent_failure_in(pod: dict, container: str) -> str | None:
     return permanent_failure_of(term.get("message", "")) if term.get("exitCode") else None
 
 
+def oom_in(pod: dict, container: str) -> dict | None:
+    """What the trainer said when it ran out of GPU memory (the step and the batch it ran with), if it did."""
+    term = trainer_container_state(pod, container)
+    return oom_of(term.get("message", "")) if term.get("exitCode") else None
+
+
 def final_loss_in(pod: dict, container: str) -> float | None:
     """finalLoss from the trainer container's termination message, if it finished and wrote one."""
     term = trainer_container_state(pod, container)
@@ -234,6 +242,9 @@ class ResultPodReader:
 
     def permanent_failure(self, pod: dict) -> str | None:
         return permanent_failure_in(pod, self.container)
+
+    def out_of_memory(self, pod: dict) -> dict | None:
+        return oom_in(pod, self.container)
 
     def final_loss(self, pod: dict) -> float | None:
         return final_loss_in(pod, self.container)

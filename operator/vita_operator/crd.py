@@ -85,6 +85,18 @@ def status_schema() -> dict:
         "checkpointPath": {"type": "string", "description": "Where the stage writes checkpoints and its output"},
         "finalLoss": {"type": "number", "description": "Last logged training loss, from the master pod's "
                                                         "termination message; unset when not reported"},
+        "argOverrides": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                         "description": "Stage args the operator changed for the attempts from now on (after "
+                                        "running out of memory: the micro-batch and the accumulation)"},
+        "oomAdjustments": {"type": "array", "description": "Each out-of-memory retry (oomPolicy adjust)",
+                           "items": {"type": "object", "properties": {
+                               "attempt": {"type": "integer", "description": "The attempt that ran out of memory"},
+                               "step": {"type": "integer"},
+                               "perDeviceTrainBatchSize": {"type": "integer", "description": "It ran with this"},
+                               "gradientAccumulationSteps": {"type": "integer"},
+                               "nextPerDeviceTrainBatchSize": {"type": "integer", "description": "The next "
+                                                               "attempt's; unset when none was left to try"},
+                               "nextGradientAccumulationSteps": {"type": "integer"}}}},
         "message": {"type": "string"}}}
     condition = {"type": "object", "required": ["type", "status"], "properties": {
         "type": {"type": "string"}, "status": {"type": "string", "enum": ["True", "False", "Unknown"]},

@@ -19,6 +19,7 @@ from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
 from vita_trainer.spec import API_GROUP, JOB_BACKENDS, VitaTrainingRunSpec
+from vita_trainer.stages.plan import with_stage_args
 
 from . import metrics
 from .backends import backend_of, job_backends
@@ -149,8 +150,10 @@ def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob) -> 
         losses = [backend.final_loss(p) for p in _pods(namespace, backend.result_pod_selector(job.name))]
         return dataclasses.replace(job, final_loss=next((x for x in losses if x is not None), None))
     if job.phase == "Failed":
-        errors = [backend.permanent_failure(p) for p in _pods(namespace, backend.result_pod_selector(job.name))]
-        return dataclasses.replace(job, permanent=next((e for e in errors if e), ""))
+        pods = _pods(namespace, backend.result_pod_selector(job.name))
+        errors = [backend.permanent_failure(p) for p in pods]
+        return dataclasses.replace(job, permanent=next((e for e in errors if e), ""),
+                                   oom=next((o for o in map(backend.out_of_memory, pods) if o), None))
     if job.phase in ("Pending", "Running"):
         return dataclasses.replace(job, stuck=stuck_reason(_pods(namespace, backend.pods_selector(job.name))))
     return job
@@ -318,8 +321,9 @@ def _reconcile(run: dict, logger) -> None:
                 _create_owned(run, pre.preflight_job(name, namespace, spec, action.attempt),
                               lambda body: _batch().create_namespaced_job(namespace, body))
             elif isinstance(action, CreateJob):
-                _create_owned(run, backend.build(name, namespace, spec, action.index, action.attempt,
-                                                 suspend=action.suspend),
+                _create_owned(run, backend.build(name, namespace, with_stage_args(spec, action.index,
+                                                                                  action.arg_overrides),
+                                                 action.index, action.attempt, suspend=action.suspend),
                               lambda body: _api().create_namespaced_custom_object(group, version, namespace,
                                                                                   backend.plural, body))
             elif isinstance(action, SetJobSuspend):

@@ -15,6 +15,10 @@ Rules:
   that fails for other reasons is retried like a stage. Runs whose stages already started skip it.
 - spec.suspend suspends the current job (its backend's suspend field) and creates new jobs suspended. A job that is
   suspended while the run is not (Kueue holding it in a queue) is left alone.
+- Out of GPU memory (the trainer says so, with the batch it ran): under oomPolicy adjust the next attempt resumes
+  with half the micro-batch and twice the accumulation (stages/oom.py), without using retryLimit; the changed args
+  are kept in the stage's record (argOverrides) for every later attempt, each adjustment in oomAdjustments. At
+  micro-batch 1, or under oomPolicy fail, the stage fails with that history.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vita_trainer.spec import VitaTrainingRunSpec
+from vita_trainer.stages.oom import after_oom
 from vita_trainer.stages.plan import PREFLIGHT, backend_problems, check_spec, stage_output_dir
 
 from .builder import job_name, roots
@@ -39,6 +44,7 @@ class ObservedJob:
     final_loss: float | None = None   # from the finished master pod, when the trainer reported it
     stuck: str = ""     # why its pods cannot start (ImagePullBackOff, missing Secret, Unschedulable); "" if not
     permanent: str = ""  # a failed job's error that another attempt cannot fix (bad config or data); "" if not
+    oom: dict | None = None  # a failed job's out-of-memory report (termination.oom_of); None if it was not that
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class CreateJob:
     index: int
     attempt: int
     suspend: bool
+    arg_overrides: dict = field(default_factory=dict)  # stage args this attempt runs with instead of the spec's
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,39 @@ def _preflight(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: 
     return True
 
 
+def _after_oom(d: Decision, run_name: str, stage, index: int, rec: dict, attempt: int, job: ObservedJob,
+               suspend: bool, now: str, generation: int) -> Decision:
+    """The next attempt with half the micro-batch (oomPolicy adjust), or the stage's end at micro-batch 1."""
+    ran = (int(job.oom.get("perDeviceTrainBatchSize", 1)), int(job.oom.get("gradientAccumulationSteps", 1)))
+    nxt = after_oom(*ran)
+    entry = {"attempt": attempt, "step": int(job.oom.get("step", 0)), "perDeviceTrainBatchSize": ran[0],
+             "gradientAccumulationSteps": ran[1]}
+    if nxt:
+        entry.update(nextPerDeviceTrainBatchSize=nxt["per_device_train_batch_size"],
+                     nextGradientAccumulationSteps=nxt["gradient_accumulation_steps"])
+    history = rec.setdefault("oomAdjustments", [])
+    history.append(entry)
+    path = " -> ".join(str(h["perDeviceTrainBatchSize"]) for h in history)
+    if nxt is None:
+        msg = (f"out of GPU memory at micro-batch 1 (micro-batches tried: {path}); lower --model_max_length or "
+               f"--max_tokens_per_batch, enable gradient checkpointing, or use more GPUs (zero3 / zero3_offload)")
+        rec.update(phase="Failed", completionTime=now, message=msg)
+        d.events.append(("Warning", "StageFailed", f"stage {stage.name} attempt {attempt}: {msg}"))
+        _set_phase(d, "Failed", "OutOfMemory", f"stage {stage.name}: {msg}", now, generation)
+        return d
+    rec["argOverrides"] = {**rec.get("argOverrides", {}), **nxt}
+    new_name = job_name(run_name, stage.name, attempt + 1)
+    d.actions.append(CreateJob(index, attempt + 1, suspend, dict(rec["argOverrides"])))
+    rec.update(phase="Running", attempts=attempt + 1, jobName=new_name,
+               message=f"attempt {attempt} ran out of GPU memory at step {entry['step']} with micro-batch {ran[0]}")
+    d.status["currentJob"] = new_name
+    d.events.append(("Warning", "OutOfMemory", f"stage {stage.name} attempt {attempt} ran out of GPU memory at step "
+                     f"{entry['step']} with per_device_train_batch_size {ran[0]}; attempt {attempt + 1} resumes from "
+                     f"the last checkpoint with per_device_train_batch_size {nxt['per_device_train_batch_size']} and "
+                     f"gradient_accumulation_steps {nxt['gradient_accumulation_steps']}"))
+    return d
+
+
 def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: dict | None,
            jobs: list[ObservedJob], now: str, backend: str = "pytorchjob",
            preflight: list[ObservedPreflight] = ()) -> Decision:
@@ -227,7 +267,7 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
         if attempt == 0 or job is None:
             attempt = attempt or 1
             name = job_name(run_name, stage.name, attempt)
-            d.actions.append(CreateJob(i, attempt, spec.suspend))
+            d.actions.append(CreateJob(i, attempt, spec.suspend, dict(rec.get("argOverrides", {}))))
             rec.update(phase="Running", attempts=attempt, jobName=name)
             rec.setdefault("startTime", now)
             st["currentJob"] = name
@@ -249,10 +289,12 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
                                  f"error that a retry cannot fix, not retried: {job.permanent}"))
                 _set_phase(d, "Failed", "PermanentError", f"stage {stage.name}: {job.permanent}", now, generation)
                 return d
-            if attempt <= stage.retry_limit:
+            if job.oom is not None and stage.oom_policy == "adjust":
+                return _after_oom(d, run_name, stage, i, rec, attempt, job, spec.suspend, now, generation)
+            if attempt - len(rec.get("oomAdjustments", [])) <= stage.retry_limit:
                 nxt = attempt + 1
                 new_name = job_name(run_name, stage.name, nxt)
-                d.actions.append(CreateJob(i, nxt, spec.suspend))
+                d.actions.append(CreateJob(i, nxt, spec.suspend, dict(rec.get("argOverrides", {}))))
                 rec.update(phase="Running", attempts=nxt, jobName=new_name,
                            message=f"attempt {attempt} failed: {job.message}")
                 st["currentJob"] = new_name
