@@ -273,8 +273,8 @@ class OperatorProcess(_Started):
     """`python -m vita_operator`, as the image runs it, with the operator's own kubeconfig."""
 
     def __init__(self, kubeconfig_path: Path, log_path: Path, *, resync_seconds: float = 60.0,
-                 metrics_port: int = 0, backends: str = "pytorchjob,trainjob"):
-        self.kubeconfig, self.log_path, self.backends = kubeconfig_path, log_path, backends
+                 metrics_port: int = 0, backends: str = "pytorchjob,trainjob", env: dict | None = None):
+        self.kubeconfig, self.log_path, self.backends, self.env = kubeconfig_path, log_path, backends, env or {}
         self.resync, self.metrics_port = resync_seconds, metrics_port
         self.liveness_port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -284,7 +284,7 @@ class OperatorProcess(_Started):
         env.update(KUBECONFIG=str(self.kubeconfig), VITA_OPERATOR_RESYNC_SECONDS=str(self.resync),
                    VITA_OPERATOR_METRICS_PORT=str(self.metrics_port), VITA_OPERATOR_BACKENDS=self.backends,
                    VITA_OPERATOR_LIVENESS=f"http://127.0.0.1:{self.liveness_port}/healthz",
-                   PYTHONPATH=os.pathsep.join([str(REPO / "operator"), str(REPO)]))
+                   PYTHONPATH=os.pathsep.join([str(REPO / "operator"), str(REPO)]), **self.env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "vita_operator"], env=env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)

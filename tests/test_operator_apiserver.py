@@ -30,11 +30,11 @@ class Cluster:
         self.cp, self.operator_kubeconfig, self.dir = cp, operator_kubeconfig, workdir
 
     def operator(self, name: str = "operator", resync_seconds: float = 600,
-                 backends: str = ",".join(BACKENDS)) -> OperatorProcess:
+                 backends: str = ",".join(BACKENDS), env: dict | None = None) -> OperatorProcess:
         # Resync far beyond the test's waits by default: stage chaining must come from watch events, not the
         # safety net.
         return OperatorProcess(self.operator_kubeconfig, self.dir / f"{name}.log", resync_seconds=resync_seconds,
-                               backends=backends)
+                               backends=backends, env=env)
 
     def apply(self, obj: dict, *extra: str, check: bool = True):
         return self.cp.kubectl("apply", *extra, "-f", "-", input=json.dumps(obj), check=check)
@@ -261,6 +261,81 @@ def test_out_of_memory_retries_with_half_the_micro_batch(cluster, backend):
         assert "OutOfMemory" in described
         assert_no_forbidden(op)
     cluster.cp.kubectl("delete", "vitatrainingrun", "oom", "-n", NS, "--timeout=30s")
+
+
+class FakeTrainerEndpoint:
+    """A trainer's rank-0 /metrics on 127.0.0.1, in the trainer's own exposition format: each read advances the step
+    by 5 until frozen."""
+
+    def __init__(self, stage: str, total: int = 1000):
+        import http.server
+        import threading
+
+        from prometheus_client import generate_latest
+
+        from vita_trainer.train.metrics import TrainerMetrics
+        self.step, self.frozen, metrics = 0, False, TrainerMetrics()
+        metrics.max_steps.labels(stage).set(total)
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if not fake.frozen:
+                    fake.step += 5
+                metrics.step.labels(stage).set(fake.step)
+                metrics.samples_per_second.labels(stage).set(12.5)
+                metrics.tokens_per_second.labels(stage).set(40000)
+                body = generate_latest(metrics.registry)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_progress_and_eta_show_in_kubectl_get_and_a_hung_stage_is_retried(cluster):
+    """[self-healing] The operator reads the running stage's rank-0 endpoint into status.progress (kubectl get shows
+    PROGRESS and ETA); when the step stops moving for hangTimeoutSeconds the job is deleted and the stage retried."""
+    endpoint = FakeTrainerEndpoint("s1")
+    run = run_on("pytorchjob", "live")
+    run["spec"].update(progressIntervalSeconds=5, hangTimeoutSeconds=12)
+    run["spec"]["trainer"]["metricsPort"] = endpoint.port
+    try:
+        with cluster.operator("operator-progress", env={"VITA_OPERATOR_PROGRESS_TICK_SECONDS": "1"}) as op:
+            cluster.apply(run)
+            job = wait_for(lambda: "live-s1-1" in cluster.jobs() and "live-s1-1", what="first job")
+            assert "--ddp_timeout" in job_args(cluster.jobs()[job])  # the collective timeout follows the spec
+            pod = result_pod("pytorchjob", job, "Running", {"running": {"startedAt": "2026-11-27T00:00:00Z"}})
+            pod["status"].update(podIP="127.0.0.1", podIPs=[{"ip": "127.0.0.1"}])
+            cluster.put_pod(pod)
+            cluster.set_job(job, "Running")
+            progress = wait_for(lambda: (cluster.run_status("live").get("progress") or {}).get("eta") and
+                                cluster.run_status("live")["progress"], timeout=40, what="progress with an ETA")
+            assert progress["job"] == job and progress["totalSteps"] == 1000 and progress["step"] >= 10
+            assert progress["tokensPerSecond"] == 40000 and progress["gpuHoursSoFar"] >= 0 and not progress["stale"]
+            table = cluster.cp.kubectl("get", "vitatrainingrun", "live", "-n", NS).stdout.splitlines()
+            header, row = table[0].split(), table[1]
+            assert "PROGRESS" in header and "ETA" in header and f"{progress['step']}/1000" in row
+            endpoint.frozen = True
+            wait_for(lambda: "live-s1-2" in cluster.jobs(), timeout=60, what="the retry of the hung stage")
+            wait_for(lambda: "live-s1-1" not in cluster.jobs(), what="the hung job deleted")
+            hung = cluster.condition("Hung", "live")
+            assert hung["status"] == "True" and "no training step" in hung["message"]
+            assert "Hung" in cluster.cp.kubectl("describe", "vitatrainingrun", "live", "-n", NS).stdout
+            assert cluster.run_status("live")["stages"][0]["attempts"] == 2
+            assert_no_forbidden(op)
+    finally:
+        endpoint.close()
+    cluster.cp.kubectl("delete", "vitatrainingrun", "live", "-n", NS, "--timeout=30s")
 
 
 def test_the_trainjob_example_runs_stage_by_stage_on_trainjobs(cluster, tmp_path, monkeypatch):

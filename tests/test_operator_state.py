@@ -315,3 +315,21 @@ def test_oom_policy_fail_stops_the_stage_like_any_failure_without_retries_left()
     sp.stages[0].oom_policy = "fail"
     d = decide("run", 1, sp, status(rec("s1", "Running", 1)), [oom_job(1, 8, 1)], NOW)
     assert not d.actions and d.status["phase"] == "Failed" and "oomAdjustments" not in d.status["stages"][0]
+
+
+def test_a_hung_job_is_deleted_and_the_stage_retried_then_the_condition_clears():
+    from vita_operator.state import DeleteJob
+    hung = ObservedJob("run-s1-1", "s1", 1, "Running", hung="no training step for 31m00s (step 50)")
+    d = decide("run", 1, spec(retry=1), status(rec("s1", "Running", 1)), [hung], NOW)
+    assert d.actions == [DeleteJob("run-s1-1"), CreateJob(0, 2, False)]
+    assert ("Warning", "Hung") == d.events[0][:2] and "deleted job run-s1-1" in d.events[0][2]
+    cond = {c["type"]: c for c in d.status["conditions"]}["Hung"]
+    assert cond["status"] == "True" and "no training step" in cond["message"]
+    pending = decide("run", 1, spec(retry=1), d.status, [job("s1", 2, "Pending")], NOW)
+    assert {c["type"]: c for c in pending.status["conditions"]}["Hung"]["status"] == "True"  # until the retry runs
+    running = decide("run", 1, spec(retry=1), d.status, [job("s1", 2, "Running")], NOW)
+    assert {c["type"]: c for c in running.status["conditions"]}["Hung"]["status"] == "False"
+    again = ObservedJob("run-s1-2", "s1", 2, "Running", hung="no training step for 31m00s (step 50)")
+    failed = decide("run", 1, spec(retry=1), running.status, [again], NOW)
+    assert failed.actions == [DeleteJob("run-s1-2")] and failed.status["phase"] == "Failed"
+    assert {c["type"]: c for c in failed.status["conditions"]}["Failed"]["reason"] == "Hung"

@@ -118,7 +118,10 @@ def container_resources(spec: VitaTrainingRunSpec, index: int) -> dict:
 def container_env(spec: VitaTrainingRunSpec, index: int) -> list[dict]:
     gpus = stage_resources(spec, index).gpus_per_node
     gpu_env = [{"name": GPUS_ENV, "value": str(gpus)}] if gpus else []
+    # NCCL's async error handling: a collective that times out (--ddp_timeout) or a dead peer ends the process
+    # instead of leaving the rank blocked, so the job fails and the stage is retried.
     return _merged_env([{"name": "HF_HUB_OFFLINE", "value": "1"},
+                        {"name": "TORCH_NCCL_ASYNC_ERROR_HANDLING", "value": "1"},
                         # Under an arbitrary UID (OpenShift) HOME is "/", and every cache below it fails to write.
                         {"name": "HOME", "value": CACHE_DIR},
                         {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},

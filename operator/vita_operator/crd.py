@@ -113,8 +113,24 @@ def status_schema() -> dict:
                      "reportPath": {"type": "string", "description": "The full JSON report, on the checkpoint "
                                                                      "volume"},
                      "completionTime": time, "message": {"type": "string"}}}
+    progress = {"type": "object", "description": "The current stage's progress, read from its rank-0 metrics "
+                                                 "endpoint every spec.progressIntervalSeconds",
+                "properties": {
+                    "stage": {"type": "string"}, "job": {"type": "string"},
+                    "step": {"type": "integer"}, "totalSteps": {"type": "integer"},
+                    "percent": {"type": "integer"}, "summary": {"type": "string", "description": "step/total (%)"},
+                    "samplesPerSecond": {"type": "number"}, "tokensPerSecond": {"type": "number"},
+                    "eta": {"type": "string", "description": "Time left at the pace since the job was first seen"},
+                    "etaSeconds": {"type": "integer"},
+                    "gpuHoursSoFar": {"type": "number", "description": "GPUs x time since the stage started"},
+                    "gpuHoursEstimate": {"type": "number", "description": "So far plus GPUs x eta"},
+                    "updateTime": time, "lastStepTime": time,
+                    "firstSeen": {"type": "object", "properties": {"step": {"type": "integer"}, "time": time}},
+                    "stale": {"type": "boolean", "description": "The endpoint did not answer at the last read"},
+                    "staleReason": {"type": "string"}}}
     return {"type": "object", "description": "Observed state, written by the operator.", "properties": {
         "preflight": preflight,
+        "progress": progress,
         "phase": {"type": "string", "enum": PHASES},
         "currentStage": {"type": "string"}, "currentJob": {"type": "string"},
         "backend": {"type": "string", "enum": list(JOB_BACKENDS),
@@ -153,6 +169,8 @@ def crd() -> dict:
                                        {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage"},
                                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                                        {"name": "Job", "type": "string", "jsonPath": ".status.currentJob"},
+                                       {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
+                                       {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta"},
                                        {"name": "Backend", "type": "string", "jsonPath": ".status.backend",
                                         "priority": 1},
                                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}],

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import json
 import logging
 import os
 import threading
+from datetime import datetime, timezone
 
 import kopf
 from kubernetes import client, config
@@ -19,21 +19,25 @@ from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
 from vita_trainer.spec import API_GROUP, JOB_BACKENDS, VitaTrainingRunSpec
-from vita_trainer.stages.plan import with_stage_args
+from vita_trainer.stages.plan import stage_resources, with_stage_args
 
 from . import metrics
 from .backends import backend_of, job_backends
 from .builder import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY, JobBackend, stuck_reason
 from .crd import PLURAL, VERSION
 from . import preflight as pre
-from .state import (TERMINAL, CreateJob, CreatePreflight, ObservedJob, ObservedPreflight, SetJobSuspend, decide,
-                    set_condition)
+from . import progress as prog
+from .state import (TERMINAL, CreateJob, CreatePreflight, DeleteJob, ObservedJob, ObservedPreflight, SetJobSuspend,
+                    decide, set_condition)
 from .trainjob import DEFAULT_RUNTIME
 
 log = logging.getLogger(__name__)
 API_URL_ENV = "VITA_OPERATOR_API_URL"   # tests point the operator at an emulated API server
 NAMESPACE_ENV = "VITA_OPERATOR_NAMESPACE"  # watch one namespace (as __main__ does); unset: all namespaces
 RESYNC_ENV = "VITA_OPERATOR_RESYNC_SECONDS"
+# How often the progress loop looks for runs due a read (each run is read every spec.progressIntervalSeconds), and
+# how long one read of a trainer's /metrics may take: a slow endpoint must not hold up the others.
+PROGRESS_TICK_ENV, SCRAPE_TIMEOUT_ENV = "VITA_OPERATOR_PROGRESS_TICK_SECONDS", "VITA_OPERATOR_SCRAPE_TIMEOUT_SECONDS"
 # The chart sets these from its values: which backends its RBAC allows, the default one, the TrainJob runtime.
 BACKENDS_ENV, DEFAULT_BACKEND_ENV = "VITA_OPERATOR_BACKENDS", "VITA_OPERATOR_DEFAULT_BACKEND"
 RUNTIME_ENV = "VITA_OPERATOR_TRAINJOB_RUNTIME"
@@ -60,7 +64,7 @@ ENABLED, DEFAULT_BACKEND = configured_backends(dict(os.environ))
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _api_client() -> client.ApiClient:
@@ -113,6 +117,12 @@ def startup(settings: kopf.OperatorSettings, **_):
                               args=(stop, float(os.environ.get(RESYNC_ENV, "60"))))
     thread.start()
     _resync = (stop, thread)
+    global _progress
+    stop = threading.Event()
+    thread = threading.Thread(target=_progress_loop, name="vita-progress", daemon=True,
+                              args=(stop, float(os.environ.get(PROGRESS_TICK_ENV, "10"))))
+    thread.start()
+    _progress = (stop, thread)
     port = int(os.environ.get("VITA_OPERATOR_METRICS_PORT", "9090"))
     if port:
         from prometheus_client import start_http_server
@@ -202,7 +212,7 @@ def emit_event(run: dict, etype: str, reason: str, message: str) -> None:
     """A core/v1 Event on the run (`kubectl describe` shows it). Written directly, not with kopf.info: that only
     works inside kopf's per-object tasks, and the resync loop reconciles from its own thread. Best effort."""
     meta = run["metadata"]
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.now(timezone.utc)
     body = {"metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": run.get("apiVersion", f"{API_GROUP}/{VERSION}"),
                                "kind": run.get("kind", "VitaTrainingRun"), "name": meta["name"],
@@ -303,6 +313,10 @@ def _reconcile(run: dict, logger) -> None:
                 _blocked(run, f"{backend.kind}CRDMissing", CRD_MISSING[backend_name], "crd_missing")
                 return
             raise
+        now = datetime.now(timezone.utc)
+        progress = (run.get("status") or {}).get("progress")
+        jobs = [dataclasses.replace(j, hung=why) if j.phase == "Running" and (why := prog.hang_reason(
+            progress, j.name, now, spec.hang_timeout_seconds)) else j for j in jobs]
         preflight = observed_preflight(namespace, name) if preflight_needed(spec, run.get("status") or {}) else []
         decision = decide(name, meta.get("generation", 1), spec, run.get("status"), jobs, _now(), backend_name,
                           preflight)
@@ -326,6 +340,13 @@ def _reconcile(run: dict, logger) -> None:
                                                  action.index, action.attempt, suspend=action.suspend),
                               lambda body: _api().create_namespaced_custom_object(group, version, namespace,
                                                                                   backend.plural, body))
+            elif isinstance(action, DeleteJob):
+                try:
+                    _api().delete_namespaced_custom_object(group, version, namespace, backend.plural, action.name,
+                                                           propagation_policy="Background")
+                except ApiException as e:
+                    if e.status != 404:
+                        raise
             elif isinstance(action, SetJobSuspend):
                 _api().patch_namespaced_custom_object(group, version, namespace, backend.plural, action.name,
                                                       backend.suspend_patch(action.suspend))
@@ -379,15 +400,94 @@ def _resync_loop(stop: threading.Event, interval: float) -> None:
             log.exception("resync failed")
 
 
+def metrics_url(pod: dict, port: int) -> str | None:
+    """Where rank 0's trainer serves /metrics: its pod's IP (tests give their fake pods 127.0.0.1)."""
+    ip = (pod.get("status") or {}).get("podIP")
+    return f"http://{ip}:{port}/metrics" if ip else None
+
+
+def scrape(url: str) -> str:
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=float(os.environ.get(SCRAPE_TIMEOUT_ENV, "2"))) as r:
+        return r.read().decode()
+
+
+def read_progress(run: dict, spec: VitaTrainingRunSpec, now: datetime) -> dict:
+    """The run's new status.progress: its current job's rank-0 endpoint read, or the old one marked stale."""
+    st, meta = run.get("status") or {}, run["metadata"]
+    job, stage_name = st["currentJob"], st.get("currentStage", "")
+    backend = BACKENDS.get(st.get("backend") or DEFAULT_BACKEND)
+    index = next((i for i, s in enumerate(spec.stages) if s.name == stage_name), None)
+    if backend is None or index is None:
+        return prog.stale_progress(st.get("progress"), job, now, "unknown stage or backend")
+    pods = _pods(meta["namespace"], backend.result_pod_selector(job))
+    url = next((u for u in (metrics_url(p, spec.trainer.metrics_port) for p in pods) if u), None)
+    if url is None:
+        return prog.stale_progress(st.get("progress"), job, now, "rank 0's pod has no IP yet")
+    try:
+        gauges = prog.read_exposition(scrape(url), stage_name)
+    except (OSError, ValueError) as e:  # refused, timed out, not Prometheus text
+        return prog.stale_progress(st.get("progress"), job, now, f"{url}: {e}")
+    if not gauges:
+        return prog.stale_progress(st.get("progress"), job, now, f"{url}: no metrics for stage {stage_name} yet")
+    res = stage_resources(spec, index)
+    record = next((r for r in st.get("stages", []) if r.get("name") == stage_name), {})
+    return prog.next_progress(st.get("progress"), gauges, stage=stage_name, job=job, now=now,
+                              stage_start=prog.parse_time(record.get("startTime")),
+                              gpus=res.nodes * res.gpus_per_node)
+
+
+def progress_pass(logger=log, stop: threading.Event | None = None) -> int:
+    """Read every running run that is due; a run found hung is reconciled at once. Returns how many it read."""
+    namespace = os.environ.get(NAMESPACE_ENV)
+    runs = (_api().list_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL) if namespace
+            else _api().list_cluster_custom_object(API_GROUP, VERSION, PLURAL))["items"]
+    read = 0
+    for run in runs:
+        if stop is not None and stop.is_set():
+            break
+        st, meta = run.get("status") or {}, run["metadata"]
+        if st.get("phase") != "Running" or not st.get("currentJob") or meta.get("deletionTimestamp"):
+            continue
+        try:
+            spec = VitaTrainingRunSpec.model_validate(run.get("spec") or {})
+            now = datetime.now(timezone.utc)
+            last = st.get("progress") or {}
+            updated = prog.parse_time(last.get("updateTime"))
+            if (last.get("job") == st["currentJob"] and updated is not None
+                    and (now - updated).total_seconds() < spec.progress_interval_seconds):
+                continue
+            new = read_progress(run, spec, now)
+            _patch_status(meta["namespace"], meta["name"], {"progress": new})
+            read += 1
+            if prog.hang_reason(new, st["currentJob"], now, spec.hang_timeout_seconds):
+                reconcile(_api().get_namespaced_custom_object(API_GROUP, VERSION, meta["namespace"], PLURAL,
+                                                              meta["name"]), logger)
+        except Exception:  # one run's endpoint or spec must not stop the others
+            metrics.RECONCILE_ERRORS.labels("progress").inc()
+            logger.exception("progress of %s/%s failed", meta.get("namespace"), meta.get("name"))
+    return read
+
+
+def _progress_loop(stop: threading.Event, tick: float) -> None:
+    while not stop.wait(tick):
+        try:
+            progress_pass(stop=stop)
+        except Exception:  # API down: try again next tick
+            log.exception("progress pass failed")
+
+
 _resync: tuple[threading.Event, threading.Thread] | None = None
+_progress: tuple[threading.Event, threading.Thread] | None = None
 
 
 @kopf.on.cleanup()
 def cleanup(**_):
-    if _resync:
-        stop, thread = _resync
-        stop.set()
-        thread.join(timeout=30)
+    for loop in (_resync, _progress):
+        if loop:
+            stop, thread = loop
+            stop.set()
+            thread.join(timeout=30)
 
 
 def on_job(body, logger, **_):

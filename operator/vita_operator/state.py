@@ -19,6 +19,8 @@ Rules:
   with half the micro-batch and twice the accumulation (stages/oom.py), without using retryLimit; the changed args
   are kept in the stage's record (argOverrides) for every later attempt, each adjustment in oomAdjustments. At
   micro-batch 1, or under oomPolicy fail, the stage fails with that history.
+- Hung (spec.hangTimeoutSeconds; the handler reads status.progress): a running job whose step has not moved for
+  the timeout is deleted and the stage retried from its checkpoint like a failed attempt (Hung event and condition).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class ObservedJob:
     stuck: str = ""     # why its pods cannot start (ImagePullBackOff, missing Secret, Unschedulable); "" if not
     permanent: str = ""  # a failed job's error that another attempt cannot fix (bad config or data); "" if not
     oom: dict | None = None  # a failed job's out-of-memory report (termination.oom_of); None if it was not that
+    hung: str = ""      # why a running job counts as hung (progress.hang_reason); "" if it does not
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,11 @@ class CreateJob:
     attempt: int
     suspend: bool
     arg_overrides: dict = field(default_factory=dict)  # stage args this attempt runs with instead of the spec's
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    name: str
 
 
 @dataclass(frozen=True)
@@ -227,6 +235,27 @@ def _after_oom(d: Decision, run_name: str, stage, index: int, rec: dict, attempt
     return d
 
 
+def _hung(d: Decision, run_name: str, stage, index: int, rec: dict, attempt: int, job: ObservedJob, suspend: bool,
+          now: str, generation: int) -> Decision:
+    """Delete the hung job; retry the stage from its checkpoint while retries are left, else fail it."""
+    d.actions.append(DeleteJob(job.name))
+    set_condition(d.status, "Hung", True, "NoStepProgress", f"stage {stage.name} job {job.name}: {job.hung}", now,
+                  generation)
+    if attempt - len(rec.get("oomAdjustments", [])) <= stage.retry_limit:
+        new_name = job_name(run_name, stage.name, attempt + 1)
+        d.actions.append(CreateJob(index, attempt + 1, suspend, dict(rec.get("argOverrides", {}))))
+        rec.update(phase="Running", attempts=attempt + 1, jobName=new_name, message=f"attempt {attempt} hung: {job.hung}")
+        d.status["currentJob"] = new_name
+        d.events.append(("Warning", "Hung", f"stage {stage.name} attempt {attempt} hung ({job.hung}); deleted job "
+                         f"{job.name}; attempt {attempt + 1} resumes from the last checkpoint"))
+        return d
+    rec.update(phase="Failed", completionTime=now, message=f"attempt {attempt} hung: {job.hung}")
+    d.events.append(("Warning", "Hung", f"stage {stage.name} attempt {attempt} hung ({job.hung}); deleted job "
+                     f"{job.name}; no retries left"))
+    _set_phase(d, "Failed", "Hung", f"stage {stage.name} hung after {attempt} attempt(s): {job.hung}", now, generation)
+    return d
+
+
 def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: dict | None,
            jobs: list[ObservedJob], now: str, backend: str = "pytorchjob",
            preflight: list[ObservedPreflight] = ()) -> Decision:
@@ -307,6 +336,8 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             _set_phase(d, "Failed", "JobFailed", f"stage {stage.name} failed after {attempt} attempt(s): "
                        f"{job.message}", now, generation)
             return d
+        if job.hung and job.phase == "Running":
+            return _hung(d, run_name, stage, i, rec, attempt, job, spec.suspend, now, generation)
         # Pending / Running / Suspended
         rec["phase"] = "Running"
         rec.setdefault("startTime", now)
@@ -317,6 +348,9 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             d.actions.append(SetJobSuspend(name, False))
             d.events.append(("Normal", "StageResumed", f"resuming job {name}"))
         _pods_ready(d, job, now, generation)
+        hung = next((c for c in st.get("conditions", []) if c["type"] == "Hung"), None)
+        if hung and hung["status"] == "True" and job.phase == "Running" and f" job {name}: " not in hung["message"]:
+            set_condition(st, "Hung", False, "Progressing", f"stage {stage.name} job {name} runs", now, generation)
         phase = "Suspended" if spec.suspend else "Running"
         msg = f"stage {stage.name} ({i + 1}/{len(spec.stages)})"
         if job.phase == "Suspended" and not spec.suspend:

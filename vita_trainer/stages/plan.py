@@ -150,6 +150,9 @@ def stage_args(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> list[
                 args += [flag, resolve_path(roots.data, value)]
     if spec.trainer.deepspeed != "none":
         args += ["--deepspeed", spec.trainer.deepspeed]
+    if spec.hang_timeout_seconds and "ddp_timeout" not in stage.args:
+        # A dead peer ends the job after the hang timeout instead of the trainer's 2-hour collective timeout.
+        args += ["--ddp_timeout", str(spec.hang_timeout_seconds)]
     for key, value in stage.args.items():
         if key not in JOB_ARGS:
             args += [f"--{key}", str(value)]

@@ -1,0 +1,101 @@
+"""Live progress of a run's current stage, from its rank-0 trainer's Prometheus endpoint. Pure: parsing the
+exposition, the ETA and GPU-hour arithmetic, and the hang rule; handlers.py fetches and writes.
+
+status.progress: {stage, job, step, totalSteps, percent, summary, samplesPerSecond, tokensPerSecond, eta, etaSeconds,
+gpuHoursSoFar, gpuHoursEstimate, updateTime, lastStepTime, firstSeen: {step, time}, stale}.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from prometheus_client.parser import text_string_to_metric_families
+
+# Trainer gauge (vita_trainer/train/metrics.py) -> progress field.
+GAUGES = {"vita_train_global_step": "step", "vita_train_max_steps": "totalSteps",
+          "vita_train_samples_per_second": "samplesPerSecond", "vita_train_tokens_per_second": "tokensPerSecond"}
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if value else None
+
+
+def format_time(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_exposition(text: str, stage: str) -> dict:
+    """The stage's gauges from the trainer's /metrics text (samples labelled with another stage are ignored)."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            field = GAUGES.get(sample.name)
+            if field and sample.labels.get("stage") == stage:
+                out[field] = sample.value
+    return out
+
+
+def format_duration(seconds: float) -> str:
+    """kubectl's style: 45s, 12m30s, 3h05m, 2d4h."""
+    s = int(round(max(seconds, 0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
+
+
+def eta_seconds(step: int, total: int, first_step: int, first_time: datetime, now: datetime) -> float | None:
+    """Remaining steps at the average pace since this job was first seen; None until a step has passed."""
+    if total <= 0 or step <= first_step:
+        return None
+    per_step = (now - first_time).total_seconds() / (step - first_step)
+    return max(total - step, 0) * per_step
+
+
+def next_progress(previous: dict | None, gauges: dict, *, stage: str, job: str, now: datetime,
+                  stage_start: datetime | None, gpus: int) -> dict:
+    """The new status.progress from one scrape. The pace and the time of the last step change carry over while
+    the job stays the same; a new job (the next stage, or a retry) starts its own window."""
+    prev = previous if previous and previous.get("job") == job else {}
+    step, total = int(gauges.get("step", 0)), int(gauges.get("totalSteps", 0))
+    first = prev.get("firstSeen") or {"step": step, "time": format_time(now)}
+    moved = step != prev.get("step")
+    last_step_time = format_time(now) if moved or not prev.get("lastStepTime") else prev["lastStepTime"]
+    out = {"stage": stage, "job": job, "step": step, "totalSteps": total,
+           "percent": int(100 * step / total) if total else 0,
+           "summary": f"{step}/{total} ({int(100 * step / total)}%)" if total else f"{step}/?",
+           "samplesPerSecond": round(float(gauges.get("samplesPerSecond", 0.0)), 2),
+           "tokensPerSecond": round(float(gauges.get("tokensPerSecond", 0.0)), 1),
+           "updateTime": format_time(now), "lastStepTime": last_step_time, "firstSeen": first, "stale": False}
+    eta = eta_seconds(step, total, int(first["step"]), parse_time(first["time"]), now)
+    if eta is not None:
+        out.update(etaSeconds=int(eta), eta=format_duration(eta))
+    if gpus and stage_start is not None:
+        so_far = gpus * max((now - stage_start).total_seconds(), 0.0) / 3600
+        out["gpuHoursSoFar"] = round(so_far, 2)
+        if eta is not None:
+            out["gpuHoursEstimate"] = round(so_far + gpus * eta / 3600, 2)
+    return out
+
+
+def stale_progress(previous: dict | None, job: str, now: datetime, why: str) -> dict:
+    """The endpoint did not answer: keep what was known, say it is stale; nothing else changes."""
+    kept = dict(previous) if previous and previous.get("job") == job else {"job": job}
+    kept.update(stale=True, staleReason=why[:200], updateTime=format_time(now))
+    return kept
+
+
+def hang_reason(progress: dict | None, job: str, now: datetime, timeout_seconds: int | None) -> str:
+    """Why `job` counts as hung: its step has not moved for the timeout, counted from the first scrape (the
+    endpoint starts after the model is loaded, so loading is not a hang); "" when it has not, or when hang detection
+    is off. A stale endpoint does not move the clock either way: a trainer that cannot answer is not progressing."""
+    if not timeout_seconds or not progress or progress.get("job") != job:
+        return ""
+    last = parse_time(progress.get("lastStepTime"))
+    if last is None or (now - last).total_seconds() < timeout_seconds:
+        return ""
+    return (f"no training step for {format_duration((now - last).total_seconds())} (step {progress['step']}; "
+            f"hangTimeoutSeconds {timeout_seconds})")

@@ -1,0 +1,84 @@
+"""[self-healing] Progress, ETA, GPU hours and the hang rule: pure functions over the trainer's exposition."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from prometheus_client import generate_latest
+
+from vita_operator.progress import (eta_seconds, format_duration, hang_reason, next_progress, read_exposition,
+                                    stale_progress)
+from vita_trainer.train.metrics import TrainerMetrics
+
+T0 = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
+
+
+def exposition(stage="mm", step=120, total=1000, sps=12.5, tps=40000.0, other_stage_step=None) -> str:
+    """What the trainer's own registry serves (the real metric names and labels)."""
+    m = TrainerMetrics()
+    m.step.labels(stage).set(step)
+    m.max_steps.labels(stage).set(total)
+    m.samples_per_second.labels(stage).set(sps)
+    m.tokens_per_second.labels(stage).set(tps)
+    if other_stage_step is not None:
+        m.step.labels("other").set(other_stage_step)
+    return generate_latest(m.registry).decode()
+
+
+def test_the_trainers_exposition_reads_into_the_stages_gauges():
+    g = read_exposition(exposition(other_stage_step=999), "mm")
+    assert g == {"step": 120, "totalSteps": 1000, "samplesPerSecond": 12.5, "tokensPerSecond": 40000.0}
+    assert read_exposition(exposition(), "not-this-stage") == {}
+
+
+@pytest.mark.parametrize("seconds,text", [(0, "0s"), (44.6, "45s"), (61, "1m01s"), (3599, "59m59s"),
+                                          (3600 * 3 + 5 * 60, "3h05m"), (86400 * 2 + 3600 * 4 + 59, "2d4h"),
+                                          (-3, "0s")])
+def test_durations_print_as_kubectl_does(seconds, text):
+    assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize("step,total,first_step,elapsed,expected", [
+    (100, 1000, 0, 1000, 9000.0),     # 10 s/step, 900 steps left
+    (150, 1000, 100, 100, 1700.0),    # pace since the job was first seen (a resumed attempt starts at 100)
+    (1000, 1000, 0, 500, 0.0),        # done
+    (100, 100, 100, 10, None),        # no step since first seen: no pace yet
+    (5, 0, 0, 10, None),              # total unknown
+])
+def test_eta_is_the_remaining_steps_at_the_observed_pace(step, total, first_step, elapsed, expected):
+    assert eta_seconds(step, total, first_step, T0, T0 + timedelta(seconds=elapsed)) == expected
+
+
+def test_progress_carries_the_pace_window_and_gpu_hours_within_one_job():
+    first = next_progress(None, read_exposition(exposition(step=100), "mm"), stage="mm", job="r-mm-1", now=T0,
+                          stage_start=T0 - timedelta(hours=1), gpus=16)
+    assert first["summary"] == "100/1000 (10%)" and "eta" not in first and first["gpuHoursSoFar"] == 16.0
+    later = next_progress(first, read_exposition(exposition(step=130), "mm"), stage="mm", job="r-mm-1",
+                          now=T0 + timedelta(seconds=300), stage_start=T0 - timedelta(hours=1), gpus=16)
+    assert later["etaSeconds"] == 870 * 10 and later["eta"] == "2h25m"  # 30 steps in 300 s
+    assert later["gpuHoursSoFar"] == pytest.approx(16 * (1 + 300 / 3600), abs=0.01)
+    assert later["gpuHoursEstimate"] == pytest.approx(later["gpuHoursSoFar"] + 16 * 8700 / 3600, abs=0.01)
+    retry = next_progress(later, read_exposition(exposition(step=130), "mm"), stage="mm", job="r-mm-2",
+                          now=T0 + timedelta(seconds=400), stage_start=T0, gpus=16)
+    assert retry["firstSeen"] == {"step": 130, "time": "2026-11-27T08:06:40Z"} and "eta" not in retry
+
+
+def test_an_unreachable_endpoint_marks_progress_stale_and_keeps_the_rest():
+    known = next_progress(None, {"step": 7, "totalSteps": 10}, stage="mm", job="j", now=T0, stage_start=None, gpus=0)
+    stale = stale_progress(known, "j", T0 + timedelta(seconds=30), "connection refused")
+    assert stale["stale"] and stale["step"] == 7 and stale["lastStepTime"] == known["lastStepTime"]
+    assert stale_progress(known, "other-job", T0, "x") == {"job": "other-job", "stale": True, "staleReason": "x",
+                                                          "updateTime": "2026-11-27T08:00:00Z"}
+
+
+def test_a_job_is_hung_when_its_step_has_not_moved_for_the_timeout():
+    p = next_progress(None, {"step": 50, "totalSteps": 100}, stage="mm", job="j", now=T0, stage_start=None, gpus=0)
+    same = next_progress(p, {"step": 50, "totalSteps": 100}, stage="mm", job="j", now=T0 + timedelta(seconds=600),
+                         stage_start=None, gpus=0)
+    assert same["lastStepTime"] == p["lastStepTime"]
+    assert hang_reason(same, "j", T0 + timedelta(seconds=599), 600) == ""
+    assert "no training step for 10m00s (step 50" in hang_reason(same, "j", T0 + timedelta(seconds=600), 600)
+    assert hang_reason(same, "j", T0 + timedelta(hours=9), None) == ""          # off
+    assert hang_reason(same, "another-job", T0 + timedelta(hours=9), 600) == ""  # progress of an older job
+    moved = next_progress(same, {"step": 51, "totalSteps": 100}, stage="mm", job="j",
+                          now=T0 + timedelta(seconds=700), stage_start=None, gpus=0)
+    assert hang_reason(moved, "j", T0 + timedelta(seconds=900), 600) == ""
