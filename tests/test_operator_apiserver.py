@@ -163,7 +163,7 @@ def test_a_run_chains_retries_survives_a_restart_and_is_garbage_collected(cluste
     assert sorted(cluster.jobs(backend)) == ["r1-s1-1", "r1-s1-2", "r1-s2-1", "r1-s3-1"]
     # What users see: the printer columns and the events.
     table = cluster.cp.kubectl("get", "vitatrainingruns", "-n", NS).stdout.splitlines()
-    assert table[0].split() == ["NAME", "STAGE", "PHASE", "JOB", "AGE"]
+    assert table[0].split() == ["NAME", "STAGE", "PHASE", "JOB", "PROGRESS", "ETA", "AGE"]
     assert table[1].split()[:3] == ["r1", "s3", "Succeeded"]
     wide = cluster.cp.kubectl("get", "vitatrainingruns", "-n", NS, "-o", "wide").stdout.splitlines()
     assert "BACKEND" in wide[0].split() and backend in wide[1].split()  # (JOB is blank once the run is done)

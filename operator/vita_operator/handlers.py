@@ -459,6 +459,7 @@ def progress_pass(logger=log, stop: threading.Event | None = None) -> int:
                 continue
             new = read_progress(run, spec, now)
             _patch_status(meta["namespace"], meta["name"], {"progress": new})
+            metrics.PROGRESS_STALE.labels(meta["namespace"], meta["name"]).set(1 if new.get("stale") else 0)
             read += 1
             if prog.hang_reason(new, st["currentJob"], now, spec.hang_timeout_seconds):
                 reconcile(_api().get_namespaced_custom_object(API_GROUP, VERSION, meta["namespace"], PLURAL,
@@ -518,3 +519,7 @@ kopf.on.event("batch", "v1", "jobs", id="on_preflight",
 @kopf.on.delete(API_GROUP, VERSION, PLURAL, optional=True)
 def on_delete(body, **_):
     metrics.record_phase(f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
+    try:
+        metrics.PROGRESS_STALE.remove(body["metadata"]["namespace"], body["metadata"]["name"])
+    except KeyError:  # never read
+        pass

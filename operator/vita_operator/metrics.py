@@ -11,6 +11,9 @@ RECONCILE_ERRORS = Counter("vita_operator_reconcile_errors", "Reconciles that ra
 RECONCILE_SECONDS = Histogram("vita_operator_reconcile_seconds", "Reconcile latency", registry=REGISTRY,
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
+PROGRESS_STALE = Gauge("vita_operator_progress_stale", "1 while a running run's trainer endpoint does not answer "
+                       "(status.progress.stale)", ["namespace", "run"], registry=REGISTRY)
+
 _phases: dict[str, str] = {}
 
 
