@@ -17,10 +17,14 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/vita-train demo --out demo_out
 
-test: setup
+# Lint first (ruff: pyflakes, pycodestyle, bugbear; config in pyproject.toml), then the suite.
+test: setup lint
 	$(VENV)/bin/python -m pytest -q tests
 
-.PHONY: setup demo test
+lint: setup
+	$(VENV)/bin/ruff check .
+
+.PHONY: setup demo test lint
 
 # Regenerate the CRD from the run spec model (tests fail when the checked-in copies drift).
 crd: setup

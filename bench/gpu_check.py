@@ -52,7 +52,7 @@ def make_batch(tok, cfg, n_samples: int, seq: int, device: str, g: torch.Generat
     samples = []
     tpt = cfg.tokens_per_tile
     size = cfg.tile_size
-    for i in range(n_samples):
+    for _ in range(n_samples):
         n_text = int(torch.randint(seq // 4, seq // 2, (1,), generator=g))
         text = torch.randint(10, len(tok), (n_text,), generator=g)
         ids = torch.cat([text[:8], torch.full((tpt,), cfg.image_token_id), text[8:]])
@@ -75,17 +75,19 @@ def to(batch, device, dtype):
     return out
 
 
-def step_flops(cfg, model, lengths: list[int], processed_tokens: int, tiles: int, recompute: bool) -> tuple[float, float]:
+def step_flops(cfg, model, lengths: list[int], processed_tokens: int, tiles: int,
+               recompute: bool) -> tuple[float, float]:
     """(model FLOPs, hardware FLOPs) of one training step. Model: 6N per real token (N: the decoder layers and the
     LM head), causal attention 6 L d s^2 per sample of s tokens, 6N per vision patch. Hardware adds the forward
     recomputed under gradient checkpointing (8 instead of 6) and the padding positions the rows carry."""
+    from vita_trainer.model.vision import side
     text = cfg.text_config
     n_llm = sum(p.numel() for p in model.language_model.model.layers.parameters()) + text.vocab_size * text.hidden_size
-    n_vis = sum(p.numel() for p in model.vision_tower.parameters()) + sum(p.numel() for p in model.mm_projector.parameters())
+    n_vis = sum(p.numel() for m in (model.vision_tower, model.mm_projector) for p in m.parameters())
     vcfg = cfg.vision_config
-    size, patch = (vcfg["image_size"], vcfg["patch_size"]) if isinstance(vcfg, dict) else (vcfg.image_size, vcfg.patch_size)
-    size, patch = (size[0] if isinstance(size, (list, tuple)) else size), (patch[0] if isinstance(patch, (list, tuple)) else patch)
-    patches = tiles * (size // patch) ** 2
+    size, patch = (vcfg["image_size"], vcfg["patch_size"]) if isinstance(vcfg, dict) else (vcfg.image_size,
+                                                                                             vcfg.patch_size)
+    patches = tiles * (side(size) // side(patch)) ** 2
     attention = text.num_hidden_layers * text.hidden_size * sum(n * n for n in lengths)
     per = 8 if recompute else 6
     model_flops = 6 * n_llm * sum(lengths) + 6 * attention + 6 * n_vis * patches
@@ -111,7 +113,8 @@ def packing_check(model, tok, cfg, seq: int, device: str, dtype, g) -> dict:
     # fp32 for a tight comparison (SDPA, and the reference), then the training dtype under every backend
     runs = list(dict.fromkeys([("sdpa", torch.float32), (backends[1], torch.float32)] + [(b, dtype) for b in backends]))
     llm_cfg = model.language_model.config
-    results = {"rows": rows, "samples": len(samples), "backends_missing": [] if "flash_attention_2" in backends else ["flash_attention_2"]}
+    results = {"rows": rows, "samples": len(samples),
+               "backends_missing": [] if "flash_attention_2" in backends else ["flash_attention_2"]}
     model.eval()
     for backend, dt in runs:
         model.to(dt)
@@ -128,7 +131,8 @@ def packing_check(model, tok, cfg, seq: int, device: str, dtype, g) -> dict:
             "unpacked": a, "packed": b, "matches": abs(a - b) < tol,
             **({"without_varlen_args": leaky} if leaky is not None else {})}
     llm_cfg._attn_implementation = "sdpa"
-    results["all_match"] = 2 <= rows < len(samples) and all(r["matches"] for k, r in results.items() if isinstance(r, dict))
+    results["all_match"] = 2 <= rows < len(samples) and all(r["matches"] for r in results.values()
+                                                            if isinstance(r, dict))
     return results
 
 

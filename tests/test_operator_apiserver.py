@@ -354,7 +354,7 @@ def test_the_trainjob_example_runs_stage_by_stage_on_trainjobs(cluster, tmp_path
         finish_preflight(cluster, f"{name}-preflight-1", 0, message)
         for stage in stages:
             job_name = f"{name}-{stage}-1"
-            job = wait_for(lambda: cluster.jobs("trainjob").get(job_name), what=f"TrainJob {job_name}")
+            job = wait_for(lambda name=job_name: cluster.jobs("trainjob").get(name), what=f"TrainJob {job_name}")
             jsonschema.validate({k: v for k, v in job.items() if k != "status"}, schema)
             runtime = job["spec"]["runtimeRef"]["name"]
             assert cluster.cp.kubectl("get", "clustertrainingruntime", runtime, check=False).returncode == 0

@@ -348,10 +348,12 @@ def test_a_gpu_pod_refuses_to_train_on_cpu(monkeypatch):
 
 
 def test_multi_node_networking_reaches_the_pods(pytorchjob_schema):
-    """What a 4x8 H100 run over InfiniBand/RoCE needs: NCCL env, RDMA resources, a Multus network, affinity, IPC_LOCK."""
+    """What a 4x8 H100 run over InfiniBand/RoCE needs: NCCL env, RDMA resources, a Multus network, affinity,
+    IPC_LOCK."""
     spec = copy.deepcopy(FULL)
     affinity = {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {
-        "topologyKey": "topology.kubernetes.io/zone", "labelSelector": {"matchLabels": {"vita.training.dev/run": "r"}}}}]}}
+        "topologyKey": "topology.kubernetes.io/zone",
+        "labelSelector": {"matchLabels": {"vita.training.dev/run": "r"}}}}]}}
     spec["trainer"].update(env={"NCCL_SOCKET_IFNAME": "net1", "NCCL_IB_HCA": "mlx5", "HOME": "/scratch"},
                            podAnnotations={"k8s.v1.cni.cncf.io/networks": "ib-net"}, ipcLock=True)
     spec["resources"].update(extraResources={"rdma/rdma_shared_device_a": "1"}, affinity=affinity)

@@ -52,7 +52,7 @@ def test_every_stage_trains_its_preset_and_hands_off(zero3_run):
         if stage["args"].get("freeze_audio_encoder") is False:
             expected.add("audio_encoder")
         assert set(s["trainable"]) == expected, stage["name"]
-        losses = [l for _, l in s["losses"]]
+        losses = [loss for _, loss in s["losses"]]
         assert len(losses) == 8
         assert min(losses[-3:]) < losses[0], (stage["name"], losses)  # the loss decreases
     runs = out / "runs"

@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from vita_trainer.errors import ConfigError
 from vita_trainer.spec import VitaTrainingRun
@@ -80,7 +81,7 @@ def test_semantic_problems_are_reported_before_training():
     {"stages": [{"name": "a", "preset": "3", "datasetUse": "x"}], "surprise": 1},
 ])
 def test_schema_rejects_bad_specs(bad):
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         run_spec(**bad) if "stages" not in bad else run_spec(bad.pop("stages"), **bad)
 
 
@@ -115,7 +116,8 @@ def test_boolean_args_read_as_the_trainer_reads_them(word):
 
 
 def test_a_boolean_arg_that_is_not_one_is_a_spec_problem():
-    spec = run_spec([{"name": "a", "preset": "multimodal_sft", "datasetUse": "mm", "args": {"freeze_backbone": "maybe"}}])
+    spec = run_spec([{"name": "a", "preset": "multimodal_sft", "datasetUse": "mm",
+                      "args": {"freeze_backbone": "maybe"}}])
     assert any("--freeze_backbone: 'maybe' is not a boolean" in p for p in check_spec(spec))
 
 

@@ -74,7 +74,7 @@ def test_audio_ctc_stage_trains_only_the_encoder_and_head(data, tmp_path, monkey
     assert set(summary["trainable"]) == {"audio_encoder", "ctc_head"}
     # the operator reads this from the pod status as status.stages[].finalLoss
     assert json.loads(term.read_text()) == {"stage": "audio_ctc", "globalStep": 6, "finalLoss": summary["final_loss"]}
-    losses = [l for _, l in summary["losses"]]
+    losses = [loss for _, loss in summary["losses"]]
     assert losses[-1] < losses[0]
     before = load_file(data / "base_model" / "model.safetensors")
     after = load_file(tmp_path / "ctc" / "model.safetensors")

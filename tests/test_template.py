@@ -22,7 +22,7 @@ def test_label_mask_positions_train_only_replies_and_im_end():
     segs = render_segments([("user", "q"), ("assistant", "ab"), ("user", "r"), ("assistant", "c")], "S")
     ids, labels = tokenize_segments(segs, encode)
     text = "".join(chr(i) for i in ids)
-    trained = "".join(chr(l) for l in labels if l != IGNORE_INDEX)
+    trained = "".join(chr(label) for label in labels if label != IGNORE_INDEX)
     assert trained == "ab<|im_end|>c<|im_end|>"
     first = text.index("assistant\nab") + len("assistant\n")
     assert labels[first - 1] == IGNORE_INDEX and labels[first] == ord("a")
@@ -34,6 +34,6 @@ def test_label_mask_positions_train_only_replies_and_im_end():
 def test_label_mask_with_real_tokenizer(tok):
     segs = render_segments([("user", "hello"), ("assistant", "world")], "S")
     ids, labels = tokenize_segments(segs, lambda s: tok(s, add_special_tokens=False)["input_ids"])
-    kept = [i for i, l in zip(ids, labels) if l != IGNORE_INDEX]
+    kept = [i for i, label in zip(ids, labels) if label != IGNORE_INDEX]
     assert tok.decode(kept) == "world<|im_end|>"
     assert kept[-1] == tok.convert_tokens_to_ids("<|im_end|>")

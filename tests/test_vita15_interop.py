@@ -54,7 +54,8 @@ def write_released_tree(root: Path, tok) -> dict:
     train["encoder_conf"]["overview_conf"]["encoder-output-dim"] = 8
     train["model_conf"].update(enc_out_dim=8, llm_embed_dim=16)
     (whale / "train.yaml").write_text(yaml.safe_dump(train))
-    (whale / "global_cmvn").write_text((Path(__file__).parent / "fixtures" / "whale_golden" / "global_cmvn").read_text())
+    golden = Path(__file__).parent / "fixtures" / "whale_golden"
+    (whale / "global_cmvn").write_text((golden / "global_cmvn").read_text())
     final = _tensors(LAYOUT["b_whale_final_pt"], vocab, gen)
     torch.save(final, whale / "final.pt")
     state = _tensors(LAYOUT["a_vita15_full_checkpoint"], vocab, gen)
@@ -65,7 +66,8 @@ def write_released_tree(root: Path, tok) -> dict:
         "num_key_value_heads": 1, "max_position_embeddings": 4096, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
         "tie_word_embeddings": False, "torch_dtype": "float32", "mm_vision_tower": str(vision),
         "mm_audio_encoder": str(whale), "mm_projector_type": "mlp2x_gelu", "mm_hidden_size": 32,
-        "use_mm_proj": True, "freeze_audio_encoder": True, "tune_mm_mlp_adapter": False, "image_aspect_ratio": "square"}))
+        "use_mm_proj": True, "freeze_audio_encoder": True, "tune_mm_mlp_adapter": False,
+        "image_aspect_ratio": "square"}))
     tok.save_pretrained(ckpt)
     adapters = {}
     for name in ("d_mm_projector_bin", "d_audio_adpter_bin"):

@@ -1,4 +1,4 @@
-"""`vita-train` command line: train, local, init-model, merge-lora, demo."""
+"""`vita-train` command line: train, local, init-model, demo (merge-lora is `vita-model merge-lora`)."""
 
 from __future__ import annotations
 

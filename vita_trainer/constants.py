@@ -22,3 +22,9 @@ ENDOFTEXT = "<|endoftext|>"
 
 # The reference recipe's sequence length after media expansion (the trainer's and the data tools' default).
 MODEL_MAX_LENGTH = 6200
+
+# DeepSpeed configs shipped in vita_trainer/configs/<name>.json (a run spec's trainer.deepspeed, or "none").
+DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3_offload")
+
+# Clips outside these bounds are counted and warned about (the reference's whale data); defaults of every tool.
+MIN_AUDIO_SECONDS, MAX_AUDIO_SECONDS = 0.5, 30.0

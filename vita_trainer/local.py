@@ -39,7 +39,8 @@ def preflight(run: VitaTrainingRun, roots: PathRoots) -> list[str]:
             try:
                 for _, ds in registry.mixture(stage.dataset_use):
                     if not registry.resolve(ds.chat_path).is_file():
-                        problems.append(f"stages[{i}] ({stage.name}): chat file {registry.resolve(ds.chat_path)} missing")
+                        problems.append(f"stages[{i}] ({stage.name}): chat file {registry.resolve(ds.chat_path)} "
+                                        f"missing")
             except ConfigError as e:
                 problems.append(f"stages[{i}] ({stage.name}): {e}")
     except ConfigError as e:

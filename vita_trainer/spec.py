@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.alias_generators import to_camel
 
+from .constants import DEEPSPEED_PRESETS
 from .errors import ConfigError
 
 API_GROUP = "vita.training.dev"
@@ -55,7 +56,8 @@ class ModelSpec(_Spec):
                             "released VITA-1.5 folder (config model_type vita-Qwen2), or a Hugging Face LLM such "
                             "as Qwen2.5-7B-Instruct with visionTower set; the last two are prepared once into "
                             "<output>/base-model")
-    tokenizer: str = Field("qwen2.5", description="'qwen2.5' for the real vocabulary built offline, or a tokenizer folder")
+    tokenizer: str = Field("qwen2.5", description="'qwen2.5' for the real vocabulary built offline, or a tokenizer "
+                                                  "folder")
     vision_tower: str | None = Field(None, description="InternViT folder: of a released VITA-1.5 base (default: "
                                      "the path its config records), or to compose a VITA with an LLM base")
     audio_encoder: str | None = Field(None, description="Whale audio-encoder folder (final.pt, train.yaml, "
@@ -151,13 +153,15 @@ class StageSpec(_Spec):
 
 class TrainerSpec(_Spec):
     image: str = Field("ghcr.io/vita-trainer/trainer:0.1.0", description="Trainer container image")
-    deepspeed: Literal["zero2", "zero3", "zero3_offload", "none"] = Field("zero3", description="Shipped DeepSpeed config")
+    deepspeed: Literal[(*DEEPSPEED_PRESETS, "none")] = Field(  # type: ignore[valid-type]
+        "zero3", description="Shipped DeepSpeed config")
     metrics_port: int = Field(9400, ge=1024, le=65535, description="Port of the trainer's /metrics on rank 0")
     env_from_secrets: dict[str, str] = Field(default_factory=dict,
                                              description="Env var name -> 'secret/key' reference, never a value")
     image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull a private trainer image")
     service_account_name: str | None = Field(None, pattern=DNS_LABEL,
-                                             description="ServiceAccount of the trainer pods (default: the namespace's)")
+                                             description="ServiceAccount of the trainer pods (default: the "
+                                                         "namespace's)")
     env: dict[str, str] = Field(default_factory=dict, description="Plain env vars for the trainer, e.g. "
                                 "NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_DEBUG (secrets go in envFromSecrets)")
     pod_annotations: dict[str, str] = Field(default_factory=dict, description="Annotations on trainer pods, e.g. "

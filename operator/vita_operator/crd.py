@@ -11,7 +11,8 @@ import sys
 
 import yaml
 
-from vita_trainer.spec import API_GROUP, JOB_BACKENDS, KIND, PLAN_DERIVED_ARGS, RUN_NAME, RUN_NAME_MAX, VitaTrainingRunSpec
+from vita_trainer.spec import (API_GROUP, JOB_BACKENDS, KIND, PLAN_DERIVED_ARGS, RUN_NAME, RUN_NAME_MAX,
+                               VitaTrainingRunSpec)
 from vita_trainer.stages.presets import all_presets
 
 PLURAL = "vitatrainingruns"

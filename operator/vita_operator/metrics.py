@@ -6,7 +6,8 @@ REGISTRY = CollectorRegistry()
 RUNS = Gauge("vita_operator_runs", "VitaTrainingRuns by phase", ["phase"], registry=REGISTRY)
 STAGE_TRANSITIONS = Counter("vita_operator_stage_transitions", "Stage transitions (started, succeeded, retried)",
                             ["reason"], registry=REGISTRY)
-JOB_FAILURES = Counter("vita_operator_job_failures", "Jobs (PyTorchJobs or TrainJobs) observed Failed", registry=REGISTRY)
+JOB_FAILURES = Counter("vita_operator_job_failures", "Jobs (PyTorchJobs or TrainJobs) observed Failed",
+                       registry=REGISTRY)
 RECONCILE_ERRORS = Counter("vita_operator_reconcile_errors", "Reconciles that raised", ["reason"], registry=REGISTRY)
 RECONCILE_SECONDS = Histogram("vita_operator_reconcile_seconds", "Reconcile latency", registry=REGISTRY,
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))

@@ -244,7 +244,8 @@ def _hung(d: Decision, run_name: str, stage, index: int, rec: dict, attempt: int
     if attempt - len(rec.get("oomAdjustments", [])) <= stage.retry_limit:
         new_name = job_name(run_name, stage.name, attempt + 1)
         d.actions.append(CreateJob(index, attempt + 1, suspend, dict(rec.get("argOverrides", {}))))
-        rec.update(phase="Running", attempts=attempt + 1, jobName=new_name, message=f"attempt {attempt} hung: {job.hung}")
+        rec.update(phase="Running", attempts=attempt + 1, jobName=new_name,
+                   message=f"attempt {attempt} hung: {job.hung}")
         d.status["currentJob"] = new_name
         d.events.append(("Warning", "Hung", f"stage {stage.name} attempt {attempt} hung ({job.hung}); deleted job "
                          f"{job.name}; attempt {attempt + 1} resumes from the last checkpoint"))
@@ -276,7 +277,7 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
 
     records = {r["name"]: r for r in st.get("stages", [])}
     st["stages"] = [records.get(s.name, {"name": s.name, "phase": "Pending", "attempts": 0}) for s in spec.stages]
-    for i, s in enumerate(spec.stages):
+    for i in range(len(spec.stages)):
         st["stages"][i]["checkpointPath"] = stage_output_dir(spec, i, roots(spec))
 
     started = any(r.get("attempts", 0) for r in st["stages"]) or any(jobs)

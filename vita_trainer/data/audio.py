@@ -67,7 +67,7 @@ class GlobalCMVN:
             dim = len(numbers) // 2 - 1
             if dim < 1 or len(numbers) != 2 * (dim + 1):
                 raise ConfigError(f"{path}: Kaldi CMVN statistics must be a 2 x (dim+1) matrix, "
-                                  f"got {len(numbers)} values")
+                                  f"got {len(numbers)} values") from None
             stats = {"mean_stat": numbers[:dim], "frame_num": numbers[dim], "var_stat": numbers[dim + 1:2 * dim + 1]}
         if "mean" in stats:
             return cls(torch.tensor(stats["mean"]), torch.tensor(stats["istd"]))

@@ -52,7 +52,7 @@ class LazySupervisedDataset(Dataset):
         self.entries: list[tuple[str, object]] = []  # (file, parsed sample)
         self.skipped: Counter = Counter()
         rng = random.Random(seed)
-        for name, ds in registry.mixture(dataset_use):
+        for _, ds in registry.mixture(dataset_use):
             path = registry.resolve(ds.chat_path)
             raws = read_samples(path)
             if ds.data_ratio < 1.0:

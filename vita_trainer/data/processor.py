@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..constants import AUDIO_TOKEN, IGNORE_INDEX, IMAGE_TOKEN
+from ..constants import AUDIO_TOKEN, IGNORE_INDEX, IMAGE_TOKEN, MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS
 from ..errors import ConfigError, DataError
 from . import audio as audio_io
 from .chat_format import DEFAULT_FORMAT, MODALITIES, get_format
@@ -23,7 +23,6 @@ from .registry import Registry
 from .sample import ParsedSample
 from .template import render_segments, tokenize_segments
 from .video import load_frames
-
 
 IMAGE_PIPELINES = ("host", "device")
 
@@ -38,8 +37,8 @@ class MediaSpec:
     audio_tokens_fn: object             # fbank frames -> LLM tokens (the encoder's own length formula)
     max_tiles: int = 12
     use_thumbnail: bool = True
-    min_audio_seconds: float = 0.5
-    max_audio_seconds: float = 30.0
+    min_audio_seconds: float = MIN_AUDIO_SECONDS
+    max_audio_seconds: float = MAX_AUDIO_SECONDS
 
     @classmethod
     def from_config(cls, config, **overrides) -> "MediaSpec":
@@ -112,7 +111,7 @@ class SampleProcessor:
             self.warnings.audio_too_short += 1
         elif seconds > self.media.max_audio_seconds:
             self.warnings.audio_too_long += 1
-        if seconds * audio_io.SAMPLE_RATE < 400 * 8:
+        if self.media.audio_tokens_fn(audio_io.fbank_frames(int(seconds * audio_io.SAMPLE_RATE))) < 1:
             raise DataError(f"audio {path} is {seconds:.3f}s long, too short to encode", file=file, sample_id=sid,
                             field=field, reason="audio_too_short")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..constants import DEEPSPEED_PRESETS
 from ..data.audio import GlobalCMVN, fbank, load_audio
 from ..data.tokenizer import train_tiny_tokenizer
 from ..model.builder import build_model, tiny_config
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps-scale", type=float, default=1.0, help="scale every stage's max_steps (tests use less)")
     p.add_argument("--small", action="store_true", help="a few dozen samples (tests)")
     p.add_argument("--nproc", type=int, default=1)
-    p.add_argument("--deepspeed", default="none", choices=["none", "zero2", "zero3", "zero3_offload"])
+    p.add_argument("--deepspeed", default="none", choices=["none", *DEEPSPEED_PRESETS])
     a = p.parse_args(argv)
     out = Path(a.out).resolve()
     t0 = time.time()

@@ -35,7 +35,8 @@ class VitaConfig(PretrainedConfig):
         self.vision_config = _sub_config(vision_config, "siglip_vision_model")
         audio = {**DEFAULT_AUDIO, **(audio_config or {})}
         if audio["adapter_type"] not in ADAPTER_STRIDES:
-            raise ConfigError(f"audio adapter_type {audio['adapter_type']!r} unknown; use one of {sorted(ADAPTER_STRIDES)}")
+            raise ConfigError(f"audio adapter_type {audio['adapter_type']!r} unknown; use one of "
+                              f"{sorted(ADAPTER_STRIDES)}")
         audio["adapter_stride"] = ADAPTER_STRIDES[audio["adapter_type"]]
         self.audio_config = audio
         self.mm_projector_type = mm_projector_type

@@ -107,8 +107,9 @@ class VitaForCausalLM(PreTrainedModel):
         """A frozen audio encoder stays in eval mode, as the reference keeps it: its dropout would only add noise to
         features that nothing in the stage learns from (the Trainer calls train() before every step)."""
         super().train(mode)
-        if mode and self.audio_encoder is not None and not any(p.requires_grad for p in self.audio_encoder.parameters()):
-            self.audio_encoder.eval()
+        encoder = self.audio_encoder
+        if mode and encoder is not None and not any(p.requires_grad for p in encoder.parameters()):
+            encoder.eval()
         return self
 
     def ctc_loss(self, audio_features, audio_feature_lengths, ctc_targets, ctc_target_lengths,

@@ -22,4 +22,5 @@ def build_projector(projector_type: str, in_dim: int, out_dim: int) -> nn.Module
         for _ in range(int(m.group(1)) - 1):
             layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
         return nn.Sequential(*layers)
-    raise ConfigError(f"unknown mm_projector_type {projector_type!r}; use linear, identity or mlpNx_gelu (e.g. mlp2x_gelu)")
+    raise ConfigError(f"unknown mm_projector_type {projector_type!r}; use linear, identity or mlpNx_gelu "
+                      f"(e.g. mlp2x_gelu)")

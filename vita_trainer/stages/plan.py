@@ -42,7 +42,8 @@ def trainable_groups(spec: VitaTrainingRunSpec, index: int) -> frozenset[str]:
 
 def saves_full_model(spec: VitaTrainingRunSpec, index: int) -> bool:
     args = spec.stages[index].args
-    return saves_full_weights(trainable_groups(spec, index), as_bool(args.get("save_full_model", False), "--save_full_model"),
+    return saves_full_weights(trainable_groups(spec, index),
+                              as_bool(args.get("save_full_model", False), "--save_full_model"),
                               lora=as_bool(args.get("lora_enable", False), "--lora_enable"))
 
 

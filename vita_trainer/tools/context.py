@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..constants import MODEL_MAX_LENGTH
+from ..constants import MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS, MODEL_MAX_LENGTH
 
 
 @dataclass(frozen=True)
@@ -14,8 +14,8 @@ class ToolOptions:
     model: str | None = None            # VITA folder: its config and tokenizer; default: the VITA-1.5 layout
     tokenizer: str = "qwen2.5"
     model_max_length: int = MODEL_MAX_LENGTH
-    min_audio_seconds: float = 0.5
-    max_audio_seconds: float = 30.0
+    min_audio_seconds: float = MIN_AUDIO_SECONDS
+    max_audio_seconds: float = MAX_AUDIO_SECONDS
     image_aspect_ratio: str = "dynamic"
     chat_format: str | None = None      # default: the model's (VITA-1.5 layout without --model: this project's)
     image_pipeline: str = "host"        # "device": decoded uint8 images, tiled by the model (benchmarks)

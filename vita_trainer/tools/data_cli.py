@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..constants import MODEL_MAX_LENGTH
+from ..constants import MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS, MODEL_MAX_LENGTH
 from ..errors import VitaError
 from .context import ToolOptions, build_processor, chat_files
 
@@ -131,14 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--model", help="VITA folder for the tokenizer and media token costs")
         sp.add_argument("--tokenizer", default="qwen2.5")
         sp.add_argument("--model_max_length", type=int, default=MODEL_MAX_LENGTH)
-        sp.add_argument("--version", help="chat format: vita15 (alias qwen2p5_instruct) or chatml (default: the model's)")
-        sp.add_argument("--min_audio_seconds", type=float, default=0.5)
-        sp.add_argument("--max_audio_seconds", type=float, default=30.0)
+        sp.add_argument("--version",
+                        help="chat format: vita15 (alias qwen2p5_instruct) or chatml (default: the model's)")
+        sp.add_argument("--min_audio_seconds", type=float, default=MIN_AUDIO_SECONDS)
+        sp.add_argument("--max_audio_seconds", type=float, default=MAX_AUDIO_SECONDS)
         sp.add_argument("--workers", type=int, default=os.cpu_count() or 1)
         sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     d = sub.add_parser("download", help="fetch the guide's datasets (resumable, verified) and write a registry")
-    d.add_argument("--root", default="datasets", help="download folder; the registry is written to <root>/registry.yaml")
+    d.add_argument("--root", default="datasets",
+                   help="download folder; the registry is written to <root>/registry.yaml")
     d.add_argument("--source", action="append", help="a source to fetch (repeatable); see --list")
     d.add_argument("--all", action="store_true", help="every source")
     d.add_argument("--list", action="store_true", help="list the sources and their sizes")

@@ -33,7 +33,8 @@ def convert(ckpt: Path, out: Path) -> Path:
         state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
         model = build_model(VitaConfig.from_pretrained(ckpt))
         missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k != "language_model.lm_head.weight" or not model.config.text_config.tie_word_embeddings]
+        tied = model.config.text_config.tie_word_embeddings
+        missing = [k for k in missing if k != "language_model.lm_head.weight" or not tied]
         if missing or unexpected:
             raise ConfigError(f"{ckpt}: ZeRO state does not match the config (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]})")
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     im = sub.add_parser("import", help="a released VITA-1.5 folder -> a VITA folder this project trains")
     im.add_argument("vita15_dir")
     im.add_argument("output")
-    im.add_argument("--vision-tower", help="OpenGVLab InternViT-300M-448px folder (default: the config's mm_vision_tower)")
+    im.add_argument("--vision-tower",
+                    help="OpenGVLab InternViT-300M-448px folder (default: the config's mm_vision_tower)")
     im.add_argument("--audio-encoder", help="whale folder with train.yaml (default: the config's mm_audio_encoder)")
     im.add_argument("--tokenizer", help="default: the folder's own tokenizer, else the offline Qwen2.5 one")
     ex = sub.add_parser("export", help="a VITA folder -> VITA-1.5's layout for VITA's own inference code")

@@ -7,9 +7,7 @@ from importlib import resources
 
 from transformers import TrainingArguments
 
-from ..constants import MODEL_MAX_LENGTH
-
-DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3_offload")
+from ..constants import DEEPSPEED_PRESETS, MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS, MODEL_MAX_LENGTH
 
 
 @dataclass
@@ -23,7 +21,8 @@ class ModelArguments:
                 "(plain Qwen2.5 ChatML); default: the model's (vita15 for models imported from VITA-1.5)"})
     vision_tower: str | None = field(default=None, metadata={"help": "InternViT folder: of a released VITA-1.5 "
                                      "--model_name_or_path (default: the path its config records), or to compose a "
-                                     "VITA with a plain LLM --model_name_or_path (once per run, in <output>/base-model)"})
+                                     "VITA with a plain LLM --model_name_or_path (once per run, in "
+                                     "<output>/base-model)"})
     audio_encoder: str | None = field(default=None, metadata={"help": "Whale folder (final.pt, train.yaml, "
                                       "global_cmvn), in the same two cases as --vision_tower"})
     mm_projector_type: str | None = field(default=None, metadata={"help": "Must match the model folder if given"})
@@ -70,25 +69,28 @@ class DataArguments:
                 "ranks get batches of even cost. At least --model_max_length"})
     pack_sequences: bool = field(default=False, metadata={
         "help": "Pack several samples per row up to --model_max_length (attention stays inside each sample)"})
-    skip_bad_samples: bool = field(default=False, metadata={"help": "Count and skip unreadable samples instead of failing"})
+    skip_bad_samples: bool = field(default=False, metadata={
+        "help": "Count and skip unreadable samples instead of failing"})
     cache_processed_samples: bool = field(default=False, metadata={
         "help": "Keep each processed sample in memory after its first use (small data sets; still lazy)"})
-    audio_cmvn: str | None = field(default=None, metadata={"help": "global_cmvn stats file; default: <model>/global_cmvn.json"})
+    audio_cmvn: str | None = field(default=None, metadata={
+        "help": "global_cmvn stats file; default: <model>/global_cmvn.json"})
     system_prompt: str | None = field(default=None, metadata={
         "help": "Replace the chat format's three modality-dependent system prompts with this one text"})
     system_prompt_image: str | None = field(default=None, metadata={"help": "System prompt for samples with images"})
     system_prompt_video: str | None = field(default=None, metadata={"help": "System prompt for samples with a video"})
     system_prompt_language: str | None = field(default=None, metadata={
         "help": "System prompt for text-only and audio-only samples"})
-    min_audio_seconds: float = 0.5
-    max_audio_seconds: float = 30.0
+    min_audio_seconds: float = MIN_AUDIO_SECONDS
+    max_audio_seconds: float = MAX_AUDIO_SECONDS
 
 
 @dataclass
 class VitaTrainingArguments(TrainingArguments):
     stage: str = field(default="multimodal_sft", metadata={"help": "Stage preset name or alias (see presets.yaml)"})
     stage_name: str | None = field(default=None, metadata={"help": "Label for metrics and logs; default: the preset"})
-    model_max_length: int = field(default=MODEL_MAX_LENGTH, metadata={"help": "Maximum sequence length after media expansion"})
+    model_max_length: int = field(default=MODEL_MAX_LENGTH, metadata={
+        "help": "Maximum sequence length after media expansion"})
     metrics_port: int = field(default=9400, metadata={"help": "Rank 0 serves Prometheus /metrics here; 0 disables"})
     save_full_model: bool = field(default=False, metadata={"help": "Partial stages: also save full weights"})
     chunked_loss: bool = field(default=True, metadata={

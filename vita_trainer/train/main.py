@@ -242,8 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
                           module_lr=module_lr,
                           train_sampler=(token_budget_sampler(dataset, args, budget, packed=data_args.pack_sequences)
                                          if budget else None),
-                          modality_lengths=dataset.modality_lengths if (data_args.group_by_modality_length
-                                                                        or getattr(args, "group_by_length", False)) else None)
+                          modality_lengths=dataset.modality_lengths if (
+                              data_args.group_by_modality_length or getattr(args, "group_by_length", False)) else None)
     # automatic resume when checkpoints exist (unless --resume_from_checkpoint names one)
     resume = prepare_resume(args.output_dir, args.resume_from_checkpoint, args.should_save)
     if resume:
