@@ -48,7 +48,7 @@ def build(smoke: bool, device: str):
 
 def make_batch(tok, cfg, n_samples: int, seq: int, device: str, g: torch.Generator):
     """Samples of varying length with one image tile each (media slots + text), as processed samples."""
-    from vita_trainer.constants import IGNORE_INDEX
+    from vita_api.constants import IGNORE_INDEX
     samples = []
     tpt = cfg.tokens_per_tile
     size = cfg.tile_size

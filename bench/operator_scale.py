@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vita_operator.builder import PyTorchJobBackend  # noqa: E402
 from vita_operator.state import CreateJob, ObservedJob, decide  # noqa: E402
-from vita_trainer.spec import VitaTrainingRunSpec  # noqa: E402
+from vita_api.spec import VitaTrainingRunSpec  # noqa: E402
 
 SPEC = {"model": {"base": "m"}, "data": {"registry": "r.yaml"}, "output": "o", "resources": {"gpusPerNode": 8},
         "preflight": {"enabled": False},  # the stage jobs are what is measured

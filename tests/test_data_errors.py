@@ -7,7 +7,7 @@ from vita_trainer.data.dataset import LazySupervisedDataset, read_samples
 from vita_trainer.data.processor import MediaSpec, SampleProcessor
 from vita_trainer.data.registry import Registry
 from vita_trainer.data.sample import parse_sample
-from vita_trainer.errors import ConfigError, DataError
+from vita_api.errors import ConfigError, DataError
 
 
 def make_proc(tok, cfg, media_dir, max_len=512):

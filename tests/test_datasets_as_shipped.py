@@ -103,7 +103,7 @@ def test_a_samples_own_set_wins_and_paths_still_may_not_escape(downloads, capsys
 
 
 def test_registry_refuses_ambiguous_dataset_folders(tmp_path):
-    from vita_trainer.errors import ConfigError
+    from vita_api.errors import ConfigError
     path = tmp_path / "registry.yaml"
     for datasets, expected in [
         ({"a": {"chat_path": "x.json", "set": "coco", "image_folder": "y"}}, "not both"),

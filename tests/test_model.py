@@ -9,7 +9,7 @@ from vita_trainer.data.sample import parse_sample
 from vita_trainer.model.builder import build_model, tiny_config, vita_1p5_config
 from vita_trainer.model.projector import build_projector
 from vita_trainer.model.splice import scatter_media
-from vita_trainer.stages.presets import get_preset, resolve_trainable
+from vita_api.presets import get_preset, resolve_trainable
 from vita_trainer.train.weights import apply_trainable
 
 

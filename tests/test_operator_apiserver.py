@@ -223,7 +223,7 @@ def test_pods_that_cannot_start_show_on_the_run(cluster):
 def test_a_permanent_trainer_error_is_not_retried(cluster, backend):
     """A bad config fails the stage at once (the trainer said so in its termination message); retries are kept for
     failures another attempt can fix."""
-    from vita_trainer.train.termination import failure_message
+    from vita_api.termination import failure_message
     with cluster.operator(f"operator-permanent-{backend}") as op:
         job = cluster.start_run("badconfig", backend)
         message = failure_message("ConfigError", "--model_name_or_path /m has no config.json", False)
@@ -243,7 +243,7 @@ def test_a_permanent_trainer_error_is_not_retried(cluster, backend):
 def test_out_of_memory_retries_with_half_the_micro_batch(cluster, backend):
     """[self-healing] The trainer's out-of-memory report on rank 0's pod: attempt 2 runs with half the micro-batch
     and twice the accumulation, the adjustment is in the status and an event, and retryLimit is untouched."""
-    from vita_trainer.train.termination import failure_message
+    from vita_api.termination import failure_message
     with cluster.operator(f"operator-oom-{backend}") as op:
         job = cluster.start_run("oom", backend)
         message = failure_message("OutOfMemory", "out of GPU memory at step 40", True, outOfMemory={
@@ -443,7 +443,7 @@ def preflight_message(tmp_path, monkeypatch, bad: bool, stages=("s1", "s2", "s3"
     from PIL import Image
 
     from vita_trainer.tools.preflight import main as preflight_main
-    from vita_trainer.train.termination import PATH_ENV
+    from vita_api.termination import PATH_ENV
     (tmp_path / "images").mkdir(exist_ok=True)
     Image.new("RGB", (64, 48), "red").save(tmp_path / "images" / "ok.jpg")
     turns = [{"from": "human", "value": "<image>\nWhat color?"}, {"from": "gpt", "value": "Red."}]

@@ -9,7 +9,7 @@ import yaml
 
 from vita_operator.builder import PyTorchJobBackend, job_name
 from vita_operator.crd import render
-from vita_trainer.spec import VitaTrainingRunSpec
+from vita_api.spec import VitaTrainingRunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBEFLOW_CRD = ROOT / "third_party" / "kubeflow" / "pytorchjobs.kubeflow.org-v1.9.4.yaml"
@@ -153,7 +153,7 @@ def test_malformed_specs_are_rejected_by_the_crd_and_the_model(name, mutate):
     # the Python side rejects it too: by the model's schema, or (unknown preset) by the semantic check
     from pydantic import ValidationError
 
-    from vita_trainer.stages.plan import check_spec
+    from vita_api.plan import check_spec
     try:
         problems = check_spec(VitaTrainingRunSpec.model_validate(spec))
     except ValidationError:
@@ -240,7 +240,7 @@ def test_cel_rules_reject_cross_field_errors_like_the_model(name, mutate, expect
     # the same rule on the Python side: the model, or the stage plan's semantic check
     from pydantic import ValidationError
 
-    from vita_trainer.stages.plan import check_spec
+    from vita_api.plan import check_spec
     try:
         problems = check_spec(VitaTrainingRunSpec.model_validate(spec))
     except ValidationError as e:
@@ -280,7 +280,7 @@ def test_run_names_are_checked_by_the_api_server_and_the_model(name, ok):
     """The API server cannot schema-check metadata.name, so a CEL rule does; the run model applies the same."""
     from pydantic import ValidationError
 
-    from vita_trainer.spec import VitaTrainingRun
+    from vita_api.spec import VitaTrainingRun
     rules = list(cel_rules(crd_schema(yaml.safe_load(render()))))
     run = {"apiVersion": "vita.training.dev/v1alpha1", "kind": "VitaTrainingRun", "metadata": {"name": name},
            "spec": copy.deepcopy(FULL)}
@@ -330,8 +330,8 @@ def test_private_images_and_the_trainer_service_account(pytorchjob_schema):
 def test_a_gpu_pod_refuses_to_train_on_cpu(monkeypatch):
     """Pods that request GPUs tell the trainer so; without CUDA it stops with the versions instead of silently
     training on CPU (this machine has no GPU, as a node with a broken driver would look)."""
-    from vita_trainer.errors import ConfigError
-    from vita_trainer.stages.plan import GPUS_ENV
+    from vita_api.errors import ConfigError
+    from vita_api.plan import GPUS_ENV
     from vita_trainer.train.main import parse
     spec = VitaTrainingRunSpec.model_validate(FULL)
     gpu_env = {e["name"]: e.get("value") for e in PyTorchJobBackend().build("r", "ml", spec, 0, 1)["spec"][
@@ -404,7 +404,7 @@ def test_stuck_pods_are_named_with_their_reason(pods, expected):
 def test_pods_are_not_restarted_alone_and_permanent_errors_are_read(pytorchjob_schema):
     """One failed pod fails the job (a fresh attempt gets a fresh rendezvous); the trainer's "not retryable" is read
     from the failed master pod's termination message."""
-    from vita_trainer.train.termination import failure_message
+    from vita_api.termination import failure_message
     job = PyTorchJobBackend().build("my-run", "ml", VitaTrainingRunSpec.model_validate(FULL), 0, 1)
     jsonschema.validate(job, pytorchjob_schema)
     assert {r["restartPolicy"] for r in job["spec"]["pytorchReplicaSpecs"].values()} == {"Never"}

@@ -8,7 +8,7 @@ from tests.operator_scenarios import BACKENDS, job_status
 from vita_operator.backends import job_backends
 from vita_operator.builder import LABEL_ATTEMPT, LABEL_STAGE
 from vita_operator.state import CreateJob, ObservedJob, ObservedPreflight, SetJobSuspend, decide
-from vita_trainer.spec import VitaTrainingRunSpec
+from vita_api.spec import VitaTrainingRunSpec
 
 NOW = "2026-11-26T00:00:00Z"
 

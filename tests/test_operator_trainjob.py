@@ -13,7 +13,7 @@ from tests.operator_scenarios import finished, job_status, result_pod
 from tests.test_operator_builder_crd import FULL, cel_failures, cel_rules, crd_schema
 from vita_operator.builder import LABEL_RUN, POD_SECURITY, container_security, volumes_and_mounts
 from vita_operator.trainjob import DEFAULT_RUNTIME, REPLICATED_JOB, TrainJobBackend
-from vita_trainer.spec import TrainerSpec, VitaTrainingRunSpec
+from vita_api.spec import TrainerSpec, VitaTrainingRunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINER_CRDS = ROOT / "third_party" / "kubeflow-trainer"
@@ -92,7 +92,7 @@ def test_suspend_and_status_map_like_pytorchjobs():
 
 
 def test_node_zero_reports_the_stage_result():
-    from vita_trainer.train.termination import failure_message
+    from vita_api.termination import failure_message
     backend = TrainJobBackend()
     done = result_pod("trainjob", "r-s1-1", "Succeeded", finished("r-s1-1", 0.25))
     assert backend.final_loss(done) == 0.25

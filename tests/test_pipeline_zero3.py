@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from vita_trainer.demo.run import build_run, prepare
 from vita_trainer.local import free_port, run_local
-from vita_trainer.module_groups import group_of
-from vita_trainer.stages.presets import get_preset
+from vita_api.module_groups import group_of
+from vita_api.presets import get_preset
 
 pytestmark = pytest.mark.slow
 

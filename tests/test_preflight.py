@@ -12,9 +12,9 @@ from PIL import Image
 
 from tests.test_operator_builder_crd import FULL
 from vita_operator import preflight as pre
-from vita_trainer.spec import VitaTrainingRunSpec
+from vita_api.spec import VitaTrainingRunSpec
 from vita_trainer.tools.preflight import main as preflight_main
-from vita_trainer.train.termination import MAX_BYTES, PATH_ENV, permanent_failure_of, preflight_summary_of
+from vita_api.termination import MAX_BYTES, PATH_ENV, permanent_failure_of, preflight_summary_of
 
 BIN = Path(sys.executable).parent
 

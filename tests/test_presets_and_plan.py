@@ -1,10 +1,10 @@
 import pytest
 from pydantic import ValidationError
 
-from vita_trainer.errors import ConfigError
-from vita_trainer.spec import VitaTrainingRun
-from vita_trainer.stages.plan import PathRoots, check_spec, stage_args, stage_inputs
-from vita_trainer.stages.presets import all_presets, get_preset, resolve_trainable
+from vita_api.errors import ConfigError
+from vita_api.spec import VitaTrainingRun
+from vita_api.plan import PathRoots, check_spec, stage_args, stage_inputs
+from vita_api.presets import all_presets, get_preset, resolve_trainable
 
 ROOTS = PathRoots(data="/data", checkpoints="/ckpt")
 
@@ -86,7 +86,7 @@ def test_schema_rejects_bad_specs(bad):
 
 
 def test_handoff_follows_the_resolved_groups_not_the_preset():
-    from vita_trainer.stages.presets import saves_full_weights
+    from vita_api.presets import saves_full_weights
     # multimodal_sft trains the LLM, but freeze_backbone makes this stage partial: the trainer writes
     # {group}.bin and the plan hands those files to the next stage (one rule for both sides)
     spec = run_spec([{"name": "a", "preset": "multimodal_sft", "datasetUse": "mm", "args": {"freeze_backbone": True}},
@@ -108,8 +108,8 @@ def test_a_lora_stage_hands_its_merged_weights_to_the_next_stage():
 def test_boolean_args_read_as_the_trainer_reads_them(word):
     from transformers.hf_argparser import string_to_bool
 
-    from vita_trainer.stages.plan import trainable_groups
-    from vita_trainer.stages.presets import as_bool
+    from vita_api.plan import trainable_groups
+    from vita_api.presets import as_bool
     assert as_bool(word) is string_to_bool(word)
     spec = run_spec([{"name": "a", "preset": "multimodal_sft", "datasetUse": "mm", "args": {"freeze_backbone": word}}])
     assert ("llm" not in trainable_groups(spec, 0)) is string_to_bool(word)
@@ -154,7 +154,7 @@ def test_stage_resources_change_only_the_fields_they_set():
     """`{nodes: 2}` on a stage keeps the run's GPUs, selectors and tolerations, also after API-server defaulting:
     the CRD gives the stage's fields no defaults."""
     from vita_operator.crd import crd
-    from vita_trainer.stages.plan import stage_resources
+    from vita_api.plan import stage_resources
     spec = run_spec([{"name": "a", "preset": "multimodal_sft", "datasetUse": "a", "resources": {"nodes": 2}}],
                     resources={"nodes": 1, "gpusPerNode": 8, "nodeSelector": {"gpu": "h100"},
                                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]})

@@ -8,7 +8,7 @@ import yaml
 from safetensors.torch import load_file
 
 from vita_trainer.demo.run import build_run, prepare
-from vita_trainer.errors import ConfigError, VitaError
+from vita_api.errors import ConfigError, VitaError
 from vita_trainer.train.main import main as train_main
 
 pytestmark = pytest.mark.slow
@@ -87,7 +87,7 @@ def test_audio_ctc_stage_trains_only_the_encoder_and_head(data, tmp_path, monkey
 
 
 def test_no_termination_message_outside_a_pod(tmp_path, monkeypatch):
-    from vita_trainer.train.termination import write_termination_message
+    from vita_api.termination import write_termination_message
     monkeypatch.setenv("VITA_TERMINATION_MESSAGE_PATH", str(tmp_path / "absent"))
     assert write_termination_message({"final_loss": 1.0}) is False and not (tmp_path / "absent").exists()
 
@@ -147,7 +147,7 @@ def test_a_bad_config_tells_the_operator_not_to_retry(tmp_path, argv, kind):
     import os
     import subprocess
     import sys
-    from vita_trainer.train.termination import permanent_failure_of
+    from vita_api.termination import permanent_failure_of
     term = tmp_path / "termination-log"
     term.write_text("")  # the kubelet creates it
     done = subprocess.run([sys.executable, "-m", "vita_trainer.train", "--output_dir", str(tmp_path / "o"), *argv],
@@ -158,7 +158,7 @@ def test_a_bad_config_tells_the_operator_not_to_retry(tmp_path, argv, kind):
 
 
 def test_a_pod_without_a_gpu_driver_may_be_retried_elsewhere(monkeypatch):
-    from vita_trainer.errors import NodeError
+    from vita_api.errors import NodeError
     from vita_trainer.train.main import require_gpus_if_expected
     monkeypatch.setenv("VITA_EXPECTED_GPUS", "8")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -170,8 +170,8 @@ def test_a_pod_without_a_gpu_driver_may_be_retried_elsewhere(monkeypatch):
 def test_a_partial_ctc_stage_hands_its_encoder_to_the_next_stage(data, tmp_path):
     """audio_ctc without save_full_model writes audio_encoder.bin and ctc_head.bin; the next stage (no CTC head)
     starts from the base plus what the plan hands on, and its encoder is the one the CTC stage trained."""
-    from vita_trainer.spec import VitaTrainingRunSpec
-    from vita_trainer.stages.plan import PathRoots, stage_inputs
+    from vita_api.spec import VitaTrainingRunSpec
+    from vita_api.plan import PathRoots, stage_inputs
     train_main(args(data, tmp_path / "run" / "ctc", "audio_ctc", "demo_audio"))
     assert {p.name for p in (tmp_path / "run" / "ctc").glob("*.bin")} == {"audio_encoder.bin", "ctc_head.bin"}
     spec = VitaTrainingRunSpec.model_validate({

@@ -1,4 +1,4 @@
-from vita_trainer.constants import IGNORE_INDEX
+from vita_api.constants import IGNORE_INDEX
 from vita_trainer.data.chat_format import FORMATS
 from vita_trainer.data.template import render_segments, render_text, tokenize_segments
 

@@ -13,7 +13,7 @@ from vita_trainer.data.collator import MultimodalCollator, PackedCollator
 from vita_trainer.data.dataset import LazySupervisedDataset
 from vita_trainer.data.processor import MediaSpec, SampleProcessor
 from vita_trainer.data.token_budget import TokenBudgetSampler, batch_cost, budget_batches, even_out
-from vita_trainer.errors import ConfigError
+from vita_api.errors import ConfigError
 from vita_trainer.model.builder import build_model
 from vita_trainer.train.trainer import VitaTrainer
 

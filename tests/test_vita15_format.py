@@ -3,12 +3,12 @@ text, the ids and the labels (see vita_trainer/data/chat_format.py and docs/vita
 
 import pytest
 
-from vita_trainer.constants import IGNORE_INDEX
+from vita_api.constants import IGNORE_INDEX
 from vita_trainer.data.chat_format import AFTER_AUDIO, AFTER_TEXT, FORMATS, INSERTED, get_format
 from vita_trainer.data.processor import MediaSpec, SampleProcessor
 from vita_trainer.data.registry import Registry
 from vita_trainer.data.sample import parse_sample
-from vita_trainer.errors import DataError
+from vita_api.errors import DataError
 
 IMG, AUD = "<|vita_image|>", "<|vita_audio|>"
 
@@ -141,6 +141,6 @@ def test_square_still_tiles_under_vita15_and_the_reference_name_is_an_alias(qwen
     assert proc(qwen, media, tmp_path, "vita15", image_aspect_ratio="square").dynamic
     assert not proc(qwen, media, tmp_path, "chatml", image_aspect_ratio="square").dynamic
     assert get_format("qwen2p5_instruct") is FORMATS["vita15"]
-    from vita_trainer.errors import ConfigError
+    from vita_api.errors import ConfigError
     with pytest.raises(ConfigError, match="chat format"):
         get_format("llava_v1")

@@ -14,7 +14,7 @@ import yaml
 from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file
 
-from vita_trainer.errors import ConfigError
+from vita_api.errors import ConfigError
 from vita_trainer.model.vita15 import import_vita15, read_weights
 
 LAYOUT = json.loads((Path(__file__).parent / "fixtures" / "vita15_weights_layout.json").read_text())
@@ -216,8 +216,8 @@ def test_run_stage3_example_trains_from_a_released_vita15_folder(tmp_path, tok):
     the same paths and the schedule shrunk for a CPU: plan -> trainer -> import once -> training steps."""
     from vita_trainer.demo.run import prepare
     from vita_trainer.data.tokenizer import load_tokenizer
-    from vita_trainer.spec import VitaTrainingRun
-    from vita_trainer.stages.plan import PathRoots, stage_args
+    from vita_api.spec import VitaTrainingRun
+    from vita_api.plan import PathRoots, stage_args
     from vita_trainer.train.main import PREPARED_BASE_DIR, main as train_main
     prepare(tmp_path / "demo", small=True)
     run = yaml.safe_load((Path(__file__).parents[1] / "manifests" / "examples" / "run-stage3.yaml").read_text())
@@ -252,8 +252,8 @@ def test_a_run_composes_its_base_from_the_guides_downloads(tmp_path):
 
     from vita_trainer.data.tokenizer import load_tokenizer
     from vita_trainer.demo.run import prepare
-    from vita_trainer.spec import VitaTrainingRun
-    from vita_trainer.stages.plan import PathRoots, stage_args
+    from vita_api.spec import VitaTrainingRun
+    from vita_api.plan import PathRoots, stage_args
     from vita_trainer.train.main import PREPARED_BASE_DIR, main as train_main
     prepare(tmp_path / "demo", small=True)
     tok = load_tokenizer(str(tmp_path / "demo" / "base_model"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import VitaError
+from vita_api.errors import VitaError
 
 USAGE = """vita-train COMMAND ...
   train [HF/VITA flags]         one stage (what torchrun launches; same as python -m vita_trainer.train)

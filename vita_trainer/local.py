@@ -10,13 +10,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import ConfigError
-from .spec import VitaTrainingRun, load_run
-from .stages.oom import after_oom
-from .stages.plan import (STAGE_DONE_FILE, PathRoots, check_spec, nproc_per_node, resolve_path, stage_args,
+from vita_api.errors import ConfigError
+from vita_api.spec import VitaTrainingRun, load_run
+from vita_api.oom import after_oom
+from vita_api.plan import (STAGE_DONE_FILE, PathRoots, check_spec, nproc_per_node, resolve_path, stage_args,
                           stage_inputs, stage_output_dir, with_stage_args)
-from .train.termination import oom_of
-from .train.termination import PATH_ENV as TERMINATION_PATH_ENV
+from vita_api.termination import oom_of
+from vita_api.termination import PATH_ENV as TERMINATION_PATH_ENV
 
 
 def free_port() -> int:
@@ -71,7 +71,7 @@ def run_local(path: str | Path, nproc: int | None = None) -> list[dict]:
 
 
 def run_stage(spec, index: int, roots: PathRoots, nproc: int, path: Path) -> None:
-    """One stage with torchrun; out of GPU memory, it is retried as the operator does (stages/oom.py)."""
+    """One stage with torchrun; out of GPU memory, it is retried as the operator does (vita_api/oom.py)."""
     stage, overrides = spec.stages[index], {}
     done = Path(stage_output_dir(spec, index, roots)) / STAGE_DONE_FILE
     while True:

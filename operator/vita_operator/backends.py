@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vita_trainer.spec import JOB_BACKENDS
+from vita_api.spec import JOB_BACKENDS
 
 from .builder import JobBackend, PyTorchJobBackend
 from .trainjob import DEFAULT_RUNTIME, TrainJobBackend

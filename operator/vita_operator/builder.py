@@ -6,10 +6,10 @@ from __future__ import annotations
 import hashlib
 from typing import Protocol
 
-from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
-from vita_trainer.stages.plan import (GPUS_ENV, PathRoots, nproc_per_node, stage_args, stage_output_dir,
+from vita_api.spec import API_GROUP, VitaTrainingRunSpec
+from vita_api.plan import (GPUS_ENV, PathRoots, nproc_per_node, stage_args, stage_output_dir,
                                       stage_resources)
-from vita_trainer.train.termination import final_loss_of, oom_of, permanent_failure_of
+from vita_api.termination import final_loss_of, oom_of, permanent_failure_of
 
 LABEL_RUN = f"{API_GROUP}/run"
 LABEL_STAGE = f"{API_GROUP}/stage"
@@ -193,7 +193,7 @@ def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: lis
         "ports": [{"name": "metrics", "containerPort": spec.trainer.metrics_port, "protocol": "TCP"}],
         "resources": container_resources(spec, index),
         "volumeMounts": mounts,
-        # Success: the trainer's JSON result (vita_trainer.train.termination). Failure: the log tail.
+        # Success: the trainer's JSON result (vita_api.termination). Failure: the log tail.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security(spec),
     }

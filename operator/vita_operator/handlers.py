@@ -18,8 +18,8 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
-from vita_trainer.spec import API_GROUP, JOB_BACKENDS, VitaTrainingRunSpec
-from vita_trainer.stages.plan import stage_resources, with_stage_args
+from vita_api.spec import API_GROUP, JOB_BACKENDS, VitaTrainingRunSpec
+from vita_api.plan import stage_resources, with_stage_args
 
 from . import metrics
 from .backends import backend_of, job_backends

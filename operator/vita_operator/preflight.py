@@ -4,9 +4,9 @@ Pure: the Job and what its finished pod says."""
 
 from __future__ import annotations
 
-from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
-from vita_trainer.stages.plan import GPUS_ENV, PREFLIGHT, resolve_path, stage_max_length
-from vita_trainer.train.termination import preflight_summary_of
+from vita_api.spec import API_GROUP, VitaTrainingRunSpec
+from vita_api.plan import GPUS_ENV, PREFLIGHT, resolve_path, stage_max_length
+from vita_api.termination import preflight_summary_of
 
 from .builder import (POD_SECURITY, TTL_AFTER_FINISHED, condition_message, container_env, container_security,
                       job_labels, job_name, permanent_failure_in, pod_placement, roots, trainer_container_state,

@@ -16,7 +16,7 @@ Rules:
 - spec.suspend suspends the current job (its backend's suspend field) and creates new jobs suspended. A job that is
   suspended while the run is not (Kueue holding it in a queue) is left alone.
 - Out of GPU memory (the trainer says so, with the batch it ran): under oomPolicy adjust the next attempt resumes
-  with half the micro-batch and twice the accumulation (stages/oom.py), without using retryLimit; the changed args
+  with half the micro-batch and twice the accumulation (vita_api/oom.py), without using retryLimit; the changed args
   are kept in the stage's record (argOverrides) for every later attempt, each adjustment in oomAdjustments. At
   micro-batch 1, or under oomPolicy fail, the stage fails with that history.
 - Hung (spec.hangTimeoutSeconds; the handler reads status.progress): a running job whose step has not moved for
@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vita_trainer.spec import VitaTrainingRunSpec
-from vita_trainer.stages.oom import after_oom
-from vita_trainer.stages.plan import PREFLIGHT, backend_problems, check_spec, stage_output_dir
+from vita_api.spec import VitaTrainingRunSpec
+from vita_api.oom import after_oom
+from vita_api.plan import PREFLIGHT, backend_problems, check_spec, stage_output_dir
 
 from .builder import job_name, roots
 

@@ -10,8 +10,8 @@ entry. Trainer upserts patched volumes by name, so the patch's /dev/shm (sized p
 
 from __future__ import annotations
 
-from vita_trainer.spec import API_GROUP, VitaTrainingRunSpec
-from vita_trainer.stages.plan import nproc_per_node, stage_args, stage_resources
+from vita_api.spec import API_GROUP, VitaTrainingRunSpec
+from vita_api.plan import nproc_per_node, stage_args, stage_resources
 
 from .builder import (POD_SECURITY, TRAINER_MODULE, ResultPodReader, active_deadline, condition_message,
                       container_env, container_resources, container_security, job_labels, job_metadata,

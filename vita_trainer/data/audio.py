@@ -54,7 +54,7 @@ class GlobalCMVN:
 
     @classmethod
     def load(cls, path: str | Path) -> "GlobalCMVN":
-        from ..errors import ConfigError
+        from vita_api.errors import ConfigError
         text = Path(path).read_text()
         try:
             stats = json.loads(text)

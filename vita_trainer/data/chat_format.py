@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from ..constants import AUDIO_PLACEHOLDER, AUDIO_TOKEN, IMAGE_PLACEHOLDER, IMAGE_TOKEN, VIDEO_PLACEHOLDER
-from ..errors import ConfigError
+from vita_api.constants import AUDIO_PLACEHOLDER, AUDIO_TOKEN, IMAGE_PLACEHOLDER, IMAGE_TOKEN, VIDEO_PLACEHOLDER
+from vita_api.errors import ConfigError
 
 AFTER_TEXT, AFTER_AUDIO, INSERTED = "\u261c", "\u261e", "\u261f"  # ☜ ☞ ☟
 MODALITIES = ("image", "video", "language")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from ..constants import IGNORE_INDEX
+from vita_api.constants import IGNORE_INDEX
 
 
 def stack_images(images: list[torch.Tensor], grids: list[tuple[int, int, int]]) -> dict:

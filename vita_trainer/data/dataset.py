@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from vita_api.errors import DataError
 from .processor import SampleProcessor
 from .registry import Registry
 from .sample import parse_sample

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from ..errors import DataError
+from vita_api.errors import DataError
 from .audio import SAMPLE_RATE, fbank_frames
 from .image import tile_count
 from .sample import ParsedSample, parse_sample

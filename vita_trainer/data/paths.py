@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DataError
+from vita_api.errors import DataError
 
 
 def resolve_media(root: Path, rel: str, *, file: str, sample_id: str, field: str) -> Path:

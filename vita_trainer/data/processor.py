@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..constants import AUDIO_TOKEN, IGNORE_INDEX, IMAGE_TOKEN, MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS
-from ..errors import ConfigError, DataError
+from vita_api.constants import AUDIO_TOKEN, IGNORE_INDEX, IMAGE_TOKEN, MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS
+from vita_api.errors import ConfigError, DataError
 from . import audio as audio_io
 from .chat_format import DEFAULT_FORMAT, MODALITIES, get_format
 from .image import decode_for_device, tile_image, tiles_to_tensor

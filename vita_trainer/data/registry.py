@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from ..errors import ConfigError, DataError
+from vita_api.errors import ConfigError, DataError
 
 
 class DatasetEntry(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..constants import IGNORE_INDEX, IM_END, IM_START
+from vita_api.constants import IGNORE_INDEX, IM_END, IM_START
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 

@@ -15,7 +15,7 @@ import random
 
 from transformers.trainer_pt_utils import BatchRebalanceSampler
 
-from ..errors import ConfigError
+from vita_api.errors import ConfigError
 
 OPEN_BATCHES = 64
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..constants import AUDIO_TOKEN, ENDOFTEXT, IM_END, IM_START, IMAGE_TOKEN
+from vita_api.constants import AUDIO_TOKEN, ENDOFTEXT, IM_END, IM_START, IMAGE_TOKEN
 
 QWEN_SPECIALS = [ENDOFTEXT, IM_START, IM_END]  # ids 151643, 151644, 151645 in Qwen2.5
 # Qwen2.5's other added tokens, ids 151646-151664 in its tokenizer.json. The tiktoken file lacks them; without

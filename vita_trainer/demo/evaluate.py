@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..constants import IGNORE_INDEX
+from vita_api.constants import IGNORE_INDEX
 from ..data.collator import MultimodalCollator
 from ..data.sample import parse_sample
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..constants import DEEPSPEED_PRESETS
+from vita_api.constants import DEEPSPEED_PRESETS
 from ..data.audio import GlobalCMVN, fbank, load_audio
 from ..data.tokenizer import train_tiny_tokenizer
 from ..model.builder import build_model, tiny_config

@@ -27,7 +27,7 @@ def tiny_config(tokenizer, *, hidden: int = 64, layers: int = 2, heads: int = 4,
                 projector: str = "mlp2x_gelu", adapter_type: str = "subsampling", ctc_vocab_size: int = 0,
                 downsample_ratio: float | None = None) -> VitaConfig:
     """A VITA with the same structure as the real one, small enough for a CPU test."""
-    from ..constants import AUDIO_TOKEN, IMAGE_TOKEN
+    from vita_api.constants import AUDIO_TOKEN, IMAGE_TOKEN
     text = dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
                 num_attention_heads=heads, num_key_value_heads=max(heads // 2, 1), intermediate_size=ffn,
                 max_position_embeddings=4096, tie_word_embeddings=True,
@@ -87,8 +87,8 @@ def compose_model(llm_path: str, vision_path: str, tokenizer, audio_encoder: str
     this LLM width. Returns (model, GlobalCMVN or None)."""
     from transformers import AutoConfig, AutoModel
 
-    from ..constants import AUDIO_TOKEN, IMAGE_TOKEN
-    from ..errors import ConfigError
+    from vita_api.constants import AUDIO_TOKEN, IMAGE_TOKEN
+    from vita_api.errors import ConfigError
     from .vita15 import is_internvit_folder, load_internvit_folder, load_whale_folder
     llm = AutoModelForCausalLM.from_pretrained(llm_path)
     if is_internvit_folder(vision_path):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..constants import IGNORE_INDEX
+from vita_api.constants import IGNORE_INDEX
 
 CHUNK_TOKENS = 4096  # 4096 x 152k fp32 logits: 2.5 GB per chunk in flight
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig, PretrainedConfig
 
-from ..errors import ConfigError
+from vita_api.errors import ConfigError
 from .audio_encoder import ADAPTER_STRIDES
 from .vision import side, tokens_per_tile
 

@@ -7,7 +7,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.utils.generic import is_flash_attention_requested
 
-from ..module_groups import group_attr
+from vita_api.module_groups import group_attr
 from .audio_encoder import AudioAdapter, WhaleEncoder
 from .configuration import VitaConfig
 from .projector import build_projector

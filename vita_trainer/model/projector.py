@@ -6,7 +6,7 @@ import re
 
 from torch import nn
 
-from ..errors import ConfigError
+from vita_api.errors import ConfigError
 
 
 def build_projector(projector_type: str, in_dim: int, out_dim: int) -> nn.Module:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import VitaError
+from vita_api.errors import VitaError
 
 
 def scatter_media(embeds: torch.Tensor, input_ids: torch.Tensor, token_id: int, features: torch.Tensor,

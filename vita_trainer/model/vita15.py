@@ -22,7 +22,7 @@ import yaml
 # Tower shapes without memory; see VitaForCausalLM.empty for why not `with torch.device("meta")`.
 from accelerate import init_empty_weights
 
-from ..errors import ConfigError
+from vita_api.errors import ConfigError
 from .vita15_keys import (CHECKPOINT_RULES, INTERNVIT_RULES, WHALE_CMVN_KEYS, WHALE_RULES, check_keys,
                           convert, convert_all)
 
@@ -261,7 +261,7 @@ def _tower_folder(given: str | None, recorded: str | None, base: Path, flag: str
 def import_vita15(src: str | Path, out: str | Path, vision_tower: str | None = None,
                   audio_encoder: str | None = None, tokenizer: str | None = None) -> Path:
     """A released VITA-1.5 folder -> a project VITA folder (config, same-dtype safetensors, tokenizer, CMVN)."""
-    from ..constants import AUDIO_TOKEN, IMAGE_TOKEN
+    from vita_api.constants import AUDIO_TOKEN, IMAGE_TOKEN
     from ..data.audio import GlobalCMVN
     from ..data.tokenizer import load_tokenizer
     from .builder import vision_preset

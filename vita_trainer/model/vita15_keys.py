@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
+from vita_api.errors import ConfigError
 
 QKV = ("q", "k", "v")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..data.dataset import read_samples
 from ..data.facts import inspect_sample
-from ..errors import DataError
+from vita_api.errors import DataError
 
 
 @dataclass(frozen=True)

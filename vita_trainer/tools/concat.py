@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 
 from ..data.dataset import read_samples
-from ..errors import DataError
+from vita_api.errors import DataError
 from ..data.facts import inspect_sample
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..constants import MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS, MODEL_MAX_LENGTH
+from vita_api.constants import MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS, MODEL_MAX_LENGTH
 
 
 @dataclass(frozen=True)

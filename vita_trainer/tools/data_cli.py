@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..constants import MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS, MODEL_MAX_LENGTH
-from ..errors import VitaError
+from vita_api.constants import MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS, MODEL_MAX_LENGTH
+from vita_api.errors import VitaError
 from .context import ToolOptions, build_processor, chat_files
 
 _PROC = None  # one SampleProcessor per worker process

@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tqdm import tqdm
 
-from ..errors import ConfigError, VitaError
+from vita_api.errors import ConfigError, VitaError
 
 SOURCES_FILE = Path(__file__).with_name("download_sources.yaml")
 MARKERS = ".vita-download"

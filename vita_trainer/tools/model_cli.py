@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..constants import MODEL_MAX_LENGTH
-from ..errors import ConfigError, VitaError
+from vita_api.constants import MODEL_MAX_LENGTH
+from vita_api.errors import ConfigError, VitaError
 
 
 def _processor_config(config) -> dict:
@@ -58,8 +58,8 @@ def inspect(model_path: str, stage: str | None, gpus: int, tokens: int = MODEL_M
     from ..model.builder import vita_1p5_config
     from ..model.configuration import VitaConfig
     from ..model.modeling import VitaForCausalLM
-    from ..module_groups import MODULE_GROUPS
-    from ..stages.presets import get_preset, resolve_trainable
+    from vita_api.module_groups import MODULE_GROUPS
+    from vita_api.presets import get_preset, resolve_trainable
     config = vita_1p5_config() if model_path == "vita-1.5-7b" else VitaConfig.from_pretrained(model_path)
     model = VitaForCausalLM.empty(config)
     counts = {g: sum(p.numel() for p in m.parameters()) for g in MODULE_GROUPS

@@ -17,8 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import VitaError
-from ..train.termination import EXIT_VITA_ERROR, MAX_BYTES, failure_message, write_message
+from vita_api.errors import VitaError
+from vita_api.termination import EXIT_VITA_ERROR, MAX_BYTES, failure_message, write_message
 from .context import ToolOptions
 
 FIRST_PROBLEMS = 20

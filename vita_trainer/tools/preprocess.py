@@ -7,7 +7,7 @@ from __future__ import annotations
 from multiprocessing import get_context
 from pathlib import Path
 
-from ..errors import VitaError
+from vita_api.errors import VitaError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3"}

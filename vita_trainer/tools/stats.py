@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from vita_api.errors import DataError
 
 
 def collect(chunk) -> list[dict]:

@@ -4,9 +4,9 @@ import logging
 import os
 import sys
 
-from ..errors import OutOfMemory, VitaError
+from vita_api.errors import OutOfMemory, VitaError
 from .main import main
-from .termination import EXIT_OUT_OF_MEMORY, EXIT_VITA_ERROR, write_failure
+from vita_api.termination import EXIT_OUT_OF_MEMORY, EXIT_VITA_ERROR, write_failure
 
 try:
     main()

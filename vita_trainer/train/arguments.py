@@ -7,7 +7,7 @@ from importlib import resources
 
 from transformers import TrainingArguments
 
-from ..constants import DEEPSPEED_PRESETS, MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS, MODEL_MAX_LENGTH
+from vita_api.constants import DEEPSPEED_PRESETS, MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS, MODEL_MAX_LENGTH
 
 
 @dataclass

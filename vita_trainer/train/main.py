@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, set_seed
 
-from ..errors import ConfigError, NodeError, OutOfMemory
-from ..stages.plan import GPUS_ENV, PREPARED_BASE_DIR, STAGE_DONE_FILE
-from ..stages.presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_weights
+from vita_api.errors import ConfigError, NodeError, OutOfMemory
+from vita_api.plan import GPUS_ENV, PREPARED_BASE_DIR, STAGE_DONE_FILE
+from vita_api.presets import FREEZE_FLAGS, get_preset, resolve_trainable, saves_full_weights
 from .arguments import DataArguments, ModelArguments, VitaTrainingArguments, resolve_deepspeed
-from .termination import write_termination_message
+from vita_api.termination import write_termination_message
 
 log = logging.getLogger("vita_trainer")
 

@@ -9,7 +9,7 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from transformers import TrainerCallback
 
-from ..errors import DATA_ERROR_REASONS
+from vita_api.errors import DATA_ERROR_REASONS
 
 log = logging.getLogger("vita_trainer")
 
@@ -75,7 +75,7 @@ class MetricsCallback(TrainerCallback):
             try:
                 self.server = start_http_server(self.port, registry=self.m.registry)
             except OSError as e:
-                from ..errors import ConfigError
+                from vita_api.errors import ConfigError
                 raise ConfigError(f"cannot serve metrics on port {self.port} ({e}); pass --metrics_port with a "
                                   f"free port, or 0 to disable the endpoint") from e
             log.info("serving Prometheus metrics on :%d/metrics", self.port)

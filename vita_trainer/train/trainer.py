@@ -15,7 +15,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import rotate_checkpoints
 
-from ..errors import ConfigError, VitaError
+from vita_api.errors import ConfigError, VitaError
 
 log = logging.getLogger("vita_trainer")
 STAGING = ".staging"

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..module_groups import MODULE_GROUPS, group_attr, group_of
+from vita_api.errors import ConfigError
+from vita_api.module_groups import MODULE_GROUPS, group_attr, group_of
 
 
 def _zero3() -> bool:

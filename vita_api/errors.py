@@ -43,7 +43,7 @@ class NodeError(ConfigError):
 
 class OutOfMemory(VitaError):
     """The GPU ran out of memory at this micro-batch. Retryable: the operator's next attempt halves the micro-batch
-    and doubles the accumulation (stages/oom.py), so the global batch and the schedule stay the same."""
+    and doubles the accumulation (vita_api/oom.py), so the global batch and the schedule stay the same."""
     retryable = True
 
     def __init__(self, step: int, per_device_train_batch_size: int, gradient_accumulation_steps: int, detail: str):

@@ -9,8 +9,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError
-from ..module_groups import MODULE_GROUPS
+from .errors import ConfigError
+from .module_groups import MODULE_GROUPS
 
 Group = Literal["llm", "vision_tower", "mm_projector", "audio_encoder", "audio_adapter", "ctc_head"]
 

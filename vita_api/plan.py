@@ -9,9 +9,9 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from ..constants import MODEL_MAX_LENGTH
-from ..errors import ConfigError
-from ..spec import (PLAN_DERIVED_ARGS, SUSPEND_WITH_KUEUE, TRAINJOB_PRIORITY, TRAINJOB_VOLCANO, ResourcesSpec,
+from .constants import MODEL_MAX_LENGTH
+from .errors import ConfigError
+from .spec import (PLAN_DERIVED_ARGS, SUSPEND_WITH_KUEUE, TRAINJOB_PRIORITY, TRAINJOB_VOLCANO, ResourcesSpec,
                     VitaTrainingRunSpec)
 from .presets import FREEZE_FLAGS, as_bool, get_preset, resolve_trainable, saves_full_weights
 
