@@ -45,6 +45,16 @@ def conv(*pairs):
 
 
 @pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    """The small demo data set, tokenizer and base model, made once per session. Tests that train write their
+    outputs elsewhere (or under names of their own), never into its runs/."""
+    from vita_trainer.demo.run import prepare
+    d = tmp_path_factory.mktemp("demo-data")
+    prepare(d, small=True)
+    return d
+
+
+@pytest.fixture(scope="session")
 def control_plane_binaries():
     """etcd, kube-apiserver and kube-controller-manager, built once per machine (hack/control-plane/build.sh)."""
     from tests.control_plane import ensure_binaries, have_go

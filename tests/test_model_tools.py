@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 
-from vita_trainer.demo.run import prepare
 from vita_trainer.local import free_port
 from vita_trainer.tools.model_cli import main as model_main
 
@@ -16,10 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def zero3_stage(tmp_path_factory):
-    d = tmp_path_factory.mktemp("mt")
-    prepare(d, small=True)
-    out = d / "stage"
+def zero3_stage(tmp_path_factory, demo_data):
+    d = demo_data
+    out = tmp_path_factory.mktemp("mt") / "stage"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), "-m", "vita_trainer.train", "--deepspeed", "zero3",
            "--stage", "multimodal_sft", "--model_name_or_path", str(d / "base_model"),

@@ -333,3 +333,17 @@ def test_a_hung_job_is_deleted_and_the_stage_retried_then_the_condition_clears()
     failed = decide("run", 1, spec(retry=1), running.status, [again], NOW)
     assert failed.actions == [DeleteJob("run-s1-2")] and failed.status["phase"] == "Failed"
     assert {c["type"]: c for c in failed.status["conditions"]}["Failed"]["reason"] == "Hung"
+
+
+def test_an_invalid_spec_and_a_blocked_run_are_decided_by_the_pure_core():
+    from vita_operator.state import decide_blocked, decide_invalid
+    d = decide_invalid(None, "stages.0.preset: Field required", NOW, 3)
+    failed = {c["type"]: c for c in d.status["conditions"]}["Failed"]
+    assert d.status["phase"] == "Failed" and failed["reason"] == "InvalidSpec" and failed["observedGeneration"] == 3
+    assert [e[:2] for e in d.events] == [("Warning", "RunFailed")] and not d.actions
+    assert decide_invalid(d.status, "again", NOW, 4).events == []  # a finished run stays as it is
+    b = decide_blocked(None, "BackendNotEnabled", "trainer.backend trainjob is not enabled", NOW, 1)
+    ready = {c["type"]: c for c in b.status["conditions"]}["Ready"]
+    assert b.status["phase"] == "Pending" and ready["status"] == "False" and ready["reason"] == "BackendNotEnabled"
+    assert [e[1] for e in b.events] == ["BackendNotEnabled"]
+    assert decide_blocked(b.status, "BackendNotEnabled", "trainer.backend trainjob is not enabled", NOW, 1).events == []

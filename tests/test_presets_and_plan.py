@@ -175,3 +175,15 @@ def test_a_ctc_stage_hands_on_its_encoder_but_not_its_ctc_head():
                      {"name": "ctc2", "preset": "audio_ctc", "datasetUse": "aud"}])
     assert stage_inputs(spec, 1, ROOTS) == ("/data/models/base", ["/ckpt/out/ctc/audio_encoder.bin"])
     assert "/ckpt/out/ctc/ctc_head.bin" in stage_inputs(spec, 2, ROOTS)[1]  # another CTC stage keeps it
+
+
+def test_every_cli_exits_2_on_a_bad_config_with_the_reason(capsys):
+    """One exit-code convention (vita_api/termination.py): 2 for a VitaError, as the trainer in a pod."""
+    from vita_trainer.cli import main as train_cli
+    from vita_trainer.tools.data_cli import main as data_cli
+    from vita_trainer.tools.model_cli import main as model_cli
+    assert train_cli(["local", "/nonexistent/run.yaml"]) == 2
+    assert data_cli(["check", "--registry", "/nonexistent/registry.yaml"]) == 2
+    assert model_cli(["convert", "/nonexistent", "/nonexistent-out"]) == 2
+    err = capsys.readouterr().err
+    assert "run.yaml does not exist" in err and "registry.yaml does not exist" in err and "no config.json" in err

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from vita_trainer.demo.run import prepare
 from vita_trainer.local import free_port
 from vita_trainer.train.trainer import last_complete_checkpoint
 
@@ -35,10 +34,8 @@ def losses(out):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    prepare(d, small=True)
-    return d
+def data(demo_data):
+    return demo_data
 
 
 def test_resume_matches_uninterrupted_run(data, tmp_path):

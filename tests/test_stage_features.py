@@ -7,7 +7,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from vita_trainer.demo.run import build_run, prepare
+from vita_trainer.demo.run import build_run
 from vita_api.errors import ConfigError, VitaError
 from vita_trainer.train.main import main as train_main
 
@@ -15,10 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    prepare(d, small=True)
-    return d
+def data(demo_data):
+    return demo_data
 
 
 def args(data, out, stage, mixture, *extra):

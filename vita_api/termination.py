@@ -35,8 +35,11 @@ def final_loss_of(message: str) -> float | None:
         return None
 
 
-# A trainer that stops on a VitaError exits with this code (1 is any other crash, signals are 128+); out of GPU
-# memory has its own, so that even a reader without the termination message (a log, a local run) can tell.
+# Exit codes, one convention for the trainer and every CLI (vita-train, vita-data, vita-model):
+#   0 done; 1 the command ran and found problems (vita-data check), or any crash; 2 a VitaError or a usage error
+#   (argparse's own code): bad config or data, another attempt cannot help; 3 out of GPU memory (the trainer), so
+#   that even a reader without the termination message (a log, a local run) can tell. Signals are 128+.
+EXIT_PROBLEMS_FOUND = 1
 EXIT_VITA_ERROR = 2
 EXIT_OUT_OF_MEMORY = 3
 

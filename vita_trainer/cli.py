@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from vita_api.errors import VitaError
+from vita_api.termination import EXIT_VITA_ERROR
 
 USAGE = """vita-train COMMAND ...
   train [HF/VITA flags]         one stage (what torchrun launches; same as python -m vita_trainer.train)
@@ -62,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             return demo_main(rest)
         else:
             print(USAGE, file=sys.stderr)
-            return 2
+            return EXIT_VITA_ERROR
     except VitaError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_VITA_ERROR
     return 0
 
 

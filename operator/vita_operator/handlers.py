@@ -5,7 +5,6 @@ Run with: kopf run --standalone -m vita_operator.handlers --liveness=http://0.0.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -27,8 +26,8 @@ from .builder import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY, JobBacke
 from .crd import PLURAL, VERSION
 from . import preflight as pre
 from . import progress as prog
-from .state import (TERMINAL, CreateJob, CreatePreflight, DeleteJob, ObservedJob, ObservedPreflight, SetJobSuspend,
-                    decide, set_condition)
+from .state import (TERMINAL, CreateJob, CreatePreflight, Decision, DeleteJob, ObservedJob, ObservedPreflight,
+                    SetJobSuspend, decide, decide_blocked, decide_invalid)
 from .trainjob import DEFAULT_RUNTIME
 
 log = logging.getLogger(__name__)
@@ -249,16 +248,19 @@ class _StaleRun(Exception):
     """The run changed since it was read: decide again from a fresh copy."""
 
 
-def _blocked(run: dict, reason: str, message: str, metric: str) -> None:
-    """Nothing can be created yet, but an admin can fix it (install a CRD, enable a backend): a Ready=False
-    condition and an event, and the run stays Pending; the next reconcile tries again."""
+def _apply_status_only(run: dict, decision: Decision) -> None:
+    """Write a decision that creates nothing (invalid spec, blocked run): its status and its events."""
     meta = run["metadata"]
-    status = copy.deepcopy(run.get("status") or {})
-    status.setdefault("phase", "Pending")
-    set_condition(status, "Ready", False, reason, message, _now(), meta.get("generation", 1))
-    if status != (run.get("status") or {}):
-        _patch_status(meta["namespace"], meta["name"], status)
-        emit_event(run, "Warning", reason, message)
+    if decision.status != (run.get("status") or {}):
+        _patch_status(meta["namespace"], meta["name"], decision.status)
+    for etype, reason, message in decision.events:
+        emit_event(run, etype, reason, message)
+    metrics.record_phase(f"{meta['namespace']}/{meta['name']}", decision.status.get("phase"))
+
+
+def _blocked(run: dict, reason: str, message: str, metric: str) -> None:
+    _apply_status_only(run, decide_blocked(run.get("status"), reason, message, _now(),
+                                           run["metadata"].get("generation", 1)))
     metrics.RECONCILE_ERRORS.labels(metric).inc()
 
 
@@ -289,11 +291,7 @@ def _reconcile(run: dict, logger) -> None:
         try:
             spec = VitaTrainingRunSpec.model_validate(run.get("spec") or {})
         except ValidationError as e:  # the CRD schema normally rejects these first
-            status = {**copy.deepcopy(run.get("status") or {}), "phase": "Failed"}
-            set_condition(status, "Failed", True, "InvalidSpec", str(e)[:1000], _now(), meta.get("generation", 1))
-            _patch_status(namespace, name, status)
-            emit_event(run, "Warning", "InvalidSpec", str(e)[:1000])
-            metrics.record_phase(key, "Failed")
+            _apply_status_only(run, decide_invalid(run.get("status"), str(e), _now(), meta.get("generation", 1)))
             return
         backend_name = backend_of(run, DEFAULT_BACKEND)
         if backend_name not in ENABLED and (run.get("status") or {}).get("phase") not in TERMINAL:
@@ -519,6 +517,7 @@ kopf.on.event("batch", "v1", "jobs", id="on_preflight",
 @kopf.on.delete(API_GROUP, VERSION, PLURAL, optional=True)
 def on_delete(body, **_):
     metrics.record_phase(f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
+    _locks.pop(f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)  # its reconciles are over
     try:
         metrics.PROGRESS_STALE.remove(body["metadata"]["namespace"], body["metadata"]["name"])
     except KeyError:  # never read

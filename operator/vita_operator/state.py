@@ -202,6 +202,30 @@ def _preflight(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: 
     return True
 
 
+def decide_invalid(status: dict | None, error: str, now: str, generation: int) -> Decision:
+    """A spec the run model rejects (the CRD schema normally rejects it first): Failed with reason InvalidSpec and
+    the RunFailed event, the same shape as decide's for a spec that validates but cannot run."""
+    import copy
+    d = Decision(status=copy.deepcopy(status or {}))
+    d.status["observedGeneration"] = generation
+    if d.status.get("phase") in TERMINAL:
+        return d
+    _set_phase(d, "Failed", "InvalidSpec", error[:1000], now, generation)
+    return d
+
+
+def decide_blocked(status: dict | None, reason: str, message: str, now: str, generation: int) -> Decision:
+    """Nothing can be created yet, but an admin can fix it (install a job CRD, enable a backend): the run stays
+    Pending with Ready=False and one event per cause; the next reconcile tries again."""
+    import copy
+    d = Decision(status=copy.deepcopy(status or {}))
+    d.status.setdefault("phase", "Pending")
+    set_condition(d.status, "Ready", False, reason, message, now, generation)
+    if d.status != (status or {}):
+        d.events.append(("Warning", reason, message))
+    return d
+
+
 def _after_oom(d: Decision, run_name: str, stage, index: int, rec: dict, attempt: int, job: ObservedJob,
                suspend: bool, now: str, generation: int) -> Decision:
     """The next attempt with half the micro-batch (oomPolicy adjust), or the stage's end at micro-batch 1."""

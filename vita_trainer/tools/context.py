@@ -39,6 +39,19 @@ def build_processor(opts: ToolOptions):
                            chat_format=opts.chat_format or config.chat_format, image_pipeline=opts.image_pipeline)
 
 
+_WORKER_PROCESSOR = None  # one SampleProcessor per worker process of a parallel tool
+
+
+def init_worker(opts: ToolOptions) -> None:
+    """The Pool initializer of parallel tools (check, stats): build this process's processor once."""
+    global _WORKER_PROCESSOR
+    _WORKER_PROCESSOR = build_processor(opts)
+
+
+def worker_processor():
+    return _WORKER_PROCESSOR
+
+
 def chat_files(opts: ToolOptions, dataset_use: str | None, chats: list[str] | None) -> list[Path]:
     from ..data.registry import load_registry
     if chats:

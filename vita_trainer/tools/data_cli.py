@@ -13,19 +13,14 @@ from tqdm import tqdm
 
 from vita_api.constants import MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS, MODEL_MAX_LENGTH
 from vita_api.errors import VitaError
-from .context import ToolOptions, build_processor, chat_files
-
-_PROC = None  # one SampleProcessor per worker process
-
-
-def _init_worker(opts: ToolOptions):
-    global _PROC
-    _PROC = build_processor(opts)
+from vita_api.termination import EXIT_PROBLEMS_FOUND, EXIT_VITA_ERROR
+from .context import ToolOptions, build_processor, chat_files, init_worker, worker_processor
 
 
 def _check_chunk(chunk):
     from .check import check_sample
-    return [p for file, index, raw in chunk for p in check_sample(_PROC, raw, file, index)]
+    proc = worker_processor()
+    return [p for file, index, raw in chunk for p in check_sample(proc, raw, file, index)]
 
 
 def _chunks(items, size):
@@ -38,12 +33,12 @@ def parallel_map(fn, items, opts: ToolOptions, workers: int, desc: str, chunk: i
     bar = tqdm(total=len(items), desc=desc, unit="sample", disable=None, file=sys.stderr)
     out = []
     if workers <= 1:
-        _init_worker(opts)
+        init_worker(opts)
         for c in chunks:
             out.append(fn(c))
             bar.update(len(c))
     else:
-        with get_context("fork").Pool(workers, initializer=_init_worker, initargs=(opts,)) as pool:
+        with get_context("fork").Pool(workers, initializer=init_worker, initargs=(opts,)) as pool:
             for c, res in zip(chunks, pool.imap(fn, chunks)):
                 out.append(res)
                 bar.update(len(c))
@@ -77,7 +72,7 @@ def cmd_check(a, opts: ToolOptions) -> int:
             print(Problem(**p).line())
         if len(report["problems"]) > a.limit:
             print(f"... {len(report['problems']) - a.limit} more (use --json for all)")
-    return 1 if problems else 0
+    return EXIT_PROBLEMS_FOUND if problems else 0
 
 
 def cmd_stats(a, opts: ToolOptions) -> int:
@@ -114,7 +109,7 @@ def cmd_download(a) -> int:
             print(f"{name:<16}{sum(f.approx_bytes for f in src.files) / 1e9:>8.1f} GB  {src.description}")
         if not a.list:
             print("choose with --source NAME (repeatable) or --all", file=sys.stderr)
-        return 0 if a.list else 2
+        return 0 if a.list else EXIT_VITA_ERROR
     download(Path(a.root), list(manifest.sources) if a.all else a.source, manifest, dry_run=a.dry_run,
              keep_archives=a.keep_archives, retries=a.retries)
     return 0
@@ -180,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"check": cmd_check, "stats": cmd_stats, "concat": cmd_concat}[a.cmd](a, opts)
     except VitaError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_VITA_ERROR
 
 
 if __name__ == "__main__":

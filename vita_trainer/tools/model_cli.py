@@ -10,6 +10,7 @@ from pathlib import Path
 
 from vita_api.constants import MODEL_MAX_LENGTH
 from vita_api.errors import ConfigError, VitaError
+from vita_api.termination import EXIT_VITA_ERROR
 
 
 def _processor_config(config) -> dict:
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 _print_inspect(r)
     except VitaError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_VITA_ERROR
     return 0
 
 

@@ -12,9 +12,9 @@ from vita_api.errors import DataError
 
 def collect(chunk) -> list[dict]:
     """Per-sample facts from headers only (runs in a worker with its own processor)."""
-    from . import data_cli
     from ..data.facts import inspect_sample
-    proc = data_cli._PROC
+    from .context import worker_processor
+    proc = worker_processor()
     rows = []
     for file, index, raw in chunk:
         row = {"file": file, "dataset": Path(file).stem}

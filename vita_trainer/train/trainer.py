@@ -16,6 +16,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import rotate_checkpoints
 
 from vita_api.errors import ConfigError, VitaError
+from vita_api.module_groups import group_of
 
 log = logging.getLogger("vita_trainer")
 STAGING = ".staging"
@@ -185,8 +186,7 @@ class VitaTrainer(Trainer):
         for name, p in model.named_parameters():
             if not p.requires_grad:
                 continue
-            head = name.split(".", 1)[0]
-            lr = self.module_lr.get(head, self.args.learning_rate)
+            lr = self.module_lr.get(group_of(name), self.args.learning_rate)
             wd = self.args.weight_decay if name in decay else 0.0
             groups.setdefault((lr, wd), []).append(p)
         if offload:
