@@ -33,13 +33,18 @@ def samples(tok, cfg, media_dir):
     return [proc(parse_sample(r, file="x", index=i), "x") for i, r in enumerate(raws)]
 
 
-def test_packed_loss_equals_unpacked_loss(tok, tiny_cfg, media_dir):
+def model_and_batches(tok, cfg, media_dir):
+    """A tiny fp32 model, the samples, and their padded and packed batches (rows of longest + 40 tokens)."""
     torch.manual_seed(0)
-    model = build_model(tiny_cfg).float().eval()
-    items = samples(tok, tiny_cfg, media_dir)
-    unpacked = MultimodalCollator(tok.pad_token_id)(items)
+    model = build_model(cfg).float().eval()
+    items = samples(tok, cfg, media_dir)
     longest = max(len(s["input_ids"]) for s in items)
-    packed = PackedCollator(tok.pad_token_id, max_length=longest + 40)(items)
+    return (model, items, MultimodalCollator(tok.pad_token_id)(items),
+            PackedCollator(tok.pad_token_id, max_length=longest + 40)(items), longest + 40)
+
+
+def test_packed_loss_equals_unpacked_loss(tok, tiny_cfg, media_dir):
+    model, items, unpacked, packed, width = model_and_batches(tok, tiny_cfg, media_dir)
     assert packed["input_ids"].shape[0] < unpacked["input_ids"].shape[0]  # really packed
     assert packed["num_tokens"] == unpacked["num_tokens"] == sum(len(s["input_ids"]) for s in items)
     for b in (unpacked, packed):
@@ -52,7 +57,7 @@ def test_packed_loss_equals_unpacked_loss(tok, tiny_cfg, media_dir):
     with torch.no_grad():
         logits = model(**packed).logits
         packed2 = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in packed.items()}
-        rows = pack_rows([len(s["input_ids"]) for s in items], longest + 40)
+        rows = pack_rows([len(s["input_ids"]) for s in items], width)
         r = next(k for k, row in enumerate(rows) if len(row) > 1)  # a row holding several samples
         first_len = len(items[rows[r][0]]["input_ids"])
         row = packed2["input_ids"][r, :first_len - 1]
@@ -90,13 +95,8 @@ def varlen_attention():
 def test_packed_rows_stay_apart_under_flash_attention(tok, tiny_cfg, media_dir, varlen_attention):
     """Two or more packed rows under a flash-attention backend: the boundaries reach every attention call and the
     loss equals the unpacked loss; without them (the old collator) samples in a row attend to each other."""
-    torch.manual_seed(0)
-    model = build_model(tiny_cfg).float().eval()
-    items = samples(tok, tiny_cfg, media_dir)
-    unpacked = MultimodalCollator(tok.pad_token_id)(items)
-    longest = max(len(s["input_ids"]) for s in items)
-    packed = PackedCollator(tok.pad_token_id, max_length=longest + 40)(items)
-    rows = pack_rows([len(s["input_ids"]) for s in items], longest + 40)
+    model, items, unpacked, packed, width = model_and_batches(tok, tiny_cfg, media_dir)
+    rows = pack_rows([len(s["input_ids"]) for s in items], width)
     assert len(rows) >= 2 and any(len(r) > 1 for r in rows)
     for b in (unpacked, packed):
         b.pop("num_tokens")

@@ -112,14 +112,15 @@ def startup(settings: kopf.OperatorSettings, **_):
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     global _resync
     stop = threading.Event()  # one per start, and cleanup waits for the loop: it never outlives its operator
-    thread = threading.Thread(target=_resync_loop, name="vita-resync", daemon=True,
-                              args=(stop, float(os.environ.get(RESYNC_ENV, "60"))))
+    thread = threading.Thread(target=_loop, name="vita-resync", daemon=True,
+                              args=(stop, float(os.environ.get(RESYNC_ENV, "60")), resync_all, "resync"))
     thread.start()
     _resync = (stop, thread)
     global _progress
     stop = threading.Event()
-    thread = threading.Thread(target=_progress_loop, name="vita-progress", daemon=True,
-                              args=(stop, float(os.environ.get(PROGRESS_TICK_ENV, "10"))))
+    thread = threading.Thread(target=_loop, name="vita-progress", daemon=True,
+                              args=(stop, float(os.environ.get(PROGRESS_TICK_ENV, "10")), progress_pass,
+                                    "progress pass"))
     thread.start()
     _progress = (stop, thread)
     port = int(os.environ.get("VITA_OPERATOR_METRICS_PORT", "9090"))
@@ -390,12 +391,13 @@ def resync_all(logger=log, stop: threading.Event | None = None) -> int:
     return len(runs)
 
 
-def _resync_loop(stop: threading.Event, interval: float) -> None:
+def _loop(stop: threading.Event, interval: float, one_pass, what: str) -> None:
+    """The operator's own periodic loops (resync, progress): one pass every `interval` until stopped."""
     while not stop.wait(interval):
         try:
-            resync_all(stop=stop)
+            one_pass(stop=stop)
         except Exception:  # API down: try again next interval
-            log.exception("resync failed")
+            log.exception("%s failed", what)
 
 
 def metrics_url(pod: dict, port: int) -> str | None:
@@ -466,14 +468,6 @@ def progress_pass(logger=log, stop: threading.Event | None = None) -> int:
             metrics.RECONCILE_ERRORS.labels("progress").inc()
             logger.exception("progress of %s/%s failed", meta.get("namespace"), meta.get("name"))
     return read
-
-
-def _progress_loop(stop: threading.Event, tick: float) -> None:
-    while not stop.wait(tick):
-        try:
-            progress_pass(stop=stop)
-        except Exception:  # API down: try again next tick
-            log.exception("progress pass failed")
 
 
 _resync: tuple[threading.Event, threading.Thread] | None = None

@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("base")
     m.add_argument("lora_run")
     m.add_argument("output")
+    m.add_argument("--init-weights", dest="init_weights", nargs="*", default=[],
+                   help="partial weights the LoRA stage loaded on top of BASE (its --init_weights), in order")
     im = sub.add_parser("import", help="a released VITA-1.5 folder -> a VITA folder this project trains")
     im.add_argument("vita15_dir")
     im.add_argument("output")
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             print(export_vita15(a.model, a.output))
         elif a.cmd == "merge-lora":
             from ..train.lora import merge_lora
-            print(merge_lora(a.base, a.lora_run, a.output))
+            print(merge_lora(a.base, a.lora_run, a.output, a.init_weights))
         else:
             r = inspect(a.model, a.stage, a.gpus, a.tokens, a.gpu_memory_gib, a.gradient_checkpointing,
                         a.chunked_loss)

@@ -6,9 +6,14 @@ multimodal model; here only the language model is wrapped, so the towers and ada
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
+
+from vita_api.errors import VitaError
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -46,7 +51,25 @@ def save_lora(trainer, out: Path) -> list[str]:
     return [str(out / "lora"), str(out / "non_lora_trainables.bin")]
 
 
-def merge_lora(base_dir: str, lora_run_dir: str, out_dir: str, init_weights: list[str] = (), tokenizer=None) -> str:
+# What torchrun gives its workers; a fresh process must not think it is one of them.
+LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def merge_on_handoff(base_dir: str, run_dir: str, init_weights: list[str]) -> str:
+    """Rank 0, after save_lora: the merged full weights into the stage's own folder, so the next stage starts from
+    them. In a fresh process: under ZeRO-3 this one loads every model partitioned (zero.Init), which needs every
+    rank, while the others wait at the end of the stage."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV and not k.startswith("TORCHELASTIC_")}
+    cmd = [sys.executable, "-m", "vita_trainer.tools.model_cli", "merge-lora", str(base_dir), str(run_dir),
+           str(run_dir), "--init-weights", *map(str, init_weights)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise VitaError(f"merging the LoRA adapter into {run_dir} failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
+    return str(Path(run_dir) / "model.safetensors")
+
+
+def merge_lora(base_dir: str, lora_run_dir: str, out_dir: str, init_weights: tuple[str, ...] | list[str] = ()) -> str:
     """Base VITA folder (+ the partial weights the stage loaded on top, in order) + a LoRA stage's output -> a
     plain VITA folder with merged weights. `out_dir` may be the LoRA stage's own output (merge on handoff)."""
     from peft import PeftModel
@@ -63,5 +86,5 @@ def merge_lora(base_dir: str, lora_run_dir: str, out_dir: str, init_weights: lis
     if extra.is_file():
         load_partial(model, extra)
     model.save_pretrained(out_dir)
-    (tokenizer or load_tokenizer(base_dir)).save_pretrained(out_dir)
+    load_tokenizer(base_dir).save_pretrained(out_dir)
     return out_dir

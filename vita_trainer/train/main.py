@@ -260,11 +260,10 @@ def main(argv: list[str] | None = None) -> dict:
     full = saves_full_weights(groups, args.save_full_model, lora=model_args.lora_enable)
     if model_args.lora_enable:
         # The adapter and the other trained weights, then merged into full weights: the next stage starts from them.
-        from .lora import merge_lora, save_lora
+        from .lora import merge_on_handoff, save_lora
         outputs += save_lora(trainer, out)
         if args.should_save:
-            outputs.append(str(Path(merge_lora(str(model_dir), str(out), str(out), partial, tokenizer))
-                               / "model.safetensors"))
+            outputs.append(merge_on_handoff(str(model_dir), str(out), partial))
     elif full:
         trainer.save_model(str(out))
         outputs.append(str(out / "model.safetensors"))
