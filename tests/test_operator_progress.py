@@ -82,3 +82,12 @@ def test_a_job_is_hung_when_its_step_has_not_moved_for_the_timeout():
     moved = next_progress(same, {"step": 51, "totalSteps": 100}, stage="mm", job="j",
                           now=T0 + timedelta(seconds=700), stage_start=None, gpus=0)
     assert hang_reason(moved, "j", T0 + timedelta(seconds=900), 600) == ""
+
+
+def test_progress_is_written_as_a_merge_patch_that_drops_what_the_new_reading_lacks():
+    from vita_operator.progress import as_merge_patch
+    old = {"job": "j-1", "step": 9, "eta": "5m", "etaSeconds": 300, "firstSeen": {"step": 1, "time": "t0"}}
+    new = {"job": "j-2", "stale": True, "firstSeen": {"step": 9}}
+    assert as_merge_patch(old, new) == {"step": None, "eta": None, "etaSeconds": None, "job": "j-2", "stale": True,
+                                        "firstSeen": {"step": 9, "time": None}}
+    assert as_merge_patch(None, new) == new

@@ -458,7 +458,7 @@ def progress_pass(logger=log, stop: threading.Event | None = None) -> int:
                     and (now - updated).total_seconds() < spec.progress_interval_seconds):
                 continue
             new = read_progress(run, spec, now)
-            _patch_status(meta["namespace"], meta["name"], {"progress": new})
+            _patch_status(meta["namespace"], meta["name"], {"progress": prog.as_merge_patch(st.get("progress"), new)})
             metrics.PROGRESS_STALE.labels(meta["namespace"], meta["name"]).set(1 if new.get("stale") else 0)
             read += 1
             if prog.hang_reason(new, st["currentJob"], now, spec.hang_timeout_seconds):

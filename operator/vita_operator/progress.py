@@ -88,6 +88,15 @@ def stale_progress(previous: dict | None, job: str, now: datetime, why: str) -> 
     return kept
 
 
+def as_merge_patch(old: dict | None, new: dict) -> dict:
+    """`new` as a JSON merge patch over `old`: the fields `new` no longer has are set to null (deleted), so a new
+    job's progress never shows the previous job's ETA or step. Nested objects (firstSeen) are replaced whole."""
+    patch: dict = {k: None for k in (old or {}) if k not in new}
+    patch.update({k: ({**{f: None for f in (old or {}).get(k) or {}}, **v} if isinstance(v, dict) else v)
+                  for k, v in new.items()})
+    return patch
+
+
 def hang_reason(progress: dict | None, job: str, now: datetime, timeout_seconds: int | None) -> str:
     """Why `job` counts as hung: its step has not moved for the timeout, counted from the first scrape (the
     endpoint starts after the model is loaded, so loading is not a hang); "" when it has not, or when hang detection
