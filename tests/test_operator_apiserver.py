@@ -391,6 +391,13 @@ def test_a_pytorchjob_crd_installed_after_the_operator_is_picked_up(tmp_path, co
             ready = wait_for(lambda: cluster.condition("Ready"), what="Ready condition")
             assert ready["reason"] == "PyTorchJobCRDMissing" and "Kubeflow" in ready["message"]
             install_pytorchjob_crd(cp)
+            # kopf re-reads the API's resources on each CRD event; the events of a fresh CRD can all come before the
+            # API server's discovery serves the new kind (then kopf stays "unresolved" until the next CRD event, and
+            # the operator's resync catches up instead). As a second install step would, touch the CRD once
+            # discovery has it.
+            wait_for(lambda: "pytorchjobs.kubeflow.org" in cp.kubectl("api-resources", "--api-group=kubeflow.org",
+                                                                      "-o", "name").stdout, what="discovery")
+            cp.kubectl("annotate", "crd", "pytorchjobs.kubeflow.org", "vita.training.dev/test-rescan=1", "--overwrite")
             # kopf notices the new CRD (the chart lets it watch CRDs) and starts watching PyTorchJobs; the run's
             # next reconcile (here: a spec edit) creates its job, and the job's status change drives the next
             # stage: no restart.
