@@ -88,3 +88,42 @@ def wait_for(fn, timeout=30.0, what="condition"):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class FakeTrainerEndpoint:
+    """A trainer's rank-0 /metrics on 127.0.0.1, in the trainer's own exposition format: each read advances the step
+    by 5 until frozen."""
+
+    def __init__(self, stage: str, total: int = 1000):
+        import http.server
+        import threading
+
+        from prometheus_client import generate_latest
+
+        from vita_trainer.train.metrics import TrainerMetrics
+        self.step, self.frozen, metrics = 0, False, TrainerMetrics()
+        metrics.max_steps.labels(stage).set(total)
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if not fake.frozen:
+                    fake.step += 5
+                metrics.step.labels(stage).set(fake.step)
+                metrics.samples_per_second.labels(stage).set(12.5)
+                metrics.tokens_per_second.labels(stage).set(40000)
+                body = generate_latest(metrics.registry)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()

@@ -110,19 +110,8 @@ def startup(settings: kopf.OperatorSettings, **_):
     settings.posting.level = 20  # INFO and up become Kubernetes Events
     # No handler needs a finalizer any more; naming the one older versions added lets kopf remove it from runs.
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
-    global _resync
-    stop = threading.Event()  # one per start, and cleanup waits for the loop: it never outlives its operator
-    thread = threading.Thread(target=_loop, name="vita-resync", daemon=True,
-                              args=(stop, float(os.environ.get(RESYNC_ENV, "60")), resync_all, "resync"))
-    thread.start()
-    _resync = (stop, thread)
-    global _progress
-    stop = threading.Event()
-    thread = threading.Thread(target=_loop, name="vita-progress", daemon=True,
-                              args=(stop, float(os.environ.get(PROGRESS_TICK_ENV, "10")), progress_pass,
-                                    "progress pass"))
-    thread.start()
-    _progress = (stop, thread)
+    _loops[:] = [_start_loop("resync", float(os.environ.get(RESYNC_ENV, "60")), resync_all),
+                 _start_loop("progress", float(os.environ.get(PROGRESS_TICK_ENV, "10")), progress_pass)]
     port = int(os.environ.get("VITA_OPERATOR_METRICS_PORT", "9090"))
     if port:
         from prometheus_client import start_http_server
@@ -370,14 +359,19 @@ def on_run(body, logger, **_):
         raise kopf.TemporaryError(f"API error {e.status}: {e.reason}", delay=10) from e
 
 
+def _list_runs() -> list[dict]:
+    """Every run the operator watches: its namespace's (NAMESPACE_ENV), else the cluster's."""
+    namespace = os.environ.get(NAMESPACE_ENV)
+    return (_api().list_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL) if namespace
+            else _api().list_cluster_custom_object(API_GROUP, VERSION, PLURAL))["items"]
+
+
 def resync_all(logger=log, stop: threading.Event | None = None) -> int:
     """Safety net for missed job events: one reconcile of every run. Returns how many runs it saw.
 
     A loop of the operator's own, not a kopf timer: per-object timers make kopf put a finalizer on every run,
     and with the operator down or uninstalled `kubectl delete` of a run (or of the CRD) would then hang."""
-    namespace = os.environ.get(NAMESPACE_ENV)
-    runs = (_api().list_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL) if namespace
-            else _api().list_cluster_custom_object(API_GROUP, VERSION, PLURAL))["items"]
+    runs = _list_runs()
     for run in runs:
         if stop is not None and stop.is_set():
             break
@@ -439,9 +433,7 @@ def read_progress(run: dict, spec: VitaTrainingRunSpec, now: datetime) -> dict:
 
 def progress_pass(logger=log, stop: threading.Event | None = None) -> int:
     """Read every running run that is due; a run found hung is reconciled at once. Returns how many it read."""
-    namespace = os.environ.get(NAMESPACE_ENV)
-    runs = (_api().list_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL) if namespace
-            else _api().list_cluster_custom_object(API_GROUP, VERSION, PLURAL))["items"]
+    runs = _list_runs()
     read = 0
     for run in runs:
         if stop is not None and stop.is_set():
@@ -470,17 +462,23 @@ def progress_pass(logger=log, stop: threading.Event | None = None) -> int:
     return read
 
 
-_resync: tuple[threading.Event, threading.Thread] | None = None
-_progress: tuple[threading.Event, threading.Thread] | None = None
+# The running loops, (stop, thread) each: one Event per start, and cleanup waits for them, so a loop never outlives
+# its operator.
+_loops: list[tuple[threading.Event, threading.Thread]] = []
+
+
+def _start_loop(what: str, interval: float, one_pass) -> tuple[threading.Event, threading.Thread]:
+    stop = threading.Event()
+    thread = threading.Thread(target=_loop, name=f"vita-{what}", daemon=True, args=(stop, interval, one_pass, what))
+    thread.start()
+    return stop, thread
 
 
 @kopf.on.cleanup()
 def cleanup(**_):
-    for loop in (_resync, _progress):
-        if loop:
-            stop, thread = loop
-            stop.set()
-            thread.join(timeout=30)
+    for stop, thread in _loops:
+        stop.set()
+        thread.join(timeout=30)
 
 
 def on_job(body, logger, **_):
