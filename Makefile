@@ -17,12 +17,14 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/vita-train demo --out demo_out
 
-# Lint first (ruff: pyflakes, pycodestyle, bugbear; config in pyproject.toml), then the suite.
+# Lint first (ruff: pyflakes, pycodestyle, bugbear; mypy --strict on vita_api and the operator; config in
+# pyproject.toml), then the suite.
 test: setup lint
 	$(VENV)/bin/python -m pytest -q tests
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 .PHONY: setup demo test lint
 

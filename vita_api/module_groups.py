@@ -5,8 +5,11 @@ Kept free of torch so the operator (which plans stages but never builds a model)
 
 from __future__ import annotations
 
-# One name per trainable part of the model.
-MODULE_GROUPS = ("llm", "vision_tower", "mm_projector", "audio_encoder", "audio_adapter", "ctc_head")
+from typing import Literal, get_args
+
+# One name per trainable part of the model: the type presets validate against, and the tuple code loops over.
+Group = Literal["llm", "vision_tower", "mm_projector", "audio_encoder", "audio_adapter", "ctc_head"]
+MODULE_GROUPS: tuple[str, ...] = get_args(Group)
 GROUP_ATTRS = {"llm": "language_model"}
 
 

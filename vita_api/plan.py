@@ -6,6 +6,8 @@ plus the partial weights ({group}.bin) of every partial stage after that one, ap
 
 from __future__ import annotations
 
+from typing import Any
+
 import posixpath
 from dataclasses import dataclass
 
@@ -67,7 +69,7 @@ def stage_inputs(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> tup
     return base, files
 
 
-def with_stage_args(spec: VitaTrainingRunSpec, index: int, overrides: dict) -> VitaTrainingRunSpec:
+def with_stage_args(spec: VitaTrainingRunSpec, index: int, overrides: dict[str, Any]) -> VitaTrainingRunSpec:
     """The spec with some of one stage's args replaced: what one attempt runs with (e.g. after running out of
     memory), leaving the user's spec as written."""
     if not overrides:
@@ -154,9 +156,9 @@ def stage_args(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> list[
     if spec.hang_timeout_seconds and "ddp_timeout" not in stage.args:
         # A dead peer ends the job after the hang timeout instead of the trainer's 2-hour collective timeout.
         args += ["--ddp_timeout", str(spec.hang_timeout_seconds)]
-    for key, value in stage.args.items():
+    for key, arg in stage.args.items():
         if key not in JOB_ARGS:
-            args += [f"--{key}", str(value)]
+            args += [f"--{key}", str(arg)]
     return args
 
 

@@ -8,7 +8,7 @@ on a cluster, and against the YAML file's folder locally.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -17,9 +17,9 @@ from pydantic.alias_generators import to_camel
 from .constants import DEEPSPEED_PRESETS
 from .errors import ConfigError
 
-API_GROUP = "vita.training.dev"
-API_VERSION = f"{API_GROUP}/v1alpha1"
-KIND = "VitaTrainingRun"
+API_VERSION: Final = "vita.training.dev/v1alpha1"
+API_GROUP = API_VERSION.split("/")[0]
+KIND: Final = "VitaTrainingRun"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # A run's name starts its PyTorchJobs' names (DNS-1035 for the training operator: a letter first) and is a label
 # value on them; 40 leaves room for "-<stage>-<attempt>" before job names are hashed.
@@ -102,11 +102,14 @@ class ResourcesSpec(_Spec):
 
 # A stage's resources: the same fields, all optional and without defaults, so that `{nodes: 2}` keeps the run's
 # GPUs, selectors and tolerations (with defaults, the API server would fill in every field and replace them all).
-ResourcesOverride = create_model(
-    "ResourcesOverride", __base__=_Spec,
-    **{name: (Annotated[field.annotation, *field.metadata] | None if field.metadata else field.annotation | None,
-              Field(None, description=field.description))
-       for name, field in ResourcesSpec.model_fields.items()})
+if TYPE_CHECKING:  # the type checker reads it as the full spec; at runtime every field is optional
+    ResourcesOverride = ResourcesSpec
+else:
+    ResourcesOverride = create_model(
+        "ResourcesOverride", __base__=_Spec,
+        **{name: (Annotated[field.annotation, *field.metadata] | None if field.metadata else field.annotation | None,
+                  Field(None, description=field.description))
+           for name, field in ResourcesSpec.model_fields.items()})
 
 
 class PreflightSpec(_Spec):

@@ -7,6 +7,8 @@ Torch-free: the operator imports this module to read the message.
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 import math
 import os
@@ -17,11 +19,11 @@ DEFAULT_PATH = "/dev/termination-log"
 MAX_BYTES = 4096
 
 
-def _finite(x) -> float | None:
+def _finite(x: object) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-def termination_message(summary: dict) -> str:
+def termination_message(summary: dict[str, Any]) -> str:
     msg = {"stage": summary.get("stage"), "globalStep": summary.get("global_step"),
            "finalLoss": _finite(summary.get("final_loss"))}
     return json.dumps(msg, separators=(",", ":"))[:MAX_BYTES]
@@ -44,12 +46,12 @@ EXIT_VITA_ERROR = 2
 EXIT_OUT_OF_MEMORY = 3
 
 
-def failure_message(kind: str, error: str, retryable: bool, **details) -> str:
+def failure_message(kind: str, error: str, retryable: bool, **details: Any) -> str:
     return json.dumps({"error": kind, "message": error[:MAX_BYTES - 300], "retryable": retryable, **details},
                       separators=(",", ":"))
 
 
-def oom_of(message: str) -> dict | None:
+def oom_of(message: str) -> dict[str, Any] | None:
     """The reader's side of an out-of-memory failure: {"step", "perDeviceTrainBatchSize",
     "gradientAccumulationSteps"} as the failed attempt ran, else None."""
     try:
@@ -60,7 +62,7 @@ def oom_of(message: str) -> dict | None:
     return oom if isinstance(oom, dict) else None
 
 
-def preflight_summary_of(message: str) -> dict | None:
+def preflight_summary_of(message: str) -> dict[str, Any] | None:
     """The reader's side of a finished preflight pod's message (tools/preflight.py): per-stage counts, problems per
     reason, the first problems and where the full report is; None if the message is not one."""
     try:
@@ -89,9 +91,9 @@ def write_message(text: str) -> bool:
     return True
 
 
-def write_termination_message(summary: dict) -> bool:
+def write_termination_message(summary: dict[str, Any]) -> bool:
     return write_message(termination_message(summary))
 
 
-def write_failure(kind: str, error: str, retryable: bool, **details) -> bool:
+def write_failure(kind: str, error: str, retryable: bool, **details: Any) -> bool:
     return write_message(failure_message(kind, error, retryable, **details))

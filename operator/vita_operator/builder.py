@@ -4,7 +4,7 @@ protocol, and the PyTorchJob backend (the TrainJob one is in trainjob.py)."""
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
+from typing import Any, Protocol
 
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 from vita_api.plan import (GPUS_ENV, PathRoots, nproc_per_node, stage_args, stage_output_dir,
@@ -41,21 +41,21 @@ class JobBackend(Protocol):
     container: str       # the trainer container in the job's pods
 
     def build(self, run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int,
-              suspend: bool = False) -> dict: ...
+              suspend: bool = False) -> dict[str, Any]: ...
 
-    def suspend_patch(self, suspend: bool) -> dict: ...
+    def suspend_patch(self, suspend: bool) -> dict[str, Any]: ...
 
-    def phase(self, job: dict) -> tuple[str, str]: ...
+    def phase(self, job: dict[str, Any]) -> tuple[str, str]: ...
 
     def pods_selector(self, job_name: str) -> str: ...
 
     def result_pod_selector(self, job_name: str) -> str: ...
 
-    def permanent_failure(self, pod: dict) -> str | None: ...
+    def permanent_failure(self, pod: dict[str, Any]) -> str | None: ...
 
-    def out_of_memory(self, pod: dict) -> dict | None: ...
+    def out_of_memory(self, pod: dict[str, Any]) -> dict[str, Any] | None: ...
 
-    def final_loss(self, pod: dict) -> float | None: ...
+    def final_loss(self, pod: dict[str, Any]) -> float | None: ...
 
 
 def job_name(run_name: str, stage_name: str, attempt: int) -> str:
@@ -73,7 +73,7 @@ def roots(spec: VitaTrainingRunSpec) -> PathRoots:
                      checkpoints=v.checkpoints.mount_path if v.checkpoints else CHECKPOINT_MOUNT_DEFAULT)
 
 
-def _secret_env(spec: VitaTrainingRunSpec) -> list[dict]:
+def _secret_env(spec: VitaTrainingRunSpec) -> list[dict[str, Any]]:
     env = []
     for var, ref in sorted(spec.trainer.env_from_secrets.items()):
         secret, _, key = ref.partition("/")
@@ -86,12 +86,12 @@ CACHE_DIR = "/cache"        # HOME and the HF / Triton / torch-extension caches:
 TRAINER_MODULE = ["-m", "vita_trainer.train"]
 
 
-def job_labels(run_name: str, stage_name: str, attempt: int) -> dict:
+def job_labels(run_name: str, stage_name: str, attempt: int) -> dict[str, Any]:
     """On the job and on its pods: what the operator finds them by."""
     return {MANAGED_BY[0]: MANAGED_BY[1], LABEL_RUN: run_name, LABEL_STAGE: stage_name, LABEL_ATTEMPT: str(attempt)}
 
 
-def job_metadata(run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int) -> dict:
+def job_metadata(run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int) -> dict[str, Any]:
     stage = spec.stages[index]
     labels = job_labels(run_name, stage.name, attempt)
     if spec.scheduling.kueue_queue:
@@ -106,7 +106,7 @@ def active_deadline(spec: VitaTrainingRunSpec, index: int) -> int | None:
     return int(value) if value else None
 
 
-def container_resources(spec: VitaTrainingRunSpec, index: int) -> dict:
+def container_resources(spec: VitaTrainingRunSpec, index: int) -> dict[str, Any]:
     res = stage_resources(spec, index)
     limits = {"cpu": res.cpu, "memory": res.memory}
     if res.gpus_per_node:
@@ -115,7 +115,7 @@ def container_resources(spec: VitaTrainingRunSpec, index: int) -> dict:
     return {"requests": dict(limits), "limits": limits}
 
 
-def container_env(spec: VitaTrainingRunSpec, index: int) -> list[dict]:
+def container_env(spec: VitaTrainingRunSpec, index: int) -> list[dict[str, Any]]:
     gpus = stage_resources(spec, index).gpus_per_node
     gpu_env = [{"name": GPUS_ENV, "value": str(gpus)}] if gpus else []
     # NCCL's async error handling: a collective that times out (--ddp_timeout) or a dead peer ends the process
@@ -131,7 +131,7 @@ def container_env(spec: VitaTrainingRunSpec, index: int) -> list[dict]:
                        _secret_env(spec))
 
 
-def container_security(spec: VitaTrainingRunSpec) -> dict:
+def container_security(spec: VitaTrainingRunSpec) -> dict[str, Any]:
     """PodSecurity "restricted"; IPC_LOCK only where the run asks for RDMA memory registration."""
     return {"allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"], **({"add": ["IPC_LOCK"]} if spec.trainer.ipc_lock else {})}}
@@ -142,10 +142,11 @@ POD_SECURITY = {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TR
                 "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def volumes_and_mounts(spec: VitaTrainingRunSpec, index: int) -> tuple[list[dict], list[dict]]:
+def volumes_and_mounts(spec: VitaTrainingRunSpec, index: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """/dev/shm sized per stage, the cache folder, and the run's dataset (read-only) and checkpoint volumes."""
-    mounts = [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "cache", "mountPath": CACHE_DIR}]
-    volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory",
+    mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"},
+                                    {"name": "cache", "mountPath": CACHE_DIR}]
+    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory",
                                              "sizeLimit": stage_resources(spec, index).shm_size}},
                {"name": "cache", "emptyDir": {}}]
     v = spec.volumes
@@ -159,10 +160,10 @@ def volumes_and_mounts(spec: VitaTrainingRunSpec, index: int) -> tuple[list[dict
     return volumes, mounts
 
 
-def pod_placement(spec: VitaTrainingRunSpec, index: int) -> dict:
+def pod_placement(spec: VitaTrainingRunSpec, index: int) -> dict[str, Any]:
     """Pod spec fields for where and as whom the pods run (only the ones the run sets)."""
     res = stage_resources(spec, index)
-    out: dict = {}
+    out: dict[str, Any] = {}
     if res.node_selector:
         out["nodeSelector"] = dict(res.node_selector)
     if res.tolerations:
@@ -176,13 +177,13 @@ def pod_placement(spec: VitaTrainingRunSpec, index: int) -> dict:
     return out
 
 
-def pod_annotations(spec: VitaTrainingRunSpec) -> dict:
+def pod_annotations(spec: VitaTrainingRunSpec) -> dict[str, Any]:
     port = spec.trainer.metrics_port
     return {**spec.trainer.pod_annotations, "prometheus.io/scrape": "true", "prometheus.io/port": str(port),
             "prometheus.io/path": "/metrics"}
 
 
-def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: list[str]) -> dict:
+def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict[str, Any], args: list[str]) -> dict[str, Any]:
     volumes, mounts = volumes_and_mounts(spec, index)
     container = {
         "name": TRAINER_CONTAINER, "image": spec.trainer.image, "imagePullPolicy": "IfNotPresent",
@@ -205,15 +206,15 @@ def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict, args: lis
     return {"metadata": {"labels": dict(labels), "annotations": pod_annotations(spec)}, "spec": pod_spec}
 
 
-def _merged_env(*groups: list[dict]) -> list[dict]:
+def _merged_env(*groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per name, later groups winning (a user's NCCL_DEBUG or HOME replaces ours, in our place)."""
-    merged: dict[str, dict] = {}
+    merged: dict[str, dict[str, Any]] = {}
     for group in groups:
         merged.update((e["name"], e) for e in group)
     return list(merged.values())
 
 
-def trainer_container_state(pod: dict, container: str) -> dict:
+def trainer_container_state(pod: dict[str, Any], container: str) -> dict[str, Any]:
     """The named container's terminated state, or {} while it has none."""
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         if cs.get("name") == container:
@@ -221,19 +222,19 @@ def trainer_container_state(pod: dict, container: str) -> dict:
     return {}
 
 
-def permanent_failure_in(pod: dict, container: str) -> str | None:
+def permanent_failure_in(pod: dict[str, Any], container: str) -> str | None:
     """The trainer's own "retrying cannot help" from a failed container's termination message, if any."""
     term = trainer_container_state(pod, container)
     return permanent_failure_of(term.get("message", "")) if term.get("exitCode") else None
 
 
-def oom_in(pod: dict, container: str) -> dict | None:
+def oom_in(pod: dict[str, Any], container: str) -> dict[str, Any] | None:
     """What the trainer said when it ran out of GPU memory (the step and the batch it ran with), if it did."""
     term = trainer_container_state(pod, container)
     return oom_of(term.get("message", "")) if term.get("exitCode") else None
 
 
-def final_loss_in(pod: dict, container: str) -> float | None:
+def final_loss_in(pod: dict[str, Any], container: str) -> float | None:
     """finalLoss from the trainer container's termination message, if it finished and wrote one."""
     term = trainer_container_state(pod, container)
     return final_loss_of(term.get("message", "")) if term.get("exitCode") == 0 else None
@@ -243,13 +244,13 @@ class ResultPodReader:
     """What every backend reads from its rank-0 pod's trainer container (named by the backend's `container`)."""
     container: str
 
-    def permanent_failure(self, pod: dict) -> str | None:
+    def permanent_failure(self, pod: dict[str, Any]) -> str | None:
         return permanent_failure_in(pod, self.container)
 
-    def out_of_memory(self, pod: dict) -> dict | None:
+    def out_of_memory(self, pod: dict[str, Any]) -> dict[str, Any] | None:
         return oom_in(pod, self.container)
 
-    def final_loss(self, pod: dict) -> float | None:
+    def final_loss(self, pod: dict[str, Any]) -> float | None:
         return final_loss_in(pod, self.container)
 
 
@@ -262,16 +263,17 @@ class PyTorchJobBackend(ResultPodReader):
     container = TRAINER_CONTAINER
 
     def build(self, run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int,
-              suspend: bool = False) -> dict:
+              suspend: bool = False) -> dict[str, Any]:
         stage = spec.stages[index]
         res = stage_resources(spec, index)
         template = _pod_template(spec, index, job_labels(run_name, stage.name, attempt),
                                  stage_args(spec, index, roots(spec)))
-        replica = lambda n: {"replicas": n, "restartPolicy": POD_RESTART_POLICY, "template": template}  # noqa: E731
+        def replica(n: int) -> dict[str, Any]:
+            return {"replicas": n, "restartPolicy": POD_RESTART_POLICY, "template": template}
         replicas = {"Master": replica(1)}
         if res.nodes > 1:
             replicas["Worker"] = replica(res.nodes - 1)
-        run_policy = {"backoffLimit": POD_BACKOFF_LIMIT, "cleanPodPolicy": "Running",
+        run_policy: dict[str, Any] = {"backoffLimit": POD_BACKOFF_LIMIT, "cleanPodPolicy": "Running",
                       "ttlSecondsAfterFinished": TTL_AFTER_FINISHED, "suspend": suspend}
         if deadline := active_deadline(spec, index):
             run_policy["activeDeadlineSeconds"] = deadline
@@ -284,10 +286,10 @@ class PyTorchJobBackend(ResultPodReader):
                 "spec": {"nprocPerNode": str(nproc_per_node(spec, index)), "runPolicy": run_policy,
                          "pytorchReplicaSpecs": replicas}}
 
-    def suspend_patch(self, suspend: bool) -> dict:
+    def suspend_patch(self, suspend: bool) -> dict[str, Any]:
         return {"spec": {"runPolicy": {"suspend": suspend}}}
 
-    def phase(self, job: dict) -> tuple[str, str]:
+    def phase(self, job: dict[str, Any]) -> tuple[str, str]:
         """(Pending|Running|Suspended|Succeeded|Failed, message) from the job's conditions."""
         conds = true_conditions(job)
         for kind in ("Succeeded", "Failed", "Suspended", "Running", "Restarting"):
@@ -302,15 +304,15 @@ class PyTorchJobBackend(ResultPodReader):
         """The pod holding global rank 0, which writes the stage's result."""
         return f"{KUBEFLOW_JOB_NAME}={job_name},{KUBEFLOW_REPLICA_TYPE}=master"
 
-def true_conditions(job: dict) -> dict[str, dict]:
+def true_conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
 
 
-def condition_message(cond: dict) -> str:
+def condition_message(cond: dict[str, Any]) -> str:
     return f"{cond.get('reason', cond.get('type', ''))}: {cond.get('message', '')}".strip(": ")
 
 
-def stuck_reason(pods: list[dict]) -> str:
+def stuck_reason(pods: list[dict[str, Any]]) -> str:
     """Why a job's pods cannot start, from their status ("" when they can): the first stuck pod, named."""
     for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("name", "")):
         name, status = pod.get("metadata", {}).get("name", "?"), pod.get("status") or {}

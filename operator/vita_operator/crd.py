@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import copy
 import sys
 
@@ -20,7 +22,7 @@ VERSION = "v1alpha1"
 PHASES = ["Pending", "Running", "Suspended", "Succeeded", "Failed"]
 
 
-def _structural(node, defs):
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
     """Pydantic JSON schema -> Kubernetes structural OpenAPI v3 (inline refs, nullable, no titles)."""
     if isinstance(node, list):
         return [_structural(n, defs) for n in node]
@@ -34,12 +36,13 @@ def _structural(node, defs):
         options = [o for o in node["anyOf"] if o.get("type") != "null"]
         rest = {k: v for k, v in node.items() if k != "anyOf"}
         if len(options) == 1:  # Optional[X]
-            merged = _structural({**options[0], **rest}, defs)
-            merged.pop("default", None) if rest.get("default") is None else None
+            merged: dict[str, Any] = _structural({**options[0], **rest}, defs)
+            if rest.get("default") is None:
+                merged.pop("default", None)
             return merged
         # scalars of several types (stage args values): keep them as they are
         return {k: v for k, v in _structural(rest, defs).items()} | {"x-kubernetes-preserve-unknown-fields": True}
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in node.items():
         if key in ("title", "$defs") or (key == "additionalProperties" and value is False):
             continue  # structural schemas forbid additionalProperties: false; the API server prunes instead
@@ -57,9 +60,9 @@ def _structural(node, defs):
     return out
 
 
-def spec_schema() -> dict:
+def spec_schema() -> dict[str, Any]:
     raw = VitaTrainingRunSpec.model_json_schema(by_alias=True)
-    schema = _structural(raw, raw.get("$defs", {}))
+    schema: dict[str, Any] = _structural(raw, raw.get("$defs", {}))
     schema["description"] = ("What to train: base model, dataset registry, the ordered stages with their presets "
                              "and overrides, resources and volumes.")
     # Presets are data; the API server rejects names that no preset or alias defines.
@@ -75,7 +78,7 @@ def spec_schema() -> dict:
     return schema
 
 
-def status_schema() -> dict:
+def status_schema() -> dict[str, Any]:
     time = {"type": "string", "format": "date-time"}
     stage = {"type": "object", "properties": {
         "name": {"type": "string"},
@@ -143,7 +146,7 @@ def status_schema() -> dict:
         "stages": {"type": "array", "items": stage}}}
 
 
-def name_rule() -> dict:
+def name_rule() -> dict[str, Any]:
     """metadata.name, checked by the API server (the schema cannot constrain metadata), as the run model does."""
     return {"rule": f"!has(self.metadata) || !has(self.metadata.name) || "
                     f"(self.metadata.name.matches('{RUN_NAME}') && self.metadata.name.size() <= {RUN_NAME_MAX})",
@@ -152,7 +155,7 @@ def name_rule() -> dict:
                        f"names of the run's jobs and is a label value on their pods"}
 
 
-def crd() -> dict:
+def crd() -> dict[str, Any]:
     schema = {"type": "object", "description": "A progressive VITA-1.5 training run: one PyTorchJob or TrainJob per "
                                                "stage attempt.",
               "x-kubernetes-validations": [name_rule()],

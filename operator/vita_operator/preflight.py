@@ -4,6 +4,8 @@ Pure: the Job and what its finished pod says."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 from vita_api.plan import GPUS_ENV, PREFLIGHT, resolve_path, stage_max_length
 from vita_api.termination import preflight_summary_of
@@ -34,7 +36,7 @@ def preflight_args(spec: VitaTrainingRunSpec) -> list[str]:
     return args
 
 
-def preflight_job(run_name: str, namespace: str, spec: VitaTrainingRunSpec, attempt: int) -> dict:
+def preflight_job(run_name: str, namespace: str, spec: VitaTrainingRunSpec, attempt: int) -> dict[str, Any]:
     """No GPU, no node selector or tolerations for GPU nodes, no queue label: a small CPU pod anywhere the
     dataset volume mounts. Placement that is not about GPUs (pull secrets, service account) is kept."""
     pf = spec.preflight
@@ -59,7 +61,7 @@ def preflight_job(run_name: str, namespace: str, spec: VitaTrainingRunSpec, atte
                                            "securityContext": dict(POD_SECURITY), **placement}}}}
 
 
-def job_phase(job: dict) -> tuple[str, str]:
+def job_phase(job: dict[str, Any]) -> tuple[str, str]:
     """(Pending|Running|Succeeded|Failed, message) from a batch/v1 Job's status."""
     conds = true_conditions(job)
     for kind, phase in (("Complete", "Succeeded"), ("Failed", "Failed")):
@@ -72,11 +74,11 @@ def pod_selector(job: str) -> str:
     return f"{JOB_NAME_LABEL}={job}"
 
 
-def summary(pod: dict) -> dict | None:
+def summary(pod: dict[str, Any]) -> dict[str, Any] | None:
     term = trainer_container_state(pod, CONTAINER)
     return preflight_summary_of(term.get("message", "")) if term.get("exitCode") == 0 else None
 
 
-def permanent_failure(pod: dict) -> str | None:
+def permanent_failure(pod: dict[str, Any]) -> str | None:
     return permanent_failure_in(pod, CONTAINER)
 

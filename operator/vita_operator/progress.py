@@ -1,11 +1,13 @@
 """Live progress of a run's current stage, from its rank-0 trainer's Prometheus endpoint. Pure: parsing the
-exposition, the ETA and GPU-hour arithmetic, and the hang rule; handlers.py fetches and writes.
+exposition, the ETA and GPU-hour arithmetic, and the hang rule; progress_loop.py fetches and writes.
 
 status.progress: {stage, job, step, totalSteps, percent, summary, samplesPerSecond, tokensPerSecond, eta, etaSeconds,
 gpuHoursSoFar, gpuHoursEstimate, updateTime, lastStepTime, firstSeen: {step, time}, stale}.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from datetime import datetime, timezone
 
@@ -24,7 +26,7 @@ def format_time(t: datetime) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def read_exposition(text: str, stage: str) -> dict:
+def read_exposition(text: str, stage: str) -> dict[str, Any]:
     """The stage's gauges from the trainer's /metrics text (samples labelled with another stage are ignored)."""
     out = {}
     for family in text_string_to_metric_families(text):
@@ -47,16 +49,16 @@ def format_duration(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600}h"
 
 
-def eta_seconds(step: int, total: int, first_step: int, first_time: datetime, now: datetime) -> float | None:
+def eta_seconds(step: int, total: int, first_step: int, first_time: datetime | None, now: datetime) -> float | None:
     """Remaining steps at the average pace since this job was first seen; None until a step has passed."""
-    if total <= 0 or step <= first_step:
+    if total <= 0 or step <= first_step or first_time is None:
         return None
     per_step = (now - first_time).total_seconds() / (step - first_step)
     return max(total - step, 0) * per_step
 
 
-def next_progress(previous: dict | None, gauges: dict, *, stage: str, job: str, now: datetime,
-                  stage_start: datetime | None, gpus: int) -> dict:
+def next_progress(previous: dict[str, Any] | None, gauges: dict[str, Any], *, stage: str, job: str, now: datetime,
+                  stage_start: datetime | None, gpus: int) -> dict[str, Any]:
     """The new status.progress from one scrape. The pace and the time of the last step change carry over while
     the job stays the same; a new job (the next stage, or a retry) starts its own window."""
     prev = previous if previous and previous.get("job") == job else {}
@@ -81,23 +83,23 @@ def next_progress(previous: dict | None, gauges: dict, *, stage: str, job: str, 
     return out
 
 
-def stale_progress(previous: dict | None, job: str, now: datetime, why: str) -> dict:
+def stale_progress(previous: dict[str, Any] | None, job: str, now: datetime, why: str) -> dict[str, Any]:
     """The endpoint did not answer: keep what was known, say it is stale; nothing else changes."""
-    kept = dict(previous) if previous and previous.get("job") == job else {"job": job}
+    kept: dict[str, Any] = dict(previous) if previous and previous.get("job") == job else {"job": job}
     kept.update(stale=True, staleReason=why[:200], updateTime=format_time(now))
     return kept
 
 
-def as_merge_patch(old: dict | None, new: dict) -> dict:
+def as_merge_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """`new` as a JSON merge patch over `old`: the fields `new` no longer has are set to null (deleted), so a new
     job's progress never shows the previous job's ETA or step. Nested objects (firstSeen) are replaced whole."""
-    patch: dict = {k: None for k in (old or {}) if k not in new}
+    patch: dict[str, Any] = {k: None for k in (old or {}) if k not in new}
     patch.update({k: ({**{f: None for f in (old or {}).get(k) or {}}, **v} if isinstance(v, dict) else v)
                   for k, v in new.items()})
     return patch
 
 
-def hang_reason(progress: dict | None, job: str, now: datetime, timeout_seconds: int | None) -> str:
+def hang_reason(progress: dict[str, Any] | None, job: str, now: datetime, timeout_seconds: int | None) -> str:
     """Why `job` counts as hung: its step has not moved for the timeout, counted from the first scrape (the
     endpoint starts after the model is loaded, so loading is not a hang); "" when it has not, or when hang detection
     is off. A stale endpoint does not move the clock either way: a trainer that cannot answer is not progressing."""

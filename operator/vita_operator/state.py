@@ -25,9 +25,11 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from vita_api.spec import VitaTrainingRunSpec
+from vita_api.spec import StageSpec, VitaTrainingRunSpec
 from vita_api.oom import after_oom
 from vita_api.plan import PREFLIGHT, backend_problems, check_spec, stage_output_dir
 
@@ -46,7 +48,7 @@ class ObservedJob:
     final_loss: float | None = None   # from the finished master pod, when the trainer reported it
     stuck: str = ""     # why its pods cannot start (ImagePullBackOff, missing Secret, Unschedulable); "" if not
     permanent: str = ""  # a failed job's error that another attempt cannot fix (bad config or data); "" if not
-    oom: dict | None = None  # a failed job's out-of-memory report (termination.oom_of); None if it was not that
+    oom: dict[str, Any] | None = None  # a failed job's out-of-memory report (termination.oom_of); None if not
     hung: str = ""      # why a running job counts as hung (progress.hang_reason); "" if it does not
 
 
@@ -56,7 +58,7 @@ class ObservedPreflight:
     attempt: int
     phase: str                   # Pending|Running|Succeeded|Failed
     message: str = ""
-    summary: dict | None = None  # from the finished pod (tools/preflight.py); None if not read
+    summary: dict[str, Any] | None = None  # from the finished pod (tools/preflight.py); None if not read
     permanent: str = ""          # the check could not run on this run's data config (bad registry or key)
 
 
@@ -70,7 +72,7 @@ class CreateJob:
     index: int
     attempt: int
     suspend: bool
-    arg_overrides: dict = field(default_factory=dict)  # stage args this attempt runs with instead of the spec's
+    arg_overrides: dict[str, Any] = field(default_factory=dict)  # stage args this attempt runs with, not the spec's
 
 
 @dataclass(frozen=True)
@@ -86,12 +88,13 @@ class SetJobSuspend:
 
 @dataclass
 class Decision:
-    status: dict
-    actions: list = field(default_factory=list)
-    events: list = field(default_factory=list)   # (type, reason, message)
+    status: dict[str, Any]
+    actions: list[Any] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)   # (type, reason, message)
 
 
-def set_condition(status: dict, ctype: str, value: bool, reason: str, message: str, now: str, generation: int):
+def set_condition(status: dict[str, Any], ctype: str, value: bool, reason: str, message: str, now: str,
+                  generation: int) -> None:
     """Update one standard condition in place; lastTransitionTime moves only when its status changes."""
     conds = status.setdefault("conditions", [])
     new = {"type": ctype, "status": "True" if value else "False", "reason": reason, "message": message,
@@ -105,7 +108,7 @@ def set_condition(status: dict, ctype: str, value: bool, reason: str, message: s
     conds.append({**new, "lastTransitionTime": now})
 
 
-def _set_phase(d: Decision, phase: str, reason: str, message: str, now: str, generation: int):
+def _set_phase(d: Decision, phase: str, reason: str, message: str, now: str, generation: int) -> None:
     if d.status.get("phase") != phase:
         d.events.append(("Warning" if phase == "Failed" else "Normal", f"Run{phase}", message))
     d.status["phase"] = phase
@@ -132,7 +135,7 @@ def _pods_ready(d: Decision, job: ObservedJob, now: str, generation: int) -> Non
 PREFLIGHT_RETRIES = 2
 
 
-def _preflight_verdict(summary: dict, max_bad: float) -> tuple[list[str], int, int]:
+def _preflight_verdict(summary: dict[str, Any], max_bad: float) -> tuple[list[str], int, int]:
     """(why it fails, samples, bad samples): a stage fails with unreadable files, no samples, or more bad samples
     than max_bad allows."""
     why, total, bad = [], 0, 0
@@ -148,7 +151,7 @@ def _preflight_verdict(summary: dict, max_bad: float) -> tuple[list[str], int, i
     return why, total, bad
 
 
-def _fail_preflight(d: Decision, pf: dict, msg: str, now: str, generation: int) -> bool:
+def _fail_preflight(d: Decision, pf: dict[str, Any], msg: str, now: str, generation: int) -> bool:
     """The run is Failed with reason PreflightFailed: no stage job is ever created."""
     pf.update(phase="Failed", message=msg, completionTime=now)
     d.events.append(("Warning", "PreflightFailed", msg))
@@ -156,7 +159,7 @@ def _fail_preflight(d: Decision, pf: dict, msg: str, now: str, generation: int) 
     return True
 
 
-def _preflight(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: list[ObservedPreflight], now: str,
+def _preflight(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: Sequence[ObservedPreflight], now: str,
                generation: int) -> bool:
     """The preflight step; True while it holds the run (running, or failed it), False once it passed."""
     pf = d.status.setdefault("preflight", {"phase": "Pending", "attempts": 0})
@@ -202,7 +205,7 @@ def _preflight(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: 
     return True
 
 
-def decide_invalid(status: dict | None, error: str, now: str, generation: int) -> Decision:
+def decide_invalid(status: dict[str, Any] | None, error: str, now: str, generation: int) -> Decision:
     """A spec the run model rejects (the CRD schema normally rejects it first): Failed with reason InvalidSpec and
     the RunFailed event, the same shape as decide's for a spec that validates but cannot run."""
     import copy
@@ -214,7 +217,7 @@ def decide_invalid(status: dict | None, error: str, now: str, generation: int) -
     return d
 
 
-def decide_blocked(status: dict | None, reason: str, message: str, now: str, generation: int) -> Decision:
+def decide_blocked(status: dict[str, Any] | None, reason: str, message: str, now: str, generation: int) -> Decision:
     """Nothing can be created yet, but an admin can fix it (install a job CRD, enable a backend): the run stays
     Pending with Ready=False and one event per cause; the next reconcile tries again."""
     import copy
@@ -226,12 +229,13 @@ def decide_blocked(status: dict | None, reason: str, message: str, now: str, gen
     return d
 
 
-def _after_oom(d: Decision, run_name: str, stage, index: int, rec: dict, attempt: int, job: ObservedJob,
-               suspend: bool, now: str, generation: int) -> Decision:
+def _after_oom(d: Decision, run_name: str, stage: StageSpec, index: int, rec: dict[str, Any], attempt: int,
+               job: ObservedJob, suspend: bool, now: str, generation: int) -> Decision:
     """The next attempt with half the micro-batch (oomPolicy adjust), or the stage's end at micro-batch 1."""
-    ran = (int(job.oom.get("perDeviceTrainBatchSize", 1)), int(job.oom.get("gradientAccumulationSteps", 1)))
+    oom = job.oom or {}
+    ran = (int(oom.get("perDeviceTrainBatchSize", 1)), int(oom.get("gradientAccumulationSteps", 1)))
     nxt = after_oom(*ran)
-    entry = {"attempt": attempt, "step": int(job.oom.get("step", 0)), "perDeviceTrainBatchSize": ran[0],
+    entry: dict[str, Any] = {"attempt": attempt, "step": int(oom.get("step", 0)), "perDeviceTrainBatchSize": ran[0],
              "gradientAccumulationSteps": ran[1]}
     if nxt:
         entry.update(nextPerDeviceTrainBatchSize=nxt["per_device_train_batch_size"],
@@ -259,8 +263,8 @@ def _after_oom(d: Decision, run_name: str, stage, index: int, rec: dict, attempt
     return d
 
 
-def _hung(d: Decision, run_name: str, stage, index: int, rec: dict, attempt: int, job: ObservedJob, suspend: bool,
-          now: str, generation: int) -> Decision:
+def _hung(d: Decision, run_name: str, stage: StageSpec, index: int, rec: dict[str, Any], attempt: int,
+          job: ObservedJob, suspend: bool, now: str, generation: int) -> Decision:
     """Delete the hung job; retry the stage from its checkpoint while retries are left, else fail it."""
     d.actions.append(DeleteJob(job.name))
     set_condition(d.status, "Hung", True, "NoStepProgress", f"stage {stage.name} job {job.name}: {job.hung}", now,
@@ -281,9 +285,9 @@ def _hung(d: Decision, run_name: str, stage, index: int, rec: dict, attempt: int
     return d
 
 
-def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: dict | None,
+def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: dict[str, Any] | None,
            jobs: list[ObservedJob], now: str, backend: str = "pytorchjob",
-           preflight: list[ObservedPreflight] = ()) -> Decision:
+           preflight: Sequence[ObservedPreflight] = ()) -> Decision:
     """`backend`: the job backend the run uses (its own, else the operator's default); only its limits matter
     here, the jobs arrive as ObservedJob whatever their kind. `preflight`: the run's preflight Jobs."""
     import copy
@@ -329,6 +333,7 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             _set_phase(d, "Suspended" if spec.suspend else "Running", "StageRunning",
                        f"stage {stage.name} ({i + 1}/{len(spec.stages)})", now, generation)
             return d
+        name = job_name(run_name, stage.name, attempt)  # the observed job's
         rec.update(attempts=attempt, jobName=name)
         if job.phase == "Succeeded":
             rec.update(phase="Succeeded", completionTime=now, message=job.message)

@@ -10,6 +10,8 @@ entry. Trainer upserts patched volumes by name, so the patch's /dev/shm (sized p
 
 from __future__ import annotations
 
+from typing import Any
+
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 from vita_api.plan import nproc_per_node, stage_args, stage_resources
 
@@ -37,7 +39,7 @@ class TrainJobBackend(ResultPodReader):
         self.runtime = runtime
 
     def build(self, run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int,
-              suspend: bool = False) -> dict:
+              suspend: bool = False) -> dict[str, Any]:
         stage = spec.stages[index]
         volumes, mounts = volumes_and_mounts(spec, index)
         pod_spec = {"containers": [{"name": self.container, "volumeMounts": mounts,
@@ -61,10 +63,10 @@ class TrainJobBackend(ResultPodReader):
         return {"apiVersion": self.api_version, "kind": self.kind,
                 "metadata": job_metadata(run_name, namespace, spec, index, attempt), "spec": job_spec}
 
-    def suspend_patch(self, suspend: bool) -> dict:
+    def suspend_patch(self, suspend: bool) -> dict[str, Any]:
         return {"spec": {"suspend": suspend}}
 
-    def phase(self, job: dict) -> tuple[str, str]:
+    def phase(self, job: dict[str, Any]) -> tuple[str, str]:
         """(Pending|Running|Suspended|Succeeded|Failed, message): TrainJob's Complete/Failed/Suspended conditions,
         and Running once a child Job has an active pod."""
         conds = true_conditions(job)

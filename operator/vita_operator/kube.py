@@ -1,0 +1,147 @@
+"""The operator's Kubernetes I/O: one API client for every thread, and the reads and writes that the handlers and
+the operator's loops share. Nothing here decides anything."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime, timezone
+from typing import Any, cast
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from vita_api.spec import API_GROUP, KIND
+
+from .crd import PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+_client: client.ApiClient | None = None   # one connection pool for all handler threads, built at startup
+
+
+def connect(url: str | None, pool_size: int) -> None:
+    """The client: `url` (tests point the operator at their own API server), else in-cluster, else kubeconfig."""
+    global _client
+    if url:
+        client.Configuration.set_default(client.Configuration(host=url))
+    else:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
+    cfg = client.Configuration.get_default_copy()
+    # Handlers run in kopf's thread pool; size the pool so threads don't queue for connections.
+    cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, pool_size)
+    _client = client.ApiClient(cfg)
+
+
+def _api_client() -> client.ApiClient:
+    if _client is None:
+        raise RuntimeError("the Kubernetes client is built by the startup handler (kube.connect)")
+    return _client
+
+
+def custom() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(_api_client())
+
+
+def core() -> client.CoreV1Api:
+    return client.CoreV1Api(_api_client())
+
+
+def batch() -> client.BatchV1Api:
+    return client.BatchV1Api(_api_client())
+
+
+def group_version(api_version: str) -> tuple[str, str]:
+    group, version = api_version.split("/")
+    return group, version
+
+
+def _raw_items(response: Any) -> list[dict[str, Any]]:
+    """A LIST read with _preload_content=False: plain JSON, not the client's models (only a few fields matter)."""
+    return cast(list[dict[str, Any]], json.loads(response.data).get("items") or [])
+
+
+def pods(namespace: str, selector: str) -> list[dict[str, Any]]:
+    """Best effort: a failed read is logged and gives no pods; it never blocks the run."""
+    try:
+        raw = core().list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
+    except ApiException as e:
+        if e.status not in (403, 404):  # 403: RBAC without pods; 404: no such resource
+            log.warning("pods %s in %s not read: API error %s", selector, namespace, e.status)
+        return []
+    return _raw_items(raw)
+
+
+def batch_jobs(namespace: str, selector: str) -> list[dict[str, Any]]:
+    return _raw_items(batch().list_namespaced_job(namespace, label_selector=selector, _preload_content=False))
+
+
+def custom_objects(api_version: str, plural: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+    """Raises ApiException 404 when the kind's CRD is not installed."""
+    found = custom().list_namespaced_custom_object(*group_version(api_version), namespace, plural,
+                                                   label_selector=selector)
+    return cast(list[dict[str, Any]], cast(dict[str, Any], found)["items"])
+
+
+def create_batch_job(namespace: str, body: dict[str, Any]) -> None:
+    custom_body: Any = body  # the client sends a plain manifest as it is
+    batch().create_namespaced_job(namespace, custom_body)
+
+
+def create_custom(api_version: str, plural: str, namespace: str, body: dict[str, Any]) -> None:
+    custom().create_namespaced_custom_object(*group_version(api_version), namespace, plural, body)
+
+
+def patch_custom(api_version: str, plural: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    custom().patch_namespaced_custom_object(*group_version(api_version), namespace, plural, name, patch)
+
+
+def delete_custom(api_version: str, plural: str, namespace: str, name: str) -> None:
+    """Deletes its pods too (in the background); one already gone is fine."""
+    try:
+        custom().delete_namespaced_custom_object(*group_version(api_version), namespace, plural, name,
+                                                 propagation_policy="Background")
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+
+def get_run(namespace: str, name: str) -> dict[str, Any]:
+    return cast(dict[str, Any], custom().get_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL, name))
+
+
+def list_runs(namespace: str | None) -> list[dict[str, Any]]:
+    """Every run in `namespace`, or in the cluster when it is None."""
+    found = (custom().list_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL) if namespace
+             else custom().list_cluster_custom_object(API_GROUP, VERSION, PLURAL))
+    return cast(list[dict[str, Any]], cast(dict[str, Any], found)["items"])
+
+
+def patch_status(namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None) -> None:
+    """With `resource_version`, the API server refuses (409) a status computed from an older copy of the run."""
+    body: dict[str, Any] = {"status": status}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
+    custom().patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name, body)
+
+
+def emit_event(run: dict[str, Any], etype: str, reason: str, message: str) -> None:
+    """A core/v1 Event on the run (`kubectl describe` shows it). Written directly, not with kopf.info: that only
+    works inside kopf's per-object tasks, and the resync loop reconciles from its own thread. Best effort."""
+    meta = run["metadata"]
+    now = datetime.now(timezone.utc)
+    event = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+        involved_object=client.V1ObjectReference(api_version=run.get("apiVersion", f"{API_GROUP}/{VERSION}"),
+                                                 kind=run.get("kind", KIND), name=meta["name"],
+                                                 namespace=meta["namespace"], uid=meta.get("uid")),
+        type=etype, reason=reason, message=message[:1024], count=1, first_timestamp=now, last_timestamp=now,
+        source=client.V1EventSource(component="vita-operator"), reporting_component="vita-operator",
+        reporting_instance=os.environ.get("HOSTNAME", "vita-operator"))
+    try:
+        core().create_namespaced_event(meta["namespace"], event)
+    except ApiException as e:
+        log.warning("event %s on %s/%s not written: API error %s", reason, meta["namespace"], meta["name"], e.status)
