@@ -22,22 +22,21 @@ demo: setup
 test: setup lint
 	$(VENV)/bin/python -m pytest -q tests
 
+# The unit tier in under a minute: no subprocess, DeepSpeed or API-server tests (a test that starts a process
+# without the `subprocess` mark fails here), two workers.
+test-fast: setup
+	VITA_TEST_NO_SUBPROCESS=1 OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n 2 \
+	  -m "not slow and not apiserver and not subprocess" tests
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test test-fast lint
 
-# Regenerate the CRD from the run spec model (tests fail when the checked-in copies drift).
-crd: setup
-	$(VENV)/bin/vita-operator-crd > manifests/crd/vitatrainingruns.yaml
-	cp manifests/crd/vitatrainingruns.yaml helm/vita-operator/crds/vitatrainingruns.yaml
+# Every derived file (CRDs, plain manifests, the dashboard and demo copies) from its one source; the suite runs
+# `hack/generate.py --check` and fails naming any file that differs.
+generate: setup
+	$(VENV)/bin/python hack/generate.py
 
-.PHONY: crd
-
-# Plain manifests for clusters without Helm, rendered from the chart (a test fails when they drift).
-manifests: setup
-	$(VENV)/bin/python hack/render_manifests.py \
-	  $$($(VENV)/bin/python -c 'from tests.k8s_tools import tool; print(tool("helm"))') > manifests/operator.yaml
-
-.PHONY: manifests
+.PHONY: generate

@@ -71,7 +71,6 @@ def to(batch, device, dtype):
             out[k] = v.to(dtype) if v.is_floating_point() else v
         else:
             out[k] = v
-    out.pop("num_tokens", None)
     return out
 
 

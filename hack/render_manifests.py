@@ -1,4 +1,4 @@
-"""Render manifests/operator.yaml from the Helm chart for clusters without Helm (`make manifests`).
+"""Render manifests/operator.yaml from the Helm chart for clusters without Helm (`make generate`).
 
 Helm's ownership labels are dropped: objects applied with kubectl are not Helm's, and a later `helm install`
 should not be told otherwise (`app.kubernetes.io/managed-by: kubectl`, no `helm.sh/chart`).
@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-HEADER = "# Rendered from helm/vita-operator with default values (make manifests); do not edit by hand.\n"
+HEADER = "# Rendered from helm/vita-operator with default values (make generate); do not edit by hand.\n"
 
 
 def _relabel(node):

@@ -72,3 +72,28 @@ def pytest_terminal_summary(terminalreporter):
     if ran or skipped:
         terminalreporter.write_line(f"{len(ran)} tests ran against a real kube-apiserver {k8s_version()} "
                                     f"(etcd, RBAC, controller-manager); {len(skipped)} skipped")
+
+
+# `make test-fast` sets this: the tests it selects may not start processes. A test that does fails here, naming
+# itself, until it is marked `subprocess` (or `slow`), so the fast target keeps its promise.
+NO_SUBPROCESS_ENV = "VITA_TEST_NO_SUBPROCESS"
+if os.environ.get(NO_SUBPROCESS_ENV) == "1":
+    import torch  # noqa: F401,E402  (its first import runs ldconfig to find libdl: before the guard, not in a test)
+
+
+@pytest.fixture(autouse=True)
+def _no_subprocess_in_fast_runs(request, monkeypatch):
+    if os.environ.get(NO_SUBPROCESS_ENV) != "1":
+        return
+    import subprocess
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a process ({args[0] if args else kwargs.get('args')}): "
+                             f"mark it `subprocess` to keep it out of make test-fast")
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "helm" in getattr(item, "fixturenames", ()):  # the chart tests run the helm binary
+            item.add_marker(pytest.mark.subprocess)

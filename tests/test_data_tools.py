@@ -149,6 +149,7 @@ def test_concat_packs_deterministically_and_keeps_media(planted, tmp_path, tok):
     assert code == 0
 
 
+@pytest.mark.subprocess
 def test_preprocess_is_idempotent_and_never_overwrites(planted, tmp_path):
     root, _ = planted
     big = tmp_path / "in"

@@ -187,6 +187,7 @@ def test_dry_run_and_a_full_disk_stop_before_any_request(flaky, tmp_path, capsys
     assert "100 B free but the downloads need about" in capsys.readouterr().err and not server.requests
 
 
+@pytest.mark.subprocess
 def test_hugging_face_files_come_through_hf_endpoint_and_are_verified(tmp_path):
     """The Hub client against a mirror (HF_ENDPOINT, set as a user would, before the process starts) on
     127.0.0.1: the file arrives, and its LFS sha256 (the Hub's ETag) is checked."""

@@ -110,6 +110,7 @@ def rendered(*values: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(helm_template(*values)) if d]
 
 
+@pytest.mark.subprocess
 def test_the_shipped_runtime_validates_and_fits_the_builder():
     (runtime,) = [d for d in rendered("-f", str(TRAINJOB_VALUES)) if d["kind"] == "ClusterTrainingRuntime"]
     schema = schema_of("clustertrainingruntimes")
@@ -137,6 +138,7 @@ def test_the_shipped_runtime_validates_and_fits_the_builder():
     assert all(m in mounts for m in container["volumeMounts"])
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("values,resources", [
     ((), {"pytorchjobs"}),
     (("-f", str(TRAINJOB_VALUES)), {"trainjobs"}),
@@ -160,6 +162,7 @@ def test_rbac_and_pod_monitors_only_for_the_enabled_backends(values, resources):
     assert not [d for d in docs if d["kind"] == "ClusterTrainingRuntime"] or "trainjobs" in resources
 
 
+@pytest.mark.subprocess
 def test_a_default_backend_that_is_not_enabled_is_refused():
     import subprocess
     with pytest.raises(subprocess.CalledProcessError) as e:

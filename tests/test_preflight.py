@@ -13,12 +13,14 @@ from PIL import Image
 from tests.test_operator_builder_crd import FULL
 from vita_operator import preflight as pre
 from vita_api.spec import VitaTrainingRunSpec
+from vita_trainer.tools.preflight import PROBLEM_CHARS, clip_middle
 from vita_trainer.tools.preflight import main as preflight_main
 from vita_api.termination import MAX_BYTES, PATH_ENV, permanent_failure_of, preflight_summary_of
 
 BIN = Path(sys.executable).parent
 
 
+@pytest.mark.subprocess
 def test_the_preflight_job_is_a_valid_cpu_job_on_the_run_volumes(tmp_path):
     spec = VitaTrainingRunSpec.model_validate(FULL)
     job = pre.preflight_job("my-run", "ml", spec, 2)
@@ -92,3 +94,10 @@ def test_a_registry_that_cannot_work_is_a_permanent_error(data, monkeypatch):
     (data / "registry.yaml").write_text(yaml.safe_dump({"datasets": {"good": {"chat_path": "good.json"}}}))
     code, message = run_preflight(data, monkeypatch, "s1=nope:6200")
     assert code == 2 and "--dataset_use 'nope'" in permanent_failure_of(message)
+
+
+def test_a_long_problem_line_keeps_its_sample_and_its_fix():
+    line = f"/data/{'deep/' * 80}bad.json: sample x1 [image[0]] missing_file: file gone.jpg -- fix: restore it"
+    clipped = clip_middle(line, PROBLEM_CHARS)
+    assert len(clipped) <= PROBLEM_CHARS and clipped.startswith("/data/deep/") and clipped.endswith("restore it")
+    assert clip_middle("short", PROBLEM_CHARS) == "short"

@@ -141,7 +141,7 @@ def test_the_prepared_base_folder_name_is_reserved():
 
 def test_job_level_args_are_not_passed_to_the_trainer():
     """active_deadline_seconds belongs to the PyTorchJob's runPolicy; the trainer's parser rejects unknown flags."""
-    from vita_trainer.train.main import parse
+    from vita_trainer.train.arguments import parse
     spec = run_spec([{"name": "s", "preset": "multimodal_sft", "datasetUse": "a",
                       "args": {"active_deadline_seconds": 86400, "max_steps": 3}}])
     argv = stage_args(spec, 0, ROOTS)

@@ -1,29 +1,53 @@
 """The reference recipe's defaults where HF's differ ([gpu-correctness]), and the frozen whale encoder's mode."""
 
+from pathlib import Path
+
+from vita_api.presets import get_preset
 from vita_trainer.model.builder import tiny_config
 from vita_trainer.model.modeling import VitaForCausalLM
-from vita_trainer.train.main import DDP_TIMEOUT_SECONDS, parse, recipe_defaults
+from vita_trainer.train.arguments import DDP_TIMEOUT_SECONDS, build_parser, parse, recipe_defaults
 from vita_trainer.train.weights import apply_trainable
 
 
-def as_flags(argv: list[str]) -> dict[str, str]:
-    return dict(zip(argv[::2], argv[1::2]))
+ARGV = ["--model_name_or_path", "m", "--output_dir", "o", "--data_registry", "r", "--dataset_use", "d"]
 
 
 def test_gpu_runs_get_the_recipes_data_loading_precision_and_timeout():
-    assert as_flags(recipe_defaults(set(), cuda=True, bf16=True, ampere=True)) == {
-        "--ddp_timeout": str(DDP_TIMEOUT_SECONDS), "--gradient_checkpointing": "True",
-        "--dataloader_num_workers": "4", "--dataloader_persistent_workers": "True",
-        "--dataloader_pin_memory": "True", "--dataloader_prefetch_factor": "4", "--bf16": "True", "--tf32": "True"}
-    chosen = as_flags(recipe_defaults({"dataloader_num_workers", "tf32"}, cuda=True, bf16=True, ampere=True))
-    assert "--dataloader_num_workers" not in chosen and "--tf32" not in chosen  # the command line wins
-    assert "--tf32" not in as_flags(recipe_defaults(set(), cuda=True, bf16=False, ampere=False))  # V100, T4
+    assert recipe_defaults(cuda=True, bf16=True, ampere=True) == {
+        "ddp_timeout": DDP_TIMEOUT_SECONDS, "gradient_checkpointing": True, "dataloader_num_workers": 4,
+        "dataloader_persistent_workers": True, "dataloader_pin_memory": True, "dataloader_prefetch_factor": 4,
+        "bf16": True, "tf32": True}
+    assert "tf32" not in recipe_defaults(cuda=True, bf16=False, ampere=False)  # V100, T4
     # CPU runs (tests, the demo) keep in-process loading; the long timeout applies everywhere
-    assert recipe_defaults(set(), cuda=False, bf16=False, ampere=False) == ["--ddp_timeout", str(DDP_TIMEOUT_SECONDS)]
-    argv = ["--model_name_or_path", "m", "--output_dir", "o", "--data_registry", "r", "--dataset_use", "d"]
-    train_args = parse(argv)[2]
+    assert recipe_defaults(cuda=False, bf16=False, ampere=False) == {"ddp_timeout": DDP_TIMEOUT_SECONDS,
+                                                                     "use_cpu": True}
+    train_args = parse(ARGV)[2]
     assert train_args.ddp_timeout == DDP_TIMEOUT_SECONDS and train_args.dataloader_num_workers == 0
-    assert parse([*argv, "--ddp_timeout", "60"])[2].ddp_timeout == 60
+    assert train_args.use_cpu and not train_args.remove_unused_columns and train_args.report_to == []
+    assert parse([*ARGV, "--ddp_timeout", "60"])[2].ddp_timeout == 60
+
+
+def test_defaults_are_the_parsers_the_preset_wins_over_the_recipe_and_the_command_line_over_both():
+    """Presets and the recipe are parser defaults (no argv edits): `--help` shows them, and a flag given on the
+    command line is never overridden, whatever spelling it uses."""
+    preset = get_preset("vision_align")
+    parser = build_parser(preset, cuda=True, bf16=False, ampere=False)  # a GPU the CPU can stand in for
+    model_args, data_args, args = parser.parse_args_into_dataclasses(args=[*ARGV, "--use_cpu", "True"])
+    assert args.learning_rate == preset.training["learning_rate"] and args.dataloader_num_workers == 4
+    assert args.gradient_checkpointing and args.include_num_input_tokens_seen == "non_padding"
+    model_args, data_args, args = parser.parse_args_into_dataclasses(args=[
+        *ARGV, "--use_cpu", "True", "--learning_rate=0.5", "--dataloader_num_workers", "1",
+        "--gradient_checkpointing", "false", "--include_num_input_tokens_seen", "false"])
+    assert (args.learning_rate, args.dataloader_num_workers, args.gradient_checkpointing) == (0.5, 1, False)
+    assert args.include_num_input_tokens_seen == "no"
+    # the stage preset chosen on the command line sets the defaults, in either spelling
+    assert parse([*ARGV, "--stage=1.1"])[2].learning_rate == preset.training["learning_rate"]
+    assert parse([*ARGV, "--stage", "3"])[2].learning_rate == get_preset("3").training["learning_rate"]
+
+
+def test_shipped_deepspeed_names_become_the_packaged_files():
+    args = parse([*ARGV, "--deepspeed", "zero2"])[2]
+    assert args.deepspeed.endswith("vita_trainer/configs/zero2.json") and Path(args.deepspeed).is_file()
 
 
 def test_a_frozen_whale_encoder_stays_in_eval_mode_while_training(tok):

@@ -157,7 +157,7 @@ def test_a_bad_config_tells_the_operator_not_to_retry(tmp_path, argv, kind):
 
 def test_a_pod_without_a_gpu_driver_may_be_retried_elsewhere(monkeypatch):
     from vita_api.errors import NodeError
-    from vita_trainer.train.main import require_gpus_if_expected
+    from vita_trainer.train.arguments import require_gpus_if_expected
     monkeypatch.setenv("VITA_EXPECTED_GPUS", "8")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(NodeError) as e:

@@ -15,7 +15,7 @@ from vita_trainer.data.processor import MediaSpec, SampleProcessor
 from vita_trainer.data.token_budget import TokenBudgetSampler, batch_cost, budget_batches, even_out
 from vita_api.errors import ConfigError
 from vita_trainer.model.builder import build_model
-from vita_trainer.train.trainer import VitaTrainer
+from vita_trainer.train.trainer import BATCH_COUNTS, VitaTrainer
 
 _rng = random.Random(1)
 LENGTHS = [min(6200, _rng.choice([40, 300, 900, 3400, 6200]) + _rng.randrange(60)) for _ in range(400)]
@@ -94,9 +94,11 @@ def test_the_trainer_batches_by_the_budget(tok, tiny_cfg, media_dir, tmp_path, p
                           train_sampler=sampler)
     batches = list(trainer.get_train_dataloader())
     assert len(batches) == len(sampler) < len(ds) / 2  # more than per_device_train_batch_size samples per batch
-    assert sum(b["num_tokens"] for b in batches) == sum(lengths)
-    for b in batches:
+    # the trainer's collator counts each batch's real tokens for the metrics, beside the model inputs
+    counts = [b.pop(BATCH_COUNTS) for b in batches]
+    assert sum(c["tokens"] for c in counts) == sum(lengths)
+    for b, c in zip(batches, counts):
         real = int((b["labels"] != -100).sum()) if packed else int(b["attention_mask"].sum())
-        assert real > 0 and (b["num_tokens"] if packed else b["input_ids"].numel()) <= budget
+        assert real > 0 and (c["tokens"] if packed else b["input_ids"].numel()) <= budget
         assert not packed or b["input_ids"].shape[1] <= 512
     assert torch.is_tensor(batches[0]["input_ids"])

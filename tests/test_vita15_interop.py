@@ -218,7 +218,8 @@ def test_run_stage3_example_trains_from_a_released_vita15_folder(tmp_path, tok):
     from vita_trainer.data.tokenizer import load_tokenizer
     from vita_api.spec import VitaTrainingRun
     from vita_api.plan import PathRoots, stage_args
-    from vita_trainer.train.main import PREPARED_BASE_DIR, main as train_main
+    from vita_api.plan import PREPARED_BASE_DIR
+    from vita_trainer.train.main import main as train_main
     prepare(tmp_path / "demo", small=True)
     run = yaml.safe_load((Path(__file__).parents[1] / "manifests" / "examples" / "run-stage3.yaml").read_text())
     model = run["spec"]["model"]
@@ -254,7 +255,8 @@ def test_a_run_composes_its_base_from_the_guides_downloads(tmp_path):
     from vita_trainer.demo.run import prepare
     from vita_api.spec import VitaTrainingRun
     from vita_api.plan import PathRoots, stage_args
-    from vita_trainer.train.main import PREPARED_BASE_DIR, main as train_main
+    from vita_api.plan import PREPARED_BASE_DIR
+    from vita_trainer.train.main import main as train_main
     prepare(tmp_path / "demo", small=True)
     tok = load_tokenizer(str(tmp_path / "demo" / "base_model"))
     tree = write_released_tree(tmp_path / "tree", tok)

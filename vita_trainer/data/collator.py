@@ -5,6 +5,9 @@ boundaries over the flattened rows (`cu_seq_lens_q/k`, `max_length_q/k`). SDPA a
 mask from the position ids; flash-attention-2 needs the boundaries, because transformers infers them from position
 ids only for a single row (`_is_packed_sequence`): with two or more rows it would run one causal call per row and
 let the samples in a row attend to each other. The model passes the boundaries on only to flash attention.
+
+Batches hold model inputs only; the trainer counts tokens and skipped samples around the collator
+(train/trainer.py: CountingCollator).
 """
 
 from __future__ import annotations
@@ -48,10 +51,6 @@ def _media(samples: list[dict], batch: dict, ctc: bool) -> dict:
         # One label per sample: the Trainer counts labels != -100 (after the causal shift, so from column 1) over
         # the accumulation window and all ranks into num_items_in_batch, which the CTC loss divides by.
         batch["labels"] = torch.tensor([[IGNORE_INDEX, 0]] * len(samples))
-    skipped = [r for s in samples for r in s.get("skipped_reasons", [])]
-    if skipped:
-        batch["skipped_reasons"] = skipped
-    batch["num_tokens"] = sum(len(s["input_ids"]) for s in samples)
     return batch
 
 

@@ -41,7 +41,6 @@ def evaluate(model, tokenizer, processor, chat_file: str, kind_of_question) -> d
             item["input_ids"], item["labels"] = item["input_ids"][:first_label], item["labels"][:first_label]
             batch = collate([item])
             batch.pop("labels")
-            batch.pop("num_tokens")  # bookkeeping for the trainer's metrics, not a model input
             out = model.generate_from_inputs(**batch, max_new_tokens=6, do_sample=False,
                                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
             got = tokenizer.decode(out[0], skip_special_tokens=True).strip()

@@ -31,6 +31,17 @@ def check_stage(opts: ToolOptions, dataset_use: str, workers: int) -> dict:
     return summarise(problems, len(items))
 
 
+PROBLEM_CHARS = 300
+
+
+def clip_middle(line: str, limit: int) -> str:
+    """A long problem line cut in the middle (usually a long path), so it keeps where it is and how to fix it."""
+    if len(line) <= limit:
+        return line
+    keep = (limit - 5) // 2
+    return f"{line[:keep]} ... {line[-keep:]}"
+
+
 def summary_message(stages: dict[str, dict], report_path: str) -> str:
     """The termination message: per stage counts, reasons summed, and as many of the first problems as fit."""
     reasons: dict[str, int] = {}
@@ -44,7 +55,7 @@ def summary_message(stages: dict[str, dict], report_path: str) -> str:
     from .check import Problem
     firsts = [Problem(**p).line() for st in stages.values() for p in st["problems"]][:FIRST_PROBLEMS]
     for line in firsts:
-        candidate = {**out, "problems": out["problems"] + [line[:300]]}
+        candidate = {**out, "problems": out["problems"] + [clip_middle(line, PROBLEM_CHARS)]}
         if len(json.dumps(candidate, separators=(",", ":")).encode()) > MAX_BYTES - 64:
             break
         out = candidate

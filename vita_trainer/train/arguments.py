@@ -1,13 +1,21 @@
-"""Command-line arguments: the reference's flags with their meaning, plus every HF TrainingArguments flag."""
+"""Command-line arguments: the reference's flags with their meaning, plus every HF TrainingArguments flag; and
+their defaults, which come from the stage preset and the recipe, not from HF alone."""
 
 from __future__ import annotations
 
+import argparse
+import os
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
-from transformers import TrainingArguments
+import torch
+from transformers import HfArgumentParser, TrainingArguments
 
 from vita_api.constants import DEEPSPEED_PRESETS, MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS, MODEL_MAX_LENGTH
+from vita_api.errors import ConfigError, NodeError
+from vita_api.plan import GPUS_ENV
+from vita_api.presets import StagePreset, as_bool, get_preset
 
 
 @dataclass
@@ -100,10 +108,86 @@ class VitaTrainingArguments(TrainingArguments):
     mm_projector_lr: float | None = None
     audio_encoder_lr: float | None = None
     audio_adapter_lr: float | None = None
+    # HF's default is "no". Real tokens seen, kept in checkpoints: the stage summary reports it, and a resumed
+    # attempt (say, with a smaller micro-batch after running out of memory) continues the count.
+    include_num_input_tokens_seen: str = field(default="non_padding", metadata={
+        "help": "Count input tokens seen: non_padding, all, or no (also true/false, as in HF)"})
+
+    def __post_init__(self) -> None:
+        self.deepspeed = resolve_deepspeed(self.deepspeed)  # before HF reads the file
+        if self.include_num_input_tokens_seen not in ("no", "all", "non_padding"):
+            self.include_num_input_tokens_seen = "all" if as_bool(
+                self.include_num_input_tokens_seen, "--include_num_input_tokens_seen") else "no"
+        super().__post_init__()
 
 
-def resolve_deepspeed(value: str | None) -> str | None:
+def resolve_deepspeed(value: str | dict | None) -> str | dict | None:
     """Shipped config names (zero2, zero3, zero3_offload) become file paths; anything else is a path."""
-    if value in DEEPSPEED_PRESETS:
+    if isinstance(value, str) and value in DEEPSPEED_PRESETS:
         return str(resources.files("vita_trainer") / "configs" / f"{value}.json")
     return value
+
+
+# A ZeRO-3 checkpoint of a 7B model with its optimizer states can take longer than HF's 30-minute default to
+# write to network storage; every other rank waits for it in a collective meanwhile.
+DDP_TIMEOUT_SECONDS = 7200
+# Every run: our collator needs fields that forward() does not take (HF would strip them); no tracker unless asked.
+RUN_DEFAULTS = {"remove_unused_columns": False, "report_to": "none"}
+
+
+def recipe_defaults(*, cuda: bool, bf16: bool, ampere: bool) -> dict[str, Any]:
+    """The reference recipe's settings where HF's defaults differ. GPU only where they only make sense there: CPU
+    runs (tests, the demo, `local` on a laptop) keep HF's in-process data loading, and say use_cpu."""
+    defaults: dict[str, Any] = {"ddp_timeout": DDP_TIMEOUT_SECONDS}
+    if cuda:
+        # 4 workers as the reference; the device image pipeline's uint8 batches are small, so 4 batches ahead per
+        # worker cost little pinned memory (samples/s per worker: docs/benchmarks.md).
+        defaults.update(gradient_checkpointing=True, dataloader_num_workers=4, dataloader_persistent_workers=True,
+                        dataloader_pin_memory=True, dataloader_prefetch_factor=4)
+    else:
+        defaults["use_cpu"] = True
+    if bf16:
+        defaults["bf16"] = True
+    if ampere:
+        defaults["tf32"] = True
+    return defaults
+
+
+def build_parser(preset: StagePreset, *, cuda: bool, bf16: bool, ampere: bool) -> HfArgumentParser:
+    """The trainer's parser with its defaults: the recipe's, then the stage preset's (a preset is more specific);
+    the command line wins over both."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, VitaTrainingArguments))
+    defaults = {**recipe_defaults(cuda=cuda, bf16=bf16, ampere=ampere), **RUN_DEFAULTS, **preset.training}
+    unknown = sorted(set(defaults) - {a.dest for a in parser._actions})
+    if unknown:
+        raise ConfigError(f"stage preset {preset.name!r} sets {unknown}, which are not trainer flags; fix "
+                          f"presets.yaml")
+    parser.set_defaults(**defaults)
+    return parser
+
+
+def require_gpus_if_expected() -> None:
+    """A pod that requested GPUs must not fall back to CPU (a bad driver would otherwise train a 7B on CPU)."""
+    expected = int(os.environ.get(GPUS_ENV, "0") or 0)
+    if expected and not torch.cuda.is_available():
+        raise NodeError(f"this pod requested {expected} GPU(s) ({GPUS_ENV}) but CUDA is unavailable: torch "
+                        f"{torch.__version__} built for CUDA {torch.version.cuda}, {torch.cuda.device_count()} "
+                        f"device(s) visible. Check the node's NVIDIA driver (it must support CUDA "
+                        f"{torch.version.cuda}) and the device plugin; refusing to train on CPU")
+
+
+def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, VitaTrainingArguments, StagePreset]:
+    """The three argument groups and the stage preset they were defaulted from."""
+    stage, _ = _STAGE_ONLY.parse_known_args(argv)
+    preset = get_preset(stage.stage)
+    require_gpus_if_expected()
+    cuda = torch.cuda.is_available()
+    parser = build_parser(preset, cuda=cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+                          ampere=cuda and torch.cuda.get_device_capability()[0] >= 8)
+    model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    return model_args, data_args, train_args, preset
+
+
+# The preset decides the other defaults, so --stage is read first.
+_STAGE_ONLY = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+_STAGE_ONLY.add_argument("--stage", default=VitaTrainingArguments.stage)

@@ -115,10 +115,28 @@ class FaultInjection(TrainerCallback):
             os._exit(18)
 
 
+BATCH_COUNTS = "vita_batch_counts"
+
+
+class CountingCollator:
+    """The trainer's collator: the model inputs, plus what the metrics count (real tokens, skipped samples) under
+    one key that compute_loss takes off before the model sees the batch. It rides in the batch because the collator
+    runs in DataLoader worker processes, whose counters the trainer cannot read."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, samples: list[dict]) -> dict:
+        batch = self.collate(samples)
+        batch[BATCH_COUNTS] = {"tokens": sum(len(s["input_ids"]) for s in samples),
+                               "skipped": [r for s in samples for r in s.get("skipped_reasons", [])]}
+        return batch
+
+
 class VitaTrainer(Trainer):
     def __init__(self, *args, metrics_callback=None, module_lr: dict[str, float] | None = None,
-                 modality_lengths=None, train_sampler=None, **kwargs):
-        super().__init__(*args, **kwargs)
+                 modality_lengths=None, train_sampler=None, data_collator=None, **kwargs):
+        super().__init__(*args, data_collator=CountingCollator(data_collator) if data_collator else None, **kwargs)
         self.metrics_callback = metrics_callback
         self.module_lr = module_lr or {}
         self.modality_lengths = modality_lengths
@@ -138,10 +156,9 @@ class VitaTrainer(Trainer):
     # --- loss ---------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         _fault_oom(self.state.global_step, self.args.per_device_train_batch_size)
-        skipped = inputs.pop("skipped_reasons", [])
-        num_tokens = inputs.pop("num_tokens", 0)
+        counts = inputs.pop(BATCH_COUNTS, {"tokens": 0, "skipped": []})
         if self.metrics_callback is not None:
-            self.metrics_callback.count_batch(int(num_tokens), int(self._samples_in(inputs)), skipped)
+            self.metrics_callback.count_batch(int(counts["tokens"]), int(self._samples_in(inputs)), counts["skipped"])
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = result[0] if return_outputs else result
         if _fault_nonfinite(self.state.global_step):
