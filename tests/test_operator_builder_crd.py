@@ -7,7 +7,8 @@ import jsonschema
 import pytest
 import yaml
 
-from vita_operator.builder import PyTorchJobBackend, job_name
+from vita_api.naming import job_name
+from vita_operator.builder import PyTorchJobBackend
 from vita_operator.crd import render
 from vita_api.spec import VitaTrainingRunSpec
 

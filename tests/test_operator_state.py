@@ -6,7 +6,7 @@ import pytest
 
 from tests.operator_scenarios import BACKENDS, job_status
 from vita_operator.backends import job_backends
-from vita_operator.builder import LABEL_ATTEMPT, LABEL_STAGE
+from vita_api.naming import LABEL_ATTEMPT, LABEL_STAGE
 from vita_operator.state import CreateJob, ObservedJob, ObservedPreflight, SetJobSuspend, decide
 from vita_api.spec import VitaTrainingRunSpec
 

@@ -11,7 +11,8 @@ import yaml
 from tests.control_plane import helm_template
 from tests.operator_scenarios import finished, job_status, result_pod
 from tests.test_operator_builder_crd import FULL, cel_failures, cel_rules, crd_schema
-from vita_operator.builder import LABEL_RUN, POD_SECURITY, container_security, volumes_and_mounts
+from vita_api.naming import LABEL_RUN
+from vita_operator.builder import POD_SECURITY, container_security, volumes_and_mounts
 from vita_operator.trainjob import DEFAULT_RUNTIME, REPLICATED_JOB, TrainJobBackend
 from vita_api.spec import TrainerSpec, VitaTrainingRunSpec
 

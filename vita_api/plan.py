@@ -31,6 +31,16 @@ class PathRoots:
     checkpoints: str
 
 
+DATASET_MOUNT_DEFAULT, CHECKPOINT_MOUNT_DEFAULT = "/data", "/checkpoints"
+
+
+def cluster_roots(spec: VitaTrainingRunSpec) -> PathRoots:
+    """On a cluster: the run's volume mounts (where trainer and preflight pods mount them)."""
+    v = spec.volumes
+    return PathRoots(data=v.dataset.mount_path if v.dataset else DATASET_MOUNT_DEFAULT,
+                     checkpoints=v.checkpoints.mount_path if v.checkpoints else CHECKPOINT_MOUNT_DEFAULT)
+
+
 def resolve_path(root: str, path: str) -> str:
     """A spec path: absolute as given, relative under its root (a volume mount, or the YAML's folder)."""
     return path if posixpath.isabs(path) else posixpath.join(root, path)

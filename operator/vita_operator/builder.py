@@ -3,23 +3,17 @@ protocol, and the PyTorchJob backend (the TrainJob one is in trainjob.py)."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Protocol
 
+from vita_api.naming import job_labels, job_name
+from vita_api.plan import GPUS_ENV, cluster_roots, nproc_per_node, stage_args, stage_output_dir, stage_resources
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
-from vita_api.plan import (GPUS_ENV, PathRoots, nproc_per_node, stage_args, stage_output_dir,
-                                      stage_resources)
 from vita_api.termination import final_loss_of, oom_of, permanent_failure_of
 
-LABEL_RUN = f"{API_GROUP}/run"
-LABEL_STAGE = f"{API_GROUP}/stage"
-LABEL_ATTEMPT = f"{API_GROUP}/attempt"
-MANAGED_BY = ("app.kubernetes.io/managed-by", "vita-operator")
 KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # Set by the Kubeflow training operator on the pods it creates.
 KUBEFLOW_JOB_NAME, KUBEFLOW_REPLICA_TYPE = "training.kubeflow.org/job-name", "training.kubeflow.org/replica-type"
 TRAINER_CONTAINER = "pytorch"
-DATASET_MOUNT_DEFAULT, CHECKPOINT_MOUNT_DEFAULT = "/data", "/checkpoints"
 # No pod-level restarts: torchrun's static rendezvous cannot take one restarted pod back, and a restart budget summed
 # over all pods is spent by one NCCL failure on 4 nodes. A failed pod fails the job; the operator's next attempt is a
 # fresh job (every pod, a new rendezvous) resuming from the checkpoint, and a permanent error is not retried at all.
@@ -58,21 +52,6 @@ class JobBackend(Protocol):
     def final_loss(self, pod: dict[str, Any]) -> float | None: ...
 
 
-def job_name(run_name: str, stage_name: str, attempt: int) -> str:
-    """Deterministic and DNS-1035 safe (<= 50 chars leaves room for Kubeflow's '-master-0' pod suffixes)."""
-    name = f"{run_name}-{stage_name}-{attempt}"
-    if len(name) <= 50:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[:50 - 9 - len(str(attempt)) - 1].rstrip('-')}-{digest}-{attempt}"
-
-
-def roots(spec: VitaTrainingRunSpec) -> PathRoots:
-    v = spec.volumes
-    return PathRoots(data=v.dataset.mount_path if v.dataset else DATASET_MOUNT_DEFAULT,
-                     checkpoints=v.checkpoints.mount_path if v.checkpoints else CHECKPOINT_MOUNT_DEFAULT)
-
-
 def _secret_env(spec: VitaTrainingRunSpec) -> list[dict[str, Any]]:
     env = []
     for var, ref in sorted(spec.trainer.env_from_secrets.items()):
@@ -86,18 +65,13 @@ CACHE_DIR = "/cache"        # HOME and the HF / Triton / torch-extension caches:
 TRAINER_MODULE = ["-m", "vita_trainer.train"]
 
 
-def job_labels(run_name: str, stage_name: str, attempt: int) -> dict[str, Any]:
-    """On the job and on its pods: what the operator finds them by."""
-    return {MANAGED_BY[0]: MANAGED_BY[1], LABEL_RUN: run_name, LABEL_STAGE: stage_name, LABEL_ATTEMPT: str(attempt)}
-
-
 def job_metadata(run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int) -> dict[str, Any]:
     stage = spec.stages[index]
     labels = job_labels(run_name, stage.name, attempt)
     if spec.scheduling.kueue_queue:
         labels[KUEUE_LABEL] = spec.scheduling.kueue_queue
     return {"name": job_name(run_name, stage.name, attempt), "namespace": namespace, "labels": labels,
-            "annotations": {f"{API_GROUP}/output": stage_output_dir(spec, index, roots(spec))}}
+            "annotations": {f"{API_GROUP}/output": stage_output_dir(spec, index, cluster_roots(spec))}}
 
 
 def active_deadline(spec: VitaTrainingRunSpec, index: int) -> int | None:
@@ -267,7 +241,7 @@ class PyTorchJobBackend(ResultPodReader):
         stage = spec.stages[index]
         res = stage_resources(spec, index)
         template = _pod_template(spec, index, job_labels(run_name, stage.name, attempt),
-                                 stage_args(spec, index, roots(spec)))
+                                 stage_args(spec, index, cluster_roots(spec)))
         def replica(n: int) -> dict[str, Any]:
             return {"replicas": n, "restartPolicy": POD_RESTART_POLICY, "template": template}
         replicas = {"Master": replica(1)}

@@ -17,6 +17,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from vita_api.naming import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY
 from vita_api.plan import with_stage_args
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 
@@ -24,7 +25,7 @@ from . import kube, metrics
 from . import preflight as pre
 from . import progress as prog
 from .backends import RUNTIME_ENV, backend_of, configured_backends, job_backends
-from .builder import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY, JobBackend, stuck_reason
+from .builder import JobBackend, stuck_reason
 from .crd import PLURAL, VERSION
 from .progress_loop import progress_pass
 from .state import (TERMINAL, CreateJob, CreatePreflight, Decision, DeleteJob, ObservedJob, ObservedPreflight,

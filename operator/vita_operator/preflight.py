@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from vita_api.naming import job_labels, job_name
+from vita_api.plan import GPUS_ENV, PREFLIGHT, cluster_roots, resolve_path, stage_max_length
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
-from vita_api.plan import GPUS_ENV, PREFLIGHT, resolve_path, stage_max_length
 from vita_api.termination import preflight_summary_of
 
 from .builder import (POD_SECURITY, TTL_AFTER_FINISHED, condition_message, container_env, container_security,
-                      job_labels, job_name, permanent_failure_in, pod_placement, roots, trainer_container_state,
-                      true_conditions, volumes_and_mounts)
+                      permanent_failure_in, pod_placement, trainer_container_state, true_conditions,
+                      volumes_and_mounts)
 
 CONTAINER = "preflight"
 LABEL_PREFLIGHT = f"{API_GROUP}/preflight"
@@ -23,11 +24,11 @@ REPORT_FILE = "preflight-report.json"
 
 def report_path(spec: VitaTrainingRunSpec) -> str:
     """Next to the run's stage outputs on the checkpoint volume."""
-    return f"{resolve_path(roots(spec).checkpoints, spec.output)}/{REPORT_FILE}"
+    return f"{resolve_path(cluster_roots(spec).checkpoints, spec.output)}/{REPORT_FILE}"
 
 
 def preflight_args(spec: VitaTrainingRunSpec) -> list[str]:
-    r = roots(spec)
+    r = cluster_roots(spec)
     args = ["--registry", resolve_path(r.data, spec.data.registry),
             "--tokenizer", spec.model.tokenizer if spec.model.tokenizer == "qwen2.5"
             else resolve_path(r.data, spec.model.tokenizer), "--report", report_path(spec)]

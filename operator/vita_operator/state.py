@@ -31,9 +31,8 @@ from typing import Any
 
 from vita_api.spec import StageSpec, VitaTrainingRunSpec
 from vita_api.oom import after_oom
-from vita_api.plan import PREFLIGHT, backend_problems, check_spec, stage_output_dir
-
-from .builder import job_name, roots
+from vita_api.naming import job_name
+from vita_api.plan import PREFLIGHT, backend_problems, check_spec, cluster_roots, stage_output_dir
 
 TERMINAL = ("Succeeded", "Failed")
 
@@ -306,7 +305,7 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
     records = {r["name"]: r for r in st.get("stages", [])}
     st["stages"] = [records.get(s.name, {"name": s.name, "phase": "Pending", "attempts": 0}) for s in spec.stages]
     for i in range(len(spec.stages)):
-        st["stages"][i]["checkpointPath"] = stage_output_dir(spec, i, roots(spec))
+        st["stages"][i]["checkpointPath"] = stage_output_dir(spec, i, cluster_roots(spec))
 
     started = any(r.get("attempts", 0) for r in st["stages"]) or any(jobs)
     if spec.preflight.enabled and not started and (st.get("preflight") or {}).get("phase") != "Succeeded":

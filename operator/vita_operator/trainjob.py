@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from vita_api.naming import job_labels
+from vita_api.plan import cluster_roots, nproc_per_node, stage_args, stage_resources
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
-from vita_api.plan import nproc_per_node, stage_args, stage_resources
 
 from .builder import (POD_SECURITY, TRAINER_MODULE, ResultPodReader, active_deadline, condition_message,
-                      container_env, container_resources, container_security, job_labels, job_metadata,
-                      pod_annotations, pod_placement, roots, true_conditions, volumes_and_mounts)
+                      container_env, container_resources, container_security, job_metadata, pod_annotations,
+                      pod_placement, true_conditions, volumes_and_mounts)
 
 TRAINER_GROUP = "trainer.kubeflow.org"
 DEFAULT_RUNTIME = "vita-torch-distributed"
@@ -52,7 +53,7 @@ class TrainJobBackend(ResultPodReader):
         trainer = {"image": spec.trainer.image,
                    # Trainer's torch plugin sets PET_NNODES/NPROC_PER_NODE/NODE_RANK/MASTER_ADDR/MASTER_PORT, which
                    # torchrun reads.
-                   "command": ["torchrun"], "args": [*TRAINER_MODULE, *stage_args(spec, index, roots(spec))],
+                   "command": ["torchrun"], "args": [*TRAINER_MODULE, *stage_args(spec, index, cluster_roots(spec))],
                    "env": container_env(spec, index),
                    "numNodes": stage_resources(spec, index).nodes, "numProcPerNode": nproc_per_node(spec, index),
                    "resourcesPerNode": container_resources(spec, index)}

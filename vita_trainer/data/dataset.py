@@ -85,7 +85,7 @@ class LazySupervisedDataset(Dataset):
         out = []
         for _, s in self.entries:
             n = sum(len(v) for _, v in s.turns) // 3 + len(s.images) * tpt + len(s.audios) * 100
-            out.append(n if (s.images or s.audios or s.video) else -n)
+            out.append(n if s.media else -n)
         return out
 
     def token_lengths(self) -> list[int]:

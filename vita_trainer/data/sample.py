@@ -8,6 +8,8 @@ from vita_api.constants import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, VIDEO_PLACE
 from vita_api.errors import DataError
 from .template import ROLES
 
+MEDIA_KINDS = ("image", "video", "audio")
+
 
 @dataclass
 class ParsedSample:
@@ -21,9 +23,16 @@ class ParsedSample:
     inserted_id: int | None = None        # conversations index of the reply marked ☟ (reference field, vita15)
 
     @property
+    def media(self) -> tuple[str, ...]:
+        """The kinds of media the sample holds, in MEDIA_KINDS order; () for text only. The one definition of a
+        sample's modality: `vita-data stats` counts by it, --group_by_modality_length groups by it, and the system
+        prompt is chosen from it (`modality`)."""
+        return tuple(kind for kind, held in zip(MEDIA_KINDS, (self.images, self.video, self.audios)) if held)
+
+    @property
     def modality(self) -> str:
-        """Which system prompt: audio-only samples are "language", as in the reference."""
-        return "video" if self.video else "image" if self.images else "language"
+        """Which system prompt (chat_format.MODALITIES): audio-only samples are "language", as in the reference."""
+        return "video" if "video" in self.media else "image" if "image" in self.media else "language"
 
     def image_set(self, index: int) -> str | None:
         return self.set_name[index] if isinstance(self.set_name, list) else self.set_name

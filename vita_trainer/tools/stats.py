@@ -21,8 +21,7 @@ def collect(chunk) -> list[dict]:
         try:
             facts = inspect_sample(proc, raw, file, index)
             s = facts.sample
-            row.update(modality="+".join(m for m, on in (("image", s.images), ("video", s.video),
-                                                        ("audio", s.audios)) if on) or "text",
+            row.update(modality="+".join(s.media) or "text",
                        tokens=facts.tokens, audio_seconds=facts.audio_seconds,
                        image_sizes=[list(size) for size in facts.image_sizes])
         except DataError as e:
