@@ -243,6 +243,20 @@ def test_cel_rules_reject_cross_field_errors_like_the_model(name, mutate, expect
     assert any(expected in p.lower() for p in problems), problems
 
 
+def test_every_cel_rule_has_a_case_that_the_python_side_rejects_too():
+    """CEL rules (in the CRD) and their Python twins (the model, plan.check_spec) agree case by case above; this
+    makes sure no rule is left without a case: a new rule must come with one. Transition rules (oldSelf) have no
+    twin: only the API server sees the old object."""
+    rules = [r for r in cel_rules(crd_schema(yaml.safe_load(render()))) if "oldSelf" not in r[1]]
+    covered = set()
+    for _, mutate, _ in CEL_BROKEN:
+        spec = copy.deepcopy(FULL)
+        mutate(spec)
+        covered |= set(cel_failures({"spec": spec}, rules))
+    covered |= set(cel_failures({"metadata": {"name": "Bad_Name"}, "spec": FULL}, rules))  # the run-name test
+    assert {message or rule for _, rule, message in rules} <= covered
+
+
 def _pod(message, exit_code=0, container="pytorch"):
     return {"status": {"containerStatuses": [
         {"name": container, "state": {"terminated": {"exitCode": exit_code, "message": message}}}]}}
