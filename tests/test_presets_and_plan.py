@@ -125,13 +125,16 @@ def test_tower_folders_go_to_the_stages_that_start_from_the_base():
     spec = run_spec([{"name": "align", "preset": "vision_align", "datasetUse": "a"},
                      {"name": "sft", "preset": "multimodal_sft", "datasetUse": "a"},
                      {"name": "more", "preset": "multimodal_sft", "datasetUse": "a"}])
+    assert all("--mm_projector_type" not in stage_args(spec, i, ROOTS) for i in range(3))  # unset: the base's own
     spec.model.vision_tower, spec.model.audio_encoder = "models/InternViT", "/abs/whale"
+    spec.model.mm_projector_type = "mlp2x_gelu"
     first, second, third = (stage_args(spec, i, ROOTS) for i in range(3))
     # align saves the projector only, so sft starts from the base too (plus mm_projector.bin)
     for argv in (first, second):
         assert argv[argv.index("--vision_tower") + 1] == "/data/models/InternViT"
         assert argv[argv.index("--audio_encoder") + 1] == "/abs/whale"
-    assert "--vision_tower" not in third  # starts from sft's full output
+        assert argv[argv.index("--mm_projector_type") + 1] == "mlp2x_gelu"  # the trainer checks it against the base
+    assert "--vision_tower" not in third and "--mm_projector_type" not in third  # starts from sft's full output
 
 
 def test_the_prepared_base_folder_name_is_reserved():

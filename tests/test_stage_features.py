@@ -104,6 +104,12 @@ def test_non_finite_loss_stops_with_a_clear_error(data, tmp_path):
                         "--max_grad_norm", "0", "--lr_scheduler_type", "constant", "--warmup_steps", "0"))
 
 
+def test_a_projector_type_the_base_was_not_built_with_stops_before_training(data, tmp_path):
+    """spec.model.mmProjectorType reaches the first stage as --mm_projector_type; a VITA base must match it."""
+    with pytest.raises(ConfigError, match="--mm_projector_type linear but .* was built with mlp2x_gelu"):
+        train_main(args(data, tmp_path / "proj", "vision_align", "demo_image", "--mm_projector_type", "linear"))
+
+
 def test_preflight_reports_every_problem_before_training(data, tmp_path):
     from vita_trainer.local import run_local
     run = build_run("bad", 0.01, "none", 1)

@@ -157,10 +157,12 @@ def stage_args(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> list[
             "--metrics_port", str(spec.trainer.metrics_port)]
     if partial_files:
         args += ["--init_weights", *partial_files]
-    if base == resolve_path(roots.data, spec.model.base):  # the towers of a released VITA-1.5 base
+    if base == resolve_path(roots.data, spec.model.base):  # the base's towers and projector (the trainer checks them)
         for flag, value in (("--vision_tower", spec.model.vision_tower), ("--audio_encoder", spec.model.audio_encoder)):
             if value:
                 args += [flag, resolve_path(roots.data, value)]
+        if spec.model.mm_projector_type:
+            args += ["--mm_projector_type", spec.model.mm_projector_type]
     if spec.trainer.deepspeed != "none":
         args += ["--deepspeed", spec.trainer.deepspeed]
     if spec.hang_timeout_seconds and "ddp_timeout" not in stage.args:

@@ -62,8 +62,9 @@ class ModelSpec(_Spec):
                                      "the path its config records), or to compose a VITA with an LLM base")
     audio_encoder: str | None = Field(None, description="Whale audio-encoder folder (final.pt, train.yaml, "
                                       "global_cmvn), in the same two cases as visionTower")
-    mm_projector_type: str = Field("mlp2x_gelu", pattern=r"^(linear|identity|mlp\d+x_gelu)$",
-                                   description="Vision projector type")
+    mm_projector_type: str | None = Field(None, pattern=r"^(linear|identity|mlp\d+x_gelu)$",
+                                          description="Vision projector type: what a base composed from an LLM "
+                                          "is built with (unset: mlp2x_gelu), and what a VITA base must have")
 
 
 class DataSpec(_Spec):
