@@ -36,12 +36,13 @@ class ApiServerEmulator(KubernetesEmulator):
 
     kopf keys its per-object memory by metadata.uid: without uids every object shares one memory and
     handlers get other objects' bodies. `created_at` records when each object was created (monotonic
-    seconds), for benchmarks that time the operator.
+    seconds), for benchmarks that time the operator; `selected_lists` counts LISTs by (plural, label selector).
     """
 
     def __attrs_post_init__(self):
         super().__attrs_post_init__()
         self.created_at: dict[tuple[str, str, str], float] = {}
+        self.selected_lists: collections.Counter[tuple[str, str]] = collections.Counter()
         self._versions = itertools.count(1)
 
     async def _handle(self, request):
@@ -66,6 +67,7 @@ class ApiServerEmulator(KubernetesEmulator):
         result = await super()._serve_list(request)
         selector = request.params.get("labelSelector")
         if selector:
+            self.selected_lists[(request.resource.plural, selector)] += 1
             result["items"] = [o for o in result["items"] if _selected(o.get("metadata", {}).get("labels") or {},
                                                                        selector)]
         return result

@@ -109,6 +109,28 @@ def test_stages_chain_retry_restart_and_delete(backend):
             assert reason in reasons, (reason, reasons)
 
 
+def test_reconciles_read_a_runs_jobs_from_kopfs_index_not_a_list_each():
+    """Job events and the 1 s resync reconcile the run again and again; once its job is indexed, none LISTs jobs."""
+    with KMockThread() as mock:
+        a = api(mock.url)
+        with operator(mock.url) as runner:
+            a.create_namespaced_custom_object(G, V, NS, P, run_on("pytorchjob"))
+            wait_for(lambda: "r1-s1-1" in jobs(a), what="first job")
+            set_job(a, "r1-s1-1", "Running")
+            wait_for(lambda: run_status(a).get("phase") == "Running", what="Running")
+            time.sleep(1.5)  # the job's events have been indexed
+            lists = mock.kmock.selected_lists[("pytorchjobs", "vita.training.dev/run=r1")]
+            for phase in ("Pending", "Running", "Pending", "Running"):  # four job events, each a reconcile
+                set_job(a, "r1-s1-1", phase)
+                time.sleep(0.5)
+            time.sleep(2)  # and two resync passes
+            assert mock.kmock.selected_lists[("pytorchjobs", "vita.training.dev/run=r1")] == lists
+            set_job(a, "r1-s1-1", "Failed")  # still acts on what the index holds: the retry
+            wait_for(lambda: "r1-s1-2" in jobs(a), what="retry job")
+            assert lists <= 3  # the first reconciles, before the first job was indexed
+        assert runner.exception is None
+
+
 def test_concurrent_runs_each_get_their_own_jobs():
     """Many runs at once: each handler sees its own run (kopf keys per-object state by uid)."""
     names = [f"c{i}" for i in range(8)]

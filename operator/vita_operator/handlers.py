@@ -57,8 +57,10 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     kube.connect(os.environ.get(API_URL_ENV), settings.execution.max_workers or 32)
+    # The indices, for the reconciles that run outside kopf's handlers (the resync and progress loops) too.
+    _job_indices.update({name: kwargs[index_id] for name, index_id in JOB_INDEX_IDS.items()})
     settings.posting.level = 20  # INFO and up become Kubernetes Events
     # No handler needs a finalizer any more; naming the one older versions added lets kopf remove it from runs.
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
@@ -70,12 +72,40 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         start_http_server(port, registry=metrics.REGISTRY)
 
 
+# The enabled backends' jobs by (namespace, run), kept by kopf from the watch it runs anyway for on_job: a reconcile
+# reads its run's jobs from memory instead of LISTing them.
+JOB_INDEX_IDS = {name: f"{name}_jobs_by_run" for name in ENABLED}
+_job_indices: dict[str, kopf.Index[tuple[str | None, str], dict[str, Any]]] = {}
+
+
+def index_job_by_run(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
+                     **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
+    run = labels.get(LABEL_RUN)
+    return {(namespace, run): dict(body)} if run else {}
+
+
+def indexed_jobs(backend_name: str, namespace: str, run_name: str) -> list[dict[str, Any]]:
+    """The run's jobs as kopf's index holds them; [] if it holds none."""
+    index = _job_indices.get(backend_name)
+    store = index.get((namespace, run_name)) if index is not None else None
+    for _ in range(3):
+        try:
+            return list(store or [])
+        except RuntimeError:  # kopf's loop changed the store while the resync thread read it: read again
+            continue
+    return list(store or [])
+
+
 def observed_jobs(backend: JobBackend, namespace: str, run_name: str, recorded_done: set[str],
                   read_pods: bool = True) -> list[ObservedJob]:
-    """The run's jobs. The latest attempt of a stage not yet recorded done also gets what its pods say: the final
-    loss (Succeeded), the trainer's permanent error (Failed) or why the pods cannot start (Pending/Running). Older
-    attempts and finished runs (`read_pods=False`) read no pods: the state machine looks at neither."""
-    items = kube.custom_objects(backend.api_version, backend.plural, namespace, f"{LABEL_RUN}={run_name}")
+    """The run's jobs, from kopf's index. Only a run the index holds no job for asks the API server (a LIST):
+    its first job may not be indexed yet, and only the API can say that the backend's CRD is missing (404).
+
+    The latest attempt of a stage not yet recorded done also gets what its pods say: the final loss (Succeeded),
+    the trainer's permanent error (Failed) or why the pods cannot start (Pending/Running). Older attempts and
+    finished runs (`read_pods=False`) read no pods: the state machine looks at neither."""
+    items = indexed_jobs(backend.name, namespace, run_name) or kube.custom_objects(
+        backend.api_version, backend.plural, namespace, f"{LABEL_RUN}={run_name}")
     jobs = []
     for job in items:  # filter again: cheap, and safe against proxies or mocks that ignore selectors
         labels = job.get("metadata", {}).get("labels", {})
@@ -338,8 +368,9 @@ def on_job(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
 
 # Watch only the enabled backends' jobs: the chart grants RBAC for those alone. And the preflight Jobs.
 for _name in ENABLED:
-    kopf.on.event(*kube.group_version(BACKENDS[_name].api_version), BACKENDS[_name].plural, id=f"on_{_name}",
-                  labels={MANAGED_BY[0]: MANAGED_BY[1]})(on_job)
+    _resource = (*kube.group_version(BACKENDS[_name].api_version), BACKENDS[_name].plural)
+    kopf.index(*_resource, id=JOB_INDEX_IDS[_name], labels={MANAGED_BY[0]: MANAGED_BY[1]})(index_job_by_run)
+    kopf.on.event(*_resource, id=f"on_{_name}", labels={MANAGED_BY[0]: MANAGED_BY[1]})(on_job)
 kopf.on.event("batch", "v1", "jobs", id="on_preflight",
               labels={MANAGED_BY[0]: MANAGED_BY[1], pre.LABEL_PREFLIGHT: "true"})(on_job)
 
