@@ -156,3 +156,27 @@ def test_out_of_memory_retries_with_half_the_micro_batch_and_sees_the_same_sampl
     assert sorted(healed_l) == list(range(1, 9))
     for step in range(1, 9):
         assert healed_l[step] == pytest.approx(ref_l[step], rel=1e-3, abs=1e-4), step
+
+
+def test_a_failed_local_stage_says_what_the_trainer_reported(data, tmp_path):
+    """`vita-train local` names the trainer's own failure (from its termination message), not a config error."""
+    import yaml
+
+    from vita_api.errors import ConfigError, StageFailed
+    from vita_trainer.demo.run import build_run
+    from vita_trainer.local import run_local
+    run = build_run("fails", 1.0, "none", 1)
+    stage = run["spec"]["stages"][1]
+    stage.update(oomPolicy="fail", args={**stage["args"], "max_steps": 2})
+    run["spec"]["stages"], run["spec"]["output"] = [stage], "fails"
+    run["spec"]["trainer"]["metricsPort"] = free_port()
+    path = data / "fails.yaml"
+    path.write_text(yaml.safe_dump(run, sort_keys=False))
+    os.environ["VITA_FAULT_OOM"] = "0:0"
+    try:
+        with pytest.raises(StageFailed, match=r"stage .* failed \(exit 1\): OutOfMemory: out of GPU memory at step 0"
+                           ) as e:
+            run_local(path, nproc=1)
+    finally:
+        del os.environ["VITA_FAULT_OOM"]
+    assert not isinstance(e.value, ConfigError)

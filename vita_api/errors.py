@@ -41,6 +41,11 @@ class NodeError(ConfigError):
     retryable = True
 
 
+class StageFailed(VitaError):
+    """A training stage's processes failed (`vita-train local`); the message carries what the trainer reported."""
+    retryable = True
+
+
 class OutOfMemory(VitaError):
     """The GPU ran out of memory at this micro-batch. Retryable: the operator's next attempt halves the micro-batch
     and doubles the accumulation (vita_api/oom.py), so the global batch and the schedule stay the same."""

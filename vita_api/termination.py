@@ -39,7 +39,8 @@ def final_loss_of(message: str) -> float | None:
 
 # Exit codes, one convention for the trainer and every CLI (vita-train, vita-data, vita-model):
 #   0 done; 1 the command ran and found problems (vita-data check), or any crash; 2 a VitaError or a usage error
-#   (argparse's own code): bad config or data, another attempt cannot help; 3 out of GPU memory (the trainer), so
+#   (argparse's own code): bad config or data, another attempt cannot help, or a `vita-train local` stage that
+#   failed (its message carries the trainer's reason); 3 out of GPU memory (the trainer), so
 #   that even a reader without the termination message (a log, a local run) can tell. Signals are 128+.
 EXIT_PROBLEMS_FOUND = 1
 EXIT_VITA_ERROR = 2
@@ -72,15 +73,20 @@ def preflight_summary_of(message: str) -> dict[str, Any] | None:
     return msg if isinstance(msg, dict) and isinstance(msg.get("preflight"), dict) else None
 
 
-def permanent_failure_of(message: str) -> str | None:
-    """The reader's side: "<kind>: <message>" when the trainer said another attempt cannot help, else None."""
+def failure_of(message: str, *, permanent_only: bool = False) -> str | None:
+    """The reader's side of a failure message: "<kind>: <message>", or None when the message is not one (a
+    result, a log tail). `permanent_only`: only when the trainer said another attempt cannot help."""
     try:
         msg = json.loads(message or "")
     except ValueError:
         return None
-    if not isinstance(msg, dict) or msg.get("retryable") is not False:
+    if not isinstance(msg, dict) or "error" not in msg or (permanent_only and msg.get("retryable") is not False):
         return None
-    return f"{msg.get('error', 'Error')}: {msg.get('message', '')}"
+    return f"{msg['error']}: {msg.get('message', '')}"
+
+
+def permanent_failure_of(message: str) -> str | None:
+    return failure_of(message, permanent_only=True)
 
 
 def write_message(text: str) -> bool:

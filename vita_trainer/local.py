@@ -10,12 +10,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vita_api.errors import ConfigError
+from vita_api.errors import ConfigError, StageFailed
 from vita_api.spec import VitaTrainingRun, load_run
 from vita_api.oom import after_oom
 from vita_api.plan import (STAGE_DONE_FILE, PathRoots, check_spec, nproc_per_node, resolve_path, stage_args,
                           stage_inputs, stage_output_dir, with_stage_args)
-from vita_api.termination import oom_of
+from vita_api.termination import failure_of, oom_of
 from vita_api.termination import PATH_ENV as TERMINATION_PATH_ENV
 
 
@@ -85,7 +85,8 @@ def run_stage(spec, index: int, roots: PathRoots, nproc: int, path: Path) -> Non
                   f"process(es){' with ' + str(overrides) if overrides else ''}", flush=True)
             proc = subprocess.run(cmd, env={**os.environ, TERMINATION_PATH_ENV: str(message)})
             # torchrun exits 1 whatever its workers did; the trainer's message says what happened
-            oom = oom_of(message.read_text()) if proc.returncode else None
+            report = message.read_text() if proc.returncode else ""
+            oom = oom_of(report)
         if oom and stage.oom_policy == "adjust":
             overrides = after_oom(oom["perDeviceTrainBatchSize"], oom["gradientAccumulationSteps"]) or {}
             if overrides:
@@ -93,7 +94,9 @@ def run_stage(spec, index: int, roots: PathRoots, nproc: int, path: Path) -> Non
                       f"checkpoint with {overrides}", flush=True)
                 continue
         if proc.returncode != 0 or not done.is_file():
-            raise ConfigError(f"stage {stage.name} failed (exit {proc.returncode}); fix the error above and rerun "
+            said = failure_of(report)
+            raise StageFailed(f"stage {stage.name} failed (exit {proc.returncode})"
+                              f"{': ' + said if said else ', see the log above'}; fix it and rerun "
                               f"`vita-train local {path}`: finished stages are skipped and this one resumes "
                               f"from its last checkpoint")
         return
