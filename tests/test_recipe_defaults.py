@@ -60,3 +60,11 @@ def test_a_frozen_whale_encoder_stays_in_eval_mode_while_training(tok):
     model.train()
     assert model.audio_encoder.training
     assert not model.eval().audio_encoder.training
+
+
+def test_module_learning_rates_come_from_the_preset_and_the_group_flags():
+    from vita_trainer.train.main import module_learning_rates
+    preset = get_preset("vision_sft")
+    assert module_learning_rates(preset, parse([*ARGV, "--stage", "vision_sft"])[2]) == preset.module_lr
+    args = parse([*ARGV, "--stage", "vision_sft", "--vision_tower_lr", "1e-7", "--audio_adapter_lr", "3e-4"])[2]
+    assert module_learning_rates(preset, args) == {**preset.module_lr, "vision_tower": 1e-7, "audio_adapter": 3e-4}

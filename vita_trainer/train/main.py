@@ -19,6 +19,7 @@ import torch
 from transformers import set_seed
 
 from vita_api.errors import ConfigError, OutOfMemory
+from vita_api.module_groups import MODULE_GROUPS
 from vita_api.plan import STAGE_DONE_FILE
 from vita_api.presets import FREEZE_FLAGS, StagePreset, resolve_trainable, saves_full_weights
 from vita_api.termination import write_termination_message
@@ -26,7 +27,6 @@ from .arguments import DataArguments, ModelArguments, VitaTrainingArguments, par
 from .base_model import prepared_base
 
 log = logging.getLogger("vita_trainer")
-ADJUSTABLE_LR_GROUPS = ("vision_tower", "mm_projector", "audio_encoder", "audio_adapter")  # --{group}_lr
 
 
 def image_pipeline(choice: str, cuda: bool) -> str:
@@ -129,14 +129,18 @@ def setup_data(setup: ModelSetup, registry: Any, model_args: ModelArguments, dat
     return DataSetup(dataset, collator, processor, cmvn_path)
 
 
+def module_learning_rates(preset: StagePreset, args: VitaTrainingArguments) -> dict[str, float]:
+    """Per module group: the preset's learning rates, replaced by the --{group}_lr flags given."""
+    return dict(preset.module_lr) | {g: lr for g in MODULE_GROUPS if (lr := getattr(args, f"{g}_lr", None)) is not None}
+
+
 def build_trainer(setup: ModelSetup, data: DataSetup, data_args: DataArguments, args: VitaTrainingArguments,
                   preset: StagePreset, stage_name: str) -> Any:
     from .metrics import MetricsCallback, TrainerMetrics
     from .trainer import FaultInjection, VitaTrainer, token_budget_sampler
 
     metrics = MetricsCallback(TrainerMetrics(), stage_name, preset.name, args.metrics_port)
-    module_lr = dict(preset.module_lr) | {g: lr for g in ADJUSTABLE_LR_GROUPS
-                                          if (lr := getattr(args, f"{g}_lr")) is not None}
+    module_lr = module_learning_rates(preset, args)
     budget = data_args.max_tokens_per_batch
     return VitaTrainer(model=setup.model, args=args, train_dataset=data.dataset, data_collator=data.collator,
                        processing_class=setup.tokenizer, callbacks=[metrics, FaultInjection()],
