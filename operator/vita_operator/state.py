@@ -318,21 +318,20 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             continue
         seen = [j for j in jobs if j.stage == stage.name]
         attempt = max([rec.get("attempts", 0)] + [j.attempt for j in seen])
-        name = job_name(run_name, stage.name, attempt) if attempt else None
         job = next((j for j in seen if j.attempt == attempt), None)
-        st["currentStage"], st["currentJob"] = stage.name, name
-        if attempt == 0 or job is None:
+        if attempt == 0 or job is None:  # the attempt's job does not exist (yet): create it
             attempt = attempt or 1
             name = job_name(run_name, stage.name, attempt)
+            st["currentStage"], st["currentJob"] = stage.name, name
             d.actions.append(CreateJob(i, attempt, spec.suspend, dict(rec.get("argOverrides", {}))))
             rec.update(phase="Running", attempts=attempt, jobName=name)
             rec.setdefault("startTime", now)
-            st["currentJob"] = name
             d.events.append(("Normal", "StageStarted", f"stage {stage.name} attempt {attempt}: created job {name}"))
             _set_phase(d, "Suspended" if spec.suspend else "Running", "StageRunning",
                        f"stage {stage.name} ({i + 1}/{len(spec.stages)})", now, generation)
             return d
-        name = job_name(run_name, stage.name, attempt)  # the observed job's
+        name = job_name(run_name, stage.name, attempt)
+        st["currentStage"], st["currentJob"] = stage.name, name
         rec.update(attempts=attempt, jobName=name)
         if job.phase == "Succeeded":
             rec.update(phase="Succeeded", completionTime=now, message=job.message)
