@@ -85,8 +85,8 @@ def test_image_text_rewriting_and_the_image_prompt(qwen, media, tmp_path):
     user = text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
     assert collapse(user, IMG) == f"{IMG}*512\nDescribe it."
     assert FORMATS["vita15"].system_prompts["image"] in text
-    # "\n\n" -> "\n" once per turn, replies included
-    assert trained == f"{AFTER_TEXT}A cat.\nIt sleeps.\n\nThe end.<|im_end|>"
+    # every "\n\n" -> "\n", replies included
+    assert trained == f"{AFTER_TEXT}A cat.\nIt sleeps.\nThe end.<|im_end|>"
     # the usual leading "<image>\n" gives the same text: tiles, one "\n", the question
     lead = {**raw, "conversations": conv("<image>\nDescribe it.", "A cat.")}
     user = render(p, lead, tiles=[2])[0].split("<|im_start|>user\n")[1].split("<|im_end|>")[0]

@@ -7,9 +7,8 @@
     ☟ for the reply at the sample's `inserted_id` (an index into `conversations`);
   - three system prompts, image / video / language (audio-only samples use the language one);
   - no newline after the last `<|im_end|>`;
-  - media text as the reference rewrites it: `<audio>\\n` -> `<audio>`; a trailing `<image>`/`<video>` moves to
-    the front of its turn, which is stripped; each image's (or video's) tokens are followed by `\\n`; then the
-    first `\\n\\n` of every turn (replies too) becomes `\\n`;
+  - media text as the reference's `preprocess_multimodal` rewrites it, step by step (`rewrite_media_text`); every
+    `\\n\\n` of every turn, replies included, becomes `\\n` (one left-to-right `str.replace`);
   - `--image_aspect_ratio square` still tiles, as in the reference's Qwen2.5 scripts.
 
 The rules are pure string functions; docs/vita15-format.md lists them with the reference's deviations.
@@ -60,19 +59,13 @@ class ChatFormat:
         if not self.reference_media_text:
             text = text.replace(IMAGE_PLACEHOLDER, IMAGE_TOKEN).replace(AUDIO_PLACEHOLDER, AUDIO_TOKEN)
             return text.replace(VIDEO_PLACEHOLDER, IMAGE_TOKEN * video_frames)
-        text = text.replace(AUDIO_PLACEHOLDER + "\n", AUDIO_PLACEHOLDER)
-        for placeholder in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER):
-            if text.endswith(placeholder):
-                text = (placeholder + text[: -len(placeholder)]).strip()
-        text = (text.replace(IMAGE_PLACEHOLDER, IMAGE_TOKEN + "\n").replace(AUDIO_PLACEHOLDER, AUDIO_TOKEN)
-                .replace(VIDEO_PLACEHOLDER, IMAGE_TOKEN * video_frames + "\n"))
-        return text.replace("\n\n", "\n", 1)
+        return rewrite_media_text(text, video_frames)
 
     def reply_text(self, text: str, previous_user: str, inserted: bool) -> str:
         if not self.reply_states:
             return text
         state = INSERTED if inserted else AFTER_AUDIO if AUDIO_PLACEHOLDER in previous_user else AFTER_TEXT
-        return state + text.replace("\n\n", "\n", 1)
+        return state + text.replace("\n\n", "\n")
 
     def turns(self, turns: list[tuple[str, str]], video_frames: int, inserted_id: int | None) -> list[tuple[str, str]]:
         """(role, raw text) -> (role, template text) with one media token per placeholder (expanded later)."""
@@ -83,6 +76,34 @@ class ChatFormat:
             else:
                 out.append((role, self.user_text(text, video_frames)))
         return out
+
+
+def _front_trailing(text: str, placeholder: str) -> str:
+    """A turn ending in a run of k placeholders gets that run at its front instead (then stripped)."""
+    k = 0
+    while text.endswith(placeholder * (k + 1)):
+        k += 1
+    if not k:
+        return text
+    return (placeholder * k + text[: len(text) - k * len(placeholder)].strip()).strip()
+
+
+def rewrite_media_text(text: str, video_frames: int) -> str:
+    """The reference's per-turn rewriting (vita/train/train.py `preprocess_multimodal`), in its order:
+    1. in a turn with `<image>` or `<video>`: every `<image>\\n` -> `<image>`, strip; every `\\n<image>` -> `<image>`,
+       strip; a trailing run of `<image>`, then of `<video>`, moves to the front (stripped);
+    2. each `<image>` -> its tokens + `\\n`; `<video>` -> one token per frame + `\\n`; `<audio>\\n` -> `<audio>`;
+    3. every `\\n\\n` -> `\\n` (one pass: three newlines become two, four become two).
+    Image tokens stand one per image here; the processor expands each to its own tile count."""
+    if IMAGE_PLACEHOLDER in text or VIDEO_PLACEHOLDER in text:
+        text = text.replace(IMAGE_PLACEHOLDER + "\n", IMAGE_PLACEHOLDER).strip()
+        text = text.replace("\n" + IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER).strip()
+        text = _front_trailing(_front_trailing(text, IMAGE_PLACEHOLDER), VIDEO_PLACEHOLDER)
+    text = (text.replace(IMAGE_PLACEHOLDER, IMAGE_TOKEN + "\n")
+            .replace(VIDEO_PLACEHOLDER, IMAGE_TOKEN * video_frames + "\n")
+            .replace(AUDIO_PLACEHOLDER + "\n", AUDIO_PLACEHOLDER)
+            .replace(AUDIO_PLACEHOLDER, AUDIO_TOKEN))
+    return text.replace("\n\n", "\n")
 
 
 FORMATS = {
