@@ -68,12 +68,12 @@ def test_device_tiles_match_the_host_pil_tiles_within_the_bound(case, size, max_
 
 def test_untiled_images_and_uint8_batches():
     host, device, pixels, grid = both_paths(jpeg(photo(96, 32)), dynamic=False)
-    assert grid == (1, 1, 0) and host.shape == device.shape == (1, 3, 448, 448)
+    assert grid == (1, 1, 0, 1) and host.shape == device.shape == (1, 3, 448, 448)
     assert (host - device).abs().max() <= 0.05
     small, wide = torch.full((2, 3, 3), 7, dtype=torch.uint8), torch.full((4, 5, 3), 9, dtype=torch.uint8)
-    batch = stack_images([small, wide], [(1, 1, 0), (2, 1, 1)])
+    batch = stack_images([small, wide], [(1, 1, 0, 1), (2, 1, 1, 0)])
     assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (2, 4, 5, 3)
-    assert batch["image_sizes"].tolist() == [[2, 3], [4, 5]] and batch["image_grids"].tolist() == [[1, 1, 0], [2, 1, 1]]
+    assert batch["image_sizes"].tolist() == [[2, 3], [4, 5]] and batch["image_grids"].tolist() == [[1, 1, 0, 1], [2, 1, 1, 0]]
     assert (batch["images"][0, :2, :3] == 7).all() and (batch["images"][1] == 9).all()
 
 
@@ -119,7 +119,9 @@ def test_an_unknown_pipeline_is_refused(tok, tiny_cfg, media_dir):
                         image_pipeline="gpu")
 
 
-def test_auto_picks_the_device_pipeline_only_where_there_is_a_gpu():
+def test_auto_picks_the_device_pipeline_only_where_there_is_a_gpu_and_never_under_vita15():
     from vita_trainer.train.main import image_pipeline
     assert image_pipeline("auto", cuda=True) == "device" and image_pipeline("auto", cuda=False) == "host"
+    assert image_pipeline("auto", cuda=True, chat_format="vita15") == "host"
+    assert image_pipeline("auto", cuda=True, chat_format="qwen2p5_instruct") == "host"
     assert image_pipeline("host", cuda=True) == "host" and image_pipeline("device", cuda=False) == "device"

@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import pad_sequence
 from vita_api.constants import IGNORE_INDEX
 
 
-def stack_images(images: list[torch.Tensor], grids: list[tuple[int, int, int]]) -> dict:
+def stack_images(images: list[torch.Tensor], grids: list[tuple[int, int, int, int]]) -> dict:
     """Decoded (H, W, 3) uint8 images of any size as one (N, Hmax, Wmax, 3) tensor, with each one's size and tile
     grid (the device pipeline). The padding is never read (the device step crops each image to its size), so it is
     left uninitialised."""

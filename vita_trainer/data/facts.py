@@ -86,8 +86,9 @@ def inspect_sample(proc, raw, file: str, index: int) -> SampleFacts:
 
 def inspect_parsed(proc, s: ParsedSample, file: str) -> SampleFacts:
     sizes = image_sizes(proc, s, file)
+    tiled = [(max(w, h),) * 2 if proc.pad else (w, h) for w, h in sizes]  # `pad` tiles the padded square
     tiles = [tile_count(w, h, proc.media.tile_size, proc.media.max_tiles, proc.media.use_thumbnail,
-                        proc.dynamic_tiling(s, file, i)) for i, (w, h) in enumerate(sizes)]
+                        proc.dynamic_tiling(s, file, i)) for i, (w, h) in enumerate(tiled)]
     seconds = audio_seconds(proc, s, file)
     frames = [fbank_frames(int(sec * SAMPLE_RATE)) for sec in seconds]
     ids, _ = proc.layout(s, file, tiles, video_frames(proc, s, file), frames)

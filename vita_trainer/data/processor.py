@@ -17,7 +17,7 @@ from vita_api.constants import AUDIO_TOKEN, IGNORE_INDEX, IMAGE_TOKEN, MAX_AUDIO
 from vita_api.errors import ConfigError, DataError
 from . import audio as audio_io
 from .chat_format import DEFAULT_FORMAT, MODALITIES, get_format
-from .image import decode_for_device, tile_image, tiles_to_tensor
+from .image import decode_for_device, pad_colour, pad_to_square, tile_image, tiles_to_tensor
 from .paths import resolve_media
 from .registry import Registry
 from .sample import ParsedSample
@@ -25,6 +25,7 @@ from .template import render_segments, tokenize_segments
 from .video import load_frames
 
 IMAGE_PIPELINES = ("host", "device")
+IMAGE_ASPECT_RATIOS = ("dynamic", "square", "pad")
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,11 @@ class SampleProcessor:
         decoded uint8 images and their tile grids, and the model tiles them on its device."""
         if image_pipeline not in IMAGE_PIPELINES:
             raise ConfigError(f"--image_pipeline {image_pipeline!r}: choose one of {', '.join(IMAGE_PIPELINES)}")
+        if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+            raise ConfigError(f"--image_aspect_ratio {image_aspect_ratio!r}: choose one of {', '.join(IMAGE_ASPECT_RATIOS)}")
         self.image_pipeline = image_pipeline
+        # pad: every image and frame is first pasted on a square of the mean colour, then tiled (the reference)
+        self.pad = pad_colour(media.image_mean) if image_aspect_ratio == "pad" else None
         self.tok, self.media, self.registry = tokenizer, media, registry
         self.max_len = model_max_length
         self.format = get_format(chat_format)
@@ -102,8 +107,12 @@ class SampleProcessor:
         return resolve_media(root, s.video, file=file, sample_id=s.sample_id, field="video")
 
     def dynamic_tiling(self, s: ParsedSample, file: str, image: int = 0) -> bool:
+        """As the reference: `no_patch_sets` is consulted only for an image of a multi-image sample; a single
+        image is always tiled (unless `square` under chatml)."""
+        if not self.dynamic or len(s.images) < 2:
+            return self.dynamic
         set_name = s.image_set(image) or self.registry.default_set(file)
-        return self.dynamic and set_name not in self.registry.no_patch_sets
+        return set_name not in self.registry.no_patch_sets
 
     def check_duration(self, seconds: float, path: Path, *, file: str, sid: str, field: str) -> None:
         """Counted warning outside [min, max]; an error when too short to yield one LLM token."""
@@ -130,11 +139,13 @@ class SampleProcessor:
 
     def host_tiles(self, image: Image.Image, dynamic: bool) -> list[Image.Image]:
         image.load()
+        if self.pad:
+            image = pad_to_square(image, self.pad)
         return tile_image(image, self.media.tile_size, self.media.max_tiles, self.media.use_thumbnail, dynamic=dynamic)
 
-    def device_image(self, image: Image.Image, dynamic: bool) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    def device_image(self, image: Image.Image, dynamic: bool) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
         return decode_for_device(image, self.media.tile_size, self.media.max_tiles, self.media.use_thumbnail,
-                                 dynamic=dynamic)
+                                 dynamic=dynamic, pad=self.pad)
 
     def _load_video(self, s: ParsedSample, file: str) -> list[Image.Image]:
         path = self.video_path(s, file)
@@ -196,7 +207,7 @@ class SampleProcessor:
         frames = self._load_video(s, file)  # each frame is one untiled tile
         if self.image_pipeline == "device":
             decoded = self._load_images(s, file, self.device_image) + [self.device_image(f, False) for f in frames]
-            tile_counts = [cols * rows + thumb for _, (cols, rows, thumb) in decoded[:len(decoded) - len(frames)]]
+            tile_counts = [cols * rows + thumb for _, (cols, rows, thumb, _) in decoded[:len(decoded) - len(frames)]]
             media = {"images": [pixels for pixels, _ in decoded], "image_grids": [grid for _, grid in decoded]}
         else:
             tile_groups = self._load_images(s, file, self.host_tiles) + [self.host_tiles(f, False) for f in frames]

@@ -3,7 +3,7 @@
     image_folders: {set_name: path}         # FolderDict
     audio_root: path                         # AudioFolder
     video_root: path                         # optional
-    no_patch_sets: [set_name, ...]           # NoPatchSets: one untiled tile
+    no_patch_sets: [set_name, ...]           # NoPatchSets: an image of a multi-image sample is one untiled tile
     datasets: {name: {chat_path: path, data_ratio: 1.0,
                       set: set_name | image_folder: path,   # for its samples without `set` (LLaVA, ShareGPT4V)
                       audio_root: path, video_root: path}}  # override the registry's roots for this dataset

@@ -111,7 +111,7 @@ def generate(root: str | Path, n_image: int = 1200, n_audio: int = 600, n_text: 
     for name, samples in chats.items():
         (root / "chats" / f"{name}.json").write_text(json.dumps(samples, indent=1))
     registry = {
-        "image_folders": {"shapes": "images"}, "audio_root": "audio", "no_patch_sets": ["shapes"],
+        "image_folders": {"shapes": "images"}, "audio_root": "audio",
         "datasets": {name: {"chat_path": f"chats/{name}.json"} for name in chats},
         "mixtures": {"demo_text": ["text"], "demo_image": ["image_train"], "demo_audio": ["audio_train"],
                      "demo_multimodal": ["image_train", "audio_train"]},

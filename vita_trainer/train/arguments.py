@@ -61,7 +61,10 @@ class ModelArguments:
 class DataArguments:
     data_registry: str = field(metadata={"help": "Dataset registry YAML"})
     dataset_use: str = field(metadata={"help": "Mixture or dataset key in the registry"})
-    image_aspect_ratio: str = field(default="dynamic", metadata={"help": "dynamic (InternVL tiling) | square | pad"})
+    image_aspect_ratio: str = field(default="dynamic", metadata={
+        "choices": ["dynamic", "square", "pad"],
+        "help": "dynamic (InternVL tiling) | square (one centre-cropped tile; still tiles under vita15) | pad "
+                "(pasted on a square of the mean colour first, then tiled, as the reference)"})
     max_tiles: int | None = field(default=None, metadata={"help": "Maximum tiles per image; default from config"})
     lazy_preprocess: bool = field(default=True, metadata={"help": "Always lazy; accepted for compatibility"})
     is_multimodal: bool = field(default=True, metadata={"help": "Accepted for compatibility"})
@@ -70,7 +73,7 @@ class DataArguments:
         "choices": ["auto", "device", "host"],
         "help": "device: DataLoader workers only decode images (uint8), the model resizes, tiles and normalises "
                 "them on its device; host: PIL tiles as float on the host (the reference's exact pixels); "
-                "auto: device on GPUs, host on CPU"})
+                "auto: host under the vita15 format and on CPU, device on GPUs otherwise"})
     max_tokens_per_batch: int | None = field(default=None, metadata={
         "help": "Cap each micro-batch by tokens instead of a sample count (replaces --per_device_train_batch_size): "
                 "as many samples as fit, padded rows counted as samples x longest, packed rows by their sum; "

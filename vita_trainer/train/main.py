@@ -23,16 +23,20 @@ from vita_api.module_groups import MODULE_GROUPS
 from vita_api.plan import STAGE_DONE_FILE
 from vita_api.presets import FREEZE_FLAGS, StagePreset, resolve_trainable, saves_full_weights
 from vita_api.termination import write_termination_message
+from ..data.chat_format import get_format
 from .arguments import DataArguments, ModelArguments, VitaTrainingArguments, parse
 from .base_model import prepared_base
 
 log = logging.getLogger("vita_trainer")
 
 
-def image_pipeline(choice: str, cuda: bool) -> str:
-    """auto: the device pipeline where there is a GPU to tile on; on CPU the host path, whose pixels are the
-    reference's exactly."""
-    return ("device" if cuda else "host") if choice == "auto" else choice
+def image_pipeline(choice: str, cuda: bool, chat_format: str = "chatml") -> str:
+    """auto: the host path, whose pixels are the reference's exactly, under the vita15 format (fine-tuning the
+    released model: at 7B a GPU consumes 1-2 samples/s, far below what host workers deliver) and on CPU; the
+    device pipeline otherwise where there is a GPU to tile on."""
+    if choice != "auto":
+        return choice
+    return "device" if cuda and get_format(chat_format).name != "vita15" else "host"
 
 
 @dataclass
@@ -115,11 +119,12 @@ def setup_data(setup: ModelSetup, registry: Any, model_args: ModelArguments, dat
                                 image_aspect_ratio=data_args.image_aspect_ratio, cmvn=cmvn,
                                 system_prompt=data_args.system_prompt, chat_format=chat_format,
                                 system_prompts={m: getattr(data_args, f"system_prompt_{m}") for m in MODALITIES},
-                                image_pipeline=image_pipeline(data_args.image_pipeline, torch.cuda.is_available()))
+                                image_pipeline=image_pipeline(data_args.image_pipeline, torch.cuda.is_available(),
+                                                               chat_format))
     config.chat_format = processor.format.name  # saved with the stage's output: the next stage keeps the format
     if data_args.image_aspect_ratio == "square" and processor.format.square_still_tiles:
         log.warning("--image_aspect_ratio square still tiles images under the %s chat format, as the reference's "
-                    "Qwen2.5 scripts do; list sets under no_patch_sets for single untiled tiles", chat_format)
+                    "Qwen2.5 scripts do (no_patch_sets untiles the images of multi-image samples)", chat_format)
     dataset = LazySupervisedDataset(registry, data_args.dataset_use, processor,
                                     skip_bad_samples=data_args.skip_bad_samples, seed=args.seed,
                                     cache=data_args.cache_processed_samples)
