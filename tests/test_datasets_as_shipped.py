@@ -137,9 +137,34 @@ def test_container_video_samples_at_the_reference_rate(tmp_path, suffix, codec):
     frames = load_frames(path)
     assert len(frames) == len(sample_indices(60, 10.0)) == 16
     assert frames[0].mode == "RGB" and frames[0].size == (64, 48)
-    # the frames are the sampled ones, in order (brightness rises with the frame index)
-    means = [np.asarray(f).mean() for f in frames]
-    assert means == sorted(means)
+    # the frames are the reference's indices, hand-computed (stride 3, then 16 linspace positions of 20)
+    every = all_frames(path)
+    expected = [every[i] for i in (0, 3, 6, 9, 15, 18, 21, 24, 30, 33, 36, 39, 45, 48, 51, 57)]
+    assert all(np.array_equal(np.asarray(f), e) for f, e in zip(frames, expected))
+
+
+def all_frames(path):
+    """Every frame, decoded by PyAV directly (the expectation's source)."""
+    import av
+    with av.open(str(path)) as container:
+        return [np.asarray(f.to_image().convert("RGB")) for f in container.decode(container.streams.video[0])]
+
+
+def test_a_video_is_decoded_once_and_counted_without_decoding(tmp_path, monkeypatch):
+    from vita_trainer.data import video
+    path = tmp_path / "clip.mp4"
+    write_mp4(path, frames=60, fps=10)
+    calls = []
+    real = video._decode
+    monkeypatch.setattr(video, "_decode", lambda p, wanted: calls.append(wanted) or real(p, wanted))
+    assert video.frame_count(path) == 16 and calls == []  # container metadata only
+    assert len(video.load_frames(path)) == 16 and len(calls) == 1
+    # metadata that overstates the frames: the first pass finds the true count, a second reads its frames
+    calls.clear()
+    monkeypatch.setattr(video, "_metadata_frames", lambda *a: 100)
+    frames = video.load_frames(path)
+    assert len(calls) == 2 and len(frames) == 16
+    assert np.array_equal(np.asarray(frames[-1]), all_frames(path)[57])
 
 
 def test_a_broken_video_is_a_clear_error_in_check(downloads, capsys):

@@ -57,10 +57,19 @@ def test_cmvn_from_whale_stats(tmp_path):
     assert torch.allclose(cmvn.istd, torch.full((80,), 1 / np.sqrt(3.0)))
 
 
-def test_video_sampling_between_4_and_16_frames():
-    assert len(sample_indices(300, fps=30)) == 16       # 10 s at 3 fps = 30 -> capped at 16
-    assert len(sample_indices(10, fps=30)) == 4         # short clip -> at least 4
-    assert sample_indices(10, fps=30)[-1] == 9
+# Hand-computed from the reference's rule (../shared/docs/vita-reference.md, "Video"): stride = round(fps / 3),
+# range(0, frames, stride), then numpy.linspace(0, n - 1, 16 or 4, dtype=int) positions when above 16 or below 4.
+@pytest.mark.parametrize("frames,fps,expected", [
+    (300, 30, [0, 10, 30, 50, 70, 90, 110, 130, 150, 170, 190, 210, 230, 250, 270, 290]),  # 30 -> 16
+    (10, 30, [0, 0, 0, 0]),                                     # stride 10: one frame, repeated to 4
+    (100, 25, list(range(0, 100, 8))),                          # stride round(8.33) = 8: 13 frames, all
+    (60, 10, [0, 3, 6, 9, 15, 18, 21, 24, 30, 33, 36, 39, 45, 48, 51, 57]),  # stride 3: 20 -> 16
+    (20, 7.5, list(range(0, 20, 2))),                           # round(2.5) = 2 (Python rounds half to even)
+    (20, 24, [0, 0, 8, 16]),                                    # stride 8: 3 frames -> 4
+    (5, 1, [0, 1, 2, 3, 4]),                                    # the reference's stride 0 (a crash) is 1 here
+])
+def test_video_frames_follow_the_reference_rule(frames, fps, expected):
+    assert sample_indices(frames, fps) == expected
 
 
 def test_tiles_to_tensor_normalises_like_the_formula():

@@ -116,3 +116,18 @@ def test_a_single_image_in_a_no_patch_set_is_still_tiled(pad_samples):
     run, _, _ = pad_samples
     one = run("host", "dynamic")[0]
     assert one["pixel_values"].shape[0] == 13  # 640x480: 4x3 grid + thumbnail, as the reference
+
+
+def test_video_frames_are_centre_cropped_like_untiled_images(tok, tiny_cfg, media_dir):
+    from tests.test_datasets_as_shipped import all_frames, write_mp4
+    from vita_trainer.data.registry import Registry
+    write_mp4(media_dir / "clip.mp4", frames=20, fps=10)  # 64x48: stride 3 gives 7 frames
+    raw = {"id": "v", "video": "clip.mp4", "conversations": conv(("<video>\nWhat happens?", "Light."))}
+    (media_dir / "v.json").write_text(__import__("json").dumps([raw]))
+    reg = Registry(base_dir=str(media_dir), datasets={"d": {"chat_path": "v.json", "video_root": "."}})
+    media = MediaSpec.from_config(tiny_cfg, tile_size=448, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    out = SampleProcessor(tok, media, reg, 100_000, system_prompt="S")(
+        parse_sample(raw, file=str(media_dir / "v.json"), index=0), str(media_dir / "v.json"))
+    every = all_frames(media_dir / "clip.mp4")
+    expected = torch.cat([clip(Image.fromarray(every[i])) for i in (0, 3, 6, 9, 12, 15, 18)])
+    assert (out["pixel_values"] - expected).abs().max() < 1e-5

@@ -88,12 +88,13 @@ class LazySupervisedDataset(Dataset):
             out.append(n if s.media else -n)
         return out
 
-    def token_lengths(self) -> list[int]:
-        """Each sample's exact token count from its media headers (data/facts.py), for token-budget batches. A
-        sample whose headers cannot be read counts as --model_max_length: it is skipped or fails when loaded."""
+    def token_lengths(self, shard: int = 0, shards: int = 1) -> list[int]:
+        """The exact token count of samples shard, shard + shards, ... from their media headers (data/facts.py; a
+        video's frames from its container metadata), for token-budget batches. A sample whose headers cannot be
+        read counts as --model_max_length: it is skipped or fails when loaded."""
         from .facts import inspect_parsed
         out = []
-        for file, s in self.entries:
+        for file, s in self.entries[shard::shards]:
             try:
                 out.append(inspect_parsed(self.processor, s, file).tokens)
             except DataError:

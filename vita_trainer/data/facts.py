@@ -12,7 +12,7 @@ from vita_api.errors import DataError
 from .audio import SAMPLE_RATE, fbank_frames
 from .image import tile_count
 from .sample import ParsedSample, parse_sample
-from .video import load_frames
+from .video import frame_count
 
 MAX_ASPECT_RATIO = 12.0
 
@@ -64,7 +64,7 @@ def video_frames(proc, s, file) -> int:
     if path is None:
         return 0
     try:
-        return len(load_frames(path))
+        return frame_count(path)  # container metadata: nothing is decoded
     except (ValueError, OSError) as e:
         raise DataError(f"video {path} cannot be decoded: {e}", file=file, sample_id=s.sample_id, field="video",
                         reason="corrupt_file") from e

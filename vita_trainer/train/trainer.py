@@ -77,13 +77,21 @@ FAULT_OOM_ENV = "VITA_FAULT_OOM"
 
 
 def token_budget_sampler(dataset, args, max_tokens: int, packed: bool):
-    """The token-budget batch sampler (data/token_budget.py). Rank 0 reads every sample's headers once and
-    sends the lengths to the others, so all ranks plan the same batches."""
+    """The token-budget batch sampler (data/token_budget.py). Each rank reads the headers of every world_size-th
+    sample and the ranks exchange their shares, so all ranks plan the same batches and no rank scans the mixture
+    alone while the others wait on a collective's timeout."""
     from ..data.token_budget import TokenBudgetSampler
-    lengths = [dataset.token_lengths() if args.process_index == 0 else None]
-    if _dist():
-        torch.distributed.broadcast_object_list(lengths, src=0)
-    return TokenBudgetSampler(lengths[0], max_tokens, packed=packed, dp_size=max(1, args.world_size),
+    world = max(1, args.world_size) if _dist() else 1
+    mine = dataset.token_lengths(args.process_index if world > 1 else 0, world)
+    shares: list = [None] * world
+    if world > 1:
+        torch.distributed.all_gather_object(shares, mine)
+    else:
+        shares = [mine]
+    lengths = [0] * len(dataset)
+    for rank, share in enumerate(shares):
+        lengths[rank::world] = share
+    return TokenBudgetSampler(lengths, max_tokens, packed=packed, dp_size=max(1, args.world_size),
                               grad_accum=args.gradient_accumulation_steps, rank=args.process_index, seed=args.seed)
 
 
