@@ -2,6 +2,10 @@
 
 from pathlib import Path
 
+import pytest
+
+from vita_api.errors import ConfigError
+
 from vita_api.presets import get_preset
 from vita_trainer.model.builder import tiny_config
 from vita_trainer.model.modeling import VitaForCausalLM
@@ -68,3 +72,20 @@ def test_module_learning_rates_come_from_the_preset_and_the_group_flags():
     assert module_learning_rates(preset, parse([*ARGV, "--stage", "vision_sft"])[2]) == preset.module_lr
     args = parse([*ARGV, "--stage", "vision_sft", "--vision_tower_lr", "1e-7", "--audio_adapter_lr", "3e-4"])[2]
     assert module_learning_rates(preset, args) == {**preset.module_lr, "vision_tower": 1e-7, "audio_adapter": 3e-4}
+
+
+def test_mm_projector_lr_is_the_vision_towers_rate_as_in_the_reference(caplog):
+    """The reference's stage-1.2 command (`--unfreeze_vision_tower True --mm_projector_lr 2e-6`, base rate 2e-5)
+    trains the tower at 2e-6 and the projector at the base rate (../shared/docs/vita-reference.md)."""
+    from vita_trainer.train.main import module_learning_rates
+    preset = get_preset("vision_task_sft")  # no preset rates of its own
+    args = parse([*ARGV, "--stage", "vision_task_sft", "--learning_rate", "2e-5", "--mm_projector_lr", "2e-6"])[2]
+    with caplog.at_level("INFO", logger="vita_trainer"):
+        rates = module_learning_rates(preset, args)
+    assert rates.get("vision_tower") == 2e-6 and "mm_projector" not in rates  # the projector: --learning_rate
+    assert "sets the vision tower's learning rate" in caplog.text
+    args = parse([*ARGV, "--stage", "vision_task_sft", "--projector_lr", "1e-4"])[2]
+    assert module_learning_rates(preset, args) == {"mm_projector": 1e-4}
+    args = parse([*ARGV, "--mm_projector_lr", "2e-6", "--vision_tower_lr", "1e-6"])[2]
+    with pytest.raises(ConfigError, match="both set the vision tower"):
+        module_learning_rates(preset, args)

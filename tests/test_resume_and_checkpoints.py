@@ -117,7 +117,7 @@ def test_zero3_offload_trains_with_deepspeeds_cpu_adam_and_the_module_learning_r
     the trainer builds DeepSpeedCPUAdam with the per-module learning-rate groups instead."""
     cmd = train_cmd(tmp_path / "offload", data, steps=3)
     cmd[cmd.index("--deepspeed") + 1] = "zero3_offload"
-    r = run([*cmd, "--mm_projector_lr", "1e-3"])
+    r = run([*cmd, "--projector_lr", "1e-3"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "optimizer DeepSpeedCPUAdam, 2 parameter groups, learning rates [0.001, 0.003]" in r.stderr, r.stderr[-3000:]
     assert len(losses(tmp_path / "offload")) == 3

@@ -107,8 +107,13 @@ class VitaTrainingArguments(TrainingArguments):
     chunked_loss: bool = field(default=True, metadata={
         "help": "LM loss from the labelled positions' logits only, in checkpointed chunks, never the batch's "
                 "full fp32 logits (HF's path needs tens of GB at 8 x 6200 tokens)"})
+    # Per module group (train/main.py LR_FLAGS). --mm_projector_lr keeps the reference's meaning: the vision
+    # tower's rate (its stage-1.2 command relies on it); the projector's own rate is --projector_lr.
     vision_tower_lr: float | None = None
-    mm_projector_lr: float | None = None
+    mm_projector_lr: float | None = field(default=None, metadata={
+        "help": "As in the VITA reference: the learning rate of the vision tower's parameters (= --vision_tower_lr; "
+                "the projector keeps --learning_rate unless --projector_lr is given)"})
+    projector_lr: float | None = field(default=None, metadata={"help": "The vision projector's learning rate"})
     audio_encoder_lr: float | None = None
     audio_adapter_lr: float | None = None
     # HF's default is "no". Real tokens seen, kept in checkpoints: the stage summary reports it, and a resumed

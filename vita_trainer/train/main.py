@@ -134,9 +134,25 @@ def setup_data(setup: ModelSetup, registry: Any, model_args: ModelArguments, dat
     return DataSetup(dataset, collator, processor, cmvn_path)
 
 
+# The flag that sets each module group's learning rate: --{group}_lr, except the projector's, whose reference name
+# --mm_projector_lr means the vision tower's rate (REFERENCE_TOWER_LR_FLAG).
+LR_FLAGS = {g: f"{g}_lr" for g in MODULE_GROUPS} | {"mm_projector": "projector_lr"}
+REFERENCE_TOWER_LR_FLAG = "mm_projector_lr"
+
+
 def module_learning_rates(preset: StagePreset, args: VitaTrainingArguments) -> dict[str, float]:
-    """Per module group: the preset's learning rates, replaced by the --{group}_lr flags given."""
-    return dict(preset.module_lr) | {g: lr for g in MODULE_GROUPS if (lr := getattr(args, f"{g}_lr", None)) is not None}
+    """Per module group: the preset's learning rates, replaced by the flags given (LR_FLAGS)."""
+    flags = {g: lr for g, flag in LR_FLAGS.items() if (lr := getattr(args, flag, None)) is not None}
+    tower = getattr(args, REFERENCE_TOWER_LR_FLAG, None)
+    if tower is not None:
+        if flags.get("vision_tower", tower) != tower:
+            raise ConfigError(f"--{REFERENCE_TOWER_LR_FLAG} {tower} and --vision_tower_lr {flags['vision_tower']} "
+                              f"both set the vision tower's learning rate; give one")
+        flags["vision_tower"] = tower
+        log.info("--%s %g sets the vision tower's learning rate, as in the VITA reference; the projector's is "
+                 "--projector_lr (now %g)", REFERENCE_TOWER_LR_FLAG, tower,
+                 flags.get("mm_projector", preset.module_lr.get("mm_projector", args.learning_rate)))
+    return dict(preset.module_lr) | flags
 
 
 def build_trainer(setup: ModelSetup, data: DataSetup, data_args: DataArguments, args: VitaTrainingArguments,
