@@ -41,6 +41,14 @@ def test_fbank_frames_and_audio_tokens(seconds, frames, tokens):
     assert out.shape[1] == tokens and int(out_lens[0]) == tokens
 
 
+def test_a_stereo_file_gives_its_channel_0_as_kaldi_fbank_takes_it(tmp_path):
+    import soundfile as sf
+    left, right = 0.1 * np.sin(np.arange(16000) / 5), 0.3 * np.sin(np.arange(16000) / 3)
+    sf.write(tmp_path / "stereo.wav", np.stack([left, right], axis=1).astype("float32"), 16000)
+    wave = audio.load_audio(tmp_path / "stereo.wav")
+    assert torch.equal(wave, torch.from_numpy(sf.read(tmp_path / "stereo.wav", dtype="float32")[0][:, 0].copy()))
+
+
 def test_resample_to_16k(media_dir):
     wave = audio.load_audio(media_dir / "8k.wav")  # 1 s at 8 kHz
     assert wave.numel() == 16000

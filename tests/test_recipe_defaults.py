@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from vita_api.errors import ConfigError
 
@@ -54,16 +55,49 @@ def test_shipped_deepspeed_names_become_the_packaged_files():
     assert args.deepspeed.endswith("vita_trainer/configs/zero2.json") and Path(args.deepspeed).is_file()
 
 
-def test_a_frozen_whale_encoder_stays_in_eval_mode_while_training(tok):
+def test_a_frozen_whale_encoder_trains_in_train_mode_as_the_reference_unless_asked(tok):
+    """The reference's Trainer calls model.train() each step: a frozen encoder's dropout is active
+    (../shared/docs/vita-reference.md, "Train mode"). --frozen_audio_encoder_eval keeps it in eval mode."""
     model = VitaForCausalLM(tiny_config(tok))
     apply_trainable(model, frozenset({"audio_adapter", "mm_projector"}))
     model.train()
-    assert not model.audio_encoder.training and not any(m.training for m in model.audio_encoder.modules())
-    assert model.audio_adapter.training and model.language_model.training
-    apply_trainable(model, frozenset({"audio_encoder", "audio_adapter"}))
+    assert model.audio_encoder.training and all(m.training for m in model.audio_encoder.modules())
+    for m in model.audio_encoder.modules():  # the tiny config has no dropout; VITA-1.5's is 0.1
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.1
+    feats, lengths = torch.randn(1, 64, 80), torch.tensor([64])
+    with torch.no_grad():
+        a, b = model.audio_encoder(feats, lengths)[0], model.audio_encoder(feats, lengths)[0]
+    assert not torch.equal(a, b)  # dropout is on
+    model.frozen_audio_encoder_eval = True
     model.train()
-    assert model.audio_encoder.training
-    assert not model.eval().audio_encoder.training
+    assert not model.audio_encoder.training and model.audio_adapter.training and model.language_model.training
+    apply_trainable(model, frozenset({"audio_encoder", "audio_adapter"}))
+    assert model.train().audio_encoder.training  # a trained encoder is never held in eval mode
+    assert not parse(ARGV)[2].frozen_audio_encoder_eval
+    assert parse([*ARGV, "--frozen_audio_encoder_eval", "true"])[2].frozen_audio_encoder_eval
+
+
+def test_gradient_checkpointing_is_pinned_non_reentrant_and_lora_gets_gradients(tok):
+    """Under reentrant checkpointing, a LoRA run whose inputs carry no gradient (frozen towers, frozen
+    embeddings) would silently train nothing in the LLM."""
+    from types import SimpleNamespace
+
+    from vita_trainer.train.lora import add_lora, unfreeze_lora
+    args = parse(ARGV)[2]
+    assert args.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert parse([*ARGV, "--gradient_checkpointing_kwargs", '{"every_n_layers": 2}'])[2] \
+        .activation_checkpointing_kwargs == {"use_reentrant": False, "every_n_layers": 2}
+    torch.manual_seed(0)
+    model = add_lora(VitaForCausalLM(tiny_config(tok)), SimpleNamespace(lora_r=4, lora_alpha=8, lora_dropout=0.0))
+    apply_trainable(model, frozenset())
+    unfreeze_lora(model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.activation_checkpointing_kwargs)
+    model.train()
+    ids = torch.randint(0, 200, (2, 12))
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 def test_module_learning_rates_come_from_the_preset_and_the_group_flags():

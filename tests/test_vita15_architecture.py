@@ -94,6 +94,24 @@ def test_chunk_masks_are_an_option_and_off_by_default():
     assert enc.eval().attention_mask(torch.tensor([12]), 12).all()  # never drawn in eval, unlike the reference
 
 
+def test_dynamic_chunks_draw_sizes_and_left_chunks_as_wenet():
+    """WeNet's add_optional_chunk_mask with dynamic chunks and dynamic left chunks (what the reference's whale
+    transformer calls): a draw in [1, t); above t // 2 full attention, else size % 25 + 1 frames and a number of
+    left chunks in [0, (t - 1) // size)."""
+    from vita_trainer.model.audio_encoder import draw_chunking
+    g = torch.Generator().manual_seed(0)
+    draws = [draw_chunking(100, generator=g) for _ in range(2000)]
+    full = [d for d in draws if d == (100, -1)]
+    chunked = [d for d in draws if d != (100, -1)]
+    assert 0.42 < len(full) / len(draws) < 0.57  # 49 of the 99 values above 50
+    assert all(1 <= size <= 25 and 0 <= left < 99 // size for size, left in chunked)
+    assert len({left for _, left in chunked}) > 10  # the left chunks are drawn, not fixed
+    enc = WhaleEncoder(80, 16, 1, 2, 32, dropout=0.0, dynamic_chunks=True).train()
+    torch.manual_seed(1)
+    masks = [enc.attention_mask(torch.tensor([40]), 40) for _ in range(20)]
+    assert any(m.shape[-2] == 40 and not m.all() for m in masks)  # chunked masks in train mode
+
+
 def test_vision_features_are_scaled_by_half_before_the_shuffle(tok):
     from vita_trainer.model.builder import build_model, tiny_config
     from vita_trainer.model.vision import pixel_shuffle

@@ -303,3 +303,61 @@ def test_a_bf16_release_imports_as_bf16_with_the_whale_folders_exact_cmvn(releas
     cmvn = json.loads((out / "global_cmvn.json").read_text())
     exact = GlobalCMVN.load(released["whale"] / "global_cmvn")
     assert torch.equal(torch.tensor(cmvn["istd"]), exact.istd)
+
+
+def _exported_contract(out: Path, vocab: int) -> None:
+    """What the reference's loaders read (../shared/docs/vita-reference.md "Outputs"; weights_layout.md §1): the
+    checkpoint's config fields, the InternViT folder with its preprocessor_config.json, the whale folder whose
+    train.yaml has model_conf.llm_path; key names and (resized) shapes from the released layout; no absolute path."""
+    config = json.loads((out / "config.json").read_text())
+    for field in ("mm_vision_tower", "mm_audio_encoder", "mm_projector_type", "mm_hidden_size", "use_mm_proj"):
+        assert field in config, field
+    vision, whale = out / config["mm_vision_tower"], out / config["mm_audio_encoder"]
+    assert not Path(config["mm_vision_tower"]).is_absolute() and not Path(config["mm_audio_encoder"]).is_absolute()
+    # InternViT-300M-448px's own preprocessor_config.json (a CLIP processor: short side 448, centre crop 448)
+    assert json.loads((vision / "preprocessor_config.json").read_text()) == {
+        "crop_size": 28, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225], "resample": 3, "size": 28}  # 28: the tiny tower's 448
+    train = yaml.safe_load((whale / "train.yaml").read_text())
+    assert train["model_conf"]["llm_path"] == ".." and (whale / train["model_conf"]["llm_path"] / "config.json").is_file()
+    for key in ("input_dim", "cmvn_file", "is_json_cmvn", "encoder_conf", "model_conf", "dataset_conf"):
+        assert key in train, key
+    assert (whale / train["cmvn_file"]).is_file()
+    text = (out / "config.json").read_text() + (whale / "train.yaml").read_text()
+    assert str(out) not in text and str(out.resolve()) not in text
+    weights = read_weights(out)
+    expected = {k: _shape(s, vocab) for k, s in LAYOUT["a_vita15_full_checkpoint"].items()}
+    assert {k: list(v.shape) for k, v in weights.items()} == expected
+    final = torch.load(whale / "final.pt", weights_only=True)
+    assert {k: list(v.shape) for k, v in final.items()} == {k: _shape(s, vocab)
+                                                             for k, s in LAYOUT["b_whale_final_pt"].items()}
+
+
+def test_exported_folders_carry_what_the_reference_loaders_read(released, imported, tmp_path):
+    from vita_trainer.model.vita15 import export_vita15
+    out = export_vita15(imported, tmp_path / "exported")
+    vocab = next(iter(v for k, v in released["state"].items() if k == "lm_head.weight")).shape[0]
+    _exported_contract(out, vocab)
+
+
+def test_a_bf16_release_round_trips_bit_for_bit_dtype_included(released, tmp_path):
+    """As released, everything bf16 (the CMVN buffers too): import then export gives every tensor back exactly."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from vita_trainer.model.vita15 import export_vita15
+    bf16 = tmp_path / "bf16"
+    shutil.copytree(released["ckpt"], bf16)
+    for shard in bf16.glob("*.safetensors"):
+        save_file({k: v.bfloat16() for k, v in load_file(shard).items()}, shard, metadata={"format": "pt"})
+    source = read_weights(bf16)
+    out = export_vita15(import_vita15(bf16, tmp_path / "imported"), tmp_path / "exported")
+    back = read_weights(out)
+    assert set(back) == set(source)
+    for k, v in source.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    cmvn = torch.load(out / "audio-encoder" / "final.pt", weights_only=True)["encoder.global_cmvn.istd"]
+    assert cmvn.dtype == torch.bfloat16
+    assert torch.equal(cmvn, source["model.audio_encoder.encoder.global_cmvn.istd"])

@@ -13,12 +13,13 @@ NUM_MEL_BINS = 80
 
 
 def load_audio(path: str | Path) -> torch.Tensor:
-    """Mono float waveform in [-1, 1] at 16 kHz, shape (samples,)."""
+    """Mono float waveform in [-1, 1] at 16 kHz, shape (samples,). A multi-channel file gives its channel 0, as
+    Kaldi's fbank (which the reference calls on the whole file) takes it."""
     import soundfile as sf
     import torchaudio.functional as AF
 
     data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    wave = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
     if sr != SAMPLE_RATE:
         wave = AF.resample(wave, sr, SAMPLE_RATE)
     return wave
@@ -45,8 +46,12 @@ class GlobalCMVN:
     {"mean": [...], "istd": [...]}.
     """
 
-    def __init__(self, mean: torch.Tensor, istd: torch.Tensor):
+    def __init__(self, mean: torch.Tensor, istd: torch.Tensor,
+                 checkpoint_buffers: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """`checkpoint_buffers`: the (mean, istd) buffers of an imported VITA-1.5 checkpoint as they were stored
+        (a bf16 release rounds them), kept so that an export writes them back bit for bit."""
         self.mean, self.istd = mean.float(), istd.float()
+        self.checkpoint_buffers = checkpoint_buffers
 
     @classmethod
     def identity(cls, dim: int = NUM_MEL_BINS) -> "GlobalCMVN":
@@ -70,7 +75,10 @@ class GlobalCMVN:
                                   f"got {len(numbers)} values") from None
             stats = {"mean_stat": numbers[:dim], "frame_num": numbers[dim], "var_stat": numbers[dim + 1:2 * dim + 1]}
         if "mean" in stats:
-            return cls(torch.tensor(stats["mean"]), torch.tensor(stats["istd"]))
+            kept = stats.get("checkpoint_buffers")
+            buffers = None if not kept else tuple(torch.tensor(kept[k], dtype=getattr(torch, kept["dtype"]))
+                                                  for k in ("mean", "istd"))
+            return cls(torch.tensor(stats["mean"]), torch.tensor(stats["istd"]), buffers)  # type: ignore[arg-type]
         n = float(stats["frame_num"])
         mean = torch.tensor(stats["mean_stat"], dtype=torch.float64) / n
         var = torch.tensor(stats["var_stat"], dtype=torch.float64) / n - mean ** 2
@@ -82,7 +90,18 @@ class GlobalCMVN:
         return cls(allf.mean(0), 1.0 / allf.std(0).clamp_min(1e-5))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"mean": self.mean.tolist(), "istd": self.istd.tolist()}))
+        out: dict = {"mean": self.mean.tolist(), "istd": self.istd.tolist()}
+        if self.checkpoint_buffers is not None:  # bf16/fp16 values are exact as JSON floats
+            mean, istd = self.checkpoint_buffers
+            out["checkpoint_buffers"] = {"dtype": str(mean.dtype).removeprefix("torch."), "mean": mean.tolist(),
+                                         "istd": istd.tolist()}
+        Path(path).write_text(json.dumps(out))
+
+    def buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (mean, istd) buffers a VITA-1.5 checkpoint stores: as imported, else the float32 statistics."""
+        if self.checkpoint_buffers is not None:
+            return self.checkpoint_buffers[0].clone(), self.checkpoint_buffers[1].clone()
+        return self.mean.clone(), self.istd.clone()
 
     def save_wenet(self, path: str | Path) -> None:
         """The WeNet JSON form the reference reads (`is_json_cmvn`), as statistics of one frame."""

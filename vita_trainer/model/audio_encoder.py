@@ -53,13 +53,19 @@ def chunk_mask(t: int, chunk_size: int, left_chunks: int, device=None) -> torch.
     return ahead & (chunk[None, :] >= chunk[:, None] - left_chunks)
 
 
-def draw_chunking(t: int, max_left_chunks: int, generator=None) -> tuple[int, int]:
-    """WeNet's dynamic chunk training: half the time full attention, else a chunk of 1-25 frames."""
-    size = int(torch.randint(1, t + 1, (1,), generator=generator))
+def draw_chunking(t: int, generator=None) -> tuple[int, int]:
+    """(chunk size, left chunks) as WeNet's `add_optional_chunk_mask` draws them with dynamic chunks and dynamic
+    left chunks, which the reference's whale transformer uses: a size in [1, t); above t // 2 full attention,
+    else a chunk of size % 25 + 1 frames seeing a random number of chunks before it, in [0, (t - 1) // size)."""
+    if t < 2:
+        return t, -1
+    size = int(torch.randint(1, t, (1,), generator=generator))
     if size > t // 2:
         return t, -1
-    left = int(torch.randint(0, max_left_chunks + 1, (1,), generator=generator)) if max_left_chunks > 0 else -1
-    return size % 25 + 1, left
+    size = size % 25 + 1
+    max_left = (t - 1) // size
+    left = int(torch.randint(0, max_left, (1,), generator=generator)) if max_left > 0 else 0
+    return size, left
 
 
 class Conv2dSubsampling4(nn.Module):
@@ -120,9 +126,10 @@ class EncoderBlock(nn.Module):
 
 
 class WhaleEncoder(nn.Module):
-    """`chunk_size` > 0 restricts attention to chunks (streaming); `dynamic_chunks` draws a chunking per training
-    step as WeNet does. Both are off by default: VITA-1.5's settings are unpublished and its vLLM port uses full
-    attention. Unlike the reference, dynamic chunks never apply in eval mode."""
+    """`chunk_size` > 0 restricts attention to chunks (streaming); `dynamic_chunks` draws a chunking per forward in
+    train mode as the reference does (its whale `train.yaml` default is true). Unlike the reference, dynamic chunks
+    never apply in eval mode (the reference draws there too, so its inference is random; its vLLM port uses full
+    attention)."""
 
     def __init__(self, input_dim: int = 80, d_model: int = 1024, num_layers: int = 24, num_heads: int = 16,
                  ffn_dim: int = 4096, dropout: float = 0.1, chunk_size: int = -1, left_chunks: int = -1,
@@ -141,7 +148,7 @@ class WhaleEncoder(nn.Module):
         keep = (torch.arange(t, device=lengths.device)[None, :] < lengths[:, None])[:, None, None, :]
         size, left = self.chunk_size, self.left_chunks
         if self.dynamic_chunks and self.training:
-            size, left = draw_chunking(t, max(left, 0))
+            size, left = draw_chunking(t)
         if 0 < size < t:
             keep = keep & chunk_mask(t, size, left, lengths.device)[None, None]
         return keep

@@ -103,12 +103,15 @@ class VitaForCausalLM(PreTrainedModel):
             embeds = embeds + 0.0 * self.ctc_head.weight.sum()
         return embeds
 
+    # The reference's Trainer puts the whole model in train mode each step, so a frozen whale encoder still runs its
+    # dropout (and dynamic chunks); True keeps a frozen encoder in eval mode instead (--frozen_audio_encoder_eval).
+    frozen_audio_encoder_eval = False
+
     def train(self, mode: bool = True):
-        """A frozen audio encoder stays in eval mode, as the reference keeps it: its dropout would only add noise to
-        features that nothing in the stage learns from (the Trainer calls train() before every step)."""
         super().train(mode)
         encoder = self.audio_encoder
-        if mode and encoder is not None and not any(p.requires_grad for p in encoder.parameters()):
+        if (mode and self.frozen_audio_encoder_eval and encoder is not None
+                and not any(p.requires_grad for p in encoder.parameters())):
             encoder.eval()
         return self
 

@@ -133,7 +133,7 @@ def whale_yaml_to_audio_config(train: dict, source: str = "train.yaml") -> tuple
                  adapter_kernel=int(model.get("kernel_size", 3)),  # the reference's default is 3, VITA-1.5's 5
                  chunk_size=int(t.get("transformer-chunk_size", -1)),
                  left_chunks=int(t.get("transformer-left_chunks", -1)),
-                 dynamic_chunks=bool(t.get("transformer-dynamic-chunks", False)))
+                 dynamic_chunks=bool(t.get("transformer-dynamic-chunks", True)))  # the reference's default
     return audio, int(_get(train, ("model_conf", "llm_embed_dim"), source))
 
 
@@ -157,7 +157,9 @@ def audio_config_to_whale_yaml(a: dict, llm_dim: int) -> dict:
     train = {"input_dim": a["input_dim"], "cmvn_file": "global_cmvn", "is_json_cmvn": True,
              "encoder_conf": {"overview_conf": {"encoder-input-dim": a["input_dim"], "encoder-output-dim": d},
                               "para_conf": {"subsampling": subsampling, "transformer": transformer}},
-             "model_conf": {"enc_out_dim": d, "llm_embed_dim": llm_dim, "kernel_size": a["adapter_kernel"],
+             # llm_path: a required argument of the reference's audioEncoder; the export's root holds the LLM
+             "model_conf": {"enc_out_dim": d, "llm_embed_dim": llm_dim, "llm_path": "..",
+                            "kernel_size": a["adapter_kernel"],
                             "adpter_type": a["adapter_type"], "freeze_encoder": False, "freeze_adpter": False,
                             "audio_prompt_finetune": False, "audio_prompt_num": 0},
              "dataset_conf": {"resample_conf": {"resample_rate": 16000},
@@ -204,18 +206,28 @@ def load_whale_folder(folder: str | Path):
     return audio, llm_dim, state, GlobalCMVN.load(folder / "global_cmvn")
 
 
-def write_internvit_folder(out: Path, vision_config, backbone_state: dict) -> None:
+def clip_preprocessor_config(tile_size: int, mean, std) -> dict:
+    """InternViT-300M-448px's `preprocessor_config.json`, which the reference's InternViTVisionTower reads: the
+    CLIP image processor with a short-side resize and centre crop to the tile size, bicubic."""
+    return {"crop_size": tile_size, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+            "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": list(mean), "image_std": list(std),
+            "resample": 3, "size": tile_size}
+
+
+def write_internvit_folder(out: Path, vision_config, backbone_state: dict, config) -> None:
     from safetensors.torch import save_file
     out.mkdir(parents=True, exist_ok=True)
     state = convert_all(backbone_state, INTERNVIT_RULES, "ref", "vision tower")
     (out / "config.json").write_text(json.dumps(hf_to_internvit_config(vision_config), indent=2))
+    (out / "preprocessor_config.json").write_text(json.dumps(
+        clip_preprocessor_config(config.tile_size, config.image_mean, config.image_std), indent=2))
     save_file({k: v.contiguous() for k, v in state.items()}, out / "model.safetensors", metadata={"format": "pt"})
 
 
 def write_whale_folder(out: Path, audio_config: dict, llm_dim: int, audio_state: dict, cmvn) -> None:
     out.mkdir(parents=True, exist_ok=True)
     state = convert_all(audio_state, WHALE_RULES, "ref", "audio encoder")
-    state.update(zip(WHALE_CMVN_KEYS, (cmvn.mean.clone(), cmvn.istd.clone())))
+    state.update(zip(WHALE_CMVN_KEYS, cmvn.buffers()))
     torch.save(state, out / "final.pt")
     (out / "train.yaml").write_text(yaml.safe_dump(audio_config_to_whale_yaml(audio_config, llm_dim), sort_keys=False))
     cmvn.save_wenet(out / "global_cmvn")
@@ -251,7 +263,9 @@ def _tower_folder(given: str | None, recorded: str | None, base: Path, flag: str
         if not (Path(given) / marker).is_file():
             raise ConfigError(f"{flag} {given}: no {marker} there; it must be the {what} folder")
         return Path(given)
-    for candidate in (recorded, recorded and base / Path(recorded).name):
+    # a relative path (what export writes) is inside the checkpoint folder first
+    inside = recorded and not Path(recorded).is_absolute() and base / recorded
+    for candidate in (inside, recorded, recorded and base / Path(recorded).name):
         if candidate and (Path(candidate) / marker).is_file():
             return Path(candidate)
     raise ConfigError(f"{base}: the {what} folder is needed for its sizes (the reference rebuilds it from files "
@@ -303,6 +317,8 @@ def import_vita15(src: str | Path, out: str | Path, vision_tower: str | None = N
         cmvn = GlobalCMVN(*buffers)
     else:  # a bf16 checkpoint rounds the statistics; the whale folder keeps them exactly
         cmvn = GlobalCMVN.load(audio_dir / "global_cmvn")
+    if all(b is not None for b in buffers):  # written back as they came, dtype included
+        cmvn.checkpoint_buffers = (buffers[0], buffers[1])
     out.mkdir(parents=True, exist_ok=True)
     config.dtype = _dtype_name(state)
     config.save_pretrained(out)
@@ -337,15 +353,16 @@ def export_vita15(model_dir: str | Path, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     vision_dir, audio_dir = out / VISION_DIR, out / AUDIO_DIR
     backbone = {k.removeprefix("vision_tower.backbone."): v for k, v in state.items() if k.startswith("vision_tower.")}
-    write_internvit_folder(vision_dir, config.vision_config, backbone)
+    write_internvit_folder(vision_dir, config.vision_config, backbone, config)
     write_whale_folder(audio_dir, config.audio_config, llm_dim,
                        {k: v for k, v in state.items() if k.startswith(("audio_encoder.", "audio_adapter."))}, cmvn)
     ref = convert_all(state, CHECKPOINT_RULES, "ref", str(model_dir))
-    ref.update(("model.audio_encoder." + k, t) for k, t in zip(WHALE_CMVN_KEYS, (cmvn.mean.clone(), cmvn.istd.clone())))
+    ref.update(("model.audio_encoder." + k, t) for k, t in zip(WHALE_CMVN_KEYS, cmvn.buffers()))
     text = config.text_config.to_dict()
     vita = {**{k: v for k, v in text.items() if k not in _NOT_QWEN2}, "model_type": MODEL_TYPE,
-            "architectures": ["VITAQwen2ForCausalLM"], "mm_vision_tower": str(vision_dir.resolve()),
-            "mm_audio_encoder": str(audio_dir.resolve()), "mm_projector_type": config.mm_projector_type,
+            # relative: the export moves as one folder; the reference resolves these from its working directory
+            "architectures": ["VITAQwen2ForCausalLM"], "mm_vision_tower": VISION_DIR,
+            "mm_audio_encoder": AUDIO_DIR, "mm_projector_type": config.mm_projector_type,
             "mm_hidden_size": int(config.vision_config.hidden_size / config.downsample_ratio ** 2),
             "rope_theta": (text.get("rope_parameters") or {}).get("rope_theta", text.get("rope_theta")),
             "use_mm_proj": True, "torch_dtype": _dtype_name(state)}

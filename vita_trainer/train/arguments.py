@@ -4,6 +4,7 @@ their defaults, which come from the stage preset and the recipe, not from HF alo
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -104,6 +105,9 @@ class VitaTrainingArguments(TrainingArguments):
         "help": "Maximum sequence length after media expansion"})
     metrics_port: int = field(default=9400, metadata={"help": "Rank 0 serves Prometheus /metrics here; 0 disables"})
     save_full_model: bool = field(default=False, metadata={"help": "Partial stages: also save full weights"})
+    frozen_audio_encoder_eval: bool = field(default=False, metadata={
+        "help": "Keep a frozen whale encoder in eval mode (no dropout, no dynamic chunks); the reference trains "
+                "with it in train mode"})
     chunked_loss: bool = field(default=True, metadata={
         "help": "LM loss from the labelled positions' logits only, in checkpointed chunks, never the batch's "
                 "full fp32 logits (HF's path needs tens of GB at 8 x 6200 tokens)"})
@@ -123,6 +127,14 @@ class VitaTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         self.deepspeed = resolve_deepspeed(self.deepspeed)  # before HF reads the file
+        # Non-reentrant checkpointing, pinned (under either flag name): transformers' default is changing inside
+        # 5.x, and under reentrant checkpointing a LoRA run with frozen towers gets no LLM gradients.
+        given = self.activation_checkpointing_kwargs or self.gradient_checkpointing_kwargs
+        if isinstance(given, str) and given.strip().startswith("{"):
+            given = json.loads(given)
+        if given is None or isinstance(given, dict):
+            self.activation_checkpointing_kwargs = {"use_reentrant": False, **(given or {})}
+            self.gradient_checkpointing_kwargs = None
         if self.include_num_input_tokens_seen not in ("no", "all", "non_padding"):
             self.include_num_input_tokens_seen = "all" if as_bool(
                 self.include_num_input_tokens_seen, "--include_num_input_tokens_seen") else "no"

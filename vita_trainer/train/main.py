@@ -87,6 +87,7 @@ def setup_model(model_args: ModelArguments, args: VitaTrainingArguments, preset:
         groups = groups - {"llm"}
     counts = apply_trainable(model, groups)
     model.chunked_loss = args.chunked_loss
+    model.frozen_audio_encoder_eval = args.frozen_audio_encoder_eval
     if model_args.lora_enable:
         from .lora import unfreeze_lora
         counts["lora"] = unfreeze_lora(model)
