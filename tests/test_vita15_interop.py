@@ -320,7 +320,8 @@ def _exported_contract(out: Path, vocab: int) -> None:
         "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.485, 0.456, 0.406],
         "image_std": [0.229, 0.224, 0.225], "resample": 3, "size": 28}  # 28: the tiny tower's 448
     train = yaml.safe_load((whale / "train.yaml").read_text())
-    assert train["model_conf"]["llm_path"] == ".." and (whale / train["model_conf"]["llm_path"] / "config.json").is_file()
+    assert train["model_conf"]["llm_path"] == ".."
+    assert (whale / train["model_conf"]["llm_path"] / "config.json").is_file()
     for key in ("input_dim", "cmvn_file", "is_json_cmvn", "encoder_conf", "model_conf", "dataset_conf"):
         assert key in train, key
     assert (whale / train["cmvn_file"]).is_file()

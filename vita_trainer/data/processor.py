@@ -71,7 +71,8 @@ class SampleProcessor:
         if image_pipeline not in IMAGE_PIPELINES:
             raise ConfigError(f"--image_pipeline {image_pipeline!r}: choose one of {', '.join(IMAGE_PIPELINES)}")
         if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
-            raise ConfigError(f"--image_aspect_ratio {image_aspect_ratio!r}: choose one of {', '.join(IMAGE_ASPECT_RATIOS)}")
+            raise ConfigError(f"--image_aspect_ratio {image_aspect_ratio!r}: choose one of "
+                              f"{', '.join(IMAGE_ASPECT_RATIOS)}")
         self.image_pipeline = image_pipeline
         # pad: every image and frame is first pasted on a square of the mean colour, then tiled (the reference)
         self.pad = pad_colour(media.image_mean) if image_aspect_ratio == "pad" else None

@@ -23,8 +23,8 @@ def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
 def tiles_from_images(images: torch.Tensor, sizes: torch.Tensor, grids: torch.Tensor, tile_size: int,
                       mean, std) -> torch.Tensor:
     """images (N, Hmax, Wmax, 3) uint8, each padded at the bottom/right; sizes (N, 2) as (height, width);
-    grids (N, 4) as (cols, rows, thumbnail, centre crop). Returns (tiles, 3, tile_size, tile_size) float32, image by image in
-    order, each image's grid tiles row-major and then its thumbnail."""
+    grids (N, 4) as (cols, rows, thumbnail, centre crop). Returns (tiles, 3, tile_size, tile_size) float32, image
+    by image in order, each image's grid tiles row-major and then its thumbnail."""
     out = []
     for image, (height, width), (cols, rows, thumb, crop) in zip(images, sizes.tolist(), grids.tolist()):
         x = image[:height, :width].permute(2, 0, 1).unsqueeze(0).float()
