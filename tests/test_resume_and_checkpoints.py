@@ -180,3 +180,31 @@ def test_a_failed_local_stage_says_what_the_trainer_reported(data, tmp_path):
     finally:
         del os.environ["VITA_FAULT_OOM"]
     assert not isinstance(e.value, ConfigError)
+
+
+def test_an_adapter_only_stage_checkpoints_only_what_trains_and_resumes_exactly(data, tmp_path):
+    """vision_align trains the projector alone: its checkpoints hold mm_projector.bin and DeepSpeed's state for
+    it (no gathered model.safetensors, no frozen weights), as the reference's trainer saves only the adapter;
+    a run cut after checkpoint-2 resumes from it to the same losses and the same projector."""
+    import torch
+
+    def cmd(out):
+        c = train_cmd(out, data, steps=4)
+        c[c.index("--stage") + 1] = "vision_align"
+        c[c.index("--dataset_use") + 1] = "demo_image"
+        c[c.index("--save_steps") + 1] = "2"
+        return c
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    assert run(cmd(ref)).returncode == 0
+    assert run(cmd(cut), VITA_FAULT_EXIT_AT_STEP="2").returncode != 0
+    ckpt = cut / "checkpoint-2"
+    assert (ckpt / "mm_projector.bin").is_file() and not list(ckpt.glob("*.safetensors"))
+    projector = sum(v.numel() * v.element_size() for v in torch.load(ckpt / "mm_projector.bin").values())
+    states = sum(p.stat().st_size for p in ckpt.glob("global_step2/*model_states.pt"))
+    assert states < projector  # the frozen LLM and towers are not in DeepSpeed's module state either
+    r = run(cmd(cut))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "checkpoint-2" in r.stderr[r.stderr.index("resuming from"):][:300]
+    assert losses(cut) == losses(ref)
+    a, b = torch.load(ref / "mm_projector.bin"), torch.load(cut / "mm_projector.bin")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

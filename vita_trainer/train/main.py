@@ -167,6 +167,8 @@ def build_trainer(setup: ModelSetup, data: DataSetup, data_args: DataArguments, 
     return VitaTrainer(model=setup.model, args=args, train_dataset=data.dataset, data_collator=data.collator,
                        processing_class=setup.tokenizer, callbacks=[metrics, FaultInjection()],
                        metrics_callback=metrics, module_lr=module_lr,
+                       partial_groups=None if saves_full_weights(setup.groups, args.save_full_model,
+                                                                 lora="lora" in setup.counts) else setup.groups,
                        train_sampler=(token_budget_sampler(data.dataset, args, budget,
                                                            packed=data_args.pack_sequences) if budget else None),
                        modality_lengths=(data.dataset.modality_lengths if data_args.group_by_modality_length

@@ -37,6 +37,10 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
     return str(max(steps)[1]) if steps else None
 
 
+def _unwrapped(model):
+    return model.module if hasattr(model, "module") else model
+
+
 def _dist() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized() and \
         torch.distributed.get_world_size() > 1
@@ -143,6 +147,7 @@ class CountingCollator:
 
 class VitaTrainer(Trainer):
     def __init__(self, *args, metrics_callback=None, module_lr: dict[str, float] | None = None,
+                 partial_groups: frozenset[str] | None = None,
                  modality_lengths=None, train_sampler=None, data_collator=None, **kwargs):
         super().__init__(*args, data_collator=CountingCollator(data_collator) if data_collator else None, **kwargs)
         self.metrics_callback = metrics_callback
@@ -150,6 +155,9 @@ class VitaTrainer(Trainer):
         self.modality_lengths = modality_lengths
         self.train_sampler = train_sampler
         self._staging_root = None
+        # An adapter-only stage (the plan's handoff rule): its checkpoints hold only these groups' weights (and the
+        # optimizer and scheduler state), as the reference's trainer saves only the adapter; None: the whole model.
+        self.partial_groups = partial_groups
 
     # --- data ---------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -226,6 +234,38 @@ class VitaTrainer(Trainer):
         log.info("optimizer %s, %d parameter groups, learning rates %s", opt_cls.__name__, len(groups),
                  sorted({lr for lr, _ in groups}))
         return self.optimizer
+
+    # --- adapter-only checkpoints -------------------------------------------------------------
+    def save_model(self, output_dir=None, _internal_call=False):
+        """A checkpoint of an adapter-only stage writes {group}.bin for what trains (every rank joins the gather),
+        not the gathered 16-bit model (17 GB for 7B); the stage's final outputs are written by save_outputs."""
+        if not (_internal_call and self.partial_groups):
+            return super().save_model(output_dir, _internal_call)
+        from .weights import save_groups
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+        save_groups(_unwrapped(self.model), self.partial_groups, output_dir, self.args.should_save)
+        return None
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        """For an adapter-only stage under DeepSpeed, its own checkpoint leaves the frozen weights out (they are the
+        stage's starting weights, loaded again at start), so a resume loads the module state non-strictly; the rest
+        of the resume (optimizer, scheduler, scaler) is HF's."""
+        if not (self.partial_groups and self.is_deepspeed_enabled):
+            return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        from transformers.integrations.deepspeed import deepspeed_load_checkpoint
+        model, train_dataloader = super()._prepare_for_training(max_steps, train_dataloader, None)
+        engine, save = self.model_wrapped, self.model_wrapped.save_checkpoint
+
+        def save_checkpoint(*a, **kw):
+            return save(*a, **{**kw, "exclude_frozen_parameters": True})
+        engine.save_checkpoint = save_checkpoint
+        if resume_from_checkpoint is not None:
+            deepspeed_load_checkpoint(engine, resume_from_checkpoint, load_module_strict=False)
+            self._load_optimizer_and_scheduler(resume_from_checkpoint)
+            self._load_scaler(resume_from_checkpoint)
+        return model, train_dataloader
 
     # --- atomic checkpoints -------------------------------------------------------------------
     def _get_output_dir(self, trial):
