@@ -53,8 +53,8 @@ def main() -> None:
           f"with the full model: {full / adapter:.1f}x smaller")
     total, projector = seven_b()
     full_7b, adapter_7b = 2 * total, 2 * projector + 12 * projector
-    print(f"VITA-1.5 7B (computed): the gathered 16-bit model alone {full_7b / 1e9:.1f} GB per checkpoint; the projector's "
-          f"{projector / 1e6:.1f}M parameters {2 * projector / 1e6:.0f} MB in 16-bit + {12 * projector / 1e6:.0f} MB "
+    print(f"VITA-1.5 7B (computed): the gathered 16-bit model alone {full_7b / 1e9:.1f} GB per checkpoint; "
+          f"the projector's {projector / 1e6:.1f}M parameters {2 * projector / 1e6:.0f} MB in 16-bit + {12 * projector / 1e6:.0f} MB "
           f"fp32 Adam state = {adapter_7b / 1e6:.0f} MB: {full_7b / adapter_7b:.0f}x smaller")
 
 
