@@ -54,8 +54,9 @@ def main() -> None:
     total, projector = seven_b()
     full_7b, adapter_7b = 2 * total, 2 * projector + 12 * projector
     print(f"VITA-1.5 7B (computed): the gathered 16-bit model alone {full_7b / 1e9:.1f} GB per checkpoint; "
-          f"the projector's {projector / 1e6:.1f}M parameters {2 * projector / 1e6:.0f} MB in 16-bit + {12 * projector / 1e6:.0f} MB "
-          f"fp32 Adam state = {adapter_7b / 1e6:.0f} MB: {full_7b / adapter_7b:.0f}x smaller")
+          f"the projector's {projector / 1e6:.1f}M parameters {2 * projector / 1e6:.0f} MB in 16-bit "
+          f"+ {12 * projector / 1e6:.0f} MB fp32 Adam state = {adapter_7b / 1e6:.0f} MB: "
+          f"{full_7b / adapter_7b:.0f}x smaller")
 
 
 if __name__ == "__main__":
