@@ -79,6 +79,7 @@ def pytest_terminal_summary(terminalreporter):
 NO_SUBPROCESS_ENV = "VITA_TEST_NO_SUBPROCESS"
 if os.environ.get(NO_SUBPROCESS_ENV) == "1":
     import torch  # noqa: F401,E402  (its first import runs ldconfig to find libdl: before the guard, not in a test)
+    import matplotlib.font_manager  # noqa: F401,E402  (a fresh machine's first import runs fc-list for its cache)
 
 
 @pytest.fixture(autouse=True)
