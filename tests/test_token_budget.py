@@ -102,3 +102,49 @@ def test_the_trainer_batches_by_the_budget(tok, tiny_cfg, media_dir, tmp_path, p
         assert real > 0 and (c["tokens"] if packed else b["input_ids"].numel()) <= budget
         assert not packed or b["input_ids"].shape[1] <= 512
     assert torch.is_tensor(batches[0]["input_ids"])
+
+
+class _Lengths:
+    """A dataset whose token lengths are its indices times 10; records which ones each rank read."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.read: list[int] = []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def token_lengths(self, shard: int = 0, shards: int = 1) -> list[int]:
+        mine = list(range(self.n))[shard::shards]
+        self.read += mine
+        return [10 * (i + 1) for i in mine]
+
+
+def _rank(rank: int, port: int, out) -> None:
+    from types import SimpleNamespace
+
+    from vita_trainer.train.trainer import token_budget_sampler
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dataset = _Lengths(9)
+    args = SimpleNamespace(process_index=rank, world_size=2, gradient_accumulation_steps=1, seed=0)
+    sampler = token_budget_sampler(dataset, args, 100, packed=True)
+    out.put((rank, dataset.read, sampler.lengths))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.subprocess
+def test_token_lengths_are_read_sharded_across_ranks_and_gathered_whole():
+    """No rank reads the whole mixture alone while the others wait in a collective (a video corpus took hours)."""
+    import torch.multiprocessing as mp
+
+    from vita_trainer.local import free_port
+    ctx = mp.get_context("spawn")
+    out, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_rank, args=(r, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert [read for _, read, _ in results] == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
+    assert all(lengths == [10 * (i + 1) for i in range(9)] for _, _, lengths in results)
