@@ -310,6 +310,16 @@ def test_failed_run_alert_fires_on_the_failure_not_while_the_run_exists(helm):
     assert "vita_operator_runs" not in expr
 
 
+def test_the_trainer_user_does_not_collide_with_the_bases_ubuntu_user():
+    """Ubuntu 24.04 images (the CUDA bases included) ship user `ubuntu` as UID/GID 1000: `useradd --uid 1000`
+    alone fails ("UID 1000 is not unique"), so the image removes that user first."""
+    image, final = stages(DOCKERFILES[0])[-1]
+    assert "ubuntu24.04" in image
+    runs = " ".join(rest for inst, rest in final if inst == "RUN")
+    assert "--uid 1000" in runs
+    assert "userdel" in runs and runs.index("userdel") < runs.index("useradd"), runs
+
+
 def test_trainer_runtime_image_can_compile_kernels():
     """Triton builds its launcher with gcc and Python.h at run time; DeepSpeed JIT-builds ops not prebuilt."""
     runtime = (ROOT / "images" / "trainer" / "Dockerfile").read_text().rsplit("FROM ", 1)[1]

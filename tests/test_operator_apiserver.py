@@ -500,3 +500,74 @@ def test_a_clean_preflight_starts_stage_one_and_an_infrastructure_failure_is_ret
         assert "PreflightRetrying" in described and "PreflightPassed" in described
         assert_no_forbidden(op)
     cluster.cp.kubectl("delete", "vitatrainingrun", "checked", "-n", NS, "--timeout=30s")
+
+
+# A policy engine's rule, played by kube-apiserver's built-in ValidatingAdmissionPolicy: trainer images come from
+# one registry.
+TRUSTED_REGISTRY = [
+    {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+     "metadata": {"name": "trusted-registry"},
+     "spec": {"failurePolicy": "Fail",
+              "matchConstraints": {"resourceRules": [{"apiGroups": ["kubeflow.org"], "apiVersions": ["v1"],
+                                                      "operations": ["CREATE"], "resources": ["pytorchjobs"]}]},
+              "validations": [{"expression": "object.spec.pytorchReplicaSpecs.all(r, object.spec.pytorchReplicaSpecs"
+                                             "[r].template.spec.containers.all(c, c.image.startsWith("
+                                             "'registry.example.com/')))",
+                               "message": "images must come from registry.example.com"}]}},
+    {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+     "metadata": {"name": "trusted-registry"},
+     "spec": {"policyName": "trusted-registry", "validationActions": ["Deny"],
+              "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}}}}}]
+
+
+def test_a_create_refused_by_admission_blocks_the_run_with_the_policys_message(cluster):
+    """[day-one] items 3 and 8: the denial shows on the run (phase Blocked, Ready=False with the API's message, an
+    event, the PHASE column); fixing the spec creates the job; the job carries none of the run's labels."""
+    for obj in TRUSTED_REGISTRY:
+        cluster.apply(obj)
+    probe = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "probe", "namespace": NS},
+             "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": {"spec": {"containers": [
+                 {"name": "pytorch", "image": "trainer:test"}]}}}}}}
+    wait_for(lambda: cluster.apply(probe, "--dry-run=server", check=False).returncode != 0, what="policy active")
+    try:
+        with cluster.operator("operator-refused", resync_seconds=2):
+            run = run_on("pytorchjob", "denied")
+            run["metadata"]["labels"] = {"app.kubernetes.io/instance": "argo-app", "team": "vision"}
+            cluster.apply(run)
+            status = wait_for(lambda: (s := cluster.run_status("denied")).get("phase") == "Blocked" and s,
+                              what="Blocked")
+            ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+            assert ready["status"] == "False" and ready["reason"] == "CreateRefused"
+            assert "denied-s1-1" in ready["message"] and "images must come from registry.example.com" in \
+                ready["message"]
+            assert "denied-s1-1" not in cluster.jobs()
+            assert "Blocked" in cluster.cp.kubectl("get", "vitatrainingrun", "denied", "-n", NS).stdout
+            assert "RunBlocked" in cluster.cp.kubectl("describe", "vitatrainingrun", "denied", "-n", NS).stdout
+            time.sleep(5)  # two resyncs retry the same create: still Blocked, one RunBlocked event
+            assert cluster.run_status("denied")["phase"] == "Blocked"
+            cluster.cp.kubectl("patch", "vitatrainingrun", "denied", "-n", NS, "--type=merge",
+                               "-p", '{"spec": {"trainer": {"image": "registry.example.com/vita/trainer:1"}}}')
+            job = wait_for(lambda: cluster.jobs().get("denied-s1-1"), what="job after the fix")
+            wait_for(lambda: cluster.run_status("denied").get("phase") == "Running", what="Running")
+            labels = job["metadata"]["labels"]
+            assert "app.kubernetes.io/instance" not in labels and "team" not in labels
+            events = cluster.get("events")["items"]
+            assert sum(1 for e in events if e["involvedObject"]["name"] == "denied" and
+                       e["reason"] == "RunBlocked") == 1
+    finally:
+        for obj in reversed(TRUSTED_REGISTRY):
+            cluster.cp.kubectl("delete", obj["kind"].lower(), obj["metadata"]["name"], check=False)
+        cluster.cp.kubectl("delete", "vitatrainingrun", "denied", "-n", NS, "--timeout=30s", check=False)
+
+
+def test_renaming_a_started_stage_deletes_its_job(cluster):
+    """[day-one] item 12: the renamed stage's running job would hold its GPUs unseen."""
+    with cluster.operator("operator-rename") as op:
+        cluster.start_run("renamed")
+        cluster.cp.kubectl("patch", "vitatrainingrun", "renamed", "-n", NS, "--type=json",
+                           "-p", '[{"op": "replace", "path": "/spec/stages/0/name", "value": "s1b"}]')
+        wait_for(lambda: "renamed-s1b-1" in (jobs := cluster.jobs()) and "renamed-s1-1" not in jobs,
+                 what="the old stage's job deleted, the renamed stage's created")
+        assert "StageRemoved" in cluster.cp.kubectl("describe", "vitatrainingrun", "renamed", "-n", NS).stdout
+        assert_no_forbidden(op)
+    cluster.cp.kubectl("delete", "vitatrainingrun", "renamed", "-n", NS, "--timeout=30s")

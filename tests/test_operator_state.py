@@ -347,3 +347,39 @@ def test_an_invalid_spec_and_a_blocked_run_are_decided_by_the_pure_core():
     assert b.status["phase"] == "Pending" and ready["status"] == "False" and ready["reason"] == "BackendNotEnabled"
     assert [e[1] for e in b.events] == ["BackendNotEnabled"]
     assert decide_blocked(b.status, "BackendNotEnabled", "trainer.backend trainjob is not enabled", NOW, 1).events == []
+
+
+def test_a_refused_create_blocks_the_run_with_the_apis_message_until_the_job_exists():
+    """[day-one] An admission denial (a policy engine, Trainer's webhook) is on the run, not only in the
+    operator's log; the same attempt is tried again, the run stays Blocked without new events, and the job's
+    appearance ends it."""
+    from vita_operator.state import decide_refused
+    first = decide("run", 1, spec(), None, [], NOW)
+    assert first.actions == [CreateJob(0, 1, False)]
+    denial = 'admissionwebhook "policy" denied the request: image "evil.io/x" is not from registry.example.com'
+    blocked = decide_refused(first.status, "run-s1-1", "PyTorchJob", denial, NOW, 1)
+    assert blocked.status["phase"] == "Blocked"
+    ready = {c["type"]: c for c in blocked.status["conditions"]}["Ready"]
+    assert ready["status"] == "False" and ready["reason"] == "CreateRefused" and denial in ready["message"]
+    assert [r for _, r, _ in blocked.events] == ["RunBlocked"]
+    again = decide("run", 1, spec(), blocked.status, [], NOW)
+    assert again.actions == [CreateJob(0, 1, False)] and again.status["phase"] == "Blocked" and not again.events
+    assert not decide_refused(again.status, "run-s1-1", "PyTorchJob", denial, NOW, 1).events  # same message
+    other = decide_refused(again.status, "run-s1-1", "PyTorchJob", "quota exceeded", NOW, 1)
+    assert [r for _, r, _ in other.events] == ["CreateRefused"]
+    created = decide("run", 1, spec(), other.status, [job("s1", 1, "Pending")], NOW)
+    assert created.status["phase"] == "Running" and not created.actions
+    assert {c["type"]: c for c in created.status["conditions"]}["Ready"]["status"] == "True"
+    done = decide("run", 1, spec(), {**other.status, "phase": "Failed"}, [], NOW)
+    assert decide_refused(done.status, "run-s1-1", "PyTorchJob", denial, NOW, 1).status["phase"] == "Failed"
+
+
+def test_a_stage_renamed_after_its_job_started_does_not_orphan_the_job():
+    from vita_operator.state import DeleteJob
+    renamed = spec(stages=("s1b", "s2", "s3"))
+    d = decide("run", 2, renamed, status(rec("s1", "Running", 1)), [job("s1", 1, "Running")], NOW)
+    assert d.actions[:1] == [DeleteJob("run-s1-1")] and CreateJob(0, 1, False) in d.actions
+    assert "StageRemoved" in [r for _, r, _ in d.events]
+    assert [r["name"] for r in d.status["stages"]] == ["s1b", "s2", "s3"]
+    finished = decide("run", 2, renamed, status(rec("s1", "Succeeded", 1)), [job("s1", 1, "Succeeded")], NOW)
+    assert not any(isinstance(a, DeleteJob) for a in finished.actions)  # a finished job holds no GPU

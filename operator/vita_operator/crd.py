@@ -19,7 +19,7 @@ from vita_api.presets import all_presets
 
 PLURAL = "vitatrainingruns"
 VERSION = "v1alpha1"
-PHASES = ["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+PHASES = ["Pending", "Running", "Suspended", "Blocked", "Succeeded", "Failed"]
 
 
 def _structural(node: Any, defs: dict[str, Any]) -> Any:

@@ -6,6 +6,7 @@ Run with: kopf run --standalone -m vita_operator.handlers --liveness=http://0.0.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -29,7 +30,7 @@ from .builder import JobBackend, stuck_reason
 from .crd import PLURAL, VERSION
 from .progress_loop import progress_pass
 from .state import (TERMINAL, CreateJob, CreatePreflight, Decision, DeleteJob, ObservedJob, ObservedPreflight,
-                    SetJobSuspend, decide, decide_blocked, decide_invalid)
+                    SetJobSuspend, decide, decide_blocked, decide_invalid, decide_refused)
 from .trainjob import DEFAULT_RUNTIME
 
 log = logging.getLogger(__name__)
@@ -159,13 +160,37 @@ def observed_preflight(namespace: str, run_name: str) -> list[ObservedPreflight]
     return out
 
 
+class _Refused(Exception):
+    """The API server refused a create for a reason that retrying the same body cannot fix (admission)."""
+
+    def __init__(self, job: str, kind: str, message: str):
+        super().__init__(message)
+        self.job, self.kind, self.message = job, kind, message
+
+
+# Refusals a person must act on: a bad request, a policy or webhook denial (403 also when the operator's own RBAC
+# lacks the verb), an invalid object. Anything else (5xx, timeouts) kopf retries.
+REFUSED_STATUSES = (400, 403, 422)
+
+
+def api_message(e: ApiException) -> str:
+    """The API server's own message (admission denials name the policy and say why)."""
+    try:
+        return str(json.loads(e.body or "{}").get("message") or e.reason)
+    except ValueError:
+        return str(e.reason)
+
+
 def _create_owned(run: dict[str, Any], body: dict[str, Any], create: Callable[[dict[str, Any]], None]) -> None:
     """Create a job owned by the run (ownerReferences: deleting the run deletes its jobs). A 409 means an earlier
-    pass created it: names are deterministic."""
-    kopf.adopt(body, owner=cast(kopf.Body, run))  # kopf reads only its metadata
+    pass created it: names are deterministic. Only the owner reference: kopf.adopt would also copy the run's labels,
+    so Argo CD's instance label would let it prune running jobs, and a queue-name label would bypass the spec."""
+    kopf.append_owner_reference(body, owner=cast(kopf.Body, run))  # kopf reads only its metadata
     try:
         create(body)
     except ApiException as e:
+        if e.status in REFUSED_STATUSES:
+            raise _Refused(body["metadata"]["name"], body.get("kind", "job"), api_message(e)) from e
         if e.status != 409:
             raise
 
@@ -253,20 +278,17 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger) -> None:
                 if e.status == 409:
                     raise _StaleRun() from e
                 raise
-        for action in decision.actions:
-            if isinstance(action, CreatePreflight):
-                _create_owned(run, pre.preflight_job(name, namespace, spec, action.attempt),
-                              lambda body: kube.create_batch_job(namespace, body))
-            elif isinstance(action, CreateJob):
-                _create_owned(run, backend.build(name, namespace, with_stage_args(spec, action.index,
-                                                                                  action.arg_overrides),
-                                                 action.index, action.attempt, suspend=action.suspend),
-                              lambda body: kube.create_custom(backend.api_version, backend.plural, namespace, body))
-            elif isinstance(action, DeleteJob):
-                kube.delete_custom(backend.api_version, backend.plural, namespace, action.name)
-            elif isinstance(action, SetJobSuspend):
-                kube.patch_custom(backend.api_version, backend.plural, namespace, action.name,
-                                  backend.suspend_patch(action.suspend))
+        try:
+            _apply_actions(run, spec, backend, decision)
+        except _Refused as refused:
+            # what did happen stays (a stage that succeeded); what did not (a job started, the run Running) goes
+            started = [e for e in decision.events
+                       if e[1] not in ("StageStarted", "PreflightStarted", "RunRunning", "RunSuspended")]
+            decision = decide_refused(decision.status, refused.job, refused.kind, refused.message, _now(),
+                                      meta.get("generation", 1))
+            decision.events[:0] = started
+            kube.patch_status(namespace, name, decision.status)
+            metrics.RECONCILE_ERRORS.labels("create_refused").inc()
         for etype, reason, message in decision.events:
             kube.emit_event(run, etype, reason, message)
             metrics.STAGE_TRANSITIONS.labels(reason).inc()
@@ -275,6 +297,26 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger) -> None:
         metrics.record_phase(key, decision.status.get("phase"))
         logger.info("reconciled %s: phase=%s stage=%s job=%s", key, decision.status.get("phase"),
                     decision.status.get("currentStage"), decision.status.get("currentJob"))
+
+
+def _apply_actions(run: dict[str, Any], spec: VitaTrainingRunSpec, backend: JobBackend, decision: Decision) -> None:
+    """Carry out the decision's actions; a refused create raises _Refused (the actions after it wait)."""
+    meta = run["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    for action in decision.actions:
+        if isinstance(action, CreatePreflight):
+            _create_owned(run, pre.preflight_job(name, namespace, spec, action.attempt),
+                          lambda body: kube.create_batch_job(namespace, body))
+        elif isinstance(action, CreateJob):
+            _create_owned(run, backend.build(name, namespace, with_stage_args(spec, action.index,
+                                                                              action.arg_overrides),
+                                             action.index, action.attempt, suspend=action.suspend),
+                          lambda body: kube.create_custom(backend.api_version, backend.plural, namespace, body))
+        elif isinstance(action, DeleteJob):
+            kube.delete_custom(backend.api_version, backend.plural, namespace, action.name)
+        elif isinstance(action, SetJobSuspend):
+            kube.patch_custom(backend.api_version, backend.plural, namespace, action.name,
+                              backend.suspend_patch(action.suspend))
 
 
 @kopf.on.resume(API_GROUP, VERSION, PLURAL)

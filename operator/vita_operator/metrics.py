@@ -2,6 +2,8 @@
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .crd import PHASES
+
 REGISTRY = CollectorRegistry()
 RUNS = Gauge("vita_operator_runs", "VitaTrainingRuns by phase", ["phase"], registry=REGISTRY)
 STAGE_TRANSITIONS = Counter("vita_operator_stage_transitions", "Stage transitions (started, succeeded, retried)",
@@ -23,5 +25,5 @@ def record_phase(run_key: str, phase: str | None) -> None:
         _phases.pop(run_key, None)
     else:
         _phases[run_key] = phase
-    for p in ("Pending", "Running", "Suspended", "Succeeded", "Failed"):
+    for p in PHASES:
         RUNS.labels(p).set(sum(1 for v in _phases.values() if v == p))

@@ -19,6 +19,9 @@ Rules:
   with half the micro-batch and twice the accumulation (vita_api/oom.py), without using retryLimit; the changed args
   are kept in the stage's record (argOverrides) for every later attempt, each adjustment in oomAdjustments. At
   micro-batch 1, or under oomPolicy fail, the stage fails with that history.
+- A stage renamed or removed after its job started: the job is deleted (StageRemoved), not left running unseen.
+- A create the API server refuses (admission policy, webhook, quota): Blocked with the API's message until the same
+  attempt's job exists (decide_refused).
 - Hung (spec.hangTimeoutSeconds; the handler reads status.progress): a running job whose step has not moved for
   the timeout is deleted and the stage retried from its checkpoint like a failed attempt (Hung event and condition).
 """
@@ -167,12 +170,15 @@ def _preflight(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: 
     if attempt == 0 or job is None:
         attempt = attempt or 1
         d.actions.append(CreatePreflight(attempt))
+        if _still_refused(d.status, job_name(run_name, PREFLIGHT, attempt)):
+            return True
         pf.update(phase="Running", attempts=attempt, jobName=job_name(run_name, PREFLIGHT, attempt))
         d.events.append(("Normal", "PreflightStarted", f"checking the data of {len(spec.stages)} stage(s): job "
                          f"{pf['jobName']}"))
         _set_phase(d, "Running", "Preflight", "preflight: checking every stage's data", now, generation)
         return True
     pf.update(attempts=attempt, jobName=job.name)
+    _created(d.status, job.name, now, generation)
     if job.phase == "Succeeded" and job.summary is not None:
         why, total, bad = _preflight_verdict(job.summary, spec.preflight.max_bad_fraction)
         pf.update(samples=total, badSamples=bad, problemsByReason=job.summary.get("problemsByReason", {}),
@@ -226,6 +232,43 @@ def decide_blocked(status: dict[str, Any] | None, reason: str, message: str, now
     if d.status != (status or {}):
         d.events.append(("Warning", reason, message))
     return d
+
+
+REFUSABLE = ("Running", "Suspended", "Pending", "Blocked")
+
+
+def decide_refused(status: dict[str, Any], job: str, kind: str, message: str, now: str,
+                   generation: int) -> Decision:
+    """The API server refused to create `job` (an admission policy, a ValidatingAdmissionPolicy, a webhook such as
+    Trainer's, a quota): the run is Blocked with the API's own message and what to change, and one event per new
+    message; the next pass (a spec edit, the resync) creates the same attempt again."""
+    import copy
+    d = Decision(status=copy.deepcopy(status))
+    if d.status.get("phase") not in REFUSABLE:
+        return d
+    msg = (f"the API server refused to create {kind} {job}: {message}. Change what it names (spec.trainer: image, "
+           f"serviceAccountName, env, envFromSecrets, tolerations; spec.resources), or ask the namespace's admin; "
+           f"the operator tries again on every spec change and resync")[:2000]
+    old = next((c for c in d.status.get("conditions", []) if c["type"] == "Ready"), None)
+    if d.status.get("phase") == "Blocked" and old and old.get("message") != msg:
+        d.events.append(("Warning", "CreateRefused", msg))
+    _set_phase(d, "Blocked", "CreateRefused", msg, now, generation)
+    set_condition(d.status, "Ready", False, "CreateRefused", msg, now, generation)
+    return d
+
+
+def _still_refused(st: dict[str, Any], name: str) -> bool:
+    """A Blocked run retrying the create that was refused: it stays Blocked until the job exists."""
+    ready = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), None)
+    return ready is not None and st.get("phase") == "Blocked" and ready["reason"] == "CreateRefused" and \
+        f" {name}: " in ready["message"]
+
+
+def _created(st: dict[str, Any], name: str, now: str, generation: int) -> None:
+    """The job exists: a refusal recorded earlier is over."""
+    ready = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), None)
+    if ready and ready["status"] == "False" and ready["reason"] == "CreateRefused":
+        set_condition(st, "Ready", True, "JobCreated", f"job {name} exists", now, generation)
 
 
 def _after_oom(d: Decision, run_name: str, stage: StageSpec, index: int, rec: dict[str, Any], attempt: int,
@@ -302,6 +345,13 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
         _set_phase(d, "Failed", "InvalidSpec", "; ".join(problems), now, generation)
         return d
 
+    # A job of a stage the spec no longer has (renamed or removed after it started) would hold its GPUs unseen.
+    names = {s.name for s in spec.stages}
+    for j in jobs:
+        if j.stage not in names and j.phase in ("Pending", "Running", "Suspended"):
+            d.actions.append(DeleteJob(j.name))
+            d.events.append(("Warning", "StageRemoved", f"job {j.name} runs stage {j.stage!r}, which the spec no "
+                             f"longer has (renamed or removed): deleted it to free its GPUs"))
     records = {r["name"]: r for r in st.get("stages", [])}
     st["stages"] = [records.get(s.name, {"name": s.name, "phase": "Pending", "attempts": 0}) for s in spec.stages]
     for i in range(len(spec.stages)):
@@ -324,6 +374,8 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             name = job_name(run_name, stage.name, attempt)
             st["currentStage"], st["currentJob"] = stage.name, name
             d.actions.append(CreateJob(i, attempt, spec.suspend, dict(rec.get("argOverrides", {}))))
+            if _still_refused(st, name):
+                return d
             rec.update(phase="Running", attempts=attempt, jobName=name)
             rec.setdefault("startTime", now)
             d.events.append(("Normal", "StageStarted", f"stage {stage.name} attempt {attempt}: created job {name}"))
@@ -333,6 +385,7 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
         name = job_name(run_name, stage.name, attempt)
         st["currentStage"], st["currentJob"] = stage.name, name
         rec.update(attempts=attempt, jobName=name)
+        _created(st, name, now, generation)
         if job.phase == "Succeeded":
             rec.update(phase="Succeeded", completionTime=now, message=job.message)
             if job.final_loss is not None:
