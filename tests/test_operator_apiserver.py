@@ -335,7 +335,7 @@ def test_a_backend_the_operator_does_not_run_is_reported_not_failed(cluster):
         ready = wait_for(lambda: cluster.condition("Ready", "elsewhere"), what="Ready condition")
         assert ready["status"] == "False" and ready["reason"] == "BackendNotEnabled"
         assert "backends.trainjob.enabled" in ready["message"]
-        assert cluster.run_status("elsewhere")["phase"] == "Pending" and not cluster.jobs("trainjob")
+        assert cluster.run_status("elsewhere")["phase"] == "Blocked" and not cluster.jobs("trainjob")
         assert "BackendNotEnabled" in cluster.cp.kubectl("describe", "vitatrainingrun", "elsewhere", "-n", NS).stdout
         assert_no_forbidden(op)
     with cluster.operator("operator-both-backends", resync_seconds=1) as op:

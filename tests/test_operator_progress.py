@@ -91,3 +91,31 @@ def test_progress_is_written_as_a_merge_patch_that_drops_what_the_new_reading_la
     assert as_merge_patch(old, new) == {"step": None, "eta": None, "etaSeconds": None, "job": "j-2", "stale": True,
                                         "firstSeen": {"step": 9, "time": None}}
     assert as_merge_patch(None, new) == new
+
+
+def test_a_readmitted_job_restarts_the_hang_clock():
+    """[day-one] item 6: Kueue suspends a job (preemption) and re-admits it an hour later: the last step read before
+    the suspension is old, but the job has only just started again, so it is not hung."""
+    from datetime import datetime, timezone
+
+    from vita_operator.builder import active_since
+    from vita_operator.progress import hang_reason
+    progress = {"job": "r-s1-1", "step": 40, "lastStepTime": "2026-12-01T10:00:00Z"}
+    now = datetime(2026, 12, 1, 11, 10, tzinfo=timezone.utc)
+    job = {"metadata": {"creationTimestamp": "2026-12-01T09:00:00Z"},
+           "status": {"conditions": [
+               {"type": "Suspended", "status": "False", "lastTransitionTime": "2026-12-01T11:05:00Z"},
+               {"type": "Running", "status": "True", "lastTransitionTime": "2026-12-01T11:06:00Z"}]}}
+    assert active_since(job) == "2026-12-01T11:06:00Z"
+    assert hang_reason(progress, "r-s1-1", now, 1800) != ""                        # the old rule: hung at once
+    assert hang_reason(progress, "r-s1-1", now, 1800, active_since(job)) == ""   # 4 minutes since re-admission
+    later = datetime(2026, 12, 1, 11, 40, tzinfo=timezone.utc)
+    assert "no training step for" in hang_reason(progress, "r-s1-1", later, 1800, active_since(job))
+    assert active_since({"metadata": {"creationTimestamp": "2026-12-01T09:00:00Z"}}) == "2026-12-01T09:00:00Z"
+
+
+def test_hang_detection_is_on_by_default():
+    from vita_api.spec import VitaTrainingRunSpec
+    spec = VitaTrainingRunSpec.model_validate({"model": {"base": "b"}, "data": {"registry": "r"}, "output": "o",
+                                               "stages": [{"name": "s", "preset": "text_sft", "datasetUse": "d"}]})
+    assert spec.hang_timeout_seconds == 3600

@@ -63,8 +63,11 @@ CASES = [
     ("resume a suspended run", spec(), status(rec("s1", "Running", 1), phase="Suspended"),
      [job("s1", 1, "Suspended")], [SetJobSuspend("run-s1-1", False)], "Running", ["Running", "Pending", "Pending"],
      ["StageResumed", "RunRunning"]),
-    ("Kueue-held job is left alone", spec(), status(rec("s1", "Running", 1)), [job("s1", 1, "Suspended")],
-     [], "Running", ["Running", "Pending", "Pending"], []),
+    ("Kueue-held job is left alone, the run Queued", spec(), status(rec("s1", "Running", 1)),
+     [job("s1", 1, "Suspended")], [], "Queued", ["Running", "Pending", "Pending"], ["RunQueued"]),
+    ("unschedulable pods: Queued with the scheduler's reason", spec(), status(rec("s1", "Running", 1)),
+     [ObservedJob("run-s1-1", "s1", 1, "Pending", stuck="pod run-s1-1-master-0: Unschedulable: 0/4 nodes")],
+     [], "Queued", ["Running", "Pending", "Pending"], ["PodsStuck", "RunQueued"]),
     # operator restarts: status may be behind or ahead of the cluster
     ("restart: job exists but status never recorded it", spec(), None, [job("s1", 1, "Running")],
      [], "Running", ["Running", "Pending", "Pending"], ["RunRunning"]),
@@ -96,7 +99,7 @@ def as_backend_leaves_it(backend: str, sp, jobs: list[ObservedJob]) -> list[Obse
         raw["status"] = job_status(backend, j.phase)
         labels = raw["metadata"]["labels"]
         observed.append(ObservedJob(raw["metadata"]["name"], labels[LABEL_STAGE], int(labels[LABEL_ATTEMPT]),
-                                    *b.phase(raw)))
+                                    *b.phase(raw), stuck=j.stuck))  # what the pods say is not the job's
         assert observed[-1].phase == j.phase and observed[-1].name == j.name
     return observed
 
@@ -218,13 +221,14 @@ def test_preflight_runs_before_the_first_gpu_job_and_passes_to_stage_one():
     from vita_operator.state import CreatePreflight
     first = decide("run", 1, preflight_spec(), None, [], NOW)
     assert first.actions == [CreatePreflight(1)] and first.status["preflight"]["jobName"] == "run-preflight-1"
-    assert first.status["phase"] == "Running" and [e[1] for e in first.events] == ["PreflightStarted", "RunRunning"]
+    assert first.status["phase"] == "Preflight"
+    assert [e[1] for e in first.events] == ["PreflightStarted", "RunPreflight"]
     waiting = decide("run", 1, preflight_spec(), first.status, [], NOW, preflight=[pf_job(1, "Running")])
     assert not waiting.actions and all(r["phase"] == "Pending" for r in waiting.status["stages"])
     passed = decide("run", 1, preflight_spec(), waiting.status, [], NOW, preflight=[pf_job(1, "Succeeded", summary())])
     assert passed.actions == [CreateJob(0, 1, False)]
     assert passed.status["preflight"]["phase"] == "Succeeded" and passed.status["preflight"]["samples"] == 15
-    assert [e[1] for e in passed.events] == ["PreflightPassed", "StageStarted"]
+    assert [e[1] for e in passed.events] == ["PreflightPassed", "StageStarted", "RunRunning"]
     # once passed it is not looked at again, and a run that started stages before preflight existed never runs it
     later = decide("run", 1, preflight_spec(), passed.status, [job("s1", 1, "Running")], NOW)
     assert not later.actions and later.status["preflight"]["phase"] == "Succeeded"
@@ -344,7 +348,7 @@ def test_an_invalid_spec_and_a_blocked_run_are_decided_by_the_pure_core():
     assert decide_invalid(d.status, "again", NOW, 4).events == []  # a finished run stays as it is
     b = decide_blocked(None, "BackendNotEnabled", "trainer.backend trainjob is not enabled", NOW, 1)
     ready = {c["type"]: c for c in b.status["conditions"]}["Ready"]
-    assert b.status["phase"] == "Pending" and ready["status"] == "False" and ready["reason"] == "BackendNotEnabled"
+    assert b.status["phase"] == "Blocked" and ready["status"] == "False" and ready["reason"] == "BackendNotEnabled"
     assert [e[1] for e in b.events] == ["BackendNotEnabled"]
     assert decide_blocked(b.status, "BackendNotEnabled", "trainer.backend trainjob is not enabled", NOW, 1).events == []
 

@@ -209,11 +209,13 @@ class VitaTrainingRunSpec(_Spec):
     suspend: bool = Field(False, description="Suspend the run (passed to the current job's runPolicy.suspend)")
     progress_interval_seconds: int = Field(30, ge=5, le=3600, description="How often the operator reads the "
                                            "current stage's metrics endpoint into status.progress")
-    hang_timeout_seconds: int | None = Field(None, ge=1, description="A running stage whose step does not move for "
-                                             "this long is Hung: its job is deleted and the stage retried from its "
-                                             "last checkpoint (counts against retryLimit). Also the trainer's "
-                                             "collective timeout (--ddp_timeout), so it must exceed the longest "
-                                             "checkpoint save. Unset: off (1800 suits most runs)")
+    hang_timeout_seconds: int | None = Field(3600, ge=1, description="A running stage whose step does not move for "
+                                             "this long (counted from its job's latest admission) is Hung: its job "
+                                             "is deleted and the stage retried from its last checkpoint (counts "
+                                             "against retryLimit). Also the trainer's collective timeout "
+                                             "(--ddp_timeout), so it must exceed the longest checkpoint save; null "
+                                             "turns detection off (a lost node then idles the job until the "
+                                             "trainer's own 2-hour collective timeout)")
     preflight: PreflightSpec = Field(default_factory=PreflightSpec, description="vita-data check of every stage's "
                                      "datasetUse on the dataset volume before any GPU job; problems fail the run")
 

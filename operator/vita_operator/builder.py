@@ -282,6 +282,18 @@ def true_conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
 
 
+def active_since(job: dict[str, Any]) -> str | None:
+    """When the job last became able to run: its creation, or the latest (re)admission (Suspended turned False,
+    Running or Restarting turned True). A hang is counted from here, not from a step read before a suspension."""
+    times = [(job.get("metadata") or {}).get("creationTimestamp")]
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if (c.get("type") == "Suspended" and c.get("status") == "False") or \
+                (c.get("type") in ("Running", "Restarting") and c.get("status") == "True"):
+            times.append(c.get("lastTransitionTime"))
+    found = [t for t in times if t]
+    return max(found) if found else None  # RFC 3339 UTC times sort as strings
+
+
 def condition_message(cond: dict[str, Any]) -> str:
     return f"{cond.get('reason', cond.get('type', ''))}: {cond.get('message', '')}".strip(": ")
 

@@ -19,7 +19,9 @@ from vita_api.presets import all_presets
 
 PLURAL = "vitatrainingruns"
 VERSION = "v1alpha1"
-PHASES = ["Pending", "Running", "Suspended", "Blocked", "Succeeded", "Failed"]
+# Pending: nothing created yet; Preflight: the data check runs; Queued: a job waits for Kueue or the scheduler;
+# Running; Suspended (spec.suspend); Blocked: a person must act (a create refused, a missing claim or CRD).
+PHASES = ["Pending", "Preflight", "Queued", "Running", "Suspended", "Blocked", "Succeeded", "Failed"]
 
 
 def _structural(node: Any, defs: dict[str, Any]) -> Any:
@@ -136,6 +138,7 @@ def status_schema() -> dict[str, Any]:
         "preflight": preflight,
         "progress": progress,
         "phase": {"type": "string", "enum": PHASES},
+        "message": {"type": "string", "description": "Why the run is in its phase, and what to change"},
         "currentStage": {"type": "string"}, "currentJob": {"type": "string"},
         "backend": {"type": "string", "enum": list(JOB_BACKENDS),
                     "description": "The job backend the run uses: spec.trainer.backend, else the operator's default "
@@ -176,6 +179,8 @@ def crd() -> dict[str, Any]:
                                        {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
                                        {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta"},
                                        {"name": "Backend", "type": "string", "jsonPath": ".status.backend",
+                                        "priority": 1},
+                                       {"name": "Message", "type": "string", "jsonPath": ".status.message",
                                         "priority": 1},
                                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}],
                                    "schema": {"openAPIV3Schema": schema}}]}}

@@ -26,7 +26,7 @@ from . import kube, metrics
 from . import preflight as pre
 from . import progress as prog
 from .backends import RUNTIME_ENV, backend_of, configured_backends, job_backends
-from .builder import JobBackend, stuck_reason
+from .builder import JobBackend, active_since, stuck_reason
 from .crd import PLURAL, VERSION
 from .progress_loop import progress_pass
 from .state import (TERMINAL, CreateJob, CreatePreflight, Decision, DeleteJob, ObservedJob, ObservedPreflight,
@@ -113,7 +113,8 @@ def observed_jobs(backend: JobBackend, namespace: str, run_name: str, recorded_d
         if labels.get(LABEL_RUN) != run_name or labels.get(MANAGED_BY[0]) != MANAGED_BY[1]:
             continue
         jobs.append(ObservedJob(job["metadata"]["name"], labels.get(LABEL_STAGE, ""),
-                                int(labels.get(LABEL_ATTEMPT, "0")), *backend.phase(job)))
+                                int(labels.get(LABEL_ATTEMPT, "0")), *backend.phase(job),
+                                active_since=active_since(job)))
     latest: dict[str, int] = {}
     for j in jobs:
         latest[j.stage] = max(latest.get(j.stage, 0), j.attempt)
@@ -264,7 +265,7 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger) -> None:
         now = datetime.now(timezone.utc)
         progress = (run.get("status") or {}).get("progress")
         jobs = [dataclasses.replace(j, hung=why) if j.phase == "Running" and (why := prog.hang_reason(
-            progress, j.name, now, spec.hang_timeout_seconds)) else j for j in jobs]
+            progress, j.name, now, spec.hang_timeout_seconds, j.active_since)) else j for j in jobs]
         preflight = observed_preflight(namespace, name) if preflight_needed(spec, run.get("status") or {}) else []
         decision = decide(name, meta.get("generation", 1), spec, run.get("status"), jobs, _now(), backend_name,
                           preflight)

@@ -99,13 +99,19 @@ def as_merge_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str,
     return patch
 
 
-def hang_reason(progress: dict[str, Any] | None, job: str, now: datetime, timeout_seconds: int | None) -> str:
+def hang_reason(progress: dict[str, Any] | None, job: str, now: datetime, timeout_seconds: int | None,
+                since: str | None = None) -> str:
     """Why `job` counts as hung: its step has not moved for the timeout, counted from the first scrape (the
-    endpoint starts after the model is loaded, so loading is not a hang); "" when it has not, or when hang detection
-    is off. A stale endpoint does not move the clock either way: a trainer that cannot answer is not progressing."""
+    endpoint starts after the model is loaded, so loading is not a hang) and never from before `since` (the job's
+    latest admission: a job Kueue suspended and re-admitted restarts the clock); "" when it has not, or when hang
+    detection is off. A stale endpoint does not move the clock either way: a trainer that cannot answer is not
+    progressing."""
     if not timeout_seconds or not progress or progress.get("job") != job:
         return ""
     last = parse_time(progress.get("lastStepTime"))
+    admitted = parse_time(since)
+    if last is not None and admitted is not None:
+        last = max(last, admitted)
     if last is None or (now - last).total_seconds() < timeout_seconds:
         return ""
     return (f"no training step for {format_duration((now - last).total_seconds())} (step {progress['step']}; "

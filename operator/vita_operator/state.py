@@ -28,6 +28,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ class ObservedJob:
     permanent: str = ""  # a failed job's error that another attempt cannot fix (bad config or data); "" if not
     oom: dict[str, Any] | None = None  # a failed job's out-of-memory report (termination.oom_of); None if not
     hung: str = ""      # why a running job counts as hung (progress.hang_reason); "" if it does not
+    active_since: str | None = None  # creation or latest (re)admission (builder.active_since): hangs count from it
 
 
 @dataclass(frozen=True)
@@ -114,11 +116,22 @@ def _set_phase(d: Decision, phase: str, reason: str, message: str, now: str, gen
     if d.status.get("phase") != phase:
         d.events.append(("Warning" if phase == "Failed" else "Normal", f"Run{phase}", message))
     d.status["phase"] = phase
+    d.status["message"] = message
     for ctype in ("Running", "Suspended", "Succeeded", "Failed"):
         if ctype == phase:
             set_condition(d.status, ctype, True, reason, message, now, generation)
         else:  # API conventions: a False condition says why too (a non-empty CamelCase reason)
             set_condition(d.status, ctype, False, f"Run{phase}", f"the run is {phase}", now, generation)
+
+
+def queued_reason(job: ObservedJob) -> str:
+    """Why a job waits for capacity rather than runs: suspended by its queue (Kueue admits it by unsuspending), or
+    pods the scheduler cannot place yet; "" if it does not wait."""
+    if job.phase == "Suspended":
+        return f"suspended, waiting for admission (e.g. by Kueue){': ' + job.message if job.message else ''}"
+    if job.phase == "Pending" and "Unschedulable" in job.stuck:
+        return job.stuck
+    return ""
 
 
 def _pods_ready(d: Decision, job: ObservedJob, now: str, generation: int) -> None:
@@ -175,7 +188,7 @@ def _preflight(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: 
         pf.update(phase="Running", attempts=attempt, jobName=job_name(run_name, PREFLIGHT, attempt))
         d.events.append(("Normal", "PreflightStarted", f"checking the data of {len(spec.stages)} stage(s): job "
                          f"{pf['jobName']}"))
-        _set_phase(d, "Running", "Preflight", "preflight: checking every stage's data", now, generation)
+        _set_phase(d, "Preflight", "Preflight", "preflight: checking every stage's data", now, generation)
         return True
     pf.update(attempts=attempt, jobName=job.name)
     _created(d.status, job.name, now, generation)
@@ -206,7 +219,7 @@ def _preflight(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: 
             return True
         return _fail_preflight(d, pf, f"preflight failed after {attempt} attempt(s): {cause}", now, generation)
     pf["phase"] = "Running"
-    _set_phase(d, "Running", "Preflight", "preflight: checking every stage's data", now, generation)
+    _set_phase(d, "Preflight", "Preflight", "preflight: checking every stage's data", now, generation)
     return True
 
 
@@ -223,11 +236,13 @@ def decide_invalid(status: dict[str, Any] | None, error: str, now: str, generati
 
 
 def decide_blocked(status: dict[str, Any] | None, reason: str, message: str, now: str, generation: int) -> Decision:
-    """Nothing can be created yet, but an admin can fix it (install a job CRD, enable a backend): the run stays
-    Pending with Ready=False and one event per cause; the next reconcile tries again."""
+    """Nothing can be created yet, but a person can fix it (install a job CRD, enable a backend, create a claim):
+    the run is Blocked with Ready=False and one event per cause; the next reconcile tries again."""
     import copy
     d = Decision(status=copy.deepcopy(status or {}))
-    d.status.setdefault("phase", "Pending")
+    if d.status.get("phase") in TERMINAL:
+        return d
+    d.status["phase"], d.status["message"] = "Blocked", message
     set_condition(d.status, "Ready", False, reason, message, now, generation)
     if d.status != (status or {}):
         d.events.append(("Warning", reason, message))
@@ -428,15 +443,17 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
         elif not spec.suspend and st.get("phase") == "Suspended" and job.phase == "Suspended":
             d.actions.append(SetJobSuspend(name, False))
             d.events.append(("Normal", "StageResumed", f"resuming job {name}"))
+            job = dataclasses.replace(job, phase="Running")  # unsuspended now: not waiting in a queue
         _pods_ready(d, job, now, generation)
         hung = next((c for c in st.get("conditions", []) if c["type"] == "Hung"), None)
         if hung and hung["status"] == "True" and job.phase == "Running" and f" job {name}: " not in hung["message"]:
             set_condition(st, "Hung", False, "Progressing", f"stage {stage.name} job {name} runs", now, generation)
-        phase = "Suspended" if spec.suspend else "Running"
         msg = f"stage {stage.name} ({i + 1}/{len(spec.stages)})"
-        if job.phase == "Suspended" and not spec.suspend:
-            msg += ": job is suspended (queued, e.g. by Kueue)"
-        _set_phase(d, phase, "StageRunning", msg, now, generation)
+        waiting = queued_reason(job) if not spec.suspend else ""
+        if waiting:
+            _set_phase(d, "Queued", "JobQueued", f"{msg}: job {name} waits: {waiting}", now, generation)
+        else:
+            _set_phase(d, "Suspended" if spec.suspend else "Running", "StageRunning", msg, now, generation)
         return d
 
     st["currentJob"] = None
