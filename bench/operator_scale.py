@@ -28,8 +28,8 @@ from vita_api.spec import VitaTrainingRunSpec  # noqa: E402
 
 SPEC = {"model": {"base": "m"}, "data": {"registry": "r.yaml"}, "output": "o", "resources": {"gpusPerNode": 8},
         "preflight": {"enabled": False},  # the stage jobs are what is measured
-        "volumes": {"dataset": {"claimName": "d", "mountPath": "/data"},
-                    "checkpoints": {"claimName": "c", "mountPath": "/ckpt"}},
+        "volumes": {"dataset": {"claimName": "data", "mountPath": "/data"},  # tests.operator_scenarios.CLAIMS
+                    "checkpoints": {"claimName": "ckpt", "mountPath": "/ckpt"}},
         "stages": [{"name": "s1", "preset": "vision_align", "datasetUse": "a"},
                    {"name": "s2", "preset": "audio_align", "datasetUse": "b"},
                    {"name": "s3", "preset": "multimodal_sft", "datasetUse": "c"}]}

@@ -251,6 +251,9 @@ def install_operator_prerequisites(cp: ControlPlane, *, pytorchjob_crd: bool = T
     # The real API server checks the shipped runtime against Trainer's schema and CEL rules.
     cp.kubectl("apply", "-f", "-", input=helm_template(*BOTH_BACKENDS, "--show-only",
                                                        "templates/clustertrainingruntime.yaml"))
+    from tests.operator_scenarios import CLAIMS
+    for pvc in CLAIMS:  # the scenarios' run mounts these (Pending without a provisioner: the operator checks modes)
+        cp.kubectl("apply", "-f", "-", input=json.dumps(pvc))
     return cp.service_account_kubeconfig("vita-system", "vita-operator")
 
 

@@ -17,6 +17,8 @@ RESOURCES = {
                                   verbs={"list", "watch", "get"}),
     "v1/pods": ResourceInfo(namespaced=True, kind="Pod", singular="pod", verbs={"create", "list", "get"}),
     "v1/events": ResourceInfo(namespaced=True, kind="Event", singular="event", verbs={"create", "list", "get"}),
+    "v1/persistentvolumeclaims": ResourceInfo(namespaced=True, kind="PersistentVolumeClaim",
+                                              singular="persistentvolumeclaim", verbs={"create", "list", "get"}),
     "events.k8s.io/v1/events": ResourceInfo(namespaced=True, kind="Event", singular="event",
                                             verbs={"create", "list", "get"}),
     "vita.training.dev/v1alpha1/vitatrainingruns": ResourceInfo(
@@ -114,6 +116,9 @@ class KMockThread:
             if self.with_pytorchjobs:
                 kmock.resources[PYTORCHJOBS[0]] = PYTORCHJOBS[1]
             kmock.resources[TRAINJOBS[0]] = TRAINJOBS[1]
+            from tests.operator_scenarios import CLAIMS
+            for pvc in CLAIMS:  # the scenarios' run mounts these
+                kmock.objects["v1/persistentvolumeclaims", pvc["metadata"]["namespace"], pvc["metadata"]["name"]] = pvc
             self.kmock = kmock
             self.url = str(server.url).rstrip("/")
             self.ready.set()

@@ -18,6 +18,16 @@ RUN = {
                         {"name": "s2", "preset": "audio_align", "datasetUse": "aud"},
                         {"name": "s3", "preset": "multimodal_sft", "datasetUse": "mm"}]}}
 BACKENDS = ("pytorchjob", "trainjob")
+
+
+def claim(name: str, *modes: str) -> dict:
+    """A PersistentVolumeClaim of the test namespace (the operator checks the run's claims exist and fit)."""
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": NS},
+            "spec": {"accessModes": list(modes), "resources": {"requests": {"storage": "1Gi"}}}}
+
+
+# RUN's claims, as a multi-node run needs them: the dataset shared read-only, the checkpoints read-write.
+CLAIMS = [claim("data", "ReadOnlyMany"), claim("ckpt", "ReadWriteMany")]
 # group, version, plural of each backend's job
 JOB_RESOURCE = {"pytorchjob": ("kubeflow.org", "v1", "pytorchjobs"),
                 "trainjob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs")}

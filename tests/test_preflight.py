@@ -33,11 +33,16 @@ def test_the_preflight_job_is_a_valid_cpu_job_on_the_run_volumes(tmp_path):
     (c,) = pod["containers"]
     assert c["command"] == ["python", "-m", "vita_trainer.tools.preflight"] and c["image"] == "ghcr.io/x/trainer:1"
     assert c["resources"]["limits"] == {"cpu": "4", "memory": "16Gi"}  # no GPU
-    assert "nodeSelector" not in pod and "tolerations" not in pod and "priorityClassName" not in pod
-    assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+    # [day-one] where the first stage runs (GPU nodes are tainted: without these it never schedules), in its queue
+    # (created suspended: Kueue admits it), under a deadline
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue" and job["spec"]["suspend"] is True
+    assert "kueue.x-k8s.io/queue-name" not in job["spec"]["template"]["metadata"]["labels"]
+    assert job["spec"]["activeDeadlineSeconds"] == 3600
     assert c["args"] == ["--registry", "/data/registry.yaml", "--tokenizer", "qwen2.5",
                          "--report", "/ckpt/runs/full/preflight-report.json",
-                         "--stage", "align=img:6200", "--stage", "sft=mm:6200"]
+                         "--stage", "align=img:6200", "--stage", "sft=mm:6200", "--output", "/ckpt/runs/full"]
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert mounts["dataset"]["readOnly"] is True and mounts["checkpoints"]["mountPath"] == "/ckpt"
     env = {e["name"] for e in c["env"]}
@@ -101,3 +106,45 @@ def test_a_long_problem_line_keeps_its_sample_and_its_fix():
     clipped = clip_middle(line, PROBLEM_CHARS)
     assert len(clipped) <= PROBLEM_CHARS and clipped.startswith("/data/deep/") and clipped.endswith("restore it")
     assert clip_middle("short", PROBLEM_CHARS) == "short"
+
+
+def test_an_output_folder_the_trainer_cannot_write_fails_the_preflight_naming_owner_and_fix(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """[day-one] item 5: fsGroup does not chown NFS-style ReadWriteMany shares; the first checkpoint save would fail
+    hours in. The check says so before any GPU starts, as the run's own (not retryable) error."""
+    from vita_trainer.tools import preflight as tool
+    (tmp_path / "ckpt").mkdir()
+    real_mkdir = Path.mkdir
+
+    def root_owned(self, *a, **kw):
+        if str(self).startswith(str(tmp_path / "ckpt" / "runs")):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *a, **kw)
+    monkeypatch.setattr(Path, "mkdir", root_owned)
+    (tmp_path / "termination").write_text("")  # the kubelet's file
+    monkeypatch.setenv(PATH_ENV, str(tmp_path / "termination"))
+    code = preflight_main(["--registry", "r.yaml", "--stage", "s=d:100", "--report", str(tmp_path / "rep.json"),
+                           "--output", str(tmp_path / "ckpt" / "runs" / "r1")])
+    assert code == 2
+    message = permanent_failure_of((tmp_path / "termination").read_text())
+    assert "not writable by uid" in message and f"{tmp_path / 'ckpt'} is owned by uid" in message
+    assert "fsGroup" in message and "chown" in message
+    assert tool.NotWritable.retryable is False
+
+
+def test_a_preflight_pod_that_cannot_start_or_waits_in_a_queue_shows_on_the_run():
+    from vita_operator.state import ObservedPreflight, decide
+    from tests.test_operator_state import NOW, preflight_spec
+    first = decide("run", 1, preflight_spec(), None, [], NOW)
+    stuck = decide("run", 1, preflight_spec(), first.status, [], NOW, preflight=[ObservedPreflight(
+        "run-preflight-1", 1, "Pending", stuck="pod run-preflight-1-x: Unschedulable: 0/3 nodes: untolerated taint")])
+    ready = {c["type"]: c for c in stuck.status["conditions"]}["PodsReady"]
+    assert ready["status"] == "False" and "untolerated taint" in ready["message"]
+    assert "untolerated taint" in stuck.status["message"] and stuck.status["phase"] == "Preflight"
+    queued = decide("run", 1, preflight_spec(), first.status, [], NOW, preflight=[ObservedPreflight(
+        "run-preflight-1", 1, "Suspended", "the Job is suspended, waiting for admission")])
+    assert queued.status["phase"] == "Queued" and "waits for admission" in queued.status["message"]
+    assert pre.job_phase({"spec": {"suspend": True}, "status": {}})[0] == "Suspended"
+    deadline = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                           "message": "Job was active longer than specified deadline"}]}}
+    assert pre.job_phase(deadline) == ("Failed", "DeadlineExceeded: Job was active longer than specified deadline")

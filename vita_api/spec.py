@@ -119,6 +119,9 @@ class PreflightSpec(_Spec):
                                     "have problems and still start training (the count is kept in status)")
     cpu: str = Field("4", description="CPU request and limit of the preflight pod")
     memory: str = Field("16Gi", description="Memory request and limit of the preflight pod")
+    deadline_seconds: int = Field(3600, ge=60, description="The preflight Job's activeDeadlineSeconds: a check that "
+                                  "has not finished by then (pods that never start, a hung volume) fails and is "
+                                  "retried, then fails the run with the reason")
 
 
 class VolumeSpec(_Spec):

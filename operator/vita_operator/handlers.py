@@ -29,6 +29,7 @@ from .backends import RUNTIME_ENV, backend_of, configured_backends, job_backends
 from .builder import JobBackend, active_since, stuck_reason
 from .crd import PLURAL, VERSION
 from .progress_loop import progress_pass
+from .volumes import claim_names, claim_problems
 from .state import (TERMINAL, CreateJob, CreatePreflight, Decision, DeleteJob, ObservedJob, ObservedPreflight,
                     SetJobSuspend, decide, decide_blocked, decide_invalid, decide_refused)
 from .trainjob import DEFAULT_RUNTIME
@@ -153,6 +154,8 @@ def observed_preflight(namespace: str, run_name: str) -> list[ObservedPreflight]
                                          *pre.job_phase(job)))
     latest = max((o.attempt for o in out), default=0)
     for i, o in enumerate(out):
+        if o.attempt == latest and o.phase in ("Pending", "Running"):  # a pod that never starts: say why
+            out[i] = dataclasses.replace(o, stuck=stuck_reason(kube.pods(namespace, pre.pod_selector(o.name))))
         if o.attempt == latest and o.phase in ("Succeeded", "Failed"):
             pods = kube.pods(namespace, pre.pod_selector(o.name))
             out[i] = dataclasses.replace(
@@ -269,6 +272,10 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger) -> None:
         preflight = observed_preflight(namespace, name) if preflight_needed(spec, run.get("status") or {}) else []
         decision = decide(name, meta.get("generation", 1), spec, run.get("status"), jobs, _now(), backend_name,
                           preflight)
+        if any(isinstance(a, (CreateJob, CreatePreflight)) for a in decision.actions) and \
+                (problems := claim_problems(spec, {c: kube.claim(namespace, c) for c in claim_names(spec)})):
+            _blocked(run, "VolumeNotReady", "; ".join(problems), "volume")
+            return
         # Status first, guarded by the run's resourceVersion: a decision made on a stale copy changes nothing and
         # is made again. A crash between this write and the actions is what a restart already handles (a job that
         # status records but that does not exist is created).

@@ -75,6 +75,17 @@ def pods(namespace: str, selector: str) -> list[dict[str, Any]]:
     return _raw_items(raw)
 
 
+def claim(namespace: str, name: str) -> dict[str, Any] | None:
+    """A PersistentVolumeClaim as plain JSON; None when it does not exist."""
+    try:
+        raw: Any = core().read_namespaced_persistent_volume_claim(name, namespace, _preload_content=False)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return cast(dict[str, Any], json.loads(raw.data))
+
+
 def batch_jobs(namespace: str, selector: str) -> list[dict[str, Any]]:
     return _raw_items(batch().list_namespaced_job(namespace, label_selector=selector, _preload_content=False))
 

@@ -64,6 +64,7 @@ class ObservedPreflight:
     message: str = ""
     summary: dict[str, Any] | None = None  # from the finished pod (tools/preflight.py); None if not read
     permanent: str = ""          # the check could not run on this run's data config (bad registry or key)
+    stuck: str = ""              # why its pod cannot start (builder.stuck_reason); "" if it can
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def queued_reason(job: ObservedJob) -> str:
     return ""
 
 
-def _pods_ready(d: Decision, job: ObservedJob, now: str, generation: int) -> None:
+def _pods_ready(d: Decision, job: ObservedJob | ObservedPreflight, now: str, generation: int) -> None:
     """Pods that cannot start leave Kubeflow's job "Running" forever: say so (condition PodsReady=False, one
     Warning event per new cause). Not a failure: a pushed image or a created Secret heals it."""
     old = next((c for c in d.status.get("conditions", []) if c["type"] == "PodsReady"), None)
@@ -219,7 +220,13 @@ def _preflight(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: 
             return True
         return _fail_preflight(d, pf, f"preflight failed after {attempt} attempt(s): {cause}", now, generation)
     pf["phase"] = "Running"
-    _set_phase(d, "Preflight", "Preflight", "preflight: checking every stage's data", now, generation)
+    _pods_ready(d, job, now, generation)
+    if job.phase == "Suspended":
+        _set_phase(d, "Queued", "PreflightQueued", f"preflight job {job.name} waits for admission (e.g. by Kueue): "
+                   f"{job.message}", now, generation)
+    else:
+        _set_phase(d, "Preflight", "Preflight", "preflight: checking every stage's data" +
+                   (f"; its pod cannot start: {job.stuck}" if job.stuck else ""), now, generation)
     return True
 
 

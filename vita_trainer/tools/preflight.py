@@ -62,6 +62,29 @@ def summary_message(stages: dict[str, dict], report_path: str) -> str:
     return json.dumps(out, separators=(",", ":"))
 
 
+def check_writable(folder: Path) -> None:
+    """The trainer (this image's user) must create its stage folders and checkpoints here. Kubernetes' fsGroup does
+    not change ownership on most ReadWriteMany volumes (NFS-style shares; only CSI drivers with fsGroupPolicy File),
+    so a root-owned share fails the first checkpoint save, hours into the first stage: say so now."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".preflight-write-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        nearest = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+        st = nearest.stat()
+        raise NotWritable(
+            f"the run's output folder {folder} is not writable by uid {os.getuid()} gid {os.getgid()} ({e.strerror}): "
+            f"{nearest} is owned by uid {st.st_uid} gid {st.st_gid} with mode {oct(st.st_mode & 0o7777)}. fsGroup "
+            f"does not apply to most ReadWriteMany (NFS-style) volumes: chown the folder to uid {os.getuid()} on "
+            f"the share, or give the volume a CSI driver with fsGroupPolicy File") from e
+
+
+class NotWritable(VitaError):
+    """The checkpoint volume cannot take the trainer's writes (not retryable: a person must fix the storage)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vita_trainer.tools.preflight", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage", action="append", required=True, metavar="NAME=DATASET_USE:MAX_LENGTH")
     p.add_argument("--report", required=True, help="where the full JSON report goes (the checkpoint volume)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--output", help="the run's output folder on the checkpoint volume: must be writable by this "
+                                    "user, as the trainer will be")
     a = p.parse_args(argv)
     try:
+        if a.output:
+            check_writable(Path(a.output))
         stages = {}
         for item in a.stage:
             name, _, rest = item.partition("=")
