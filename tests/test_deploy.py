@@ -326,3 +326,33 @@ def test_trainer_runtime_image_can_compile_kernels():
     runtime = (ROOT / "images" / "trainer" / "Dockerfile").read_text().rsplit("FROM ", 1)[1]
     for package in ("gcc", "python3.12-dev", "libc6-dev"):
         assert f" {package} " in runtime, package
+
+
+def test_user_roles_run_policy_network_policy_and_operator_env(helm):
+    """[day-one] items 11 and the chart's knobs: aggregated roles for run authors, the run policy on by default,
+    an optional NetworkPolicy, extraEnv and the log format."""
+    rendered = docs(helm("template", "vita", str(CHART), "-n", "vita-system").stdout)
+    roles = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "ClusterRole"}
+    edit, view = roles["vita-vita-operator-edit"], roles["vita-vita-operator-view"]
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert {v for r in view["rules"] for v in r["verbs"]} == {"get", "list", "watch"}
+    assert not [r for d in (edit, view) for rule in d["rules"] for r in rule["resources"]
+                if not r.startswith("vitatrainingruns")]  # runs only: the operator makes the jobs
+    policy = next(d for d in rendered if d["kind"] == "ValidatingAdmissionPolicy")
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["vitatrainingruns"]
+    assert len(policy["spec"]["validations"]) == 4
+    assert any(d["kind"] == "ValidatingAdmissionPolicyBinding" for d in rendered)
+    assert not any(d["kind"] == "NetworkPolicy" for d in rendered)
+    off = docs(helm("template", "vita", str(CHART), "--set", "runPolicy.enabled=false").stdout)
+    assert not any(d["kind"].startswith("ValidatingAdmissionPolicy") for d in off)
+    on = docs(helm("template", "vita", str(CHART), "--set", "networkPolicy.enabled=true", "--set", "logFormat=json",
+                   "--set", "extraEnv[0].name=HTTPS_PROXY", "--set", "extraEnv[0].value=http://proxy:3128").stdout)
+    netpol = next(d for d in on if d["kind"] == "NetworkPolicy")
+    assert netpol["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert {p["port"] for rule in netpol["spec"]["egress"] for p in rule["ports"]} >= {9400, 443, 53}
+    env = {e["name"]: e.get("value") for e in next(d for d in on if d["kind"] == "Deployment")["spec"]["template"]
+           ["spec"]["containers"][0]["env"]}
+    assert env["VITA_OPERATOR_LOG_FORMAT"] == "json" and env["HTTPS_PROXY"] == "http://proxy:3128"
+    bad = helm("template", "vita", str(CHART), "--set", "logFormat=xml", check=False)
+    assert bad.returncode != 0 and "logFormat" in bad.stderr

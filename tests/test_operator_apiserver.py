@@ -571,3 +571,51 @@ def test_renaming_a_started_stage_deletes_its_job(cluster):
         assert "StageRemoved" in cluster.cp.kubectl("describe", "vitatrainingrun", "renamed", "-n", NS).stdout
         assert_no_forbidden(op)
     cluster.cp.kubectl("delete", "vitatrainingrun", "renamed", "-n", NS, "--timeout=30s")
+
+
+def test_the_charts_run_policy_and_user_roles(cluster):
+    """[day-one] item 11, as the chart ships it: kube-apiserver itself refuses a run whose image, ServiceAccount,
+    tolerations or Secrets are not allowed (with a message naming the field), and the aggregated roles give a
+    namespace's editors runs and its viewers read access, nothing more."""
+    from tests.control_plane import helm_template
+    rendered = helm_template("--show-only", "templates/runpolicy.yaml", "--show-only", "templates/userroles.yaml",
+                             "--set", "runPolicy.allowedImagePrefixes={registry.example.com/,trainer:}",
+                             "--set", "runPolicy.allowedServiceAccounts={trainer}")
+    cluster.cp.kubectl("apply", "-f", "-", input=rendered)
+    try:
+        def dry_run(mutate) -> str:
+            run = run_on("pytorchjob", "policed")
+            run["spec"]["trainer"].update(envFromSecrets={"WANDB_API_KEY": "wandb/api-key"})
+            run["spec"]["resources"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+            mutate(run)
+            done = cluster.apply(run, "--dry-run=server", check=False)
+            return "" if done.returncode == 0 else done.stderr
+
+        wait_for(lambda: dry_run(lambda r: r["spec"]["trainer"].update(image="evil.io/miner:1")),
+                 what="the run policy active")
+        assert dry_run(lambda r: None) == ""  # what the policy allows
+        assert dry_run(lambda r: r["spec"]["trainer"].update(serviceAccountName="trainer")) == ""
+        image = dry_run(lambda r: r["spec"]["trainer"].update(image="evil.io/miner:1"))
+        assert "spec.trainer.image evil.io/miner:1 is not allowed here" in image and "registry.example.com/" in image
+        account = dry_run(lambda r: r["spec"]["trainer"].update(serviceAccountName="cluster-admin-sa"))
+        assert "spec.trainer.serviceAccountName cluster-admin-sa is not allowed here" in account
+        everything = [{"operator": "Exists"}]
+        assert "toleration" in dry_run(lambda r: r["spec"]["resources"].update(tolerations=everything))
+        assert "toleration" in dry_run(lambda r: r["spec"]["stages"][1].update(
+            resources={"tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]}))
+        secret = dry_run(lambda r: r["spec"]["trainer"]["envFromSecrets"].update(DB="postgres/password"))
+        assert "envFromSecrets names a Secret" in secret
+        # the built-in roles, aggregated by the controller-manager
+        def can(verb: str, role: str) -> bool:
+            user = f"system:serviceaccount:{NS}:{role}-user"
+            return cluster.cp.kubectl("auth", "can-i", verb, "vitatrainingruns.vita.training.dev", "-n", NS,
+                                      "--as", user, check=False).stdout.strip() == "yes"
+        for role in ("edit", "view"):
+            cluster.cp.kubectl("create", "rolebinding", f"{role}-user", f"--clusterrole={role}",
+                               f"--serviceaccount={NS}:{role}-user", "-n", NS)
+        wait_for(lambda: can("create", "edit") and can("list", "view"), what="aggregated roles")
+        assert can("delete", "edit") and not can("create", "view") and not can("delete", "view")
+    finally:
+        cluster.cp.kubectl("delete", "-f", "-", "--ignore-not-found", input=rendered, check=False)
+        for role in ("edit", "view"):
+            cluster.cp.kubectl("delete", "rolebinding", f"{role}-user", "-n", NS, "--ignore-not-found", check=False)

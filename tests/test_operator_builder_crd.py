@@ -69,6 +69,10 @@ def test_builder_output_validates_against_kubeflow_crd(pytorchjob_schema, index,
     assert env["WANDB_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "wandb", "key": "api-key"}
     assert "value" not in env["WANDB_API_KEY"]
     assert replicas["Master"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    for replica in replicas.values():  # a node autoscaler must not drain a rank's node mid-stage
+        annotations = replica["template"]["metadata"]["annotations"]
+        assert annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+        assert annotations["karpenter.sh/do-not-disrupt"] == "true"
     assert c["name"] == "pytorch" and c["command"] == ["torchrun"]
     assert job["metadata"]["name"] == f"my-run-{spec.stages[index].name}-{attempt}"
 

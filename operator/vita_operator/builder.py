@@ -151,10 +151,14 @@ def pod_placement(spec: VitaTrainingRunSpec, index: int) -> dict[str, Any]:
     return out
 
 
+# A node autoscaler that drains a trainer pod's node kills the whole job (every rank restarts from a checkpoint).
+NO_EVICTION = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false", "karpenter.sh/do-not-disrupt": "true"}
+
+
 def pod_annotations(spec: VitaTrainingRunSpec) -> dict[str, Any]:
     port = spec.trainer.metrics_port
-    return {**spec.trainer.pod_annotations, "prometheus.io/scrape": "true", "prometheus.io/port": str(port),
-            "prometheus.io/path": "/metrics"}
+    return {**NO_EVICTION, **spec.trainer.pod_annotations, "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
 
 
 def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict[str, Any], args: list[str]) -> dict[str, Any]:
