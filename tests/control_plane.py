@@ -186,11 +186,12 @@ class ControlPlane(_Started):
             f"--cert-dir={self.dir / 'apiserver-certs'}", "-v=1"])
         kubeconfig(self.admin_kubeconfig, self.server, self.pki / "ca.crt", self.admin_token, "admin")
         self._wait_ready()
-        # Garbage collection (ownerReferences), namespace deletion and the default ServiceAccounts.
+        # Garbage collection (ownerReferences), namespace deletion, the default ServiceAccounts, and the aggregation
+        # of ClusterRoles into admin/edit/view (the chart's user roles).
         self._spawn("kube-controller-manager", [
             f"--kubeconfig={self.admin_kubeconfig}", f"--authentication-kubeconfig={self.admin_kubeconfig}",
             f"--authorization-kubeconfig={self.admin_kubeconfig}",
-            "--controllers=garbagecollector,namespace,serviceaccount",
+            "--controllers=garbagecollector,namespace,serviceaccount,clusterrole-aggregation",
             "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=false", "-v=1"])
         return self
 

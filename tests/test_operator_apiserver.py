@@ -21,8 +21,8 @@ import yaml
 
 from tests.control_plane import (REPO, ControlPlane, OperatorProcess, install_operator_prerequisites,
                                  install_pytorchjob_crd, k8s_version)
-from tests.operator_scenarios import (BACKENDS, JOB_RESOURCE, NS, RUN, FakeTrainerEndpoint, finished, job_args,
-                                      job_status, pod, result_pod, run_on, wait_for)
+from tests.operator_scenarios import (BACKENDS, JOB_RESOURCE, NS, RUN, FakeTrainerEndpoint, claim, finished,
+                                      job_args, job_status, pod, result_pod, run_on, wait_for)
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.slow]
 class Cluster:
@@ -309,6 +309,8 @@ def test_the_trainjob_example_runs_stage_by_stage_on_trainjobs(cluster, tmp_path
     name, stages = run["metadata"]["name"], [s["name"] for s in run["spec"]["stages"]]
     schema = schema_of("trainjobs")
     message = preflight_message(tmp_path, monkeypatch, bad=False, stages=stages)
+    for volume, modes in (("dataset", ("ReadOnlyMany",)), ("checkpoints", ("ReadWriteMany",))):  # 2 nodes share them
+        cluster.apply(claim(run["spec"]["volumes"][volume]["claimName"], *modes))
     with cluster.operator("operator-trainjob-example") as op:
         cluster.cp.kubectl("apply", "-n", NS, "-f", str(path))
         wait_for(lambda: f"{name}-preflight-1" in preflight_jobs(cluster), what="the example's preflight Job")
@@ -467,7 +469,8 @@ def test_a_planted_bad_sample_fails_the_run_at_preflight_and_no_gpu_job_is_creat
         cluster.apply(with_preflight("planted"))
         job = wait_for(lambda: preflight_jobs(cluster).get("planted-preflight-1"), what="the preflight Job")
         container = job["spec"]["template"]["spec"]["containers"][0]  # admitted by the API server's Job schema
-        assert container["args"][-2:] == ["--stage", "s3=mm:6200"] and "nvidia.com/gpu" not in str(container)
+        assert container["args"][-4:] == ["--stage", "s3=mm:6200", "--output", "/ckpt/runs/r1"]
+        assert "nvidia.com/gpu" not in str(container["resources"])  # a CPU pod
         assert cluster.run_status("planted")["preflight"]["phase"] == "Running" and not cluster.jobs()
         finish_preflight(cluster, "planted-preflight-1", 0, message)
         wait_for(lambda: cluster.run_status("planted").get("phase") == "Failed", what="run Failed")
