@@ -83,6 +83,16 @@ def result_pod(backend: str, job: str, phase: str, state: dict) -> dict:
                                          "batch.kubernetes.io/job-completion-index": "0"}, "node", phase, state)
 
 
+def worker_pod(backend: str, job: str, phase: str, state: dict) -> dict:
+    """A pod of another node (rank 8 and up) as each backend's controllers leave it."""
+    if backend == "pytorchjob":
+        return pod(f"{job}-worker-0", {"training.kubeflow.org/job-name": job,
+                                       "training.kubeflow.org/replica-type": "worker"}, "pytorch", phase, state)
+    return pod(f"{job}-node-0-1-q9z8m", {"jobset.sigs.k8s.io/jobset-name": job,
+                                         "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                                         "batch.kubernetes.io/job-completion-index": "1"}, "node", phase, state)
+
+
 def finished(job: str, final_loss: float) -> dict:
     """A trainer container's state when its stage succeeded and reported its final loss."""
     message = json.dumps({"stage": job.split("-")[1], "globalStep": 9, "finalLoss": final_loss})

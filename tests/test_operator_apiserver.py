@@ -622,3 +622,52 @@ def test_the_charts_run_policy_and_user_roles(cluster):
         cluster.cp.kubectl("delete", "-f", "-", "--ignore-not-found", input=rendered, check=False)
         for role in ("edit", "view"):
             cluster.cp.kubectl("delete", "rolebinding", f"{role}-user", "-n", NS, "--ignore-not-found", check=False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_workers_out_of_memory_report_halves_the_micro_batch(cluster, backend):
+    """[day-one] item 4: rank 0 was killed without a word; a worker's pod says it ran out of memory."""
+    from tests.operator_scenarios import worker_pod
+    from vita_api.termination import failure_message
+    with cluster.operator(f"operator-worker-oom-{backend}") as op:
+        job = cluster.start_run("woom", backend)
+        message = failure_message("OutOfMemory", "out of GPU memory at step 12", True, outOfMemory={
+            "step": 12, "perDeviceTrainBatchSize": 8, "gradientAccumulationSteps": 2})
+        cluster.master_pod(job, "Failed", {"terminated": {"exitCode": 137, "reason": "Error"}}, backend)
+        cluster.put_pod(worker_pod(backend, job, "Failed", {"terminated": {"exitCode": 1, "reason": "Error",
+                                                                          "message": message}}))
+        cluster.set_job(job, "Failed", backend)
+        retry = wait_for(lambda: cluster.jobs(backend).get("woom-s1-2"), what="attempt 2")
+        args = job_args(retry)
+        assert args[args.index("--per_device_train_batch_size") + 1] == "4"
+        assert cluster.run_status("woom")["stages"][0]["oomAdjustments"][0]["step"] == 12
+        assert_no_forbidden(op)
+    cluster.cp.kubectl("delete", "vitatrainingrun", "woom", "-n", NS, "--timeout=30s")
+
+
+def test_pods_refused_by_pod_security_show_on_the_run(cluster):
+    """[day-one] item 4: the training operator v1 injects `init-pytorch` (no securityContext) into workers; under
+    PodSecurity "restricted" the API server refuses those pods and the job controller only records an event. The
+    refusal here is the real PodSecurity admission's; the event is what the training operator writes with it."""
+    cluster.cp.kubectl("create", "namespace", "restricted-probe")
+    cluster.cp.kubectl("label", "namespace", "restricted-probe", "pod-security.kubernetes.io/enforce=restricted")
+    probe = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "w", "namespace": "restricted-probe"},
+             "spec": {"initContainers": [{"name": "init-pytorch", "image": "alpine:3.10", "command": ["true"]}],
+                      "containers": [{"name": "pytorch", "image": "trainer:test"}]}}
+    refused = cluster.apply(probe, check=False)
+    assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr and "init-pytorch" in refused.stderr
+    denial = refused.stderr.strip().removeprefix("Error from server (Forbidden): error when creating \"STDIN\": ")
+    with cluster.operator("operator-podsecurity", resync_seconds=1) as op:
+        job = cluster.start_run("psa")
+        cluster.apply({"apiVersion": "v1", "kind": "Event", "metadata": {"name": f"{job}.1", "namespace": NS},
+                       "type": "Warning", "reason": "FailedCreatePod", "message": f"Error creating: {denial}",
+                       "involvedObject": {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": job,
+                                          "namespace": NS},
+                       "source": {"component": "pytorchjob-controller"}, "count": 1})
+        ready = wait_for(lambda: (c := cluster.condition("PodsReady", "psa")) and c["status"] == "False" and c,
+                         what="PodsReady=False")
+        assert ready["message"].startswith("no pods were created: FailedCreatePod") and "PodSecurity" in \
+            ready["message"] and "init-pytorch" in ready["message"]
+        assert_no_forbidden(op)
+    cluster.cp.kubectl("delete", "vitatrainingrun", "psa", "-n", NS, "--timeout=30s")
+    cluster.cp.kubectl("delete", "namespace", "restricted-probe", "--wait=false")

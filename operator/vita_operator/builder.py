@@ -303,9 +303,20 @@ def condition_message(cond: dict[str, Any]) -> str:
 
 
 def stuck_reason(pods: list[dict[str, Any]]) -> str:
-    """Why a job's pods cannot start, from their status ("" when they can): the first stuck pod, named."""
+    """Why a job's pods cannot start, from their status ("" when they can): the first stuck pod, named. Init
+    containers count (the training operator injects `init-pytorch` into PyTorchJob workers: it pulls its own image
+    and fails under PodSecurity "restricted")."""
     for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("name", "")):
         name, status = pod.get("metadata", {}).get("name", "?"), pod.get("status") or {}
+        for cs in status.get("initContainerStatuses") or []:
+            state = cs.get("state") or {}
+            waiting, done = state.get("waiting") or {}, state.get("terminated") or {}
+            if waiting.get("reason") in (*STUCK_WAITING, "CrashLoopBackOff"):
+                return (f"pod {name}: init container {cs.get('name')}: {waiting['reason']}: "
+                        f"{waiting.get('message', '')}").rstrip(": ")
+            if done.get("exitCode"):
+                return (f"pod {name}: init container {cs.get('name')} failed (exit {done['exitCode']}): "
+                        f"{done.get('reason', '')} {done.get('message', '')}").rstrip(": ")
         for cs in status.get("containerStatuses") or []:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in STUCK_WAITING:
@@ -315,3 +326,20 @@ def stuck_reason(pods: list[dict[str, Any]]) -> str:
                     cond.get("reason") == "Unschedulable":
                 return f"pod {name}: Unschedulable: {cond.get('message', '')}".rstrip(": ")
     return ""
+
+
+# Reasons the job controllers give when they cannot create a job's pods (the training operator, batch/v1 Job).
+FAILED_CREATE = ("FailedCreatePod", "FailedCreate")
+
+
+def creation_failure(job_name: str, events: list[dict[str, Any]]) -> str:
+    """Why a job has no pods, from its controllers' Warning events (PodSecurity, a quota, a webhook): the newest
+    event of the job itself or of a child object named after it (Trainer's JobSet Jobs)."""
+    def involved(e: dict[str, Any]) -> str:
+        return str((e.get("involvedObject") or {}).get("name", ""))
+    ours = [e for e in events if e.get("reason") in FAILED_CREATE and
+            (involved(e) == job_name or involved(e).startswith(job_name + "-"))]
+    if not ours:
+        return ""
+    newest = max(ours, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    return f"no pods were created: {newest.get('reason')}: {newest.get('message', '')}".rstrip(": ")

@@ -26,7 +26,7 @@ from . import kube, metrics
 from . import preflight as pre
 from . import progress as prog
 from .backends import RUNTIME_ENV, backend_of, configured_backends, job_backends
-from .builder import JobBackend, active_since, stuck_reason
+from .builder import JobBackend, active_since, creation_failure, stuck_reason
 from .crd import PLURAL, VERSION
 from .progress_loop import progress_pass
 from .volumes import claim_names, claim_problems
@@ -127,13 +127,15 @@ def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob) -> 
     if job.phase == "Succeeded":
         losses = [backend.final_loss(p) for p in kube.pods(namespace, backend.result_pod_selector(job.name))]
         return dataclasses.replace(job, final_loss=next((x for x in losses if x is not None), None))
-    if job.phase == "Failed":
-        pods = kube.pods(namespace, backend.result_pod_selector(job.name))
+    if job.phase == "Failed":  # every pod: a worker's OOM or data error is as much the stage's as rank 0's
+        pods = kube.pods(namespace, backend.pods_selector(job.name))
         errors = [backend.permanent_failure(p) for p in pods]
         return dataclasses.replace(job, permanent=next((e for e in errors if e), ""),
                                    oom=next((o for o in map(backend.out_of_memory, pods) if o), None))
     if job.phase in ("Pending", "Running"):
-        return dataclasses.replace(job, stuck=stuck_reason(kube.pods(namespace, backend.pods_selector(job.name))))
+        pods = kube.pods(namespace, backend.pods_selector(job.name))
+        stuck = stuck_reason(pods) if pods else creation_failure(job.name, kube.warning_events(namespace))
+        return dataclasses.replace(job, stuck=stuck)
     return job
 
 
@@ -155,7 +157,9 @@ def observed_preflight(namespace: str, run_name: str) -> list[ObservedPreflight]
     latest = max((o.attempt for o in out), default=0)
     for i, o in enumerate(out):
         if o.attempt == latest and o.phase in ("Pending", "Running"):  # a pod that never starts: say why
-            out[i] = dataclasses.replace(o, stuck=stuck_reason(kube.pods(namespace, pre.pod_selector(o.name))))
+            pods = kube.pods(namespace, pre.pod_selector(o.name))
+            out[i] = dataclasses.replace(o, stuck=stuck_reason(pods) if pods else
+                                         creation_failure(o.name, kube.warning_events(namespace)))
         if o.attempt == latest and o.phase in ("Succeeded", "Failed"):
             pods = kube.pods(namespace, pre.pod_selector(o.name))
             out[i] = dataclasses.replace(

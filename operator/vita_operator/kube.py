@@ -86,6 +86,16 @@ def claim(namespace: str, name: str) -> dict[str, Any] | None:
     return cast(dict[str, Any], json.loads(raw.data))
 
 
+def warning_events(namespace: str) -> list[dict[str, Any]]:
+    """The namespace's Warning events (what controllers say when they cannot create pods). Best effort."""
+    try:
+        raw = core().list_namespaced_event(namespace, field_selector="type=Warning", _preload_content=False)
+    except ApiException as e:
+        log.warning("events in %s not read: API error %s", namespace, e.status)
+        return []
+    return _raw_items(raw)
+
+
 def batch_jobs(namespace: str, selector: str) -> list[dict[str, Any]]:
     return _raw_items(batch().list_namespaced_job(namespace, label_selector=selector, _preload_content=False))
 
