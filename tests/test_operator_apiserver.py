@@ -277,6 +277,9 @@ def test_progress_and_eta_show_in_kubectl_get_and_a_hung_stage_is_retried(cluste
             assert "--ddp_timeout" in job_args(cluster.jobs()[job])  # the collective timeout follows the spec
             pod = result_pod("pytorchjob", job, "Running", {"running": {"startedAt": "2026-11-27T00:00:00Z"}})
             pod["status"].update(podIP="127.0.0.1", podIPs=[{"ip": "127.0.0.1"}])
+            pod["metadata"]["ownerReferences"] = [{  # as the training operator makes it: the job controls it
+                "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": job, "controller": True,
+                "uid": cluster.jobs()[job]["metadata"]["uid"]}]
             cluster.put_pod(pod)
             cluster.set_job(job, "Running")
             progress = wait_for(lambda: (cluster.run_status("live").get("progress") or {}).get("eta") and

@@ -6,8 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,19 +21,73 @@ from . import kube, metrics
 from . import progress as prog
 from .builder import JobBackend
 
-# How long one read of a trainer's /metrics may take: a slow endpoint must not hold up the others.
+# How long one read of a trainer's /metrics may take in all: a slow endpoint must not hold up the others.
 SCRAPE_TIMEOUT_ENV = "VITA_OPERATOR_SCRAPE_TIMEOUT_SECONDS"
+# A trainer's exposition is a few KiB; anything larger is not one.
+SCRAPE_MAX_BYTES = 1 << 20
+# Runs read at once in one pass: each read is bounded, and one slow endpoint holds up only its own worker.
+SCRAPE_WORKERS = 8
+
+
+class ScrapeError(Exception):
+    """Why an endpoint could not be read, in a fixed vocabulary: status never quotes what an endpoint sent (a run's
+    image decides what it serves)."""
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        raise ScrapeError("redirect refused")
+
+
+# No redirects (a trainer could point the operator at an internal URL) and no proxy from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+
+
+def owned_by_job(pod: dict[str, Any], job: str) -> bool:
+    """The pod belongs to the job: its controller is the job itself (PyTorchJob) or a child named after it
+    (Trainer's JobSet Jobs), not merely a pod that carries the job's labels."""
+    owners = (pod.get("metadata") or {}).get("ownerReferences") or []
+    return any(o.get("controller") and (o.get("name") == job or str(o.get("name", "")).startswith(job + "-"))
+               for o in owners)
 
 
 def metrics_url(pod: dict[str, Any], port: int) -> str | None:
-    """Where rank 0's trainer serves /metrics: its pod's IP (tests give their fake pods 127.0.0.1)."""
+    """Where rank 0's trainer serves /metrics: its pod's IP on the run's declared port."""
     ip = (pod.get("status") or {}).get("podIP")
     return f"http://{ip}:{port}/metrics" if ip else None
 
 
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=float(os.environ.get(SCRAPE_TIMEOUT_ENV, "2"))) as r:
-        return str(r.read().decode())
+def scrape(url: str, timeout: float | None = None, max_bytes: int = SCRAPE_MAX_BYTES) -> str:
+    """The endpoint's text, read within `timeout` seconds in all and `max_bytes`; ScrapeError otherwise."""
+    timeout = timeout or float(os.environ.get(SCRAPE_TIMEOUT_ENV, "2"))
+    deadline = time.monotonic() + timeout
+    chunks, size = [], 0
+    try:
+        with _OPENER.open(url, timeout=timeout) as r:
+            while chunk := r.read1(65536):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ScrapeError("response too large")
+                if time.monotonic() > deadline:
+                    raise ScrapeError("timed out")
+                chunks.append(chunk)
+    except urllib.error.HTTPError as e:
+        raise ScrapeError(f"HTTP status {e.code}") from None
+    except (TimeoutError, urllib.error.URLError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, ScrapeError):
+            raise reason from None
+        raise ScrapeError("timed out" if isinstance(reason, TimeoutError) else
+                          "connection refused" if isinstance(reason, ConnectionRefusedError) else
+                          "unreachable") from None
+    except OSError:
+        raise ScrapeError("unreachable") from None
+    if time.monotonic() > deadline:
+        raise ScrapeError("timed out")
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ScrapeError("not Prometheus text") from None
 
 
 def read_progress(run: dict[str, Any], spec: VitaTrainingRunSpec, backend: JobBackend | None,
@@ -41,14 +98,16 @@ def read_progress(run: dict[str, Any], spec: VitaTrainingRunSpec, backend: JobBa
     index = next((i for i, s in enumerate(spec.stages) if s.name == stage_name), None)
     if backend is None or index is None:
         return prog.stale_progress(st.get("progress"), job, now, "unknown stage or backend")
-    pods = kube.pods(meta["namespace"], backend.result_pod_selector(job))
+    pods = [p for p in kube.pods(meta["namespace"], backend.result_pod_selector(job)) if owned_by_job(p, job)]
     url = next((u for u in (metrics_url(p, spec.trainer.metrics_port) for p in pods) if u), None)
     if url is None:
         return prog.stale_progress(st.get("progress"), job, now, "rank 0's pod has no IP yet")
     try:
         gauges = prog.read_exposition(scrape(url), stage_name)
-    except (OSError, ValueError) as e:  # refused, timed out, not Prometheus text
+    except ScrapeError as e:
         return prog.stale_progress(st.get("progress"), job, now, f"{url}: {e}")
+    except ValueError:
+        return prog.stale_progress(st.get("progress"), job, now, f"{url}: not Prometheus text")
     if not gauges:
         return prog.stale_progress(st.get("progress"), job, now, f"{url}: no metrics for stage {stage_name} yet")
     res = stage_resources(spec, index)
@@ -61,12 +120,10 @@ def read_progress(run: dict[str, Any], spec: VitaTrainingRunSpec, backend: JobBa
 def progress_pass(runs: list[dict[str, Any]], backend_for: Callable[[dict[str, Any]], JobBackend | None],
                   on_hung: Callable[[dict[str, Any]], None], logger: logging.Logger,
                   stop: threading.Event | None = None) -> int:
-    """Read every running run that is due; a run found hung goes to `on_hung` (a fresh copy) at once. Returns how
-    many it read."""
-    read = 0
+    """Read every running run that is due, SCRAPE_WORKERS at a time (a slow endpoint holds up only its own
+    read); a run found hung goes to `on_hung` (a fresh copy) at once. Returns how many it read."""
+    due = []
     for run in runs:
-        if stop is not None and stop.is_set():
-            break
         st, meta = run.get("status") or {}, run["metadata"]
         if st.get("phase") != "Running" or not st.get("currentJob") or meta.get("deletionTimestamp"):
             try:  # a queued or finished run has no endpoint to be stale
@@ -74,22 +131,38 @@ def progress_pass(runs: list[dict[str, Any]], backend_for: Callable[[dict[str, A
             except KeyError:
                 pass
             continue
+        due.append(run)
+
+    def one(run: dict[str, Any]) -> bool:
+        if stop is not None and stop.is_set():
+            return False
         try:
-            spec = VitaTrainingRunSpec.model_validate(run.get("spec") or {})
-            now = datetime.now(timezone.utc)
-            last = st.get("progress") or {}
-            updated = prog.parse_time(last.get("updateTime"))
-            if (last.get("job") == st["currentJob"] and updated is not None
-                    and (now - updated).total_seconds() < spec.progress_interval_seconds):
-                continue
-            new = read_progress(run, spec, backend_for(run), now)
-            kube.patch_status(meta["namespace"], meta["name"], {"progress": prog.as_merge_patch(st.get("progress"),
-                                                                                                  new)})
-            metrics.PROGRESS_STALE.labels(meta["namespace"], meta["name"]).set(1 if new.get("stale") else 0)
-            read += 1
-            if prog.hang_reason(new, st["currentJob"], now, spec.hang_timeout_seconds):
-                on_hung(kube.get_run(meta["namespace"], meta["name"]))
+            return _progress_one(run, backend_for, on_hung)
         except Exception:  # one run's endpoint or spec must not stop the others
+            meta = run["metadata"]
             metrics.RECONCILE_ERRORS.labels("progress").inc()
             logger.exception("progress of %s/%s failed", meta.get("namespace"), meta.get("name"))
-    return read
+            return False
+    if not due:
+        return 0
+    with ThreadPoolExecutor(max_workers=min(SCRAPE_WORKERS, len(due)), thread_name_prefix="vita-scrape") as pool:
+        return sum(pool.map(one, due))
+
+
+def _progress_one(run: dict[str, Any], backend_for: Callable[[dict[str, Any]], JobBackend | None],
+                  on_hung: Callable[[dict[str, Any]], None]) -> bool:
+    """Read one run if it is due; True if it was read."""
+    st, meta = run.get("status") or {}, run["metadata"]
+    spec = VitaTrainingRunSpec.model_validate(run.get("spec") or {})
+    now = datetime.now(timezone.utc)
+    last = st.get("progress") or {}
+    updated = prog.parse_time(last.get("updateTime"))
+    if (last.get("job") == st["currentJob"] and updated is not None
+            and (now - updated).total_seconds() < spec.progress_interval_seconds):
+        return False
+    new = read_progress(run, spec, backend_for(run), now)
+    kube.patch_status(meta["namespace"], meta["name"], {"progress": prog.as_merge_patch(st.get("progress"), new)})
+    metrics.PROGRESS_STALE.labels(meta["namespace"], meta["name"]).set(1 if new.get("stale") else 0)
+    if prog.hang_reason(new, st["currentJob"], now, spec.hang_timeout_seconds):
+        on_hung(kube.get_run(meta["namespace"], meta["name"]))
+    return True
