@@ -356,3 +356,11 @@ def test_user_roles_run_policy_network_policy_and_operator_env(helm):
     assert env["VITA_OPERATOR_LOG_FORMAT"] == "json" and env["HTTPS_PROXY"] == "http://proxy:3128"
     bad = helm("template", "vita", str(CHART), "--set", "logFormat=xml", check=False)
     assert bad.returncode != 0 and "logFormat" in bad.stderr
+
+
+def test_the_shipped_runtime_sets_no_jobset_ttl(helm):
+    """[day-one] item 7: a TTL-deleted JobSet of a failed TrainJob can be recreated by Trainer (kubeflow/trainer#3737)
+    and run a stale attempt; the operator owns the cleanup of its attempts instead."""
+    rendered = docs(helm("template", "vita", str(CHART), "--set", "backends.trainjob.enabled=true").stdout)
+    runtime = next(d for d in rendered if d["kind"] == "ClusterTrainingRuntime")
+    assert "ttlSecondsAfterFinished" not in runtime["spec"]["template"]["spec"]

@@ -387,3 +387,13 @@ def test_a_stage_renamed_after_its_job_started_does_not_orphan_the_job():
     assert [r["name"] for r in d.status["stages"]] == ["s1b", "s2", "s3"]
     finished = decide("run", 2, renamed, status(rec("s1", "Succeeded", 1)), [job("s1", 1, "Succeeded")], NOW)
     assert not any(isinstance(a, DeleteJob) for a in finished.actions)  # a finished job holds no GPU
+
+
+def test_a_stage_that_succeeds_deletes_its_failed_attempts():
+    """[day-one] item 7: nothing (a TTL-deleted JobSet that Trainer recreates) can run a stale attempt again."""
+    from vita_operator.state import DeleteJob
+    d = decide("run", 1, spec(retry=2), status(rec("s1", "Running", 3)),
+               [job("s1", 1, "Failed"), job("s1", 2, "Failed"), job("s1", 3, "Succeeded")], NOW)
+    assert d.actions == [DeleteJob("run-s1-1"), DeleteJob("run-s1-2"), CreateJob(1, 1, False)]
+    done = decide("run", 1, spec(retry=2), d.status, [job("s1", 3, "Succeeded"), job("s2", 1, "Running")], NOW)
+    assert not done.actions  # recorded done: not looked at again

@@ -19,6 +19,7 @@ Rules:
   with half the micro-batch and twice the accumulation (vita_api/oom.py), without using retryLimit; the changed args
   are kept in the stage's record (argOverrides) for every later attempt, each adjustment in oomAdjustments. At
   micro-batch 1, or under oomPolicy fail, the stage fails with that history.
+- When a stage succeeds, its failed attempts' jobs are deleted (a TrainJob's JobSet must not come back).
 - A stage renamed or removed after its job started: the job is deleted (StageRemoved), not left running unseen.
 - A create the API server refuses (admission policy, webhook, quota): Blocked with the API's message until the same
   attempt's job exists (decide_refused).
@@ -409,6 +410,8 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
         rec.update(attempts=attempt, jobName=name)
         _created(st, name, now, generation)
         if job.phase == "Succeeded":
+            # its failed attempts are history now: removed, so nothing can bring one back (see the runtime's TTL)
+            d.actions += [DeleteJob(j.name) for j in seen if j.attempt < attempt and j.phase == "Failed"]
             rec.update(phase="Succeeded", completionTime=now, message=job.message)
             if job.final_loss is not None:
                 rec["finalLoss"] = job.final_loss
