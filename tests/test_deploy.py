@@ -364,3 +364,15 @@ def test_the_shipped_runtime_sets_no_jobset_ttl(helm):
     rendered = docs(helm("template", "vita", str(CHART), "--set", "backends.trainjob.enabled=true").stdout)
     runtime = next(d for d in rendered if d["kind"] == "ClusterTrainingRuntime")
     assert "ttlSecondsAfterFinished" not in runtime["spec"]["template"]["spec"]
+
+
+def test_alert_joins_never_mix_runs(helm):
+    """[day-one] item 10: two runs may have stages of the same name; a join on stage alone pairs one run's step with
+    another's info series."""
+    rendered = docs(helm("template", "vita", str(CHART), "--set", "metrics.prometheusRule.enabled=true",
+                         "--set", "metrics.podMonitor.enabled=true").stdout)
+    rules = [r for d in rendered if d["kind"] == "PrometheusRule" for g in d["spec"]["groups"] for r in g["rules"]]
+    joins = [m for r in rules for m in re.findall(r"\bon\(([^)]*)\)", r["expr"])]
+    assert joins and all({"namespace", "run", "stage"} <= {x.strip() for x in j.split(",")} for j in joins), joins
+    relabel = next(d for d in rendered if d["kind"] == "PodMonitor")["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    assert {"sourceLabels": ["__meta_kubernetes_pod_label_vita_training_dev_run"], "targetLabel": "run"} in relabel
