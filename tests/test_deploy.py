@@ -83,10 +83,11 @@ def test_operator_pod_security_and_least_privilege_rbac(helm):
         assert "secrets" not in rule["resources"]
     resources = {r for rule in role["rules"] for r in rule["resources"]}
     assert resources == {"vitatrainingruns", "vitatrainingruns/status", "vitatrainingruns/finalizers", "pytorchjobs",
-                         "jobs", "events", "pods", "customresourcedefinitions", "persistentvolumeclaims"}
+                         "jobs", "events", "pods", "customresourcedefinitions", "persistentvolumeclaims", "workloads"}
     verbs = {r: set(rule["verbs"]) for rule in role["rules"] for r in rule["resources"]}
     assert verbs["pods"] == {"list"}  # read-only: termination messages
     assert verbs["persistentvolumeclaims"] == {"get"}  # read-only: the run's claims fit its nodes
+    assert verbs["workloads"] == {"list"} and verbs["events"] == {"create", "list"}  # read-only: why a job waits
     assert verbs["jobs"] == {"list", "watch", "create"}  # the preflight Job: never deleted or changed
     assert verbs["customresourcedefinitions"] == {"get", "list", "watch"}  # read-only: a late PyTorchJob CRD
     ns_scoped = docs(helm("template", "vita", str(CHART), "-n", "ml", "--set", "watchAllNamespaces=false").stdout)

@@ -26,7 +26,8 @@ from . import kube, metrics
 from . import preflight as pre
 from . import progress as prog
 from .backends import RUNTIME_ENV, backend_of, configured_backends, job_backends
-from .builder import JobBackend, active_since, creation_failure, stuck_reason
+from .builder import KUEUE_LABEL, JobBackend, active_since, creation_failure, stuck_reason
+from .kueue import JOB_UID_LABEL, workload_state
 from .crd import PLURAL, VERSION
 from .progress_loop import progress_pass
 from .volumes import claim_names, claim_problems
@@ -108,7 +109,7 @@ def observed_jobs(backend: JobBackend, namespace: str, run_name: str, recorded_d
     finished runs (`read_pods=False`) read no pods: the state machine looks at neither."""
     items = indexed_jobs(backend.name, namespace, run_name) or kube.custom_objects(
         backend.api_version, backend.plural, namespace, f"{LABEL_RUN}={run_name}")
-    jobs = []
+    jobs, queued_uids = [], {}
     for job in items:  # filter again: cheap, and safe against proxies or mocks that ignore selectors
         labels = job.get("metadata", {}).get("labels", {})
         if labels.get(LABEL_RUN) != run_name or labels.get(MANAGED_BY[0]) != MANAGED_BY[1]:
@@ -116,11 +117,17 @@ def observed_jobs(backend: JobBackend, namespace: str, run_name: str, recorded_d
         jobs.append(ObservedJob(job["metadata"]["name"], labels.get(LABEL_STAGE, ""),
                                 int(labels.get(LABEL_ATTEMPT, "0")), *backend.phase(job),
                                 active_since=active_since(job)))
+        if KUEUE_LABEL in labels and jobs[-1].phase == "Suspended":
+            queued_uids[jobs[-1].name] = job["metadata"].get("uid", "")
     latest: dict[str, int] = {}
     for j in jobs:
         latest[j.stage] = max(latest.get(j.stage, 0), j.attempt)
-    return [_with_pod_reports(backend, namespace, j) if read_pods and j.attempt == latest[j.stage]
-            and j.stage not in recorded_done else j for j in jobs]
+    out = [_with_pod_reports(backend, namespace, j) if read_pods and j.attempt == latest[j.stage]
+           and j.stage not in recorded_done else j for j in jobs]
+    # a job Kueue holds: what its Workload says (no quota, evicted, preempted) is why the run is Queued
+    return [dataclasses.replace(j, message=workload_state(kube.workloads(namespace, f"{JOB_UID_LABEL}={uid}"))
+                                or j.message)
+            if read_pods and (uid := queued_uids.get(j.name)) and j.attempt == latest[j.stage] else j for j in out]
 
 
 def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob) -> ObservedJob:

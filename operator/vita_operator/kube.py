@@ -86,6 +86,19 @@ def claim(namespace: str, name: str) -> dict[str, Any] | None:
     return cast(dict[str, Any], json.loads(raw.data))
 
 
+def workloads(namespace: str, selector: str) -> list[dict[str, Any]]:
+    """Kueue's Workloads; [] where Kueue is not installed or not readable (best effort)."""
+    from .kueue import WORKLOAD_API
+    try:
+        found = custom().list_namespaced_custom_object(WORKLOAD_API[0], WORKLOAD_API[1], namespace, WORKLOAD_API[2],
+                                                       label_selector=selector)
+    except ApiException as e:
+        if e.status not in (403, 404):
+            log.warning("workloads in %s not read: API error %s", namespace, e.status)
+        return []
+    return cast(list[dict[str, Any]], cast(dict[str, Any], found)["items"])
+
+
 def warning_events(namespace: str) -> list[dict[str, Any]]:
     """The namespace's Warning events (what controllers say when they cannot create pods). Best effort."""
     try:
