@@ -68,8 +68,8 @@ class ApiServerEmulator(KubernetesEmulator):
         """Lists honour equality label selectors (`a=b,c!=d,e`), as the API server does."""
         result = await super()._serve_list(request)
         selector = request.params.get("labelSelector")
+        self.selected_lists[(request.resource.plural, selector or "")] += 1  # "": a LIST of everything
         if selector:
-            self.selected_lists[(request.resource.plural, selector)] += 1
             result["items"] = [o for o in result["items"] if _selected(o.get("metadata", {}).get("labels") or {},
                                                                        selector)]
         return result

@@ -101,7 +101,8 @@ def test_stages_chain_retry_restart_and_delete(backend):
             wait_for(lambda: not any(o for o in a.list_namespaced_custom_object(G, V, NS, P)["items"]),
                      what="run deleted")
         assert runner.exception is None
-        assert sorted(jobs(a, backend)) == ["r1-s1-1", "r1-s1-2", "r1-s2-1", "r1-s3-1"]  # one per attempt, no dupes
+        # one per attempt, no duplicates; the failed attempt 1 was deleted once its stage succeeded
+        assert sorted(jobs(a, backend)) == ["r1-s1-2", "r1-s2-1", "r1-s3-1"]
         other = next(b for b in BACKENDS if b != backend)
         assert not jobs(a, other)  # every stage on the run's backend
         reasons = [e.reason for e in core(mock.url).list_namespaced_event(NS).items]
@@ -128,6 +129,25 @@ def test_reconciles_read_a_runs_jobs_from_kopfs_index_not_a_list_each():
             set_job(a, "r1-s1-1", "Failed")  # still acts on what the index holds: the retry
             wait_for(lambda: "r1-s1-2" in jobs(a), what="retry job")
             assert lists <= 3  # the first reconciles, before the first job was indexed
+        assert runner.exception is None
+
+
+def test_the_operator_asks_the_api_server_only_for_what_it_owns():
+    """[day-one] item 13: kopf's label filters are client-side; the job watches carry a server-side label selector,
+    so the API server never streams the cluster's other Jobs and PyTorchJobs, and the resync and progress loops
+    read runs from kopf's index instead of LISTing every run each pass."""
+    with KMockThread() as mock:
+        a = api(mock.url)
+        with operator(mock.url) as runner:
+            a.create_namespaced_custom_object(G, V, NS, P, run_on("pytorchjob"))
+            wait_for(lambda: "r1-s1-1" in jobs(a), what="first job")
+            lists = mock.kmock.selected_lists
+            everything = {p: lists[(p, "")] for p in ("pytorchjobs", "trainjobs", "vitatrainingruns")}
+            time.sleep(3)  # three 1 s resync passes (this test's own polling LISTs every job: it stopped)
+            owned = "app.kubernetes.io/managed-by=vita-operator"
+            for plural in ("pytorchjobs", "trainjobs"):  # (kmock serves no batch Jobs)
+                assert lists[(plural, owned)] >= 1 and lists[(plural, "")] == everything[plural], dict(lists)
+            assert lists[("vitatrainingruns", "")] == everything["vitatrainingruns"] <= 1  # kopf's initial list
         assert runner.exception is None
 
 

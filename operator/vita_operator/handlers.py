@@ -64,6 +64,11 @@ def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     kube.connect(os.environ.get(API_URL_ENV), settings.execution.max_workers or 32)
     # The indices, for the reconciles that run outside kopf's handlers (the resync and progress loops) too.
     _job_indices.update({name: kwargs[index_id] for name, index_id in JOB_INDEX_IDS.items()})
+    _runs_index[:] = [kwargs[RUNS_INDEX_ID]]
+    # Server-side label selectors on the job watches: without them the API server streams every batch Job and
+    # PyTorchJob of the cluster to the operator, which kopf's label filters then drop.
+    for group, version, plural in WATCHED_JOBS:
+        settings.watching.label_selectors[group, version, plural] = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
     settings.posting.level = 20  # INFO and up become Kubernetes Events
     # No handler needs a finalizer any more; naming the one older versions added lets kopf remove it from runs.
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
@@ -79,6 +84,30 @@ def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
 # reads its run's jobs from memory instead of LISTing them.
 JOB_INDEX_IDS = {name: f"{name}_jobs_by_run" for name in ENABLED}
 _job_indices: dict[str, kopf.Index[tuple[str | None, str], dict[str, Any]]] = {}
+
+
+# Every run, kept by kopf from the watch it runs anyway for the run handlers: the resync and progress loops read it
+# instead of LISTing every run of the cluster each pass.
+RUNS_INDEX_ID = "runs_by_key"
+_runs_index: list[kopf.Index[tuple[str | None, str], dict[str, Any]]] = []
+
+
+@kopf.index(API_GROUP, VERSION, PLURAL, id=RUNS_INDEX_ID)
+def index_run(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str | None, str],
+                                                                                   dict[str, Any]]:
+    return {(namespace, name): dict(body)}
+
+
+def all_runs() -> list[dict[str, Any]]:
+    """Every run as kopf's index holds it (a LIST before the operator started, e.g. in a bare call)."""
+    if not _runs_index:
+        return kube.list_runs(os.environ.get(NAMESPACE_ENV))
+    for _ in range(3):
+        try:
+            return [run for store in list(_runs_index[0].values()) for run in list(store)]
+        except RuntimeError:  # kopf's loop changed the index while this thread read it: read again
+            continue
+    return kube.list_runs(os.environ.get(NAMESPACE_ENV))
 
 
 def index_job_by_run(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
@@ -358,7 +387,7 @@ def resync_all(logger: logging.Logger = log, stop: threading.Event | None = None
 
     A loop of the operator's own, not a kopf timer: per-object timers make kopf put a finalizer on every run,
     and with the operator down or uninstalled `kubectl delete` of a run (or of the CRD) would then hang."""
-    runs = kube.list_runs(os.environ.get(NAMESPACE_ENV))
+    runs = all_runs()
     for run in runs:
         if stop is not None and stop.is_set():
             break
@@ -398,7 +427,7 @@ def _start_loop(what: str, interval: float, one_pass: OnePass) -> tuple[threadin
 
 def progress_all(logger: logging.Logger = log, stop: threading.Event | None = None) -> int:
     """One progress pass over every run (progress_loop.py); a run found hung is reconciled at once."""
-    return progress_pass(kube.list_runs(os.environ.get(NAMESPACE_ENV)),
+    return progress_pass(all_runs(),
                          lambda run: BACKENDS.get((run.get("status") or {}).get("backend") or DEFAULT_BACKEND),
                          lambda run: reconcile(run, logger), logger, stop)
 
@@ -428,6 +457,8 @@ def on_job(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
 
 
 # Watch only the enabled backends' jobs: the chart grants RBAC for those alone. And the preflight Jobs.
+WATCHED_JOBS = [(*kube.group_version(BACKENDS[n].api_version), BACKENDS[n].plural) for n in ENABLED] + \
+    [("batch", "v1", "jobs")]
 for _name in ENABLED:
     _resource = (*kube.group_version(BACKENDS[_name].api_version), BACKENDS[_name].plural)
     kopf.index(*_resource, id=JOB_INDEX_IDS[_name], labels={MANAGED_BY[0]: MANAGED_BY[1]})(index_job_by_run)
