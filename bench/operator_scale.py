@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -151,9 +152,26 @@ def kopf_on_kmock(n_runs: int, log_path: Path, timeout: float = 300) -> dict:
             "emulator_and_client_cpu_s": round(self_cpu, 2)}
 
 
-def kopf_on_real_apiserver(n_runs: int, workdir: Path, timeout: float = 300) -> dict:
-    """As kopf_on_kmock, on a real API server. Job creation times come from a watch in this process (the
-    server's creationTimestamp has 1 s resolution)."""
+def unrelated_jobs(cp, n: int, namespace: str = "other-team") -> None:
+    """Another team's batch Jobs and PyTorchJobs (no label of ours): what a shared cluster holds. No job
+    controller runs in this control plane, so they stay as objects."""
+    cp.kubectl("create", "namespace", namespace)
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"namespace": namespace, "labels": {"team": "x"}},
+           "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
+               {"name": "c", "image": "busybox", "args": ["x" * 200]}]}}}}
+    pytorchjob = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"namespace": namespace},
+                  "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": {"spec": {"containers": [
+                      {"name": "pytorch", "image": "busybox"}]}}}}}}
+    docs = [{**job, "metadata": {**job["metadata"], "name": f"j{i}"}} for i in range(n)]
+    docs += [{**pytorchjob, "metadata": {**pytorchjob["metadata"], "name": f"p{i}"}} for i in range(n // 10)]
+    for start in range(0, len(docs), 250):
+        cp.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs[start:start + 250]))
+
+
+def kopf_on_real_apiserver(n_runs: int, workdir: Path, timeout: float = 300, unrelated: int = 0) -> dict:
+    """As kopf_on_kmock, on a real API server, with `unrelated` batch Jobs (and a tenth as many PyTorchJobs) of
+    another team present. Job creation times come from a watch in this process (the server's creationTimestamp
+    has 1 s resolution)."""
     import threading
 
     from kubernetes import client, watch
@@ -163,6 +181,8 @@ def kopf_on_real_apiserver(n_runs: int, workdir: Path, timeout: float = 300) -> 
     seen: dict[str, float] = {}
     with ControlPlane(workdir) as cp:
         op_kubeconfig = install_operator_prerequisites(cp)
+        if unrelated:
+            unrelated_jobs(cp, unrelated)
         api = client.CustomObjectsApi(cp.api_client())
         stop = threading.Event()
 
@@ -201,8 +221,8 @@ def kopf_on_real_apiserver(n_runs: int, workdir: Path, timeout: float = 300) -> 
             apiserver_rss = _peak_rss_mib(cp.procs["kube-apiserver"].pid)
         stop.set()  # before the control plane stops
     lat = sorted(seen[f"r{r}-s2-1"] - flipped[r] for r in flipped if f"r{r}-s2-1" in seen)
-    return {"runs": n_runs, "first_jobs_created": len(have_first), "all_first_jobs_within_s": round(first_s, 2),
-            **_transition_latency(lat),
+    return {"runs": n_runs, "unrelated_jobs": unrelated, "first_jobs_created": len(have_first),
+            "all_first_jobs_within_s": round(first_s, 2), **_transition_latency(lat),
             "operator_peak_rss_mib": round(peak, 1), "transition_phase_s": round(phase_s, 2),
             "operator_cpu_s": round(op_cpu, 2), "kube_apiserver_peak_rss_mib": round(apiserver_rss, 1)}
 
@@ -212,6 +232,8 @@ def main():
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--kopf-runs", type=int, default=100)
     ap.add_argument("--apiserver-runs", type=int, default=100, help="runs against a real API server (0: skip)")
+    ap.add_argument("--unrelated-jobs", type=int, default=2000,
+                    help="another team's batch Jobs present in the second real-API-server round")
     ap.add_argument("--operator-log", type=Path, default=Path("bench_out/operator_scale.log"))
     a = ap.parse_args()
     a.operator_log.parent.mkdir(parents=True, exist_ok=True)
@@ -221,9 +243,10 @@ def main():
     print("kopf on kmock (operator in its own process):", kopf_on_kmock(a.kopf_runs, a.operator_log))
     if a.apiserver_runs:
         import tempfile
-        with tempfile.TemporaryDirectory(prefix="vita-apiserver-") as d:
-            print("kopf on a real kube-apiserver (operator in its own process, the chart's RBAC):",
-                  kopf_on_real_apiserver(a.apiserver_runs, Path(d)))
+        for unrelated in (0, a.unrelated_jobs):
+            with tempfile.TemporaryDirectory(prefix="vita-apiserver-") as d:
+                print("kopf on a real kube-apiserver (operator in its own process, the chart's RBAC):",
+                      kopf_on_real_apiserver(a.apiserver_runs, Path(d), unrelated=unrelated))
 
 
 if __name__ == "__main__":
