@@ -232,6 +232,7 @@ def main():
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--kopf-runs", type=int, default=100)
     ap.add_argument("--apiserver-runs", type=int, default=100, help="runs against a real API server (0: skip)")
+    ap.add_argument("--only-unrelated", action="store_true", help="skip the real-API-server round without them")
     ap.add_argument("--unrelated-jobs", type=int, default=2000,
                     help="another team's batch Jobs present in the second real-API-server round")
     ap.add_argument("--operator-log", type=Path, default=Path("bench_out/operator_scale.log"))
@@ -240,10 +241,11 @@ def main():
     rate, build_rate = pure_core(a.runs)
     print(f"pure core: {a.runs} runs x 3 stages, {rate:,.0f} decisions/s (each decision builds its job); "
           f"builder alone {build_rate:,.0f} jobs/s")
-    print("kopf on kmock (operator in its own process):", kopf_on_kmock(a.kopf_runs, a.operator_log))
+    if a.kopf_runs:
+        print("kopf on kmock (operator in its own process):", kopf_on_kmock(a.kopf_runs, a.operator_log))
     if a.apiserver_runs:
         import tempfile
-        for unrelated in (0, a.unrelated_jobs):
+        for unrelated in ((a.unrelated_jobs,) if a.only_unrelated else (0, a.unrelated_jobs)):
             with tempfile.TemporaryDirectory(prefix="vita-apiserver-") as d:
                 print("kopf on a real kube-apiserver (operator in its own process, the chart's RBAC):",
                       kopf_on_real_apiserver(a.apiserver_runs, Path(d), unrelated=unrelated))

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 API_URL_ENV = "VITA_OPERATOR_API_URL"   # tests point the operator at their own API server
 NAMESPACE_ENV = "VITA_OPERATOR_NAMESPACE"  # watch one namespace (as __main__ does); unset: all namespaces
 RESYNC_ENV = "VITA_OPERATOR_RESYNC_SECONDS"
+WORKERS_ENV = "VITA_OPERATOR_WORKERS"  # reconciles at once
 # How often the progress loop looks for runs due a read (each run is read every spec.progressIntervalSeconds).
 PROGRESS_TICK_ENV = "VITA_OPERATOR_PROGRESS_TICK_SECONDS"
 _locks: dict[str, threading.Lock] = {}
@@ -61,7 +62,10 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
-    kube.connect(os.environ.get(API_URL_ENV), settings.execution.max_workers or 32)
+    # Reconciles are mostly waiting on the API server: Python's default pool (cpus + 4 threads) would serialise a
+    # burst of stage transitions behind a handful of them.
+    settings.execution.max_workers = int(os.environ.get(WORKERS_ENV, "32"))
+    kube.connect(os.environ.get(API_URL_ENV), settings.execution.max_workers)
     # The indices, for the reconciles that run outside kopf's handlers (the resync and progress loops) too.
     _job_indices.update({name: kwargs[index_id] for name, index_id in JOB_INDEX_IDS.items()})
     _runs_index[:] = [kwargs[RUNS_INDEX_ID]]
