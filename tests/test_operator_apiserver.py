@@ -675,3 +675,69 @@ def test_pods_refused_by_pod_security_show_on_the_run(cluster):
         assert_no_forbidden(op)
     cluster.cp.kubectl("delete", "vitatrainingrun", "psa", "-n", NS, "--timeout=30s")
     cluster.cp.kubectl("delete", "namespace", "restricted-probe", "--wait=false")
+
+
+def test_a_job_kueue_suspends_and_readmits_is_not_taken_for_hung(cluster):
+    """[day-one] item 6: a job preempted (suspended) for longer than hangTimeoutSeconds and re-admitted starts a
+    fresh hang window from its admission; only a job that then stays without a step is hung."""
+    endpoint = FakeTrainerEndpoint("s1")
+    run = run_on("pytorchjob", "preempted")
+    run["spec"].update(progressIntervalSeconds=5, hangTimeoutSeconds=12)
+    run["spec"]["trainer"]["metricsPort"] = endpoint.port
+    try:
+        with cluster.operator("operator-readmitted", resync_seconds=1,
+                              env={"VITA_OPERATOR_PROGRESS_TICK_SECONDS": "1"}):
+            cluster.apply(run)
+            job = wait_for(lambda: "preempted-s1-1" in cluster.jobs() and "preempted-s1-1", what="first job")
+            pod = result_pod("pytorchjob", job, "Running", {"running": {"startedAt": "2026-11-27T00:00:00Z"}})
+            pod["status"].update(podIP="127.0.0.1", podIPs=[{"ip": "127.0.0.1"}])
+            pod["metadata"]["ownerReferences"] = [{"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": job,
+                                                   "controller": True, "uid": cluster.jobs()[job]["metadata"]["uid"]}]
+            cluster.put_pod(pod)
+            cluster.set_job(job, "Running")
+            wait_for(lambda: (cluster.run_status("preempted").get("progress") or {}).get("step"), what="progress")
+            endpoint.frozen = True  # from here on no step moves
+            cluster.set_job(job, "Suspended")  # Kueue preempts it
+            wait_for(lambda: cluster.run_status("preempted").get("phase") == "Queued", what="Queued")
+            time.sleep(14)  # longer than hangTimeoutSeconds while suspended
+            assert job in cluster.jobs()
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            cluster.cp.kubectl("patch", "pytorchjobs.kubeflow.org", job, "-n", NS, "--subresource=status",
+                               "--type=merge", "-p", json.dumps({"status": {"conditions": [
+                                   {"type": "Suspended", "status": "False", "reason": "JobResumed",
+                                    "lastTransitionTime": now},
+                                   {"type": "Running", "status": "True", "reason": "JobRunning",
+                                    "lastTransitionTime": now}]}}))  # re-admitted
+            wait_for(lambda: cluster.run_status("preempted").get("phase") == "Running", what="Running again")
+            time.sleep(6)  # the pre-suspension step is 20 s old: the old rule deleted the job at once
+            assert job in cluster.jobs() and "preempted-s1-2" not in cluster.jobs()
+            wait_for(lambda: "preempted-s1-2" in cluster.jobs(), timeout=40, what="hung after a full window")
+    finally:
+        endpoint.close()
+    cluster.cp.kubectl("delete", "vitatrainingrun", "preempted", "-n", NS, "--timeout=30s")
+
+
+def test_the_preflight_job_runs_where_the_first_stage_runs(cluster, tmp_path, monkeypatch):
+    """[day-one] item 2, as the API server admits it: the stage's node selector and tolerations, its Kueue queue
+    (created suspended), a deadline; a pod that cannot be scheduled shows on the run."""
+    run = with_preflight("placed")
+    run["spec"]["resources"].update(nodeSelector={"nvidia.com/gpu.product": "H100"}, tolerations=[
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    with cluster.operator("operator-preflight-placed", resync_seconds=1) as op:
+        cluster.apply(run)
+        job = wait_for(lambda: preflight_jobs(cluster).get("placed-preflight-1"), what="the preflight Job")
+        pod_spec = job["spec"]["template"]["spec"]
+        assert pod_spec["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+        assert pod_spec["tolerations"][0]["key"] == "nvidia.com/gpu" and job["spec"]["activeDeadlineSeconds"] == 3600
+        cluster.put_pod({"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": "placed-preflight-1-x", "namespace": NS,
+            "labels": {"batch.kubernetes.io/job-name": "placed-preflight-1"}},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "preflight", "image": "trainer:test"}]},
+            "status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector"}]}})
+        ready = wait_for(lambda: (c := cluster.condition("PodsReady", "placed")) and c["status"] == "False" and c,
+                         what="PodsReady=False")
+        assert "Unschedulable" in ready["message"] and cluster.run_status("placed")["phase"] == "Preflight"
+        assert_no_forbidden(op)
+    cluster.cp.kubectl("delete", "vitatrainingrun", "placed", "-n", NS, "--timeout=30s")
