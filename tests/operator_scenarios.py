@@ -73,24 +73,26 @@ def pod(name: str, labels: dict, container: str, phase: str, state: dict) -> dic
                 "state": state}]}}
 
 
-def result_pod(backend: str, job: str, phase: str, state: dict) -> dict:
-    """Rank 0's pod as each backend's controllers and the kubelet leave it, its trainer container in `state`."""
+def node_pod(backend: str, job: str, phase: str, state: dict, node: int) -> dict:
+    """The pod of node `node` (0 holds global rank 0) as each backend's controllers and the kubelet leave it."""
     if backend == "pytorchjob":
-        return pod(f"{job}-master-0", {"training.kubeflow.org/job-name": job,
-                                       "training.kubeflow.org/replica-type": "master"}, "pytorch", phase, state)
-    return pod(f"{job}-node-0-0-x7k2p", {"jobset.sigs.k8s.io/jobset-name": job,
-                                         "jobset.sigs.k8s.io/replicatedjob-name": "node",
-                                         "batch.kubernetes.io/job-completion-index": "0"}, "node", phase, state)
+        kind, name = ("master", f"{job}-master-0") if node == 0 else ("worker", f"{job}-worker-{node - 1}")
+        return pod(name, {"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": kind},
+                   "pytorch", phase, state)
+    return pod(f"{job}-node-0-{node}-x7k2p", {"jobset.sigs.k8s.io/jobset-name": job,
+                                              "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                                              "batch.kubernetes.io/job-completion-index": str(node)},
+               "node", phase, state)
+
+
+def result_pod(backend: str, job: str, phase: str, state: dict) -> dict:
+    """Rank 0's pod, its trainer container in `state`."""
+    return node_pod(backend, job, phase, state, 0)
 
 
 def worker_pod(backend: str, job: str, phase: str, state: dict) -> dict:
-    """A pod of another node (rank 8 and up) as each backend's controllers leave it."""
-    if backend == "pytorchjob":
-        return pod(f"{job}-worker-0", {"training.kubeflow.org/job-name": job,
-                                       "training.kubeflow.org/replica-type": "worker"}, "pytorch", phase, state)
-    return pod(f"{job}-node-0-1-q9z8m", {"jobset.sigs.k8s.io/jobset-name": job,
-                                         "jobset.sigs.k8s.io/replicatedjob-name": "node",
-                                         "batch.kubernetes.io/job-completion-index": "1"}, "node", phase, state)
+    """A pod of another node (rank 8 and up)."""
+    return node_pod(backend, job, phase, state, 1)
 
 
 def finished(job: str, final_loss: float) -> dict:
