@@ -64,8 +64,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     # Reconciles are mostly waiting on the API server: Python's default pool (cpus + 4 threads) would serialise a
     # burst of stage transitions behind a handful of them.
-    settings.execution.max_workers = int(os.environ.get(WORKERS_ENV, "32"))
-    kube.connect(os.environ.get(API_URL_ENV), settings.execution.max_workers)
+    workers = int(os.environ.get(WORKERS_ENV, "32"))
+    settings.execution.max_workers = workers
+    kube.connect(os.environ.get(API_URL_ENV), workers)
     # The indices, for the reconciles that run outside kopf's handlers (the resync and progress loops) too.
     _job_indices.update({name: kwargs[index_id] for name, index_id in JOB_INDEX_IDS.items()})
     _runs_index[:] = [kwargs[RUNS_INDEX_ID]]
