@@ -142,7 +142,7 @@ def device_image_step_ms(device: str, reps: int) -> float:
     mean = std = (0.5, 0.5, 0.5)  # (data.image's constants would import Pillow, which the GPU image lacks)
     images = torch.randint(0, 256, (8, 480, 640, 3), dtype=torch.uint8).to(device)
     sizes = torch.tensor([[480, 640]] * 8)
-    grids = torch.tensor([[4, 3, 1]] * 8)
+    grids = torch.tensor([[4, 3, 1, 0]] * 8)  # (cols, rows, thumbnail, centre crop)
     for _ in range(2):
         tiles_from_images(images, sizes, grids, 448, mean, std)
     if device == "cuda":

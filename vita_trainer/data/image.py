@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .geometry import centre_crop_box, short_side_size
+
 # ImageNet statistics used by InternViT; SigLIP uses 0.5/0.5 (set per vision tower in the model config).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,21 +47,6 @@ def tile_count(width: int, height: int, tile_size: int, max_tiles: int = 12, use
         return 1
     cols, rows = choose_grid(width, height, tile_size, max_tiles)
     return cols * rows + (1 if use_thumbnail and cols * rows > 1 else 0)
-
-
-def short_side_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """(width, height) after resizing the short side to `size`, the long side truncated to an int (the rule of
-    transformers' `get_resize_output_image_size` with `default_to_square=False`)."""
-    if width <= height:
-        return size, int(size * height / width)
-    return int(size * width / height), size
-
-
-def centre_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of the centred size×size crop (offsets rounded down, as transformers'
-    `center_crop`)."""
-    left, top = (width - size) // 2, (height - size) // 2
-    return left, top, left + size, top + size
 
 
 def clip_resize_crop(image: Image.Image, size: int) -> Image.Image:

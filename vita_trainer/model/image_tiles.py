@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.nn.functional import interpolate
 
-from ..data.image import centre_crop_box, short_side_size
+from ..data.geometry import centre_crop_box, short_side_size
 
 
 def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
