@@ -741,3 +741,33 @@ def test_the_preflight_job_runs_where_the_first_stage_runs(cluster, tmp_path, mo
         assert "Unschedulable" in ready["message"] and cluster.run_status("placed")["phase"] == "Preflight"
         assert_no_forbidden(op)
     cluster.cp.kubectl("delete", "vitatrainingrun", "placed", "-n", NS, "--timeout=30s")
+
+
+def test_two_replicas_one_operates_and_the_standby_takes_over(cluster):
+    """[day-one] item 13: two operator processes on the chart's RBAC share a Lease: one operates, the other stands by
+    (live, doing nothing); when the leader dies the standby takes over within the lease and carries the run on,
+    without a duplicate job."""
+    import os
+    import signal
+    lease = {"VITA_OPERATOR_LEADER_ELECTION": "true", "VITA_OPERATOR_POD_NAMESPACE": "vita-system",
+             "VITA_OPERATOR_LEASE_SECONDS": "4"}
+
+    def holder() -> str:
+        return cluster.cp.kubectl("get", "lease", "vita-operator", "-n", "vita-system", "-o",
+                                  "jsonpath={.spec.holderIdentity}", check=False).stdout
+    with cluster.operator("replica-a", resync_seconds=1, env={**lease, "HOSTNAME": "replica-a"}) as a:
+        wait_for(lambda: holder() == "replica-a", what="replica-a leads")
+        with cluster.operator("replica-b", resync_seconds=1, env={**lease, "HOSTNAME": "replica-b"}) as b:
+            job = cluster.start_run("ha")
+            time.sleep(3)  # three resyncs of the leader
+            assert holder() == "replica-a" and "reconciled default/ha" in a.log()
+            assert "reconciled" not in b.log()  # the standby does nothing
+            os.killpg(a.proc.pid, signal.SIGKILL)  # the leader's node is lost
+            cluster.set_job(job, "Succeeded")
+            wait_for(lambda: holder() == "replica-b", timeout=30, what="replica-b takes the Lease")
+            wait_for(lambda: "ha-s2-1" in cluster.jobs(), timeout=30, what="the standby carries the run on")
+            time.sleep(2)
+            assert sorted(j for j in cluster.jobs() if j.startswith("ha-")) == ["ha-s1-1", "ha-s2-1"]
+            assert "reconciled default/ha" in b.log()
+            assert_no_forbidden(b)
+    cluster.cp.kubectl("delete", "vitatrainingrun", "ha", "-n", NS, "--timeout=30s")

@@ -1,13 +1,22 @@
-"""python -m vita_operator: the operator as the image runs it (single replica, liveness endpoint)."""
+"""python -m vita_operator: the operator as the image runs it (liveness endpoint; with leader election, one active
+replica among several)."""
 
 import os
+import socket
 import sys
+import urllib.parse
+import uuid
 
 import kopf.cli
+
+from .leader import LEADER_ELECTION_ENV, become_leader
 
 
 def main() -> None:
     liveness = os.environ.get("VITA_OPERATOR_LIVENESS", "http://0.0.0.0:8081/healthz")
+    if os.environ.get(LEADER_ELECTION_ENV) == "true":  # a standby blocks here until the Lease is its own
+        become_leader(os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}",
+                      urllib.parse.urlparse(liveness).port)
     args = ["run", "--standalone", "-m", "vita_operator.handlers", f"--liveness={liveness}"]
     args.append(f"--log-format={os.environ.get('VITA_OPERATOR_LOG_FORMAT', 'plain')}")  # plain, full or json
     namespace = os.environ.get("VITA_OPERATOR_NAMESPACE")
