@@ -150,7 +150,7 @@ def test_rbac_and_pod_monitors_only_for_the_enabled_backends(values, resources):
     role = next(d for d in docs if d["kind"] == "ClusterRole")
     jobs = {r for rule in role["rules"] for r in rule["resources"] if r.endswith("jobs") and r != "jobs"}
     assert jobs == resources
-    env = {e["name"]: e["value"] for e in next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"][
+    env = {e["name"]: e.get("value") for e in next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"][
         "spec"]["containers"][0]["env"]}
     assert set(env["VITA_OPERATOR_BACKENDS"].split(",")) == {r[:-1] for r in resources}
     monitors = {d["metadata"]["name"].rsplit("-", 1)[1]: d for d in docs if d["kind"] == "PodMonitor"}
