@@ -23,6 +23,9 @@ ENDOFTEXT = "<|endoftext|>"
 # The reference recipe's sequence length after media expansion (the trainer's and the data tools' default).
 MODEL_MAX_LENGTH = 6200
 
+# --image_aspect_ratio: InternVL tiling, one untiled tile, or padded to a square first (the reference's values).
+IMAGE_ASPECT_RATIOS = ("dynamic", "square", "pad")
+
 # DeepSpeed configs shipped in vita_trainer/configs/<name>.json (a run spec's trainer.deepspeed, or "none").
 DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3_offload")
 

@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -103,15 +103,28 @@ def index_run(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> di
     return {(namespace, name): dict(body)}
 
 
-def all_runs() -> list[dict[str, Any]]:
-    """Every run as kopf's index holds it (a LIST before the operator started, e.g. in a bare call)."""
-    if not _runs_index:
-        return kube.list_runs(os.environ.get(NAMESPACE_ENV))
-    for _ in range(3):
+T = TypeVar("T")
+
+
+def _snapshot(read: Callable[[], list[T]], attempts: int) -> list[T]:
+    """A copy of (part of) a kopf index, read from another thread than kopf's loop: if the loop changed it meanwhile
+    (RuntimeError), read again; the last attempt's error propagates."""
+    for _ in range(attempts - 1):
         try:
-            return [run for store in list(_runs_index[0].values()) for run in list(store)]
-        except RuntimeError:  # kopf's loop changed the index while this thread read it: read again
+            return read()
+        except RuntimeError:
             continue
+    return read()
+
+
+def all_runs() -> list[dict[str, Any]]:
+    """Every run as kopf's index holds it (a LIST before the operator started, e.g. in a bare call, or if the index
+    kept changing under the read)."""
+    if _runs_index:
+        try:
+            return _snapshot(lambda: [run for store in list(_runs_index[0].values()) for run in list(store)], 3)
+        except RuntimeError:
+            pass
     return kube.list_runs(os.environ.get(NAMESPACE_ENV))
 
 
@@ -125,12 +138,7 @@ def indexed_jobs(backend_name: str, namespace: str, run_name: str) -> list[dict[
     """The run's jobs as kopf's index holds them; [] if it holds none."""
     index = _job_indices.get(backend_name)
     store = index.get((namespace, run_name)) if index is not None else None
-    for _ in range(3):
-        try:
-            return list(store or [])
-        except RuntimeError:  # kopf's loop changed the store while the resync thread read it: read again
-            continue
-    return list(store or [])
+    return _snapshot(lambda: list(store or []), 4)
 
 
 def observed_jobs(backend: JobBackend, namespace: str, run_name: str, recorded_done: set[str],
@@ -476,7 +484,4 @@ kopf.on.event("batch", "v1", "jobs", id="on_preflight",
 def on_delete(body: kopf.Body, **_: Any) -> None:
     metrics.record_phase(f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
     _locks.pop(f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)  # its reconciles are over
-    try:
-        metrics.PROGRESS_STALE.remove(body["metadata"]["namespace"], body["metadata"]["name"])
-    except KeyError:  # never read
-        pass
+    metrics.forget_progress(body["metadata"]["namespace"], body["metadata"]["name"])

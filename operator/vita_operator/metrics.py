@@ -27,3 +27,11 @@ def record_phase(run_key: str, phase: str | None) -> None:
         _phases[run_key] = phase
     for p in PHASES:
         RUNS.labels(p).set(sum(1 for v in _phases.values() if v == p))
+
+
+def forget_progress(namespace: str, run: str) -> None:
+    """Drop a run's stale-progress series (a run deleted, queued or finished has no endpoint to be stale)."""
+    try:
+        PROGRESS_STALE.remove(namespace, run)
+    except KeyError:  # never read
+        pass

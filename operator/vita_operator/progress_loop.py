@@ -126,10 +126,7 @@ def progress_pass(runs: list[dict[str, Any]], backend_for: Callable[[dict[str, A
     for run in runs:
         st, meta = run.get("status") or {}, run["metadata"]
         if st.get("phase") != "Running" or not st.get("currentJob") or meta.get("deletionTimestamp"):
-            try:  # a queued or finished run has no endpoint to be stale
-                metrics.PROGRESS_STALE.remove(meta.get("namespace"), meta.get("name"))
-            except KeyError:
-                pass
+            metrics.forget_progress(meta.get("namespace"), meta.get("name"))
             continue
         due.append(run)
 

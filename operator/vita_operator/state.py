@@ -114,6 +114,11 @@ def set_condition(status: dict[str, Any], ctype: str, value: bool, reason: str, 
     conds.append({**new, "lastTransitionTime": now})
 
 
+def condition(status: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    """The status's condition of that type, if any."""
+    return next((c for c in status.get("conditions", []) if c["type"] == ctype), None)
+
+
 def _set_phase(d: Decision, phase: str, reason: str, message: str, now: str, generation: int) -> None:
     if d.status.get("phase") != phase:
         d.events.append(("Warning" if phase == "Failed" else "Normal", f"Run{phase}", message))
@@ -139,7 +144,7 @@ def queued_reason(job: ObservedJob) -> str:
 def _pods_ready(d: Decision, job: ObservedJob | ObservedPreflight, now: str, generation: int) -> None:
     """Pods that cannot start leave Kubeflow's job "Running" forever: say so (condition PodsReady=False, one
     Warning event per new cause). Not a failure: a pushed image or a created Secret heals it."""
-    old = next((c for c in d.status.get("conditions", []) if c["type"] == "PodsReady"), None)
+    old = condition(d.status, "PodsReady")
     if job.stuck:
         if not old or old["status"] != "False" or old["message"] != job.stuck:
             d.events.append(("Warning", "PodsStuck", f"job {job.name}: {job.stuck}"))
@@ -272,7 +277,7 @@ def decide_refused(status: dict[str, Any], job: str, kind: str, message: str, no
     msg = (f"the API server refused to create {kind} {job}: {message}. Change what it names (spec.trainer: image, "
            f"serviceAccountName, env, envFromSecrets, tolerations; spec.resources), or ask the namespace's admin; "
            f"the operator tries again on every spec change and resync")[:2000]
-    old = next((c for c in d.status.get("conditions", []) if c["type"] == "Ready"), None)
+    old = condition(d.status, "Ready")
     if d.status.get("phase") == "Blocked" and old and old.get("message") != msg:
         d.events.append(("Warning", "CreateRefused", msg))
     _set_phase(d, "Blocked", "CreateRefused", msg, now, generation)
@@ -282,14 +287,14 @@ def decide_refused(status: dict[str, Any], job: str, kind: str, message: str, no
 
 def _still_refused(st: dict[str, Any], name: str) -> bool:
     """A Blocked run retrying the create that was refused: it stays Blocked until the job exists."""
-    ready = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), None)
+    ready = condition(st, "Ready")
     return ready is not None and st.get("phase") == "Blocked" and ready["reason"] == "CreateRefused" and \
         f" {name}: " in ready["message"]
 
 
 def _created(st: dict[str, Any], name: str, now: str, generation: int) -> None:
     """The job exists: a refusal recorded earlier is over."""
-    ready = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), None)
+    ready = condition(st, "Ready")
     if ready and ready["status"] == "False" and ready["reason"] == "CreateRefused":
         set_condition(st, "Ready", True, "JobCreated", f"job {name} exists", now, generation)
 
@@ -455,7 +460,7 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             d.events.append(("Normal", "StageResumed", f"resuming job {name}"))
             job = dataclasses.replace(job, phase="Running")  # unsuspended now: not waiting in a queue
         _pods_ready(d, job, now, generation)
-        hung = next((c for c in st.get("conditions", []) if c["type"] == "Hung"), None)
+        hung = condition(st, "Hung")
         if hung and hung["status"] == "True" and job.phase == "Running" and f" job {name}: " not in hung["message"]:
             set_condition(st, "Hung", False, "Progressing", f"stage {stage.name} job {name} runs", now, generation)
         msg = f"stage {stage.name} ({i + 1}/{len(spec.stages)})"

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from vita_api.constants import AUDIO_TOKEN, IGNORE_INDEX, IMAGE_TOKEN, MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS
+from vita_api.constants import (AUDIO_TOKEN, IGNORE_INDEX, IMAGE_ASPECT_RATIOS, IMAGE_TOKEN, MAX_AUDIO_SECONDS,
+                                MIN_AUDIO_SECONDS)
 from vita_api.errors import ConfigError, DataError
 from . import audio as audio_io
 from .chat_format import DEFAULT_FORMAT, MODALITIES, get_format
@@ -25,7 +26,6 @@ from .template import render_segments, tokenize_segments
 from .video import load_frames
 
 IMAGE_PIPELINES = ("host", "device")
-IMAGE_ASPECT_RATIOS = ("dynamic", "square", "pad")
 
 
 @dataclass(frozen=True)

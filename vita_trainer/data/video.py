@@ -11,7 +11,10 @@ second time, with the count the first pass found.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageSequence
@@ -78,16 +81,22 @@ def _probe(p: Path, default_fps: float) -> tuple[int, float]:
                      f"animated GIF/WebP/APNG, or a folder of frames")
 
 
-def _container_metadata(path: Path) -> tuple[int, float]:
-    """(frames from metadata, 0 if unknown; fps)."""
+@contextmanager
+def _video_stream(path: Path) -> Iterator[tuple[Any, Any]]:
+    """(container, its first video stream), opened with PyAV; any decoding error a ValueError naming the file."""
     import av
     try:
         with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            fps = _rate(stream)
-            return _metadata_frames(container, stream, fps), fps
+            yield container, container.streams.video[0]
     except (av.error.FFmpegError, IndexError) as e:  # IndexError: no video stream
         raise ValueError(f"{path.name}: {e if str(e) else 'no video stream'}") from e
+
+
+def _container_metadata(path: Path) -> tuple[int, float]:
+    """(frames from metadata, 0 if unknown; fps)."""
+    with _video_stream(path) as (container, stream):
+        fps = _rate(stream)
+        return _metadata_frames(container, stream, fps), fps
 
 
 def _rate(stream) -> float:
@@ -107,23 +116,18 @@ def _metadata_frames(container, stream, fps: float) -> int:
 def _decode(path: Path, wanted: list[int] | None) -> tuple[dict[int, Image.Image], int, float]:
     """One pass: ({index: RGB frame} for the wanted indices, frames decoded, fps); stops after the last wanted
     frame. `wanted=None` decodes to the end and keeps nothing (a count)."""
-    import av
     keep = set(wanted or ())
     last = max(keep) if keep else None
     frames: dict[int, Image.Image] = {}
     decoded = 0
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            fps = _rate(stream)
-            for i, frame in enumerate(container.decode(stream)):
-                decoded = i + 1
-                if i in keep:
-                    frames[i] = frame.to_image().convert("RGB")
-                if last is not None and i >= last:
-                    break
-    except (av.error.FFmpegError, IndexError) as e:  # IndexError: no video stream
-        raise ValueError(f"{path.name}: {e if str(e) else 'no video stream'}") from e
+    with _video_stream(path) as (container, stream):
+        fps = _rate(stream)
+        for i, frame in enumerate(container.decode(stream)):
+            decoded = i + 1
+            if i in keep:
+                frames[i] = frame.to_image().convert("RGB")
+            if last is not None and i >= last:
+                break
     return frames, decoded, fps
 
 

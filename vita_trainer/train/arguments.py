@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-from vita_api.constants import DEEPSPEED_PRESETS, MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS, MODEL_MAX_LENGTH
+from vita_api.constants import (DEEPSPEED_PRESETS, IMAGE_ASPECT_RATIOS, MAX_AUDIO_SECONDS, MIN_AUDIO_SECONDS,
+                                MODEL_MAX_LENGTH)
 from vita_api.errors import ConfigError, NodeError
 from vita_api.plan import GPUS_ENV
 from vita_api.presets import StagePreset, as_bool, get_preset
@@ -63,7 +64,7 @@ class DataArguments:
     data_registry: str = field(metadata={"help": "Dataset registry YAML"})
     dataset_use: str = field(metadata={"help": "Mixture or dataset key in the registry"})
     image_aspect_ratio: str = field(default="dynamic", metadata={
-        "choices": ["dynamic", "square", "pad"],
+        "choices": list(IMAGE_ASPECT_RATIOS),
         "help": "dynamic (InternVL tiling) | square (one centre-cropped tile; still tiles under vita15) | pad "
                 "(pasted on a square of the mean colour first, then tiled, as the reference)"})
     max_tiles: int | None = field(default=None, metadata={"help": "Maximum tiles per image; default from config"})

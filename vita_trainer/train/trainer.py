@@ -37,10 +37,6 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
     return str(max(steps)[1]) if steps else None
 
 
-def _unwrapped(model):
-    return model.module if hasattr(model, "module") else model
-
-
 def _dist() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized() and \
         torch.distributed.get_world_size() > 1
@@ -245,7 +241,7 @@ class VitaTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         if self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
-        save_groups(_unwrapped(self.model), self.partial_groups, output_dir, self.args.should_save)
+        save_groups(self.model, self.partial_groups, output_dir, self.args.should_save)  # the bare model
         return None
 
     def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
