@@ -67,6 +67,14 @@ def control_plane_binaries():
     return ensure_binaries()
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, control_plane_binaries):
+    """A real control plane with the operator's prerequisites installed, one per test module
+    (tests/apiserver_cluster.py)."""
+    from tests.apiserver_cluster import start_cluster
+    yield from start_cluster(tmp_path_factory.mktemp("control-plane"), control_plane_binaries)
+
+
 def pytest_terminal_summary(terminalreporter):
     from tests.control_plane import k8s_version
     ran = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
