@@ -65,8 +65,9 @@ def test_cmvn_from_whale_stats(tmp_path):
     assert torch.allclose(cmvn.istd, torch.full((80,), 1 / np.sqrt(3.0)))
 
 
-# Hand-computed from the reference's rule (../shared/docs/vita-reference.md, "Video"): stride = round(fps / 3),
-# range(0, frames, stride), then numpy.linspace(0, n - 1, 16 or 4, dtype=int) positions when above 16 or below 4.
+# Hand-computed from the reference's rule (VITA-1.5's video loader; docs/vita15-format.md, "video frames"):
+# stride = round(fps / 3), range(0, frames, stride), then numpy.linspace(0, n - 1, 16 or 4, dtype=int) positions
+# when above 16 or below 4.
 @pytest.mark.parametrize("frames,fps,expected", [
     (300, 30, [0, 10, 30, 50, 70, 90, 110, 130, 150, 170, 190, 210, 230, 250, 270, 290]),  # 30 -> 16
     (10, 30, [0, 0, 0, 0]),                                     # stride 10: one frame, repeated to 4

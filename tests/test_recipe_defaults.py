@@ -57,7 +57,7 @@ def test_shipped_deepspeed_names_become_the_packaged_files():
 
 def test_a_frozen_whale_encoder_trains_in_train_mode_as_the_reference_unless_asked(tok):
     """The reference's Trainer calls model.train() each step: a frozen encoder's dropout is active
-    (../shared/docs/vita-reference.md, "Train mode"). --frozen_audio_encoder_eval keeps it in eval mode."""
+    (the README's "Training a stage"). --frozen_audio_encoder_eval keeps it in eval mode."""
     model = VitaForCausalLM(tiny_config(tok))
     apply_trainable(model, frozenset({"audio_adapter", "mm_projector"}))
     model.train()
@@ -110,7 +110,7 @@ def test_module_learning_rates_come_from_the_preset_and_the_group_flags():
 
 def test_mm_projector_lr_is_the_vision_towers_rate_as_in_the_reference(caplog):
     """The reference's stage-1.2 command (`--unfreeze_vision_tower True --mm_projector_lr 2e-6`, base rate 2e-5)
-    trains the tower at 2e-6 and the projector at the base rate (../shared/docs/vita-reference.md)."""
+    trains the tower at 2e-6 and the projector at the base rate (the reference's optimizer grouping)."""
     from vita_trainer.train.main import module_learning_rates
     preset = get_preset("vision_task_sft")  # no preset rates of its own
     args = parse([*ARGV, "--stage", "vision_task_sft", "--learning_rate", "2e-5", "--mm_projector_lr", "2e-6"])[2]

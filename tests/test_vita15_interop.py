@@ -306,9 +306,10 @@ def test_a_bf16_release_imports_as_bf16_with_the_whale_folders_exact_cmvn(releas
 
 
 def _exported_contract(out: Path, vocab: int) -> None:
-    """What the reference's loaders read (../shared/docs/vita-reference.md "Outputs"; weights_layout.md §1): the
-    checkpoint's config fields, the InternViT folder with its preprocessor_config.json, the whale folder whose
-    train.yaml has model_conf.llm_path; key names and (resized) shapes from the released layout; no absolute path."""
+    """What the reference's loaders read (its whale `audioEncoder` and InternViT tower; README "Back to VITA's
+    inference code"): the checkpoint's config fields, the InternViT folder with its preprocessor_config.json, the
+    whale folder whose train.yaml has model_conf.llm_path; key names and (resized) shapes from the released layout;
+    no absolute path."""
     config = json.loads((out / "config.json").read_text())
     for field in ("mm_vision_tower", "mm_audio_encoder", "mm_projector_type", "mm_hidden_size", "use_mm_proj"):
         assert field in config, field

@@ -1,5 +1,5 @@
-"""The vita15 text rewriting, case by case. Every expected string was written by hand from the reference's rules
-as ../shared/docs/vita-reference.md states them ("Text rewriting before the template"), not from this project's
+"""The vita15 text rewriting, case by case. Every expected string was written by hand from the rules the VITA-1.5
+code's `preprocess_multimodal` applies (docs/vita15-format.md lists them), not from this project's
 code: T stands for one image's tokens, TT for a 2-frame video, A for one clip's tokens."""
 
 import pytest
