@@ -5,11 +5,18 @@ export HF_HUB_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/vita/torch_extensions
 export DS_ACCELERATOR := cpu
 
-$(VENV)/.installed: pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q torch==2.14.1 torchaudio==2.11.0
-	$(VENV)/bin/pip install -q -e '.[test]'
+# uv installs exactly the set pinned in uv.lock (--locked stops if pyproject.toml and the lock disagree: run
+# `make lock`). uv itself is pinned and lives in its own venv outside the checkout.
+UV_VERSION := 0.13.9
+UV := $(HOME)/.cache/vita/uv-$(UV_VERSION)/bin/uv
+export UV_PYTHON := $(PY)
+
+$(UV):
+	$(PY) -m venv $(HOME)/.cache/vita/uv-$(UV_VERSION)
+	$(HOME)/.cache/vita/uv-$(UV_VERSION)/bin/pip install -q uv==$(UV_VERSION)
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --extra test
 	touch $@
 
 setup: $(VENV)/.installed
@@ -28,11 +35,16 @@ test-fast: setup
 	VITA_TEST_NO_SUBPROCESS=1 OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n 2 \
 	  -m "not slow and not apiserver and not subprocess" tests
 
+# After editing dependencies in pyproject.toml: re-resolve the lock (versions already locked stay unless the new
+# ranges exclude them; `$(UV) lock --upgrade-package NAME` moves one).
+lock: $(UV)
+	$(UV) lock
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-.PHONY: setup demo test test-fast lint
+.PHONY: setup demo test test-fast lint lock
 
 # Every derived file (CRDs, plain manifests, the dashboard and demo copies) from its one source; the suite runs
 # `hack/generate.py --check` and fails naming any file that differs.

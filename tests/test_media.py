@@ -6,7 +6,8 @@ from PIL import Image
 from vita_trainer.data import audio
 from vita_trainer.data.image import choose_grid, tile_image
 from vita_trainer.data.video import sample_indices
-from vita_trainer.model.audio_encoder import AudioAdapter, WhaleEncoder, audio_llm_tokens
+from vita_trainer.data.audio_tokens import audio_llm_tokens
+from vita_trainer.model.audio_encoder import AudioAdapter, WhaleEncoder
 
 
 @pytest.mark.parametrize("size,grid,tiles", [

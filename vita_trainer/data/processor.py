@@ -17,6 +17,7 @@ from vita_api.constants import (AUDIO_TOKEN, IGNORE_INDEX, IMAGE_ASPECT_RATIOS, 
                                 MIN_AUDIO_SECONDS)
 from vita_api.errors import ConfigError, DataError
 from . import audio as audio_io
+from .audio_tokens import audio_llm_tokens
 from .chat_format import DEFAULT_FORMAT, MODALITIES, get_format
 from .image import decode_for_device, pad_colour, pad_to_square, tile_image, tiles_to_tensor
 from .paths import resolve_media
@@ -43,7 +44,6 @@ class MediaSpec:
 
     @classmethod
     def from_config(cls, config, **overrides) -> "MediaSpec":
-        from ..model.audio_encoder import audio_llm_tokens
         stride = config.audio_config["adapter_stride"]
         values = dict(tile_size=config.tile_size, tokens_per_tile=config.tokens_per_tile,
                       image_mean=tuple(config.image_mean), image_std=tuple(config.image_std),

@@ -20,21 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def subsampled_frames(frames: int) -> int:
-    """Length after two kernel-3 stride-2 convolutions (x4)."""
-    return max(((frames - 1) // 2 - 1) // 2, 0)
-
-
-def adapter_frames(frames: int, stride: int) -> int:
-    """Adapter output length: the reference right-pads kernel-1 frames, so ceil(frames / stride)."""
-    return (frames - 1) // stride + 1 if frames > 0 else 0
-
-
-def audio_llm_tokens(fbank_frames: int, adapter_stride: int) -> int:
-    """LLM tokens for a clip of `fbank_frames` frames: x4 subsampling, then the adapter's stride."""
-    return adapter_frames(subsampled_frames(fbank_frames), adapter_stride)
-
-
 def sinusoids(t: int, d: int, device=None) -> torch.Tensor:
     """The reference's PositionalEncoding table rows 0..t-1: sin on even, cos on odd channels. (t, d) fp32."""
     pos = torch.arange(t, device=device, dtype=torch.float32)[:, None]
@@ -188,5 +173,3 @@ class AudioAdapter(nn.Module):
         out_len = torch.where(lengths > 0, (lengths - 1) // self.stride + 1, 0)
         return x, out_len
 
-
-ADAPTER_STRIDES = {"subsampling": 2, "cnn": 1}

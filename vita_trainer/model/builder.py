@@ -6,7 +6,7 @@ import logging
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .configuration import VitaConfig
+from .configuration import VitaConfig, vision_preset
 from .modeling import VitaForCausalLM
 
 log = logging.getLogger(__name__)
@@ -48,15 +48,6 @@ def tiny_config(tokenizer, *, hidden: int = 64, layers: int = 2, heads: int = 4,
     return VitaConfig(text_config=text, vision_config=vis, audio_config=audio, mm_projector_type=projector,
                       **preset, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                       audio_token_id=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN), ctc_vocab_size=ctc_vocab_size)
-
-
-def vision_preset(model_type: str) -> dict:
-    """How VITA feeds a tower of this type: InternViT (VITA-1.5) gets the 0.5 feature scale, the 0.5 pixel
-    shuffle and ImageNet normalisation; SigLIP neither scale nor shuffle, and 0.5/0.5 normalisation."""
-    if model_type == "internvl_vision":
-        return dict(downsample_ratio=0.5, vision_feature_scale=0.5, image_mean=(0.485, 0.456, 0.406),
-                    image_std=(0.229, 0.224, 0.225))
-    return dict(downsample_ratio=1.0, vision_feature_scale=1.0, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
 
 
 # Qwen2.5-7B's embedding rows (the tokenizer has fewer entries; the released VITA-1.5 keeps all 152064).

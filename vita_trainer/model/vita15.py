@@ -195,7 +195,8 @@ def load_whale_folder(folder: str | Path):
     for k in WHALE_CMVN_KEYS:
         raw.pop(k, None)  # the reference, too, takes the statistics from the global_cmvn file
     state, unmatched = convert(raw, WHALE_RULES, "proj")
-    from .audio_encoder import ADAPTER_STRIDES, AudioAdapter, WhaleEncoder
+    from ..data.audio_tokens import ADAPTER_STRIDES
+    from .audio_encoder import AudioAdapter, WhaleEncoder
     with init_empty_weights():
         expected = {"audio_encoder." + k: v for k, v in WhaleEncoder(**audio).state_dict().items()}
         if any(k.startswith("audio_adapter.") for k in state):  # the adapter is optional: stage 2 trains it
@@ -278,8 +279,7 @@ def import_vita15(src: str | Path, out: str | Path, vision_tower: str | None = N
     from vita_api.constants import AUDIO_TOKEN, IMAGE_TOKEN
     from ..data.audio import GlobalCMVN
     from ..data.tokenizer import load_tokenizer
-    from .builder import vision_preset
-    from .configuration import VitaConfig
+    from .configuration import VitaConfig, vision_preset
     src, out = Path(src), Path(out)
     cfg = read_json(src / "config.json")
     if cfg.get("model_type") != MODEL_TYPE:
