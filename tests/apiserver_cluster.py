@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from tests.control_plane import ControlPlane, OperatorProcess
+from vita_trainer.local import free_port
 from tests.operator_scenarios import BACKENDS, JOB_RESOURCE, NS, finished, job_status, pod, result_pod, run_on, wait_for
 
 
@@ -23,7 +24,7 @@ class Cluster:
         # Resync far beyond the test's waits by default: stage chaining must come from watch events, not the
         # safety net.
         return OperatorProcess(self.operator_kubeconfig, self.dir / f"{name}.log", resync_seconds=resync_seconds,
-                               backends=backends, env=env)
+                               metrics_port=free_port(), backends=backends, env=env)
 
     def apply(self, obj: dict, *extra: str, check: bool = True):
         return self.cp.kubectl("apply", *extra, "-f", "-", input=json.dumps(obj), check=check)

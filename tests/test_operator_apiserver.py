@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 
 import jsonschema
 import pytest
@@ -78,7 +77,7 @@ def test_a_run_chains_retries_survives_a_restart_and_is_garbage_collected(cluste
         assert_no_forbidden(op)
     before = set(cluster.jobs(backend))
     with cluster.operator(f"operator-{backend}-restarted") as op:
-        time.sleep(3)
+        wait_for(lambda: op.reconciles() >= 1, what="the restarted operator reconciles the run")
         assert set(cluster.jobs(backend)) == before  # restart: no duplicate jobs, progress kept
         status = cluster.run_status()
         assert status["currentStage"] == "s2" and [s["phase"] for s in status["stages"]] == [

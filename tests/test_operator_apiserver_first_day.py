@@ -43,7 +43,7 @@ def test_a_create_refused_by_admission_blocks_the_run_with_the_policys_message(c
                  {"name": "pytorch", "image": "trainer:test"}]}}}}}}
     wait_for(lambda: cluster.apply(probe, "--dry-run=server", check=False).returncode != 0, what="policy active")
     try:
-        with cluster.operator("operator-refused", resync_seconds=2):
+        with cluster.operator("operator-refused", resync_seconds=2) as op:
             run = run_on("pytorchjob", "denied")
             run["metadata"]["labels"] = {"app.kubernetes.io/instance": "argo-app", "team": "vision"}
             cluster.apply(run)
@@ -56,7 +56,8 @@ def test_a_create_refused_by_admission_blocks_the_run_with_the_policys_message(c
             assert "denied-s1-1" not in cluster.jobs()
             assert "Blocked" in cluster.cp.kubectl("get", "vitatrainingrun", "denied", "-n", NS).stdout
             assert "RunBlocked" in cluster.cp.kubectl("describe", "vitatrainingrun", "denied", "-n", NS).stdout
-            time.sleep(5)  # two resyncs retry the same create: still Blocked, one RunBlocked event
+            seen = op.reconciles()
+            wait_for(lambda: op.reconciles() >= seen + 2, what="two resyncs retry the same create")
             assert cluster.run_status("denied")["phase"] == "Blocked"
             cluster.cp.kubectl("patch", "vitatrainingrun", "denied", "-n", NS, "--type=merge",
                                "-p", '{"spec": {"trainer": {"image": "registry.example.com/vita/trainer:1"}}}')
@@ -261,14 +262,15 @@ def test_two_replicas_one_operates_and_the_standby_takes_over(cluster):
         wait_for(lambda: holder() == "replica-a", what="replica-a leads")
         with cluster.operator("replica-b", resync_seconds=1, env={**lease, "HOSTNAME": "replica-b"}) as b:
             job = cluster.start_run("ha")
-            time.sleep(3)  # three resyncs of the leader
+            wait_for(lambda: a.reconciles() >= 3, what="three reconciles of the leader")
             assert holder() == "replica-a" and "reconciled default/ha" in a.log()
             assert "reconciled" not in b.log()  # the standby does nothing
             os.killpg(a.proc.pid, signal.SIGKILL)  # the leader's node is lost
             cluster.set_job(job, "Succeeded")
             wait_for(lambda: holder() == "replica-b", timeout=30, what="replica-b takes the Lease")
             wait_for(lambda: "ha-s2-1" in cluster.jobs(), timeout=30, what="the standby carries the run on")
-            time.sleep(2)
+            seen = b.reconciles()
+            wait_for(lambda: b.reconciles() >= seen + 2, what="two more reconciles of the new leader")
             assert sorted(j for j in cluster.jobs() if j.startswith("ha-")) == ["ha-s1-1", "ha-s2-1"]
             assert "reconciled default/ha" in b.log()
             assert_no_forbidden(b)

@@ -5,7 +5,6 @@ What it cannot show (a mock): CRD validation/defaulting by a real API server, ga
 """
 
 import os
-import time
 
 import pytest
 from kubernetes import client
@@ -39,6 +38,18 @@ def set_job(a, name, phase, backend="pytorchjob"):
 def add_master_pod(url, job, final_loss, backend="pytorchjob"):
     """What Kubeflow and the kubelet leave behind: the finished rank-0 pod with the trainer's message."""
     core(url).create_namespaced_pod(NS, result_pod(backend, job, "Succeeded", finished(job, final_loss)))
+
+
+def reconciles() -> float:
+    """Reconciles finished in this process (KopfRunner runs the operator here): waited on before asserting that
+    something did not happen, so a slow machine cannot pass the assertion before the operator looked."""
+    from vita_operator.metrics import REGISTRY
+    return REGISTRY.get_sample_value("vita_operator_reconcile_seconds_count") or 0.0
+
+
+def after_reconciles(n: int, what: str) -> None:
+    start = reconciles()
+    wait_for(lambda: reconciles() >= start + n, what=f"{n} reconciles ({what})")
 
 
 def run_status(a):
@@ -82,7 +93,7 @@ def test_stages_chain_retry_restart_and_delete(backend):
         # operator restart mid-run: no duplicate jobs, progress kept
         before = set(jobs(a, backend))
         with operator(mock.url) as runner:
-            time.sleep(3)
+            after_reconciles(3, "the resumed run, then 1 s resyncs")
             assert set(jobs(a, backend)) == before
             st = run_status(a)
             assert st["currentStage"] == "s2" and [s["phase"] for s in st["stages"]] == ["Succeeded", "Running",
@@ -119,12 +130,12 @@ def test_reconciles_read_a_runs_jobs_from_kopfs_index_not_a_list_each():
             wait_for(lambda: "r1-s1-1" in jobs(a), what="first job")
             set_job(a, "r1-s1-1", "Running")
             wait_for(lambda: run_status(a).get("phase") == "Running", what="Running")
-            time.sleep(1.5)  # the job's events have been indexed
+            after_reconciles(2, "the job's events indexed")
             lists = mock.kmock.selected_lists[("pytorchjobs", "vita.training.dev/run=r1")]
             for phase in ("Pending", "Running", "Pending", "Running"):  # four job events, each a reconcile
                 set_job(a, "r1-s1-1", phase)
-                time.sleep(0.5)
-            time.sleep(2)  # and two resync passes
+                after_reconciles(1, f"job {phase}")
+            after_reconciles(2, "two resync passes")
             assert mock.kmock.selected_lists[("pytorchjobs", "vita.training.dev/run=r1")] == lists
             set_job(a, "r1-s1-1", "Failed")  # still acts on what the index holds: the retry
             wait_for(lambda: "r1-s1-2" in jobs(a), what="retry job")
@@ -146,7 +157,7 @@ def test_the_operator_asks_the_api_server_only_for_what_it_owns():
             wait_for(lambda: all(lists[(p, owned)] for p in ("pytorchjobs", "trainjobs")),  # (no batch Jobs here)
                      what="kopf's selected job watches")
             everything = {p: lists[(p, "")] for p in ("pytorchjobs", "trainjobs", "vitatrainingruns")}
-            time.sleep(3)  # three 1 s resync passes (this test's own polling LISTs every job: it stopped)
+            after_reconciles(3, "three 1 s resync passes")  # (this test's own polling LISTs every job: it stopped)
             for plural in ("pytorchjobs", "trainjobs"):
                 assert lists[(plural, "")] == everything[plural], dict(lists)
             assert lists[("vitatrainingruns", "")] == everything["vitatrainingruns"] <= 1  # kopf's initial list
