@@ -4,8 +4,9 @@ VITA-1.5 media settings (448 px tiles, up to 12 + thumbnail) and the real Qwen2.
 
 Two image pipelines, alternating in one run at 1 torch thread: the host-PIL path (the baseline: float tiles on
 the host, the reference's per-tile processing) and the device path (the host decodes to uint8; resize, tiling and
-normalisation run on the model's device). Prints both rates and their ratio, collate time per batch, what the
-device step costs on this CPU, DataLoader samples/s with 1 and 2 workers, and the share of each step of the path.
+normalisation run on the model's device). Prints the host CPU time per sample of each, what the device step
+costs per sample on this CPU and the device path's end-to-end time on a CPU (host + device step), collate time per
+batch, DataLoader samples/s with 1 and 2 workers, and the share of each step of the path.
 
     .venv/bin/python bench/data_pipeline.py
 """
@@ -157,9 +158,16 @@ def main():
     print(f"JSON load + schema checks: {a.samples / parse_s:,.0f} samples/s (once, at dataset build)")
     for p in pipelines:
         print(f"{p} path: {rate[p]:.1f} samples/s; collate {collate_ms[p]:.1f} ms per batch of {a.batch}")
-    print(f"device pipeline: {rate['device'] / rate['host']:.2f}x the host-PIL baseline")
+    host_ms = {p: 1000 / rate[p] for p in pipelines}
+    step_per_sample = step_ms / a.batch
+    end_to_end = host_ms["device"] + step_per_sample
+    print(f"host CPU per sample: host-PIL path {host_ms['host']:.2f} ms, device path {host_ms['device']:.2f} ms "
+          f"({host_ms['host'] / host_ms['device']:.2f}x less host work)")
     print(f"device step on this CPU (resize + tile + normalise, 1 thread): {step_ms:.1f} ms per batch of {a.batch} "
-          f"({tiles} tiles in all)")
+          f"({tiles} tiles in all), {step_per_sample:.2f} ms per sample")
+    print(f"device path end to end on this CPU (host + device step): {end_to_end:.2f} ms per sample, "
+          f"{host_ms['host'] / end_to_end:.2f}x the host-PIL path's speed (on a GPU the step is timed by "
+          f"bench/gpu_check.sh)")
     for w, r in workers.items():
         print(f"device pipeline, DataLoader with {w} worker(s): {r:.1f} samples/s ({r / w:.1f} per worker)")
     for p in pipelines:

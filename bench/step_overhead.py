@@ -57,7 +57,7 @@ def main():
                 times[m].append(time.perf_counter() - start)
     t_ours, t_bare = statistics.median(times[ours]), statistics.median(times[bare])
     print(f"LLM {n_lm / 1e6:.1f}M params (whole VITA {n_all / 1e6:.1f}M), batch {a.batch} x {a.seq} tokens, CPU")
-    print(f"bare HF causal LM step: {t_bare * 1000:.0f} ms   ours: {t_ours * 1000:.0f} ms   "
+    print(f"bare HF causal LM step: {t_bare * 1000:.1f} ms   ours: {t_ours * 1000:.1f} ms   "
           f"overhead {100 * (t_ours / t_bare - 1):.1f}% (ratio {t_ours / t_bare:.3f}; goal <= 10%)")
 
 

@@ -1,6 +1,7 @@
 """The benchmark scripts run and their checks hold (small sizes; the figures themselves are not asserted)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,22 +43,37 @@ def test_gpu_check_peak_by_card_model():
     assert peak_for("NVIDIA H200 NVL") == 835.0 and peak_for("Tesla T4") is None
 
 
-def test_token_efficiency_packing_goal():
+def test_token_efficiency_compares_against_length_grouped_batches():
     out = run("bench/token_efficiency.py", "--samples", "2000")
-    packing = next(line for line in out.splitlines() if line.startswith("packing (random batches)"))
-    assert float(packing.split("non-pad fraction ")[1].split()[0]) >= 0.95
+    rows = {m.group(1).strip(): (float(m.group(2)), float(m.group(3)))
+            for m in re.finditer(r"^(.+?)\s+non-pad fraction ([\d.]+)\s+\(([\d.]+)x length-grouped\)", out, re.M)}
+    assert set(rows) == {"padding (random batches)", "length-grouped sampler", "packing (random batches)",
+                         "packing + length-grouped"}
+    grouped = rows["length-grouped sampler"][0]
+    for eff, ratio in rows.values():
+        assert 0 < eff <= 1 and ratio == pytest.approx(eff / grouped, abs=2e-3)
+    assert grouped > rows["padding (random batches)"][0]  # grouping similar lengths pads less than random
 
 
-def test_step_overhead_runs():
-    assert "overhead" in run("bench/step_overhead.py", "--steps", "2", "--batch", "2", "--seq", "64",
-                             "--hidden", "64", "--layers", "1")
+def test_step_overhead_reports_what_it_measured():
+    out = run("bench/step_overhead.py", "--steps", "2", "--batch", "2", "--seq", "64", "--hidden", "64",
+              "--layers", "1")
+    m = re.search(r"bare HF causal LM step: ([\d.]+) ms\s+ours: ([\d.]+) ms\s+overhead ([-\d.]+)% \(ratio ([\d.]+)", out)
+    bare, ours, overhead, ratio = map(float, m.groups())
+    assert bare > 0 and ours > 0
+    assert ratio == pytest.approx(ours / bare, rel=0.05)  # (the ms are rounded to 0.1)
+    assert overhead == pytest.approx(100 * (ratio - 1), abs=0.2)
 
 
 def test_data_pipeline_runs():
     out = run("bench/data_pipeline.py", "--samples", "16", "--batch", "4", "--rounds", "1")
     assert "2 worker(s)" in out and "template + tokens + labels" in out and "image decode (uint8)" in out
-    ratio = next(line for line in out.splitlines() if line.startswith("device pipeline: "))
-    assert ratio.endswith("x the host-PIL baseline") and float(ratio.split()[2].rstrip("x")) > 0
+    # the end-to-end figure is the device path's host time plus its device step, per sample
+    host = re.search(r"host-PIL path ([\d.]+) ms, device path ([\d.]+) ms", out)
+    step = float(re.search(r"([\d.]+) ms per sample\n", out).group(1))
+    end = re.search(r"host \+ device step\): ([\d.]+) ms per sample, ([\d.]+)x the host-PIL", out)
+    assert float(end.group(1)) == pytest.approx(float(host.group(2)) + step, abs=0.02)
+    assert float(end.group(2)) == pytest.approx(float(host.group(1)) / float(end.group(1)), rel=0.02)
 
 
 def test_data_check_bench_runs():
