@@ -58,7 +58,8 @@ def test_token_efficiency_compares_against_length_grouped_batches():
 def test_step_overhead_reports_what_it_measured():
     out = run("bench/step_overhead.py", "--steps", "2", "--batch", "2", "--seq", "64", "--hidden", "64",
               "--layers", "1")
-    m = re.search(r"bare HF causal LM step: ([\d.]+) ms\s+ours: ([\d.]+) ms\s+overhead ([-\d.]+)% \(ratio ([\d.]+)", out)
+    m = re.search(r"bare HF causal LM step: ([\d.]+) ms\s+ours: ([\d.]+) ms\s+"
+                  r"overhead ([-\d.]+)% \(ratio ([\d.]+)", out)
     bare, ours, overhead, ratio = map(float, m.groups())
     assert bare > 0 and ours > 0
     assert ratio == pytest.approx(ours / bare, rel=0.05)  # (the ms are rounded to 0.1)
@@ -77,7 +78,7 @@ def test_data_pipeline_runs():
 
 
 def test_data_check_bench_runs():
-    out = run("bench/data_check.py", "--samples", "300")
+    out = run("bench/data_check.py", "--samples", "300", "--images", "30")
     assert "0 problems" in out
 
 

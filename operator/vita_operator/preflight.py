@@ -34,7 +34,8 @@ def preflight_args(spec: VitaTrainingRunSpec) -> list[str]:
             else resolve_path(r.data, spec.model.tokenizer), "--report", report_path(spec)]
     for i, stage in enumerate(spec.stages):
         args += ["--stage", f"{stage.name}={stage.dataset_use}:{stage_max_length(spec, i)}"]
-    return args + ["--output", resolve_path(r.checkpoints, spec.output)]
+    args += ["--output", resolve_path(r.checkpoints, spec.output)]
+    return args + ["--decode"] if spec.preflight.decode else args
 
 
 def preflight_job(run_name: str, namespace: str, spec: VitaTrainingRunSpec, attempt: int) -> dict[str, Any]:

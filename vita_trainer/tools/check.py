@@ -1,7 +1,9 @@
 """`vita-data check`: every problem in a data set, per sample, before any GPU hour is spent.
 
-Reads media headers only (Pillow's verify, soundfile's info), so it is fast; the token side uses the same
-`SampleProcessor.layout` as training, so "truncated" and "fully masked" mean exactly what training would hit.
+By default it reads media headers only (Pillow's verify, soundfile's info, container metadata), so it is fast;
+`--decode` decodes every image, clip and chosen video frame in full, which also finds a truncated JPEG, a cut WAV
+or an MP4 whose frames do not decode. The token side uses the same `SampleProcessor.layout` as training, so
+"truncated" and "fully masked" mean exactly what training would hit.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ def _problem(e: DataError, file: str, sample_id: str) -> Problem:
     return Problem(e.file or file, e.sample_id or sample_id, e.field or "", e.reason, e.detail, e.hint or "")
 
 
-def check_sample(proc, raw, file: str, index: int) -> list[Problem]:
+def check_sample(proc, raw, file: str, index: int, decode: bool = False) -> list[Problem]:
     sid = str(raw.get("id", f"#{index}")) if isinstance(raw, dict) else f"#{index}"
     try:
-        inspect_sample(proc, raw, file, index)
+        inspect_sample(proc, raw, file, index, decode=decode)
     except DataError as e:
         return [_problem(e, file, sid)]
     return []

@@ -17,10 +17,14 @@ from vita_api.termination import EXIT_PROBLEMS_FOUND, EXIT_VITA_ERROR
 from .context import ToolOptions, build_processor, chat_files, init_worker, worker_processor
 
 
-def _check_chunk(chunk):
+def _check_chunk(chunk, decode: bool = False):
     from .check import check_sample
     proc = worker_processor()
-    return [p for file, index, raw in chunk for p in check_sample(proc, raw, file, index)]
+    return [p for file, index, raw in chunk for p in check_sample(proc, raw, file, index, decode)]
+
+
+def _decode_chunk(chunk):
+    return _check_chunk(chunk, decode=True)
 
 
 def _chunks(items, size):
@@ -47,18 +51,20 @@ def parallel_map(fn, items, opts: ToolOptions, workers: int, desc: str, chunk: i
 
 
 def check_items(opts: ToolOptions, dataset_use: str | None, chats: list[str] | None, workers: int,
-                desc: str = "check") -> tuple[list, list]:
-    """(file, index, raw) of every sample, and every problem: file-level ones, then each sample's."""
+                desc: str = "check", decode: bool = False) -> tuple[list, list]:
+    """(file, index, raw) of every sample, and every problem: file-level ones, then each sample's. `decode`
+    decodes every media file in full (slow; finds truncated and cut files the headers do not show)."""
     from .check import load_chat_files
     items, problems = load_chat_files(chat_files(opts, dataset_use, chats))
-    for res in parallel_map(_check_chunk, items, opts, workers, desc):
+    for res in parallel_map(_decode_chunk if decode else _check_chunk, items, opts, workers, desc):
         problems.extend(res)
     return items, problems
 
 
 def cmd_check(a, opts: ToolOptions) -> int:
     from .check import Problem, summarise, write_clean
-    items, problems = check_items(opts, a.dataset_use, a.chat, a.workers)
+    items, problems = check_items(opts, a.dataset_use, a.chat, a.workers, "decode" if a.decode else "check",
+                                  decode=a.decode)
     report = summarise(problems, len(items))
     if a.write_clean:
         report["clean_files"] = write_clean(items, problems, Path(a.write_clean))
@@ -146,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check", help="validate samples and media; exit 1 when problems exist")
     common(c)
     c.add_argument("--write-clean", dest="write_clean", help="folder for cleaned JSON files without bad samples")
+    c.add_argument("--decode", action="store_true",
+                   help="decode every image, audio clip and chosen video frame in full (slower; also finds truncated "
+                        "JPEGs, cut WAVs and MP4s that do not decode, which header checks pass)")
     c.add_argument("--limit", type=int, default=50, help="problems to print (all with --json)")
     s = sub.add_parser("stats", help="counts and histograms (PNG + JSON)")
     common(s)

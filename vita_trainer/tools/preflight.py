@@ -24,10 +24,10 @@ from .context import ToolOptions
 FIRST_PROBLEMS = 20
 
 
-def check_stage(opts: ToolOptions, dataset_use: str, workers: int) -> dict:
+def check_stage(opts: ToolOptions, dataset_use: str, workers: int, decode: bool = False) -> dict:
     from .check import summarise
     from .data_cli import check_items
-    items, problems = check_items(opts, dataset_use, None, workers, f"preflight {dataset_use}")
+    items, problems = check_items(opts, dataset_use, None, workers, f"preflight {dataset_use}", decode=decode)
     return summarise(problems, len(items))
 
 
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage", action="append", required=True, metavar="NAME=DATASET_USE:MAX_LENGTH")
     p.add_argument("--report", required=True, help="where the full JSON report goes (the checkpoint volume)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--decode", action="store_true", help="decode every media file in full (spec.preflight.decode)")
     p.add_argument("--output", help="the run's output folder on the checkpoint volume: must be writable by this "
                                     "user, as the trainer will be")
     a = p.parse_args(argv)
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset_use, _, max_length = rest.rpartition(":")
             opts = ToolOptions(registry=a.registry, tokenizer=a.tokenizer, model_max_length=int(max_length))
             stages[name] = {"dataset_use": dataset_use, "model_max_length": int(max_length),
-                            **check_stage(opts, dataset_use, a.workers)}
+                            **check_stage(opts, dataset_use, a.workers, a.decode)}
         report = Path(a.report)
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps({"stages": stages}, indent=1, ensure_ascii=False))
