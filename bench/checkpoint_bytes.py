@@ -2,9 +2,9 @@
 
 Measured: the same 2-process ZeRO-3 run of the tiny demo model, once as it runs (checkpoints hold what trains:
 mm_projector.bin plus DeepSpeed's optimizer and scheduler state) and once with --save_full_model (every
-checkpoint also holds the gathered 16-bit model and DeepSpeed's frozen-weight partitions, which is what each
-checkpoint held before). Computed, from the VITA-1.5 7B layout built on the meta device: the 16-bit model a full
-checkpoint gathers against the projector's 16-bit weights and its fp32 Adam state (master, m, v).
+checkpoint also holds the gathered 16-bit model and DeepSpeed's frozen-weight partitions). Computed, from the
+VITA-1.5 7B layout built on the meta device: the 16-bit model a full checkpoint gathers against the projector's
+16-bit weights and its fp32 Adam state (master, m, v).
 
     .venv/bin/python bench/checkpoint_bytes.py
 """

@@ -1,8 +1,8 @@
 """Benchmark: counting the frames of 1,000 short generated MP4s for their token lengths (what `vita-data check`
 and `--max_tokens_per_batch` need before step 1), and loading their frames.
 
-Baselines, measured in the same run: counting by decoding every frame (what a plain PyAV loop does, and this
-project did before it read container metadata), and loading by two passes (a count, then the chosen frames).
+Baselines, measured in the same run: counting by decoding every frame (what a plain PyAV loop does), and
+loading by two passes (a count, then the chosen frames).
 
     .venv/bin/python bench/video_lengths.py [--videos 1000]
 """

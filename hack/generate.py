@@ -45,6 +45,12 @@ def _benchmarks() -> str:
         header, _, output = result.read_text().partition("\n\n")
         facts = "\n".join(f"- {line}" for line in header.splitlines())
         parts.append(f"## {result.stem}\n\n{described}\n\n{facts}\n\n```\n{output.rstrip()}\n```\n")
+    recorded = {r.stem for r in (REPO / "bench" / "results").glob("*.txt")}
+    pending = sorted(p.stem for p in (REPO / "bench").glob("*.py")
+                     if p.stem not in recorded | {"record", "gpu_check", "stress_exit"})
+    if pending:
+        parts.append("## Not recorded yet\n\n" + ", ".join(f"`bench/{n}.py`" for n in pending) + ": no recorded "
+                     "output in `bench/results/` (run `.venv/bin/python bench/record.py NAME`); no figures.\n")
     parts.append("## gpu_check\n\n`bash bench/gpu_check.sh` (step time, tokens/s, MFU and the device image step on "
                  "one H100/H200) has not been run on a GPU yet: no figures.\n")
     return "\n".join(parts)

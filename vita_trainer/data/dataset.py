@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -68,6 +69,24 @@ class LazySupervisedDataset(Dataset):
         if not self.entries:
             raise DataError(f"--dataset_use {dataset_use!r} yields no usable samples")
 
+    def hold_out(self, fraction: float, seed: int) -> "LazySupervisedDataset":
+        """Move a seeded `fraction` of the samples into a new dataset (validation); this one keeps the rest, so no
+        sample is in both. The same seed and data give the same split on every rank and every resume."""
+        n = len(self.entries)
+        k = round(n * fraction)
+        if not 1 <= k < n:
+            raise DataError(f"--eval_holdout {fraction} of {n} samples leaves {k} for validation and {n - k} for "
+                            f"training; both need at least one")
+        picked = set(random.Random(seed).sample(range(n), k))
+        held = copy.copy(self)
+        held.entries = [e for i, e in enumerate(self.entries) if i in picked]
+        held.cache = {} if self.cache is not None else None
+        held.skipped = Counter()
+        self.entries = [e for i, e in enumerate(self.entries) if i not in picked]
+        if self.cache is not None:
+            self.cache.clear()
+        return held
+
     def _skip_or_raise(self, err: DataError):
         if not self.skip_bad_samples:
             raise err
@@ -115,6 +134,7 @@ class LazySupervisedDataset(Dataset):
             try:
                 out = self.processor(s, file)
                 out["skipped_reasons"] = reasons
+                out["modality"] = "+".join(s.media) or "text"
                 return out
             except DataError as e:
                 self._skip_or_raise(e)

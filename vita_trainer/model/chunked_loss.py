@@ -36,3 +36,23 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: tor
     if num_items_in_batch is None:
         return total / max(targets.numel(), 1)
     return total / num_items_in_batch
+
+
+@torch.no_grad()
+def chunked_row_losses(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor,
+                       chunk_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Evaluation: per row, the summed next-token loss and the number of labelled positions, with the same one
+    lm_head call per chunk as training (so ZeRO-3 ranks make the same calls) and never the full logits."""
+    chunk_tokens = chunk_tokens or CHUNK_TOKENS
+    rows = torch.arange(labels.shape[0], device=hidden.device)[:, None].expand(-1, labels.shape[1] - 1).reshape(-1)
+    hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    targets = labels[:, 1:].reshape(-1).to(hidden.device)
+    keep = targets != IGNORE_INDEX
+    hidden, targets, rows = hidden[keep], targets[keep], rows[keep]
+    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device)
+    for start in range(0, targets.numel(), chunk_tokens):
+        piece = slice(start, start + chunk_tokens)
+        losses = nn.functional.cross_entropy(lm_head(hidden[piece]).float(), targets[piece], reduction="none")
+        sums.index_add_(0, rows[piece], losses)
+    counts = torch.bincount(rows, minlength=labels.shape[0]).to(torch.float32)
+    return sums, counts

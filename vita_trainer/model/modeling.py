@@ -151,23 +151,30 @@ class VitaForCausalLM(PreTrainedModel):
                 kwargs.pop(key, None)
         if attention_mask is None and position_ids is not None:
             kwargs["use_cache"] = False  # packed rows: transformers derives the per-sample mask without a cache
-        if labels is not None and self.training and self.chunked_loss:
+        if labels is not None and self.chunked_loss:
             return self._chunked_loss_forward(embeds, attention_mask, labels, position_ids, **kwargs)
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
                                    position_ids=position_ids, **kwargs)
 
     def _chunked_loss_forward(self, embeds, attention_mask, labels, position_ids, num_items_in_batch=None,
                               **kwargs):
-        """Training with labels: the decoder's hidden states, then the loss in chunks (model/chunked_loss.py);
-        no logits are returned."""
+        """With labels: the decoder's hidden states, then the loss in chunks (model/chunked_loss.py); no logits
+        are returned. In evaluation (eval mode, no grad) also each row's summed loss and labelled-token count
+        (`row_loss_sums`, `row_label_counts`): the trainer reports the validation loss per modality from them."""
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
-        from .chunked_loss import chunked_causal_lm_loss
+        from .chunked_loss import chunked_causal_lm_loss, chunked_row_losses
         kwargs["use_cache"] = False
         hidden = self.language_model.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
                                                    position_ids=position_ids, **kwargs).last_hidden_state
-        loss = chunked_causal_lm_loss(hidden, self.language_model.get_output_embeddings(), labels, num_items_in_batch)
-        return CausalLMOutputWithPast(loss=loss, logits=None)
+        head = self.language_model.get_output_embeddings()
+        if not self.training and not torch.is_grad_enabled():
+            sums, counts = chunked_row_losses(hidden, head, labels)
+            out = CausalLMOutputWithPast(loss=sums.sum() / counts.sum().clamp(min=1), logits=None)
+            out["row_loss_sums"], out["row_label_counts"] = sums, counts
+            return out
+        return CausalLMOutputWithPast(loss=chunked_causal_lm_loss(hidden, head, labels, num_items_in_batch),
+                                      logits=None)
 
     @classmethod
     def empty(cls, config: VitaConfig) -> "VitaForCausalLM":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,6 +19,8 @@ from vita_api.constants import (DEEPSPEED_PRESETS, IMAGE_ASPECT_RATIOS, MAX_AUDI
 from vita_api.errors import ConfigError, NodeError
 from vita_api.plan import GPUS_ENV
 from vita_api.presets import StagePreset, as_bool, get_preset
+
+log = logging.getLogger("vita_trainer")
 
 
 @dataclass
@@ -96,6 +99,12 @@ class DataArguments:
         "help": "System prompt for text-only and audio-only samples"})
     min_audio_seconds: float = MIN_AUDIO_SECONDS
     max_audio_seconds: float = MAX_AUDIO_SECONDS
+    eval_dataset_use: str | None = field(default=None, metadata={
+        "help": "Validation data: a dataset or mixture key of the registry (evaluated with --eval_strategy, and "
+                "once when the stage ends)"})
+    eval_holdout: float = field(default=0.0, metadata={
+        "help": "Validation data held out of --dataset_use: this fraction of its samples, chosen with --seed, "
+                "never trained on (instead of --eval_dataset_use)"})
 
 
 @dataclass
@@ -153,7 +162,12 @@ def resolve_deepspeed(value: str | dict | None) -> str | dict | None:
 # write to network storage; every other rank waits for it in a collective meanwhile.
 DDP_TIMEOUT_SECONDS = 7200
 # Every run: our collator needs fields that forward() does not take (HF would strip them); no tracker unless asked.
-RUN_DEFAULTS = {"remove_unused_columns": False, "report_to": "none"}
+# Evaluation computes the loss only (chunked, as in training): never the batch's logits.
+RUN_DEFAULTS = {"remove_unused_columns": False, "report_to": "none", "prediction_loss_only": True}
+
+# Flags of the guide's command that transformers 5 renamed: accepted with their meaning, and a notice.
+RENAMED_FLAGS = {"--evaluation_strategy": "--eval_strategy",
+                 "--warmup_ratio": "--warmup_steps"}  # a float below 1 is a fraction of the total steps
 
 
 def recipe_defaults(*, cuda: bool, bf16: bool, ampere: bool) -> dict[str, Any]:
@@ -197,8 +211,32 @@ def require_gpus_if_expected() -> None:
                         f"{torch.version.cuda}) and the device plugin; refusing to train on CPU")
 
 
+def renamed(argv: list[str]) -> list[str]:
+    """The guide's old flag names under their transformers 5 names (`--flag value` and `--flag=value`)."""
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name in RENAMED_FLAGS:
+            log.warning("%s is %s in transformers 5: read as %s", name, RENAMED_FLAGS[name], RENAMED_FLAGS[name])
+            arg = RENAMED_FLAGS[name] + eq + value
+        out.append(arg)
+    return out
+
+
+def check_evaluation(data_args: DataArguments, args: VitaTrainingArguments) -> None:
+    if data_args.eval_dataset_use and data_args.eval_holdout:
+        raise ConfigError("--eval_dataset_use and --eval_holdout both name validation data; give one")
+    if not 0 <= data_args.eval_holdout < 1:
+        raise ConfigError(f"--eval_holdout {data_args.eval_holdout} must be a fraction in [0, 1)")
+    if args.eval_strategy != "no" and not (data_args.eval_dataset_use or data_args.eval_holdout):
+        raise ConfigError(f"--eval_strategy {args.eval_strategy.value} needs validation data: --eval_dataset_use "
+                          f"KEY (a dataset or mixture of the registry) or --eval_holdout FRACTION (held out of "
+                          f"--dataset_use)")
+
+
 def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, VitaTrainingArguments, StagePreset]:
     """The three argument groups and the stage preset they were defaulted from."""
+    argv = renamed(argv)
     stage, _ = _STAGE_ONLY.parse_known_args(argv)
     preset = get_preset(stage.stage)
     require_gpus_if_expected()
@@ -206,6 +244,7 @@ def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, VitaTrainingA
     parser = build_parser(preset, cuda=cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
                           ampere=cuda and torch.cuda.get_device_capability()[0] >= 8)
     model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    check_evaluation(data_args, train_args)
     return model_args, data_args, train_args, preset
 
 

@@ -55,6 +55,8 @@ class DataSetup:
     collator: Any
     processor: Any           # SampleProcessor
     cmvn_path: Path          # the audio stats the stage used (copied next to full weights)
+    eval_dataset: Any = None     # validation: --eval_dataset_use, or --eval_holdout of the training data
+    eval_collator: Any = None    # validation batches are never packed (one sample per row: one modality)
 
 
 def setup_model(model_args: ModelArguments, args: VitaTrainingArguments, preset: StagePreset) -> ModelSetup:
@@ -129,10 +131,19 @@ def setup_data(setup: ModelSetup, registry: Any, model_args: ModelArguments, dat
     dataset = LazySupervisedDataset(registry, data_args.dataset_use, processor,
                                     skip_bad_samples=data_args.skip_bad_samples, seed=args.seed,
                                     cache=data_args.cache_processed_samples)
+    eval_dataset = None
+    if data_args.eval_holdout:
+        eval_dataset = dataset.hold_out(data_args.eval_holdout, args.seed)
+    elif data_args.eval_dataset_use:
+        eval_dataset = LazySupervisedDataset(registry, data_args.eval_dataset_use, processor,
+                                             skip_bad_samples=data_args.skip_bad_samples, seed=args.seed)
+    if eval_dataset is not None:
+        log.info("validation: %d samples (%s), training: %d", len(eval_dataset),
+                 data_args.eval_dataset_use or f"{data_args.eval_holdout:g} held out", len(dataset))
     pad = setup.tokenizer.pad_token_id
-    collator = (PackedCollator(pad, args.model_max_length) if data_args.pack_sequences
-                else MultimodalCollator(pad, ctc=preset.objective == "ctc"))
-    return DataSetup(dataset, collator, processor, cmvn_path)
+    unpacked = MultimodalCollator(pad, ctc=preset.objective == "ctc")
+    collator = PackedCollator(pad, args.model_max_length) if data_args.pack_sequences else unpacked
+    return DataSetup(dataset, collator, processor, cmvn_path, eval_dataset, unpacked)
 
 
 # The flag that sets each module group's learning rate: --{group}_lr, except the projector's, whose reference name
@@ -165,6 +176,7 @@ def build_trainer(setup: ModelSetup, data: DataSetup, data_args: DataArguments, 
     module_lr = module_learning_rates(preset, args)
     budget = data_args.max_tokens_per_batch
     return VitaTrainer(model=setup.model, args=args, train_dataset=data.dataset, data_collator=data.collator,
+                       eval_dataset=data.eval_dataset, eval_collator=data.eval_collator,
                        processing_class=setup.tokenizer, callbacks=[metrics, FaultInjection()],
                        metrics_callback=metrics, module_lr=module_lr,
                        partial_groups=None if saves_full_weights(setup.groups, args.save_full_model,
@@ -245,13 +257,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except torch.OutOfMemoryError as e:
         raise OutOfMemory(trainer.state.global_step, args.per_device_train_batch_size,
                           args.gradient_accumulation_steps, str(e)) from e
+    # The stage's final validation (every rank: under ZeRO-3 each holds a shard of the weights).
+    final_eval = trainer.evaluate() if data.eval_dataset is not None else {}
     full, outputs = save_outputs(trainer, setup, data, model_args, args)
     losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    eval_losses = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
     summary = {"stage": stage_name, "preset": preset.name, "trainable": sorted(setup.counts), "full_model": full,
                "outputs": outputs, "global_step": trainer.state.global_step, "train_loss": result.training_loss,
                "tokens_seen": trainer.state.num_input_tokens_seen,
                "final_loss": losses[-1][1] if losses else None, "first_loss": losses[0][1] if losses else None,
                "losses": losses, "skipped_samples": dict(data.dataset.skipped),
+               "eval_loss": final_eval.get("eval_loss"), "eval_losses": eval_losses,
+               "eval_loss_by_modality": {k.removeprefix("eval_loss_"): v for k, v in final_eval.items()
+                                         if k.startswith("eval_loss_")},
                "seconds": round(time.time() - start, 1), "audio_warnings": vars(data.processor.warnings)}
     write_summary(summary, args)
     if torch.distributed.is_initialized():

@@ -34,6 +34,8 @@ class TrainerMetrics:
         self.checkpoint_seconds = Histogram("vita_train_checkpoint_seconds", "Seconds to write a checkpoint", L,
                                             registry=r, buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800))
         self.gpu_memory = Gauge("vita_train_gpu_memory_bytes", "Peak GPU memory allocated on rank 0", L, registry=r)
+        self.eval_loss = Gauge("vita_train_eval_loss", "Validation loss at the last evaluation: all samples "
+                               "(modality=\"all\") and per modality", ["stage", "modality"], registry=r)
 
     def names(self) -> set[str]:
         """Every sample name the exporter can expose (counters add _total, histograms _bucket/_sum/_count)."""
@@ -98,6 +100,13 @@ class MetricsCallback(TrainerCallback):
                            ("grad_norm", self.m.grad_norm)):
             if key in logs:
                 gauge.labels(s).set(float(logs[key]))
+        for key, value in logs.items():
+            if key == "eval_loss" or key.startswith("eval_loss_"):
+                self.m.eval_loss.labels(s, key.removeprefix("eval_loss").lstrip("_") or "all").set(float(value))
+        if "eval_loss" in logs:
+            log.info("[%s] step %d/%d eval_loss %.4f%s", s, state.global_step, state.max_steps, logs["eval_loss"],
+                     "".join(f" {k.removeprefix('eval_')} {v:.4f}" for k, v in logs.items()
+                             if k.startswith("eval_loss_")))
         self.m.tokens.labels(s).inc(tokens)
         self.m.samples.labels(s).inc(samples)
         for reason, n in skips.items():

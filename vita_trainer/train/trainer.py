@@ -3,6 +3,7 @@ a non-finite-loss guard."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from vita_api.errors import ConfigError, VitaError
 from vita_api.module_groups import group_of
+from ..data.sample import MEDIA_KINDS
 
 log = logging.getLogger("vita_trainer")
 STAGING = ".staging"
@@ -137,15 +139,24 @@ class CountingCollator:
     def __call__(self, samples: list[dict]) -> dict:
         batch = self.collate(samples)
         batch[BATCH_COUNTS] = {"tokens": sum(len(s["input_ids"]) for s in samples),
-                               "skipped": [r for s in samples for r in s.get("skipped_reasons", [])]}
+                               "skipped": [r for s in samples for r in s.get("skipped_reasons", [])],
+                               "modalities": [s.get("modality", "text") for s in samples]}
         return batch
+
+
+# Every modality a sample can have (its media kinds joined by "+", or "text"): a fixed list, so every rank
+# all-reduces the same vector of per-modality validation sums.
+EVAL_MODALITIES = ["text"] + ["+".join(c) for n in range(1, len(MEDIA_KINDS) + 1)
+                              for c in itertools.combinations(MEDIA_KINDS, n)]
 
 
 class VitaTrainer(Trainer):
     def __init__(self, *args, metrics_callback=None, module_lr: dict[str, float] | None = None,
                  partial_groups: frozenset[str] | None = None,
-                 modality_lengths=None, train_sampler=None, data_collator=None, **kwargs):
+                 modality_lengths=None, train_sampler=None, data_collator=None, eval_collator=None, **kwargs):
         super().__init__(*args, data_collator=CountingCollator(data_collator) if data_collator else None, **kwargs)
+        self.eval_collate = eval_collator
+        self._eval_sums: dict[str, list[float]] = {}
         self.metrics_callback = metrics_callback
         self.module_lr = module_lr or {}
         self.modality_lengths = modality_lengths
@@ -169,7 +180,7 @@ class VitaTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         _fault_oom(self.state.global_step, self.args.per_device_train_batch_size)
         counts = inputs.pop(BATCH_COUNTS, {"tokens": 0, "skipped": []})
-        if self.metrics_callback is not None:
+        if self.metrics_callback is not None and model.training:  # validation batches are not trained tokens
             self.metrics_callback.count_batch(int(counts["tokens"]), int(self._samples_in(inputs)), counts["skipped"])
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = result[0] if return_outputs else result
@@ -196,6 +207,46 @@ class VitaTrainer(Trainer):
         if pos is not None and inputs.get("attention_mask") is None:  # packed rows: count sequence starts
             return int((pos == 0).sum())
         return int(inputs["input_ids"].shape[0])
+
+    # --- evaluation -----------------------------------------------------------------------------
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Validation batches are never packed: each row is one sample, so its loss belongs to one modality."""
+        train_collate = self.data_collator
+        if isinstance(train_collate, CountingCollator) and self.eval_collate is not None:
+            self.data_collator = CountingCollator(self.eval_collate)
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collate
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The loss only (chunked, never the logits), and each row's summed loss added to its modality's total."""
+        modalities = inputs.pop(BATCH_COUNTS, {}).get("modalities")
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            out = model(**inputs)
+        sums, counts = out.get("row_loss_sums"), out.get("row_label_counts")
+        if sums is not None and modalities is not None:
+            for modality, row_sum, row_count in zip(modalities, sums.tolist(), counts.tolist()):
+                acc = self._eval_sums.setdefault(modality, [0.0, 0.0])
+                acc[0] += row_sum
+                acc[1] += row_count
+        return out.loss.detach(), None, None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """HF's loop (its `eval_loss`), plus `eval_loss_<modality>`: that modality's summed token loss over all
+        ranks divided by its labelled tokens."""
+        from .metrics import _all_reduce
+        self._eval_sums = {}
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        summed = _all_reduce([v for m in EVAL_MODALITIES for v in self._eval_sums.get(m, (0.0, 0.0))])
+        for i, modality in enumerate(EVAL_MODALITIES):
+            total, tokens = summed[2 * i], summed[2 * i + 1]
+            if tokens:
+                output.metrics[f"{metric_key_prefix}_loss_{modality.replace('+', '_')}"] = total / tokens
+        return output
 
     # --- optimiser ----------------------------------------------------------------------------
     def _offloads_optimizer(self) -> bool:
