@@ -152,7 +152,8 @@ def test_dashboard_uses_only_exported_metrics():
     used = set().union(*(promql_metric_names(e) for e in exprs))
     assert used and used <= known, sorted(used - known)
     titles = {p["title"] for p in dash["panels"]}
-    for need in ("Loss", "Learning rate", "Grad norm", "Tokens/s", "Samples/s", "GPU memory (rank 0 peak)",
+    for need in ("Loss (training and validation)", "Validation loss by modality", "Learning rate", "Grad norm",
+                 "Tokens/s", "Samples/s", "GPU memory (rank 0 peak)",
                  "Step progress", "ETA (seconds)", "Checkpoint duration p90", "Skipped samples (1h)",
                  "Runs by phase", "Stage transitions (1h)", "Job failures (1h)"):
         assert need in titles

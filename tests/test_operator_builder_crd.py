@@ -97,7 +97,7 @@ def test_crd_is_structural_and_documented():
     version = doc["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     cols = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert cols == ["Stage", "Phase", "Job", "Progress", "ETA", "Backend", "Message", "Age"]
+    assert cols == ["Stage", "Phase", "Job", "Progress", "ETA", "Backend", "Eval Loss", "Message", "Age"]
     spec = crd_schema(doc)["properties"]["spec"]
 
     def walk(node, path):

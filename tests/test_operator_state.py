@@ -155,11 +155,13 @@ def test_checkpoint_paths_are_recorded():
 
 
 def test_final_loss_is_recorded_when_the_stage_succeeds():
-    done = ObservedJob("run-s1-1", "s1", 1, "Succeeded", "", final_loss=0.125)
+    done = ObservedJob("run-s1-1", "s1", 1, "Succeeded", "", final_loss=0.125, final_eval_loss=0.25)
     d = decide("run", 1, spec(), status(rec("s1", "Running", 1)), [done], NOW)
     assert d.status["stages"][0]["finalLoss"] == 0.125 and "finalLoss" not in d.status["stages"][1]
+    assert d.status["stages"][0]["finalEvalLoss"] == 0.25
     d = decide("run", 1, spec(), status(rec("s1", "Running", 1)), [job("s1", 1, "Succeeded")], NOW)
     assert "finalLoss" not in d.status["stages"][0]  # not reported: left unset, not zero
+    assert "finalEvalLoss" not in d.status["stages"][0]
 
 
 def test_pods_that_cannot_start_are_reported_once_and_cleared_when_they_start():

@@ -26,15 +26,26 @@ def _finite(x: object) -> float | None:
 def termination_message(summary: dict[str, Any]) -> str:
     msg = {"stage": summary.get("stage"), "globalStep": summary.get("global_step"),
            "finalLoss": _finite(summary.get("final_loss"))}
+    if (eval_loss := _finite(summary.get("eval_loss"))) is not None:  # a stage with validation data
+        msg["evalLoss"] = eval_loss
     return json.dumps(msg, separators=(",", ":"))[:MAX_BYTES]
+
+
+def _number_in(message: str, key: str) -> float | None:
+    try:
+        return _finite(json.loads(message or "").get(key))
+    except (ValueError, AttributeError):
+        return None
 
 
 def final_loss_of(message: str) -> float | None:
     """The reader's side (the operator): finalLoss from a message, None if it is not ours (e.g. a log tail)."""
-    try:
-        return _finite(json.loads(message or "").get("finalLoss"))
-    except (ValueError, AttributeError):
-        return None
+    return _number_in(message, "finalLoss")
+
+
+def eval_loss_of(message: str) -> float | None:
+    """The stage's final validation loss from a message; None when it had no validation data."""
+    return _number_in(message, "evalLoss")
 
 
 # Exit codes, one convention for the trainer and every CLI (vita-train, vita-data, vita-model):

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from vita_api.naming import job_labels, job_name
 from vita_api.plan import GPUS_ENV, cluster_roots, nproc_per_node, stage_args, stage_output_dir, stage_resources
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
-from vita_api.termination import final_loss_of, oom_of, permanent_failure_of
+from vita_api.termination import eval_loss_of, final_loss_of, oom_of, permanent_failure_of
 
 KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # Set by the Kubeflow training operator on the pods it creates.
@@ -50,6 +50,8 @@ class JobBackend(Protocol):
     def out_of_memory(self, pod: dict[str, Any]) -> dict[str, Any] | None: ...
 
     def final_loss(self, pod: dict[str, Any]) -> float | None: ...
+
+    def final_eval_loss(self, pod: dict[str, Any]) -> float | None: ...
 
 
 def _secret_env(spec: VitaTrainingRunSpec) -> list[dict[str, Any]]:
@@ -218,6 +220,12 @@ def final_loss_in(pod: dict[str, Any], container: str) -> float | None:
     return final_loss_of(term.get("message", "")) if term.get("exitCode") == 0 else None
 
 
+def final_eval_loss_in(pod: dict[str, Any], container: str) -> float | None:
+    """The stage's final validation loss (evalLoss) from the same message, if it had validation data."""
+    term = trainer_container_state(pod, container)
+    return eval_loss_of(term.get("message", "")) if term.get("exitCode") == 0 else None
+
+
 class ResultPodReader:
     """What every backend reads from its rank-0 pod's trainer container (named by the backend's `container`)."""
     container: str
@@ -230,6 +238,9 @@ class ResultPodReader:
 
     def final_loss(self, pod: dict[str, Any]) -> float | None:
         return final_loss_in(pod, self.container)
+
+    def final_eval_loss(self, pod: dict[str, Any]) -> float | None:
+        return final_eval_loss_in(pod, self.container)
 
 
 class PyTorchJobBackend(ResultPodReader):

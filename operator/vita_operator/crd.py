@@ -91,6 +91,8 @@ def status_schema() -> dict[str, Any]:
         "checkpointPath": {"type": "string", "description": "Where the stage writes checkpoints and its output"},
         "finalLoss": {"type": "number", "description": "Last logged training loss, from the master pod's "
                                                         "termination message; unset when not reported"},
+        "finalEvalLoss": {"type": "number", "description": "Validation loss at the stage's end, from the same "
+                                                            "message; unset when the stage had no validation data"},
         "argOverrides": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
                          "description": "Stage args the operator changed for the attempts from now on (after "
                                         "running out of memory: the micro-batch and the accumulation)"},
@@ -132,6 +134,8 @@ def status_schema() -> dict[str, Any]:
                     "gpuHoursEstimate": {"type": "number", "description": "So far plus GPUs x eta"},
                     "updateTime": time, "lastStepTime": time,
                     "firstSeen": {"type": "object", "properties": {"step": {"type": "integer"}, "time": time}},
+                    "evalLoss": {"type": "number", "description": "Validation loss at the stage's latest "
+                                                                "evaluation (--eval_strategy)"},
                     "stale": {"type": "boolean", "description": "The endpoint did not answer at the last read"},
                     "staleReason": {"type": "string"}}}
     return {"type": "object", "description": "Observed state, written by the operator.", "properties": {
@@ -180,6 +184,8 @@ def crd() -> dict[str, Any]:
                                        {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta"},
                                        {"name": "Backend", "type": "string", "jsonPath": ".status.backend",
                                         "priority": 1},
+                                       {"name": "Eval Loss", "type": "number",
+                                        "jsonPath": ".status.progress.evalLoss", "priority": 1},
                                        {"name": "Message", "type": "string", "jsonPath": ".status.message",
                                         "priority": 1},
                                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}],

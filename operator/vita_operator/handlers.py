@@ -174,8 +174,11 @@ def observed_jobs(backend: JobBackend, namespace: str, run_name: str, recorded_d
 
 def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob) -> ObservedJob:
     if job.phase == "Succeeded":
-        losses = [backend.final_loss(p) for p in kube.pods(namespace, backend.result_pod_selector(job.name))]
-        return dataclasses.replace(job, final_loss=next((x for x in losses if x is not None), None))
+        pods = kube.pods(namespace, backend.result_pod_selector(job.name))
+        losses = [backend.final_loss(p) for p in pods]
+        evals = [backend.final_eval_loss(p) for p in pods]
+        return dataclasses.replace(job, final_loss=next((x for x in losses if x is not None), None),
+                                   final_eval_loss=next((x for x in evals if x is not None), None))
     if job.phase == "Failed":  # every pod: a worker's OOM or data error is as much the stage's as rank 0's
         pods = kube.pods(namespace, backend.pods_selector(job.name))
         errors = [backend.permanent_failure(p) for p in pods]

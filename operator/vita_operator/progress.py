@@ -2,7 +2,7 @@
 exposition, the ETA and GPU-hour arithmetic, and the hang rule; progress_loop.py fetches and writes.
 
 status.progress: {stage, job, step, totalSteps, percent, summary, samplesPerSecond, tokensPerSecond, eta, etaSeconds,
-gpuHoursSoFar, gpuHoursEstimate, updateTime, lastStepTime, firstSeen: {step, time}, stale}.
+gpuHoursSoFar, gpuHoursEstimate, evalLoss, updateTime, lastStepTime, firstSeen: {step, time}, stale}.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 # Trainer gauge (vita_trainer/train/metrics.py) -> progress field.
 GAUGES = {"vita_train_global_step": "step", "vita_train_max_steps": "totalSteps",
           "vita_train_samples_per_second": "samplesPerSecond", "vita_train_tokens_per_second": "tokensPerSecond"}
+# The validation loss over all samples (the trainer also labels one per modality).
+EVAL_LOSS = ("vita_train_eval_loss", "all")
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -31,8 +33,11 @@ def read_exposition(text: str, stage: str) -> dict[str, Any]:
     out = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            field = GAUGES.get(sample.name)
-            if field and sample.labels.get("stage") == stage:
+            if sample.labels.get("stage") != stage:
+                continue
+            if (sample.name, sample.labels.get("modality")) == EVAL_LOSS:
+                out["evalLoss"] = sample.value
+            elif field := GAUGES.get(sample.name):
                 out[field] = sample.value
     return out
 
@@ -72,6 +77,8 @@ def next_progress(previous: dict[str, Any] | None, gauges: dict[str, Any], *, st
            "samplesPerSecond": round(float(gauges.get("samplesPerSecond", 0.0)), 2),
            "tokensPerSecond": round(float(gauges.get("tokensPerSecond", 0.0)), 1),
            "updateTime": format_time(now), "lastStepTime": last_step_time, "firstSeen": first, "stale": False}
+    if "evalLoss" in gauges:
+        out["evalLoss"] = round(float(gauges["evalLoss"]), 4)
     eta = eta_seconds(step, total, int(first["step"]), parse_time(first["time"]), now)
     if eta is not None:
         out.update(etaSeconds=int(eta), eta=format_duration(eta))

@@ -55,6 +55,7 @@ class ObservedJob:
     oom: dict[str, Any] | None = None  # a failed job's out-of-memory report (termination.oom_of); None if not
     hung: str = ""      # why a running job counts as hung (progress.hang_reason); "" if it does not
     active_since: str | None = None  # creation or latest (re)admission (builder.active_since): hangs count from it
+    final_eval_loss: float | None = None  # the stage's last validation loss, from the master pod's same report
 
 
 @dataclass(frozen=True)
@@ -420,6 +421,8 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             rec.update(phase="Succeeded", completionTime=now, message=job.message)
             if job.final_loss is not None:
                 rec["finalLoss"] = job.final_loss
+            if job.final_eval_loss is not None:
+                rec["finalEvalLoss"] = job.final_eval_loss
             d.events.append(("Normal", "StageSucceeded", f"stage {stage.name} succeeded ({name})"))
             continue  # start the next stage in the same pass
         if job.phase == "Failed":

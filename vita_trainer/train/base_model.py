@@ -3,6 +3,7 @@ VITA-1.5 folder or a plain Hugging Face LLM."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from pathlib import Path
@@ -23,7 +24,7 @@ def prepared_base(model_dir: Path, model_args: ModelArguments, output_dir: Path,
     Rank 0 writes it (into a temporary folder, renamed when complete); the other ranks wait at a barrier.
     """
     from ..model.vita15 import MODEL_TYPE as VITA15_TYPE
-    from ..model.vita15 import import_vita15, read_json
+    from ..model.vita15 import read_json
     kind = read_json(model_dir / "config.json").get("model_type")
     if kind == "vita":
         for flag in ("vision_tower", "audio_encoder"):
@@ -40,17 +41,39 @@ def prepared_base(model_dir: Path, model_args: ModelArguments, output_dir: Path,
         if tmp.exists():
             shutil.rmtree(tmp)
         log.info("preparing the run's base model from %s in %s", model_dir, target)
-        if kind == VITA15_TYPE:
-            import_vita15(model_dir, tmp, model_args.vision_tower, model_args.audio_encoder,
-                          model_args.tokenizer_name_or_path)
-        else:
-            from ..data.tokenizer import load_tokenizer
-            from ..model.builder import write_composed
-            write_composed(tmp, str(model_dir), model_args.vision_tower,
-                           load_tokenizer(model_args.tokenizer_name_or_path or str(model_dir)),
-                           audio_encoder=model_args.audio_encoder,
-                           mm_projector_type=model_args.mm_projector_type or "mlp2x_gelu")
+        with _zero3_init_off():
+            _prepare(kind, model_dir, model_args, tmp)
         tmp.rename(target)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     return target
+
+
+@contextlib.contextmanager
+def _zero3_init_off():
+    """Rank 0 prepares the base alone while the other ranks wait. Under ZeRO-3, transformers would build every
+    model it loads with deepspeed.zero.Init, which partitions each parameter with a collective the waiting ranks
+    never join (the run hangs there): so the preparation loads plain, full-size weights."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = ref
+
+
+def _prepare(kind: str, model_dir: Path, model_args: ModelArguments, tmp: Path) -> None:
+    """A released VITA-1.5 folder imported, or an LLM composed with the tower folders, into `tmp`."""
+    from ..model.vita15 import MODEL_TYPE as VITA15_TYPE
+    from ..model.vita15 import import_vita15
+    if kind == VITA15_TYPE:
+        import_vita15(model_dir, tmp, model_args.vision_tower, model_args.audio_encoder,
+                      model_args.tokenizer_name_or_path)
+        return
+    from ..data.tokenizer import load_tokenizer
+    from ..model.builder import write_composed
+    write_composed(tmp, str(model_dir), model_args.vision_tower,
+                   load_tokenizer(model_args.tokenizer_name_or_path or str(model_dir)),
+                   audio_encoder=model_args.audio_encoder,
+                   mm_projector_type=model_args.mm_projector_type or "mlp2x_gelu")
