@@ -127,3 +127,26 @@ def test_the_operator_reads_the_validation_loss_into_status():
     message = termination_message({"stage": "sft", "global_step": 30, "final_loss": 0.5, "eval_loss": 1.25})
     assert final_loss_of(message) == 0.5 and eval_loss_of(message) == 1.25
     assert eval_loss_of(termination_message({"stage": "sft", "global_step": 3, "final_loss": 0.5})) is None
+
+
+def test_a_run_spec_stage_asks_for_validation_data(tmp_path):
+    import copy
+
+    import yaml
+
+    from vita_api.plan import PathRoots, stage_args
+    from vita_api.spec import VitaTrainingRun
+    from vita_trainer.demo.run import RUN_TINY
+    run = yaml.safe_load(RUN_TINY.read_text())
+    run["spec"]["stages"][-1]["evalHoldout"] = 0.05
+    run["spec"]["stages"][-1]["args"].update(eval_strategy="steps", eval_steps=200)
+    spec = VitaTrainingRun.model_validate(run).spec
+    argv = stage_args(spec, len(spec.stages) - 1, PathRoots("/data", "/ckpt"))
+    assert argv[argv.index("--eval_holdout") + 1] == "0.05" and "--eval_dataset_use" not in argv
+    _, data_args, args, _ = parse(argv)  # the trainer takes them as the plan wrote them
+    assert data_args.eval_holdout == 0.05 and args.eval_strategy == "steps"
+    other = copy.deepcopy(run)
+    other["spec"]["stages"][-1].pop("evalHoldout")
+    other["spec"]["stages"][-1]["evalDatasetUse"] = "demo_image"
+    argv = stage_args(VitaTrainingRun.model_validate(other).spec, len(spec.stages) - 1, PathRoots("/d", "/c"))
+    assert argv[argv.index("--eval_dataset_use") + 1] == "demo_image"

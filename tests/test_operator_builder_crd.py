@@ -217,6 +217,8 @@ CEL_BROKEN = [
     ("args set output_dir", lambda s: s["stages"][0]["args"].update(output_dir="/x"), "output_dir"),
     ("args set model_name_or_path", lambda s: s["stages"][1]["args"].update(model_name_or_path="m"),
      "model_name_or_path"),
+    ("two kinds of validation data", lambda s: s["stages"][1].update(evalDatasetUse="v", evalHoldout=0.1),
+     "give one"),
 ]
 
 

@@ -155,6 +155,10 @@ def stage_args(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> list[
             "--dataset_use", stage.dataset_use,
             "--output_dir", stage_output_dir(spec, index, roots),
             "--metrics_port", str(spec.trainer.metrics_port)]
+    if stage.eval_dataset_use:
+        args += ["--eval_dataset_use", stage.eval_dataset_use]
+    if stage.eval_holdout:
+        args += ["--eval_holdout", str(stage.eval_holdout)]
     if partial_files:
         args += ["--init_weights", *partial_files]
     if base == resolve_path(roots.data, spec.model.base):  # the base's towers and projector (the trainer checks them)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic.alias_generators import to_camel
 
 from .constants import DEEPSPEED_PRESETS
@@ -146,10 +146,18 @@ class StageSpec(_Spec):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, json_schema_extra={
         "x-kubernetes-validations": [
             {"rule": "!has(self.args) || !(" + " || ".join(f"has(self.args.{a})" for a in PLAN_DERIVED_ARGS) + ")",
-             "message": f"args may not set {' or '.join(PLAN_DERIVED_ARGS)}: the stage plan derives them"}]})
+             "message": f"args may not set {' or '.join(PLAN_DERIVED_ARGS)}: the stage plan derives them"},
+            {"rule": "!(has(self.evalDatasetUse) && has(self.evalHoldout))",
+             "message": "evalDatasetUse and evalHoldout both name validation data: give one"}]})
     name: str = Field(pattern=DNS_LABEL, max_length=30, description="Stage name, unique in the run (DNS label)")
     preset: str = Field(description="Stage preset name or alias, e.g. vision_align or 1.1")
     dataset_use: str = Field(description="Mixture or dataset key in the registry")
+    eval_dataset_use: str | None = Field(None, description="Validation data: a mixture or dataset key in the "
+                                         "registry (evaluated every args.eval_steps with args.eval_strategy, and "
+                                         "when the stage ends)")
+    eval_holdout: float | None = Field(None, gt=0, lt=1, description="Validation data held out of datasetUse: "
+                                       "this fraction of its samples, chosen with the stage's seed, never trained "
+                                       "on (instead of evalDatasetUse)")
     args: dict[str, ArgValue] = Field(default_factory=dict, max_length=MAX_STAGE_ARGS,
                                       description="Trainer flag overrides (HF TrainingArguments and VITA flags)")
     resources: ResourcesOverride | None = Field(None, description="For this stage, the fields of the run's "
@@ -159,6 +167,12 @@ class StageSpec(_Spec):
                                                   "retries from the last checkpoint with half the micro-batch and "
                                                   "twice the accumulation (same global batch and schedule), down to "
                                                   "micro-batch 1, without using retryLimit; fail stops the stage")
+
+    @model_validator(mode="after")
+    def _one_kind_of_validation_data(self) -> "StageSpec":
+        if self.eval_dataset_use and self.eval_holdout:
+            raise ValueError("evalDatasetUse and evalHoldout both name validation data: give one")
+        return self
 
 
 class TrainerSpec(_Spec):

@@ -37,7 +37,8 @@ def preflight(run: VitaTrainingRun, roots: PathRoots) -> list[str]:
         registry = load_registry(resolve_path(roots.data, spec.data.registry))
         for i, stage in enumerate(spec.stages):
             try:
-                for _, ds in registry.mixture(stage.dataset_use):
+                for _, ds in [d for key in (stage.dataset_use, stage.eval_dataset_use) if key
+                              for d in registry.mixture(key)]:
                     if not registry.resolve(ds.chat_path).is_file():
                         problems.append(f"stages[{i}] ({stage.name}): chat file {registry.resolve(ds.chat_path)} "
                                         f"missing")
