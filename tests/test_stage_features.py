@@ -1,5 +1,6 @@
 """LoRA train + merge, the audio-encoder CTC stage, the non-finite-loss guard and the local runner's preflight."""
 
+import io
 import json
 
 import pytest
@@ -126,13 +127,14 @@ def test_preflight_reports_every_problem_before_training(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_demo_as_the_readme_runs_it_learns_above_chance(tmp_path):
+def test_the_demo_as_the_readme_runs_it_learns_above_chance(tmp_path, capsys, monkeypatch):
     """`vita-train demo` (its main(), every stage through `vita-train local`) on the small data set with a fifth of
     the steps. Chance is 1/6 for a colour, 1/3 for a shape or a pitch, 1/4 for a count (the README's demo data):
     about 0.25 per modality over both questions; the trained model must do far better on held-out samples."""
     from vita_trainer.demo.run import main as demo_main
     out = tmp_path / "demo"
     assert demo_main(["--out", str(out), "--small", "--steps-scale", "0.2"]) == 0
+    capsys.readouterr()
     report = json.loads((out / "demo_summary.json").read_text())
     assert [s["preset"] for s in report["stages"]] == ["text_sft", "vision_align", "audio_align", "multimodal_sft"]
     assert all(s["final_loss"] < s["first_loss"] for s in report["stages"]), report["stages"]
@@ -143,6 +145,18 @@ def test_the_demo_as_the_readme_runs_it_learns_above_chance(tmp_path):
         for question, acc in accuracy.items():
             if question != "all":
                 assert acc > chance[question], (kind, question, accuracy)
+    # `vita-model chat` on the result: a held-out image's colour, one-shot, then two turns interactively
+    from vita_trainer.tools.model_cli import main as model_main
+    sample = json.loads((out / "chats" / "image_eval.json").read_text())[0]
+    answers = {t["value"]: r["value"] for t, r in zip(sample["conversations"][::2], sample["conversations"][1::2])}
+    colour, shape = answers["What color is the shape?"], answers["<image>\nWhat shape is it?"]
+    chat = ["chat", str(out / "runs" / "multimodal"), "--image", str(out / "images" / sample["image"]),
+            "--system", "You are VITA."]  # the demo's stages train with this system prompt
+    assert model_main([*chat, "--prompt", "What color is the shape?"]) == 0
+    assert capsys.readouterr().out.strip() == colour
+    monkeypatch.setattr("sys.stdin", io.StringIO("What shape is it?\nWhat color is the shape?\n/exit\n"))
+    assert model_main(chat) == 0
+    assert capsys.readouterr().out.split() == [shape, colour]
 
 
 @pytest.mark.parametrize("argv,kind", [

@@ -1,5 +1,5 @@
 """`vita-model`: convert a training checkpoint into an inference folder, import and export VITA-1.5's released
-layout, merge LoRA, inspect sizes and memory."""
+layout, merge LoRA, inspect sizes and memory, chat with a trained model."""
 
 from __future__ import annotations
 
@@ -98,6 +98,19 @@ def _print_inspect(r: dict) -> None:
           f"tokens per micro-batch (--max_tokens_per_batch)")
 
 
+def _chat(a) -> int:
+    from .chat import Conversation, answer, generation_kwargs, load_chat_model, repl
+    chat = load_chat_model(a.model, a.base, a.system, a.device)
+    conversation = Conversation(images=a.image, audio=a.audio, video=a.video)
+    generation = generation_kwargs(a.max_new_tokens, a.do_sample, a.temperature, a.top_p, a.top_k,
+                                   a.repetition_penalty)
+    if a.prompt is not None:
+        answer(chat, conversation, a.prompt, sys.stdout, **generation)
+    else:
+        repl(chat, conversation, **generation)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vita-model", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -131,8 +144,26 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
     i.add_argument("--no-chunked-loss", dest="chunked_loss", action="store_false")
     i.add_argument("--json", action="store_true")
+    ch = sub.add_parser("chat", help="ask a trained model: one answer with --prompt, else an interactive chat")
+    ch.add_argument("model", help="a VITA folder (any stage's full output, a merged LoRA stage, `import` output), "
+                                  "or an adapter-only stage's output with --base")
+    ch.add_argument("--base", help="for an adapter-only stage's output: the folder that stage started from")
+    ch.add_argument("--image", action="append", default=[], help="an image file (repeatable)")
+    ch.add_argument("--audio", action="append", default=[], help="an audio clip (repeatable)")
+    ch.add_argument("--video", help="a video file or a folder of frames")
+    ch.add_argument("--system", help="system prompt (default: the chat format's, per modality)")
+    ch.add_argument("--prompt", help="ask once and print the answer; without it, an interactive chat on stdin")
+    ch.add_argument("--max_new_tokens", type=int, default=512)
+    ch.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")
+    ch.add_argument("--temperature", type=float, default=0.7)
+    ch.add_argument("--top_p", type=float, default=0.9)
+    ch.add_argument("--top_k", type=int, default=50)
+    ch.add_argument("--repetition_penalty", type=float, default=1.0)
+    ch.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
     a = p.parse_args(argv)
     try:
+        if a.cmd == "chat":
+            return _chat(a)
         if a.cmd == "convert":
             print(convert(Path(a.checkpoint), Path(a.output)))
         elif a.cmd == "import":
