@@ -131,3 +131,32 @@ def test_video_frames_are_centre_cropped_like_untiled_images(tok, tiny_cfg, medi
     every = all_frames(media_dir / "clip.mp4")
     expected = torch.cat([clip(Image.fromarray(every[i])) for i in (0, 3, 6, 9, 12, 15, 18)])
     assert (out["pixel_values"] - expected).abs().max() < 1e-5
+
+
+def test_host_tiles_against_a_hand_computed_tiling():
+    """A 12x4 image with 4 px tiles: InternVL's grid for aspect 3 is 3 columns x 1 row at exactly the image's size,
+    so the tiles are the image's three 4x4 blocks, pixel for pixel, plus a thumbnail; each value v of channel c is
+    (v / 255 - mean[c]) / std[c] with ImageNet's mean and std, computed here by hand."""
+    import numpy as np
+    from PIL import Image
+
+    from vita_trainer.data.image import tile_image, tiles_to_tensor
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    pixels = np.zeros((4, 12, 3), dtype=np.uint8)
+    for y in range(4):
+        for x in range(12):
+            pixels[y, x] = (20 * x + y, 200 - 10 * x, 7 * y + x)
+    tiles = tile_image(Image.fromarray(pixels), tile_size=4)
+    assert len(tiles) == 4  # 3 x 1 grid + thumbnail
+    tensor = tiles_to_tensor(tiles, mean, std)
+    assert tuple(tensor.shape) == (4, 3, 4, 4)
+    for tile in range(3):
+        for y in range(4):
+            for x in range(4):
+                value = pixels[y, 4 * tile + x]
+                for c in range(3):
+                    expected = (int(value[c]) / 255 - mean[c]) / std[c]
+                    assert abs(float(tensor[tile, c, y, x]) - expected) < 1e-5, (tile, c, y, x)
+    flat = tiles_to_tensor(tile_image(Image.new("RGB", (12, 4), (30, 120, 250)), tile_size=4), mean, std)
+    for c, v in enumerate((30, 120, 250)):  # a flat image: every tile and the thumbnail keep its colour
+        assert torch.allclose(flat[:, c], torch.full_like(flat[:, c], (v / 255 - mean[c]) / std[c]), atol=1e-5)
