@@ -155,9 +155,9 @@ class StageSpec(_Spec):
     eval_dataset_use: str | None = Field(None, description="Validation data: a mixture or dataset key in the "
                                          "registry (evaluated every args.eval_steps with args.eval_strategy, and "
                                          "when the stage ends)")
-    eval_holdout: float | None = Field(None, gt=0, lt=1, description="Validation data held out of datasetUse: "
+    eval_holdout: float | None = Field(None, ge=0, le=0.5, description="Validation data held out of datasetUse: "
                                        "this fraction of its samples, chosen with the stage's seed, never trained "
-                                       "on (instead of evalDatasetUse)")
+                                       "on (instead of evalDatasetUse; 0 or unset: none)")
     args: dict[str, ArgValue] = Field(default_factory=dict, max_length=MAX_STAGE_ARGS,
                                       description="Trainer flag overrides (HF TrainingArguments and VITA flags)")
     resources: ResourcesOverride | None = Field(None, description="For this stage, the fields of the run's "
