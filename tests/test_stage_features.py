@@ -2,6 +2,7 @@
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from vita_api.errors import ConfigError, VitaError
 from vita_trainer.train.main import main as train_main
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +147,10 @@ def test_the_demo_as_the_readme_runs_it_learns_above_chance(tmp_path, capsys, mo
         for question, acc in accuracy.items():
             if question != "all":
                 assert acc > chance[question], (kind, question, accuracy)
+    # The README's command for the shipped copy of the run, on the demo's folder: every stage is found finished
+    from vita_trainer.cli import main as cli_main
+    assert cli_main(["local", str(ROOT / "manifests" / "examples" / "run-tiny.yaml"), "--root", str(out)]) == 0
+    assert capsys.readouterr().out.count("already done") == 4
     # `vita-model chat` on the result: a held-out image's colour, one-shot, then two turns interactively
     from vita_trainer.tools.model_cli import main as model_main
     sample = json.loads((out / "chats" / "image_eval.json").read_text())[0]

@@ -10,7 +10,8 @@ from vita_api.termination import EXIT_VITA_ERROR
 
 USAGE = """vita-train COMMAND ...
   train [HF/VITA flags]         one stage (what torchrun launches; same as python -m vita_trainer.train)
-  local RUN.yaml [--nproc N]    every stage of a VitaTrainingRun on this machine
+  local RUN.yaml [--nproc N] [--root DIR]
+                                every stage of a VitaTrainingRun on this machine
   init-model OUT --llm L --vision_tower V [--audio_encoder A]   compose a VITA folder from pretrained parts
   init-model OUT --tiny         write a random tiny VITA folder (tests, demo)
   demo [--out DIR]              synthetic data + tiny model + full pipeline + held-out accuracy
@@ -31,9 +32,11 @@ def main(argv: list[str] | None = None) -> int:
             p = argparse.ArgumentParser(prog="vita-train local")
             p.add_argument("run")
             p.add_argument("--nproc", type=int, default=None, help="processes per stage (default: from the spec)")
+            p.add_argument("--root", help="folder the run's relative paths resolve against (data, models, outputs; "
+                                          "default: the run file's folder)")
             a = p.parse_args(rest)
             from .local import run_local
-            run_local(a.run, a.nproc)
+            run_local(a.run, a.nproc, a.root)
         elif cmd == "init-model":
             p = argparse.ArgumentParser(prog="vita-train init-model")
             p.add_argument("out")

@@ -49,10 +49,13 @@ def preflight(run: VitaTrainingRun, roots: PathRoots) -> list[str]:
     return problems
 
 
-def run_local(path: str | Path, nproc: int | None = None) -> list[dict]:
+def run_local(path: str | Path, nproc: int | None = None, root: str | Path | None = None) -> list[dict]:
+    """Every stage in order. The run's relative paths (data, models, outputs) resolve against `root`: on a
+    cluster, the volumes' mount points; here one folder, by default the run file's own."""
     path = Path(path).resolve()
     run = load_run(path)
-    roots = PathRoots(data=str(path.parent), checkpoints=str(path.parent))
+    base = str(Path(root).resolve()) if root else str(path.parent)
+    roots = PathRoots(data=base, checkpoints=base)
     problems = preflight(run, roots)
     if problems:
         raise ConfigError(f"{path} cannot run:\n  " + "\n  ".join(problems))
