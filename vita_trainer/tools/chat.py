@@ -151,9 +151,10 @@ def answer(chat: ChatModel, conversation: Conversation, question: str, out: Text
     return reply
 
 
-def repl(chat: ChatModel, conversation: Conversation, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+def repl(chat: ChatModel, conversation: Conversation, stdin: TextIO | None = None, stdout: TextIO | None = None,
          **generation: Any) -> None:
     """Interactive: one question per line; /reset forgets the turns (the media stay), /exit or end of input quits."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     print("chat with the model: /reset starts over, /exit (or Ctrl-D) quits", file=sys.stderr)
     while True:
         print("> ", end="", file=sys.stderr, flush=True)
