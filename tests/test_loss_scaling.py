@@ -113,3 +113,40 @@ def test_the_chunked_lm_loss_equals_the_plain_one_in_value_and_gradient(tok):
                 assert a is None or not a.any()
             else:
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_ranks_with_different_chunk_counts_under_zero3(four_samples, tmp_path, tok):
+    """Two ZeRO-3 ranks whose micro-batches hold different numbers of labelled tokens call the (untied, sharded)
+    lm_head a different number of times per chunked loss: the gathers must not desynchronise (a hang), and one
+    step gives the same update as with one chunk."""
+    data, registry_dir = four_samples
+    from vita_trainer.data.tokenizer import load_tokenizer
+    demo_tok = load_tokenizer(str(data / "base_model"))
+    config = tiny_config(demo_tok)
+    config.text_config.tie_word_embeddings = False
+    base = tmp_path / "untied"
+    torch.manual_seed(0)
+    VitaForCausalLM(config).save_pretrained(base)
+    demo_tok.save_pretrained(base)
+    script = tmp_path / "chunks.py"
+    script.write_text("import sys\nimport vita_trainer.model.chunked_loss as c\nc.CHUNK_TOKENS = int(sys.argv.pop(1))\n"
+                      "from vita_trainer.train.main import main\nmain()\n")
+    steps = []
+    for chunk in (4096, 5):
+        out = tmp_path / f"chunk{chunk}"
+        argv = ["--stage", "text_sft", "--model_name_or_path", str(base), "--data_registry",
+                str(registry_dir / "registry.yaml"), "--dataset_use", "text4", "--output_dir", str(out),
+                "--max_steps", "1", "--per_device_train_batch_size", "2", "--optim", "sgd", "--learning_rate", "1.0",
+                "--lr_scheduler_type", "constant", "--max_grad_norm", "0", "--save_strategy", "no",
+                "--metrics_port", "0", "--model_max_length", "512", "--disable_tqdm", "True", "--deepspeed", "zero3"]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), str(script), str(chunk), *argv]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        before, after = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+        steps.append({k: after[k] - before[k] for k in before if k in after})
+    assert steps[0]["language_model.lm_head.weight"].abs().max() > 0 and steps[0].keys() == steps[1].keys()
+    for k, v in steps[0].items():
+        torch.testing.assert_close(steps[1][k], v, rtol=2e-4, atol=2e-6)

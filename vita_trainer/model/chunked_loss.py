@@ -17,6 +17,19 @@ from vita_api.constants import IGNORE_INDEX
 CHUNK_TOKENS = 4096  # 4096 x 152k fp32 logits: 2.5 GB per chunk in flight
 
 
+def chunk_starts(count: int, chunk_tokens: int, device: torch.device) -> list[int]:
+    """Where each chunk starts. Every rank makes as many chunks as the rank with the most labelled tokens (the
+    extra ones empty): under ZeRO-3 each lm_head call gathers its sharded weight with a collective, so ranks that
+    called it a different number of times would wait on each other for ever."""
+    chunks = -(-count // chunk_tokens)
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        most = torch.tensor([chunks], device=device)
+        torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
+        chunks = int(most.item())
+    return [i * chunk_tokens for i in range(chunks)]
+
+
 def _chunk_loss(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
 
@@ -30,7 +43,7 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: tor
     keep = targets != IGNORE_INDEX
     hidden, targets = hidden[keep], targets[keep]
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, targets.numel(), chunk_tokens):
+    for start in chunk_starts(targets.numel(), chunk_tokens, hidden.device):
         piece = slice(start, start + chunk_tokens)
         total = total + checkpoint(_chunk_loss, lm_head, hidden[piece], targets[piece], use_reentrant=False)
     if num_items_in_batch is None:
@@ -50,7 +63,7 @@ def chunked_row_losses(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.T
     keep = targets != IGNORE_INDEX
     hidden, targets, rows = hidden[keep], targets[keep], rows[keep]
     sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device)
-    for start in range(0, targets.numel(), chunk_tokens):
+    for start in chunk_starts(targets.numel(), chunk_tokens, hidden.device):
         piece = slice(start, start + chunk_tokens)
         losses = nn.functional.cross_entropy(lm_head(hidden[piece]).float(), targets[piece], reduction="none")
         sums.index_add_(0, rows[piece], losses)
