@@ -61,8 +61,11 @@ def load_chat_model(path: str, base: str | None = None, system: str | None = Non
     tok = load_tokenizer(str(model_dir))
     cmvn_file = next((d / "global_cmvn.json" for d in (folder, model_dir) if (d / "global_cmvn.json").is_file()), None)
     registry = Registry(image_folders={"chat": CHAT_ROOT}, audio_root=CHAT_ROOT, video_root=CHAT_ROOT)
+    # Unless --system says otherwise, the system prompts the model's last full-weight stage trained with.
     proc = SampleProcessor(tok, MediaSpec.from_config(model.config), registry, max_length,
-                           cmvn=GlobalCMVN.load(cmvn_file) if cmvn_file else None, system_prompt=system,
+                           cmvn=GlobalCMVN.load(cmvn_file) if cmvn_file else None,
+                           system_prompt=system or getattr(model.config, "system_prompt", None),
+                           system_prompts=None if system else getattr(model.config, "system_prompts", None),
                            chat_format=model.config.chat_format)
     return ChatModel(model, tok, proc)
 

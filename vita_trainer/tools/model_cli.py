@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ch.add_argument("--image", action="append", default=[], help="an image file (repeatable)")
     ch.add_argument("--audio", action="append", default=[], help="an audio clip (repeatable)")
     ch.add_argument("--video", help="a video file or a folder of frames")
-    ch.add_argument("--system", help="system prompt (default: the chat format's, per modality)")
+    ch.add_argument("--system", help="system prompt (default: the prompts the model's stage trained with)")
     ch.add_argument("--prompt", help="ask once and print the answer; without it, an interactive chat on stdin")
     ch.add_argument("--max_new_tokens", type=int, default=512)
     ch.add_argument("--do_sample", action="store_true", help="sample instead of greedy decoding")

@@ -125,6 +125,9 @@ def setup_data(setup: ModelSetup, registry: Any, model_args: ModelArguments, dat
                                 image_pipeline=image_pipeline(data_args.image_pipeline, torch.cuda.is_available(),
                                                                chat_format))
     config.chat_format = processor.format.name  # saved with the stage's output: the next stage keeps the format
+    # and the system prompts this stage trained with, for `vita-model chat` (None: the format's own)
+    config.system_prompt = data_args.system_prompt
+    config.system_prompts = {m: p for m in MODALITIES if (p := getattr(data_args, f"system_prompt_{m}"))}
     if data_args.image_aspect_ratio == "square" and processor.format.square_still_tiles:
         log.warning("--image_aspect_ratio square still tiles images under the %s chat format, as the reference's "
                     "Qwen2.5 scripts do (no_patch_sets untiles the images of multi-image samples)", chat_format)
