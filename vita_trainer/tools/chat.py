@@ -120,7 +120,15 @@ def stream_reply(chat: ChatModel, inputs: dict, **generation: Any) -> Iterator[s
     streamer = TextIteratorStreamer(chat.tokenizer, skip_prompt=False, skip_special_tokens=True)
     kwargs = dict(inputs, streamer=streamer, eos_token_id=chat.tokenizer.eos_token_id,
                   pad_token_id=chat.tokenizer.pad_token_id, **generation)
-    worker = threading.Thread(target=chat.model.generate_from_inputs, kwargs=kwargs, daemon=True)
+    failed: list[BaseException] = []
+
+    def generate() -> None:
+        try:
+            chat.model.generate_from_inputs(**kwargs)
+        except BaseException as e:  # noqa: B036 -- re-raised below; the stream must end or the reader waits
+            failed.append(e)
+            streamer.end()
+    worker = threading.Thread(target=generate, daemon=True)
     worker.start()
     first = True
     for piece in streamer:
@@ -130,6 +138,8 @@ def stream_reply(chat: ChatModel, inputs: dict, **generation: Any) -> Iterator[s
         if piece:
             yield piece
     worker.join()
+    if failed:
+        raise failed[0]
 
 
 def generation_kwargs(max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, top_k: int,
