@@ -66,7 +66,8 @@ def run_local(path: str | Path, nproc: int | None = None, root: str | Path | Non
         if done.is_file():
             print(f"[local] stage {i + 1}/{len(run.spec.stages)} {stage.name}: already done, skipping", flush=True)
         else:
-            run_stage(run.spec, i, roots, nproc or nproc_per_node(run.spec, i), path)
+            run_stage(run.spec, i, roots, nproc or nproc_per_node(run.spec, i),
+                      f"{path} --root {root}" if root else str(path))
         summary = json.loads(done.read_text())
         summaries.append(summary)
         plot_losses(summary, out / "loss.png")
@@ -74,7 +75,7 @@ def run_local(path: str | Path, nproc: int | None = None, root: str | Path | Non
     return summaries
 
 
-def run_stage(spec, index: int, roots: PathRoots, nproc: int, path: Path) -> None:
+def run_stage(spec, index: int, roots: PathRoots, nproc: int, rerun: str) -> None:
     """One stage with torchrun; out of GPU memory, it is retried as the operator does (vita_api/oom.py)."""
     stage, overrides = spec.stages[index], {}
     done = Path(stage_output_dir(spec, index, roots)) / STAGE_DONE_FILE
@@ -101,7 +102,7 @@ def run_stage(spec, index: int, roots: PathRoots, nproc: int, path: Path) -> Non
             said = failure_of(report)
             raise StageFailed(f"stage {stage.name} failed (exit {proc.returncode})"
                               f"{': ' + said if said else ', see the log above'}; fix it and rerun "
-                              f"`vita-train local {path}`: finished stages are skipped and this one resumes "
+                              f"`vita-train local {rerun}`: finished stages are skipped and this one resumes "
                               f"from its last checkpoint")
         return
 
