@@ -80,8 +80,9 @@ class Cluster:
                                                   "controller": True, "uid": self.jobs()[job]["metadata"]["uid"]}]
         self.put_pod(master)
 
-    def finished_master_pod(self, job: str, final_loss: float, backend: str = "pytorchjob") -> None:
-        self.master_pod(job, "Succeeded", finished(job, final_loss), backend)
+    def finished_master_pod(self, job: str, final_loss: float, backend: str = "pytorchjob",
+                            eval_loss: float | None = None) -> None:
+        self.master_pod(job, "Succeeded", finished(job, final_loss, eval_loss), backend)
 
 
 def start_cluster(workdir: Path, bins: Path):

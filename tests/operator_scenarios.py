@@ -2,7 +2,6 @@
 each backend's Kubeflow controller writes on its jobs and pods, and the wait helper."""
 
 import copy
-import json
 import time
 
 NS = "default"
@@ -95,9 +94,12 @@ def worker_pod(backend: str, job: str, phase: str, state: dict) -> dict:
     return node_pod(backend, job, phase, state, 1)
 
 
-def finished(job: str, final_loss: float) -> dict:
-    """A trainer container's state when its stage succeeded and reported its final loss."""
-    message = json.dumps({"stage": job.split("-")[1], "globalStep": 9, "finalLoss": final_loss})
+def finished(job: str, final_loss: float, eval_loss: float | None = None) -> dict:
+    """A trainer container's state when its stage succeeded and reported its final loss (and validation loss):
+    the message the trainer writes (vita_api.termination)."""
+    from vita_api.termination import termination_message
+    message = termination_message({"stage": job.split("-")[1], "global_step": 9, "final_loss": final_loss,
+                                   "eval_loss": eval_loss})
     return {"terminated": {"exitCode": 0, "reason": "Completed", "message": message}}
 
 

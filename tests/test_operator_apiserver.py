@@ -70,10 +70,12 @@ def test_a_run_chains_retries_survives_a_restart_and_is_garbage_collected(cluste
         wait_for(lambda: cluster.run_status().get("phase") == "Running", what="Running")
         cluster.set_job("r1-s1-1", "Failed", backend)
         wait_for(lambda: "r1-s1-2" in cluster.jobs(backend), what="retry job")
-        cluster.finished_master_pod("r1-s1-2", 0.375, backend)
+        cluster.finished_master_pod("r1-s1-2", 0.375, backend, eval_loss=0.5)
         cluster.set_job("r1-s1-2", "Succeeded", backend)
         wait_for(lambda: "r1-s2-1" in cluster.jobs(backend), what="stage 2 job")
-        assert cluster.run_status()["stages"][0]["finalLoss"] == 0.375  # read with the chart's pods get/list
+        first = cluster.run_status()["stages"][0]
+        assert first["finalLoss"] == 0.375  # read with the chart's pods get/list
+        assert first["finalEvalLoss"] == 0.5  # the stage's validation loss, from the same message
         assert_no_forbidden(op)
     before = set(cluster.jobs(backend))
     with cluster.operator(f"operator-{backend}-restarted") as op:
