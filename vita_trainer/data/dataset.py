@@ -134,7 +134,7 @@ class LazySupervisedDataset(Dataset):
             try:
                 out = self.processor(s, file)
                 out["skipped_reasons"] = reasons
-                out["modality"] = "+".join(s.media) or "text"
+                out["modality"] = s.media_label
                 return out
             except DataError as e:
                 self._skip_or_raise(e)

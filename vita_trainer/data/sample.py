@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from vita_api.constants import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
@@ -9,6 +10,9 @@ from vita_api.errors import DataError
 from .template import ROLES
 
 MEDIA_KINDS = ("image", "video", "audio")
+# Every value of ParsedSample.media_label: "text", then each combination of media kinds joined by "+".
+MEDIA_LABELS = ("text", *("+".join(c) for n in range(1, len(MEDIA_KINDS) + 1)
+                          for c in itertools.combinations(MEDIA_KINDS, n)))
 
 
 @dataclass
@@ -28,6 +32,12 @@ class ParsedSample:
         sample's modality: `vita-data stats` counts by it, --group_by_modality_length groups by it, and the system
         prompt is chosen from it (`modality`)."""
         return tuple(kind for kind, held in zip(MEDIA_KINDS, (self.images, self.video, self.audios)) if held)
+
+    @property
+    def media_label(self) -> str:
+        """The media kinds as one label ("image", "image+audio", ...; "text" for none): what `vita-data stats` counts
+        by and the validation loss is reported per."""
+        return "+".join(self.media) or "text"
 
     @property
     def modality(self) -> str:

@@ -21,7 +21,7 @@ def collect(chunk) -> list[dict]:
         try:
             facts = inspect_sample(proc, raw, file, index)
             s = facts.sample
-            row.update(modality="+".join(s.media) or "text",
+            row.update(modality=s.media_label,
                        tokens=facts.tokens, audio_seconds=facts.audio_seconds,
                        image_sizes=[list(size) for size in facts.image_sizes])
         except DataError as e:

@@ -3,7 +3,6 @@ a non-finite-loss guard."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import re
@@ -18,7 +17,7 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from vita_api.errors import ConfigError, VitaError
 from vita_api.module_groups import group_of
-from ..data.sample import MEDIA_KINDS
+from ..data.sample import MEDIA_LABELS
 
 log = logging.getLogger("vita_trainer")
 STAGING = ".staging"
@@ -144,10 +143,6 @@ class CountingCollator:
         return batch
 
 
-# Every modality a sample can have (its media kinds joined by "+", or "text"): a fixed list, so every rank
-# all-reduces the same vector of per-modality validation sums.
-EVAL_MODALITIES = ["text"] + ["+".join(c) for n in range(1, len(MEDIA_KINDS) + 1)
-                              for c in itertools.combinations(MEDIA_KINDS, n)]
 
 
 class VitaTrainer(Trainer):
@@ -241,8 +236,9 @@ class VitaTrainer(Trainer):
         self._eval_sums = {}
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                          metric_key_prefix)
-        summed = _all_reduce([v for m in EVAL_MODALITIES for v in self._eval_sums.get(m, (0.0, 0.0))])
-        for i, modality in enumerate(EVAL_MODALITIES):
+        # every label in a fixed order, so every rank all-reduces the same vector
+        summed = _all_reduce([v for m in MEDIA_LABELS for v in self._eval_sums.get(m, (0.0, 0.0))])
+        for i, modality in enumerate(MEDIA_LABELS):
             total, tokens = summed[2 * i], summed[2 * i + 1]
             if tokens:
                 output.metrics[f"{metric_key_prefix}_loss_{modality.replace('+', '_')}"] = total / tokens
