@@ -18,16 +18,27 @@ CHUNK_TOKENS = 4096  # 4096 x 152k fp32 logits: 2.5 GB per chunk in flight
 
 
 def chunk_starts(count: int, chunk_tokens: int, device: torch.device) -> list[int]:
-    """Where each chunk starts. Every rank makes as many chunks as the rank with the most labelled tokens (the
-    extra ones empty): under ZeRO-3 each lm_head call gathers its sharded weight with a collective, so ranks that
-    called it a different number of times would wait on each other for ever."""
+    """Where each chunk starts. Under ZeRO-3 every rank makes as many chunks as the rank with the most labelled
+    tokens (the extra ones empty): each lm_head call gathers its sharded weight with a collective, so ranks that
+    called it a different number of times would wait on each other for ever. Without ZeRO-3 no call is collective,
+    and nothing is exchanged."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
     chunks = -(-count // chunk_tokens)
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
+    if is_deepspeed_zero3_enabled() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         most = torch.tensor([chunks], device=device)
         torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
         chunks = int(most.item())
     return [i * chunk_tokens for i in range(chunks)]
+
+
+def _labelled(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The positions that predict a label (after the causal shift), flattened: their hidden states, their targets
+    and the row each came from."""
+    rows = torch.arange(labels.shape[0], device=hidden.device)[:, None].expand(-1, labels.shape[1] - 1).reshape(-1)
+    hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    targets = labels[:, 1:].reshape(-1).to(hidden.device)
+    keep = targets != IGNORE_INDEX
+    return hidden[keep], targets[keep], rows[keep]
 
 
 def _chunk_loss(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -38,10 +49,7 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: tor
                            num_items_in_batch=None, chunk_tokens: int | None = None) -> torch.Tensor:
     """Mean next-token loss over labelled positions (or the sum over `num_items_in_batch`, as HF's loss does)."""
     chunk_tokens = chunk_tokens or CHUNK_TOKENS
-    hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-    targets = labels[:, 1:].reshape(-1).to(hidden.device)
-    keep = targets != IGNORE_INDEX
-    hidden, targets = hidden[keep], targets[keep]
+    hidden, targets, _ = _labelled(hidden, labels)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in chunk_starts(targets.numel(), chunk_tokens, hidden.device):
         piece = slice(start, start + chunk_tokens)
@@ -57,11 +65,7 @@ def chunked_row_losses(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.T
     """Evaluation: per row, the summed next-token loss and the number of labelled positions, with the same one
     lm_head call per chunk as training (so ZeRO-3 ranks make the same calls) and never the full logits."""
     chunk_tokens = chunk_tokens or CHUNK_TOKENS
-    rows = torch.arange(labels.shape[0], device=hidden.device)[:, None].expand(-1, labels.shape[1] - 1).reshape(-1)
-    hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-    targets = labels[:, 1:].reshape(-1).to(hidden.device)
-    keep = targets != IGNORE_INDEX
-    hidden, targets, rows = hidden[keep], targets[keep], rows[keep]
+    hidden, targets, rows = _labelled(hidden, labels)
     sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device)
     for start in chunk_starts(targets.numel(), chunk_tokens, hidden.device):
         piece = slice(start, start + chunk_tokens)
