@@ -16,9 +16,8 @@ import sys
 
 import pytest
 import yaml
-from transformers import AutoConfig, AutoModelForCausalLM
 
-from tests.test_vita15_interop import write_released_tree
+from tests.test_vita15_interop import write_released_tree, write_tiny_llm
 from vita_api.plan import STAGE_DONE_FILE
 from vita_trainer.data.tokenizer import load_tokenizer
 from vita_trainer.local import free_port
@@ -39,11 +38,7 @@ custom_vita_training"""
 def test_the_guides_custom_training_command_trains_and_evaluates(demo_data, tmp_path):
     tok = load_tokenizer(str(demo_data / "base_model"))
     tree = write_released_tree(tmp_path / "downloads", tok)
-    llm = tmp_path / "downloads" / "Qwen2.5-7B-Instruct"
-    AutoModelForCausalLM.from_config(AutoConfig.for_model(
-        "qwen2", vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)).save_pretrained(llm)
-    tok.save_pretrained(llm)
+    llm = write_tiny_llm(tmp_path / "downloads" / "Qwen2.5-7B-Instruct", tok)
     registry = yaml.safe_load((demo_data / "registry.yaml").read_text())
     registry["mixtures"]["Custom_dataset"] = ["image_train", "audio_train"]
     registry["image_folders"] = {k: str(demo_data / v) for k, v in registry["image_folders"].items()}

@@ -33,6 +33,17 @@ def _tensors(keys: dict, vocab: int, gen) -> dict:
     return {k: torch.randn(_shape(s, vocab), generator=gen) for k, s in keys.items()}
 
 
+def write_tiny_llm(folder: Path, tok) -> Path:
+    """A tiny Qwen2 causal LM folder (weights and tokenizer), the width the released tree's adapters project to:
+    the stand-in for the guide's Qwen2.5-7B-Instruct download."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "qwen2", vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def write_released_tree(root: Path, tok) -> dict:
     """A tiny released VITA-1.5 tree: checkpoint (sharded), InternViT folder, whale folder, adapter-only files."""
     gen = torch.Generator().manual_seed(0)
@@ -152,14 +163,9 @@ def test_export_then_import_is_bit_exact_both_ways(released, imported, tmp_path,
 
 def test_the_tower_folders_compose_a_new_model(released, tok, tmp_path):
     """The guide's downloads: Qwen2.5 (here a tiny Qwen2), OpenGVLab's InternViT folder, the whale folder."""
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     from vita_trainer.cli import main as cli
-    llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(
-        "qwen2", vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False))
-    llm.save_pretrained(tmp_path / "llm")
-    tok.save_pretrained(tmp_path / "llm")
+    write_tiny_llm(tmp_path / "llm", tok)
     assert cli(["init-model", str(tmp_path / "vita"), "--llm", str(tmp_path / "llm"), "--vision_tower",
                 str(released["vision"]), "--audio_encoder", str(released["whale"])]) == 0
     from vita_trainer.model.builder import load_model
@@ -249,7 +255,6 @@ def test_run_stage3_example_trains_from_a_released_vita15_folder(tmp_path, tok):
 def test_a_run_composes_its_base_from_the_guides_downloads(tmp_path):
     """model.base = a Hugging Face LLM, model.visionTower / audioEncoder = the tower folders: the first stage
     composes the VITA once (whale and InternViT weights loaded, projector new) and trains from it."""
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     from vita_trainer.data.tokenizer import load_tokenizer
     from vita_trainer.demo.run import prepare
@@ -260,11 +265,7 @@ def test_a_run_composes_its_base_from_the_guides_downloads(tmp_path):
     prepare(tmp_path / "demo", small=True)
     tok = load_tokenizer(str(tmp_path / "demo" / "base_model"))
     tree = write_released_tree(tmp_path / "tree", tok)
-    llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(
-        "qwen2", vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False))
-    llm.save_pretrained(tmp_path / "Qwen2.5-7B-Instruct")
-    tok.save_pretrained(tmp_path / "Qwen2.5-7B-Instruct")
+    write_tiny_llm(tmp_path / "Qwen2.5-7B-Instruct", tok)
     run = {"apiVersion": "vita.training.dev/v1alpha1", "kind": "VitaTrainingRun", "metadata": {"name": "stage1"},
            "spec": {"model": {"base": "Qwen2.5-7B-Instruct", "visionTower": str(tree["vision"]),
                               "audioEncoder": str(tree["whale"]), "tokenizer": "Qwen2.5-7B-Instruct"},
