@@ -45,9 +45,10 @@ def _benchmarks() -> str:
         header, _, output = result.read_text().partition("\n\n")
         facts = "\n".join(f"- {line}" for line in header.splitlines())
         parts.append(f"## {result.stem}\n\n{described}\n\n{facts}\n\n```\n{output.rstrip()}\n```\n")
+    import runpy
     recorded = {r.stem for r in (REPO / "bench" / "results").glob("*.txt")}
-    pending = sorted(p.stem for p in (REPO / "bench").glob("*.py")
-                     if p.stem not in recorded | {"record", "gpu_check", "stress_exit"})
+    benchmarks = runpy.run_path(str(REPO / "bench" / "record.py"))["BENCHMARKS"]  # what record.py runs
+    pending = sorted(set(benchmarks) - recorded)
     if pending:
         parts.append("## Not recorded yet\n\n" + ", ".join(f"`bench/{n}.py`" for n in pending) + ": no recorded "
                      "output in `bench/results/` (run `.venv/bin/python bench/record.py NAME`); no figures.\n")
