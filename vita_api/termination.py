@@ -84,6 +84,32 @@ def preflight_summary_of(message: str) -> dict[str, Any] | None:
     return msg if isinstance(msg, dict) and isinstance(msg.get("preflight"), dict) else None
 
 
+def evaluation_message(scores: dict[str, dict[str, float]], results_path: str) -> str:
+    """An evaluation pod's message: {task: {metric: value}} and where lmms-eval's full results are. Tasks that do
+    not fit in 4 KiB are left out and named in "omitted" (the results file has them all)."""
+    out: dict[str, Any] = {"evaluation": {}, "results": results_path}
+    for task, row in scores.items():
+        candidate = {**out, "evaluation": {**out["evaluation"], task: row}}
+        if len(json.dumps(candidate, separators=(",", ":")).encode()) > MAX_BYTES - 300:
+            out.setdefault("omitted", []).append(task[:60])
+            continue
+        out = candidate
+    return json.dumps(out, separators=(",", ":"))[:MAX_BYTES]
+
+
+def evaluation_of(message: str) -> dict[str, Any] | None:
+    """The reader's side: {"evaluation": {task: {metric: value}}, "results": path, ...}; None if not one."""
+    try:
+        msg = json.loads(message or "")
+    except ValueError:
+        return None
+    if not isinstance(msg, dict) or not isinstance(msg.get("evaluation"), dict):
+        return None
+    scores = {str(t): {str(m): v for m, v in row.items() if _finite(v) is not None}
+              for t, row in msg["evaluation"].items() if isinstance(row, dict)}
+    return {**msg, "evaluation": scores}
+
+
 def failure_of(message: str, *, permanent_only: bool = False) -> str | None:
     """The reader's side of a failure message: "<kind>: <message>", or None when the message is not one (a
     result, a log tail). `permanent_only`: only when the trainer said another attempt cannot help."""

@@ -84,8 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     report = {"stages": [{k: s[k] for k in ("stage", "preset", "global_step", "first_loss", "final_loss", "seconds")}
                          for s in summaries], "eval": results, "total_seconds": round(time.time() - t0, 1)}
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2))
+    from .lmms_tasks import GROUP, write_tasks
+    tasks = write_tasks(out, out / "lmms_tasks")
     img, aud = results["image"]["accuracy"], results["audio"]["accuracy"]
     print(f"\nheld-out exact-match accuracy: image {img['all']:.3f} (color {img.get('color', 0):.3f}, "
           f"shape {img.get('shape', 0):.3f}) | audio {aud['all']:.3f} (pitch {aud.get('pitch', 0):.3f}, "
           f"count {aud.get('count', 0):.3f})  [{report['total_seconds']}s; loss curves: {out}/runs/*/loss.png]")
+    final = out / "runs" / yaml.safe_load(run_yaml.read_text())["spec"]["stages"][-1]["name"]
+    print(f"benchmark it with lmms-eval: vita-model eval {final} --tasks {GROUP} --include-path {tasks}\n"
+          f"talk to it: vita-model chat {final} --image {out}/images/eval_00000.png --prompt 'What color is the shape?'")
     return 0

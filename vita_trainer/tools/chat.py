@@ -78,10 +78,11 @@ class Conversation:
     video: str | None = None
     turns: list[tuple[str, str]] = field(default_factory=list)  # (question, answer)
 
-    def sample(self, question: str) -> dict:
+    def sample(self, question: str, reply: str = "x") -> dict:
+        """A training sample of the turns so far and `question`; `reply` stands in for the answer to come."""
         placeholders = "<video>\n" * bool(self.video) + "<image>\n" * len(self.images) + "<audio>\n" * len(self.audio)
         conversations = []
-        for i, (q, a) in enumerate([*self.turns, (question, "x")]):  # "x": a stand-in for the reply to come
+        for i, (q, a) in enumerate([*self.turns, (question, reply)]):
             conversations += [{"from": "human", "value": (placeholders if i == 0 else "") + q},
                               {"from": "gpt", "value": a}]
         out: dict = {"id": "chat", "conversations": conversations}
@@ -96,7 +97,6 @@ class Conversation:
 
 def prompt_inputs(chat: ChatModel, conversation: Conversation, question: str) -> dict:
     """The model's inputs up to where the last reply starts (its state symbol included: the model writes it)."""
-    from ..data.collator import MultimodalCollator
     from ..data.sample import parse_sample
     item = chat.processor(parse_sample(conversation.sample(question), file="<chat>", index=0), "<chat>")
     labels = item["labels"]
@@ -107,6 +107,12 @@ def prompt_inputs(chat: ChatModel, conversation: Conversation, question: str) ->
     while start > 0 and labels[start - 1] != IGNORE_INDEX:  # back over the last reply's labels
         start -= 1
     item["input_ids"], item["labels"] = item["input_ids"][:start], labels[:start]
+    return batch_inputs(chat, item)
+
+
+def batch_inputs(chat: ChatModel, item: dict) -> dict:
+    """One processed sample as the model's inputs (a batch of one, without labels) on its device and dtype."""
+    from ..data.collator import MultimodalCollator
     batch = MultimodalCollator(chat.tokenizer.pad_token_id)([item])
     batch.pop("labels")
     device, dtype = next(chat.model.parameters()).device, next(chat.model.parameters()).dtype

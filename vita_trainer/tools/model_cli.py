@@ -111,6 +111,20 @@ def _chat(a) -> int:
     return 0
 
 
+def _eval(a) -> int:
+    from vita_api.termination import write_failure
+    from ..evaluation.run import evaluate, print_scores
+    limit = int(a.limit) if a.limit is not None and a.limit >= 1 else a.limit
+    try:
+        scores = evaluate(a.model, [t for t in a.tasks.split(",") if t], base=a.base, include_path=a.include_path,
+                          limit=limit, output=a.output, device=a.device, system=a.system, seed=a.seed)
+    except VitaError as e:  # in the evaluation pod: the operator reports it and does not retry
+        write_failure(type(e).__name__, str(e), retryable=False)
+        raise
+    print_scores(scores)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vita-model", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -160,10 +174,22 @@ def main(argv: list[str] | None = None) -> int:
     ch.add_argument("--top_k", type=int, default=50)
     ch.add_argument("--repetition_penalty", type=float, default=1.0)
     ch.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
+    ev = sub.add_parser("eval", help="lmms-eval benchmarks (MME, MMBench, ... or local tasks) on a VITA folder")
+    ev.add_argument("model", help="a VITA folder, as for chat")
+    ev.add_argument("--tasks", required=True, help="comma-separated lmms-eval task or group names")
+    ev.add_argument("--include-path", help="a folder of more lmms-eval task YAMLs (local tasks)")
+    ev.add_argument("--limit", type=float, help="at most this many documents per task (below 1: a fraction)")
+    ev.add_argument("--output", help="write lmms-eval's results.json, per-sample logs and scores.json here")
+    ev.add_argument("--base", help="for an adapter-only stage's output: the folder that stage started from")
+    ev.add_argument("--system", help="system prompt (default: the prompts the model's stage trained with)")
+    ev.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
+    ev.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     try:
         if a.cmd == "chat":
             return _chat(a)
+        if a.cmd == "eval":
+            return _eval(a)
         if a.cmd == "convert":
             print(convert(Path(a.checkpoint), Path(a.output)))
         elif a.cmd == "import":
