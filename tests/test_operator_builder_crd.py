@@ -222,6 +222,9 @@ CEL_BROKEN = [
      "model_name_or_path"),
     ("two kinds of validation data", lambda s: s["stages"][1].update(evalDatasetUse="v", evalHoldout=0.1),
      "give one"),
+    ("evaluation after a stage the run lacks", lambda s: s.update(evaluation={"tasks": ["mme"],
+                                                                              "afterStages": ["align", "nope"]}),
+     "afterstages"),
 ]
 
 

@@ -19,8 +19,10 @@ from .presets import FREEZE_FLAGS, as_bool, get_preset, resolve_trainable, saves
 
 STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage finishes
 PREFLIGHT = "preflight"                # names the run's data-check Job; no stage may take it
+EVALUATION = "eval"                    # starts the names of the run's benchmark Jobs: <run>-eval-<stage>-1
 PREPARED_BASE_DIR = "base-model"      # beside the stage outputs: the run's base, imported or composed once
 JOB_ARGS = ("active_deadline_seconds",)  # stage args the job builder consumes; the trainer never sees them
+EVALUATION_DIR = "eval"                # in a stage's output folder: lmms-eval's results of spec.evaluation
 GPUS_ENV = "VITA_EXPECTED_GPUS"       # set on pods that request GPUs: the trainer then refuses to fall back to CPU
 
 
@@ -93,6 +95,30 @@ def stage_resources(spec: VitaTrainingRunSpec, index: int) -> ResourcesSpec:
     return spec.resources.overridden(spec.stages[index].resources)
 
 
+def evaluated_stages(spec: VitaTrainingRunSpec) -> list[int]:
+    """The stages spec.evaluation asks to benchmark, in run order: those it names, else the last."""
+    if spec.evaluation is None:
+        return []
+    names = spec.evaluation.after_stages or [spec.stages[-1].name]
+    return [i for i, s in enumerate(spec.stages) if s.name in names]
+
+
+def evaluation_dir(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> str:
+    return posixpath.join(stage_output_dir(spec, index, roots), EVALUATION_DIR)
+
+
+def evaluation_args(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> list[str]:
+    """`vita-model eval` arguments for one stage's output (its base too, for an adapter-only stage)."""
+    ev = spec.evaluation
+    if ev is None:
+        raise ConfigError("the run asks for no evaluation (spec.evaluation)")
+    args = ["eval", stage_output_dir(spec, index, roots), "--base", stage_inputs(spec, index, roots)[0],
+            "--tasks", ",".join(ev.tasks), "--output", evaluation_dir(spec, index, roots)]
+    if ev.include_path:
+        args += ["--include-path", resolve_path(roots.data, ev.include_path)]
+    return args + (["--limit", str(ev.limit)] if ev.limit else [])
+
+
 def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
     """Semantic problems the schema cannot see. Empty list means the spec is runnable."""
     problems = []
@@ -113,6 +139,8 @@ def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
         if any(a in stage.args for a in PLAN_DERIVED_ARGS):
             problems.append(f"stages[{i}] ({stage.name}): args may not set output_dir or model_name_or_path; "
                             f"the plan derives them from `output` and the previous stage")
+    if spec.evaluation and (unknown := [n for n in spec.evaluation.after_stages if n not in names]):
+        problems.append(f"evaluation.afterStages names stage(s) this run does not have: {unknown}")
     if spec.suspend and spec.scheduling.kueue_queue:
         problems.append(SUSPEND_WITH_KUEUE)
     if spec.scheduling.kueue_queue and spec.scheduling.volcano_queue:

@@ -127,6 +127,23 @@ class PreflightSpec(_Spec):
                                   "retried, then fails the run with the reason")
 
 
+class EvaluationSpec(_Spec):
+    tasks: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        min_length=1, max_length=64, description="lmms-eval task or group names, e.g. mme, mmbench_en_dev, "
+        "mathvista_testmini, videomme, librispeech_test_clean; the eval job reads their datasets from the Hugging "
+        "Face Hub (HF_TOKEN through trainer.envFromSecrets) into a cache on the checkpoint volume")
+    after_stages: list[str] = Field(default_factory=list, max_length=MAX_STAGES, description="Stages whose output "
+                                    "is evaluated, each as its own job once the stage succeeds (the next stage does "
+                                    "not wait); empty: the last stage")
+    include_path: str | None = Field(None, description="A folder of more lmms-eval task YAMLs (local tasks), on "
+                                     "the dataset volume")
+    limit: int | None = Field(None, ge=1, description="At most this many documents per task (a quick check)")
+    gpus: int = Field(1, ge=0, le=16, description="GPUs of the evaluation pod (one process on the first; 0: CPU)")
+    cpu: str = Field("8", description="CPU request and limit of the evaluation pod")
+    memory: str = Field("64Gi", description="Memory request and limit of the evaluation pod")
+    deadline_seconds: int = Field(86400, ge=60, description="The evaluation Job's activeDeadlineSeconds")
+
+
 class VolumeSpec(_Spec):
     claim_name: str = Field(description="PersistentVolumeClaim name")
     mount_path: str = Field(description="Where the volume is mounted in trainer pods")
@@ -217,6 +234,9 @@ class VitaTrainingRunSpec(_Spec):
             {"rule": f"!({_TRAINJOB} && ((has(self.resources) && has(self.resources.priorityClassName)) || "
                      "self.stages.exists(s, has(s.resources) && has(s.resources.priorityClassName))))",
              "message": TRAINJOB_PRIORITY},
+            {"rule": "!has(self.evaluation) || !has(self.evaluation.afterStages) || "
+                     "self.evaluation.afterStages.all(n, self.stages.exists(s, s.name == n))",
+             "message": "evaluation.afterStages must name stages of this run"},
         ]})
     model: ModelSpec
     data: DataSpec
@@ -238,6 +258,9 @@ class VitaTrainingRunSpec(_Spec):
                                              "trainer's own 2-hour collective timeout)")
     preflight: PreflightSpec = Field(default_factory=PreflightSpec, description="vita-data check of every stage's "
                                      "datasetUse on the dataset volume before any GPU job; problems fail the run")
+    evaluation: EvaluationSpec | None = Field(None, description="Benchmarks (lmms-eval) after stages: scores in "
+                                              "status.evaluations; a failed evaluation is reported and does not fail "
+                                              "the run")
 
 
 class Metadata(_Spec):

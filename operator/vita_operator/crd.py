@@ -20,8 +20,9 @@ from vita_api.presets import all_presets
 PLURAL = "vitatrainingruns"
 VERSION = "v1alpha1"
 # Pending: nothing created yet; Preflight: the data check runs; Queued: a job waits for Kueue or the scheduler;
-# Running; Suspended (spec.suspend); Blocked: a person must act (a create refused, a missing claim or CRD).
-PHASES = ["Pending", "Preflight", "Queued", "Running", "Suspended", "Blocked", "Succeeded", "Failed"]
+# Running; Suspended (spec.suspend); Blocked: a person must act (a create refused, a missing claim or CRD);
+# Evaluating: every stage succeeded and benchmark jobs (spec.evaluation) still run.
+PHASES = ["Pending", "Preflight", "Queued", "Running", "Suspended", "Blocked", "Evaluating", "Succeeded", "Failed"]
 
 
 def _structural(node: Any, defs: dict[str, Any]) -> Any:
@@ -138,7 +139,17 @@ def status_schema() -> dict[str, Any]:
                                                                 "evaluation (--eval_strategy)"},
                     "stale": {"type": "boolean", "description": "The endpoint did not answer at the last read"},
                     "staleReason": {"type": "string"}}}
+    evaluation = {"type": "object", "description": "Benchmarks after one stage (spec.evaluation)", "properties": {
+        "stage": {"type": "string"},
+        "phase": {"type": "string", "enum": ["Running", "Succeeded", "Failed"]},
+        "jobName": {"type": "string"}, "startTime": time, "completionTime": time,
+        "scores": {"type": "object", "description": "task -> metric -> value, computed by lmms-eval",
+                   "additionalProperties": {"type": "object", "additionalProperties": {"type": "number"}}},
+        "resultsPath": {"type": "string", "description": "lmms-eval's full results and per-sample logs, on the "
+                                                         "checkpoint volume"},
+        "message": {"type": "string", "description": "Why it failed, or why its pod waits"}}}
     return {"type": "object", "description": "Observed state, written by the operator.", "properties": {
+        "evaluations": {"type": "array", "items": evaluation},
         "preflight": preflight,
         "progress": progress,
         "phase": {"type": "string", "enum": PHASES},

@@ -19,11 +19,13 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from vita_api.naming import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY
-from vita_api.plan import with_stage_args
+from vita_api.plan import evaluated_stages, with_stage_args
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 
+from . import evaluation as ev
 from . import kube, metrics
 from . import preflight as pre
+from .batch_jobs import job_phase, pod_selector
 from . import progress as prog
 from .backends import RUNTIME_ENV, backend_of, configured_backends, job_backends
 from .builder import KUEUE_LABEL, JobBackend, active_since, creation_failure, stuck_reason
@@ -31,8 +33,9 @@ from .kueue import JOB_UID_LABEL, workload_state
 from .crd import PLURAL, VERSION
 from .progress_loop import progress_pass
 from .volumes import claim_names, claim_problems
-from .state import (TERMINAL, CreateJob, CreatePreflight, Decision, DeleteJob, ObservedJob, ObservedPreflight,
-                    SetJobSuspend, decide, decide_blocked, decide_invalid, decide_refused)
+from .state import (TERMINAL, CreateEvaluation, CreateJob, CreatePreflight, Decision, DeleteJob, ObservedEvaluation,
+                    ObservedJob, ObservedPreflight, SetJobSuspend, decide, decide_blocked, decide_evaluation_refused,
+                    decide_invalid, decide_refused)
 from .trainjob import DEFAULT_RUNTIME
 
 log = logging.getLogger(__name__)
@@ -205,18 +208,48 @@ def observed_preflight(namespace: str, run_name: str) -> list[ObservedPreflight]
         labels = job.get("metadata", {}).get("labels", {})
         if labels.get(LABEL_RUN) == run_name and labels.get(MANAGED_BY[0]) == MANAGED_BY[1]:
             out.append(ObservedPreflight(job["metadata"]["name"], int(labels.get(LABEL_ATTEMPT, "0")),
-                                         *pre.job_phase(job)))
+                                         *job_phase(job)))
     latest = max((o.attempt for o in out), default=0)
     for i, o in enumerate(out):
         if o.attempt == latest and o.phase in ("Pending", "Running"):  # a pod that never starts: say why
-            pods = kube.pods(namespace, pre.pod_selector(o.name))
+            pods = kube.pods(namespace, pod_selector(o.name))
             out[i] = dataclasses.replace(o, stuck=stuck_reason(pods) if pods else
                                          creation_failure(o.name, kube.warning_events(namespace)))
         if o.attempt == latest and o.phase in ("Succeeded", "Failed"):
-            pods = kube.pods(namespace, pre.pod_selector(o.name))
+            pods = kube.pods(namespace, pod_selector(o.name))
             out[i] = dataclasses.replace(
                 o, summary=next((s for s in map(pre.summary, pods) if s is not None), None),
                 permanent=next((e for e in map(pre.permanent_failure, pods) if e), ""))
+    return out
+
+
+def evaluations_needed(spec: VitaTrainingRunSpec, status: dict[str, Any]) -> bool:
+    """Whether an evaluated stage has succeeded without its evaluation having ended (saves a LIST otherwise)."""
+    if status.get("phase") in TERMINAL or spec.evaluation is None:
+        return False
+    ended = {e.get("stage") for e in status.get("evaluations") or [] if e.get("phase") in ("Succeeded", "Failed")}
+    records = {r.get("name"): r for r in status.get("stages") or []}
+    return any((records.get(spec.stages[i].name) or {}).get("phase") == "Succeeded" and spec.stages[i].name not in
+               ended for i in evaluated_stages(spec))
+
+
+def observed_evaluations(namespace: str, run_name: str) -> list[ObservedEvaluation]:
+    """The run's benchmark Jobs; a finished one also gets its pod's scores or error, a waiting one why."""
+    out = []
+    for job in kube.batch_jobs(namespace, f"{LABEL_RUN}={run_name},{ev.LABEL_EVALUATION}=true"):
+        labels = job.get("metadata", {}).get("labels", {})
+        if labels.get(LABEL_RUN) != run_name or labels.get(MANAGED_BY[0]) != MANAGED_BY[1]:
+            continue
+        o = ObservedEvaluation(job["metadata"]["name"], labels.get(LABEL_STAGE, ""), *job_phase(job))
+        pods = kube.pods(namespace, pod_selector(o.name)) if o.phase != "Suspended" else []
+        if o.phase in ("Succeeded", "Failed"):
+            found = next((r for r in map(ev.result, pods) if r is not None), None)
+            o = dataclasses.replace(o, scores=(found or {}).get("evaluation"), results=(found or {}).get("results", ""),
+                                    error=next((e for e in map(ev.error, pods) if e), ""))
+        elif o.phase in ("Pending", "Running"):
+            o = dataclasses.replace(o, stuck=stuck_reason(pods) if pods else
+                                    creation_failure(o.name, kube.warning_events(namespace)))
+        out.append(o)
     return out
 
 
@@ -326,8 +359,10 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger) -> None:
         jobs = [dataclasses.replace(j, hung=why) if j.phase == "Running" and (why := prog.hang_reason(
             progress, j.name, now, spec.hang_timeout_seconds, j.active_since)) else j for j in jobs]
         preflight = observed_preflight(namespace, name) if preflight_needed(spec, run.get("status") or {}) else []
+        evaluations = observed_evaluations(namespace, name) if evaluations_needed(spec, run.get("status") or {}) \
+            else []
         decision = decide(name, meta.get("generation", 1), spec, run.get("status"), jobs, _now(), backend_name,
-                          preflight)
+                          preflight, evaluations)
         if any(isinstance(a, (CreateJob, CreatePreflight)) for a in decision.actions) and \
                 (problems := claim_problems(spec, {c: kube.claim(namespace, c) for c in claim_names(spec)})):
             _blocked(run, "VolumeNotReady", "; ".join(problems), "volume")
@@ -353,6 +388,7 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger) -> None:
             decision.events[:0] = started
             kube.patch_status(namespace, name, decision.status)
             metrics.RECONCILE_ERRORS.labels("create_refused").inc()
+        metrics.record_scores(namespace, name, decision.status.get("evaluations") or [])
         for etype, reason, message in decision.events:
             kube.emit_event(run, etype, reason, message)
             metrics.STAGE_TRANSITIONS.labels(reason).inc()
@@ -368,7 +404,9 @@ def _apply_actions(run: dict[str, Any], spec: VitaTrainingRunSpec, backend: JobB
     meta = run["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     for action in decision.actions:
-        if isinstance(action, CreatePreflight):
+        if isinstance(action, CreateEvaluation):
+            _create_evaluation(run, spec, action.index, decision)
+        elif isinstance(action, CreatePreflight):
             _create_owned(run, pre.preflight_job(name, namespace, spec, action.attempt),
                           lambda body: kube.create_batch_job(namespace, body))
         elif isinstance(action, CreateJob):
@@ -381,6 +419,20 @@ def _apply_actions(run: dict[str, Any], spec: VitaTrainingRunSpec, backend: JobB
         elif isinstance(action, SetJobSuspend):
             kube.patch_custom(backend.api_version, backend.plural, namespace, action.name,
                               backend.suspend_patch(action.suspend))
+
+
+def _create_evaluation(run: dict[str, Any], spec: VitaTrainingRunSpec, index: int, decision: Decision) -> None:
+    """A refused benchmark Job (a quota, a policy) fails that evaluation, reported on the run; training goes on."""
+    meta = run["metadata"]
+    try:
+        _create_owned(run, ev.evaluation_job(meta["name"], meta["namespace"], spec, index),
+                      lambda body: kube.create_batch_job(meta["namespace"], body))
+    except _Refused as refused:
+        refusal = decide_evaluation_refused(decision.status, spec.stages[index].name, refused.message, _now())
+        kube.patch_status(meta["namespace"], meta["name"], refusal.status)
+        decision.status = refusal.status
+        decision.events += refusal.events
+        metrics.RECONCILE_ERRORS.labels("create_refused").inc()
 
 
 @kopf.on.resume(API_GROUP, VERSION, PLURAL)
@@ -472,7 +524,8 @@ def on_job(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     _reconcile_or_retry_later(run, logger)
 
 
-# Watch only the enabled backends' jobs: the chart grants RBAC for those alone. And the preflight Jobs.
+# Watch only the enabled backends' jobs: the chart grants RBAC for those alone. And the preflight and evaluation
+# Jobs.
 WATCHED_JOBS = [(*kube.group_version(BACKENDS[n].api_version), BACKENDS[n].plural) for n in ENABLED] + \
     [("batch", "v1", "jobs")]
 for _name in ENABLED:
@@ -481,6 +534,8 @@ for _name in ENABLED:
     kopf.on.event(*_resource, id=f"on_{_name}", labels={MANAGED_BY[0]: MANAGED_BY[1]})(on_job)
 kopf.on.event("batch", "v1", "jobs", id="on_preflight",
               labels={MANAGED_BY[0]: MANAGED_BY[1], pre.LABEL_PREFLIGHT: "true"})(on_job)
+kopf.on.event("batch", "v1", "jobs", id="on_evaluation",
+              labels={MANAGED_BY[0]: MANAGED_BY[1], ev.LABEL_EVALUATION: "true"})(on_job)
 
 
 @kopf.on.delete(API_GROUP, VERSION, PLURAL, optional=True)
@@ -488,3 +543,4 @@ def on_delete(body: kopf.Body, **_: Any) -> None:
     metrics.record_phase(f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
     _locks.pop(f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)  # its reconciles are over
     metrics.forget_progress(body["metadata"]["namespace"], body["metadata"]["name"])
+    metrics.record_scores(body["metadata"]["namespace"], body["metadata"]["name"], [])

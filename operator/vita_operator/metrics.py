@@ -1,5 +1,7 @@
 """The operator's own Prometheus metrics. Names are defined here once."""
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .crd import PHASES
@@ -17,7 +19,12 @@ RECONCILE_SECONDS = Histogram("vita_operator_reconcile_seconds", "Reconcile late
 PROGRESS_STALE = Gauge("vita_operator_progress_stale", "1 while a running run's trainer endpoint does not answer "
                        "(status.progress.stale)", ["namespace", "run"], registry=REGISTRY)
 
+BENCHMARK_SCORE = Gauge("vita_operator_benchmark_score", "A benchmark score after a stage (spec.evaluation): "
+                        "lmms-eval's metric value, as in status.evaluations", ["namespace", "run", "stage", "task",
+                                                                            "metric"], registry=REGISTRY)
+
 _phases: dict[str, str] = {}
+_scores: dict[tuple[str, str], set[tuple[str, ...]]] = {}
 
 
 def record_phase(run_key: str, phase: str | None) -> None:
@@ -35,3 +42,17 @@ def forget_progress(namespace: str, run: str) -> None:
         PROGRESS_STALE.remove(namespace, run)
     except KeyError:  # never read
         pass
+
+
+def record_scores(namespace: str, run: str, evaluations: list[dict[str, Any]]) -> None:
+    """The run's scores as they are in its status: series of evaluations no longer there are removed."""
+    now = {(e["stage"], task, metric): value for e in evaluations for task, row in (e.get("scores") or {}).items()
+           for metric, value in row.items()}
+    for gone in _scores.get((namespace, run), set()) - set(now):
+        BENCHMARK_SCORE.remove(namespace, run, *gone)
+    for key, value in now.items():
+        BENCHMARK_SCORE.labels(namespace, run, *key).set(value)
+    if now:
+        _scores[(namespace, run)] = set(now)
+    else:
+        _scores.pop((namespace, run), None)

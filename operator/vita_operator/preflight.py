@@ -11,14 +11,11 @@ from vita_api.plan import GPUS_ENV, PREFLIGHT, cluster_roots, resolve_path, stag
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 from vita_api.termination import preflight_summary_of
 
-from .builder import (KUEUE_LABEL, POD_SECURITY, TTL_AFTER_FINISHED, condition_message, container_env,
-                      container_security, permanent_failure_in, pod_placement, trainer_container_state,
-                      true_conditions, volumes_and_mounts)
+from .batch_jobs import batch_job, job_phase, pod_selector  # noqa: F401 -- the preflight Job's phase and pods
+from .builder import container_env, permanent_failure_in, trainer_container_state
 
 CONTAINER = "preflight"
 LABEL_PREFLIGHT = f"{API_GROUP}/preflight"
-# Set by the Job controller on the pods it creates.
-JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 REPORT_FILE = "preflight-report.json"
 
 
@@ -39,51 +36,17 @@ def preflight_args(spec: VitaTrainingRunSpec) -> list[str]:
 
 
 def preflight_job(run_name: str, namespace: str, spec: VitaTrainingRunSpec, attempt: int) -> dict[str, Any]:
-    """A small CPU pod (no GPU) where the first stage will run: its node selector, tolerations, affinity, pull
-    secrets and ServiceAccount, and its Kueue queue (on a cluster whose nodes are all GPU-tainted a pod without them
-    never schedules), under a deadline. It mounts the volumes as the trainer does, as the trainer's user."""
+    """A small CPU pod (no GPU) where the first stage will run, under a deadline, as the trainer's user."""
     pf = spec.preflight
-    labels = {**job_labels(run_name, PREFLIGHT, attempt), LABEL_PREFLIGHT: "true"}
-    job_labels_only = dict(labels)
-    if spec.scheduling.kueue_queue:
-        job_labels_only[KUEUE_LABEL] = spec.scheduling.kueue_queue
-    volumes, mounts = volumes_and_mounts(spec, 0)
-    volumes = [v for v in volumes if v["name"] != "dshm"]
-    mounts = [m for m in mounts if m["name"] != "dshm"]
-    placement = pod_placement(spec, 0)
     limits = {"cpu": pf.cpu, "memory": pf.memory}
-    container = {"name": CONTAINER, "image": spec.trainer.image, "imagePullPolicy": "IfNotPresent",
-                 "command": ["python", "-m", "vita_trainer.tools.preflight"], "args": preflight_args(spec),
+    container = {"name": CONTAINER, "command": ["python", "-m", "vita_trainer.tools.preflight"],
+                 "args": preflight_args(spec),
                  "env": [e for e in container_env(spec, 0) if e["name"] != GPUS_ENV],  # a CPU pod: no GPU check
-                 "resources": {"requests": dict(limits), "limits": limits}, "volumeMounts": mounts,
-                 "terminationMessagePolicy": "FallbackToLogsOnError",
-                 "securityContext": {**container_security(spec), "capabilities": {"drop": ["ALL"]}}}
-    return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": job_name(run_name, PREFLIGHT, attempt), "namespace": namespace,
-                         "labels": job_labels_only, "annotations": {f"{API_GROUP}/report": report_path(spec)}},
-            "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": TTL_AFTER_FINISHED,
-                     "activeDeadlineSeconds": pf.deadline_seconds,
-                     # Kueue admits a queued Job by unsuspending it
-                     **({"suspend": True} if spec.scheduling.kueue_queue else {}),
-                     "template": {"metadata": {"labels": labels},
-                                  "spec": {"restartPolicy": "Never", "containers": [container], "volumes": volumes,
-                                           "securityContext": dict(POD_SECURITY), **placement}}}}
-
-
-def job_phase(job: dict[str, Any]) -> tuple[str, str]:
-    """(Pending|Running|Suspended|Succeeded|Failed, message) from a batch/v1 Job's status (Failed with reason
-    DeadlineExceeded past activeDeadlineSeconds)."""
-    conds = true_conditions(job)
-    for kind, phase in (("Complete", "Succeeded"), ("Failed", "Failed"), ("Suspended", "Suspended")):
-        if kind in conds:
-            return phase, condition_message(conds[kind])
-    if (job.get("spec") or {}).get("suspend"):
-        return "Suspended", "the Job is suspended, waiting for admission"
-    return ("Running" if (job.get("status") or {}).get("active") else "Pending"), ""
-
-
-def pod_selector(job: str) -> str:
-    return f"{JOB_NAME_LABEL}={job}"
+                 "resources": {"requests": dict(limits), "limits": limits}}
+    return batch_job(spec, 0, name=job_name(run_name, PREFLIGHT, attempt), namespace=namespace,
+                     labels={**job_labels(run_name, PREFLIGHT, attempt), LABEL_PREFLIGHT: "true"},
+                     container=container, deadline_seconds=pf.deadline_seconds,
+                     annotations={f"{API_GROUP}/report": report_path(spec)})
 
 
 def summary(pod: dict[str, Any]) -> dict[str, Any] | None:

@@ -23,6 +23,10 @@ Rules:
 - A stage renamed or removed after its job started: the job is deleted (StageRemoved), not left running unseen.
 - A create the API server refuses (admission policy, webhook, quota): Blocked with the API's message until the same
   attempt's job exists (decide_refused).
+- Evaluation (spec.evaluation): when an evaluated stage succeeds, its benchmark Job starts beside the next stage.
+  Its scores (or its failure) go to status.evaluations; after the last stage the run is Evaluating until every
+  benchmark Job ended, then Succeeded. A failed evaluation never fails the run: the message and the Evaluated
+  condition say so. Not retried (its pod's failures are its own, not the model's).
 - Hung (spec.hangTimeoutSeconds; the handler reads status.progress): a running job whose step has not moved for
   the timeout is deleted and the stage retried from its checkpoint like a failed attempt (Hung event and condition).
 """
@@ -37,7 +41,8 @@ from typing import Any
 from vita_api.spec import StageSpec, VitaTrainingRunSpec
 from vita_api.oom import after_oom
 from vita_api.naming import job_name
-from vita_api.plan import PREFLIGHT, backend_problems, check_spec, cluster_roots, stage_output_dir
+from vita_api.plan import (EVALUATION, PREFLIGHT, backend_problems, check_spec, cluster_roots, evaluated_stages,
+                           evaluation_dir, stage_output_dir)
 
 TERMINAL = ("Succeeded", "Failed")
 
@@ -67,6 +72,23 @@ class ObservedPreflight:
     summary: dict[str, Any] | None = None  # from the finished pod (tools/preflight.py); None if not read
     permanent: str = ""          # the check could not run on this run's data config (bad registry or key)
     stuck: str = ""              # why its pod cannot start (builder.stuck_reason); "" if it can
+
+
+@dataclass(frozen=True)
+class ObservedEvaluation:
+    name: str
+    stage: str
+    phase: str                   # Pending|Running|Suspended|Succeeded|Failed
+    message: str = ""
+    scores: dict[str, dict[str, float]] | None = None  # from the finished pod's termination message
+    results: str = ""            # where lmms-eval's full results are
+    error: str = ""              # the failed pod's own error (vita-model eval's message); "" if none
+    stuck: str = ""              # why its pod cannot start; "" if it can
+
+
+@dataclass(frozen=True)
+class CreateEvaluation:
+    index: int
 
 
 @dataclass(frozen=True)
@@ -237,6 +259,64 @@ def _preflight(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: 
     return True
 
 
+def _evaluate_stage(d: Decision, run_name: str, spec: VitaTrainingRunSpec, index: int,
+                    observed: dict[str, ObservedEvaluation], now: str) -> None:
+    """The benchmark job of a succeeded stage (spec.evaluation): created once, then its scores or its failure in
+    status.evaluations. It never changes the run's phase here: a failed evaluation is reported, not fatal."""
+    stage = spec.stages[index]
+    records = d.status.setdefault("evaluations", [])
+    rec = next((r for r in records if r.get("stage") == stage.name), None)
+    name = job_name(run_name, f"{EVALUATION}-{stage.name}", 1)
+    job = observed.get(stage.name)
+    if rec is None:
+        rec = {"stage": stage.name, "phase": "Running", "jobName": name, "startTime": now,
+               "resultsPath": evaluation_dir(spec, index, cluster_roots(spec))}
+        records.append(rec)
+        d.events.append(("Normal", "EvaluationStarted", f"benchmarks after stage {stage.name} "
+                         f"({', '.join(spec.evaluation.tasks if spec.evaluation else [])}): job {name}"))
+    if rec["phase"] in ("Succeeded", "Failed"):
+        return
+    if job is None:  # not created yet, or not seen yet: creating it again is a no-op (deterministic name)
+        d.actions.append(CreateEvaluation(index))
+        return
+    if job.phase == "Succeeded" and job.scores:
+        rec.update(phase="Succeeded", scores=job.scores, completionTime=now, message="")
+        if job.results:
+            rec["resultsPath"] = job.results
+        summary = "; ".join(f"{t} {', '.join(f'{m} {v:.4g}' for m, v in row.items())}"
+                            for t, row in job.scores.items())
+        d.events.append(("Normal", "EvaluationSucceeded", f"stage {stage.name}: {summary}"[:1000]))
+    elif job.phase in ("Succeeded", "Failed"):
+        why = job.error or job.message or "the evaluation pod reported no scores"
+        rec.update(phase="Failed", completionTime=now, message=why[:2000])
+        d.events.append(("Warning", "EvaluationFailed", f"benchmarks after stage {stage.name} failed (job "
+                         f"{job.name}): {why}"[:1000]))
+    else:
+        rec["message"] = job.stuck or (f"waiting for admission: {job.message}" if job.phase == "Suspended" else "")
+
+
+def _finish(d: Decision, spec: VitaTrainingRunSpec, now: str, generation: int) -> Decision:
+    """Every stage succeeded: Evaluating while a benchmark job runs, then Succeeded (a failed evaluation is said in
+    the message and the Evaluated condition, not by failing the run)."""
+    d.status["currentJob"] = None
+    evals = d.status.get("evaluations") or []
+    n = len(spec.stages)
+    running = [e for e in evals if e.get("phase") not in ("Succeeded", "Failed")]
+    if running:
+        _set_phase(d, "Evaluating", "Evaluating", f"all {n} stages succeeded; benchmarks run after stage(s) "
+                   f"{', '.join(e['stage'] for e in running)}", now, generation)
+        return d
+    failed = [e for e in evals if e.get("phase") == "Failed"]
+    if evals:
+        set_condition(d.status, "Evaluated", not failed, "EvaluationFailed" if failed else "EvaluationSucceeded",
+                      "; ".join(f"after stage {e['stage']}: {e.get('message', '')}" for e in failed)[:2000] or
+                      f"benchmarks after {len(evals)} stage(s) succeeded", now, generation)
+    note = f"; the evaluation after stage(s) {', '.join(e['stage'] for e in failed)} failed (status.evaluations)" \
+        if failed else ""
+    _set_phase(d, "Succeeded", "AllStagesSucceeded", f"all {n} stages succeeded{note}", now, generation)
+    return d
+
+
 def decide_invalid(status: dict[str, Any] | None, error: str, now: str, generation: int) -> Decision:
     """A spec the run model rejects (the CRD schema normally rejects it first): Failed with reason InvalidSpec and
     the RunFailed event, the same shape as decide's for a spec that validates but cannot run."""
@@ -283,6 +363,20 @@ def decide_refused(status: dict[str, Any], job: str, kind: str, message: str, no
         d.events.append(("Warning", "CreateRefused", msg))
     _set_phase(d, "Blocked", "CreateRefused", msg, now, generation)
     set_condition(d.status, "Ready", False, "CreateRefused", msg, now, generation)
+    return d
+
+
+def decide_evaluation_refused(status: dict[str, Any], stage: str, message: str, now: str) -> Decision:
+    """The API server refused a stage's benchmark Job: that evaluation is Failed with the API's message (one
+    EvaluationFailed event); the run is not blocked, and the Job is not created again."""
+    import copy
+    d = Decision(status=copy.deepcopy(status))
+    rec = next((e for e in d.status.get("evaluations") or [] if e.get("stage") == stage), None)
+    if rec is None or rec.get("phase") in ("Succeeded", "Failed"):
+        return d
+    msg = f"the API server refused to create the evaluation Job: {message}"[:2000]
+    rec.update(phase="Failed", completionTime=now, message=msg)
+    d.events.append(("Warning", "EvaluationFailed", f"benchmarks after stage {stage}: {msg}"[:1000]))
     return d
 
 
@@ -358,9 +452,10 @@ def _hung(d: Decision, run_name: str, stage: StageSpec, index: int, rec: dict[st
 
 def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: dict[str, Any] | None,
            jobs: list[ObservedJob], now: str, backend: str = "pytorchjob",
-           preflight: Sequence[ObservedPreflight] = ()) -> Decision:
+           preflight: Sequence[ObservedPreflight] = (), evaluations: Sequence[ObservedEvaluation] = ()) -> Decision:
     """`backend`: the job backend the run uses (its own, else the operator's default); only its limits matter
-    here, the jobs arrive as ObservedJob whatever their kind. `preflight`: the run's preflight Jobs."""
+    here, the jobs arrive as ObservedJob whatever their kind. `preflight`: the run's preflight Jobs.
+    `evaluations`: the run's benchmark Jobs (spec.evaluation), one per evaluated stage."""
     import copy
     d = Decision(status=copy.deepcopy(status or {}))
     st = d.status
@@ -391,9 +486,13 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
         if _preflight(d, run_name, spec, list(preflight), now, generation):
             return d
 
+    evaluated = evaluated_stages(spec)
+    observed_evals = {e.stage: e for e in evaluations}
     for i, stage in enumerate(spec.stages):
         rec = st["stages"][i]
         if rec["phase"] == "Succeeded":
+            if i in evaluated:
+                _evaluate_stage(d, run_name, spec, i, observed_evals, now)
             continue
         seen = [j for j in jobs if j.stage == stage.name]
         attempt = max([rec.get("attempts", 0)] + [j.attempt for j in seen])
@@ -424,6 +523,8 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             if job.final_eval_loss is not None:
                 rec["finalEvalLoss"] = job.final_eval_loss
             d.events.append(("Normal", "StageSucceeded", f"stage {stage.name} succeeded ({name})"))
+            if i in evaluated:  # its benchmarks run beside the next stage
+                _evaluate_stage(d, run_name, spec, i, observed_evals, now)
             continue  # start the next stage in the same pass
         if job.phase == "Failed":
             if job.permanent:
@@ -474,6 +575,4 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             _set_phase(d, "Suspended" if spec.suspend else "Running", "StageRunning", msg, now, generation)
         return d
 
-    st["currentJob"] = None
-    _set_phase(d, "Succeeded", "AllStagesSucceeded", f"all {len(spec.stages)} stages succeeded", now, generation)
-    return d
+    return _finish(d, spec, now, generation)

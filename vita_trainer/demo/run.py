@@ -92,5 +92,6 @@ def main(argv: list[str] | None = None) -> int:
           f"count {aud.get('count', 0):.3f})  [{report['total_seconds']}s; loss curves: {out}/runs/*/loss.png]")
     final = out / "runs" / yaml.safe_load(run_yaml.read_text())["spec"]["stages"][-1]["name"]
     print(f"benchmark it with lmms-eval: vita-model eval {final} --tasks {GROUP} --include-path {tasks}\n"
-          f"talk to it: vita-model chat {final} --image {out}/images/eval_00000.png --prompt 'What color is the shape?'")
+          f"talk to it: vita-model chat {final} --image {out}/images/eval_00000.png "
+          f"--prompt 'What color is the shape?'")
     return 0
