@@ -124,11 +124,12 @@ def preflight_message(tmp_path, monkeypatch, bad: bool, stages=("s1", "s2", "s3"
     return log.read_text()
 
 
-def finish_preflight(cluster, job: str, exit_code: int, message: str) -> None:
-    """The pod the Job controller made, terminated as the kubelet reports it; then the Job's own status."""
+def finish_preflight(cluster, job: str, exit_code: int, message: str, container: str = "preflight") -> None:
+    """The pod the Job controller made, terminated as the kubelet reports it; then the Job's own status. (Any of
+    the run's batch Jobs: the evaluation's container is "evaluation".)"""
     state = {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
                             "message": message}}
-    cluster.put_pod(pod(f"{job}-x7k2p", {"batch.kubernetes.io/job-name": job}, "preflight",
+    cluster.put_pod(pod(f"{job}-x7k2p", {"batch.kubernetes.io/job-name": job}, container,
                         "Succeeded" if exit_code == 0 else "Failed", state))
     now = "2026-11-27T00:00:00Z"
     if exit_code == 0:

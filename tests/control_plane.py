@@ -306,18 +306,21 @@ class OperatorProcess(_Started):
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def reconciles(self) -> float:
-        """How many reconciles this process has finished: the count of its reconcile-latency histogram, read from
-        its /metrics. A test waits on this before asserting that something did *not* happen."""
+    def samples(self) -> list:
+        """Every sample of this process's /metrics, parsed by prometheus_client; [] while it does not answer."""
         from prometheus_client.parser import text_string_to_metric_families
-        assert self.metrics_port, "start the operator with a metrics_port to count its reconciles"
+        assert self.metrics_port, "start the operator with a metrics_port to read its metrics"
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
                 text = r.read().decode()
         except OSError:
-            return 0.0
-        return next((s.value for f in text_string_to_metric_families(text) for s in f.samples
-                     if s.name == "vita_operator_reconcile_seconds_count"), 0.0)
+            return []
+        return [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+    def reconciles(self) -> float:
+        """How many reconciles this process has finished: the count of its reconcile-latency histogram, read from
+        its /metrics. A test waits on this before asserting that something did *not* happen."""
+        return next((s.value for s in self.samples() if s.name == "vita_operator_reconcile_seconds_count"), 0.0)
 
     def stop(self) -> int:
         return stop_group(self.proc, timeout=30) if self.proc else 0

@@ -374,3 +374,75 @@ def test_a_clean_preflight_starts_stage_one_and_an_infrastructure_failure_is_ret
         assert "PreflightRetrying" in described and "PreflightPassed" in described
         assert_no_forbidden(op)
     cluster.cp.kubectl("delete", "vitatrainingrun", "checked", "-n", NS, "--timeout=30s")
+
+
+def eval_pod_message(job: dict, local: dict[str, str], log, monkeypatch) -> tuple[int, str]:
+    """What the evaluation pod writes: `vita-model eval` run for real with the Job's own arguments, its volume paths
+    mapped to local folders (`local`: mount path prefix -> folder)."""
+    from vita_api.termination import PATH_ENV
+    from vita_trainer.tools.model_cli import main as model_main
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    for prefix, folder in local.items():
+        args = [a.replace(prefix, folder) for a in args]
+    log.write_text("")
+    monkeypatch.setenv(PATH_ENV, str(log))
+    try:
+        code = model_main(args)
+    except Exception:  # what the pod's process does with a VitaError: message written, non-zero exit
+        code = 2
+    return code, log.read_text()
+
+
+def test_benchmarks_after_stages_land_in_status_and_prometheus_and_a_failed_one_does_not_fail_the_run(
+        cluster, tmp_path, monkeypatch):
+    """lmms-eval runs for real on the demo's tasks and a tiny model (the pod's own command); the Job controller and
+    the kubelet are played. Stage s1's benchmarks run beside stage s2; s3's fail (a task name lmms-eval does not
+    know) and the run still succeeds, saying so."""
+    from vita_trainer.demo.lmms_tasks import write_tasks
+    from vita_trainer.demo.run import prepare
+    demo = tmp_path / "demo"
+    prepare(demo, small=True)
+    write_tasks(demo, demo / "lmms_tasks")
+    run = run_on("pytorchjob", "scored")
+    run["spec"]["evaluation"] = {"tasks": ["vita_demo"], "afterStages": ["s1", "s3"], "includePath": "lmms_tasks",
+                                 "limit": 4}
+    local = {"/ckpt/runs/r1/s1": str(demo / "base_model"), "/ckpt/runs/r1/s3": str(demo / "base_model"),
+             "/data": str(demo)}
+    with cluster.operator("operator-evaluation") as op:
+        cluster.apply(run)
+        wait_for(lambda: "scored-s1-1" in cluster.jobs(), what="stage 1's job")
+        cluster.set_job("scored-s1-1", "Succeeded")
+        job = wait_for(lambda: preflight_jobs(cluster).get("scored-eval-s1-1"), what="the evaluation Job")
+        wait_for(lambda: "scored-s2-1" in cluster.jobs(), what="stage 2's job, beside the evaluation")
+        code, message = eval_pod_message(job, local, tmp_path / "termination-log", monkeypatch)
+        assert code == 0
+        expected = json.loads(message)["evaluation"]  # what lmms-eval computed
+        assert set(expected) == {"vita_demo_color", "vita_demo_color_choice", "vita_demo_pitch"}
+        finish_preflight(cluster, "scored-eval-s1-1", 0, message, container="evaluation")
+        rec = wait_for(lambda: next((e for e in cluster.run_status("scored").get("evaluations", [])
+                                     if e["phase"] == "Succeeded"), None), what="the scores in status")
+        assert rec["stage"] == "s1" and rec["scores"] == expected
+        assert cluster.run_status("scored")["phase"] == "Running"  # training went on
+        series = wait_for(lambda: {(s.labels["task"], s.labels["metric"]): s.value for s in op.samples()
+                                   if s.name == "vita_operator_benchmark_score" and s.labels["run"] == "scored"},
+                          what="the scores on the operator's /metrics")
+        assert series == {(t, m): v for t, row in expected.items() for m, v in row.items()}
+        cluster.set_job("scored-s2-1", "Succeeded")
+        wait_for(lambda: "scored-s3-1" in cluster.jobs(), what="stage 3's job")
+        cluster.set_job("scored-s3-1", "Succeeded")
+        job = wait_for(lambda: preflight_jobs(cluster).get("scored-eval-s3-1"), what="stage 3's evaluation Job")
+        wait_for(lambda: cluster.run_status("scored").get("phase") == "Evaluating", what="Evaluating")
+        job["spec"]["template"]["spec"]["containers"][0]["args"][5] = "vita_demo_colour"  # --tasks, misspelt
+        code, message = eval_pod_message(job, local, tmp_path / "termination-log", monkeypatch)
+        assert code != 0 and "unknown lmms-eval task(s): vita_demo_colour (did you mean vita_demo_color" in message
+        finish_preflight(cluster, "scored-eval-s3-1", 2, message, container="evaluation")
+        wait_for(lambda: cluster.run_status("scored").get("phase") == "Succeeded", what="Succeeded")
+        status = cluster.run_status("scored")
+        assert "the evaluation after stage(s) s3 failed" in status["message"]
+        failed = next(e for e in status["evaluations"] if e["stage"] == "s3")
+        assert failed["phase"] == "Failed" and "did you mean vita_demo_color" in failed["message"]
+        assert cluster.condition("Evaluated", "scored")["reason"] == "EvaluationFailed"
+        described = cluster.cp.kubectl("describe", "vitatrainingrun", "scored", "-n", NS).stdout
+        assert "EvaluationSucceeded" in described and "EvaluationFailed" in described
+        assert_no_forbidden(op)
+    cluster.cp.kubectl("delete", "vitatrainingrun", "scored", "-n", NS, "--timeout=30s")

@@ -136,7 +136,7 @@ def test_the_demo_as_the_readme_runs_it_learns_above_chance(tmp_path, capsys, mo
     from vita_trainer.demo.run import main as demo_main
     out = tmp_path / "demo"
     assert demo_main(["--out", str(out), "--small", "--steps-scale", "0.2"]) == 0
-    capsys.readouterr()
+    printed = capsys.readouterr().out
     report = json.loads((out / "demo_summary.json").read_text())
     assert [s["preset"] for s in report["stages"]] == ["text_sft", "vision_align", "audio_align", "multimodal_sft"]
     assert all(s["final_loss"] < s["first_loss"] for s in report["stages"]), report["stages"]
@@ -163,6 +163,25 @@ def test_the_demo_as_the_readme_runs_it_learns_above_chance(tmp_path, capsys, mo
     monkeypatch.setattr("sys.stdin", io.StringIO("What shape is it?\nWhat color is the shape?\n/exit\n"))
     assert model_main(chat) == 0
     assert capsys.readouterr().out.split() == [shape, colour]
+    # lmms-eval on the demo's held-out questions, with the command the demo prints: the model that learned the
+    # colours and pitches answers every one (free answer and multiple choice); the untrained base does not
+    command = next(line.split(": ", 1)[1] for line in printed.splitlines() if line.startswith("benchmark it"))
+    assert command.startswith("vita-model eval ")
+    scores = {}
+    for name, folder in (("trained", str(out / "runs" / "multimodal")), ("untrained", str(out / "base_model"))):
+        argv = command.split()[1:]
+        argv[1] = folder
+        assert model_main([*argv, "--output", str(tmp_path / name)]) == 0
+        scores[name] = json.loads((tmp_path / name / "scores.json").read_text())
+    assert scores["trained"] == {"vita_demo_color": {"exact_match": 1.0}, "vita_demo_color_choice": {"acc": 1.0},
+                                 "vita_demo_pitch": {"exact_match": 1.0}}, scores
+    assert all(v < 1.0 for row in scores["untrained"].values() for v in row.values()), scores
+    # spec.evaluation under `vita-train local`: the stages are found done, the benchmarks run after the last one
+    run = yaml.safe_load((ROOT / "manifests" / "examples" / "run-tiny.yaml").read_text())
+    run["spec"]["evaluation"] = {"tasks": ["vita_demo"], "includePath": "lmms_tasks"}
+    (out / "run-evaluated.yaml").write_text(yaml.safe_dump(run))
+    assert cli_main(["local", str(out / "run-evaluated.yaml")]) == 0
+    assert json.loads((out / "runs" / "multimodal" / "eval" / "scores.json").read_text()) == scores["trained"]
 
 
 @pytest.mark.parametrize("argv,kind", [

@@ -13,8 +13,8 @@ from pathlib import Path
 from vita_api.errors import ConfigError, StageFailed
 from vita_api.spec import VitaTrainingRun, load_run
 from vita_api.oom import after_oom
-from vita_api.plan import (STAGE_DONE_FILE, PathRoots, check_spec, nproc_per_node, resolve_path, stage_args,
-                          stage_inputs, stage_output_dir, with_stage_args)
+from vita_api.plan import (STAGE_DONE_FILE, PathRoots, check_spec, evaluated_stages, evaluation_args, evaluation_dir,
+                          nproc_per_node, resolve_path, stage_args, stage_inputs, stage_output_dir, with_stage_args)
 from vita_api.termination import failure_of, oom_of
 from vita_api.termination import PATH_ENV as TERMINATION_PATH_ENV
 
@@ -71,8 +71,26 @@ def run_local(path: str | Path, nproc: int | None = None, root: str | Path | Non
         summary = json.loads(done.read_text())
         summaries.append(summary)
         plot_losses(summary, out / "loss.png")
+        if i in evaluated_stages(run.spec):
+            evaluate_stage(run.spec, i, roots)
     print(format_summary(summaries), flush=True)
     return summaries
+
+
+def evaluate_stage(spec, index: int, roots: PathRoots) -> None:
+    """spec.evaluation's benchmarks on a finished stage, as the operator's evaluation Job runs them (`vita-model
+    eval`, in its own process); done once (its scores.json). A failure is said, not raised: the stage trained."""
+    stage = spec.stages[index].name
+    scores = Path(evaluation_dir(spec, index, roots)) / "scores.json"
+    if scores.is_file():
+        print(f"[local] benchmarks after stage {stage}: already done ({scores})", flush=True)
+        return
+    print(f"[local] benchmarks after stage {stage}: {', '.join(spec.evaluation.tasks)}", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "vita_trainer.tools.model_cli",
+                           *evaluation_args(spec, index, roots)])
+    if proc.returncode:
+        print(f"[local] WARNING: the benchmarks after stage {stage} failed (exit {proc.returncode}, see above); "
+              f"the stage itself succeeded", flush=True)
 
 
 def run_stage(spec, index: int, roots: PathRoots, nproc: int, rerun: str) -> None:

@@ -34,7 +34,8 @@ def evaluation_job(run_name: str, namespace: str, spec: VitaTrainingRunSpec, ind
     env = [e for e in container_env(spec, index) if e["name"] not in (GPUS_ENV, "HF_HUB_OFFLINE", "HF_HOME")]
     container = {"name": CONTAINER, "command": ["vita-model"],
                  "args": evaluation_args(spec, index, cluster_roots(spec)),
-                 "env": [*env, {"name": "HF_HOME", "value": hf_home}],
+                 # the image says HF_HUB_OFFLINE=1 (training never reads the Hub): the tasks' datasets do
+                 "env": [*env, {"name": "HF_HUB_OFFLINE", "value": "0"}, {"name": "HF_HOME", "value": hf_home}],
                  "resources": {"requests": dict(limits), "limits": limits}}
     labels = {**job_labels(run_name, stage.name, 1), LABEL_EVALUATION: "true"}
     return batch_job(spec, index, name=job_name(run_name, f"{EVALUATION}-{stage.name}", 1), namespace=namespace,
