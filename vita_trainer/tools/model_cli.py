@@ -111,6 +111,17 @@ def _chat(a) -> int:
     return 0
 
 
+def _download(a) -> int:
+    from .model_download import catalogue, download_model, resolve
+    if a.list or not a.models:
+        for name, src in catalogue().items():
+            print(f"{name:<24}{src.repo:<32}{src.licence:<12}{src.description}")
+        return 0
+    for name in a.models:
+        download_model(Path(a.root), resolve(name, a.revision, a.include, a.exclude), dry_run=a.dry_run)
+    return 0
+
+
 def _eval(a) -> int:
     from vita_api.termination import write_failure
     from ..evaluation.run import evaluate, print_scores
@@ -184,8 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--system", help="system prompt (default: the prompts the model's stage trained with)")
     ev.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
     ev.add_argument("--seed", type=int, default=0)
+    dl = sub.add_parser("download", help="the guide's pretrained parts by name, or any Hugging Face repo id")
+    dl.add_argument("models", nargs="*", help="names (--list shows them) or repo ids owner/name")
+    dl.add_argument("--root", default="models", help="folder to lay them out in (default: models)")
+    dl.add_argument("--revision", help="a branch, tag or commit (default: the catalogue's, else main)")
+    dl.add_argument("--include", action="append", default=[], help="only files matching this glob (repeatable)")
+    dl.add_argument("--exclude", action="append", default=[], help="not files matching this glob (repeatable)")
+    dl.add_argument("--dry-run", action="store_true", help="list the files, their sizes and the licence; fetch nothing")
+    dl.add_argument("--list", action="store_true", help="the names this command knows")
     a = p.parse_args(argv)
     try:
+        if a.cmd == "download":
+            return _download(a)
         if a.cmd == "chat":
             return _chat(a)
         if a.cmd == "eval":
