@@ -446,3 +446,37 @@ def test_benchmarks_after_stages_land_in_status_and_prometheus_and_a_failed_one_
         assert "EvaluationSucceeded" in described and "EvaluationFailed" in described
         assert_no_forbidden(op)
     cluster.cp.kubectl("delete", "vitatrainingrun", "scored", "-n", NS, "--timeout=30s")
+
+
+def test_the_export_job_writes_the_reference_layout_and_status_names_the_folder(cluster, tmp_path, tok, monkeypatch):
+    """The export Job's own command (its volume paths mapped to local folders) on a tiny VITA-1.5-shaped model;
+    the Job controller and kubelet are played. `vita-model import` reads the folder back bit for bit."""
+    import torch
+
+    from tests.test_vita15_interop import write_released_tree
+    from vita_trainer.model.vita15 import import_vita15, read_weights
+    from vita_trainer.tools.model_cli import main as model_main
+    released = write_released_tree(tmp_path / "released", tok)
+    trained = import_vita15(released["ckpt"], tmp_path / "ckpt" / "runs" / "r1" / "s3")  # stands for stage s3's output
+    run = run_on("pytorchjob", "exported")
+    run["spec"]["export"] = {"path": "releases/v1"}
+    with cluster.operator("operator-export") as op:
+        cluster.apply(run)
+        for stage in ("s1", "s2", "s3"):
+            wait_for(lambda s=stage: f"exported-{s}-1" in cluster.jobs(), what=f"stage {stage}'s job")
+            cluster.set_job(f"exported-{stage}-1", "Succeeded")
+        job = wait_for(lambda: preflight_jobs(cluster).get("exported-export-1"), what="the export Job")
+        wait_for(lambda: cluster.run_status("exported").get("phase") == "Exporting", what="Exporting")
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args == ["export", "/ckpt/runs/r1/s3", "/ckpt/runs/r1/releases/v1", "--format", "vita15"]
+        assert model_main([a.replace("/ckpt", str(tmp_path / "ckpt")) for a in args]) == 0  # what the pod runs
+        finish_preflight(cluster, "exported-export-1", 0, "", container="export")
+        wait_for(lambda: cluster.run_status("exported").get("phase") == "Succeeded", what="Succeeded")
+        ex = cluster.run_status("exported")["export"]
+        assert ex["phase"] == "Succeeded" and ex["path"] == "/ckpt/runs/r1/releases/v1"
+        assert "ExportSucceeded" in cluster.cp.kubectl("describe", "vitatrainingrun", "exported", "-n", NS).stdout
+        assert_no_forbidden(op)
+    back = import_vita15(tmp_path / "ckpt" / "runs" / "r1" / "releases" / "v1", tmp_path / "reimported")
+    a, b = read_weights(trained), read_weights(back)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    cluster.cp.kubectl("delete", "vitatrainingrun", "exported", "-n", NS, "--timeout=30s")

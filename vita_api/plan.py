@@ -20,6 +20,7 @@ from .presets import FREEZE_FLAGS, as_bool, get_preset, resolve_trainable, saves
 STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage finishes
 PREFLIGHT = "preflight"                # names the run's data-check Job; no stage may take it
 EVALUATION = "eval"                    # starts the names of the run's benchmark Jobs: <run>-eval-<stage>-1
+EXPORT = "export"                      # names the run's export Job: <run>-export-<attempt>; no stage may take it
 PREPARED_BASE_DIR = "base-model"      # beside the stage outputs: the run's base, imported or composed once
 JOB_ARGS = ("active_deadline_seconds",)  # stage args the job builder consumes; the trainer never sees them
 EVALUATION_DIR = "eval"                # in a stage's output folder: lmms-eval's results of spec.evaluation
@@ -119,6 +120,20 @@ def evaluation_args(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> 
     return args + (["--limit", str(ev.limit)] if ev.limit else [])
 
 
+def export_dir(spec: VitaTrainingRunSpec, roots: PathRoots) -> str:
+    if spec.export is None:
+        raise ConfigError("the run asks for no export (spec.export)")
+    return resolve_path(resolve_path(roots.checkpoints, spec.output), spec.export.path)
+
+
+def export_args(spec: VitaTrainingRunSpec, roots: PathRoots) -> list[str]:
+    """`vita-model export` arguments for the last stage's output."""
+    if spec.export is None:
+        raise ConfigError("the run asks for no export (spec.export)")
+    return ["export", stage_output_dir(spec, len(spec.stages) - 1, roots), export_dir(spec, roots),
+            "--format", spec.export.format]
+
+
 def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
     """Semantic problems the schema cannot see. Empty list means the spec is runnable."""
     problems = []
@@ -129,8 +144,9 @@ def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
     if PREPARED_BASE_DIR in names:
         problems.append(f"no stage may be named {PREPARED_BASE_DIR!r}: the run keeps its imported or composed "
                         f"base model in that folder of the output")
-    if PREFLIGHT in names:
-        problems.append(f"no stage may be named {PREFLIGHT!r}: the run's data check Job takes that name")
+    for taken, job in ((PREFLIGHT, "data check"), (EXPORT, "export")):
+        if taken in names:
+            problems.append(f"no stage may be named {taken!r}: the run's {job} Job takes that name")
     for i, stage in enumerate(spec.stages):
         try:
             trainable_groups(spec, i)

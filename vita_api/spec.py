@@ -144,6 +144,18 @@ class EvaluationSpec(_Spec):
     deadline_seconds: int = Field(86400, ge=60, description="The evaluation Job's activeDeadlineSeconds")
 
 
+class ExportSpec(_Spec):
+    format: Literal["vita15"] = Field("vita15", description="vita15: VITA-1.5's own layout (vita-Qwen2 config, its "
+                                      "key names, the InternViT and whale folders), for VITA's inference and "
+                                      "VLMEvalKit")
+    path: str = Field("export-vita15", description="Folder the export writes, on the checkpoint volume: relative to "
+                      "the run's output, or absolute")
+    cpu: str = Field("8", description="CPU request and limit of the export pod (no GPU)")
+    memory: str = Field("64Gi", description="Memory request and limit of the export pod: the model's weights in "
+                        "their dtype, about twice (a 7B model in bf16: ~15 GiB)")
+    deadline_seconds: int = Field(21600, ge=60, description="The export Job's activeDeadlineSeconds")
+
+
 class VolumeSpec(_Spec):
     claim_name: str = Field(description="PersistentVolumeClaim name")
     mount_path: str = Field(description="Where the volume is mounted in trainer pods")
@@ -258,6 +270,9 @@ class VitaTrainingRunSpec(_Spec):
                                              "trainer's own 2-hour collective timeout)")
     preflight: PreflightSpec = Field(default_factory=PreflightSpec, description="vita-data check of every stage's "
                                      "datasetUse on the dataset volume before any GPU job; problems fail the run")
+    export: ExportSpec | None = Field(None, description="After the last stage, export its model (vita-model export) "
+                                      "to a folder on the checkpoint volume, as its own Job; status.export names "
+                                      "the folder")
     evaluation: EvaluationSpec | None = Field(None, description="Benchmarks (lmms-eval) after stages: scores in "
                                               "status.evaluations; a failed evaluation is reported and does not fail "
                                               "the run")

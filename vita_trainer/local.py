@@ -14,7 +14,8 @@ from vita_api.errors import ConfigError, StageFailed
 from vita_api.spec import VitaTrainingRun, load_run
 from vita_api.oom import after_oom
 from vita_api.plan import (STAGE_DONE_FILE, PathRoots, check_spec, evaluated_stages, evaluation_args, evaluation_dir,
-                          nproc_per_node, resolve_path, stage_args, stage_inputs, stage_output_dir, with_stage_args)
+                          export_args, export_dir, nproc_per_node, resolve_path, stage_args, stage_inputs,
+                          stage_output_dir, with_stage_args)
 from vita_api.termination import failure_of, oom_of
 from vita_api.termination import PATH_ENV as TERMINATION_PATH_ENV
 
@@ -73,8 +74,23 @@ def run_local(path: str | Path, nproc: int | None = None, root: str | Path | Non
         plot_losses(summary, out / "loss.png")
         if i in evaluated_stages(run.spec):
             evaluate_stage(run.spec, i, roots)
+    if run.spec.export is not None:
+        export_run(run.spec, roots)
     print(format_summary(summaries), flush=True)
     return summaries
+
+
+def export_run(spec, roots: PathRoots) -> None:
+    """spec.export, as the operator's export Job runs it (`vita-model export`, in its own process)."""
+    folder = Path(export_dir(spec, roots))
+    if (folder / "config.json").is_file():
+        print(f"[local] export: already there ({folder})", flush=True)
+        return
+    print(f"[local] export: {spec.export.format} to {folder}", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "vita_trainer.tools.model_cli", *export_args(spec, roots)])
+    if proc.returncode:
+        raise StageFailed(f"the export to {folder} failed (exit {proc.returncode}, see above); every stage "
+                          f"succeeded and its output is in place")
 
 
 def evaluate_stage(spec, index: int, roots: PathRoots) -> None:

@@ -21,8 +21,10 @@ PLURAL = "vitatrainingruns"
 VERSION = "v1alpha1"
 # Pending: nothing created yet; Preflight: the data check runs; Queued: a job waits for Kueue or the scheduler;
 # Running; Suspended (spec.suspend); Blocked: a person must act (a create refused, a missing claim or CRD);
-# Evaluating: every stage succeeded and benchmark jobs (spec.evaluation) still run.
-PHASES = ["Pending", "Preflight", "Queued", "Running", "Suspended", "Blocked", "Evaluating", "Succeeded", "Failed"]
+# Exporting / Evaluating: every stage succeeded and the export Job (spec.export) or benchmark Jobs
+# (spec.evaluation) still run.
+PHASES = ["Pending", "Preflight", "Queued", "Running", "Suspended", "Blocked", "Exporting", "Evaluating", "Succeeded",
+          "Failed"]
 
 
 def _structural(node: Any, defs: dict[str, Any]) -> Any:
@@ -148,7 +150,13 @@ def status_schema() -> dict[str, Any]:
         "resultsPath": {"type": "string", "description": "lmms-eval's full results and per-sample logs, on the "
                                                          "checkpoint volume"},
         "message": {"type": "string", "description": "Why it failed, or why its pod waits"}}}
+    export = {"type": "object", "description": "The export after the last stage (spec.export)", "properties": {
+        "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed"]},
+        "attempts": {"type": "integer", "minimum": 0}, "jobName": {"type": "string"},
+        "path": {"type": "string", "description": "The exported folder, on the checkpoint volume"},
+        "completionTime": time, "message": {"type": "string"}}}
     return {"type": "object", "description": "Observed state, written by the operator.", "properties": {
+        "export": export,
         "evaluations": {"type": "array", "items": evaluation},
         "preflight": preflight,
         "progress": progress,

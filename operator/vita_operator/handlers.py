@@ -23,6 +23,7 @@ from vita_api.plan import evaluated_stages, with_stage_args
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 
 from . import evaluation as ev
+from . import export as exp
 from . import kube, metrics
 from . import preflight as pre
 from .batch_jobs import job_phase, pod_selector
@@ -33,9 +34,9 @@ from .kueue import JOB_UID_LABEL, workload_state
 from .crd import PLURAL, VERSION
 from .progress_loop import progress_pass
 from .volumes import claim_names, claim_problems
-from .state import (TERMINAL, CreateEvaluation, CreateJob, CreatePreflight, Decision, DeleteJob, ObservedEvaluation,
-                    ObservedJob, ObservedPreflight, SetJobSuspend, decide, decide_blocked, decide_evaluation_refused,
-                    decide_invalid, decide_refused)
+from .state import (TERMINAL, CreateEvaluation, CreateExport, CreateJob, CreatePreflight, Decision, DeleteJob,
+                    ObservedEvaluation, ObservedExport, ObservedJob, ObservedPreflight, SetJobSuspend, decide,
+                    decide_blocked, decide_evaluation_refused, decide_invalid, decide_refused)
 from .trainjob import DEFAULT_RUNTIME
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,34 @@ def observed_evaluations(namespace: str, run_name: str) -> list[ObservedEvaluati
     return out
 
 
+def export_needed(spec: VitaTrainingRunSpec, status: dict[str, Any]) -> bool:
+    """Every stage succeeded and the export has not (saves a LIST otherwise)."""
+    stages = status.get("stages") or []
+    return spec.export is not None and status.get("phase") not in TERMINAL and \
+        (status.get("export") or {}).get("phase") != "Succeeded" and len(stages) == len(spec.stages) and \
+        all(r.get("phase") == "Succeeded" for r in stages)
+
+
+def observed_exports(namespace: str, run_name: str) -> list[ObservedExport]:
+    """The run's export Jobs; the latest one that failed or waits also gets why, from its pod."""
+    out = []
+    for job in kube.batch_jobs(namespace, f"{LABEL_RUN}={run_name},{exp.LABEL_EXPORT}=true"):
+        labels = job.get("metadata", {}).get("labels", {})
+        if labels.get(LABEL_RUN) == run_name and labels.get(MANAGED_BY[0]) == MANAGED_BY[1]:
+            out.append(ObservedExport(job["metadata"]["name"], int(labels.get(LABEL_ATTEMPT, "0")), *job_phase(job)))
+    latest = max((o.attempt for o in out), default=0)
+    for i, o in enumerate(out):
+        if o.attempt != latest or o.phase not in ("Pending", "Running", "Failed"):
+            continue
+        pods = kube.pods(namespace, pod_selector(o.name))
+        if o.phase == "Failed":
+            out[i] = dataclasses.replace(o, message=next((f for f in map(exp.failure, pods) if f), o.message))
+        else:
+            out[i] = dataclasses.replace(o, stuck=stuck_reason(pods) if pods else
+                                         creation_failure(o.name, kube.warning_events(namespace)))
+    return out
+
+
 class _Refused(Exception):
     """The API server refused a create for a reason that retrying the same body cannot fix (admission)."""
 
@@ -361,9 +390,11 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger) -> None:
         preflight = observed_preflight(namespace, name) if preflight_needed(spec, run.get("status") or {}) else []
         evaluations = observed_evaluations(namespace, name) if evaluations_needed(spec, run.get("status") or {}) \
             else []
+        exports = observed_exports(namespace, name) if export_needed(spec, run.get("status") or {}) else []
         decision = decide(name, meta.get("generation", 1), spec, run.get("status"), jobs, _now(), backend_name,
-                          preflight, evaluations)
-        if any(isinstance(a, (CreateJob, CreatePreflight)) for a in decision.actions) and \
+                          preflight, evaluations, exports)
+        creates = (CreateJob, CreatePreflight, CreateEvaluation, CreateExport)
+        if any(isinstance(a, creates) for a in decision.actions) and \
                 (problems := claim_problems(spec, {c: kube.claim(namespace, c) for c in claim_names(spec)})):
             _blocked(run, "VolumeNotReady", "; ".join(problems), "volume")
             return
@@ -381,8 +412,8 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger) -> None:
             _apply_actions(run, spec, backend, decision)
         except _Refused as refused:
             # what did happen stays (a stage that succeeded); what did not (a job started, the run Running) goes
-            started = [e for e in decision.events
-                       if e[1] not in ("StageStarted", "PreflightStarted", "RunRunning", "RunSuspended")]
+            started = [e for e in decision.events if e[1] not in ("StageStarted", "PreflightStarted", "ExportStarted",
+                                                                  "RunRunning", "RunSuspended", "RunExporting")]
             decision = decide_refused(decision.status, refused.job, refused.kind, refused.message, _now(),
                                       meta.get("generation", 1))
             decision.events[:0] = started
@@ -406,6 +437,9 @@ def _apply_actions(run: dict[str, Any], spec: VitaTrainingRunSpec, backend: JobB
     for action in decision.actions:
         if isinstance(action, CreateEvaluation):
             _create_evaluation(run, spec, action.index, decision)
+        elif isinstance(action, CreateExport):
+            _create_owned(run, exp.export_job(name, namespace, spec, action.attempt),
+                          lambda body: kube.create_batch_job(namespace, body))
         elif isinstance(action, CreatePreflight):
             _create_owned(run, pre.preflight_job(name, namespace, spec, action.attempt),
                           lambda body: kube.create_batch_job(namespace, body))
@@ -524,8 +558,8 @@ def on_job(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     _reconcile_or_retry_later(run, logger)
 
 
-# Watch only the enabled backends' jobs: the chart grants RBAC for those alone. And the preflight and evaluation
-# Jobs.
+# Watch only the enabled backends' jobs: the chart grants RBAC for those alone. And the run's batch Jobs
+# (preflight, evaluation, export).
 WATCHED_JOBS = [(*kube.group_version(BACKENDS[n].api_version), BACKENDS[n].plural) for n in ENABLED] + \
     [("batch", "v1", "jobs")]
 for _name in ENABLED:
@@ -536,6 +570,8 @@ kopf.on.event("batch", "v1", "jobs", id="on_preflight",
               labels={MANAGED_BY[0]: MANAGED_BY[1], pre.LABEL_PREFLIGHT: "true"})(on_job)
 kopf.on.event("batch", "v1", "jobs", id="on_evaluation",
               labels={MANAGED_BY[0]: MANAGED_BY[1], ev.LABEL_EVALUATION: "true"})(on_job)
+kopf.on.event("batch", "v1", "jobs", id="on_export",
+              labels={MANAGED_BY[0]: MANAGED_BY[1], exp.LABEL_EXPORT: "true"})(on_job)
 
 
 @kopf.on.delete(API_GROUP, VERSION, PLURAL, optional=True)

@@ -27,6 +27,9 @@ Rules:
   Its scores (or its failure) go to status.evaluations; after the last stage the run is Evaluating until every
   benchmark Job ended, then Succeeded. A failed evaluation never fails the run: the message and the Evaluated
   condition say so. Not retried (its pod's failures are its own, not the model's).
+- Export (spec.export): when the last stage succeeds, a CPU Job writes its model in the asked format to
+  status.export.path (the run is Exporting); retried like preflight, then the run is Failed (ExportFailed) with the
+  stages' outputs in place and the command to export by hand.
 - Hung (spec.hangTimeoutSeconds; the handler reads status.progress): a running job whose step has not moved for
   the timeout is deleted and the stage retried from its checkpoint like a failed attempt (Hung event and condition).
 """
@@ -41,8 +44,8 @@ from typing import Any
 from vita_api.spec import StageSpec, VitaTrainingRunSpec
 from vita_api.oom import after_oom
 from vita_api.naming import job_name
-from vita_api.plan import (EVALUATION, PREFLIGHT, backend_problems, check_spec, cluster_roots, evaluated_stages,
-                           evaluation_dir, stage_output_dir)
+from vita_api.plan import (EVALUATION, EXPORT, PREFLIGHT, backend_problems, check_spec, cluster_roots,
+                           evaluated_stages, evaluation_dir, export_args, export_dir, stage_output_dir)
 
 TERMINAL = ("Succeeded", "Failed")
 
@@ -89,6 +92,20 @@ class ObservedEvaluation:
 @dataclass(frozen=True)
 class CreateEvaluation:
     index: int
+
+
+@dataclass(frozen=True)
+class ObservedExport:
+    name: str
+    attempt: int
+    phase: str                   # Pending|Running|Suspended|Succeeded|Failed
+    message: str = ""            # the Job's reason, or the failed pod's own (its log tail)
+    stuck: str = ""              # why its pod cannot start; "" if it can
+
+
+@dataclass(frozen=True)
+class CreateExport:
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -295,10 +312,67 @@ def _evaluate_stage(d: Decision, run_name: str, spec: VitaTrainingRunSpec, index
         rec["message"] = job.stuck or (f"waiting for admission: {job.message}" if job.phase == "Suspended" else "")
 
 
-def _finish(d: Decision, spec: VitaTrainingRunSpec, now: str, generation: int) -> Decision:
-    """Every stage succeeded: Evaluating while a benchmark job runs, then Succeeded (a failed evaluation is said in
-    the message and the Evaluated condition, not by failing the run)."""
+EXPORT_RETRIES = 2
+
+
+def _export(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: Sequence[ObservedExport], now: str,
+            generation: int) -> bool:
+    """The export Job after the last stage (spec.export); True while it holds the run (running, or failed it)."""
+    if spec.export is None:
+        return False
+    ex = d.status.setdefault("export", {"phase": "Pending", "attempts": 0})
+    if ex["phase"] == "Succeeded":
+        return False
+    ex["path"] = export_dir(spec, cluster_roots(spec))
+    attempt = max([ex.get("attempts", 0)] + [o.attempt for o in observed])
+    job = next((o for o in observed if o.attempt == attempt), None)
+    if attempt == 0 or job is None:
+        attempt = attempt or 1
+        d.actions.append(CreateExport(attempt))
+        if _still_refused(d.status, job_name(run_name, EXPORT, attempt)):
+            return True
+        if ex.get("attempts") != attempt:
+            d.events.append(("Normal", "ExportStarted", f"exporting stage {spec.stages[-1].name} as "
+                             f"{spec.export.format} to {ex['path']}"))
+        ex.update(phase="Running", attempts=attempt, jobName=job_name(run_name, EXPORT, attempt))
+        _set_phase(d, "Exporting", "Exporting", f"all {len(spec.stages)} stages succeeded; exporting to "
+                   f"{ex['path']}", now, generation)
+        return True
+    _created(d.status, job.name, now, generation)
+    if job.phase == "Succeeded":
+        ex.update(phase="Succeeded", completionTime=now, message=f"{spec.export.format} folder written")
+        d.events.append(("Normal", "ExportSucceeded", f"{spec.export.format} folder: {ex['path']}"))
+        return False
+    if job.phase == "Failed":
+        cause = job.message or "the export pod failed"
+        if attempt <= EXPORT_RETRIES:
+            d.actions.append(CreateExport(attempt + 1))
+            ex.update(phase="Running", attempts=attempt + 1, jobName=job_name(run_name, EXPORT, attempt + 1),
+                      message=f"attempt {attempt} failed: {cause}")
+            d.events.append(("Warning", "ExportRetrying", f"export attempt {attempt} failed ({cause}); attempt "
+                             f"{attempt + 1} starts"))
+            _set_phase(d, "Exporting", "Exporting", f"exporting to {ex['path']} (attempt {attempt + 1})", now,
+                       generation)
+            return True
+        msg = (f"every stage succeeded, but the export failed after {attempt} attempt(s): {cause}; the stages' "
+               f"outputs are in place (export by hand: vita-model {' '.join(export_args(spec, cluster_roots(spec)))})")
+        ex.update(phase="Failed", completionTime=now, message=cause[:2000])
+        _set_phase(d, "Failed", "ExportFailed", msg[:2000], now, generation)
+        return True
+    ex["message"] = job.stuck
+    _set_phase(d, "Exporting", "Exporting", f"all {len(spec.stages)} stages succeeded; exporting to {ex['path']}"
+               + (f"; its pod cannot start: {job.stuck}" if job.stuck else ""), now, generation)
+    return True
+
+
+def _finish(d: Decision, run_name: str, spec: VitaTrainingRunSpec, exports: Sequence[ObservedExport], now: str,
+            generation: int) -> Decision:
+    """Every stage succeeded: Exporting while the export Job runs (spec.export; its failure fails the run: the
+    folder it asked for does not exist), Evaluating while a benchmark job runs, then Succeeded (a failed evaluation
+    is said in the message and the Evaluated condition, not by failing the run)."""
     d.status["currentJob"] = None
+    if _export(d, run_name, spec, exports, now, generation):
+        return d
     evals = d.status.get("evaluations") or []
     n = len(spec.stages)
     running = [e for e in evals if e.get("phase") not in ("Succeeded", "Failed")]
@@ -343,7 +417,7 @@ def decide_blocked(status: dict[str, Any] | None, reason: str, message: str, now
     return d
 
 
-REFUSABLE = ("Running", "Suspended", "Pending", "Blocked")
+REFUSABLE = ("Running", "Suspended", "Pending", "Blocked", "Exporting")
 
 
 def decide_refused(status: dict[str, Any], job: str, kind: str, message: str, now: str,
@@ -452,10 +526,12 @@ def _hung(d: Decision, run_name: str, stage: StageSpec, index: int, rec: dict[st
 
 def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: dict[str, Any] | None,
            jobs: list[ObservedJob], now: str, backend: str = "pytorchjob",
-           preflight: Sequence[ObservedPreflight] = (), evaluations: Sequence[ObservedEvaluation] = ()) -> Decision:
+           preflight: Sequence[ObservedPreflight] = (), evaluations: Sequence[ObservedEvaluation] = (),
+           exports: Sequence[ObservedExport] = ()) -> Decision:
     """`backend`: the job backend the run uses (its own, else the operator's default); only its limits matter
     here, the jobs arrive as ObservedJob whatever their kind. `preflight`: the run's preflight Jobs.
-    `evaluations`: the run's benchmark Jobs (spec.evaluation), one per evaluated stage."""
+    `evaluations`: the run's benchmark Jobs (spec.evaluation), one per evaluated stage. `exports`: its export
+    Jobs (spec.export), one per attempt."""
     import copy
     d = Decision(status=copy.deepcopy(status or {}))
     st = d.status
@@ -575,4 +651,4 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             _set_phase(d, "Suspended" if spec.suspend else "Running", "StageRunning", msg, now, generation)
         return d
 
-    return _finish(d, spec, now, generation)
+    return _finish(d, run_name, spec, exports, now, generation)
