@@ -480,3 +480,13 @@ def test_the_export_job_writes_the_reference_layout_and_status_names_the_folder(
     a, b = read_weights(trained), read_weights(back)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     cluster.cp.kubectl("delete", "vitatrainingrun", "exported", "-n", NS, "--timeout=30s")
+
+
+def test_a_run_from_new_run_is_accepted_by_the_api_server(cluster, tmp_path):
+    from vita_trainer.cli import main as cli_main
+    out = tmp_path / "run.yaml"
+    assert cli_main(["new-run", "vita-h100", "--base", "models/vita-1.5-init", "--registry", "registries/vita.yaml",
+                     "--nodes", "4", "--dataset-claim", "data", "--checkpoint-claim", "ckpt", "--queue", "gpu",
+                     "--node-selector", "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3", "-o", str(out)]) == 0
+    done = cluster.cp.kubectl("apply", "--dry-run=server", "-n", NS, "-f", str(out), check=False)
+    assert done.returncode == 0 and "created (server dry run)" in done.stdout, done.stderr

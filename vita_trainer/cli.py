@@ -15,6 +15,8 @@ USAGE = """vita-train COMMAND ...
   init-model OUT --llm L --vision_tower V [--audio_encoder A]   compose a VITA folder from pretrained parts
   init-model OUT --tiny         write a random tiny VITA folder (tests, demo)
   demo [--out DIR]              synthetic data + tiny model + full pipeline + held-out accuracy
+  new-run NAME --base B --registry R [--nodes N --gpus-per-node G --card h100 ...] [-o RUN.yaml]
+                                write a VitaTrainingRun, batch sizes sized for the card
 """
 
 
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 p.error("pass --tiny, or --llm and --vision_tower")
             print(f"wrote {a.out}")
+        elif cmd == "new-run":
+            from .tools.new_run import main as new_run_main
+            return new_run_main(rest)
         elif cmd == "demo":
             from .demo.run import main as demo_main
             return demo_main(rest)
