@@ -221,3 +221,42 @@ def test_hugging_face_files_come_through_hf_endpoint_and_are_verified(tmp_path):
         assert not (root / "llava" / "llava_v1_5_mix665k.json").exists()
     finally:
         server.close()
+
+
+def test_check_names_the_source_of_missing_images_and_the_command_that_fetches_it(tmp_path, capsys, tok):
+    """A download root as `vita-data download` leaves it: LLaVA's mix is there, COCO is, GQA and OCR-VQA are not."""
+    root = tmp_path / "datasets"
+    (root / "coco" / "train2017").mkdir(parents=True)
+    Image.new("RGB", (64, 48), "red").save(root / "coco" / "train2017" / "1.jpg")
+    turns = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."}]
+    samples = [{"id": f"s{i}", "image": image, "conversations": turns} for i, image in
+               enumerate(["coco/train2017/1.jpg", "gqa/images/2.jpg", "gqa/images/3.jpg", "ocr_vqa/images/4.jpg"])]
+    (root / "llava").mkdir()
+    (root / "llava" / "mix.json").write_text(json.dumps(samples))
+    (root / "registry.yaml").write_text(yaml.safe_dump(
+        {"datasets": {"llava_mix665k": {"chat_path": "llava/mix.json", "image_folder": "."}}}))
+    tok.save_pretrained(tmp_path / "tok")
+    args = ["check", "--registry", str(root / "registry.yaml"), "--tokenizer", str(tmp_path / "tok"), "--workers",
+            "1"]
+    assert data_main(args) == 1
+    out = capsys.readouterr().out
+    assert f"2 missing file(s) belong to source gqa: fetch it: vita-data download --root {root} --source gqa" in out
+    assert "1 missing file(s) belong to source ocr_vqa: get it by hand: LLaVA's download script" in out
+    assert "sample s1 [image[0]] missing_file" in out and "part of source gqa (GQA images" in out
+    assert data_main([*args, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["missing_by_source"] == {"gqa": 2, "ocr_vqa": 1}
+
+
+def test_mixtures_are_written_once_their_datasets_are_there_and_the_dry_run_shows_licences(tmp_path, capsys):
+    from vita_trainer.tools.download import load_manifest, update_registry
+    manifest = load_manifest()
+    update_registry(tmp_path, manifest, ["llava_instruct"])
+    assert "mixtures" not in yaml.safe_load((tmp_path / "registry.yaml").read_text())
+    update_registry(tmp_path, manifest, ["llava_pretrain"])
+    reg = yaml.safe_load((tmp_path / "registry.yaml").read_text())
+    assert reg["mixtures"] == {"Pretrain_image": ["llava_pretrain558k"]} and "llava_mix665k" in reg["datasets"]
+    assert data_main(["download", "--root", str(tmp_path / "d"), "--source", "gqa", "--source", "sam",
+                      "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "licence: CC BY 4.0" in out and "downloads.cs.stanford.edu/nlp/data/gqa/images.zip" in out
+    assert "                by hand (no direct download): accept the licence at https://ai.meta.com" in out

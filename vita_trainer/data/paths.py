@@ -20,6 +20,15 @@ def resolve_media(root: Path, rel: str, *, file: str, sample_id: str, field: str
                         sample_id=sample_id, field=field, reason="path_escape",
                         hint="media paths must stay under their registry folder")
     if not resolved.exists():
-        raise DataError(f"file {root / rel} does not exist", file=file, sample_id=sample_id, field=field,
+        raise DataError(MISSING.format(path=root / rel), file=file, sample_id=sample_id, field=field,
                         reason="missing_file", hint="fix the path or drop the sample (vita-data check --write-clean)")
     return resolved
+
+
+MISSING = "file {path} does not exist"
+
+
+def missing_path(message: str) -> str | None:
+    """The path of a missing_file problem's message (MISSING), None for another message."""
+    head, _, tail = MISSING.partition("{path}")
+    return message[len(head):-len(tail)] if message.startswith(head) and message.endswith(tail) else None

@@ -63,9 +63,13 @@ def check_items(opts: ToolOptions, dataset_use: str | None, chats: list[str] | N
 
 def cmd_check(a, opts: ToolOptions) -> int:
     from .check import Problem, summarise, write_clean
+    from .download import SOURCES_FILE, attribute_missing, how_to_get, load_manifest
     items, problems = check_items(opts, a.dataset_use, a.chat, a.workers, "decode" if a.decode else "check",
                                   decode=a.decode)
+    manifest = load_manifest(Path(a.manifest) if a.manifest else SOURCES_FILE)
+    problems, by_source = attribute_missing(problems, Path(opts.registry), manifest)
     report = summarise(problems, len(items))
+    report["missing_by_source"] = by_source
     if a.write_clean:
         report["clean_files"] = write_clean(items, problems, Path(a.write_clean))
     if a.json:
@@ -74,6 +78,9 @@ def cmd_check(a, opts: ToolOptions) -> int:
         print(f"{report['samples']} samples, {report['bad_samples']} with problems")
         for reason, n in report["problems_by_reason"].items():
             print(f"  {reason:<18}{n:>8}")
+        for name, n in by_source.items():
+            print(f"  {n} missing file(s) belong to source {name}: "
+                  f"{how_to_get(manifest, name, Path(opts.registry).resolve().parent)}")
         for p in report["problems"][: a.limit]:
             print(Problem(**p).line())
         if len(report["problems"]) > a.limit:
@@ -112,7 +119,8 @@ def cmd_download(a) -> int:
     manifest = load_manifest(Path(a.manifest) if a.manifest else SOURCES_FILE)
     if a.list or not (a.source or a.all):
         for name, src in manifest.sources.items():
-            print(f"{name:<16}{sum(f.approx_bytes for f in src.files) / 1e9:>8.1f} GB  {src.description}")
+            size = "by hand" if src.manual else f"{sum(f.approx_bytes for f in src.files) / 1e9:.1f} GB"
+            print(f"{name:<16}{size:>10}  {src.description} [{src.licence}]")
         if not a.list:
             print("choose with --source NAME (repeatable) or --all", file=sys.stderr)
         return 0 if a.list else EXIT_VITA_ERROR
@@ -156,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="decode every image, audio clip and chosen video frame in full (slower; also finds truncated "
                         "JPEGs, cut WAVs and MP4s that do not decode, which header checks pass)")
     c.add_argument("--limit", type=int, default=50, help="problems to print (all with --json)")
+    c.add_argument("--manifest", help="the download sources (default: the shipped list) that name where a missing "
+                                      "file comes from")
     s = sub.add_parser("stats", help="counts and histograms (PNG + JSON)")
     common(s)
     s.add_argument("--out", required=True)

@@ -63,13 +63,32 @@ class RemoteFile(BaseModel):
 class Source(BaseModel):
     model_config = ConfigDict(extra="forbid")
     description: str = ""
-    files: list[RemoteFile]
+    licence: str = Field("see the publisher's terms", description="As the publisher states it (summary)")
+    files: list[RemoteFile] = Field(default_factory=list)
+    manual: str | None = Field(None, description="Where to get it by hand, for a source without a direct download "
+                               "(Google Drive folders, sign-up links); the files then go under `provides`")
+    provides: list[str] = Field(default_factory=list, description="Paths under the root this source fills (image "
+                                "folders): `vita-data check` names the source of a missing file under them")
     registry: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _files_or_manual(self):
+        if not self.files and not self.manual:
+            raise ValueError("a source needs files to fetch, or `manual` instructions")
+        return self
 
 
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sources: dict[str, Source]
+    mixtures: dict[str, list[str]] = Field(default_factory=dict, description="Written into the registry once every "
+                                           "dataset they name is there")
+
+    def source_of(self, path: str) -> str | None:
+        """The source whose `provides` holds `path` (relative to the download root), longest prefix first."""
+        best = max(((p, n) for n, s in self.sources.items() for p in s.provides
+                    if path == p or path.startswith(p.rstrip("/") + "/")), key=lambda x: len(x[0]), default=None)
+        return best[1] if best else None
 
 
 def load_manifest(path: Path = SOURCES_FILE) -> Manifest:
@@ -246,7 +265,8 @@ def unpack(archive: Path, into: Path) -> int:
 
 
 def update_registry(root: Path, manifest: Manifest, done: list[str]) -> Path:
-    """Merge each complete source's registry entries into <root>/registry.yaml (other entries are kept)."""
+    """Merge each complete source's registry entries into <root>/registry.yaml (other entries are kept), then the
+    manifest's mixtures whose datasets are all there."""
     path = root / "registry.yaml"
     reg = yaml.safe_load(path.read_text()) if path.is_file() else {}
     reg = reg or {}
@@ -256,6 +276,9 @@ def update_registry(root: Path, manifest: Manifest, done: list[str]) -> Path:
                 reg.setdefault(key, {}).update(value)
             else:
                 reg[key] = value
+    for mixture, members in manifest.mixtures.items():
+        if all(m in reg.get("datasets", {}) for m in members):
+            reg.setdefault("mixtures", {})[mixture] = list(members)
     path.write_text("# Written by `vita-data download`; entries of other sources and your own edits are kept.\n"
                     + yaml.safe_dump(reg, sort_keys=True))
     return path
@@ -268,6 +291,11 @@ def download(root: Path, names: list[str], manifest: Manifest, *, dry_run: bool 
     if unknown:
         raise ConfigError(f"unknown source(s) {unknown}; known: {sorted(manifest.sources)}")
     root.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        src = manifest.sources[name]
+        print(f"{name:<16}licence: {src.licence}", file=out)
+        if src.manual:
+            print(f"{'':<16}by hand (no direct download): {src.manual}", file=out)
     todo = pending(root, manifest, names)
     for p in todo:
         origin = p.file.url or f"hf://datasets/{p.file.hf.repo}/{p.file.hf.file or ''}"
@@ -300,3 +328,31 @@ def download(root: Path, names: list[str], manifest: Manifest, *, dry_run: bool 
     print(f"done: {human(moved)} transferred; registry {registry}\nnext: vita-data check --registry {registry}",
           file=out)
     return {"pending": 0, "bytes": moved, "registry": str(registry)}
+
+
+def how_to_get(manifest: Manifest, name: str, root: Path) -> str:
+    src = manifest.sources[name]
+    return f"get it by hand: {src.manual}" if src.manual else \
+        f"fetch it: vita-data download --root {root} --source {name}"
+
+
+def attribute_missing(problems: list, registry: Path, manifest: Manifest) -> tuple[list, dict[str, int]]:
+    """Missing media files under a download root (the registry's folder, as `vita-data download` writes it) that a
+    source provides: (the problems, each such one's hint naming the source and how to get it; the count per
+    source)."""
+    import dataclasses
+
+    from ..data.paths import missing_path
+    root = registry.resolve().parent
+    counts: dict[str, int] = {}
+    out = []
+    for p in problems:
+        path = missing_path(p.message) if p.reason == "missing_file" else None
+        rel = Path(path).resolve() if path else None
+        name = manifest.source_of(rel.relative_to(root).as_posix()) if rel and rel.is_relative_to(root) else None
+        if name is not None:
+            counts[name] = counts.get(name, 0) + 1
+            p = dataclasses.replace(p, hint=f"part of source {name} ({manifest.sources[name].description}); "
+                                            f"{how_to_get(manifest, name, root)}")
+        out.append(p)
+    return out, counts

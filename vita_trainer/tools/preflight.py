@@ -27,7 +27,9 @@ FIRST_PROBLEMS = 20
 def check_stage(opts: ToolOptions, dataset_use: str, workers: int, decode: bool = False) -> dict:
     from .check import summarise
     from .data_cli import check_items
+    from .download import attribute_missing, load_manifest
     items, problems = check_items(opts, dataset_use, None, workers, f"preflight {dataset_use}", decode=decode)
+    problems, _ = attribute_missing(problems, Path(opts.registry), load_manifest())  # a missing image's source
     return summarise(problems, len(items))
 
 
