@@ -62,10 +62,13 @@ class HubServer:
         self.requests.append((h.command, path, h.headers.get("Range")))
         parts = path.strip("/").split("/")
         api = parts[0] == "api"
+        kind = ""
         if api:
-            parts = parts[2:]  # api/models/...
+            kind, parts = ("datasets/" if parts[1] == "datasets" else ""), parts[2:]  # api/models|datasets/...
+        elif parts[0] == "datasets":
+            kind, parts = "datasets/", parts[1:]
         repo_id = "/".join(parts[:2])
-        repo = self.repos.get(repo_id)
+        repo = self.repos.get(kind + repo_id)  # dataset repos are keyed "datasets/owner/name"
         if repo is None:
             return self._json(h, {"error": "Repository not found"}, 404)
         if repo.token and h.headers.get("Authorization") != f"Bearer {repo.token}":

@@ -21,6 +21,7 @@ STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage fini
 PREFLIGHT = "preflight"                # names the run's data-check Job; no stage may take it
 EVALUATION = "eval"                    # starts the names of the run's benchmark Jobs: <run>-eval-<stage>-1
 EXPORT = "export"                      # names the run's export Job: <run>-export-<attempt>; no stage may take it
+INITIALIZE = "init"                    # names the run's initializer Job: <run>-init-<attempt>; no stage may take it
 PREPARED_BASE_DIR = "base-model"      # beside the stage outputs: the run's base, imported or composed once
 JOB_ARGS = ("active_deadline_seconds",)  # stage args the job builder consumes; the trainer never sees them
 EVALUATION_DIR = "eval"                # in a stage's output folder: lmms-eval's results of spec.evaluation
@@ -134,6 +135,21 @@ def export_args(spec: VitaTrainingRunSpec, roots: PathRoots) -> list[str]:
             "--format", spec.export.format]
 
 
+def initializer_args(spec: VitaTrainingRunSpec, roots: PathRoots) -> list[str]:
+    """`python -m vita_trainer.tools.initialize` arguments: spec.initializers, its paths on the dataset volume."""
+    init = spec.initializers
+    if init is None:
+        raise ConfigError("the run asks for no initializers (spec.initializers)")
+    args = ["--models-root", posixpath.normpath(resolve_path(roots.data, init.models_path)),
+            "--datasets-root", posixpath.normpath(resolve_path(roots.data, init.datasets_path))]
+    for i, m in enumerate(init.models):
+        args += ["--model", m.name + (f"@{m.revision}" if m.revision else "")]
+        args += [a for g in m.include for a in ("--include", f"{i}={g}")]
+        args += [a for g in m.exclude for a in ("--exclude", f"{i}={g}")]
+    args += [a for s in init.datasets for a in ("--source", s)]
+    return args + (["--manifest", resolve_path(roots.data, init.manifest)] if init.manifest else [])
+
+
 def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
     """Semantic problems the schema cannot see. Empty list means the spec is runnable."""
     problems = []
@@ -144,7 +160,7 @@ def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
     if PREPARED_BASE_DIR in names:
         problems.append(f"no stage may be named {PREPARED_BASE_DIR!r}: the run keeps its imported or composed "
                         f"base model in that folder of the output")
-    for taken, job in ((PREFLIGHT, "data check"), (EXPORT, "export")):
+    for taken, job in ((PREFLIGHT, "data check"), (EXPORT, "export"), (INITIALIZE, "initializer")):
         if taken in names:
             problems.append(f"no stage may be named {taken!r}: the run's {job} Job takes that name")
     for i, stage in enumerate(spec.stages):

@@ -144,6 +144,31 @@ class EvaluationSpec(_Spec):
     deadline_seconds: int = Field(86400, ge=60, description="The evaluation Job's activeDeadlineSeconds")
 
 
+class InitializerModel(_Spec):
+    name: str = Field(min_length=1, max_length=200, description="A name `vita-model download --list` knows (e.g. "
+                      "vita-1.5, internvit-300m-448px), or a Hugging Face repo id owner/name")
+    revision: str | None = Field(None, description="Branch, tag or commit (default: the catalogue's, else main)")
+    include: list[str] = Field(default_factory=list, max_length=32, description="Only files matching these globs")
+    exclude: list[str] = Field(default_factory=list, max_length=32, description="Not files matching these globs")
+
+
+class InitializersSpec(_Spec):
+    models: list[InitializerModel] = Field(default_factory=list, max_length=16, description="Pretrained parts, "
+                                           "fetched into modelsPath on the dataset volume")
+    datasets: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=32, description="`vita-data download` source names (e.g. llava_instruct, "
+        "coco, gqa), fetched and unpacked into datasetsPath, whose registry.yaml they update")
+    models_path: str = Field("models", description="Folder on the dataset volume for the models")
+    datasets_path: str = Field(".", description="Folder on the dataset volume for the datasets and their registry")
+    manifest: str | None = Field(None, description="Another download manifest on the dataset volume (an internal "
+                                 "mirror), instead of the shipped sources")
+    token_secret: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[-._a-zA-Z0-9]+$",
+                                     description="'secret/key' holding a Hugging Face token (HF_TOKEN)")
+    cpu: str = Field("4", description="CPU request and limit of the initializer pod")
+    memory: str = Field("16Gi", description="Memory request and limit of the initializer pod")
+    deadline_seconds: int = Field(172800, ge=60, description="The initializer Job's activeDeadlineSeconds")
+
+
 class ExportSpec(_Spec):
     format: Literal["vita15"] = Field("vita15", description="vita15: VITA-1.5's own layout (vita-Qwen2 config, its "
                                       "key names, the InternViT and whale folders), for VITA's inference and "
@@ -270,6 +295,9 @@ class VitaTrainingRunSpec(_Spec):
                                              "trainer's own 2-hour collective timeout)")
     preflight: PreflightSpec = Field(default_factory=PreflightSpec, description="vita-data check of every stage's "
                                      "datasetUse on the dataset volume before any GPU job; problems fail the run")
+    initializers: InitializersSpec | None = Field(None, description="Fetch the run's pretrained parts and datasets "
+                                                  "onto the dataset volume before preflight, as its own Job (a "
+                                                  "revision already there is not fetched again)")
     export: ExportSpec | None = Field(None, description="After the last stage, export its model (vita-model export) "
                                       "to a folder on the checkpoint volume, as its own Job; status.export names "
                                       "the folder")

@@ -110,6 +110,17 @@ def evaluation_of(message: str) -> dict[str, Any] | None:
     return {**msg, "evaluation": scores}
 
 
+def initialized_of(message: str) -> dict[str, Any] | None:
+    """The reader's side of an initializer pod's message (vita_trainer/tools/initialize.py): {"files", "bytes",
+    "transferred", "items"}; None if the message is not one."""
+    try:
+        msg = json.loads(message or "")
+    except ValueError:
+        return None
+    init = msg.get("initialized") if isinstance(msg, dict) else None
+    return init if isinstance(init, dict) else None
+
+
 def failure_of(message: str, *, permanent_only: bool = False) -> str | None:
     """The reader's side of a failure message: "<kind>: <message>", or None when the message is not one (a
     result, a log tail). `permanent_only`: only when the trainer said another attempt cannot help."""

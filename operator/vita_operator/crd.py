@@ -19,12 +19,13 @@ from vita_api.presets import all_presets
 
 PLURAL = "vitatrainingruns"
 VERSION = "v1alpha1"
-# Pending: nothing created yet; Preflight: the data check runs; Queued: a job waits for Kueue or the scheduler;
+# Pending: nothing created yet; Initializing: models and datasets are fetched (spec.initializers); Preflight: the
+# data check runs; Queued: a job waits for Kueue or the scheduler;
 # Running; Suspended (spec.suspend); Blocked: a person must act (a create refused, a missing claim or CRD);
 # Exporting / Evaluating: every stage succeeded and the export Job (spec.export) or benchmark Jobs
 # (spec.evaluation) still run.
-PHASES = ["Pending", "Preflight", "Queued", "Running", "Suspended", "Blocked", "Exporting", "Evaluating", "Succeeded",
-          "Failed"]
+PHASES = ["Pending", "Initializing", "Preflight", "Queued", "Running", "Suspended", "Blocked", "Exporting",
+          "Evaluating", "Succeeded", "Failed"]
 
 
 def _structural(node: Any, defs: dict[str, Any]) -> Any:
@@ -155,7 +156,17 @@ def status_schema() -> dict[str, Any]:
         "attempts": {"type": "integer", "minimum": 0}, "jobName": {"type": "string"},
         "path": {"type": "string", "description": "The exported folder, on the checkpoint volume"},
         "completionTime": time, "message": {"type": "string"}}}
+    initializers = {"type": "object", "description": "The downloads before preflight (spec.initializers)",
+                    "properties": {
+                        "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed"]},
+                        "attempts": {"type": "integer", "minimum": 0}, "jobName": {"type": "string"},
+                        "files": {"type": "integer", "description": "Files of the run's models and datasets"},
+                        "bytes": {"type": "integer", "description": "Their size"},
+                        "transferredBytes": {"type": "integer", "description": "What this run fetched (the rest "
+                                                                               "was already there)"},
+                        "completionTime": time, "message": {"type": "string"}}}
     return {"type": "object", "description": "Observed state, written by the operator.", "properties": {
+        "initializers": initializers,
         "export": export,
         "evaluations": {"type": "array", "items": evaluation},
         "preflight": preflight,

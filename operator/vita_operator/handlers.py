@@ -24,6 +24,7 @@ from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 
 from . import evaluation as ev
 from . import export as exp
+from . import initializers as ini
 from . import kube, metrics
 from . import preflight as pre
 from .batch_jobs import job_phase, pod_selector
@@ -34,9 +35,10 @@ from .kueue import JOB_UID_LABEL, workload_state
 from .crd import PLURAL, VERSION
 from .progress_loop import progress_pass
 from .volumes import claim_names, claim_problems
-from .state import (TERMINAL, CreateEvaluation, CreateExport, CreateJob, CreatePreflight, Decision, DeleteJob,
-                    ObservedEvaluation, ObservedExport, ObservedJob, ObservedPreflight, SetJobSuspend, decide,
-                    decide_blocked, decide_evaluation_refused, decide_invalid, decide_refused)
+from .state import (TERMINAL, CreateEvaluation, CreateExport, CreateInitializer, CreateJob, CreatePreflight, Decision,
+                    DeleteJob, ObservedEvaluation, ObservedExport, ObservedInitializer, ObservedJob,
+                    ObservedPreflight, SetJobSuspend, decide, decide_blocked, decide_evaluation_refused,
+                    decide_invalid, decide_refused)
 from .trainjob import DEFAULT_RUNTIME
 
 log = logging.getLogger(__name__)
@@ -224,6 +226,34 @@ def observed_preflight(namespace: str, run_name: str) -> list[ObservedPreflight]
     return out
 
 
+def initializers_needed(spec: VitaTrainingRunSpec, status: dict[str, Any]) -> bool:
+    return spec.initializers is not None and status.get("phase") not in TERMINAL and \
+        (status.get("initializers") or {}).get("phase") != "Succeeded" and \
+        not any(r.get("attempts") for r in status.get("stages") or [])
+
+
+def observed_initializers(namespace: str, run_name: str) -> list[ObservedInitializer]:
+    """The run's initializer Jobs; the latest one also gets its pod's result, error, or why it waits."""
+    out = []
+    for job in kube.batch_jobs(namespace, f"{LABEL_RUN}={run_name},{ini.LABEL_INITIALIZER}=true"):
+        labels = job.get("metadata", {}).get("labels", {})
+        if labels.get(LABEL_RUN) == run_name and labels.get(MANAGED_BY[0]) == MANAGED_BY[1]:
+            out.append(ObservedInitializer(job["metadata"]["name"], int(labels.get(LABEL_ATTEMPT, "0")),
+                                           *job_phase(job)))
+    latest = max((o.attempt for o in out), default=0)
+    for i, o in enumerate(out):
+        if o.attempt != latest or o.phase == "Suspended":
+            continue
+        pods = kube.pods(namespace, pod_selector(o.name))
+        if o.phase in ("Succeeded", "Failed"):
+            out[i] = dataclasses.replace(o, result=next((r for r in map(ini.result, pods) if r is not None), None),
+                                         permanent=next((e for e in map(ini.permanent_failure, pods) if e), ""))
+        else:
+            out[i] = dataclasses.replace(o, stuck=stuck_reason(pods) if pods else
+                                         creation_failure(o.name, kube.warning_events(namespace)))
+    return out
+
+
 def evaluations_needed(spec: VitaTrainingRunSpec, status: dict[str, Any]) -> bool:
     """Whether an evaluated stage has succeeded without its evaluation having ended (saves a LIST otherwise)."""
     if status.get("phase") in TERMINAL or spec.evaluation is None:
@@ -391,9 +421,10 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger) -> None:
         evaluations = observed_evaluations(namespace, name) if evaluations_needed(spec, run.get("status") or {}) \
             else []
         exports = observed_exports(namespace, name) if export_needed(spec, run.get("status") or {}) else []
+        inits = observed_initializers(namespace, name) if initializers_needed(spec, run.get("status") or {}) else []
         decision = decide(name, meta.get("generation", 1), spec, run.get("status"), jobs, _now(), backend_name,
-                          preflight, evaluations, exports)
-        creates = (CreateJob, CreatePreflight, CreateEvaluation, CreateExport)
+                          preflight, evaluations, exports, inits)
+        creates = (CreateJob, CreatePreflight, CreateEvaluation, CreateExport, CreateInitializer)
         if any(isinstance(a, creates) for a in decision.actions) and \
                 (problems := claim_problems(spec, {c: kube.claim(namespace, c) for c in claim_names(spec)})):
             _blocked(run, "VolumeNotReady", "; ".join(problems), "volume")
@@ -412,8 +443,9 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger) -> None:
             _apply_actions(run, spec, backend, decision)
         except _Refused as refused:
             # what did happen stays (a stage that succeeded); what did not (a job started, the run Running) goes
-            started = [e for e in decision.events if e[1] not in ("StageStarted", "PreflightStarted", "ExportStarted",
-                                                                  "RunRunning", "RunSuspended", "RunExporting")]
+            started = [e for e in decision.events if e[1] not in (
+                "StageStarted", "PreflightStarted", "ExportStarted", "InitializersStarted", "RunRunning",
+                "RunSuspended", "RunExporting", "RunInitializing")]
             decision = decide_refused(decision.status, refused.job, refused.kind, refused.message, _now(),
                                       meta.get("generation", 1))
             decision.events[:0] = started
@@ -437,6 +469,9 @@ def _apply_actions(run: dict[str, Any], spec: VitaTrainingRunSpec, backend: JobB
     for action in decision.actions:
         if isinstance(action, CreateEvaluation):
             _create_evaluation(run, spec, action.index, decision)
+        elif isinstance(action, CreateInitializer):
+            _create_owned(run, ini.initializer_job(name, namespace, spec, action.attempt),
+                          lambda body: kube.create_batch_job(namespace, body))
         elif isinstance(action, CreateExport):
             _create_owned(run, exp.export_job(name, namespace, spec, action.attempt),
                           lambda body: kube.create_batch_job(namespace, body))
@@ -559,7 +594,7 @@ def on_job(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
 
 
 # Watch only the enabled backends' jobs: the chart grants RBAC for those alone. And the run's batch Jobs
-# (preflight, evaluation, export).
+# (initializers, preflight, evaluation, export).
 WATCHED_JOBS = [(*kube.group_version(BACKENDS[n].api_version), BACKENDS[n].plural) for n in ENABLED] + \
     [("batch", "v1", "jobs")]
 for _name in ENABLED:
@@ -572,6 +607,8 @@ kopf.on.event("batch", "v1", "jobs", id="on_evaluation",
               labels={MANAGED_BY[0]: MANAGED_BY[1], ev.LABEL_EVALUATION: "true"})(on_job)
 kopf.on.event("batch", "v1", "jobs", id="on_export",
               labels={MANAGED_BY[0]: MANAGED_BY[1], exp.LABEL_EXPORT: "true"})(on_job)
+kopf.on.event("batch", "v1", "jobs", id="on_initializer",
+              labels={MANAGED_BY[0]: MANAGED_BY[1], ini.LABEL_INITIALIZER: "true"})(on_job)
 
 
 @kopf.on.delete(API_GROUP, VERSION, PLURAL, optional=True)

@@ -10,6 +10,9 @@ Rules:
   the stage's output folder. After that the run is Failed with the job's reason.
 - Spec edits: a job keeps the spec it was created with. Every job created after an edit (the next stage, or a
   retry) uses the new spec. Finished runs (Succeeded/Failed) ignore edits: delete and recreate to rerun.
+- Initializers (spec.initializers): before preflight, a CPU Job fetches the run's models and datasets onto the
+  dataset volume (Initializing); a failed attempt is retried (downloads resume), a permanent error (an unknown
+  name) fails the run (InitializersFailed). Runs whose stages already started skip it.
 - Preflight (spec.preflight, on by default): before the first stage's job, a CPU Job checks every stage's data.
   Problems beyond maxBadFraction fail the run (PreflightFailed) and no GPU job is ever created; a preflight Job
   that fails for other reasons is retried like a stage. Runs whose stages already started skip it.
@@ -44,7 +47,7 @@ from typing import Any
 from vita_api.spec import StageSpec, VitaTrainingRunSpec
 from vita_api.oom import after_oom
 from vita_api.naming import job_name
-from vita_api.plan import (EVALUATION, EXPORT, PREFLIGHT, backend_problems, check_spec, cluster_roots,
+from vita_api.plan import (EVALUATION, EXPORT, INITIALIZE, PREFLIGHT, backend_problems, check_spec, cluster_roots,
                            evaluated_stages, evaluation_dir, export_args, export_dir, stage_output_dir)
 
 TERMINAL = ("Succeeded", "Failed")
@@ -105,6 +108,22 @@ class ObservedExport:
 
 @dataclass(frozen=True)
 class CreateExport:
+    attempt: int
+
+
+@dataclass(frozen=True)
+class ObservedInitializer:
+    name: str
+    attempt: int
+    phase: str                   # Pending|Running|Suspended|Succeeded|Failed
+    message: str = ""
+    result: dict[str, Any] | None = None  # {"files", "bytes", "transferred", "items"} from the finished pod
+    permanent: str = ""          # a failure another attempt cannot fix (an unknown model or source name)
+    stuck: str = ""
+
+
+@dataclass(frozen=True)
+class CreateInitializer:
     attempt: int
 
 
@@ -181,7 +200,8 @@ def queued_reason(job: ObservedJob) -> str:
     return ""
 
 
-def _pods_ready(d: Decision, job: ObservedJob | ObservedPreflight, now: str, generation: int) -> None:
+def _pods_ready(d: Decision, job: "ObservedJob | ObservedPreflight | ObservedInitializer", now: str,
+                generation: int) -> None:
     """Pods that cannot start leave Kubeflow's job "Running" forever: say so (condition PodsReady=False, one
     Warning event per new cause). Not a failure: a pushed image or a created Secret heals it."""
     old = condition(d.status, "PodsReady")
@@ -391,6 +411,56 @@ def _finish(d: Decision, run_name: str, spec: VitaTrainingRunSpec, exports: Sequ
     return d
 
 
+INITIALIZER_RETRIES = 3
+
+
+def _initialize(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: Sequence[ObservedInitializer],
+                now: str, generation: int) -> bool:
+    """The initializer step (spec.initializers) before preflight; True while it holds the run. A failed attempt is
+    retried (downloads resume where they stopped) unless its error is permanent."""
+    init = d.status.setdefault("initializers", {"phase": "Pending", "attempts": 0})
+    attempt = max([init.get("attempts", 0)] + [o.attempt for o in observed])
+    job = next((o for o in observed if o.attempt == attempt), None)
+    if attempt == 0 or job is None:
+        attempt = attempt or 1
+        d.actions.append(CreateInitializer(attempt))
+        if _still_refused(d.status, job_name(run_name, INITIALIZE, attempt)):
+            return True
+        if init.get("attempts") != attempt:
+            d.events.append(("Normal", "InitializersStarted", f"fetching the run's models and datasets: job "
+                             f"{job_name(run_name, INITIALIZE, attempt)}"))
+        init.update(phase="Running", attempts=attempt, jobName=job_name(run_name, INITIALIZE, attempt))
+        _set_phase(d, "Initializing", "Initializing", "fetching the run's models and datasets", now, generation)
+        return True
+    _created(d.status, job.name, now, generation)
+    if job.phase == "Succeeded" and job.result is not None:
+        r = job.result
+        init.update(phase="Succeeded", completionTime=now, files=int(r.get("files", 0)), bytes=int(r.get("bytes", 0)),
+                    transferredBytes=int(r.get("transferred", 0)), message="")
+        d.events.append(("Normal", "InitializersSucceeded", f"{init['files']} files, {init['bytes']} bytes on the "
+                         f"dataset volume ({init['transferredBytes']} transferred)"))
+        return False
+    if job.phase in ("Succeeded", "Failed"):
+        cause = job.permanent or job.message or "the initializer pod left no report"
+        if not job.permanent and attempt <= INITIALIZER_RETRIES:
+            nxt = attempt + 1
+            d.actions.append(CreateInitializer(nxt))
+            init.update(phase="Running", attempts=nxt, jobName=job_name(run_name, INITIALIZE, nxt),
+                        message=f"attempt {attempt} failed: {cause}")
+            d.events.append(("Warning", "InitializersRetrying", f"initializer attempt {attempt} failed ({cause}); "
+                             f"attempt {nxt} resumes the downloads"))
+            return True
+        init.update(phase="Failed", completionTime=now, message=cause[:2000])
+        _set_phase(d, "Failed", "InitializersFailed", f"the run's models and datasets could not be fetched after "
+                   f"{attempt} attempt(s): {cause}"[:2000], now, generation)
+        return True
+    init["message"] = job.stuck
+    _pods_ready(d, job, now, generation)
+    _set_phase(d, "Initializing", "Initializing", "fetching the run's models and datasets" +
+               (f"; its pod cannot start: {job.stuck}" if job.stuck else ""), now, generation)
+    return True
+
+
 def decide_invalid(status: dict[str, Any] | None, error: str, now: str, generation: int) -> Decision:
     """A spec the run model rejects (the CRD schema normally rejects it first): Failed with reason InvalidSpec and
     the RunFailed event, the same shape as decide's for a spec that validates but cannot run."""
@@ -417,7 +487,7 @@ def decide_blocked(status: dict[str, Any] | None, reason: str, message: str, now
     return d
 
 
-REFUSABLE = ("Running", "Suspended", "Pending", "Blocked", "Exporting")
+REFUSABLE = ("Running", "Suspended", "Pending", "Blocked", "Exporting", "Initializing")
 
 
 def decide_refused(status: dict[str, Any], job: str, kind: str, message: str, now: str,
@@ -527,11 +597,11 @@ def _hung(d: Decision, run_name: str, stage: StageSpec, index: int, rec: dict[st
 def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: dict[str, Any] | None,
            jobs: list[ObservedJob], now: str, backend: str = "pytorchjob",
            preflight: Sequence[ObservedPreflight] = (), evaluations: Sequence[ObservedEvaluation] = (),
-           exports: Sequence[ObservedExport] = ()) -> Decision:
+           exports: Sequence[ObservedExport] = (), initializers: Sequence[ObservedInitializer] = ()) -> Decision:
     """`backend`: the job backend the run uses (its own, else the operator's default); only its limits matter
     here, the jobs arrive as ObservedJob whatever their kind. `preflight`: the run's preflight Jobs.
     `evaluations`: the run's benchmark Jobs (spec.evaluation), one per evaluated stage. `exports`: its export
-    Jobs (spec.export), one per attempt."""
+    Jobs (spec.export), one per attempt. `initializers`: its initializer Jobs (spec.initializers)."""
     import copy
     d = Decision(status=copy.deepcopy(status or {}))
     st = d.status
@@ -558,6 +628,9 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
         st["stages"][i]["checkpointPath"] = stage_output_dir(spec, i, cluster_roots(spec))
 
     started = any(r.get("attempts", 0) for r in st["stages"]) or any(jobs)
+    if spec.initializers and not started and (st.get("initializers") or {}).get("phase") != "Succeeded":
+        if _initialize(d, run_name, spec, list(initializers), now, generation):
+            return d
     if spec.preflight.enabled and not started and (st.get("preflight") or {}).get("phase") != "Succeeded":
         if _preflight(d, run_name, spec, list(preflight), now, generation):
             return d

@@ -121,11 +121,11 @@ def download_model(root: Path, src: ModelSource, *, dry_run: bool = False, out=N
           file=out)
     if _done(root, src, commit, files):
         print(f"  already there (commit {commit[:12]}): nothing to fetch", file=out)
-        return {"commit": commit, "files": len(files), "bytes": 0, "folder": str(folder)}
+        return {"commit": commit, "files": len(files), "bytes": total, "transferred": 0, "folder": str(folder)}
     for f in files:
         print(f"  {f.path:<70}{human(f.size):>10}", file=out)
     if dry_run:
-        return {"commit": commit, "files": len(files), "bytes": 0, "folder": str(folder)}
+        return {"commit": commit, "files": len(files), "bytes": total, "transferred": 0, "folder": str(folder)}
     root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(root).free
     if free < total:
@@ -138,4 +138,4 @@ def download_model(root: Path, src: ModelSource, *, dry_run: bool = False, out=N
     m.write_text(json.dumps({"repo": src.repo, "revision": src.revision, "commit": commit, "include": src.include,
                              "exclude": src.exclude, "files": len(files), "bytes": total}))
     print(f"  done: {folder} at commit {commit[:12]}", file=out)
-    return {"commit": commit, "files": len(files), "bytes": total, "folder": str(folder)}
+    return {"commit": commit, "files": len(files), "bytes": total, "transferred": total, "folder": str(folder)}

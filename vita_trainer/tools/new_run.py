@@ -95,7 +95,12 @@ def new_run(a: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         resources["tolerations"] = [GPU_TOLERATION]
     if a.node_selector:
         resources["nodeSelector"] = dict(kv.split("=", 1) for kv in a.node_selector)
-    spec: dict[str, Any] = {"model": {"base": a.base, "tokenizer": a.tokenizer}, "data": {"registry": a.registry},
+    model = {"base": a.base, "tokenizer": a.tokenizer}
+    if a.vision_tower:
+        model["visionTower"] = a.vision_tower
+    if a.audio_encoder:
+        model["audioEncoder"] = a.audio_encoder
+    spec: dict[str, Any] = {"model": model, "data": {"registry": a.registry},
                             "output": a.output or a.name, "trainer": {"image": a.image, "deepspeed": a.deepspeed},
                             "resources": resources, "stages": stages}
     if a.backend:
@@ -109,6 +114,15 @@ def new_run(a: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         spec["scheduling"] = {"kueueQueue": a.queue}
     if not a.preflight:
         spec["preflight"] = {"enabled": False}
+    if a.download_model or a.download_dataset:
+        init: dict[str, Any] = {"models": [{"name": m} for m in a.download_model], "datasets": a.download_dataset}
+        if a.download_manifest:
+            init["manifest"] = a.download_manifest
+        if a.hf_token_secret:
+            init["tokenSecret"] = a.hf_token_secret
+        spec["initializers"] = init
+    if a.export:
+        spec["export"] = {}
     run = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": a.name}, "spec": spec}
     parsed = VitaTrainingRun.model_validate(run)
     if problems := check_spec(parsed.spec):
@@ -126,6 +140,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", action="append", help="NAME=PRESET:DATASET_USE, in order (repeatable); default: the "
                                                     "guide's three, " + ", ".join(GUIDE_STAGES))
     p.add_argument("--tokenizer", default="qwen2.5")
+    p.add_argument("--vision-tower", help="model.visionTower (with an LLM --base: the InternViT folder)")
+    p.add_argument("--audio-encoder", help="model.audioEncoder (with an LLM --base: the whale folder)")
+    p.add_argument("--download-model", action="append", default=[], help="spec.initializers: a `vita-model download` "
+                   "name or repo id fetched into models/ on the dataset volume first (repeatable)")
+    p.add_argument("--download-dataset", action="append", default=[], help="spec.initializers: a `vita-data "
+                   "download` source fetched onto the dataset volume first (repeatable)")
+    p.add_argument("--download-manifest", help="spec.initializers.manifest: another download manifest (a mirror)")
+    p.add_argument("--hf-token-secret", help="spec.initializers.tokenSecret: 'secret/key' holding HF_TOKEN")
+    p.add_argument("--export", action="store_true", help="spec.export: export the last stage as vita15")
     p.add_argument("--output", help="the run's output folder (default: its name)")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=8, help="0 for CPU processes (vita-train local)")
