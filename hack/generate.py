@@ -5,6 +5,7 @@
     manifests/operator.yaml         the chart rendered with default values, without Helm's labels
     manifests/grafana/*.json        the chart's dashboard, for Grafana without Helm
     manifests/examples/run-tiny     the demo's run (vita_trainer/demo/run-tiny.yaml)
+    docs/run-spec.md                the run spec's field reference, from the same model as the CRD
     docs/benchmarks.md              what each benchmark measures (its docstring) and what it printed when last
                                     recorded (bench/results/*.txt, written by bench/record.py)
 """
@@ -57,6 +58,11 @@ def _benchmarks() -> str:
     return "\n".join(parts)
 
 
+def _spec_reference() -> str:
+    from vita_operator.spec_reference import render
+    return render()
+
+
 def _copy(source: str) -> Callable[[], str]:
     return lambda: (REPO / source).read_text()
 
@@ -68,6 +74,7 @@ DERIVED: dict[str, Callable[[], str]] = {
     "manifests/grafana/vita-training.json": _copy("helm/vita-operator/dashboards/vita-training.json"),
     "manifests/examples/run-tiny.yaml": _copy("vita_trainer/demo/run-tiny.yaml"),
     "docs/benchmarks.md": _benchmarks,
+    "docs/run-spec.md": _spec_reference,
 }
 
 
