@@ -93,3 +93,11 @@ def test_the_export_job_is_a_valid_cpu_job_where_the_last_stage_ran(tmp_path):
     assert c["args"] == ["export", "/ckpt/runs/full/sft", "/ckpt/releases/v1", "--format", "vita15"]
     assert c["resources"]["limits"] == {"cpu": "8", "memory": "64Gi"}  # no GPU
     assert {"name": "checkpoints", "mountPath": "/ckpt"} in c["volumeMounts"]
+
+
+def test_an_export_after_an_adapter_only_stage_says_what_to_change():
+    s = spec().model_copy(update={"stages": spec().stages[:1]})  # vision_align saves mm_projector.bin only
+    assert any("spec.export needs a model: the last stage (s1) saves only the groups it trains" in p
+               for p in check_spec(s))
+    full = s.model_copy(update={"stages": [s.stages[0].model_copy(update={"args": {"save_full_model": True}})]})
+    assert check_spec(full) == []

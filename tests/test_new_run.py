@@ -75,3 +75,9 @@ def test_a_generated_run_runs_unchanged_with_vita_train_local(tmp_path, capsys):
     assert cli_main(["local", str(out)]) == 0
     for stage in ("align", "sft"):
         assert (tmp_path / "tiny" / stage / "vita_stage.json").is_file()
+
+
+def test_export_after_an_adapter_only_stage_saves_the_full_model_too():
+    run, notes = generate("r", "--base", "b", "--registry", "r.yaml", "--stage", "a=vision_align:x", "--export")
+    assert run.spec.stages[0].args["save_full_model"] is True and run.spec.export is not None
+    assert "stage a: saves the full model too, for spec.export" in notes

@@ -150,6 +150,11 @@ def initializer_args(spec: VitaTrainingRunSpec, roots: PathRoots) -> list[str]:
     return args + (["--manifest", resolve_path(roots.data, init.manifest)] if init.manifest else [])
 
 
+def problems_in_stages(problems: list[str]) -> bool:
+    """A stage's own problem (a bad preset or freeze flag) already said: checks that read its groups wait."""
+    return any(p.startswith("stages[") for p in problems)
+
+
 def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
     """Semantic problems the schema cannot see. Empty list means the spec is runnable."""
     problems = []
@@ -171,6 +176,9 @@ def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
         if any(a in stage.args for a in PLAN_DERIVED_ARGS):
             problems.append(f"stages[{i}] ({stage.name}): args may not set output_dir or model_name_or_path; "
                             f"the plan derives them from `output` and the previous stage")
+    if spec.export is not None and not problems_in_stages(problems) and not saves_full_model(spec, len(names) - 1):
+        problems.append(f"spec.export needs a model: the last stage ({names[-1]}) saves only the groups it trains; "
+                        f"set its args.save_full_model: true, or end with a stage that trains the LLM")
     if spec.evaluation and (unknown := [n for n in spec.evaluation.after_stages if n not in names]):
         problems.append(f"evaluation.afterStages names stage(s) this run does not have: {unknown}")
     if spec.suspend and spec.scheduling.kueue_queue:

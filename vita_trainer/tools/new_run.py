@@ -19,7 +19,7 @@ import yaml
 
 from vita_api.constants import MODEL_MAX_LENGTH
 from vita_api.errors import ConfigError
-from vita_api.plan import check_spec
+from vita_api.plan import check_spec, saves_full_model
 from vita_api.spec import API_VERSION, JOB_BACKENDS, KIND, VitaTrainingRun
 
 # The guide's schedule (manifests/examples/run-full.yaml): 8 per GPU x 2 accumulation x 32 GPUs.
@@ -64,6 +64,10 @@ def batch_plan(preset: str, gpus_total: int, gpu_memory_gib: float, max_length: 
     accumulation = max(math.ceil(global_batch / (micro * procs)), 1)
     return {"micro": micro, "accumulation": accumulation, "global": micro * accumulation * procs,
             "max_tokens": max_tokens}
+
+
+def run_of(a: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": a.name}, "spec": spec}
 
 
 def new_run(a: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
@@ -123,7 +127,11 @@ def new_run(a: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         spec["initializers"] = init
     if a.export:
         spec["export"] = {}
-    run = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": a.name}, "spec": spec}
+        last = VitaTrainingRun.model_validate(run_of(a, spec)).spec
+        if not saves_full_model(last, len(stages) - 1):  # an adapter-only last stage: a whole model to export
+            stages[-1]["args"]["save_full_model"] = True
+            notes.append(f"stage {stages[-1]['name']}: saves the full model too, for spec.export")
+    run = run_of(a, spec)
     parsed = VitaTrainingRun.model_validate(run)
     if problems := check_spec(parsed.spec):
         raise ConfigError("the run would not start: " + "; ".join(problems))
