@@ -2,6 +2,7 @@
 
 import io
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -147,19 +148,28 @@ def test_the_demo_as_the_readme_runs_it_learns_above_chance(tmp_path, capsys, mo
         for question, acc in accuracy.items():
             if question != "all":
                 assert acc > chance[question], (kind, question, accuracy)
-    # The README's command for the shipped copy of the run, on the demo's folder: every stage is found finished
+    # The README's laptop quick start, as written, in a folder where demo_out is this demo's output
     from vita_trainer.cli import main as cli_main
-    assert cli_main(["local", str(ROOT / "manifests" / "examples" / "run-tiny.yaml"), "--root", str(out)]) == 0
-    assert capsys.readouterr().out.count("already done") == 4
-    # `vita-model chat` on the result: a held-out image's colour, one-shot, then two turns interactively
     from vita_trainer.tools.model_cli import main as model_main
     sample = json.loads((out / "chats" / "image_eval.json").read_text())[0]
+    assert sample["image"] == "eval_00000.png"  # the image the README's chat command names
     answers = {t["value"]: r["value"] for t, r in zip(sample["conversations"][::2], sample["conversations"][1::2])}
     colour, shape = answers["What color is the shape?"], answers["<image>\nWhat shape is it?"]
+    (tmp_path / "demo_out").symlink_to(out)
+    (tmp_path / "manifests").symlink_to(ROOT / "manifests")
+    monkeypatch.chdir(tmp_path)
+    block = (ROOT / "README.md").read_text().split("<!-- quick-start-laptop -->")[1].split("<!-- /quick-start")[0]
+    commands = [shlex.split(line.split("  #")[0]) for line in block.split("```bash\n")[1].split("```")[0].splitlines()]
+    mains = {".venv/bin/vita-model": model_main, ".venv/bin/vita-train": cli_main}
+    printed_by = {}
+    for argv in commands:
+        assert mains[argv[0]](argv[1:]) == 0, argv
+        printed_by[argv[1]] = capsys.readouterr().out
     # (the demo's stages train with the system prompt "You are VITA.": the model folder records it for chat)
+    assert printed_by["chat"].strip() == colour
+    assert "vita_demo_color         exact_match          1.0000" in printed_by["eval"]
+    assert printed_by["local"].count("already done") == 4  # every stage is found finished
     chat = ["chat", str(out / "runs" / "multimodal"), "--image", str(out / "images" / sample["image"])]
-    assert model_main([*chat, "--prompt", "What color is the shape?"]) == 0
-    assert capsys.readouterr().out.strip() == colour
     monkeypatch.setattr("sys.stdin", io.StringIO("What shape is it?\nWhat color is the shape?\n/exit\n"))
     assert model_main(chat) == 0
     assert capsys.readouterr().out.split() == [shape, colour]
