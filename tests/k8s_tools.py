@@ -46,3 +46,15 @@ def tool(name: str) -> Path:
             subprocess.run(["bash", str(HELM_MODULE / "build.sh"), str(out)], check=True)
         return out / "helm"
     raise ValueError(f"unknown tool {name!r}")
+
+
+def assert_valid_builtin(obj: dict, tmp_path) -> None:
+    """A built-in kind (a batch/v1 Job) against its schema, offline: kubernetes-validate --strict."""
+    import sys
+
+    import yaml
+    out = tmp_path / f"{obj['kind'].lower()}.yaml"
+    out.write_text(yaml.safe_dump(obj))
+    res = subprocess.run([str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "ERROR" not in res.stdout, res.stdout + res.stderr

@@ -2,14 +2,11 @@
 that carries the scores, their Prometheus series, and the reduction of lmms-eval's results to scores."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 from prometheus_client import generate_latest
 
+from tests.k8s_tools import assert_valid_builtin
 from tests.test_operator_builder_crd import FULL
 from vita_api.spec import VitaTrainingRunSpec
 from vita_api.termination import MAX_BYTES, evaluation_message, evaluation_of
@@ -109,11 +106,7 @@ def test_the_evaluation_job_is_a_valid_gpu_job_on_the_run_volumes(tmp_path):
     s = VitaTrainingRunSpec.model_validate({**FULL, "evaluation": {"tasks": ["mme", "mmbench_en_dev"], "limit": 50,
                                                                    "includePath": "eval_tasks"}})
     job = ev.evaluation_job("my-run", "ml", s, 1)
-    out = tmp_path / "job.yaml"
-    out.write_text(yaml.safe_dump(job))
-    res = subprocess.run([str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", str(out)],
-                         capture_output=True, text=True)
-    assert res.returncode == 0 and "ERROR" not in res.stdout, res.stdout + res.stderr
+    assert_valid_builtin(job, tmp_path)  # the Job schema, offline
     pod = job["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert job["metadata"]["name"] == "my-run-eval-sft-1"

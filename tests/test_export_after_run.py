@@ -1,13 +1,10 @@
 """spec.export: after the last stage, the export Job (vita-model export) writes the asked format to a folder on the
 checkpoint volume; the state machine, the Job and the spec's checks."""
 
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
+from tests.k8s_tools import assert_valid_builtin
 from tests.test_operator_builder_crd import FULL
 from vita_api.plan import check_spec
 from vita_api.spec import VitaTrainingRunSpec
@@ -82,11 +79,7 @@ def test_no_stage_may_take_the_export_jobs_name():
 def test_the_export_job_is_a_valid_cpu_job_where_the_last_stage_ran(tmp_path):
     s = VitaTrainingRunSpec.model_validate({**FULL, "export": {"path": "/ckpt/releases/v1"}})
     job = exp.export_job("my-run", "ml", s, 2)
-    out = tmp_path / "job.yaml"
-    out.write_text(yaml.safe_dump(job))
-    res = subprocess.run([str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", str(out)],
-                         capture_output=True, text=True)
-    assert res.returncode == 0 and "ERROR" not in res.stdout, res.stdout + res.stderr
+    assert_valid_builtin(job, tmp_path)  # the Job schema, offline
     (c,) = job["spec"]["template"]["spec"]["containers"]
     assert job["metadata"]["name"] == "my-run-export-2" and job["metadata"]["labels"][exp.LABEL_EXPORT] == "true"
     assert c["command"] == ["vita-model"]

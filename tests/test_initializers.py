@@ -5,11 +5,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.k8s_tools import assert_valid_builtin
 from tests.hub_server import HubServer, Repo
 from tests.test_operator_builder_crd import FULL
 from vita_api.spec import VitaTrainingRunSpec
@@ -67,11 +67,7 @@ def test_the_initializer_job_writes_the_dataset_volume_with_the_token_from_a_sec
         "models": [{"name": "qwen2.5-7b-instruct"}, {"name": "org/x", "revision": "v2", "include": ["*.json"]}],
         "datasets": ["coco", "gqa"], "tokenSecret": "hf/token", "manifest": "mirror.yaml"}})
     job = ini.initializer_job("my-run", "ml", s, 1)
-    out = tmp_path / "job.yaml"
-    out.write_text(yaml.safe_dump(job))
-    res = subprocess.run([str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", str(out)],
-                         capture_output=True, text=True)
-    assert res.returncode == 0 and "ERROR" not in res.stdout, res.stdout + res.stderr
+    assert_valid_builtin(job, tmp_path)  # the Job schema, offline
     pod = job["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["args"] == ["--models-root", "/data/models", "--datasets-root", "/data", "--model",

@@ -66,22 +66,23 @@ def failure_message(kind: str, error: str, retryable: bool, **details: Any) -> s
 def oom_of(message: str) -> dict[str, Any] | None:
     """The reader's side of an out-of-memory failure: {"step", "perDeviceTrainBatchSize",
     "gradientAccumulationSteps"} as the failed attempt ran, else None."""
+    return _object_at(message, "outOfMemory")
+
+
+def _object_at(message: str, key: str) -> dict[str, Any] | None:
+    """The JSON object under `key` of a message, or None when the message is not JSON or has none."""
     try:
         msg = json.loads(message or "")
     except ValueError:
         return None
-    oom = msg.get("outOfMemory") if isinstance(msg, dict) else None
-    return oom if isinstance(oom, dict) else None
+    value = msg.get(key) if isinstance(msg, dict) else None
+    return value if isinstance(value, dict) else None
 
 
 def preflight_summary_of(message: str) -> dict[str, Any] | None:
     """The reader's side of a finished preflight pod's message (tools/preflight.py): per-stage counts, problems per
     reason, the first problems and where the full report is; None if the message is not one."""
-    try:
-        msg = json.loads(message or "")
-    except ValueError:
-        return None
-    return msg if isinstance(msg, dict) and isinstance(msg.get("preflight"), dict) else None
+    return json.loads(message) if _object_at(message, "preflight") is not None else None
 
 
 def evaluation_message(scores: dict[str, dict[str, float]], results_path: str) -> str:
@@ -99,26 +100,18 @@ def evaluation_message(scores: dict[str, dict[str, float]], results_path: str) -
 
 def evaluation_of(message: str) -> dict[str, Any] | None:
     """The reader's side: {"evaluation": {task: {metric: value}}, "results": path, ...}; None if not one."""
-    try:
-        msg = json.loads(message or "")
-    except ValueError:
-        return None
-    if not isinstance(msg, dict) or not isinstance(msg.get("evaluation"), dict):
+    found = _object_at(message, "evaluation")
+    if found is None:
         return None
     scores = {str(t): {str(m): v for m, v in row.items() if _finite(v) is not None}
-              for t, row in msg["evaluation"].items() if isinstance(row, dict)}
-    return {**msg, "evaluation": scores}
+              for t, row in found.items() if isinstance(row, dict)}
+    return {**json.loads(message), "evaluation": scores}
 
 
 def initialized_of(message: str) -> dict[str, Any] | None:
     """The reader's side of an initializer pod's message (vita_trainer/tools/initialize.py): {"files", "bytes",
     "transferred", "items"}; None if the message is not one."""
-    try:
-        msg = json.loads(message or "")
-    except ValueError:
-        return None
-    init = msg.get("initialized") if isinstance(msg, dict) else None
-    return init if isinstance(init, dict) else None
+    return _object_at(message, "initialized")
 
 
 def failure_of(message: str, *, permanent_only: bool = False) -> str | None:

@@ -197,6 +197,21 @@ def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob) -> 
     return job
 
 
+def run_batch_jobs(namespace: str, run_name: str, kind_label: str) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """(job, its labels) of the run's batch Jobs of one kind (preflight, initializer, export, evaluation)."""
+    out = []
+    for job in kube.batch_jobs(namespace, f"{LABEL_RUN}={run_name},{kind_label}=true"):
+        labels = job.get("metadata", {}).get("labels", {})
+        if labels.get(LABEL_RUN) == run_name and labels.get(MANAGED_BY[0]) == MANAGED_BY[1]:
+            out.append((job, labels))
+    return out
+
+
+def why_waiting(namespace: str, job_name: str, pods: list[dict[str, Any]]) -> str:
+    """Why a Job's pod does not start: its pods' reason, else the Job controller's failed creates."""
+    return stuck_reason(pods) if pods else creation_failure(job_name, kube.warning_events(namespace))
+
+
 def preflight_needed(spec: VitaTrainingRunSpec, status: dict[str, Any]) -> bool:
     """Whether the state machine may look at preflight Jobs (saves a LIST per reconcile once it passed)."""
     return spec.preflight.enabled and status.get("phase") not in TERMINAL and \
@@ -206,18 +221,13 @@ def preflight_needed(spec: VitaTrainingRunSpec, status: dict[str, Any]) -> bool:
 
 def observed_preflight(namespace: str, run_name: str) -> list[ObservedPreflight]:
     """The run's preflight Jobs; the latest finished one also gets its pod's summary or permanent error."""
-    out = []
-    for job in kube.batch_jobs(namespace, f"{LABEL_RUN}={run_name},{pre.LABEL_PREFLIGHT}=true"):
-        labels = job.get("metadata", {}).get("labels", {})
-        if labels.get(LABEL_RUN) == run_name and labels.get(MANAGED_BY[0]) == MANAGED_BY[1]:
-            out.append(ObservedPreflight(job["metadata"]["name"], int(labels.get(LABEL_ATTEMPT, "0")),
-                                         *job_phase(job)))
+    out = [ObservedPreflight(job["metadata"]["name"], int(labels.get(LABEL_ATTEMPT, "0")), *job_phase(job))
+           for job, labels in run_batch_jobs(namespace, run_name, pre.LABEL_PREFLIGHT)]
     latest = max((o.attempt for o in out), default=0)
     for i, o in enumerate(out):
         if o.attempt == latest and o.phase in ("Pending", "Running"):  # a pod that never starts: say why
-            pods = kube.pods(namespace, pod_selector(o.name))
-            out[i] = dataclasses.replace(o, stuck=stuck_reason(pods) if pods else
-                                         creation_failure(o.name, kube.warning_events(namespace)))
+            out[i] = dataclasses.replace(o, stuck=why_waiting(namespace, o.name,
+                                                              kube.pods(namespace, pod_selector(o.name))))
         if o.attempt == latest and o.phase in ("Succeeded", "Failed"):
             pods = kube.pods(namespace, pod_selector(o.name))
             out[i] = dataclasses.replace(
@@ -234,12 +244,8 @@ def initializers_needed(spec: VitaTrainingRunSpec, status: dict[str, Any]) -> bo
 
 def observed_initializers(namespace: str, run_name: str) -> list[ObservedInitializer]:
     """The run's initializer Jobs; the latest one also gets its pod's result, error, or why it waits."""
-    out = []
-    for job in kube.batch_jobs(namespace, f"{LABEL_RUN}={run_name},{ini.LABEL_INITIALIZER}=true"):
-        labels = job.get("metadata", {}).get("labels", {})
-        if labels.get(LABEL_RUN) == run_name and labels.get(MANAGED_BY[0]) == MANAGED_BY[1]:
-            out.append(ObservedInitializer(job["metadata"]["name"], int(labels.get(LABEL_ATTEMPT, "0")),
-                                           *job_phase(job)))
+    out = [ObservedInitializer(job["metadata"]["name"], int(labels.get(LABEL_ATTEMPT, "0")), *job_phase(job))
+           for job, labels in run_batch_jobs(namespace, run_name, ini.LABEL_INITIALIZER)]
     latest = max((o.attempt for o in out), default=0)
     for i, o in enumerate(out):
         if o.attempt != latest or o.phase == "Suspended":
@@ -249,8 +255,7 @@ def observed_initializers(namespace: str, run_name: str) -> list[ObservedInitial
             out[i] = dataclasses.replace(o, result=next((r for r in map(ini.result, pods) if r is not None), None),
                                          permanent=next((e for e in map(ini.permanent_failure, pods) if e), ""))
         else:
-            out[i] = dataclasses.replace(o, stuck=stuck_reason(pods) if pods else
-                                         creation_failure(o.name, kube.warning_events(namespace)))
+            out[i] = dataclasses.replace(o, stuck=why_waiting(namespace, o.name, pods))
     return out
 
 
@@ -267,10 +272,7 @@ def evaluations_needed(spec: VitaTrainingRunSpec, status: dict[str, Any]) -> boo
 def observed_evaluations(namespace: str, run_name: str) -> list[ObservedEvaluation]:
     """The run's benchmark Jobs; a finished one also gets its pod's scores or error, a waiting one why."""
     out = []
-    for job in kube.batch_jobs(namespace, f"{LABEL_RUN}={run_name},{ev.LABEL_EVALUATION}=true"):
-        labels = job.get("metadata", {}).get("labels", {})
-        if labels.get(LABEL_RUN) != run_name or labels.get(MANAGED_BY[0]) != MANAGED_BY[1]:
-            continue
+    for job, labels in run_batch_jobs(namespace, run_name, ev.LABEL_EVALUATION):
         o = ObservedEvaluation(job["metadata"]["name"], labels.get(LABEL_STAGE, ""), *job_phase(job))
         pods = kube.pods(namespace, pod_selector(o.name)) if o.phase != "Suspended" else []
         if o.phase in ("Succeeded", "Failed"):
@@ -278,8 +280,7 @@ def observed_evaluations(namespace: str, run_name: str) -> list[ObservedEvaluati
             o = dataclasses.replace(o, scores=(found or {}).get("evaluation"), results=(found or {}).get("results", ""),
                                     error=next((e for e in map(ev.error, pods) if e), ""))
         elif o.phase in ("Pending", "Running"):
-            o = dataclasses.replace(o, stuck=stuck_reason(pods) if pods else
-                                    creation_failure(o.name, kube.warning_events(namespace)))
+            o = dataclasses.replace(o, stuck=why_waiting(namespace, o.name, pods))
         out.append(o)
     return out
 
@@ -294,11 +295,8 @@ def export_needed(spec: VitaTrainingRunSpec, status: dict[str, Any]) -> bool:
 
 def observed_exports(namespace: str, run_name: str) -> list[ObservedExport]:
     """The run's export Jobs; the latest one that failed or waits also gets why, from its pod."""
-    out = []
-    for job in kube.batch_jobs(namespace, f"{LABEL_RUN}={run_name},{exp.LABEL_EXPORT}=true"):
-        labels = job.get("metadata", {}).get("labels", {})
-        if labels.get(LABEL_RUN) == run_name and labels.get(MANAGED_BY[0]) == MANAGED_BY[1]:
-            out.append(ObservedExport(job["metadata"]["name"], int(labels.get(LABEL_ATTEMPT, "0")), *job_phase(job)))
+    out = [ObservedExport(job["metadata"]["name"], int(labels.get(LABEL_ATTEMPT, "0")), *job_phase(job))
+           for job, labels in run_batch_jobs(namespace, run_name, exp.LABEL_EXPORT)]
     latest = max((o.attempt for o in out), default=0)
     for i, o in enumerate(out):
         if o.attempt != latest or o.phase not in ("Pending", "Running", "Failed"):
@@ -307,8 +305,7 @@ def observed_exports(namespace: str, run_name: str) -> list[ObservedExport]:
         if o.phase == "Failed":
             out[i] = dataclasses.replace(o, message=next((f for f in map(exp.failure, pods) if f), o.message))
         else:
-            out[i] = dataclasses.replace(o, stuck=stuck_reason(pods) if pods else
-                                         creation_failure(o.name, kube.warning_events(namespace)))
+            out[i] = dataclasses.replace(o, stuck=why_waiting(namespace, o.name, pods))
     return out
 
 

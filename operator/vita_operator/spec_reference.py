@@ -12,7 +12,7 @@ from .crd import spec_schema
 def _type(node: dict[str, Any]) -> str:
     if "enum" in node:
         return " \\| ".join(f"`{v}`" for v in node["enum"][:12]) + (" ..." if len(node["enum"]) > 12 else "")
-    kind = node.get("type", "any")
+    kind = str(node.get("type", "any"))
     if kind == "array":
         return f"list of {_type(node.get('items', {}))}"
     if kind == "object" and "properties" not in node:
@@ -22,7 +22,7 @@ def _type(node: dict[str, Any]) -> str:
 
 
 def _default(node: dict[str, Any]) -> str:
-    return f"`{json.dumps(node['default'])}`" if "default" in node else ""
+    return "`" + json.dumps(node["default"]) + "`" if "default" in node else ""
 
 
 def render() -> str:
