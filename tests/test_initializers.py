@@ -40,13 +40,13 @@ def test_the_initializers_run_first_then_preflight_then_the_first_stage():
     assert first.actions == [CreateInitializer(1)] and first.status["phase"] == "Initializing"
     waiting = decide("run", 1, spec(), first.status, [], NOW, initializers=[init_job(1, "Running")])
     assert not waiting.actions and waiting.status["phase"] == "Initializing"
-    done = decide("run", 1, spec(), waiting.status, [], NOW, initializers=[init_job(1, "Succeeded", result=RESULT)])
+    done = decide("run", 1, spec(), waiting.status, [], NOW, initializers=[init_job(1, "Succeeded", report=RESULT)])
     assert done.actions == [CreatePreflight(1)] and done.status["phase"] == "Preflight"
     assert done.status["initializers"] == {"phase": "Succeeded", "attempts": 1, "jobName": "run-init-1",
                                            "completionTime": NOW, "files": 7, "bytes": 1234,
                                            "transferredBytes": 1000, "message": ""}
     no_preflight = decide("run", 1, spec(preflight=False), waiting.status, [], NOW,
-                          initializers=[init_job(1, "Succeeded", result=RESULT)])
+                          initializers=[init_job(1, "Succeeded", report=RESULT)])
     assert no_preflight.actions == [CreateJob(0, 1, False)]
 
 

@@ -231,7 +231,7 @@ def observed_preflight(namespace: str, run_name: str) -> list[ObservedPreflight]
         if o.attempt == latest and o.phase in ("Succeeded", "Failed"):
             pods = kube.pods(namespace, pod_selector(o.name))
             out[i] = dataclasses.replace(
-                o, summary=next((s for s in map(pre.summary, pods) if s is not None), None),
+                o, report=next((s for s in map(pre.summary, pods) if s is not None), None),
                 permanent=next((e for e in map(pre.permanent_failure, pods) if e), ""))
     return out
 
@@ -252,7 +252,7 @@ def observed_initializers(namespace: str, run_name: str) -> list[ObservedInitial
             continue
         pods = kube.pods(namespace, pod_selector(o.name))
         if o.phase in ("Succeeded", "Failed"):
-            out[i] = dataclasses.replace(o, result=next((r for r in map(ini.result, pods) if r is not None), None),
+            out[i] = dataclasses.replace(o, report=next((r for r in map(ini.result, pods) if r is not None), None),
                                          permanent=next((e for e in map(ini.permanent_failure, pods) if e), ""))
         else:
             out[i] = dataclasses.replace(o, stuck=why_waiting(namespace, o.name, pods))

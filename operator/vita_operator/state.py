@@ -70,14 +70,21 @@ class ObservedJob:
 
 
 @dataclass(frozen=True)
-class ObservedPreflight:
+class ObservedAttempt:
+    """One attempt of a run's step that runs as a batch Job and reports in its pod's termination message."""
     name: str
     attempt: int
-    phase: str                   # Pending|Running|Succeeded|Failed
+    phase: str                   # Pending|Running|Suspended|Succeeded|Failed
     message: str = ""
-    summary: dict[str, Any] | None = None  # from the finished pod (tools/preflight.py); None if not read
-    permanent: str = ""          # the check could not run on this run's data config (bad registry or key)
+    report: dict[str, Any] | None = None  # what the finished pod said (preflight: tools/preflight.py's summary;
+    #                                        initializers: tools/initialize.py's totals); None if not read
+    permanent: str = ""          # an error another attempt cannot fix (a bad registry, an unknown model name)
     stuck: str = ""              # why its pod cannot start (builder.stuck_reason); "" if it can
+
+
+ObservedPreflight = ObservedAttempt    # the data check (spec.preflight)
+ObservedInitializer = ObservedAttempt  # the downloads (spec.initializers)
+ObservedExport = ObservedAttempt       # the export (spec.export); its message is the failed pod's log tail
 
 
 @dataclass(frozen=True)
@@ -98,28 +105,8 @@ class CreateEvaluation:
 
 
 @dataclass(frozen=True)
-class ObservedExport:
-    name: str
-    attempt: int
-    phase: str                   # Pending|Running|Suspended|Succeeded|Failed
-    message: str = ""            # the Job's reason, or the failed pod's own (its log tail)
-    stuck: str = ""              # why its pod cannot start; "" if it can
-
-
-@dataclass(frozen=True)
 class CreateExport:
     attempt: int
-
-
-@dataclass(frozen=True)
-class ObservedInitializer:
-    name: str
-    attempt: int
-    phase: str                   # Pending|Running|Suspended|Succeeded|Failed
-    message: str = ""
-    result: dict[str, Any] | None = None  # {"files", "bytes", "transferred", "items"} from the finished pod
-    permanent: str = ""          # a failure another attempt cannot fix (an unknown model or source name)
-    stuck: str = ""
 
 
 @dataclass(frozen=True)
@@ -200,8 +187,7 @@ def queued_reason(job: ObservedJob) -> str:
     return ""
 
 
-def _pods_ready(d: Decision, job: "ObservedJob | ObservedPreflight | ObservedInitializer", now: str,
-                generation: int) -> None:
+def _pods_ready(d: Decision, job: ObservedJob | ObservedAttempt, now: str, generation: int) -> None:
     """Pods that cannot start leave Kubeflow's job "Running" forever: say so (condition PodsReady=False, one
     Warning event per new cause). Not a failure: a pushed image or a created Secret heals it."""
     old = condition(d.status, "PodsReady")
@@ -259,10 +245,10 @@ def _preflight(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed: 
         return True
     pf.update(attempts=attempt, jobName=job.name)
     _created(d.status, job.name, now, generation)
-    if job.phase == "Succeeded" and job.summary is not None:
-        why, total, bad = _preflight_verdict(job.summary, spec.preflight.max_bad_fraction)
-        pf.update(samples=total, badSamples=bad, problemsByReason=job.summary.get("problemsByReason", {}),
-                  problems=job.summary.get("problems", [])[:20], reportPath=job.summary.get("report", ""),
+    if job.phase == "Succeeded" and job.report is not None:
+        why, total, bad = _preflight_verdict(job.report, spec.preflight.max_bad_fraction)
+        pf.update(samples=total, badSamples=bad, problemsByReason=job.report.get("problemsByReason", {}),
+                  problems=job.report.get("problems", [])[:20], reportPath=job.report.get("report", ""),
                   completionTime=now)
         if why:
             first = f"; first: {pf['problems'][0]}" if pf["problems"] else ""
@@ -433,8 +419,8 @@ def _initialize(d: Decision, run_name: str, spec: VitaTrainingRunSpec, observed:
         _set_phase(d, "Initializing", "Initializing", "fetching the run's models and datasets", now, generation)
         return True
     _created(d.status, job.name, now, generation)
-    if job.phase == "Succeeded" and job.result is not None:
-        r = job.result
+    if job.phase == "Succeeded" and job.report is not None:
+        r = job.report
         init.update(phase="Succeeded", completionTime=now, files=int(r.get("files", 0)), bytes=int(r.get("bytes", 0)),
                     transferredBytes=int(r.get("transferred", 0)), message="")
         d.events.append(("Normal", "InitializersSucceeded", f"{init['files']} files, {init['bytes']} bytes on the "
