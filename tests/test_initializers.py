@@ -72,7 +72,7 @@ def test_the_initializer_job_writes_the_dataset_volume_with_the_token_from_a_sec
     (c,) = pod["containers"]
     assert c["args"] == ["--models-root", "/data/models", "--datasets-root", "/data", "--model",
                          "qwen2.5-7b-instruct", "--model", "org/x@v2", "--include", "1=*.json", "--source", "coco",
-                         "--source", "gqa", "--manifest", "/data/mirror.yaml"]
+                         "--source", "gqa", "--metrics-port", "9400", "--manifest", "/data/mirror.yaml"]
     assert {"name": "dataset", "mountPath": "/data"} in c["volumeMounts"]  # read-write, for this Job alone
     assert next(v for v in pod["volumes"] if v["name"] == "dataset")["persistentVolumeClaim"] == {
         "claimName": "vita-data"}
@@ -110,3 +110,33 @@ def test_the_initializer_fetches_once_and_reports_what_it_moved(tmp_path):
         assert again["transferred"] == 0 and again["files"] == 3  # the next run: nothing fetched again
     finally:
         hub.close()
+
+
+def test_the_initializers_bytes_so_far_are_served_and_read_into_status_progress(tmp_path):
+    """The initializer's gauges (prometheus-client) as the operator's progress loop reads them."""
+    import urllib.request
+    from datetime import datetime, timezone
+
+    from vita_operator.progress import download_progress
+    from vita_trainer.local import free_port
+    from vita_trainer.tools.download import marker_path
+    from vita_trainer.tools.initialize import Progress, Target
+    from vita_trainer.tools.download import RemoteFile
+    done = RemoteFile(name="coco/a.zip", url="http://x/a.zip", approx_bytes=700, unpack="coco")
+    (tmp_path / "m" / ".cache").mkdir(parents=True)
+    (tmp_path / "m" / ".cache" / "w.incomplete").write_bytes(b"x" * 100)  # the Hub client's partial file
+    (tmp_path / "coco").mkdir()
+    marker_path(tmp_path, done).parent.mkdir(parents=True)
+    marker_path(tmp_path, done).write_text("{}")  # unpacked and removed: its announced size counts
+    port = free_port()
+    progress = Progress(port, [Target(tmp_path / "m" / "w"), Target(tmp_path / "m" / ".cache"),
+                               Target(tmp_path / "coco" / "a.zip", marker_path(tmp_path, done), 700)], 1600)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    now = datetime(2026, 12, 4, tzinfo=timezone.utc)
+    assert download_progress(text, now) == {"bytes": 800, "expectedBytes": 1600, "percent": 50,
+                                            "updateTime": "2026-12-04T00:00:00Z"}
+    (tmp_path / "m" / "w").write_bytes(b"y" * 800)  # the file in place
+    progress.refresh()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert download_progress(text, now)["percent"] == 100
+    assert download_progress("vita_train_global_step 3\n", now) is None  # not an initializer

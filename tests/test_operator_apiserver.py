@@ -490,3 +490,42 @@ def test_a_run_from_new_run_is_accepted_by_the_api_server(cluster, tmp_path):
                      "--node-selector", "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3", "-o", str(out)]) == 0
     done = cluster.cp.kubectl("apply", "--dry-run=server", "-n", NS, "-f", str(out), check=False)
     assert done.returncode == 0 and "created (server dry run)" in done.stdout, done.stderr
+
+
+def test_download_progress_shows_while_the_initializer_runs(cluster, tmp_path):
+    """The operator reads the initializer pod's /metrics (the initializer's own Progress server, here on 127.0.0.1
+    as the pod's IP) into status.initializers.progress while the run is Initializing."""
+    from tests.apiserver_cluster import finish_preflight
+    from tests.operator_scenarios import pod
+    from vita_trainer.local import free_port
+    from vita_trainer.tools.initialize import Progress, Target
+    port = free_port()
+    (tmp_path / "models" / "x").mkdir(parents=True)
+    (tmp_path / "models" / "x" / "model.safetensors").write_bytes(b"w" * 300)
+    progress = Progress(port, [Target(tmp_path / "models" / "x")], 1200, interval=0.5)
+    run = run_on("pytorchjob", "fetching")
+    run["spec"].update(progressIntervalSeconds=5, initializers={"models": [{"name": "internvit-300m-448px"}]})
+    run["spec"]["trainer"]["metricsPort"] = port
+    with cluster.operator("operator-download-progress", env={"VITA_OPERATOR_PROGRESS_TICK_SECONDS": "1"}) as op:
+        cluster.apply(run)
+        job = wait_for(lambda: preflight_jobs(cluster).get("fetching-init-1"), what="the initializer Job")
+        running = pod("fetching-init-1-x7k2p", {"batch.kubernetes.io/job-name": "fetching-init-1"}, "initializer",
+                      "Running", {"running": {"startedAt": "2026-12-04T00:00:00Z"}})
+        running["status"].update(podIP="127.0.0.1", podIPs=[{"ip": "127.0.0.1"}])
+        running["metadata"]["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": "fetching-init-1",
+                                                   "controller": True, "uid": job["metadata"]["uid"]}]
+        cluster.put_pod(running)
+        seen = wait_for(lambda: (cluster.run_status("fetching").get("initializers") or {}).get("progress"),
+                        timeout=40, what="download progress in status")
+        assert seen["expectedBytes"] == 1200 and seen["bytes"] == 300 and seen["percent"] == 25
+        (tmp_path / "models" / "x" / "more.safetensors").write_bytes(b"w" * 900)
+        progress.refresh()
+        wait_for(lambda: cluster.run_status("fetching")["initializers"]["progress"]["percent"] == 100, timeout=40,
+                 what="progress at 100%")
+        assert cluster.run_status("fetching")["phase"] == "Initializing"
+        finish_preflight(cluster, "fetching-init-1", 0, json.dumps({"initialized": {
+            "files": 2, "bytes": 1200, "transferred": 1200, "items": []}}), container="initializer")
+        wait_for(lambda: "fetching-s1-1" in cluster.jobs(), what="stage 1 after the downloads")
+        assert cluster.run_status("fetching")["initializers"]["transferredBytes"] == 1200
+        assert_no_forbidden(op)
+    cluster.cp.kubectl("delete", "vitatrainingrun", "fetching", "-n", NS, "--timeout=30s")

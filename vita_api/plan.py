@@ -147,6 +147,7 @@ def initializer_args(spec: VitaTrainingRunSpec, roots: PathRoots) -> list[str]:
         args += [a for g in m.include for a in ("--include", f"{i}={g}")]
         args += [a for g in m.exclude for a in ("--exclude", f"{i}={g}")]
     args += [a for s in init.datasets for a in ("--source", s)]
+    args += ["--metrics-port", str(spec.trainer.metrics_port)]  # bytes so far, for status.initializers.progress
     return args + (["--manifest", resolve_path(roots.data, init.manifest)] if init.manifest else [])
 
 

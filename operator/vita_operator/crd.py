@@ -164,6 +164,10 @@ def status_schema() -> dict[str, Any]:
                         "bytes": {"type": "integer", "description": "Their size"},
                         "transferredBytes": {"type": "integer", "description": "What this run fetched (the rest "
                                                                                "was already there)"},
+                        "progress": {"type": "object", "description": "While it runs, read from the initializer "
+                                                                        "pod every spec.progressIntervalSeconds",
+                                     "properties": {"bytes": {"type": "integer"}, "expectedBytes": {"type": "integer"},
+                                                    "percent": {"type": "integer"}, "updateTime": time}},
                         "completionTime": time, "message": {"type": "string"}}}
     return {"type": "object", "description": "Observed state, written by the operator.", "properties": {
         "initializers": initializers,

@@ -42,6 +42,21 @@ def read_exposition(text: str, stage: str) -> dict[str, Any]:
     return out
 
 
+# The initializer's gauges (vita_trainer/tools/initialize.py serves them while it downloads).
+INIT_BYTES, INIT_EXPECTED = "vita_init_bytes", "vita_init_expected_bytes"
+
+
+def download_progress(text: str, now: datetime) -> dict[str, Any] | None:
+    """status.initializers.progress from the initializer's /metrics text; None when it serves neither gauge."""
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+              if s.name in (INIT_BYTES, INIT_EXPECTED)}
+    if INIT_BYTES not in values or INIT_EXPECTED not in values:
+        return None
+    done, expected = int(values[INIT_BYTES]), int(values[INIT_EXPECTED])
+    return {"bytes": done, "expectedBytes": expected,
+            "percent": min(100, done * 100 // expected) if expected else 100, "updateTime": format_time(now)}
+
+
 def format_duration(seconds: float) -> str:
     """kubectl's style: 45s, 12m30s, 3h05m, 2d4h."""
     s = int(round(max(seconds, 0)))

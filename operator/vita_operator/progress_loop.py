@@ -125,7 +125,9 @@ def progress_pass(runs: list[dict[str, Any]], backend_for: Callable[[dict[str, A
     due = []
     for run in runs:
         st, meta = run.get("status") or {}, run["metadata"]
-        if st.get("phase") != "Running" or not st.get("currentJob") or meta.get("deletionTimestamp"):
+        downloading = st.get("phase") == "Initializing" and (st.get("initializers") or {}).get("jobName")
+        if not downloading and (st.get("phase") != "Running" or not st.get("currentJob")) or \
+                meta.get("deletionTimestamp"):
             metrics.forget_progress(meta.get("namespace"), meta.get("name"))
             continue
         due.append(run)
@@ -134,6 +136,8 @@ def progress_pass(runs: list[dict[str, Any]], backend_for: Callable[[dict[str, A
         if stop is not None and stop.is_set():
             return False
         try:
+            if (run.get("status") or {}).get("phase") == "Initializing":
+                return _download_progress_one(run)
             return _progress_one(run, backend_for, on_hung)
         except Exception:  # one run's endpoint or spec must not stop the others
             meta = run["metadata"]
@@ -162,4 +166,28 @@ def _progress_one(run: dict[str, Any], backend_for: Callable[[dict[str, Any]], J
     metrics.PROGRESS_STALE.labels(meta["namespace"], meta["name"]).set(1 if new.get("stale") else 0)
     if prog.hang_reason(new, st["currentJob"], now, spec.hang_timeout_seconds):
         on_hung(kube.get_run(meta["namespace"], meta["name"]))
+    return True
+
+
+def _download_progress_one(run: dict[str, Any]) -> bool:
+    """An initializing run: its initializer pod's bytes so far into status.initializers.progress, every
+    spec.progressIntervalSeconds; an endpoint that does not answer leaves the last reading."""
+    from .batch_jobs import pod_selector
+    st, meta = run.get("status") or {}, run["metadata"]
+    spec = VitaTrainingRunSpec.model_validate(run.get("spec") or {})
+    init = st.get("initializers") or {}
+    now = datetime.now(timezone.utc)
+    updated = prog.parse_time((init.get("progress") or {}).get("updateTime"))
+    if updated is not None and (now - updated).total_seconds() < spec.progress_interval_seconds:
+        return False
+    job = init["jobName"]
+    pods = [p for p in kube.pods(meta["namespace"], pod_selector(job)) if owned_by_job(p, job)]
+    url = next((u for u in (metrics_url(p, spec.trainer.metrics_port) for p in pods) if u), None)
+    try:
+        new = prog.download_progress(scrape(url), now) if url else None
+    except (ScrapeError, ValueError):
+        new = None
+    if new is None:
+        return False
+    kube.patch_status(meta["namespace"], meta["name"], {"initializers": {"progress": new}})
     return True
