@@ -158,3 +158,12 @@ def test_lmms_eval_results_reduce_to_scores_per_task_and_metric():
                                   "gsm8k": {"exact_match/strict-match": 0.25,
                                             "exact_match/flexible-extract": 0.5}}
     assert json.loads(json.dumps(scores_of(results)))  # plain JSON: what the termination message carries
+
+
+def test_lmms_eval_finds_the_model_class_by_its_entry_point():
+    """`python -m lmms_eval --model vita_folder ...` works: lmms-eval's registry loads our manifest from the
+    `lmms_eval.models` entry-point group (pyproject.toml)."""
+    from lmms_eval.models import get_model
+
+    from vita_trainer.evaluation.lmms_model import VitaFolder
+    assert get_model("vita_folder") is VitaFolder
