@@ -260,3 +260,28 @@ def test_mixtures_are_written_once_their_datasets_are_there_and_the_dry_run_show
     out = capsys.readouterr().out
     assert "licence: CC BY 4.0" in out and "downloads.cs.stanford.edu/nlp/data/gqa/images.zip" in out
     assert "                by hand (no direct download): accept the licence at https://ai.meta.com" in out
+
+
+@pytest.mark.subprocess
+def test_the_disk_check_uses_the_hubs_size_not_the_manifests_estimate(tmp_path):
+    """A manifest that estimates 1 TB for a Hub file the Hub lists at a few hundred bytes: the dry run prints the
+    Hub's size and the download is not refused for disk."""
+    import os
+    import subprocess
+    import sys
+    path = "/datasets/liuhaotian/LLaVA-Instruct-150K/resolve/main/llava_v1_5_mix665k.json"
+    server = Server({path: LLAVA}, headers={path: {"X-Repo-Commit": COMMIT, "ETag": f'"{sha(LLAVA)}"'}})
+    try:
+        (tmp_path / "m.yaml").write_text(yaml.safe_dump({"sources": {"llava_instruct": {"files": [{
+            "name": "llava/llava_v1_5_mix665k.json", "approx_bytes": 10 ** 12,
+            "hf": {"repo": "liuhaotian/LLaVA-Instruct-150K", "file": "llava_v1_5_mix665k.json"}}]}}}))
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+        env.update(HF_ENDPOINT=server.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+        args = [sys.executable, "-m", "vita_trainer.tools.data_cli", "download", "--root", str(tmp_path / "d"),
+                "--source", "llava_instruct", "--manifest", str(tmp_path / "m.yaml")]
+        dry = subprocess.run([*args, "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+        assert dry.returncode == 0 and f"{len(LLAVA)} B" in dry.stdout and "1.0 TB" not in dry.stdout, dry.stdout
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        server.close()

@@ -124,6 +124,26 @@ def pending(root: Path, manifest: Manifest, names: list[str]) -> list[Pending]:
     return out
 
 
+def with_hub_sizes(todo: list[Pending]) -> list[Pending]:
+    """A Hugging Face file's size as the Hub states it, instead of the manifest's estimate (the dry run and the
+    disk check then use the real figure); a file whose size cannot be read keeps the estimate."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    out = []
+    for p in todo:
+        f = p.file
+        if f.hf and f.hf.file and not f.hf.snapshot:
+            try:
+                size = get_hf_file_metadata(hf_hub_url(f.hf.repo, f.hf.file, repo_type="dataset",
+                                                       revision=f.hf.revision, endpoint=constants.ENDPOINT)).size
+            except Exception:  # offline, unreachable, refused: the estimate stands, the download says what is wrong
+                size = None
+            if size is not None:
+                f = f.model_copy(update={"approx_bytes": size})
+                p = Pending(p.source, f, p.have_bytes, max(size - p.have_bytes, 0) + (size if f.unpack else 0))
+        out.append(p)
+    return out
+
+
 def human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
@@ -296,7 +316,7 @@ def download(root: Path, names: list[str], manifest: Manifest, *, dry_run: bool 
         print(f"{name:<16}licence: {src.licence}", file=out)
         if src.manual:
             print(f"{'':<16}by hand (no direct download): {src.manual}", file=out)
-    todo = pending(root, manifest, names)
+    todo = with_hub_sizes(pending(root, manifest, names))
     for p in todo:
         origin = p.file.url or f"hf://datasets/{p.file.hf.repo}/{p.file.hf.file or ''}"
         state = f"resume at {human(p.have_bytes)}" if p.have_bytes else "fetch"

@@ -71,7 +71,7 @@ class Progress:
 def plan(a: argparse.Namespace) -> tuple[list[Target], int]:
     """(what the downloads write, their expected size in bytes): the models' listed sizes, the datasets' announced
     ones."""
-    from .download import SOURCES_FILE, load_manifest, marker_path
+    from .download import SOURCES_FILE, Pending, load_manifest, marker_path, with_hub_sizes
     from .model_download import listing, resolve
     targets: list[Target] = []
     expected = 0
@@ -84,12 +84,12 @@ def plan(a: argparse.Namespace) -> tuple[list[Target], int]:
         targets += [Target(folder / f.path) for f in files] + [Target(folder / ".cache")]
     if a.source:
         manifest = load_manifest(Path(a.manifest) if a.manifest else SOURCES_FILE)
-        for name in a.source:
-            for f in manifest.sources[name].files:
-                expected += f.approx_bytes
-                root = Path(a.datasets_root)
-                targets += [Target(root / f.name, marker_path(root, f), f.approx_bytes),
-                            Target(root / (f.name + ".part"), marker_path(root, f), 0)]
+        root = Path(a.datasets_root)
+        every = [Pending(name, f, 0, 0) for name in a.source for f in manifest.sources[name].files]
+        for f in (p.file for p in with_hub_sizes(every)):  # the Hub's sizes where it has the file
+            expected += f.approx_bytes
+            targets += [Target(root / f.name, marker_path(root, f), f.approx_bytes),
+                        Target(root / (f.name + ".part"), marker_path(root, f), 0)]
     return targets, expected
 
 
