@@ -591,21 +591,14 @@ def on_job(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
 
 
 # Watch only the enabled backends' jobs: the chart grants RBAC for those alone. And the run's batch Jobs
-# (initializers, preflight, evaluation, export).
+# (initializers, preflight, evaluation, export): one watch, by the label the operator puts on every Job it makes.
 WATCHED_JOBS = [(*kube.group_version(BACKENDS[n].api_version), BACKENDS[n].plural) for n in ENABLED] + \
     [("batch", "v1", "jobs")]
 for _name in ENABLED:
     _resource = (*kube.group_version(BACKENDS[_name].api_version), BACKENDS[_name].plural)
     kopf.index(*_resource, id=JOB_INDEX_IDS[_name], labels={MANAGED_BY[0]: MANAGED_BY[1]})(index_job_by_run)
     kopf.on.event(*_resource, id=f"on_{_name}", labels={MANAGED_BY[0]: MANAGED_BY[1]})(on_job)
-kopf.on.event("batch", "v1", "jobs", id="on_preflight",
-              labels={MANAGED_BY[0]: MANAGED_BY[1], pre.LABEL_PREFLIGHT: "true"})(on_job)
-kopf.on.event("batch", "v1", "jobs", id="on_evaluation",
-              labels={MANAGED_BY[0]: MANAGED_BY[1], ev.LABEL_EVALUATION: "true"})(on_job)
-kopf.on.event("batch", "v1", "jobs", id="on_export",
-              labels={MANAGED_BY[0]: MANAGED_BY[1], exp.LABEL_EXPORT: "true"})(on_job)
-kopf.on.event("batch", "v1", "jobs", id="on_initializer",
-              labels={MANAGED_BY[0]: MANAGED_BY[1], ini.LABEL_INITIALIZER: "true"})(on_job)
+kopf.on.event("batch", "v1", "jobs", id="on_batch_job", labels={MANAGED_BY[0]: MANAGED_BY[1]})(on_job)
 
 
 @kopf.on.delete(API_GROUP, VERSION, PLURAL, optional=True)
