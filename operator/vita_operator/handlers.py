@@ -36,7 +36,7 @@ from .crd import PLURAL, VERSION
 from .progress_loop import progress_pass
 from .volumes import claim_names, claim_problems
 from .state import (TERMINAL, CreateEvaluation, CreateExport, CreateInitializer, CreateJob, CreatePreflight, Decision,
-                    DeleteJob, ObservedEvaluation, ObservedExport, ObservedInitializer, ObservedJob,
+                    DeleteJob, ObservedAttempt, ObservedEvaluation, ObservedExport, ObservedInitializer, ObservedJob,
                     ObservedPreflight, SetJobSuspend, decide, decide_blocked, decide_evaluation_refused,
                     decide_invalid, decide_refused)
 from .trainjob import DEFAULT_RUNTIME
@@ -212,51 +212,56 @@ def why_waiting(namespace: str, job_name: str, pods: list[dict[str, Any]]) -> st
     return stuck_reason(pods) if pods else creation_failure(job_name, kube.warning_events(namespace))
 
 
+def before_stages(spec_asks: bool, status: dict[str, Any], key: str) -> bool:
+    """Whether a step before the first stage (status[key]: preflight, initializers) may still need its Jobs read:
+    the spec asks for it, it has not succeeded and no stage started (saves a LIST per reconcile once it passed)."""
+    return spec_asks and status.get("phase") not in TERMINAL and (status.get(key) or {}).get("phase") != "Succeeded" \
+        and not any(r.get("attempts") for r in status.get("stages") or [])
+
+
 def preflight_needed(spec: VitaTrainingRunSpec, status: dict[str, Any]) -> bool:
-    """Whether the state machine may look at preflight Jobs (saves a LIST per reconcile once it passed)."""
-    return spec.preflight.enabled and status.get("phase") not in TERMINAL and \
-        (status.get("preflight") or {}).get("phase") != "Succeeded" and \
-        not any(r.get("attempts") for r in status.get("stages") or [])
+    return before_stages(spec.preflight.enabled, status, "preflight")
+
+
+def initializers_needed(spec: VitaTrainingRunSpec, status: dict[str, Any]) -> bool:
+    return before_stages(spec.initializers is not None, status, "initializers")
+
+
+Read = Callable[[dict[str, Any]], Any]
+
+
+def observed_attempts(namespace: str, run_name: str, kind_label: str, *, report: Read | None = None,
+                      permanent: Read | None = None, failure: Read | None = None) -> list[ObservedAttempt]:
+    """The run's Jobs of one attempt-numbered step (preflight, initializers, export). The latest attempt's pods are
+    read when it waits (why it cannot start) or when it finished and its pods say something: `report` (a finished
+    pod's result), `permanent` (an error no retry fixes), `failure` (a failed pod's reason, instead of the Job's)."""
+    def first(read: Read | None, pods: list[dict[str, Any]], default: Any) -> Any:
+        return next((r for r in map(read, pods) if r not in (None, "")), default) if read else default
+    out = [ObservedAttempt(job["metadata"]["name"], int(labels.get(LABEL_ATTEMPT, "0")), *job_phase(job))
+           for job, labels in run_batch_jobs(namespace, run_name, kind_label)]
+    latest = max((o.attempt for o in out), default=0)
+    for i, o in enumerate(out):
+        waiting = o.phase in ("Pending", "Running")
+        readers = (report, permanent) + ((failure,) if o.phase == "Failed" else ())
+        if o.attempt != latest or not (waiting or (o.phase in ("Succeeded", "Failed") and any(readers))):
+            continue
+        pods = kube.pods(namespace, pod_selector(o.name))
+        out[i] = dataclasses.replace(o, stuck=why_waiting(namespace, o.name, pods)) if waiting else \
+            dataclasses.replace(o, report=first(report, pods, None), permanent=first(permanent, pods, ""),
+                                message=first(failure, pods, o.message) if o.phase == "Failed" else o.message)
+    return out
 
 
 def observed_preflight(namespace: str, run_name: str) -> list[ObservedPreflight]:
     """The run's preflight Jobs; the latest finished one also gets its pod's summary or permanent error."""
-    out = [ObservedPreflight(job["metadata"]["name"], int(labels.get(LABEL_ATTEMPT, "0")), *job_phase(job))
-           for job, labels in run_batch_jobs(namespace, run_name, pre.LABEL_PREFLIGHT)]
-    latest = max((o.attempt for o in out), default=0)
-    for i, o in enumerate(out):
-        if o.attempt == latest and o.phase in ("Pending", "Running"):  # a pod that never starts: say why
-            out[i] = dataclasses.replace(o, stuck=why_waiting(namespace, o.name,
-                                                              kube.pods(namespace, pod_selector(o.name))))
-        if o.attempt == latest and o.phase in ("Succeeded", "Failed"):
-            pods = kube.pods(namespace, pod_selector(o.name))
-            out[i] = dataclasses.replace(
-                o, report=next((s for s in map(pre.summary, pods) if s is not None), None),
-                permanent=next((e for e in map(pre.permanent_failure, pods) if e), ""))
-    return out
-
-
-def initializers_needed(spec: VitaTrainingRunSpec, status: dict[str, Any]) -> bool:
-    return spec.initializers is not None and status.get("phase") not in TERMINAL and \
-        (status.get("initializers") or {}).get("phase") != "Succeeded" and \
-        not any(r.get("attempts") for r in status.get("stages") or [])
+    return observed_attempts(namespace, run_name, pre.LABEL_PREFLIGHT, report=pre.summary,
+                             permanent=pre.permanent_failure)
 
 
 def observed_initializers(namespace: str, run_name: str) -> list[ObservedInitializer]:
     """The run's initializer Jobs; the latest one also gets its pod's result, error, or why it waits."""
-    out = [ObservedInitializer(job["metadata"]["name"], int(labels.get(LABEL_ATTEMPT, "0")), *job_phase(job))
-           for job, labels in run_batch_jobs(namespace, run_name, ini.LABEL_INITIALIZER)]
-    latest = max((o.attempt for o in out), default=0)
-    for i, o in enumerate(out):
-        if o.attempt != latest or o.phase == "Suspended":
-            continue
-        pods = kube.pods(namespace, pod_selector(o.name))
-        if o.phase in ("Succeeded", "Failed"):
-            out[i] = dataclasses.replace(o, report=next((r for r in map(ini.result, pods) if r is not None), None),
-                                         permanent=next((e for e in map(ini.permanent_failure, pods) if e), ""))
-        else:
-            out[i] = dataclasses.replace(o, stuck=why_waiting(namespace, o.name, pods))
-    return out
+    return observed_attempts(namespace, run_name, ini.LABEL_INITIALIZER, report=ini.result,
+                             permanent=ini.permanent_failure)
 
 
 def evaluations_needed(spec: VitaTrainingRunSpec, status: dict[str, Any]) -> bool:
@@ -295,18 +300,7 @@ def export_needed(spec: VitaTrainingRunSpec, status: dict[str, Any]) -> bool:
 
 def observed_exports(namespace: str, run_name: str) -> list[ObservedExport]:
     """The run's export Jobs; the latest one that failed or waits also gets why, from its pod."""
-    out = [ObservedExport(job["metadata"]["name"], int(labels.get(LABEL_ATTEMPT, "0")), *job_phase(job))
-           for job, labels in run_batch_jobs(namespace, run_name, exp.LABEL_EXPORT)]
-    latest = max((o.attempt for o in out), default=0)
-    for i, o in enumerate(out):
-        if o.attempt != latest or o.phase not in ("Pending", "Running", "Failed"):
-            continue
-        pods = kube.pods(namespace, pod_selector(o.name))
-        if o.phase == "Failed":
-            out[i] = dataclasses.replace(o, message=next((f for f in map(exp.failure, pods) if f), o.message))
-        else:
-            out[i] = dataclasses.replace(o, stuck=why_waiting(namespace, o.name, pods))
-    return out
+    return observed_attempts(namespace, run_name, exp.LABEL_EXPORT, failure=exp.failure)
 
 
 class _Refused(Exception):
