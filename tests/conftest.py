@@ -75,6 +75,20 @@ def cluster(tmp_path_factory, control_plane_binaries):
     yield from start_cluster(tmp_path_factory.mktemp("control-plane"), control_plane_binaries)
 
 
+@pytest.fixture(scope="session")
+def kubeflow_binaries(control_plane_binaries):
+    """kwok, the training operator, Trainer, JobSet and Kueue, built once per machine (hack/kubeflow/build.sh)."""
+    from tests.kubeflow_stack import ensure_binaries
+    return ensure_binaries()
+
+
+@pytest.fixture(scope="module")
+def kubeflow(tmp_path_factory, control_plane_binaries, kubeflow_binaries):
+    """A real control plane with the Kubeflow stack running on it, one per test module (tests/kubeflow_cluster.py)."""
+    from tests.kubeflow_cluster import start_kubeflow_cluster
+    yield from start_kubeflow_cluster(tmp_path_factory.mktemp("kubeflow"), control_plane_binaries, kubeflow_binaries)
+
+
 def pytest_terminal_summary(terminalreporter):
     from tests.control_plane import k8s_version
     ran = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
@@ -83,6 +97,11 @@ def pytest_terminal_summary(terminalreporter):
     if ran or skipped:
         terminalreporter.write_line(f"{len(ran)} tests ran against a real kube-apiserver {k8s_version()} "
                                     f"(etcd, RBAC, controller-manager); {len(skipped)} skipped")
+    ran = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+           if "kubeflow" in r.keywords and r.when == "call"]
+    if ran:
+        from tests.kubeflow_stack import describe
+        terminalreporter.write_line(f"{len(ran)} of them with the real Kubeflow stack: {describe()}")
 
 
 # `make test-fast` sets this: the tests it selects may not start processes. A test that does fails here, naming

@@ -27,7 +27,7 @@ from vita_trainer.local import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "hack" / "control-plane" / "build.sh"
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 SERVICE_CIDR = "10.96.0.0/16"
 
 
@@ -118,8 +118,13 @@ def stop_group(proc: subprocess.Popen, timeout: float) -> int:
 class ControlPlane(_Started):
     """Start with `with ControlPlane(workdir) as cp:`; `cp.admin_kubeconfig` is cluster-admin."""
 
-    def __init__(self, workdir: Path, bins: Path | None = None):
+    # Garbage collection (ownerReferences), namespace deletion, the default ServiceAccounts, and the aggregation
+    # of ClusterRoles into admin/edit/view (the chart's user roles).
+    CONTROLLERS = ("garbagecollector", "namespace", "serviceaccount", "clusterrole-aggregation")
+
+    def __init__(self, workdir: Path, bins: Path | None = None, extra_controllers: tuple[str, ...] = ()):
         self.dir = Path(workdir)
+        self.controllers = self.CONTROLLERS + extra_controllers
         self.bins = bins or ensure_binaries()
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = free_port()
@@ -183,15 +188,15 @@ class ControlPlane(_Started):
             f"--service-account-signing-key-file={self.pki / 'sa.key'}",
             "--api-audiences=https://kubernetes.default.svc",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # Webhooks reach a Service's endpoints, not its ClusterIP: there is no kube-proxy here.
+            "--enable-aggregator-routing=true",
             f"--cert-dir={self.dir / 'apiserver-certs'}", "-v=1"])
         kubeconfig(self.admin_kubeconfig, self.server, self.pki / "ca.crt", self.admin_token, "admin")
         self._wait_ready()
-        # Garbage collection (ownerReferences), namespace deletion, the default ServiceAccounts, and the aggregation
-        # of ClusterRoles into admin/edit/view (the chart's user roles).
         self._spawn("kube-controller-manager", [
             f"--kubeconfig={self.admin_kubeconfig}", f"--authentication-kubeconfig={self.admin_kubeconfig}",
             f"--authorization-kubeconfig={self.admin_kubeconfig}",
-            "--controllers=garbagecollector,namespace,serviceaccount,clusterrole-aggregation",
+            f"--controllers={','.join(self.controllers)}",
             "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=false", "-v=1"])
         return self
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the control plane that the apiserver test tier runs (etcd, kube-apiserver, kube-controller-manager)
-# at the versions go.mod pins, into $1 (default ~/.cache/vita/k8s/<kubernetes version>). Only a machine's
+# Builds the control plane that the apiserver test tier runs (etcd, kube-apiserver, kube-controller-manager; and
+# kube-scheduler, which the kubeflow tier adds) at the versions go.mod pins, into $1 (default ~/.cache/vita/k8s/<kubernetes version>). Only a machine's
 # first run pays the build (about 15 minutes on 2 cores); tests/control_plane.py calls this when a binary is
 # missing. Go's module and build caches (~/go/pkg/mod, ~/.cache/go-build) make a rerun cheap.
 set -euo pipefail
@@ -22,4 +22,5 @@ build() {  # binary-name go-package
 build etcd go.etcd.io/etcd/server/v3
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
+build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
 build kubectl k8s.io/kubernetes/cmd/kubectl
