@@ -5,6 +5,7 @@ annotations kwok's `pod-exit` stage reads), which no controller writes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -36,11 +37,23 @@ class KubeflowCluster(Cluster):
             return ok if len(ok) >= count else None
         return wait_for(running, timeout=timeout, what=f"{count} running pods of {job}")
 
-    def end_pods(self, pods: list[dict], exit_code: int, message: str = "") -> None:
+    def end_pods(self, pods: list[dict], exit_code: int, message: str = "", check: bool = True) -> None:
         """The trainer program in each pod ends: kwok turns that into the container's terminated state."""
         for p in pods:
             self.cp.kubectl("annotate", "pod", p["metadata"]["name"], "-n", p["metadata"]["namespace"],
-                            "--overwrite", f"{EXIT_CODE}={exit_code}", f"{MESSAGE}={message}")
+                            "--overwrite", f"{EXIT_CODE}={exit_code}", f"{MESSAGE}={message}", check=check)
+
+    @contextlib.contextmanager
+    def running(self, run: dict, operator: str, **operator_args):
+        """The operator as its own process, with `run` applied; the run is deleted afterwards (its jobs and pods go
+        with it), so the next test finds the GPU nodes free."""
+        with self.operator(operator, **operator_args) as op:
+            self.apply(run)
+            try:
+                yield op
+            finally:
+                self.cp.kubectl("delete", "vitatrainingrun", run["metadata"]["name"], "-n",
+                                run["metadata"].get("namespace", NS), "--timeout=60s", check=False)
 
     def phase(self, name: str) -> str:
         return self.run_status(name).get("phase", "")

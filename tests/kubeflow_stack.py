@@ -102,7 +102,7 @@ def serving_cert(cp: ControlPlane, out: Path, dns: str) -> None:
 class KubeflowStack(_Started):
     """`with KubeflowStack(cp, workdir) as stack:` on a started ControlPlane (made with EXTRA_CONTROLLERS)."""
 
-    def __init__(self, cp: ControlPlane, workdir: Path, bins: dict[str, Path], *, nodes: int = 4,
+    def __init__(self, cp: ControlPlane, workdir: Path, bins: dict[str, Path], *, nodes: int = 6,
                  jobset_ttl_seconds: int | None = None):
         self.cp, self.dir, self.bins, self.nodes = cp, Path(workdir), bins, nodes
         self.procs: dict[str, subprocess.Popen] = {}

@@ -13,7 +13,8 @@ import yaml
 from tests.apiserver_cluster import assert_no_forbidden, preflight_message
 from tests.control_plane import REPO
 from tests.kubeflow_stack import GPU
-from tests.operator_scenarios import BACKENDS, NS, finished, wait_for
+from tests.operator_scenarios import BACKENDS, NS, claim, finished, job_args, run_on, wait_for
+from vita_api.termination import failure_message
 
 pytestmark = [pytest.mark.kubeflow, pytest.mark.apiserver, pytest.mark.slow]
 STAGE3 = yaml.safe_load((REPO / "manifests" / "examples" / "run-stage3.yaml").read_text())
@@ -27,6 +28,23 @@ def stage3(backend: str, name: str) -> dict:
     run["spec"]["volumes"]["dataset"]["claimName"] = "data"
     run["spec"]["volumes"]["checkpoints"]["claimName"] = "ckpt"
     return run
+
+
+def two_nodes(backend: str, name: str, namespace: str = NS) -> dict:
+    """The scenarios' three-stage run (2 nodes x 8 GPUs per stage), tolerating the GPU taint as GPU pools need."""
+    run = run_on(backend, name)
+    run["metadata"]["namespace"] = namespace
+    run["spec"]["resources"]["tolerations"] = [{"key": GPU, "operator": "Exists", "effect": "NoSchedule"}]
+    return run
+
+
+def rank0_first(pods: list[dict]) -> list[dict]:
+    """A job's pods, the one holding global rank 0 first (the PyTorchJob's master; the JobSet's completion index 0)."""
+    def rank(p: dict) -> int:
+        if "master" in p["metadata"]["name"]:
+            return 0
+        return int(p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index", "1") or 1)
+    return sorted(pods, key=rank)
 
 
 def container(pod: dict) -> dict:
@@ -55,8 +73,7 @@ def test_run_stage3_runs_on_the_real_controllers(kubeflow, backend, tmp_path, mo
     rendezvous, the GPUs, the tolerations, the volumes and /dev/shm the stage asked for, run on GPU nodes, and the
     run chains to Succeeded on the controllers' own status."""
     name = f"stage3-{backend[:5]}"
-    with kubeflow.operator(f"operator-stage3-{backend}") as op:
-        kubeflow.apply(stage3(backend, name))
+    with kubeflow.running(stage3(backend, name), f"operator-stage3-{backend}") as op:
         pass_preflight(kubeflow, name, ("multimodal-sft",), tmp_path, monkeypatch)
         job = wait_for(lambda: f"{name}-multimodal-sft-1" in kubeflow.jobs(backend) and f"{name}-multimodal-sft-1",
                        what="the stage's job")
@@ -87,4 +104,111 @@ def test_run_stage3_runs_on_the_real_controllers(kubeflow, backend, tmp_path, mo
         status = kubeflow.wait_phase(name, "Succeeded")
         assert status["stages"][0]["finalLoss"] == 0.75
         assert_no_forbidden(op)
-    kubeflow.cp.kubectl("delete", "vitatrainingrun", name, "-n", NS, "--timeout=60s")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_two_node_stage_runs_on_two_gpu_nodes(kubeflow, backend):
+    """Scenario 2: both nodes' pods exist and are scheduled on two GPU nodes (8 GPUs each, so never one); the
+    training operator's worker init container is in the pod the operator reads; the stage chains to the next."""
+    name = f"two-{backend[:5]}"
+    with kubeflow.running(two_nodes(backend, name), f"operator-two-nodes-{backend}") as op:
+        job = wait_for(lambda: f"{name}-s1-1" in kubeflow.jobs(backend) and f"{name}-s1-1", what="stage 1's job")
+        rank0, other = rank0_first(kubeflow.running_pods(job, backend, 2))
+        assert rank0["spec"]["nodeName"] != other["spec"]["nodeName"]
+        assert env(other)["PET_NNODES"] == "2"
+        if backend == "pytorchjob":
+            (init,) = other["spec"]["initContainers"]
+            assert init["name"] == "init-pytorch" and f"{job}-master-0" in " ".join(init["command"])
+            assert other["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+        kubeflow.wait_phase(name, "Running")
+        kubeflow.end_pods([other], 0)
+        kubeflow.end_pods([rank0], 0, finished(job, 1.5)["terminated"]["message"])
+        wait_for(lambda: f"{name}-s2-1" in kubeflow.jobs(backend), what="stage 2's job")
+        assert kubeflow.run_status(name)["stages"][0]["finalLoss"] == 1.5
+        assert_no_forbidden(op)
+
+
+def test_pods_refused_by_pod_security_show_on_the_run(kubeflow):
+    """Scenario 2, restricted: the training operator v1.9.3 injects `init-pytorch` without a securityContext into
+    workers, so under PodSecurity "restricted" the API server refuses the worker pod; the refusal reaches the run
+    from the training operator's own event instead of a silent hang."""
+    ns = "restricted"
+    kubeflow.cp.kubectl("create", "namespace", ns)
+    kubeflow.cp.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
+    for pvc in (claim("data", "ReadOnlyMany"), claim("ckpt", "ReadWriteMany")):
+        pvc["metadata"]["namespace"] = ns
+        kubeflow.apply(pvc)
+    kubeflow.stack.volumes_for(ns, ("data", ["ReadOnlyMany"]), ("ckpt", ["ReadWriteMany"]))
+    with kubeflow.running(two_nodes("pytorchjob", "psa", ns), "operator-restricted", resync_seconds=2) as op:
+
+        def refused():
+            ready = {c["type"]: c for c in kubeflow.get("vitatrainingrun", "psa", ns).get("status", {})
+                     .get("conditions", [])}.get("PodsReady") or {}
+            return ready.get("status") == "False" and "PodSecurity" in ready.get("message", "") and ready
+        ready = wait_for(refused, timeout=60, what="PodsReady=False naming PodSecurity")
+        assert "FailedCreatePod" in ready["message"] and "init-pytorch" in ready["message"]
+        assert_no_forbidden(op)
+    kubeflow.cp.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_workers_out_of_memory_report_halves_the_micro_batch(kubeflow, backend):
+    """Scenario 4: a worker pod ends with the trainer's OOM message while rank 0 is killed without a word; the
+    controllers fail the job, and the operator's next attempt has half the micro-batch, not a plain retry."""
+    name = f"oom-{backend[:5]}"
+    with kubeflow.running(two_nodes(backend, name), f"operator-oom-{backend}") as op:
+        job = wait_for(lambda: f"{name}-s1-1" in kubeflow.jobs(backend) and f"{name}-s1-1", what="stage 1's job")
+        rank0, other = rank0_first(kubeflow.running_pods(job, backend, 2))
+        kubeflow.end_pods([other], 1, failure_message("OutOfMemory", "out of GPU memory at step 12", True,
+                                                      outOfMemory={"step": 12, "perDeviceTrainBatchSize": 8,
+                                                                   "gradientAccumulationSteps": 2}))
+        # torchrun on rank 0's node then kills it; by then the controllers may already have removed it
+        wait_for(lambda: any(p["status"].get("phase") == "Failed" for p in kubeflow.pods(job, backend)),
+                 what="the worker's pod Failed")
+        kubeflow.end_pods([rank0], 137, check=False)
+        retry = wait_for(lambda: kubeflow.jobs(backend).get(f"{name}-s1-2"), timeout=60, what="attempt 2")
+        args = job_args(retry)
+        assert args[args.index("--per_device_train_batch_size") + 1] == "4"
+        assert args[args.index("--gradient_accumulation_steps") + 1] == "4"
+        assert kubeflow.run_status(name)["stages"][0]["oomAdjustments"][0]["step"] == 12
+        assert_no_forbidden(op)
+
+
+def test_a_job_the_trainer_webhook_refuses_shows_on_the_run(kubeflow):
+    """Scenario 5: Trainer's TrainJob webhook refuses torchrun's reserved PET_* variables in trainer.env; the run is
+    Blocked with the webhook's own message and no TrainJob exists."""
+    run = two_nodes("trainjob", "reserved")
+    run["spec"]["trainer"]["env"] = {"PET_NNODES": "4"}
+    with kubeflow.running(run, "operator-webhook-refusal", resync_seconds=2) as op:
+        status = kubeflow.wait_phase("reserved", "Blocked", timeout=60)
+        ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+        assert ready["reason"] == "CreateRefused"
+        assert "validator.trainjob.trainer.kubeflow.org" in ready["message"]
+        assert "must not have reserved envs" in ready["message"] and "PET_NNODES" in ready["message"]
+        assert "reserved-s1-1" not in kubeflow.jobs("trainjob")
+        assert_no_forbidden(op)
+
+
+def test_a_failed_trainjob_attempt_is_not_run_again_after_its_jobset_ttl(kubeflow):
+    """Scenario 6: with the runtime's JobSet TTL shortened, Trainer v2.3.0 deletes a failed attempt's JobSet when
+    the TTL passes and would create it again (kubeflow/trainer#3737), running the stale attempt on GPUs beside the
+    retry. The failed attempt stays failed: no pod of it runs again."""
+    runtime = "clustertrainingruntime/vita-torch-distributed"
+    kubeflow.cp.kubectl("patch", runtime, "--type=merge", "-p",
+                        '{"spec": {"template": {"spec": {"ttlSecondsAfterFinished": 3}}}}')
+    try:
+        with kubeflow.running(two_nodes("trainjob", "ttl"), "operator-ttl") as op:
+            job = wait_for(lambda: "ttl-s1-1" in kubeflow.jobs("trainjob") and "ttl-s1-1", what="attempt 1")
+            pods = kubeflow.running_pods(job, "trainjob", 2)
+            kubeflow.end_pods(pods, 1, failure_message("RuntimeError", "NCCL timeout", True))
+            wait_for(lambda: "ttl-s1-2" in kubeflow.jobs("trainjob"), timeout=60, what="attempt 2")
+            failed_uids = {p["metadata"]["uid"] for p in pods}
+            import time
+            time.sleep(12)  # four TTLs
+            again = [p for p in kubeflow.pods(job, "trainjob") if p["metadata"]["uid"] not in failed_uids]
+            assert not again, f"attempt 1 ran again: {[p['metadata']['name'] for p in again]}"
+            assert kubeflow.run_status("ttl")["stages"][0]["attempts"] == 2
+            assert_no_forbidden(op)
+    finally:
+        kubeflow.cp.kubectl("patch", runtime, "--type=json", "-p",
+                            '[{"op": "remove", "path": "/spec/template/spec/ttlSecondsAfterFinished"}]')

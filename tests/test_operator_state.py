@@ -99,7 +99,8 @@ def as_backend_leaves_it(backend: str, sp, jobs: list[ObservedJob]) -> list[Obse
         raw["status"] = job_status(backend, j.phase)
         labels = raw["metadata"]["labels"]
         observed.append(ObservedJob(raw["metadata"]["name"], labels[LABEL_STAGE], int(labels[LABEL_ATTEMPT]),
-                                    *b.phase(raw), stuck=j.stuck))  # what the pods say is not the job's
+                                    *b.phase(raw), stuck=j.stuck,  # what the pods say is not the job's
+                                    nodes=b.node_count(raw), suspended=b.suspended(raw)))
         assert observed[-1].phase == j.phase and observed[-1].name == j.name
     return observed
 
@@ -113,6 +114,9 @@ def test_transitions(case, sp, st, jobs, actions, phase, stage_phases, events, b
     if backend:
         jobs = as_backend_leaves_it(backend, sp, jobs)
     d = decide("run", 3, sp, st, jobs, NOW, backend or "pytorchjob")
+    if backend == "trainjob" and (st or {}).get("phase") not in ("Succeeded", "Failed"):
+        # a failed TrainJob is first parked (suspended), so Trainer cannot run it again after its JobSet's TTL
+        actions = [SetJobSuspend(j.name, True) for j in jobs if j.phase == "Failed"] + actions
     assert d.actions == actions
     assert d.status["phase"] == phase
     if st is None or st.get("phase") not in ("Succeeded", "Failed"):

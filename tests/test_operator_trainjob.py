@@ -169,3 +169,20 @@ def test_a_default_backend_that_is_not_enabled_is_refused():
     with pytest.raises(subprocess.CalledProcessError) as e:
         helm_template("--set", "defaultBackend=trainjob")
     assert "backends.trainjob.enabled=true" in e.value.stderr
+
+
+@pytest.mark.parametrize("backend", ["trainjob", "pytorchjob"])
+def test_a_failed_trainjob_is_parked_once(backend):
+    """Trainer v2.3.0 recreates a failed TrainJob's JobSet after the runtime's TTL (kubeflow/trainer#3737): the
+    operator suspends each failed TrainJob attempt once, so no controller can run it again. A PyTorchJob has no such
+    path and is left as it is."""
+    from tests.operator_scenarios import RUN
+    from vita_operator.state import ObservedJob, SetJobSuspend, decide
+    spec = VitaTrainingRunSpec.model_validate(RUN["spec"])
+    failed = ObservedJob("r1-s1-1", "s1", 1, "Failed", "BackoffLimitExceeded")
+    parks = [a for a in decide("r1", 1, spec, None, [failed], "2026-12-04T00:00:00Z", backend).actions
+             if isinstance(a, SetJobSuspend)]
+    assert parks == ([SetJobSuspend("r1-s1-1", True)] if backend == "trainjob" else [])
+    parked = ObservedJob("r1-s1-1", "s1", 1, "Failed", "BackoffLimitExceeded", suspended=True)
+    assert not [a for a in decide("r1", 1, spec, None, [parked], "2026-12-04T00:00:00Z", backend).actions
+                if isinstance(a, SetJobSuspend)]

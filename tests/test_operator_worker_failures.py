@@ -71,3 +71,18 @@ def test_pods_that_were_never_created_are_explained_by_the_controllers_event(mon
     monkeypatch.setattr(kube, "warning_events", lambda ns: events)
     seen = handlers._with_pod_reports(job_backends()["pytorchjob"], "ns", ObservedJob("r-s1-1", "s1", 1, "Pending"))
     assert seen.stuck.startswith("no pods were created: FailedCreatePod") and "PodSecurity" in seen.stuck
+
+    # The master was created, the worker refused: the refusal is newer than the only pod.
+    master = {"metadata": {"name": "r-s1-1-master-0", "creationTimestamp": "2026-12-04T08:59:59Z"},
+              "status": {"phase": "Running"}}
+    assert creation_failure("r-s1-1", events, [master]) == \
+        f"1 pod(s) created, the rest refused: FailedCreatePod: {denial}"
+    monkeypatch.setattr(kube, "pods", lambda ns, sel: [master])
+    two_nodes = ObservedJob("r-s1-1", "s1", 1, "Running", nodes=2)
+    assert "PodSecurity" in handlers._with_pod_reports(job_backends()["pytorchjob"], "ns", two_nodes).stuck
+    # A pod created after the refusal answers it; a job with all its pods reads no events at all.
+    worker = {"metadata": {"name": "r-s1-1-worker-0", "creationTimestamp": "2026-12-04T09:00:01Z"}}
+    assert creation_failure("r-s1-1", events, [master, worker]) == ""
+    monkeypatch.setattr(kube, "warning_events", lambda ns: pytest.fail("read events of a job with all its pods"))
+    one_node = ObservedJob("r-s1-1", "s1", 1, "Running", nodes=1)
+    assert handlers._with_pod_reports(job_backends()["pytorchjob"], "ns", one_node).stuck == ""

@@ -3,6 +3,7 @@ protocol, and the PyTorchJob backend (the TrainJob one is in trainjob.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from vita_api.naming import job_labels, job_name
@@ -17,8 +18,10 @@ TRAINER_CONTAINER = "pytorch"
 # No pod-level restarts: torchrun's static rendezvous cannot take one restarted pod back, and a restart budget summed
 # over all pods is spent by one NCCL failure on 4 nodes. A failed pod fails the job; the operator's next attempt is a
 # fresh job (every pod, a new rendezvous) resuming from the checkpoint, and a permanent error is not retried at all.
+# No runPolicy.backoffLimit either: with one set, the training operator v1.9.3 fails the job by deleting every pod
+# first, the failed one too, so the worker's termination message (an OOM, a data error) is gone before anyone reads
+# it (the kubeflow test tier shows it). Without it the job fails on the replica's failure and keeps the failed pod.
 POD_RESTART_POLICY = "Never"
-POD_BACKOFF_LIMIT = 0
 TTL_AFTER_FINISHED = 7 * 24 * 3600
 # Container states that do not heal by waiting alone: a wrong image or tag, a private registry without a pull
 # Secret, a missing Secret/ConfigMap (envFromSecrets) or a bad container config.
@@ -42,6 +45,10 @@ class JobBackend(Protocol):
     def phase(self, job: dict[str, Any]) -> tuple[str, str]: ...
 
     def pods_selector(self, job_name: str) -> str: ...
+
+    def node_count(self, job: dict[str, Any]) -> int: ...
+
+    def suspended(self, job: dict[str, Any]) -> bool: ...
 
     def result_pod_selector(self, job_name: str) -> str: ...
 
@@ -262,7 +269,7 @@ class PyTorchJobBackend(ResultPodReader):
         replicas = {"Master": replica(1)}
         if res.nodes > 1:
             replicas["Worker"] = replica(res.nodes - 1)
-        run_policy: dict[str, Any] = {"backoffLimit": POD_BACKOFF_LIMIT, "cleanPodPolicy": "Running",
+        run_policy: dict[str, Any] = {"cleanPodPolicy": "Running",
                       "ttlSecondsAfterFinished": TTL_AFTER_FINISHED, "suspend": suspend}
         if deadline := active_deadline(spec, index):
             run_policy["activeDeadlineSeconds"] = deadline
@@ -288,6 +295,13 @@ class PyTorchJobBackend(ResultPodReader):
 
     def pods_selector(self, job_name: str) -> str:
         return f"{KUBEFLOW_JOB_NAME}={job_name}"
+
+    def node_count(self, job: dict[str, Any]) -> int:
+        replicas = ((job.get("spec") or {}).get("pytorchReplicaSpecs") or {}).values()
+        return sum(int(r.get("replicas", 1)) for r in replicas)
+
+    def suspended(self, job: dict[str, Any]) -> bool:
+        return bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
 
     def result_pod_selector(self, job_name: str) -> str:
         """The pod holding global rank 0, which writes the stage's result."""
@@ -343,14 +357,21 @@ def stuck_reason(pods: list[dict[str, Any]]) -> str:
 FAILED_CREATE = ("FailedCreatePod", "FailedCreate")
 
 
-def creation_failure(job_name: str, events: list[dict[str, Any]]) -> str:
-    """Why a job has no pods, from its controllers' Warning events (PodSecurity, a quota, a webhook): the newest
-    event of the job itself or of a child object named after it (Trainer's JobSet Jobs)."""
+def creation_failure(job_name: str, events: list[dict[str, Any]], pods: Sequence[dict[str, Any]] = ()) -> str:
+    """Why a job lacks pods, from its controllers' Warning events (PodSecurity, a quota, a webhook): the newest
+    event of the job itself or of a child object named after it (Trainer's JobSet Jobs), if it is newer than every
+    pod the job has (a pod created since then answers an older refusal)."""
     def involved(e: dict[str, Any]) -> str:
         return str((e.get("involvedObject") or {}).get("name", ""))
+
+    def when(e: dict[str, Any]) -> str:  # RFC 3339 UTC times sort as strings
+        return str(e.get("lastTimestamp") or e.get("eventTime") or "")
     ours = [e for e in events if e.get("reason") in FAILED_CREATE and
             (involved(e) == job_name or involved(e).startswith(job_name + "-"))]
     if not ours:
         return ""
-    newest = max(ours, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
-    return f"no pods were created: {newest.get('reason')}: {newest.get('message', '')}".rstrip(": ")
+    newest = max(ours, key=when)
+    if any(str((p.get("metadata") or {}).get("creationTimestamp") or "") > when(newest) for p in pods):
+        return ""
+    what = f"{len(pods)} pod(s) created, the rest refused" if pods else "no pods were created"
+    return f"{what}: {newest.get('reason')}: {newest.get('message', '')}".rstrip(": ")

@@ -164,7 +164,8 @@ def observed_jobs(backend: JobBackend, namespace: str, run_name: str, recorded_d
             continue
         jobs.append(ObservedJob(job["metadata"]["name"], labels.get(LABEL_STAGE, ""),
                                 int(labels.get(LABEL_ATTEMPT, "0")), *backend.phase(job),
-                                active_since=active_since(job)))
+                                active_since=active_since(job), nodes=backend.node_count(job),
+                                suspended=backend.suspended(job)))
         if KUEUE_LABEL in labels and jobs[-1].phase == "Suspended":
             queued_uids[jobs[-1].name] = job["metadata"].get("uid", "")
     latest: dict[str, int] = {}
@@ -192,7 +193,10 @@ def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob) -> 
                                    oom=next((o for o in map(backend.out_of_memory, pods) if o), None))
     if job.phase in ("Pending", "Running"):
         pods = kube.pods(namespace, backend.pods_selector(job.name))
-        stuck = stuck_reason(pods) if pods else creation_failure(job.name, kube.warning_events(namespace))
+        # Events are read only while pods are missing: the training operator creates the master and then fails on a
+        # worker that admission refuses (PodSecurity refuses its injected init container).
+        stuck = stuck_reason(pods) or (creation_failure(job.name, kube.warning_events(namespace), pods)
+                                       if len(pods) < job.nodes else "")
         return dataclasses.replace(job, stuck=stuck)
     return job
 

@@ -67,6 +67,8 @@ class ObservedJob:
     hung: str = ""      # why a running job counts as hung (progress.hang_reason); "" if it does not
     active_since: str | None = None  # creation or latest (re)admission (builder.active_since): hangs count from it
     final_eval_loss: float | None = None  # the stage's last validation loss, from the master pod's same report
+    nodes: int = 1      # how many pods the job should have (one per node)
+    suspended: bool = False  # its spec asks the controller to hold it (Kueue's admission, or parked after failing)
 
 
 @dataclass(frozen=True)
@@ -608,6 +610,11 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             d.actions.append(DeleteJob(j.name))
             d.events.append(("Warning", "StageRemoved", f"job {j.name} runs stage {j.stage!r}, which the spec no "
                              f"longer has (renamed or removed): deleted it to free its GPUs"))
+    # A failed TrainJob is parked (suspended): Trainer v2.3.0 creates a failed TrainJob's JobSet again once the
+    # runtime's TTL deleted it (kubeflow/trainer#3737), which would run the stale attempt on GPUs beside the retry.
+    # Parked, it keeps its Failed condition and its pods' logs until the TTL.
+    if backend == "trainjob":
+        d.actions += [SetJobSuspend(j.name, True) for j in jobs if j.phase == "Failed" and not j.suspended]
     records = {r["name"]: r for r in st.get("stages", [])}
     st["stages"] = [records.get(s.name, {"name": s.name, "phase": "Pending", "attempts": 0}) for s in spec.stages]
     for i in range(len(spec.stages)):

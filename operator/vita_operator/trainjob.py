@@ -81,6 +81,12 @@ class TrainJobBackend(ResultPodReader):
     def pods_selector(self, job_name: str) -> str:
         return f"{JOBSET_NAME}={job_name}"
 
+    def node_count(self, job: dict[str, Any]) -> int:
+        return int(((job.get("spec") or {}).get("trainer") or {}).get("numNodes") or 1)
+
+    def suspended(self, job: dict[str, Any]) -> bool:
+        return bool((job.get("spec") or {}).get("suspend"))
+
     def result_pod_selector(self, job_name: str) -> str:
         """Node 0 holds global rank 0 (Trainer: PET_NODE_RANK is the Job's completion index)."""
         return f"{JOBSET_NAME}={job_name},{REPLICATED_JOB_NAME}={REPLICATED_JOB},{COMPLETION_INDEX}=0"
