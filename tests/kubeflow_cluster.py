@@ -45,15 +45,20 @@ class KubeflowCluster(Cluster):
 
     @contextlib.contextmanager
     def running(self, run: dict, operator: str, **operator_args):
-        """The operator as its own process, with `run` applied; the run is deleted afterwards (its jobs and pods go
-        with it), so the next test finds the GPU nodes free."""
-        with self.operator(operator, **operator_args) as op:
-            self.apply(run)
-            try:
-                yield op
-            finally:
-                self.cp.kubectl("delete", "vitatrainingrun", run["metadata"]["name"], "-n",
-                                run["metadata"].get("namespace", NS), "--timeout=60s", check=False)
+        """The operator as its own process, with `run` applied (and deleted afterwards)."""
+        with self.operator(operator, **operator_args) as op, self.applied(run):
+            yield op
+
+    @contextlib.contextmanager
+    def applied(self, run: dict):
+        """`run` applied, and deleted afterwards (its jobs and pods go with it), so the next test finds the GPU
+        nodes free."""
+        self.apply(run)
+        try:
+            yield run
+        finally:
+            self.cp.kubectl("delete", "vitatrainingrun", run["metadata"]["name"], "-n",
+                            run["metadata"].get("namespace", NS), "--timeout=60s", check=False)
 
     def phase(self, name: str) -> str:
         return self.run_status(name).get("phase", "")

@@ -146,12 +146,15 @@ class KubeflowStack(_Started):
                     "addressType": "IPv4", "endpoints": [{"addresses": [self.ip], "conditions": {"ready": True}}],
                     "ports": [{"name": "webhook", "port": port, "protocol": "TCP"}]})
 
-    def webhooks(self, folder: Path, service: str, namespace: str, *, ca_bundle: bool) -> list[str]:
-        """The component's webhook configurations as its kustomization renders them, pointed at our Service."""
+    def webhooks(self, folder: Path, service: str, namespace: str, *, ca_bundle: bool,
+                 name_prefix: str = "") -> list[str]:
+        """The component's webhook configurations as its kustomization renders them, pointed at our Service (named
+        as its default overlay names them)."""
         names = []
         for conf in kustomize(self.cp, folder):
             if not conf["kind"].endswith("WebhookConfiguration"):
                 continue
+            conf["metadata"]["name"] = name_prefix + conf["metadata"]["name"]
             for hook in conf["webhooks"]:
                 hook["clientConfig"]["service"].update(name=service, namespace=namespace)
                 if ca_bundle:
@@ -290,6 +293,37 @@ class KubeflowStack(_Started):
                     env={"TMPDIR": str(tmp), "POD_NAMESPACE": ns})
         self.wait_webhook_served("trainer", port)
 
+    def start_kueue(self) -> None:
+        """Kueue managing batch Jobs, JobSets, PyTorchJobs and TrainJobs that carry a queue label (its webhooks see
+        every pod and job, so it runs whenever the stack does; a job without the label passes untouched)."""
+        port, ns, svc, secret = free_port(), "kueue-system", "kueue-webhook-service", "kueue-webhook-server-cert"
+        src, certs = module_dir("kueue"), self.dir / "kueue-certs"
+        self.webhook_service(svc, ns, port)
+        # Kueue's default: it manages its certificates itself (as the training operator does), into this Secret
+        # (shipped empty) and the caBundles of its webhook configurations and CRD conversion webhooks.
+        self.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": secret, "namespace": ns}})
+        for crd in kustomize(self.cp, src / "config" / "components" / "crd"):
+            hook = ((crd["spec"].get("conversion") or {}).get("webhook") or {}).get("clientConfig")
+            if hook:  # its conversion webhook is Kueue's own server
+                hook["service"].update(name=svc, namespace=ns)
+            self.apply(crd, server_side=True)
+        config = self.dir / "kueue-config.yaml"
+        config.write_text(yaml.safe_dump({
+            "apiVersion": "config.kueue.x-k8s.io/v1beta2", "kind": "Configuration", "namespace": ns,
+            "health": {"healthProbeBindAddress": f"127.0.0.1:{free_port()}"}, "metrics": {"bindAddress": "0"},
+            "webhook": {"port": port, "certDir": str(certs)}, "leaderElection": {"leaderElect": False},
+            "internalCertManagement": {"enable": True, "webhookServiceName": svc, "webhookSecretName": secret},
+            "manageJobsWithoutQueueName": False,
+            "integrations": {"frameworks": ["batch/job", "jobset.x-k8s.io/jobset", "kubeflow.org/pytorchjob",
+                                            "trainer.kubeflow.org/trainjob"]}}))
+        self.webhooks(src / "config" / "components" / "webhook", svc, ns, ca_bundle=False, name_prefix="kueue-")
+        # Its visibility API server is an aggregated API server of its own (in-cluster credentials): not here.
+        self._spawn("kueue", [self.bins["kueue"], f"--config={config}", "--zap-log-level=2",
+                              "--feature-gates=VisibilityOnDemand=false"])
+        self.mount_secret(ns, secret, certs)
+        self.wait_webhook_served("kueue", port)
+
     def start(self) -> "KubeflowStack":
         self.dir.mkdir(parents=True, exist_ok=True)
         self.start_scheduler()
@@ -297,6 +331,7 @@ class KubeflowStack(_Started):
         self.start_training_operator()
         self.start_jobset()
         self.start_trainer()
+        self.start_kueue()
         return self
 
 

@@ -5,6 +5,7 @@ by hand: a test only ends the trainer program in a pod (tests/kubeflow_cluster.p
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -212,3 +213,72 @@ def test_a_failed_trainjob_attempt_is_not_run_again_after_its_jobset_ttl(kubeflo
     finally:
         kubeflow.cp.kubectl("patch", runtime, "--type=json", "-p",
                             '[{"op": "remove", "path": "/spec/template/spec/ttlSecondsAfterFinished"}]')
+
+
+KUEUE = "kueue.x-k8s.io/v1beta2"
+# One GPU flavor with a quota of 16 GPUs: one two-node run at a time. A higher WorkloadPriorityClass preempts a lower
+# one within the queue.
+QUEUES = [{"apiVersion": KUEUE, "kind": "ResourceFlavor", "metadata": {"name": "h100"},
+           "spec": {"nodeLabels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}},
+          {"apiVersion": KUEUE, "kind": "ClusterQueue", "metadata": {"name": "gpus"},
+           "spec": {"namespaceSelector": {}, "preemption": {"withinClusterQueue": "LowerPriority"},
+                    "resourceGroups": [{"coveredResources": ["cpu", "memory", GPU], "flavors": [{
+                        "name": "h100", "resources": [{"name": "cpu", "nominalQuota": "1000"},
+                                                      {"name": "memory", "nominalQuota": "100Ti"},
+                                                      {"name": GPU, "nominalQuota": "16"}]}]}]}},
+          {"apiVersion": KUEUE, "kind": "LocalQueue", "metadata": {"name": "team", "namespace": NS},
+           "spec": {"clusterQueue": "gpus"}},
+          {"apiVersion": KUEUE, "kind": "WorkloadPriorityClass", "metadata": {"name": "research"}, "value": 100},
+          {"apiVersion": KUEUE, "kind": "WorkloadPriorityClass", "metadata": {"name": "deadline"}, "value": 1000}]
+
+
+def queued_run(backend: str, name: str, priority: str) -> dict:
+    """One two-node stage through Kueue's queue `team`."""
+    run = two_nodes(backend, name)
+    run["spec"]["stages"] = run["spec"]["stages"][:1]
+    run["spec"]["scheduling"] = {"kueueQueue": "team", "kueuePriorityClass": priority}
+    return run
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kueue_queues_admits_and_preempts_the_runs_jobs(kubeflow, backend):
+    """Scenario 3: two runs against a quota that fits one; the second is Queued with Kueue's own reason and starts
+    when the first finishes. A run of a higher WorkloadPriorityClass then preempts it: Kueue suspends its running
+    job, the run shows Queued (preempted), not failed or hung, and the same attempt resumes when re-admitted."""
+    b = backend[:5]
+    for obj in QUEUES:
+        kubeflow.apply(obj)
+    first, second, urgent = (f"q1-{b}", f"q2-{b}", f"q3-{b}")
+    with kubeflow.running(queued_run(backend, first, "research"), f"operator-kueue-{backend}") as op, \
+            contextlib.ExitStack() as more:
+        job1 = wait_for(lambda: f"{first}-s1-1" in kubeflow.jobs(backend) and f"{first}-s1-1", what="first job")
+        pods1 = rank0_first(kubeflow.running_pods(job1, backend, 2))
+        kubeflow.wait_phase(first, "Running")
+
+        more.enter_context(kubeflow.applied(queued_run(backend, second, "research")))
+        queued = kubeflow.wait_phase(second, "Queued", timeout=60)
+        assert "Kueue" in queued["message"] and "quota" in queued["message"], queued["message"]
+        job2 = f"{second}-s1-1"
+        assert not kubeflow.pods(job2, backend)
+
+        kubeflow.end_pods(pods1[1:], 0)
+        kubeflow.end_pods(pods1[:1], 0, finished(job1, 1.0)["terminated"]["message"])
+        kubeflow.wait_phase(first, "Succeeded")
+        kubeflow.running_pods(job2, backend, 2)  # admitted once the first's quota is free
+        kubeflow.wait_phase(second, "Running")
+
+        more.enter_context(kubeflow.applied(queued_run(backend, urgent, "deadline")))
+        preempted = wait_for(lambda: kubeflow.phase(second) == "Queued" and kubeflow.run_status(second),
+                             timeout=60, what="the second run preempted")
+        assert "preempted by Kueue" in preempted["message"] or "evicted by Kueue" in preempted["message"]
+        job3 = f"{urgent}-s1-1"
+        pods3 = rank0_first(kubeflow.running_pods(job3, backend, 2))
+        assert not [p for p in kubeflow.pods(job2, backend) if p["status"].get("phase") == "Running"]
+        kubeflow.end_pods(pods3[1:], 0)
+        kubeflow.end_pods(pods3[:1], 0, finished(job3, 0.5)["terminated"]["message"])
+        kubeflow.wait_phase(urgent, "Succeeded")
+
+        kubeflow.running_pods(job2, backend, 2, timeout=120)  # re-admitted: the same attempt, its pods again
+        status = kubeflow.wait_phase(second, "Running")
+        assert status["stages"][0]["attempts"] == 1 and f"{second}-s1-2" not in kubeflow.jobs(backend)
+        assert_no_forbidden(op)

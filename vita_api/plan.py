@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from .constants import MODEL_MAX_LENGTH
 from .errors import ConfigError
-from .spec import (PLAN_DERIVED_ARGS, SUSPEND_WITH_KUEUE, TRAINJOB_PRIORITY, TRAINJOB_VOLCANO, ResourcesSpec,
-                    VitaTrainingRunSpec)
+from .spec import (KUEUE_PRIORITY_NEEDS_QUEUE, PLAN_DERIVED_ARGS, SUSPEND_WITH_KUEUE, TRAINJOB_PRIORITY,
+                    TRAINJOB_VOLCANO, ResourcesSpec, VitaTrainingRunSpec)
 from .presets import FREEZE_FLAGS, as_bool, get_preset, resolve_trainable, saves_full_weights
 
 STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage finishes
@@ -184,6 +184,8 @@ def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
         problems.append(f"evaluation.afterStages names stage(s) this run does not have: {unknown}")
     if spec.suspend and spec.scheduling.kueue_queue:
         problems.append(SUSPEND_WITH_KUEUE)
+    if spec.scheduling.kueue_priority_class and not spec.scheduling.kueue_queue:
+        problems.append(KUEUE_PRIORITY_NEEDS_QUEUE)
     if spec.scheduling.kueue_queue and spec.scheduling.volcano_queue:
         problems.append("set at most one of scheduling.kueueQueue and scheduling.volcanoQueue: "
                         "Kueue admits the job and Volcano gang-schedules it; use one queue system")

@@ -40,8 +40,9 @@ JOB_BACKENDS = ("pytorchjob", "trainjob")
 TRAINJOB_VOLCANO = ("scheduling.volcanoQueue needs the pytorchjob backend: a TrainJob's gang scheduling comes from "
                     "its ClusterTrainingRuntime's podGroupPolicy; use scheduling.kueueQueue, or the pytorchjob backend")
 TRAINJOB_PRIORITY = ("resources.priorityClassName needs the pytorchjob backend: a TrainJob cannot set its pods' "
-                     "priority class; use Kueue's label kueue.x-k8s.io/priority-class via a Kueue queue, or the "
+                     "priority class; use scheduling.kueuePriorityClass with a Kueue queue, or the "
                      "pytorchjob backend")
+KUEUE_PRIORITY_NEEDS_QUEUE = "scheduling.kueuePriorityClass needs scheduling.kueueQueue: only Kueue reads it"
 SUSPEND_WITH_KUEUE = ("spec.suspend cannot be combined with scheduling.kueueQueue: Kueue owns the job's suspend "
                       "field and would unsuspend it again, restarting GPU pods; deactivate the run's Kueue "
                       "Workload instead (spec.active: false)")
@@ -193,6 +194,9 @@ class VolumesSpec(_Spec):
 
 class SchedulingSpec(_Spec):
     kueue_queue: str | None = Field(None, description="Kueue LocalQueue name (label kueue.x-k8s.io/queue-name)")
+    kueue_priority_class: str | None = Field(
+        None, description="Kueue WorkloadPriorityClass of the run's jobs (label kueue.x-k8s.io/priority-class): "
+                          "a higher one preempts lower ones in its ClusterQueue; needs kueueQueue")
     volcano_queue: str | None = Field(None, description="Volcano queue (runPolicy.schedulingPolicy.queue)")
 
 
@@ -264,6 +268,9 @@ class VitaTrainingRunSpec(_Spec):
              "message": "stage names must be unique"},
             {"rule": "!(has(self.scheduling) && has(self.scheduling.kueueQueue) && has(self.scheduling.volcanoQueue))",
              "message": "set at most one of scheduling.kueueQueue and scheduling.volcanoQueue"},
+            {"rule": "!(has(self.scheduling) && has(self.scheduling.kueuePriorityClass) && "
+                     "!has(self.scheduling.kueueQueue))",
+             "message": KUEUE_PRIORITY_NEEDS_QUEUE},
             {"rule": "!(has(self.suspend) && self.suspend && has(self.scheduling) && has(self.scheduling.kueueQueue))",
              "message": SUSPEND_WITH_KUEUE},
             {"rule": f"!({_TRAINJOB} && has(self.scheduling) && has(self.scheduling.volcanoQueue))",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .builder import (KUEUE_LABEL, POD_SECURITY, TTL_AFTER_FINISHED, condition_message, container_security,
+from .builder import (POD_SECURITY, TTL_AFTER_FINISHED, condition_message, container_security, kueue_labels,
                       pod_placement, true_conditions, volumes_and_mounts)
 from vita_api.spec import VitaTrainingRunSpec
 
@@ -24,9 +24,7 @@ def batch_job(spec: VitaTrainingRunSpec, index: int, *, name: str, namespace: st
     if not shm:
         volumes = [v for v in volumes if v["name"] != "dshm"]
         mounts = [m for m in mounts if m["name"] != "dshm"]
-    job_labels = dict(labels)
-    if spec.scheduling.kueue_queue:
-        job_labels[KUEUE_LABEL] = spec.scheduling.kueue_queue
+    job_labels = {**labels, **kueue_labels(spec)}
     container = {"image": spec.trainer.image, "imagePullPolicy": "IfNotPresent", **container, "volumeMounts": mounts,
                  "terminationMessagePolicy": "FallbackToLogsOnError",
                  "securityContext": {**container_security(spec), "capabilities": {"drop": ["ALL"]}}}

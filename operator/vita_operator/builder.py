@@ -12,6 +12,7 @@ from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 from vita_api.termination import eval_loss_of, final_loss_of, oom_of, permanent_failure_of
 
 KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 # Set by the Kubeflow training operator on the pods it creates.
 KUBEFLOW_JOB_NAME, KUBEFLOW_REPLICA_TYPE = "training.kubeflow.org/job-name", "training.kubeflow.org/replica-type"
 TRAINER_CONTAINER = "pytorch"
@@ -76,11 +77,17 @@ TRAINER_MODULE = ["-m", "vita_trainer.train"]
 
 def job_metadata(run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int) -> dict[str, Any]:
     stage = spec.stages[index]
-    labels = job_labels(run_name, stage.name, attempt)
-    if spec.scheduling.kueue_queue:
-        labels[KUEUE_LABEL] = spec.scheduling.kueue_queue
+    labels = {**job_labels(run_name, stage.name, attempt), **kueue_labels(spec)}
     return {"name": job_name(run_name, stage.name, attempt), "namespace": namespace, "labels": labels,
             "annotations": {f"{API_GROUP}/output": stage_output_dir(spec, index, cluster_roots(spec))}}
+
+
+def kueue_labels(spec: VitaTrainingRunSpec) -> dict[str, str]:
+    """What Kueue reads on a job: its LocalQueue and its WorkloadPriorityClass."""
+    out = {KUEUE_LABEL: spec.scheduling.kueue_queue} if spec.scheduling.kueue_queue else {}
+    if spec.scheduling.kueue_queue and spec.scheduling.kueue_priority_class:
+        out[KUEUE_PRIORITY_LABEL] = spec.scheduling.kueue_priority_class
+    return out
 
 
 def active_deadline(spec: VitaTrainingRunSpec, index: int) -> int | None:
