@@ -6,6 +6,9 @@
    stage's job existing, and the operator's peak RSS.
 3. The same against a real control plane (etcd, kube-apiserver with RBAC, controller-manager; built once by
    hack/control-plane/build.sh), the operator on the chart's ServiceAccount, as deployed.
+4. The same with the real Kubeflow stack in the loop (tests/kubeflow_stack.py: kube-scheduler, kwok GPU nodes, the
+   training operator): each run's pod is scheduled and started; the latency runs from its trainer program ending
+   (kwok then reports the pod Succeeded, the training operator the job) to the next stage's job existing.
 
     .venv/bin/python bench/operator_scale.py
 """
@@ -227,6 +230,79 @@ def kopf_on_real_apiserver(n_runs: int, workdir: Path, timeout: float = 300, unr
             "operator_cpu_s": round(op_cpu, 2), "kube_apiserver_peak_rss_mib": round(apiserver_rss, 1)}
 
 
+def kopf_on_kubeflow(n_runs: int, workdir: Path, timeout: float = 600) -> dict:
+    """As kopf_on_real_apiserver, with the controllers in the loop: one GPU node per run, every first job's pod
+    running before the clock starts; then every rank-0 pod's program ends (exit 0, its final loss) at once."""
+    import threading
+
+    from kubernetes import client, watch
+
+    from tests.control_plane import ensure_binaries
+    from tests.kubeflow_cluster import EXIT_CODE, MESSAGE, start_kubeflow_cluster
+    from tests.kubeflow_stack import ensure_binaries as kubeflow_binaries
+    from tests.operator_scenarios import finished
+    G, V, P, NS = "vita.training.dev", "v1alpha1", "vitatrainingruns", "default"
+    spec = {**SPEC, "resources": {**SPEC["resources"], "tolerations": [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}}
+    seen: dict[str, float] = {}
+    cluster_gen = start_kubeflow_cluster(workdir, ensure_binaries(), kubeflow_binaries(), nodes=n_runs)
+    cluster = next(cluster_gen)
+    try:
+        api = client.CustomObjectsApi(cluster.cp.api_client())
+        core = client.CoreV1Api(cluster.cp.api_client())
+        stop = threading.Event()
+
+        def watch_jobs():
+            w = watch.Watch()
+            try:
+                for ev in w.stream(client.CustomObjectsApi(cluster.cp.api_client()).list_namespaced_custom_object,
+                                   "kubeflow.org", "v1", NS, "pytorchjobs", timeout_seconds=int(timeout * 2)):
+                    if ev["type"] == "ADDED":
+                        seen.setdefault(ev["object"]["metadata"]["name"], time.monotonic())
+                    if stop.is_set():
+                        w.stop()
+            except Exception:  # the server stopping ends the stream
+                if not stop.is_set():
+                    raise
+
+        threading.Thread(target=watch_jobs, daemon=True).start()
+        with cluster.operator("operator-scale", resync_seconds=600) as op:
+            t0 = time.monotonic()
+            for r in range(n_runs):
+                api.create_namespaced_custom_object(G, V, NS, P, {
+                    "apiVersion": f"{G}/{V}", "kind": "VitaTrainingRun",
+                    "metadata": {"name": f"r{r}", "namespace": NS}, "spec": spec})
+
+            def running_masters() -> dict[str, str]:
+                pods = core.list_namespaced_pod(NS, label_selector="training.kubeflow.org/replica-type=master").items
+                return {p.metadata.labels["training.kubeflow.org/job-name"]: p.metadata.name for p in pods
+                        if p.status.phase == "Running" and p.spec.node_name}
+            _wait(lambda: len(running_masters()) >= n_runs, timeout)
+            masters = running_masters()
+            first_s = time.monotonic() - t0
+            ended, op_cpu0 = {}, _cpu_seconds(op.proc.pid)
+            to_cpu0 = _cpu_seconds(cluster.stack.procs["training-operator"].pid)
+            for r in range(n_runs):
+                job = f"r{r}-s1-1"
+                if job in masters:
+                    core.patch_namespaced_pod(masters[job], NS, {"metadata": {"annotations": {
+                        EXIT_CODE: "0", MESSAGE: finished(job, 1.0)["terminated"]["message"]}}})
+                    ended[r] = time.monotonic()
+            _wait(lambda: all(f"r{r}-s2-1" in seen for r in ended), timeout)
+            peak, op_cpu = _peak_rss_mib(op.proc.pid), _cpu_seconds(op.proc.pid) - op_cpu0
+            to_cpu = _cpu_seconds(cluster.stack.procs["training-operator"].pid) - to_cpu0
+            phase_s = time.monotonic() - min(ended.values(), default=time.monotonic())
+        stop.set()
+    finally:
+        cluster_gen.close()
+    lat = sorted(seen[f"r{r}-s2-1"] - ended[r] for r in ended if f"r{r}-s2-1" in seen)
+    return {"runs": n_runs, "gpu_nodes": n_runs, "first_pods_running": len(masters),
+            "all_first_pods_running_within_s": round(first_s, 2),
+            **{k.replace("succeeded_to", "program_end_to"): v for k, v in _transition_latency(lat).items()},
+            "operator_peak_rss_mib": round(peak, 1), "transition_phase_s": round(phase_s, 2),
+            "operator_cpu_s": round(op_cpu, 2), "training_operator_cpu_s": round(to_cpu, 2)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=1000)
@@ -235,6 +311,8 @@ def main():
     ap.add_argument("--only-unrelated", action="store_true", help="skip the real-API-server round without them")
     ap.add_argument("--unrelated-jobs", type=int, default=2000,
                     help="another team's batch Jobs present in the second real-API-server round")
+    ap.add_argument("--kubeflow-runs", type=int, default=100,
+                    help="runs with the real Kubeflow stack in the loop (tests/kubeflow_stack.py; 0: skip)")
     ap.add_argument("--operator-log", type=Path, default=Path("bench_out/operator_scale.log"))
     a = ap.parse_args()
     a.operator_log.parent.mkdir(parents=True, exist_ok=True)
@@ -249,6 +327,11 @@ def main():
             with tempfile.TemporaryDirectory(prefix="vita-apiserver-") as d:
                 print("kopf on a real kube-apiserver (operator in its own process, the chart's RBAC):",
                       kopf_on_real_apiserver(a.apiserver_runs, Path(d), unrelated=unrelated))
+    if a.kubeflow_runs:
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="vita-kubeflow-") as d:
+            print("kopf with the real Kubeflow stack (kube-scheduler, kwok GPU nodes, training operator v1.9.3):",
+                  kopf_on_kubeflow(a.kubeflow_runs, Path(d)))
 
 
 if __name__ == "__main__":

@@ -68,10 +68,10 @@ class KubeflowCluster(Cluster):
                         what=f"{name} {phase} (now {self.phase(name)!r})")
 
 
-def start_kubeflow_cluster(workdir: Path, bins: Path, kubeflow_bins: dict):
+def start_kubeflow_cluster(workdir: Path, bins: Path, kubeflow_bins: dict, nodes: int = 6):
     """A Kubeflow cluster (a context manager's body, for a fixture)."""
     with ControlPlane(workdir, bins, extra_controllers=EXTRA_CONTROLLERS) as cp:
         operator_kubeconfig = install_operator_prerequisites(cp)
-        with KubeflowStack(cp, workdir / "stack", kubeflow_bins) as stack:
+        with KubeflowStack(cp, workdir / "stack", kubeflow_bins, nodes=nodes) as stack:
             stack.volumes_for(NS, ("data", ["ReadOnlyMany"]), ("ckpt", ["ReadWriteMany"]))
             yield KubeflowCluster(cp, operator_kubeconfig, workdir, stack)

@@ -83,9 +83,12 @@ def test_data_check_bench_runs():
 
 
 @pytest.mark.apiserver
-def test_operator_scale_runs(tmp_path, control_plane_binaries):
+@pytest.mark.kubeflow
+def test_operator_scale_runs(tmp_path, control_plane_binaries, kubeflow_binaries):
     out = run("bench/operator_scale.py", "--runs", "5", "--kopf-runs", "3", "--apiserver-runs", "3",
-              "--unrelated-jobs", "20", "--operator-log", str(tmp_path / "op.log"))
+              "--unrelated-jobs", "20", "--kubeflow-runs", "3", "--operator-log", str(tmp_path / "op.log"))
+    out, kubeflow = out.split("kopf with the real Kubeflow stack")
+    assert "'first_pods_running': 3" in kubeflow and "'advanced_to_stage2': 3" in kubeflow
     kmock, real, crowded = out.split("kopf on a real kube-apiserver")
     assert "'first_jobs_created': 3" in kmock and "'advanced_to_stage2': 3" in kmock
     for round_ in (real, crowded):
