@@ -155,6 +155,28 @@ def kopf_on_kmock(n_runs: int, log_path: Path, timeout: float = 300) -> dict:
             "emulator_and_client_cpu_s": round(self_cpu, 2)}
 
 
+def _note_job_creations(api_client, namespace: str, seen: dict[str, float], stop, timeout: float) -> None:
+    """A watch in this process noting when each PyTorchJob appears (the server's creationTimestamp has 1 s
+    resolution), until `stop` is set."""
+    import threading
+
+    from kubernetes import client, watch
+
+    def watch_jobs():
+        w = watch.Watch()
+        try:
+            for ev in w.stream(client.CustomObjectsApi(api_client).list_namespaced_custom_object,
+                               "kubeflow.org", "v1", namespace, "pytorchjobs", timeout_seconds=int(timeout * 2)):
+                if ev["type"] == "ADDED":
+                    seen.setdefault(ev["object"]["metadata"]["name"], time.monotonic())
+                if stop.is_set():
+                    w.stop()
+        except Exception:  # the server stopping ends the stream
+            if not stop.is_set():
+                raise
+    threading.Thread(target=watch_jobs, daemon=True).start()
+
+
 def unrelated_jobs(cp, n: int, namespace: str = "other-team") -> None:
     """Another team's batch Jobs and PyTorchJobs (no label of ours): what a shared cluster holds. No job
     controller runs in this control plane, so they stay as objects."""
@@ -177,7 +199,7 @@ def kopf_on_real_apiserver(n_runs: int, workdir: Path, timeout: float = 300, unr
     has 1 s resolution)."""
     import threading
 
-    from kubernetes import client, watch
+    from kubernetes import client
 
     from tests.control_plane import ControlPlane, OperatorProcess, install_operator_prerequisites
     G, V, P, NS = "vita.training.dev", "v1alpha1", "vitatrainingruns", "default"
@@ -188,22 +210,7 @@ def kopf_on_real_apiserver(n_runs: int, workdir: Path, timeout: float = 300, unr
             unrelated_jobs(cp, unrelated)
         api = client.CustomObjectsApi(cp.api_client())
         stop = threading.Event()
-
-        def watch_jobs():
-            w = watch.Watch()
-            try:
-                for ev in w.stream(client.CustomObjectsApi(cp.api_client()).list_namespaced_custom_object,
-                                   "kubeflow.org", "v1", NS, "pytorchjobs", timeout_seconds=int(timeout * 2)):
-                    if ev["type"] == "ADDED":
-                        seen.setdefault(ev["object"]["metadata"]["name"], time.monotonic())
-                    if stop.is_set():
-                        w.stop()
-            except Exception:  # the server stopping ends the stream
-                if not stop.is_set():
-                    raise
-
-        watcher = threading.Thread(target=watch_jobs, daemon=True)
-        watcher.start()
+        _note_job_creations(cp.api_client(), NS, seen, stop, timeout)
         with OperatorProcess(op_kubeconfig, workdir / "operator.log", resync_seconds=600) as op:
             t0 = time.monotonic()
             for r in range(n_runs):
@@ -235,7 +242,7 @@ def kopf_on_kubeflow(n_runs: int, workdir: Path, timeout: float = 600) -> dict:
     running before the clock starts; then every rank-0 pod's program ends (exit 0, its final loss) at once."""
     import threading
 
-    from kubernetes import client, watch
+    from kubernetes import client
 
     from tests.control_plane import ensure_binaries
     from tests.kubeflow_cluster import EXIT_CODE, MESSAGE, start_kubeflow_cluster
@@ -251,21 +258,7 @@ def kopf_on_kubeflow(n_runs: int, workdir: Path, timeout: float = 600) -> dict:
         api = client.CustomObjectsApi(cluster.cp.api_client())
         core = client.CoreV1Api(cluster.cp.api_client())
         stop = threading.Event()
-
-        def watch_jobs():
-            w = watch.Watch()
-            try:
-                for ev in w.stream(client.CustomObjectsApi(cluster.cp.api_client()).list_namespaced_custom_object,
-                                   "kubeflow.org", "v1", NS, "pytorchjobs", timeout_seconds=int(timeout * 2)):
-                    if ev["type"] == "ADDED":
-                        seen.setdefault(ev["object"]["metadata"]["name"], time.monotonic())
-                    if stop.is_set():
-                        w.stop()
-            except Exception:  # the server stopping ends the stream
-                if not stop.is_set():
-                    raise
-
-        threading.Thread(target=watch_jobs, daemon=True).start()
+        _note_job_creations(cluster.cp.api_client(), NS, seen, stop, timeout)
         with cluster.operator("operator-scale", resync_seconds=600) as op:
             t0 = time.monotonic()
             for r in range(n_runs):
