@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 
 import pytest
 import yaml
@@ -204,7 +205,6 @@ def test_a_failed_trainjob_attempt_is_not_run_again_after_its_jobset_ttl(kubeflo
             kubeflow.end_pods(pods, 1, failure_message("RuntimeError", "NCCL timeout", True))
             wait_for(lambda: "ttl-s1-2" in kubeflow.jobs("trainjob"), timeout=60, what="attempt 2")
             failed_uids = {p["metadata"]["uid"] for p in pods}
-            import time
             time.sleep(12)  # four TTLs
             again = [p for p in kubeflow.pods(job, "trainjob") if p["metadata"]["uid"] not in failed_uids]
             assert not again, f"attempt 1 ran again: {[p['metadata']['name'] for p in again]}"

@@ -1,3 +1,4 @@
+// The jobset binary the kubeflow test tier runs, at the version required below (built by ../build.sh).
 module vita.local/kubeflow-jobset
 
 go 1.24.0

@@ -1,3 +1,4 @@
+// The kueue binary the kubeflow test tier runs, at the version required below (built by ../build.sh).
 module vita.local/kubeflow-kueue
 
 go 1.25.0

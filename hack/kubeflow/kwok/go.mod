@@ -1,3 +1,4 @@
+// The kwok binary the kubeflow test tier runs, at the version required below (built by ../build.sh).
 module vita.local/kubeflow-kwok
 
 go 1.26.0

@@ -1,3 +1,4 @@
+// The trainer binary the kubeflow test tier runs, at the version required below (built by ../build.sh).
 module vita.local/kubeflow-trainer
 
 go 1.26.0

@@ -1,3 +1,4 @@
+// The training-operator binary the kubeflow test tier runs, at the version required below (built by ../build.sh).
 module vita.local/kubeflow-training-operator
 
 go 1.23
