@@ -612,7 +612,7 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
                              f"longer has (renamed or removed): deleted it to free its GPUs"))
     # A failed TrainJob is parked (suspended): Trainer v2.3.0 creates a failed TrainJob's JobSet again once the
     # runtime's TTL deleted it (kubeflow/trainer#3737), which would run the stale attempt on GPUs beside the retry.
-    # Parked, it keeps its Failed condition and its pods' logs until the TTL.
+    # Parked, it keeps its Failed condition.
     if backend == "trainjob":
         d.actions += [SetJobSuspend(j.name, True) for j in jobs if j.phase == "Failed" and not j.suspended]
     records = {r["name"]: r for r in st.get("stages", [])}
