@@ -193,11 +193,7 @@ def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob) -> 
                                    oom=next((o for o in map(backend.out_of_memory, pods) if o), None))
     if job.phase in ("Pending", "Running"):
         pods = kube.pods(namespace, backend.pods_selector(job.name))
-        # Events are read only while pods are missing: the training operator creates the master and then fails on a
-        # worker that admission refuses (PodSecurity refuses its injected init container).
-        stuck = stuck_reason(pods) or (creation_failure(job.name, kube.warning_events(namespace), pods)
-                                       if len(pods) < job.nodes else "")
-        return dataclasses.replace(job, stuck=stuck)
+        return dataclasses.replace(job, stuck=why_waiting(namespace, job.name, pods, job.nodes))
     return job
 
 
@@ -211,9 +207,12 @@ def run_batch_jobs(namespace: str, run_name: str, kind_label: str) -> list[tuple
     return out
 
 
-def why_waiting(namespace: str, job_name: str, pods: list[dict[str, Any]]) -> str:
-    """Why a Job's pod does not start: its pods' reason, else the Job controller's failed creates."""
-    return stuck_reason(pods) if pods else creation_failure(job_name, kube.warning_events(namespace))
+def why_waiting(namespace: str, job_name: str, pods: list[dict[str, Any]], nodes: int = 1) -> str:
+    """Why a job's pods do not start: their own reason, else, while fewer than its `nodes` exist, its controllers'
+    failed creates. Events are read only then: the training operator creates the master and then fails on a worker
+    that admission refuses (PodSecurity refuses its injected init container)."""
+    return stuck_reason(pods) or (creation_failure(job_name, kube.warning_events(namespace), pods)
+                                  if len(pods) < nodes else "")
 
 
 def before_stages(spec_asks: bool, status: dict[str, Any], key: str) -> bool:
