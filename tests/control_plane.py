@@ -115,7 +115,34 @@ def stop_group(proc: subprocess.Popen, timeout: float) -> int:
     return proc.returncode
 
 
-class ControlPlane(_Started):
+class _Processes(_Started):
+    """Named processes, each in its own process group (stop() signals the group, so no child outlives the session)
+    and logging to <dir>/<name>.log; stopped in the reverse of their start order."""
+
+    def __init__(self, workdir: Path):
+        self.dir = Path(workdir)
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def _spawn(self, name: str, argv: list, env: dict | None = None) -> None:
+        log = open(self.dir / f"{name}.log", "wb")
+        self.procs[name] = subprocess.Popen([str(a) for a in argv], stdout=log, stderr=subprocess.STDOUT,
+                                            env={**os.environ, **(env or {})}, start_new_session=True)
+
+    def log(self, name: str) -> str:
+        return (self.dir / f"{name}.log").read_text(errors="replace")
+
+    def check_alive(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited with {p.returncode}; log tail:\n{self.log(name)[-3000:]}")
+
+    def stop(self) -> None:
+        for p in reversed(list(self.procs.values())):
+            stop_group(p, timeout=20)
+        self.procs.clear()
+
+
+class ControlPlane(_Processes):
     """Start with `with ControlPlane(workdir) as cp:`; `cp.admin_kubeconfig` is cluster-admin."""
 
     # Garbage collection (ownerReferences), namespace deletion, the default ServiceAccounts, and the aggregation
@@ -123,10 +150,9 @@ class ControlPlane(_Started):
     CONTROLLERS = ("garbagecollector", "namespace", "serviceaccount", "clusterrole-aggregation")
 
     def __init__(self, workdir: Path, bins: Path | None = None, extra_controllers: tuple[str, ...] = ()):
-        self.dir = Path(workdir)
+        super().__init__(workdir)
         self.controllers = self.CONTROLLERS + extra_controllers
         self.bins = bins or ensure_binaries()
-        self.procs: dict[str, subprocess.Popen] = {}
         self.port = free_port()
         self.server = f"https://127.0.0.1:{self.port}"
         self.pki = self.dir / "pki"
@@ -134,25 +160,13 @@ class ControlPlane(_Started):
         self.admin_kubeconfig = self.dir / "admin.kubeconfig"
 
     # --- processes -------------------------------------------------------------------------------
-    def _spawn(self, name: str, args: list[str]) -> None:
-        log = open(self.dir / f"{name}.log", "wb")
-        # Own process group: stop() signals the group, so no child outlives the session.
-        self.procs[name] = subprocess.Popen([str(self.bins / name), *args], stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-
-    def _check_alive(self) -> None:
-        for name, p in self.procs.items():
-            if p.poll() is not None:
-                tail = (self.dir / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{name} exited with {p.returncode}; log tail:\n{tail}")
-
     def _wait_ready(self, timeout: float = 120.0) -> None:
         ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
         req = urllib.request.Request(f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"})
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
-            self._check_alive()
+            self.check_alive()
             try:
                 with urllib.request.urlopen(req, context=ctx, timeout=5) as r:
                     if r.status == 200:
@@ -166,7 +180,7 @@ class ControlPlane(_Started):
         self.dir.mkdir(parents=True, exist_ok=True)
         make_pki(self.pki)
         etcd_port, peer_port = free_port(), free_port()
-        self._spawn("etcd", [
+        self._spawn("etcd", [self.bins / "etcd",
             "--name", "test", "--data-dir", str(self.dir / "etcd"),
             "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
             "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
@@ -175,7 +189,7 @@ class ControlPlane(_Started):
             "--initial-cluster", f"test=http://127.0.0.1:{peer_port}",
             "--unsafe-no-fsync", "--log-level", "warn"])
         (self.pki / "tokens.csv").write_text(f'{self.admin_token},admin,admin,"system:masters"\n')
-        self._spawn("kube-apiserver", [
+        self._spawn("kube-apiserver", [self.bins / "kube-apiserver",
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.port}",
             f"--tls-cert-file={self.pki / 'apiserver.crt'}", f"--tls-private-key-file={self.pki / 'apiserver.key'}",
@@ -193,17 +207,12 @@ class ControlPlane(_Started):
             f"--cert-dir={self.dir / 'apiserver-certs'}", "-v=1"])
         kubeconfig(self.admin_kubeconfig, self.server, self.pki / "ca.crt", self.admin_token, "admin")
         self._wait_ready()
-        self._spawn("kube-controller-manager", [
+        self._spawn("kube-controller-manager", [self.bins / "kube-controller-manager",
             f"--kubeconfig={self.admin_kubeconfig}", f"--authentication-kubeconfig={self.admin_kubeconfig}",
             f"--authorization-kubeconfig={self.admin_kubeconfig}",
             f"--controllers={','.join(self.controllers)}",
             "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=false", "-v=1"])
         return self
-
-    def stop(self) -> None:
-        for p in reversed(list(self.procs.values())):  # the controller-manager first, etcd last
-            stop_group(p, timeout=20)
-        self.procs.clear()
 
     # --- clients ---------------------------------------------------------------------------------
     def kubectl(self, *args: str, kubeconfig_path: Path | None = None, input: str | None = None,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.control_plane import REPO, ControlPlane, _openssl, _Started, stop_group
+from tests.control_plane import REPO, ControlPlane, _openssl, _Processes
 from tests.operator_scenarios import wait_for
 from vita_trainer.local import free_port
 
@@ -99,35 +99,17 @@ def serving_cert(cp: ControlPlane, out: Path, dns: str) -> None:
              "-out", str(out / "tls.crt"), "-days", "2", "-extfile", str(out / "san.ext"), cwd=cp.pki)
 
 
-class KubeflowStack(_Started):
+class KubeflowStack(_Processes):
     """`with KubeflowStack(cp, workdir) as stack:` on a started ControlPlane (made with EXTRA_CONTROLLERS)."""
 
-    def __init__(self, cp: ControlPlane, workdir: Path, bins: dict[str, Path], *, nodes: int = 6,
-                 jobset_ttl_seconds: int | None = None):
-        self.cp, self.dir, self.bins, self.nodes = cp, Path(workdir), bins, nodes
-        self.procs: dict[str, subprocess.Popen] = {}
+    def __init__(self, cp: ControlPlane, workdir: Path, bins: dict[str, Path], *, nodes: int = 6):
+        super().__init__(workdir)
+        self.cp, self.bins, self.nodes = cp, bins, nodes
         self.ip = host_ip()
         self.ca_bundle = base64.b64encode((cp.pki / "ca.crt").read_bytes()).decode()
 
-    # --- processes ---------------------------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list, env: dict | None = None) -> None:
-        log = open(self.dir / f"{name}.log", "wb")
-        full_env = {**os.environ, "KUBECONFIG": str(self.cp.admin_kubeconfig), **(env or {})}
-        self.procs[name] = subprocess.Popen([str(a) for a in argv], stdout=log, stderr=subprocess.STDOUT,
-                                            env=full_env, start_new_session=True)
-
-    def log(self, name: str) -> str:
-        return (self.dir / f"{name}.log").read_text(errors="replace")
-
-    def check_alive(self) -> None:
-        for name, p in self.procs.items():
-            if p.poll() is not None:
-                raise RuntimeError(f"{name} exited with {p.returncode}; log tail:\n{self.log(name)[-3000:]}")
-
-    def stop(self) -> None:
-        for p in reversed(list(self.procs.values())):
-            stop_group(p, timeout=20)
-        self.procs.clear()
+        super()._spawn(name, argv, {"KUBECONFIG": str(self.cp.admin_kubeconfig), **(env or {})})
 
     # --- pieces -----------------------------------------------------------------------------------------------
     def apply(self, *objs: dict, server_side: bool = False) -> None:
