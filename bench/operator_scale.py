@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vita_operator.builder import PyTorchJobBackend  # noqa: E402
+from vita_operator.builder import KUBEFLOW_JOB_NAME, KUBEFLOW_REPLICA_TYPE, PyTorchJobBackend  # noqa: E402
 from vita_operator.state import CreateJob, ObservedJob, decide  # noqa: E402
 from vita_api.spec import VitaTrainingRunSpec  # noqa: E402
 
@@ -267,8 +267,8 @@ def kopf_on_kubeflow(n_runs: int, workdir: Path, timeout: float = 600) -> dict:
                     "metadata": {"name": f"r{r}", "namespace": NS}, "spec": spec})
 
             def running_masters() -> dict[str, str]:
-                pods = core.list_namespaced_pod(NS, label_selector="training.kubeflow.org/replica-type=master").items
-                return {p.metadata.labels["training.kubeflow.org/job-name"]: p.metadata.name for p in pods
+                pods = core.list_namespaced_pod(NS, label_selector=f"{KUBEFLOW_REPLICA_TYPE}=master").items
+                return {p.metadata.labels[KUBEFLOW_JOB_NAME]: p.metadata.name for p in pods
                         if p.status.phase == "Running" and p.spec.node_name}
             _wait(lambda: len(running_masters()) >= n_runs, timeout)
             masters = running_masters()

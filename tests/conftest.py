@@ -89,17 +89,19 @@ def kubeflow(tmp_path_factory, control_plane_binaries, kubeflow_binaries):
     yield from start_kubeflow_cluster(tmp_path_factory.mktemp("kubeflow"), control_plane_binaries, kubeflow_binaries)
 
 
+def _ran(terminalreporter, mark: str) -> list:
+    return [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+            if mark in r.keywords and r.when == "call"]
+
+
 def pytest_terminal_summary(terminalreporter):
     from tests.control_plane import k8s_version
-    ran = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
-           if "apiserver" in r.keywords and r.when == "call"]
+    ran = _ran(terminalreporter, "apiserver")
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if "apiserver" in r.keywords]
     if ran or skipped:
         terminalreporter.write_line(f"{len(ran)} tests ran against a real kube-apiserver {k8s_version()} "
                                     f"(etcd, RBAC, controller-manager); {len(skipped)} skipped")
-    ran = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
-           if "kubeflow" in r.keywords and r.when == "call"]
-    if ran:
+    if ran := _ran(terminalreporter, "kubeflow"):
         from tests.kubeflow_stack import describe
         terminalreporter.write_line(f"{len(ran)} of them with the real Kubeflow stack: {describe()}")
 

@@ -13,11 +13,15 @@ from tests.apiserver_cluster import Cluster
 from tests.control_plane import ControlPlane, install_operator_prerequisites
 from tests.kubeflow_stack import EXTRA_CONTROLLERS, KubeflowStack
 from tests.operator_scenarios import NS, wait_for
+from vita_operator.backends import job_backends
+from vita_operator.batch_jobs import pod_selector as batch_pod_selector
 
 EXIT_CODE, MESSAGE = "vita.test/exit-code", "vita.test/termination-message"
-# Each backend's label for the pods of one job.
-POD_LABEL = {"pytorchjob": "training.kubeflow.org/job-name", "trainjob": "jobset.sigs.k8s.io/jobset-name",
-             "batch": "batch.kubernetes.io/job-name"}
+
+
+def pods_selector(job: str, backend: str) -> str:
+    """The label selector the operator itself reads a job's pods by (a stage job's backend, or a batch Job)."""
+    return batch_pod_selector(job) if backend == "batch" else job_backends()[backend].pods_selector(job)
 
 
 class KubeflowCluster(Cluster):
@@ -26,7 +30,7 @@ class KubeflowCluster(Cluster):
         self.stack = stack
 
     def pods(self, job: str, backend: str = "pytorchjob", namespace: str = NS) -> list[dict]:
-        out = self.cp.kubectl("get", "pods", "-n", namespace, "-l", f"{POD_LABEL[backend]}={job}", "-o", "json")
+        out = self.cp.kubectl("get", "pods", "-n", namespace, "-l", pods_selector(job, backend), "-o", "json")
         return sorted(json.loads(out.stdout)["items"], key=lambda p: p["metadata"]["name"])
 
     def running_pods(self, job: str, backend: str, count: int, timeout: float = 90.0) -> list[dict]:

@@ -6,8 +6,8 @@ Each controller runs from a binary built by hack/kubeflow/build.sh (cached outsi
 CRDs and webhook configurations from its own Go module's source at the pinned version (`kubectl kustomize` renders
 them as its deployment would). Webhooks are served over TLS and reached the way a cluster reaches them: through a
 Service. There is no kube-proxy, so the API server routes to the Service's endpoints (--enable-aggregator-routing),
-an EndpointSlice holding this machine's own non-loopback address. The training operator manages its certificates
-itself, as its deployment does; Trainer, JobSet and Kueue run as with cert-manager: a certificate for
+an EndpointSlice holding this machine's own non-loopback address. The training operator and Kueue manage their
+certificates themselves, as their deployments do; Trainer and JobSet run as with cert-manager: a certificate for
 `<service>.<namespace>.svc` signed by the tier's CA, whose bundle is set on their webhook configurations.
 
 The controllers act as cluster-admin (their own ClusterRoles are theirs to test); the operator keeps the chart's RBAC.
@@ -128,11 +128,9 @@ class KubeflowStack(_Processes):
                     "addressType": "IPv4", "endpoints": [{"addresses": [self.ip], "conditions": {"ready": True}}],
                     "ports": [{"name": "webhook", "port": port, "protocol": "TCP"}]})
 
-    def webhooks(self, folder: Path, service: str, namespace: str, *, ca_bundle: bool,
-                 name_prefix: str = "") -> list[str]:
+    def webhooks(self, folder: Path, service: str, namespace: str, *, ca_bundle: bool, name_prefix: str = "") -> None:
         """The component's webhook configurations as its kustomization renders them, pointed at our Service (named
         as its default overlay names them)."""
-        names = []
         for conf in kustomize(self.cp, folder):
             if not conf["kind"].endswith("WebhookConfiguration"):
                 continue
@@ -142,8 +140,6 @@ class KubeflowStack(_Processes):
                 if ca_bundle:
                     hook["clientConfig"]["caBundle"] = self.ca_bundle
             self.apply(conf)
-            names.append(conf["metadata"]["name"])
-        return names
 
     def crds(self, *files: Path) -> None:
         for f in files:
