@@ -26,8 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vita_operator.builder import KUBEFLOW_JOB_NAME, KUBEFLOW_REPLICA_TYPE, PyTorchJobBackend  # noqa: E402
-from vita_operator.state import CreateJob, ObservedJob, decide  # noqa: E402
+from vita_operator.jobs.pytorchjob import KUBEFLOW_JOB_NAME, KUBEFLOW_REPLICA_TYPE, PyTorchJobBackend  # noqa: E402
+from vita_operator.core.decision import CreateJob, ObservedJob
+from vita_operator.core.state import decide  # noqa: E402
 from vita_api.spec import VitaTrainingRunSpec  # noqa: E402
 
 SPEC = {"model": {"base": "m"}, "data": {"registry": "r.yaml"}, "output": "o", "resources": {"gpusPerNode": 8},
@@ -70,7 +71,7 @@ def _operator_process(api_url: str, log_path: Path) -> subprocess.Popen:
     env = {**os.environ, "VITA_OPERATOR_API_URL": api_url, "VITA_OPERATOR_METRICS_PORT": "0",
            "VITA_OPERATOR_RESYNC_SECONDS": "60"}
     return subprocess.Popen([sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces",
-                             "-m", "vita_operator.handlers"], env=env, stdout=log_path.open("w"),
+                             "-m", "vita_operator.controller.handlers"], env=env, stdout=log_path.open("w"),
                             stderr=subprocess.STDOUT)
 
 

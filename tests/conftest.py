@@ -3,8 +3,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/vita/torch_extensions"))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-# vita_operator.handlers reads its enabled backends when first imported, and several test modules import it: every
-# in-process operator (the kmock tier) then runs both backends, whichever module imported it first.
+# vita_operator.controller.config reads its enabled backends when first imported, and several test modules import
+# it: every in-process operator (the kmock tier) then runs both backends, whichever module imported it first.
 os.environ.setdefault("VITA_OPERATOR_BACKENDS", "pytorchjob,trainjob")
 
 import numpy as np  # noqa: E402

@@ -13,8 +13,8 @@ from tests.apiserver_cluster import Cluster
 from tests.control_plane import ControlPlane, install_operator_prerequisites
 from tests.kubeflow_stack import EXTRA_CONTROLLERS, KubeflowStack
 from tests.operator_scenarios import NS, wait_for
-from vita_operator.backends import job_backends
-from vita_operator.batch_jobs import pod_selector as batch_pod_selector
+from vita_operator.jobs.backends import job_backends
+from vita_operator.jobs.batch import pod_selector as batch_pod_selector
 
 EXIT_CODE, MESSAGE = "vita.test/exit-code", "vita.test/termination-message"
 

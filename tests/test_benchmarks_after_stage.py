@@ -10,10 +10,10 @@ from tests.k8s_tools import assert_valid_builtin
 from tests.test_operator_builder_crd import FULL
 from vita_api.spec import VitaTrainingRunSpec
 from vita_api.termination import MAX_BYTES, evaluation_message, evaluation_of
-from vita_operator import evaluation as ev
-from vita_operator import metrics
-from vita_operator.state import (CreateEvaluation, CreateJob, ObservedEvaluation, ObservedJob, decide,
-                                 decide_evaluation_refused)
+from vita_operator.jobs import evaluation as ev
+from vita_operator.controller import metrics
+from vita_operator.core.decision import CreateEvaluation, CreateJob, ObservedEvaluation, ObservedJob
+from vita_operator.core.state import decide, decide_evaluation_refused
 
 NOW = "2026-12-04T00:00:00Z"
 SCORES = {"mme": {"mme_perception_score": 1412.5, "mme_cognition_score": 301.0}}

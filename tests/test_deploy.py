@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.k8s_tools import tool
-from vita_operator.metrics import REGISTRY as OPERATOR_REGISTRY
+from vita_operator.controller.metrics import REGISTRY as OPERATOR_REGISTRY
 from vita_api.spec import VitaTrainingRun
 from vita_api.plan import check_spec
 from vita_trainer.train.metrics import TrainerMetrics
@@ -244,7 +244,8 @@ def test_operator_imports_the_contract_and_nothing_of_the_trainer():
              for d in project["dependencies"] + project["optional-dependencies"]["operator"]}
     assert not names & TRAINER_ONLY_DISTRIBUTIONS, names & TRAINER_ONLY_DISTRIBUTIONS
     res = _run_blocked(TRAINER_ONLY_MODULES + ("vita_trainer",),
-                       "import vita_operator.handlers, vita_operator.crd, vita_operator.metrics, vita_operator.__main__"
+                       "import vita_operator.controller.handlers, vita_operator.crd, vita_operator.controller.metrics, "
+                       "vita_operator.__main__"
                        "\nprint(len(vita_operator.crd.crd()['spec']['versions']))")
     assert res.returncode == 0, res.stderr[-3000:]
     contract = [p.stem for p in (ROOT / "vita_api").glob("*.py") if p.stem != "__init__"]
@@ -280,7 +281,7 @@ def test_rbac_allows_owner_references_that_block_deletion(helm):
 
 def test_pod_monitor_scrapes_only_the_master_pods_that_serve_metrics(helm):
     """Rank 0 (the Master replica) serves /metrics; worker pods would be permanently down targets."""
-    from vita_operator.builder import PyTorchJobBackend
+    from vita_operator.jobs.pytorchjob import PyTorchJobBackend
     rendered = docs(helm("template", "vita", str(CHART), "-n", "vita-system", "-f", str(KUEUE_VALUES)).stdout)
     selector = next(d for d in rendered if d["kind"] == "PodMonitor")["spec"]["selector"]["matchLabels"]
     assert selector["training.kubeflow.org/replica-type"] == "master"

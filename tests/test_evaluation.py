@@ -114,7 +114,7 @@ def test_the_operator_reads_the_validation_loss_into_status():
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
     from vita_api.termination import eval_loss_of, final_loss_of, termination_message
-    from vita_operator.progress import next_progress, read_exposition
+    from vita_operator.core.progress import next_progress, read_exposition
     text = ('vita_train_eval_loss{modality="all",stage="sft"} 1.25\n'
             'vita_train_eval_loss{modality="image",stage="sft"} 1.5\n'
             'vita_train_eval_loss{modality="all",stage="other"} 9.0\n'

@@ -8,8 +8,9 @@ from tests.k8s_tools import assert_valid_builtin
 from tests.test_operator_builder_crd import FULL
 from vita_api.plan import check_spec
 from vita_api.spec import VitaTrainingRunSpec
-from vita_operator import export as exp
-from vita_operator.state import CreateExport, ObservedEvaluation, ObservedExport, ObservedJob, decide
+from vita_operator.jobs import export as exp
+from vita_operator.core.decision import CreateStepJob, ObservedAttempt, ObservedEvaluation, ObservedJob
+from vita_operator.core.state import decide
 
 NOW = "2026-12-04T00:00:00Z"
 
@@ -26,17 +27,17 @@ DONE = [ObservedJob(f"run-{n}-1", n, 1, "Succeeded") for n in ("s1", "s2")]
 
 
 def export_job(attempt, phase, message=""):
-    return ObservedExport(f"run-export-{attempt}", attempt, phase, message)
+    return ObservedAttempt(f"run-export-{attempt}", attempt, phase, message)
 
 
 def test_the_export_runs_after_the_last_stage_and_the_run_succeeds_with_its_folder():
     first = decide("run", 1, spec(), None, DONE, NOW)
-    assert first.actions == [CreateExport(1)] and first.status["phase"] == "Exporting"
+    assert first.actions == [CreateStepJob("export", 1)] and first.status["phase"] == "Exporting"
     assert first.status["export"] == {"phase": "Running", "attempts": 1, "jobName": "run-export-1",
                                       "path": "/checkpoints/runs/r/export-vita15"}
-    running = decide("run", 1, spec(), first.status, DONE, NOW, exports=[export_job(1, "Running")])
+    running = decide("run", 1, spec(), first.status, DONE, NOW, steps={"export": [export_job(1, "Running")]})
     assert not running.actions and running.status["phase"] == "Exporting"
-    done = decide("run", 1, spec(), running.status, DONE, NOW, exports=[export_job(1, "Succeeded")])
+    done = decide("run", 1, spec(), running.status, DONE, NOW, steps={"export": [export_job(1, "Succeeded")]})
     assert done.status["phase"] == "Succeeded" and done.status["export"]["phase"] == "Succeeded"
     assert ("Normal", "ExportSucceeded", "vita15 folder: /checkpoints/runs/r/export-vita15") in done.events
 
@@ -45,11 +46,11 @@ def test_a_failing_export_is_retried_then_fails_the_run_saying_how_to_export_by_
     status = decide("run", 1, spec(), None, DONE, NOW).status
     seen = [export_job(1, "Failed", "exit code 1: MemoryError")]
     for attempt in (1, 2):
-        d = decide("run", 1, spec(), status, DONE, NOW, exports=seen)
-        assert d.actions == [CreateExport(attempt + 1)] and d.status["phase"] == "Exporting"
+        d = decide("run", 1, spec(), status, DONE, NOW, steps={"export": seen})
+        assert d.actions == [CreateStepJob("export", attempt + 1)] and d.status["phase"] == "Exporting"
         assert "ExportRetrying" in [e[1] for e in d.events]
         status, seen = d.status, seen + [export_job(attempt + 1, "Failed", "exit code 1: MemoryError")]
-    failed = decide("run", 1, spec(), status, DONE, NOW, exports=seen)
+    failed = decide("run", 1, spec(), status, DONE, NOW, steps={"export": seen})
     assert failed.status["phase"] == "Failed" and not failed.actions
     cond = next(c for c in failed.status["conditions"] if c["type"] == "Failed")
     assert cond["reason"] == "ExportFailed" and "MemoryError" in cond["message"]
@@ -62,7 +63,7 @@ def test_export_then_benchmarks_then_succeeded():
     s = spec(evaluation={"tasks": ["mme"]})
     first = decide("run", 1, s, None, DONE, NOW)
     assert first.status["phase"] == "Exporting" and len(first.actions) == 2  # export and benchmarks, side by side
-    exported = decide("run", 1, s, first.status, DONE, NOW, exports=[export_job(1, "Succeeded")],
+    exported = decide("run", 1, s, first.status, DONE, NOW, steps={"export": [export_job(1, "Succeeded")]},
                       evaluations=[ObservedEvaluation("run-eval-s2-1", "s2", "Running")])
     assert exported.status["phase"] == "Evaluating"
     done = decide("run", 1, s, exported.status, DONE, NOW,

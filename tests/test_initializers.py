@@ -14,8 +14,9 @@ from tests.hub_server import HubServer, Repo
 from tests.test_operator_builder_crd import FULL
 from vita_api.spec import VitaTrainingRunSpec
 from vita_api.termination import initialized_of
-from vita_operator import initializers as ini
-from vita_operator.state import CreateInitializer, CreateJob, CreatePreflight, ObservedInitializer, decide
+from vita_operator.jobs import initializers as ini
+from vita_operator.core.decision import CreateJob, CreateStepJob, ObservedAttempt
+from vita_operator.core.state import decide
 
 NOW = "2026-12-04T00:00:00Z"
 
@@ -29,7 +30,7 @@ def spec(preflight=True):
 
 
 def init_job(attempt, phase, **kw):
-    return ObservedInitializer(f"run-init-{attempt}", attempt, phase, **kw)
+    return ObservedAttempt(f"run-init-{attempt}", attempt, phase, **kw)
 
 
 RESULT = {"files": 7, "bytes": 1234, "transferred": 1000, "items": []}
@@ -37,26 +38,28 @@ RESULT = {"files": 7, "bytes": 1234, "transferred": 1000, "items": []}
 
 def test_the_initializers_run_first_then_preflight_then_the_first_stage():
     first = decide("run", 1, spec(), None, [], NOW)
-    assert first.actions == [CreateInitializer(1)] and first.status["phase"] == "Initializing"
-    waiting = decide("run", 1, spec(), first.status, [], NOW, initializers=[init_job(1, "Running")])
+    assert first.actions == [CreateStepJob("initializers", 1)] and first.status["phase"] == "Initializing"
+    waiting = decide("run", 1, spec(), first.status, [], NOW, steps={"initializers": [init_job(1, "Running")]})
     assert not waiting.actions and waiting.status["phase"] == "Initializing"
-    done = decide("run", 1, spec(), waiting.status, [], NOW, initializers=[init_job(1, "Succeeded", report=RESULT)])
-    assert done.actions == [CreatePreflight(1)] and done.status["phase"] == "Preflight"
+    done = decide("run", 1, spec(), waiting.status, [], NOW,
+                  steps={"initializers": [init_job(1, "Succeeded", report=RESULT)]})
+    assert done.actions == [CreateStepJob("preflight", 1)] and done.status["phase"] == "Preflight"
     assert done.status["initializers"] == {"phase": "Succeeded", "attempts": 1, "jobName": "run-init-1",
                                            "completionTime": NOW, "files": 7, "bytes": 1234,
                                            "transferredBytes": 1000, "message": ""}
     no_preflight = decide("run", 1, spec(preflight=False), waiting.status, [], NOW,
-                          initializers=[init_job(1, "Succeeded", report=RESULT)])
+                          steps={"initializers": [init_job(1, "Succeeded", report=RESULT)]})
     assert no_preflight.actions == [CreateJob(0, 1, False)]
 
 
 def test_a_failed_download_is_retried_and_a_bad_name_fails_the_run():
     status = decide("run", 1, spec(), None, [], NOW).status
     retry = decide("run", 1, spec(), status, [], NOW,
-                   initializers=[init_job(1, "Failed", message="BackoffLimitExceeded")])
-    assert retry.actions == [CreateInitializer(2)] and "InitializersRetrying" in [e[1] for e in retry.events]
-    bad = decide("run", 1, spec(), retry.status, [], NOW, initializers=[
-        init_job(1, "Failed"), init_job(2, "Failed", permanent="ConfigError: unknown model 'vita-9'")])
+                   steps={"initializers": [init_job(1, "Failed", message="BackoffLimitExceeded")]})
+    assert retry.actions == [CreateStepJob("initializers", 2)]
+    assert "InitializersRetrying" in [e[1] for e in retry.events]
+    bad = decide("run", 1, spec(), retry.status, [], NOW, steps={"initializers": [
+        init_job(1, "Failed"), init_job(2, "Failed", permanent="ConfigError: unknown model 'vita-9'")]})
     assert bad.status["phase"] == "Failed" and not bad.actions
     assert next(c for c in bad.status["conditions"] if c["type"] == "Failed")["reason"] == "InitializersFailed"
 
@@ -117,7 +120,7 @@ def test_the_initializers_bytes_so_far_are_served_and_read_into_status_progress(
     import urllib.request
     from datetime import datetime, timezone
 
-    from vita_operator.progress import download_progress
+    from vita_operator.core.progress import download_progress
     from vita_trainer.local import free_port
     from vita_trainer.tools.download import marker_path
     from vita_trainer.tools.initialize import Progress, Target

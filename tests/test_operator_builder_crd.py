@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from vita_api.naming import job_name
-from vita_operator.builder import PyTorchJobBackend
+from vita_operator.jobs.pytorchjob import PyTorchJobBackend
 from vita_operator.crd import render
 from vita_api.spec import VitaTrainingRunSpec
 
@@ -420,7 +420,7 @@ def _pod_status(name, **status):
      "pod j-master-0: Unschedulable: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),
 ])
 def test_stuck_pods_are_named_with_their_reason(pods, expected):
-    from vita_operator.builder import stuck_reason
+    from vita_operator.jobs.pods import stuck_reason
     assert stuck_reason(pods) == expected
 
 

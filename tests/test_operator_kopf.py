@@ -43,7 +43,7 @@ def add_master_pod(url, job, final_loss, backend="pytorchjob"):
 def reconciles() -> float:
     """Reconciles finished in this process (KopfRunner runs the operator here): waited on before asserting that
     something did not happen, so a slow machine cannot pass the assertion before the operator looked."""
-    from vita_operator.metrics import REGISTRY
+    from vita_operator.controller.metrics import REGISTRY
     return REGISTRY.get_sample_value("vita_operator_reconcile_seconds_count") or 0.0
 
 
@@ -63,7 +63,7 @@ def operator(url, metrics_port=0, liveness_port=None):
     os.environ["VITA_OPERATOR_RESYNC_SECONDS"] = "1"
     os.environ["VITA_OPERATOR_BACKENDS"] = ",".join(BACKENDS)  # read when kopf first imports the handlers
     extra = [f"--liveness=http://127.0.0.1:{liveness_port}/healthz"] if liveness_port else []
-    return KopfRunner(["run", "--standalone", "--all-namespaces", "-m", "vita_operator.handlers", *extra])
+    return KopfRunner(["run", "--standalone", "--all-namespaces", "-m", "vita_operator.controller.handlers", *extra])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -189,7 +189,7 @@ def test_exhausted_retries_fail_the_run_with_the_job_reason():
     import urllib.request
 
     from vita_trainer.local import free_port
-    from vita_operator.metrics import REGISTRY
+    from vita_operator.controller.metrics import REGISTRY
     metrics_port, liveness_port = free_port(), free_port()
     failures_before = REGISTRY.get_sample_value("vita_operator_job_failures_total") or 0.0
     with KMockThread() as mock:

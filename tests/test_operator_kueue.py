@@ -1,9 +1,9 @@
 """[day-one] item 10: what Kueue says about a queued job (its Workload's conditions) shows on the run."""
 
-from vita_operator import handlers, kube
-from vita_operator.backends import job_backends
-from vita_operator.kueue import workload_state
-from vita_operator.state import decide
+from vita_operator.controller import kube, observe
+from vita_operator.jobs.backends import job_backends
+from vita_operator.core.kueue import workload_state
+from vita_operator.core.state import decide
 from tests.operator_scenarios import job_status, run_on
 
 
@@ -36,12 +36,12 @@ def test_a_queued_jobs_workload_reason_reaches_the_runs_status(monkeypatch):
     job["metadata"]["uid"] = "uid-1"
     job["status"] = job_status("pytorchjob", "Suspended")
     asked = []
-    monkeypatch.setattr(handlers, "indexed_jobs", lambda *a: [job])
+    monkeypatch.setattr(observe, "indexed_jobs", lambda *a: [job])
     monkeypatch.setattr(kube, "pods", lambda ns, sel: [])
     monkeypatch.setattr(kube, "warning_events", lambda ns: [])
     monkeypatch.setattr(kube, "workloads", lambda ns, sel: asked.append(sel) or [workload(
         ("QuotaReserved", "False", "Pending", "insufficient quota for nvidia.com/gpu"))])
-    (seen,) = handlers.observed_jobs(backend, "default", "q", set())
+    (seen,) = observe.observed_jobs(backend, "default", "q", set())
     assert asked == ["kueue.x-k8s.io/job-uid=uid-1"] and "insufficient quota" in seen.message
     d = decide("q", 1, spec, {"phase": "Running", "stages": [{"name": "s1", "phase": "Running", "attempts": 1}]},
                [seen], "2026-12-04T09:00:00Z")

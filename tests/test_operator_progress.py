@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from prometheus_client import generate_latest
 
-from vita_operator.progress import (eta_seconds, format_duration, hang_reason, next_progress, read_exposition,
+from vita_operator.core.progress import (eta_seconds, format_duration, hang_reason, next_progress, read_exposition,
                                     stale_progress)
 from vita_trainer.train.metrics import TrainerMetrics
 
@@ -85,7 +85,7 @@ def test_a_job_is_hung_when_its_step_has_not_moved_for_the_timeout():
 
 
 def test_progress_is_written_as_a_merge_patch_that_drops_what_the_new_reading_lacks():
-    from vita_operator.progress import as_merge_patch
+    from vita_operator.core.progress import as_merge_patch
     old = {"job": "j-1", "step": 9, "eta": "5m", "etaSeconds": 300, "firstSeen": {"step": 1, "time": "t0"}}
     new = {"job": "j-2", "stale": True, "firstSeen": {"step": 9}}
     assert as_merge_patch(old, new) == {"step": None, "eta": None, "etaSeconds": None, "job": "j-2", "stale": True,
@@ -98,8 +98,8 @@ def test_a_readmitted_job_restarts_the_hang_clock():
     the suspension is old, but the job has only just started again, so it is not hung."""
     from datetime import datetime, timezone
 
-    from vita_operator.builder import active_since
-    from vita_operator.progress import hang_reason
+    from vita_operator.jobs.pods import active_since
+    from vita_operator.core.progress import hang_reason
     progress = {"job": "r-s1-1", "step": 40, "lastStepTime": "2026-12-01T10:00:00Z"}
     now = datetime(2026, 12, 1, 11, 10, tzinfo=timezone.utc)
     job = {"metadata": {"creationTimestamp": "2026-12-01T09:00:00Z"},

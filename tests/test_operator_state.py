@@ -5,9 +5,10 @@ import re
 import pytest
 
 from tests.operator_scenarios import BACKENDS, job_status
-from vita_operator.backends import job_backends
+from vita_operator.jobs.backends import job_backends
 from vita_api.naming import LABEL_ATTEMPT, LABEL_STAGE
-from vita_operator.state import CreateJob, ObservedJob, ObservedPreflight, SetJobSuspend, decide
+from vita_operator.core.decision import CreateJob, ObservedAttempt, ObservedJob, SetJobSuspend
+from vita_operator.core.state import decide
 from vita_api.spec import VitaTrainingRunSpec
 
 NOW = "2026-11-26T00:00:00Z"
@@ -220,18 +221,20 @@ def summary(bad=0, samples=10, files=0, stage="s1"):
 
 
 def pf_job(attempt, phase, summary=None, permanent="", msg=""):
-    return ObservedPreflight(f"run-preflight-{attempt}", attempt, phase, msg, summary, permanent)
+    return ObservedAttempt(f"run-preflight-{attempt}", attempt, phase, msg, summary, permanent)
 
 
 def test_preflight_runs_before_the_first_gpu_job_and_passes_to_stage_one():
-    from vita_operator.state import CreatePreflight
+    from vita_operator.core.decision import CreateStepJob
     first = decide("run", 1, preflight_spec(), None, [], NOW)
-    assert first.actions == [CreatePreflight(1)] and first.status["preflight"]["jobName"] == "run-preflight-1"
+    assert first.actions == [CreateStepJob("preflight", 1)]
+    assert first.status["preflight"]["jobName"] == "run-preflight-1"
     assert first.status["phase"] == "Preflight"
     assert [e[1] for e in first.events] == ["PreflightStarted", "RunPreflight"]
-    waiting = decide("run", 1, preflight_spec(), first.status, [], NOW, preflight=[pf_job(1, "Running")])
+    waiting = decide("run", 1, preflight_spec(), first.status, [], NOW, steps={"preflight": [pf_job(1, "Running")]})
     assert not waiting.actions and all(r["phase"] == "Pending" for r in waiting.status["stages"])
-    passed = decide("run", 1, preflight_spec(), waiting.status, [], NOW, preflight=[pf_job(1, "Succeeded", summary())])
+    passed = decide("run", 1, preflight_spec(), waiting.status, [], NOW,
+                    steps={"preflight": [pf_job(1, "Succeeded", summary())]})
     assert passed.actions == [CreateJob(0, 1, False)]
     assert passed.status["preflight"]["phase"] == "Succeeded" and passed.status["preflight"]["samples"] == 15
     assert [e[1] for e in passed.events] == ["PreflightPassed", "StageStarted", "RunRunning"]
@@ -247,7 +250,7 @@ def test_preflight_runs_before_the_first_gpu_job_and_passes_to_stage_one():
 def test_preflight_problems_beyond_the_allowed_fraction_fail_the_run_without_a_gpu_job(max_bad, bad, files, fails):
     st = {"preflight": {"phase": "Running", "attempts": 1}}
     d = decide("run", 1, preflight_spec(max_bad), st, [], NOW,
-               preflight=[pf_job(1, "Succeeded", summary(bad=bad, files=files))])
+               steps={"preflight": [pf_job(1, "Succeeded", summary(bad=bad, files=files))]})
     pf = d.status["preflight"]
     assert pf["badSamples"] == bad and pf["problemsByReason"] == ({"missing_file": bad} if bad else {})
     if fails:
@@ -263,22 +266,25 @@ def test_preflight_problems_beyond_the_allowed_fraction_fail_the_run_without_a_g
 
 
 def test_a_preflight_job_that_fails_for_other_reasons_is_retried_then_fails_the_run():
-    from vita_operator.state import PREFLIGHT_RETRIES, CreatePreflight
+    from vita_operator.core.decision import CreateStepJob
+    from vita_operator.core.steps import PREFLIGHT_STEP
     st = {"preflight": {"phase": "Running", "attempts": 1}}
-    d = decide("run", 1, preflight_spec(), st, [], NOW, preflight=[pf_job(1, "Failed", msg="BackoffLimitExceeded")])
-    assert d.actions == [CreatePreflight(2)] and "PreflightRetrying" in [e[1] for e in d.events]
+    d = decide("run", 1, preflight_spec(), st, [], NOW,
+               steps={"preflight": [pf_job(1, "Failed", msg="BackoffLimitExceeded")]})
+    assert d.actions == [CreateStepJob("preflight", 2)] and "PreflightRetrying" in [e[1] for e in d.events]
     # finished but no report read (e.g. the pod was evicted): another attempt too
-    d = decide("run", 1, preflight_spec(), st, [], NOW, preflight=[pf_job(1, "Succeeded")])
-    assert d.actions == [CreatePreflight(2)]
-    last = PREFLIGHT_RETRIES + 1
+    d = decide("run", 1, preflight_spec(), st, [], NOW, steps={"preflight": [pf_job(1, "Succeeded")]})
+    assert d.actions == [CreateStepJob("preflight", 2)]
+    last = PREFLIGHT_STEP.retries + 1
     st = {"preflight": {"phase": "Running", "attempts": last}}
-    d = decide("run", 1, preflight_spec(), st, [], NOW, preflight=[pf_job(last, "Failed", msg="DeadlineExceeded")])
+    d = decide("run", 1, preflight_spec(), st, [], NOW,
+               steps={"preflight": [pf_job(last, "Failed", msg="DeadlineExceeded")]})
     assert not d.actions and d.status["phase"] == "Failed"
     assert {c["type"]: c for c in d.status["conditions"]}["Failed"]["reason"] == "PreflightFailed"
     # a registry that does not exist is the run's own error: no retry
     st = {"preflight": {"phase": "Running", "attempts": 1}}
-    d = decide("run", 1, preflight_spec(), st, [], NOW,
-               preflight=[pf_job(1, "Failed", permanent="ConfigError: dataset registry /data/r.yaml does not exist")])
+    permanent = "ConfigError: dataset registry /data/r.yaml does not exist"
+    d = decide("run", 1, preflight_spec(), st, [], NOW, steps={"preflight": [pf_job(1, "Failed", permanent=permanent)]})
     assert not d.actions and "does not exist" in d.status["preflight"]["message"]
 
 
@@ -328,7 +334,7 @@ def test_oom_policy_fail_stops_the_stage_like_any_failure_without_retries_left()
 
 
 def test_a_hung_job_is_deleted_and_the_stage_retried_then_the_condition_clears():
-    from vita_operator.state import DeleteJob
+    from vita_operator.core.decision import DeleteJob
     hung = ObservedJob("run-s1-1", "s1", 1, "Running", hung="no training step for 31m00s (step 50)")
     d = decide("run", 1, spec(retry=1), status(rec("s1", "Running", 1)), [hung], NOW)
     assert d.actions == [DeleteJob("run-s1-1"), CreateJob(0, 2, False)]
@@ -346,7 +352,7 @@ def test_a_hung_job_is_deleted_and_the_stage_retried_then_the_condition_clears()
 
 
 def test_an_invalid_spec_and_a_blocked_run_are_decided_by_the_pure_core():
-    from vita_operator.state import decide_blocked, decide_invalid
+    from vita_operator.core.state import decide_blocked, decide_invalid
     d = decide_invalid(None, "stages.0.preset: Field required", NOW, 3)
     failed = {c["type"]: c for c in d.status["conditions"]}["Failed"]
     assert d.status["phase"] == "Failed" and failed["reason"] == "InvalidSpec" and failed["observedGeneration"] == 3
@@ -363,7 +369,7 @@ def test_a_refused_create_blocks_the_run_with_the_apis_message_until_the_job_exi
     """[day-one] An admission denial (a policy engine, Trainer's webhook) is on the run, not only in the
     operator's log; the same attempt is tried again, the run stays Blocked without new events, and the job's
     appearance ends it."""
-    from vita_operator.state import decide_refused
+    from vita_operator.core.state import decide_refused
     first = decide("run", 1, spec(), None, [], NOW)
     assert first.actions == [CreateJob(0, 1, False)]
     denial = 'admissionwebhook "policy" denied the request: image "evil.io/x" is not from registry.example.com'
@@ -385,7 +391,7 @@ def test_a_refused_create_blocks_the_run_with_the_apis_message_until_the_job_exi
 
 
 def test_a_stage_renamed_after_its_job_started_does_not_orphan_the_job():
-    from vita_operator.state import DeleteJob
+    from vita_operator.core.decision import DeleteJob
     renamed = spec(stages=("s1b", "s2", "s3"))
     d = decide("run", 2, renamed, status(rec("s1", "Running", 1)), [job("s1", 1, "Running")], NOW)
     assert d.actions[:1] == [DeleteJob("run-s1-1")] and CreateJob(0, 1, False) in d.actions
@@ -397,7 +403,7 @@ def test_a_stage_renamed_after_its_job_started_does_not_orphan_the_job():
 
 def test_a_stage_that_succeeds_deletes_its_failed_attempts():
     """[day-one] item 7: nothing (a TTL-deleted JobSet that Trainer recreates) can run a stale attempt again."""
-    from vita_operator.state import DeleteJob
+    from vita_operator.core.decision import DeleteJob
     d = decide("run", 1, spec(retry=2), status(rec("s1", "Running", 3)),
                [job("s1", 1, "Failed"), job("s1", 2, "Failed"), job("s1", 3, "Succeeded")], NOW)
     assert d.actions == [DeleteJob("run-s1-1"), DeleteJob("run-s1-2"), CreateJob(1, 1, False)]

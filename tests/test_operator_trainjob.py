@@ -12,8 +12,8 @@ from tests.control_plane import helm_template
 from tests.operator_scenarios import finished, job_status, result_pod
 from tests.test_operator_builder_crd import FULL, cel_failures, cel_rules, crd_schema
 from vita_api.naming import LABEL_RUN
-from vita_operator.builder import POD_SECURITY, container_security, volumes_and_mounts
-from vita_operator.trainjob import DEFAULT_RUNTIME, REPLICATED_JOB, TrainJobBackend
+from vita_operator.jobs.pods import POD_SECURITY, container_security, volumes_and_mounts
+from vita_operator.jobs.trainjob import DEFAULT_RUNTIME, REPLICATED_JOB, TrainJobBackend
 from vita_api.spec import TrainerSpec, VitaTrainingRunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +177,8 @@ def test_a_failed_trainjob_is_parked_once(backend):
     operator suspends each failed TrainJob attempt once, so no controller can run it again. A PyTorchJob has no such
     path and is left as it is."""
     from tests.operator_scenarios import RUN
-    from vita_operator.state import ObservedJob, SetJobSuspend, decide
+    from vita_operator.core.decision import ObservedJob, SetJobSuspend
+    from vita_operator.core.state import decide
     spec = VitaTrainingRunSpec.model_validate(RUN["spec"])
     failed = ObservedJob("r1-s1-1", "s1", 1, "Failed", "BackoffLimitExceeded")
     parks = [a for a in decide("r1", 1, spec, None, [failed], "2026-12-04T00:00:00Z", backend).actions

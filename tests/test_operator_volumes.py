@@ -4,7 +4,7 @@ import copy
 
 from tests.test_operator_builder_crd import FULL
 from vita_api.spec import VitaTrainingRunSpec
-from vita_operator.volumes import claim_names, claim_problems
+from vita_operator.core.volumes import claim_names, claim_problems
 
 
 def claim(*modes):

@@ -5,10 +5,10 @@ import pytest
 
 from tests.operator_scenarios import BACKENDS, result_pod, worker_pod
 from vita_api.termination import failure_message
-from vita_operator import handlers, kube
-from vita_operator.backends import job_backends
-from vita_operator.builder import creation_failure, stuck_reason
-from vita_operator.state import ObservedJob
+from vita_operator.controller import kube, observe
+from vita_operator.jobs.backends import job_backends
+from vita_operator.jobs.pods import creation_failure, stuck_reason
+from vita_operator.core.decision import ObservedJob
 
 OOM = failure_message("OutOfMemory", "out of GPU memory at step 40", True, outOfMemory={
     "step": 40, "perDeviceTrainBatchSize": 8, "gradientAccumulationSteps": 2})
@@ -33,7 +33,7 @@ def test_a_workers_report_is_read_when_rank_0_says_nothing(monkeypatch, backend,
         wanted = dict(term.split("=") for term in selector.split(","))
         return [p for p in pods if wanted.items() <= p["metadata"]["labels"].items()]
     monkeypatch.setattr(kube, "pods", listed)
-    seen = handlers._with_pod_reports(b, "ns", ObservedJob(job, "s1", 1, "Failed", "BackoffLimitExceeded"))
+    seen = observe._with_pod_reports(b, "ns", ObservedJob(job, "s1", 1, "Failed", "BackoffLimitExceeded"))
     assert selectors == [b.pods_selector(job)]  # every pod of the job, not rank 0's alone
     if field == "oom":
         assert seen.oom == {"step": 40, "perDeviceTrainBatchSize": 8, "gradientAccumulationSteps": 2}
@@ -69,7 +69,7 @@ def test_pods_that_were_never_created_are_explained_by_the_controllers_event(mon
     assert creation_failure("r-s1-1", trainjob_child) == "no pods were created: FailedCreate: exceeded quota"
     monkeypatch.setattr(kube, "pods", lambda ns, sel: [])
     monkeypatch.setattr(kube, "warning_events", lambda ns: events)
-    seen = handlers._with_pod_reports(job_backends()["pytorchjob"], "ns", ObservedJob("r-s1-1", "s1", 1, "Pending"))
+    seen = observe._with_pod_reports(job_backends()["pytorchjob"], "ns", ObservedJob("r-s1-1", "s1", 1, "Pending"))
     assert seen.stuck.startswith("no pods were created: FailedCreatePod") and "PodSecurity" in seen.stuck
 
     # The master was created, the worker refused: the refusal is newer than the only pod.
@@ -79,10 +79,10 @@ def test_pods_that_were_never_created_are_explained_by_the_controllers_event(mon
         f"1 pod(s) created, the rest refused: FailedCreatePod: {denial}"
     monkeypatch.setattr(kube, "pods", lambda ns, sel: [master])
     two_nodes = ObservedJob("r-s1-1", "s1", 1, "Running", nodes=2)
-    assert "PodSecurity" in handlers._with_pod_reports(job_backends()["pytorchjob"], "ns", two_nodes).stuck
+    assert "PodSecurity" in observe._with_pod_reports(job_backends()["pytorchjob"], "ns", two_nodes).stuck
     # A pod created after the refusal answers it; a job with all its pods reads no events at all.
     worker = {"metadata": {"name": "r-s1-1-worker-0", "creationTimestamp": "2026-12-04T09:00:01Z"}}
     assert creation_failure("r-s1-1", events, [master, worker]) == ""
     monkeypatch.setattr(kube, "warning_events", lambda ns: pytest.fail("read events of a job with all its pods"))
     one_node = ObservedJob("r-s1-1", "s1", 1, "Running", nodes=1)
-    assert handlers._with_pod_reports(job_backends()["pytorchjob"], "ns", one_node).stuck == ""
+    assert observe._with_pod_reports(job_backends()["pytorchjob"], "ns", one_node).stuck == ""

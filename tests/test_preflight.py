@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.k8s_tools import assert_valid_builtin
 from tests.test_operator_builder_crd import FULL
-from vita_operator import preflight as pre
+from vita_operator.jobs import preflight as pre
 from vita_api.spec import VitaTrainingRunSpec
 from vita_trainer.tools.preflight import PROBLEM_CHARS, clip_middle
 from vita_trainer.tools.preflight import main as preflight_main
@@ -133,16 +133,17 @@ def test_an_output_folder_the_trainer_cannot_write_fails_the_preflight_naming_ow
 
 
 def test_a_preflight_pod_that_cannot_start_or_waits_in_a_queue_shows_on_the_run():
-    from vita_operator.state import ObservedPreflight, decide
+    from vita_operator.core.decision import ObservedAttempt
+    from vita_operator.core.state import decide
     from tests.test_operator_state import NOW, preflight_spec
     first = decide("run", 1, preflight_spec(), None, [], NOW)
-    stuck = decide("run", 1, preflight_spec(), first.status, [], NOW, preflight=[ObservedPreflight(
-        "run-preflight-1", 1, "Pending", stuck="pod run-preflight-1-x: Unschedulable: 0/3 nodes: untolerated taint")])
+    stuck = decide("run", 1, preflight_spec(), first.status, [], NOW, steps={"preflight": [ObservedAttempt(
+        "run-preflight-1", 1, "Pending", stuck="pod run-preflight-1-x: Unschedulable: 0/3 nodes: untolerated taint")]})
     ready = {c["type"]: c for c in stuck.status["conditions"]}["PodsReady"]
     assert ready["status"] == "False" and "untolerated taint" in ready["message"]
     assert "untolerated taint" in stuck.status["message"] and stuck.status["phase"] == "Preflight"
-    queued = decide("run", 1, preflight_spec(), first.status, [], NOW, preflight=[ObservedPreflight(
-        "run-preflight-1", 1, "Suspended", "the Job is suspended, waiting for admission")])
+    queued = decide("run", 1, preflight_spec(), first.status, [], NOW, steps={"preflight": [ObservedAttempt(
+        "run-preflight-1", 1, "Suspended", "the Job is suspended, waiting for admission")]})
     assert queued.status["phase"] == "Queued" and "waits for admission" in queued.status["message"]
     assert pre.job_phase({"spec": {"suspend": True}, "status": {}})[0] == "Suspended"
     deadline = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",

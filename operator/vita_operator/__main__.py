@@ -9,7 +9,7 @@ import uuid
 
 import kopf.cli
 
-from .leader import LEADER_ELECTION_ENV, become_leader
+from .controller.leader import LEADER_ELECTION_ENV, become_leader
 
 
 def main() -> None:
@@ -17,7 +17,7 @@ def main() -> None:
     if os.environ.get(LEADER_ELECTION_ENV) == "true":  # a standby blocks here until the Lease is its own
         become_leader(os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}",
                       urllib.parse.urlparse(liveness).port)
-    args = ["run", "--standalone", "-m", "vita_operator.handlers", f"--liveness={liveness}"]
+    args = ["run", "--standalone", "-m", "vita_operator.controller.handlers", f"--liveness={liveness}"]
     args.append(f"--log-format={os.environ.get('VITA_OPERATOR_LOG_FORMAT', 'plain')}")  # plain, full or json
     namespace = os.environ.get("VITA_OPERATOR_NAMESPACE")
     args += ["--namespace", namespace] if namespace else ["--all-namespaces"]

@@ -13,21 +13,12 @@ import sys
 
 import yaml
 
-from vita_api.spec import (API_GROUP, JOB_BACKENDS, KIND, PLAN_DERIVED_ARGS, RUN_NAME, RUN_NAME_MAX,
-                               VitaTrainingRunSpec)
+from vita_api.spec import API_GROUP, KIND, PLAN_DERIVED_ARGS, RUN_NAME, RUN_NAME_MAX, VitaTrainingRunSpec
+from vita_api.status import VitaTrainingRunStatus
 from vita_api.presets import all_presets
 
 PLURAL = "vitatrainingruns"
 VERSION = "v1alpha1"
-# Pending: nothing created yet; Initializing: models and datasets are fetched (spec.initializers); Preflight: the
-# data check runs; Queued: a job waits for Kueue or the scheduler;
-# Running; Suspended (spec.suspend); Blocked: a person must act (a create refused, a missing claim or CRD);
-# Exporting / Evaluating: every stage succeeded and the export Job (spec.export) or benchmark Jobs
-# (spec.evaluation) still run.
-PHASES = ["Pending", "Initializing", "Preflight", "Queued", "Running", "Suspended", "Blocked", "Exporting",
-          "Evaluating", "Succeeded", "Failed"]
-
-
 def _structural(node: Any, defs: dict[str, Any]) -> Any:
     """Pydantic JSON schema -> Kubernetes structural OpenAPI v3 (inline refs, nullable, no titles)."""
     if isinstance(node, list):
@@ -85,106 +76,11 @@ def spec_schema() -> dict[str, Any]:
 
 
 def status_schema() -> dict[str, Any]:
-    time = {"type": "string", "format": "date-time"}
-    stage = {"type": "object", "properties": {
-        "name": {"type": "string"},
-        "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed"]},
-        "jobName": {"type": "string", "description": "Job (PyTorchJob or TrainJob) of the latest attempt"},
-        "attempts": {"type": "integer", "minimum": 0},
-        "startTime": time, "completionTime": time,
-        "checkpointPath": {"type": "string", "description": "Where the stage writes checkpoints and its output"},
-        "finalLoss": {"type": "number", "description": "Last logged training loss, from the master pod's "
-                                                        "termination message; unset when not reported"},
-        "finalEvalLoss": {"type": "number", "description": "Validation loss at the stage's end, from the same "
-                                                            "message; unset when the stage had no validation data"},
-        "argOverrides": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
-                         "description": "Stage args the operator changed for the attempts from now on (after "
-                                        "running out of memory: the micro-batch and the accumulation)"},
-        "oomAdjustments": {"type": "array", "description": "Each out-of-memory retry (oomPolicy adjust)",
-                           "items": {"type": "object", "properties": {
-                               "attempt": {"type": "integer", "description": "The attempt that ran out of memory"},
-                               "step": {"type": "integer"},
-                               "perDeviceTrainBatchSize": {"type": "integer", "description": "It ran with this"},
-                               "gradientAccumulationSteps": {"type": "integer"},
-                               "nextPerDeviceTrainBatchSize": {"type": "integer", "description": "The next "
-                                                               "attempt's; unset when none was left to try"},
-                               "nextGradientAccumulationSteps": {"type": "integer"}}}},
-        "message": {"type": "string"}}}
-    condition = {"type": "object", "required": ["type", "status"], "properties": {
-        "type": {"type": "string"}, "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-        "reason": {"type": "string"}, "message": {"type": "string"}, "lastTransitionTime": time,
-        "observedGeneration": {"type": "integer"}}}
-    preflight = {"type": "object", "description": "The data check before the first stage (spec.preflight)",
-                 "properties": {
-                     "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed"]},
-                     "attempts": {"type": "integer", "minimum": 0}, "jobName": {"type": "string"},
-                     "samples": {"type": "integer"}, "badSamples": {"type": "integer"},
-                     "problemsByReason": {"type": "object", "additionalProperties": {"type": "integer"}},
-                     "problems": {"type": "array", "maxItems": 20, "items": {"type": "string"},
-                                  "description": "The first problems; every one is in the report"},
-                     "reportPath": {"type": "string", "description": "The full JSON report, on the checkpoint "
-                                                                     "volume"},
-                     "completionTime": time, "message": {"type": "string"}}}
-    progress = {"type": "object", "description": "The current stage's progress, read from its rank-0 metrics "
-                                                 "endpoint every spec.progressIntervalSeconds",
-                "properties": {
-                    "stage": {"type": "string"}, "job": {"type": "string"},
-                    "step": {"type": "integer"}, "totalSteps": {"type": "integer"},
-                    "percent": {"type": "integer"}, "summary": {"type": "string", "description": "step/total (%)"},
-                    "samplesPerSecond": {"type": "number"}, "tokensPerSecond": {"type": "number"},
-                    "eta": {"type": "string", "description": "Time left at the pace since the job was first seen"},
-                    "etaSeconds": {"type": "integer"},
-                    "gpuHoursSoFar": {"type": "number", "description": "GPUs x time since the stage started"},
-                    "gpuHoursEstimate": {"type": "number", "description": "So far plus GPUs x eta"},
-                    "updateTime": time, "lastStepTime": time,
-                    "firstSeen": {"type": "object", "properties": {"step": {"type": "integer"}, "time": time}},
-                    "evalLoss": {"type": "number", "description": "Validation loss at the stage's latest "
-                                                                "evaluation (--eval_strategy)"},
-                    "stale": {"type": "boolean", "description": "The endpoint did not answer at the last read"},
-                    "staleReason": {"type": "string"}}}
-    evaluation = {"type": "object", "description": "Benchmarks after one stage (spec.evaluation)", "properties": {
-        "stage": {"type": "string"},
-        "phase": {"type": "string", "enum": ["Running", "Succeeded", "Failed"]},
-        "jobName": {"type": "string"}, "startTime": time, "completionTime": time,
-        "scores": {"type": "object", "description": "task -> metric -> value, computed by lmms-eval",
-                   "additionalProperties": {"type": "object", "additionalProperties": {"type": "number"}}},
-        "resultsPath": {"type": "string", "description": "lmms-eval's full results and per-sample logs, on the "
-                                                         "checkpoint volume"},
-        "message": {"type": "string", "description": "Why it failed, or why its pod waits"}}}
-    export = {"type": "object", "description": "The export after the last stage (spec.export)", "properties": {
-        "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed"]},
-        "attempts": {"type": "integer", "minimum": 0}, "jobName": {"type": "string"},
-        "path": {"type": "string", "description": "The exported folder, on the checkpoint volume"},
-        "completionTime": time, "message": {"type": "string"}}}
-    initializers = {"type": "object", "description": "The downloads before preflight (spec.initializers)",
-                    "properties": {
-                        "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed"]},
-                        "attempts": {"type": "integer", "minimum": 0}, "jobName": {"type": "string"},
-                        "files": {"type": "integer", "description": "Files of the run's models and datasets"},
-                        "bytes": {"type": "integer", "description": "Their size"},
-                        "transferredBytes": {"type": "integer", "description": "What this run fetched (the rest "
-                                                                               "was already there)"},
-                        "progress": {"type": "object", "description": "While it runs, read from the initializer "
-                                                                        "pod every spec.progressIntervalSeconds",
-                                     "properties": {"bytes": {"type": "integer"}, "expectedBytes": {"type": "integer"},
-                                                    "percent": {"type": "integer"}, "updateTime": time}},
-                        "completionTime": time, "message": {"type": "string"}}}
-    return {"type": "object", "description": "Observed state, written by the operator.", "properties": {
-        "initializers": initializers,
-        "export": export,
-        "evaluations": {"type": "array", "items": evaluation},
-        "preflight": preflight,
-        "progress": progress,
-        "phase": {"type": "string", "enum": PHASES},
-        "message": {"type": "string", "description": "Why the run is in its phase, and what to change"},
-        "currentStage": {"type": "string"}, "currentJob": {"type": "string"},
-        "backend": {"type": "string", "enum": list(JOB_BACKENDS),
-                    "description": "The job backend the run uses: spec.trainer.backend, else the operator's default "
-                                   "when the run started"},
-        "observedGeneration": {"type": "integer"},
-        "conditions": {"type": "array", "items": condition,
-                       "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        "stages": {"type": "array", "items": stage}}}
+    raw = VitaTrainingRunStatus.model_json_schema(by_alias=True)
+    schema: dict[str, Any] = _structural(raw, raw.get("$defs", {}))
+    # API conventions: conditions are a map keyed by type (server-side apply merges them by type)
+    schema["properties"]["conditions"].update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    return schema
 
 
 def name_rule() -> dict[str, Any]:

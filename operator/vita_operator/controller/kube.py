@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from vita_api.spec import API_GROUP, KIND
 
-from .crd import PLURAL, VERSION
+from ..crd import PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 _client: client.ApiClient | None = None   # one connection pool for all handler threads, built at startup
@@ -88,7 +88,7 @@ def claim(namespace: str, name: str) -> dict[str, Any] | None:
 
 def workloads(namespace: str, selector: str) -> list[dict[str, Any]]:
     """Kueue's Workloads; [] where Kueue is not installed or not readable (best effort)."""
-    from .kueue import WORKLOAD_API
+    from ..core.kueue import WORKLOAD_API
     try:
         found = custom().list_namespaced_custom_object(WORKLOAD_API[0], WORKLOAD_API[1], namespace, WORKLOAD_API[2],
                                                        label_selector=selector)
@@ -154,12 +154,15 @@ def list_runs(namespace: str | None) -> list[dict[str, Any]]:
     return cast(list[dict[str, Any]], cast(dict[str, Any], found)["items"])
 
 
-def patch_status(namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None) -> None:
-    """With `resource_version`, the API server refuses (409) a status computed from an older copy of the run."""
+def patch_status(namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None) -> str | None:
+    """A merge patch of the run's status (null removes a field). With `resource_version`, the API server refuses
+    (409) a status computed from an older copy of the run. Returns the run's new resourceVersion."""
     body: dict[str, Any] = {"status": status}
     if resource_version:
         body["metadata"] = {"resourceVersion": resource_version}
-    custom().patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name, body)
+    written = custom().patch_namespaced_custom_object_status(API_GROUP, VERSION, namespace, PLURAL, name, body)
+    version = cast(dict[str, Any], written or {}).get("metadata", {}).get("resourceVersion")
+    return str(version) if version else None
 
 
 def emit_event(run: dict[str, Any], etype: str, reason: str, message: str) -> None:

@@ -6,7 +6,8 @@ from typing import Any
 
 from vita_api.spec import JOB_BACKENDS
 
-from .builder import JobBackend, PyTorchJobBackend
+from .backend import JobBackend
+from .pytorchjob import PyTorchJobBackend
 from .trainjob import DEFAULT_RUNTIME, TrainJobBackend
 
 # The chart sets these from its values: which backends its RBAC allows, the default one, the TrainJob runtime.

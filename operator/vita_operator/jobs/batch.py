@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .builder import (POD_SECURITY, TTL_AFTER_FINISHED, condition_message, container_security, kueue_labels,
+from .pods import (POD_SECURITY, TTL_AFTER_FINISHED, condition_message, container_security, kueue_labels,
                       pod_placement, true_conditions, volumes_and_mounts)
 from vita_api.spec import VitaTrainingRunSpec
 

@@ -1,65 +1,23 @@
-"""Job builders: pure functions of (run, stage, attempt). The pod pieces both backends share, the `JobBackend`
-protocol, and the PyTorchJob backend (the TrainJob one is in trainjob.py)."""
+"""The pod pieces every job shares (containers, env, volumes, placement, security) and the readers of what its pods
+say (termination messages, why they cannot start). Pure functions of (run, stage, attempt) and of pod objects."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from vita_api.naming import job_labels, job_name
-from vita_api.plan import GPUS_ENV, cluster_roots, nproc_per_node, stage_args, stage_output_dir, stage_resources
+from vita_api.plan import GPUS_ENV, cluster_roots, stage_output_dir, stage_resources
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 from vita_api.termination import eval_loss_of, final_loss_of, oom_of, permanent_failure_of
 
 KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
-# Set by the Kubeflow training operator on the pods it creates.
-KUBEFLOW_JOB_NAME, KUBEFLOW_REPLICA_TYPE = "training.kubeflow.org/job-name", "training.kubeflow.org/replica-type"
-TRAINER_CONTAINER = "pytorch"
-# No pod-level restarts: torchrun's static rendezvous cannot take one restarted pod back, and a restart budget summed
-# over all pods is spent by one NCCL failure on 4 nodes. A failed pod fails the job; the operator's next attempt is a
-# fresh job (every pod, a new rendezvous) resuming from the checkpoint, and a permanent error is not retried at all.
-# No runPolicy.backoffLimit either: with one set, the training operator v1.9.3 fails the job by deleting every pod
-# first, the failed one too, so the worker's termination message (an OOM, a data error) is gone before anyone reads
-# it (the kubeflow test tier shows it). Without it the job fails on the replica's failure and keeps the failed pod.
-POD_RESTART_POLICY = "Never"
 TTL_AFTER_FINISHED = 7 * 24 * 3600
 # Container states that do not heal by waiting alone: a wrong image or tag, a private registry without a pull
 # Secret, a missing Secret/ConfigMap (envFromSecrets) or a bad container config.
 STUCK_WAITING = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
                  "CreateContainerError")
-
-
-class JobBackend(Protocol):
-    """One way to run a stage attempt as a Kubernetes object; the state machine never sees which."""
-    name: str            # spec.trainer.backend
-    kind: str
-    api_version: str
-    plural: str
-    container: str       # the trainer container in the job's pods
-
-    def build(self, run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int,
-              suspend: bool = False) -> dict[str, Any]: ...
-
-    def suspend_patch(self, suspend: bool) -> dict[str, Any]: ...
-
-    def phase(self, job: dict[str, Any]) -> tuple[str, str]: ...
-
-    def pods_selector(self, job_name: str) -> str: ...
-
-    def node_count(self, job: dict[str, Any]) -> int: ...
-
-    def suspended(self, job: dict[str, Any]) -> bool: ...
-
-    def result_pod_selector(self, job_name: str) -> str: ...
-
-    def permanent_failure(self, pod: dict[str, Any]) -> str | None: ...
-
-    def out_of_memory(self, pod: dict[str, Any]) -> dict[str, Any] | None: ...
-
-    def final_loss(self, pod: dict[str, Any]) -> float | None: ...
-
-    def final_eval_loss(self, pod: dict[str, Any]) -> float | None: ...
 
 
 def _secret_env(spec: VitaTrainingRunSpec) -> list[dict[str, Any]]:
@@ -177,29 +135,6 @@ def pod_annotations(spec: VitaTrainingRunSpec) -> dict[str, Any]:
             "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
 
 
-def _pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict[str, Any], args: list[str]) -> dict[str, Any]:
-    volumes, mounts = volumes_and_mounts(spec, index)
-    container = {
-        "name": TRAINER_CONTAINER, "image": spec.trainer.image, "imagePullPolicy": "IfNotPresent",
-        # Kubeflow injects MASTER_ADDR/PORT and PET_NNODES/PET_NPROC_PER_NODE/PET_NODE_RANK, which torchrun reads.
-        "command": ["torchrun"],
-        "args": ["--master_addr=$(MASTER_ADDR)", "--master_port=$(MASTER_PORT)", *TRAINER_MODULE, *args],
-        "env": container_env(spec, index),
-        "ports": [{"name": "metrics", "containerPort": spec.trainer.metrics_port, "protocol": "TCP"}],
-        "resources": container_resources(spec, index),
-        "volumeMounts": mounts,
-        # Success: the trainer's JSON result (vita_api.termination). Failure: the log tail.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": container_security(spec),
-    }
-    pod_spec = {"containers": [container], "volumes": volumes, "securityContext": dict(POD_SECURITY),
-                **pod_placement(spec, index)}
-    priority = stage_resources(spec, index).priority_class_name
-    if priority:
-        pod_spec["priorityClassName"] = priority
-    return {"metadata": {"labels": dict(labels), "annotations": pod_annotations(spec)}, "spec": pod_spec}
-
-
 def _merged_env(*groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per name, later groups winning (a user's NCCL_DEBUG or HOME replaces ours, in our place)."""
     merged: dict[str, dict[str, Any]] = {}
@@ -239,80 +174,6 @@ def final_eval_loss_in(pod: dict[str, Any], container: str) -> float | None:
     term = trainer_container_state(pod, container)
     return eval_loss_of(term.get("message", "")) if term.get("exitCode") == 0 else None
 
-
-class ResultPodReader:
-    """What every backend reads from its rank-0 pod's trainer container (named by the backend's `container`)."""
-    container: str
-
-    def permanent_failure(self, pod: dict[str, Any]) -> str | None:
-        return permanent_failure_in(pod, self.container)
-
-    def out_of_memory(self, pod: dict[str, Any]) -> dict[str, Any] | None:
-        return oom_in(pod, self.container)
-
-    def final_loss(self, pod: dict[str, Any]) -> float | None:
-        return final_loss_in(pod, self.container)
-
-    def final_eval_loss(self, pod: dict[str, Any]) -> float | None:
-        return final_eval_loss_in(pod, self.container)
-
-
-class PyTorchJobBackend(ResultPodReader):
-    """Kubeflow training operator v1: one PyTorchJob per stage attempt, a Master and nodes-1 Workers."""
-    name = "pytorchjob"
-    kind = "PyTorchJob"
-    api_version = "kubeflow.org/v1"
-    plural = "pytorchjobs"
-    container = TRAINER_CONTAINER
-
-    def build(self, run_name: str, namespace: str, spec: VitaTrainingRunSpec, index: int, attempt: int,
-              suspend: bool = False) -> dict[str, Any]:
-        stage = spec.stages[index]
-        res = stage_resources(spec, index)
-        template = _pod_template(spec, index, job_labels(run_name, stage.name, attempt),
-                                 stage_args(spec, index, cluster_roots(spec)))
-        def replica(n: int) -> dict[str, Any]:
-            return {"replicas": n, "restartPolicy": POD_RESTART_POLICY, "template": template}
-        replicas = {"Master": replica(1)}
-        if res.nodes > 1:
-            replicas["Worker"] = replica(res.nodes - 1)
-        run_policy: dict[str, Any] = {"cleanPodPolicy": "Running",
-                      "ttlSecondsAfterFinished": TTL_AFTER_FINISHED, "suspend": suspend}
-        if deadline := active_deadline(spec, index):
-            run_policy["activeDeadlineSeconds"] = deadline
-        if spec.scheduling.volcano_queue:
-            run_policy["schedulingPolicy"] = {"queue": spec.scheduling.volcano_queue, "minAvailable": res.nodes}
-            if res.priority_class_name:
-                run_policy["schedulingPolicy"]["priorityClass"] = res.priority_class_name
-        return {"apiVersion": self.api_version, "kind": self.kind,
-                "metadata": job_metadata(run_name, namespace, spec, index, attempt),
-                "spec": {"nprocPerNode": str(nproc_per_node(spec, index)), "runPolicy": run_policy,
-                         "pytorchReplicaSpecs": replicas}}
-
-    def suspend_patch(self, suspend: bool) -> dict[str, Any]:
-        return {"spec": {"runPolicy": {"suspend": suspend}}}
-
-    def phase(self, job: dict[str, Any]) -> tuple[str, str]:
-        """(Pending|Running|Suspended|Succeeded|Failed, message) from the job's conditions."""
-        conds = true_conditions(job)
-        for kind in ("Succeeded", "Failed", "Suspended", "Running", "Restarting"):
-            if kind in conds:
-                return ("Running" if kind == "Restarting" else kind), condition_message(conds[kind])
-        return "Pending", ""
-
-    def pods_selector(self, job_name: str) -> str:
-        return f"{KUBEFLOW_JOB_NAME}={job_name}"
-
-    def node_count(self, job: dict[str, Any]) -> int:
-        replicas = ((job.get("spec") or {}).get("pytorchReplicaSpecs") or {}).values()
-        return sum(int(r.get("replicas", 1)) for r in replicas)
-
-    def suspended(self, job: dict[str, Any]) -> bool:
-        return bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
-
-    def result_pod_selector(self, job_name: str) -> str:
-        """The pod holding global rank 0, which writes the stage's result."""
-        return f"{KUBEFLOW_JOB_NAME}={job_name},{KUBEFLOW_REPLICA_TYPE}=master"
 
 def true_conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}

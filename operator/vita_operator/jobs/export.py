@@ -9,8 +9,8 @@ from vita_api.naming import job_labels, job_name
 from vita_api.plan import EXPORT, GPUS_ENV, cluster_roots, export_args, export_dir
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 
-from .batch_jobs import batch_job
-from .builder import container_env, trainer_container_state
+from .batch import batch_job
+from .pods import container_env, trainer_container_state
 
 CONTAINER = "export"
 LABEL_EXPORT = f"{API_GROUP}/export"

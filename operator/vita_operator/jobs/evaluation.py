@@ -12,8 +12,8 @@ from vita_api.plan import EVALUATION, GPUS_ENV, cluster_roots, evaluation_args, 
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 from vita_api.termination import evaluation_of, failure_of
 
-from .batch_jobs import batch_job
-from .builder import container_env, trainer_container_state
+from .batch import batch_job
+from .pods import container_env, trainer_container_state
 
 CONTAINER = "evaluation"
 LABEL_EVALUATION = f"{API_GROUP}/evaluation"

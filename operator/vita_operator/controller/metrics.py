@@ -4,7 +4,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .crd import PHASES
+from vita_api.status import PHASES
 
 REGISTRY = CollectorRegistry()
 RUNS = Gauge("vita_operator_runs", "VitaTrainingRuns by phase", ["phase"], registry=REGISTRY)

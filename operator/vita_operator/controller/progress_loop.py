@@ -18,8 +18,8 @@ from vita_api.plan import stage_resources
 from vita_api.spec import VitaTrainingRunSpec
 
 from . import kube, metrics
-from . import progress as prog
-from .builder import JobBackend
+from ..core import progress as prog
+from ..jobs.backend import JobBackend
 
 # How long one read of a trainer's /metrics may take in all: a slow endpoint must not hold up the others.
 SCRAPE_TIMEOUT_ENV = "VITA_OPERATOR_SCRAPE_TIMEOUT_SECONDS"
@@ -172,7 +172,7 @@ def _progress_one(run: dict[str, Any], backend_for: Callable[[dict[str, Any]], J
 def _download_progress_one(run: dict[str, Any]) -> bool:
     """An initializing run: its initializer pod's bytes so far into status.initializers.progress, every
     spec.progressIntervalSeconds; an endpoint that does not answer leaves the last reading."""
-    from .batch_jobs import pod_selector
+    from ..jobs.batch import pod_selector
     st, meta = run.get("status") or {}, run["metadata"]
     spec = VitaTrainingRunSpec.model_validate(run.get("spec") or {})
     init = st.get("initializers") or {}

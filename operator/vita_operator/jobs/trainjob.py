@@ -16,7 +16,8 @@ from vita_api.naming import job_labels
 from vita_api.plan import cluster_roots, nproc_per_node, stage_args, stage_resources
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 
-from .builder import (POD_SECURITY, TRAINER_MODULE, ResultPodReader, active_deadline, condition_message,
+from .backend import ResultPodReader
+from .pods import (POD_SECURITY, TRAINER_MODULE, active_deadline, condition_message,
                       container_env, container_resources, container_security, job_metadata, pod_annotations,
                       pod_placement, true_conditions, volumes_and_mounts)
 

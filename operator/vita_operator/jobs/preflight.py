@@ -11,8 +11,8 @@ from vita_api.plan import GPUS_ENV, PREFLIGHT, cluster_roots, resolve_path, stag
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 from vita_api.termination import preflight_summary_of
 
-from .batch_jobs import batch_job, job_phase, pod_selector  # noqa: F401 -- the preflight Job's phase and pods
-from .builder import container_env, permanent_failure_in, trainer_container_state
+from .batch import batch_job
+from .pods import container_env, permanent_failure_in, trainer_container_state
 
 CONTAINER = "preflight"
 LABEL_PREFLIGHT = f"{API_GROUP}/preflight"

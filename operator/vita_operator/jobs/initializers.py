@@ -11,8 +11,8 @@ from vita_api.plan import GPUS_ENV, INITIALIZE, cluster_roots, initializer_args
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 from vita_api.termination import initialized_of
 
-from .batch_jobs import batch_job
-from .builder import container_env, permanent_failure_in, trainer_container_state
+from .batch import batch_job
+from .pods import container_env, permanent_failure_in, trainer_container_state
 
 CONTAINER = "initializer"
 LABEL_INITIALIZER = f"{API_GROUP}/initializer"

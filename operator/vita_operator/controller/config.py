@@ -1,0 +1,44 @@
+"""The operator's settings, from its environment (the chart sets them): read in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..jobs.backend import JobBackend
+from ..jobs.backends import RUNTIME_ENV, configured_backends, job_backends
+from ..jobs.trainjob import DEFAULT_RUNTIME
+
+API_URL_ENV = "VITA_OPERATOR_API_URL"   # tests point the operator at their own API server
+NAMESPACE_ENV = "VITA_OPERATOR_NAMESPACE"  # watch one namespace (as __main__ does); unset: all namespaces
+RESYNC_ENV = "VITA_OPERATOR_RESYNC_SECONDS"
+WORKERS_ENV = "VITA_OPERATOR_WORKERS"  # reconciles at once
+# How often the progress loop looks for runs due a read (each run is read every spec.progressIntervalSeconds).
+PROGRESS_TICK_ENV = "VITA_OPERATOR_PROGRESS_TICK_SECONDS"
+METRICS_PORT_ENV = "VITA_OPERATOR_METRICS_PORT"
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_url: str | None
+    namespace: str | None
+    resync_seconds: float
+    progress_tick_seconds: float
+    # Reconciles are mostly waiting on the API server: Python's default pool (cpus + 4 threads) would serialise a
+    # burst of stage transitions behind a handful of them.
+    workers: int
+    metrics_port: int
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ) if env is None else env
+        return cls(api_url=env.get(API_URL_ENV) or None, namespace=env.get(NAMESPACE_ENV) or None,
+                   resync_seconds=float(env.get(RESYNC_ENV, "60")),
+                   progress_tick_seconds=float(env.get(PROGRESS_TICK_ENV, "10")),
+                   workers=int(env.get(WORKERS_ENV, "32")), metrics_port=int(env.get(METRICS_PORT_ENV, "9090")))
+
+
+# Which job backends this operator runs (and so watches and is granted RBAC for). kopf registers its watches when
+# handlers.py is imported, so these are the one part of the configuration read then.
+BACKENDS: dict[str, JobBackend] = job_backends(os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME)
+ENABLED, DEFAULT_BACKEND = configured_backends(dict(os.environ))

@@ -1,0 +1,193 @@
+"""Observe: what the cluster says about a run, as the state machine's Observed* values. Reads kopf's indices where
+it can and the API server where it must (pods, events, Kueue Workloads); never writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import kopf
+
+from vita_api.naming import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY
+from vita_api.plan import evaluated_stages
+from vita_api.spec import VitaTrainingRunSpec
+from vita_api.status import TERMINAL
+
+from ..core.decision import ObservedAttempt, ObservedEvaluation, ObservedJob
+from ..core.kueue import JOB_UID_LABEL, workload_state
+from ..core.steps import STEPS, step_pending
+from ..jobs import evaluation as ev
+from ..jobs.backend import JobBackend
+from ..jobs.batch import job_phase, pod_selector
+from ..jobs.pods import KUEUE_LABEL, active_since, creation_failure, stuck_reason
+from ..jobs.steps import STEP_JOBS, PodRead
+from . import kube
+from .config import NAMESPACE_ENV
+
+# The enabled backends' jobs by (namespace, run), kept by kopf from the watch it runs anyway for on_job: a reconcile
+# reads its run's jobs from memory instead of LISTing them. Filled by handlers.startup.
+job_indices: dict[str, kopf.Index[tuple[str | None, str], dict[str, Any]]] = {}
+# Every run, kept by kopf from the watch it runs anyway for the run handlers: the resync and progress loops read it
+# instead of LISTing every run of the cluster each pass.
+runs_index: list[kopf.Index[tuple[str | None, str], dict[str, Any]]] = []
+
+T = TypeVar("T")
+
+
+def _snapshot(read: Callable[[], list[T]], attempts: int) -> list[T]:
+    """A copy of (part of) a kopf index, read from another thread than kopf's loop: if the loop changed it meanwhile
+    (RuntimeError), read again; the last attempt's error propagates."""
+    for _ in range(attempts - 1):
+        try:
+            return read()
+        except RuntimeError:
+            continue
+    return read()
+
+
+def all_runs() -> list[dict[str, Any]]:
+    """Every run as kopf's index holds it (a LIST before the operator started, e.g. in a bare call, or if the index
+    kept changing under the read)."""
+    if runs_index:
+        try:
+            return _snapshot(lambda: [run for store in list(runs_index[0].values()) for run in list(store)], 3)
+        except RuntimeError:
+            pass
+    return kube.list_runs(os.environ.get(NAMESPACE_ENV))
+
+
+def indexed_jobs(backend_name: str, namespace: str, run_name: str) -> list[dict[str, Any]]:
+    """The run's jobs as kopf's index holds them; [] if it holds none."""
+    index = job_indices.get(backend_name)
+    store = index.get((namespace, run_name)) if index is not None else None
+    return _snapshot(lambda: list(store or []), 4)
+
+
+def observed_jobs(backend: JobBackend, namespace: str, run_name: str, recorded_done: set[str],
+                  read_pods: bool = True) -> list[ObservedJob]:
+    """The run's jobs, from kopf's index. Only a run the index holds no job for asks the API server (a LIST):
+    its first job may not be indexed yet, and only the API can say that the backend's CRD is missing (404).
+
+    The latest attempt of a stage not yet recorded done also gets what its pods say: the final loss (Succeeded),
+    the trainer's permanent error (Failed) or why the pods cannot start (Pending/Running). Older attempts and
+    finished runs (`read_pods=False`) read no pods: the state machine looks at neither."""
+    items = indexed_jobs(backend.name, namespace, run_name) or kube.custom_objects(
+        backend.api_version, backend.plural, namespace, f"{LABEL_RUN}={run_name}")
+    jobs, queued_uids = [], {}
+    for job in items:  # filter again: cheap, and safe against proxies or mocks that ignore selectors
+        labels = job.get("metadata", {}).get("labels", {})
+        if labels.get(LABEL_RUN) != run_name or labels.get(MANAGED_BY[0]) != MANAGED_BY[1]:
+            continue
+        jobs.append(ObservedJob(job["metadata"]["name"], labels.get(LABEL_STAGE, ""),
+                                int(labels.get(LABEL_ATTEMPT, "0")), *backend.phase(job),
+                                active_since=active_since(job), nodes=backend.node_count(job),
+                                suspended=backend.suspended(job)))
+        if KUEUE_LABEL in labels and jobs[-1].phase == "Suspended":
+            queued_uids[jobs[-1].name] = job["metadata"].get("uid", "")
+    latest: dict[str, int] = {}
+    for j in jobs:
+        latest[j.stage] = max(latest.get(j.stage, 0), j.attempt)
+    out = [_with_pod_reports(backend, namespace, j) if read_pods and j.attempt == latest[j.stage]
+           and j.stage not in recorded_done else j for j in jobs]
+    # a job Kueue holds: what its Workload says (no quota, evicted, preempted) is why the run is Queued
+    return [dataclasses.replace(j, message=workload_state(kube.workloads(namespace, f"{JOB_UID_LABEL}={uid}"))
+                                or j.message)
+            if read_pods and (uid := queued_uids.get(j.name)) and j.attempt == latest[j.stage] else j for j in out]
+
+
+def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob) -> ObservedJob:
+    if job.phase == "Succeeded":
+        pods = kube.pods(namespace, backend.result_pod_selector(job.name))
+        losses = [backend.final_loss(p) for p in pods]
+        evals = [backend.final_eval_loss(p) for p in pods]
+        return dataclasses.replace(job, final_loss=next((x for x in losses if x is not None), None),
+                                   final_eval_loss=next((x for x in evals if x is not None), None))
+    if job.phase == "Failed":  # every pod: a worker's OOM or data error is as much the stage's as rank 0's
+        pods = kube.pods(namespace, backend.pods_selector(job.name))
+        errors = [backend.permanent_failure(p) for p in pods]
+        return dataclasses.replace(job, permanent=next((e for e in errors if e), ""),
+                                   oom=next((o for o in map(backend.out_of_memory, pods) if o), None))
+    if job.phase in ("Pending", "Running"):
+        pods = kube.pods(namespace, backend.pods_selector(job.name))
+        return dataclasses.replace(job, stuck=why_waiting(namespace, job.name, pods, job.nodes))
+    return job
+
+
+def run_batch_jobs(namespace: str, run_name: str, kind_label: str) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """(job, its labels) of the run's batch Jobs of one kind (preflight, initializer, export, evaluation)."""
+    out = []
+    for job in kube.batch_jobs(namespace, f"{LABEL_RUN}={run_name},{kind_label}=true"):
+        labels = job.get("metadata", {}).get("labels", {})
+        if labels.get(LABEL_RUN) == run_name and labels.get(MANAGED_BY[0]) == MANAGED_BY[1]:
+            out.append((job, labels))
+    return out
+
+
+def why_waiting(namespace: str, job_name: str, pods: list[dict[str, Any]], nodes: int = 1) -> str:
+    """Why a job's pods do not start: their own reason, else, while fewer than its `nodes` exist, its controllers'
+    failed creates. Events are read only then: the training operator creates the master and then fails on a worker
+    that admission refuses (PodSecurity refuses its injected init container)."""
+    return stuck_reason(pods) or (creation_failure(job_name, kube.warning_events(namespace), pods)
+                                  if len(pods) < nodes else "")
+
+
+def observed_attempts(namespace: str, run_name: str, kind_label: str, *, report: PodRead | None = None,
+                      permanent: PodRead | None = None, failure: PodRead | None = None) -> list[ObservedAttempt]:
+    """The run's Jobs of one attempt-numbered step (preflight, initializers, export). The latest attempt's pods are
+    read when it waits (why it cannot start) or when it finished and its pods say something: `report` (a finished
+    pod's result), `permanent` (an error no retry fixes), `failure` (a failed pod's reason, instead of the Job's)."""
+    def first(read: PodRead | None, pods: list[dict[str, Any]], default: Any) -> Any:
+        return next((r for r in map(read, pods) if r not in (None, "")), default) if read else default
+    out = [ObservedAttempt(job["metadata"]["name"], int(labels.get(LABEL_ATTEMPT, "0")), *job_phase(job))
+           for job, labels in run_batch_jobs(namespace, run_name, kind_label)]
+    latest = max((o.attempt for o in out), default=0)
+    for i, o in enumerate(out):
+        waiting = o.phase in ("Pending", "Running")
+        readers = (report, permanent) + ((failure,) if o.phase == "Failed" else ())
+        if o.attempt != latest or not (waiting or (o.phase in ("Succeeded", "Failed") and any(readers))):
+            continue
+        pods = kube.pods(namespace, pod_selector(o.name))
+        out[i] = dataclasses.replace(o, stuck=why_waiting(namespace, o.name, pods)) if waiting else \
+            dataclasses.replace(o, report=first(report, pods, None), permanent=first(permanent, pods, ""),
+                                message=first(failure, pods, o.message) if o.phase == "Failed" else o.message)
+    return out
+
+
+def observed_steps(spec: VitaTrainingRunSpec, status: dict[str, Any], namespace: str,
+                   run_name: str) -> dict[str, list[ObservedAttempt]]:
+    """Each batch step's Jobs that the state machine may still need (steps.step_pending), by step key."""
+    out = {}
+    for step in STEPS:
+        if step_pending(step, spec, status):
+            jobs = STEP_JOBS[step.key]
+            out[step.key] = observed_attempts(namespace, run_name, jobs.label, report=jobs.report,
+                                              permanent=jobs.permanent, failure=jobs.failure)
+    return out
+
+
+def evaluations_needed(spec: VitaTrainingRunSpec, status: dict[str, Any]) -> bool:
+    """Whether an evaluated stage has succeeded without its evaluation having ended (saves a LIST otherwise)."""
+    if status.get("phase") in TERMINAL or spec.evaluation is None:
+        return False
+    ended = {e.get("stage") for e in status.get("evaluations") or [] if e.get("phase") in ("Succeeded", "Failed")}
+    records = {r.get("name"): r for r in status.get("stages") or []}
+    return any((records.get(spec.stages[i].name) or {}).get("phase") == "Succeeded" and spec.stages[i].name not in
+               ended for i in evaluated_stages(spec))
+
+
+def observed_evaluations(namespace: str, run_name: str) -> list[ObservedEvaluation]:
+    """The run's benchmark Jobs; a finished one also gets its pod's scores or error, a waiting one why."""
+    out = []
+    for job, labels in run_batch_jobs(namespace, run_name, ev.LABEL_EVALUATION):
+        o = ObservedEvaluation(job["metadata"]["name"], labels.get(LABEL_STAGE, ""), *job_phase(job))
+        pods = kube.pods(namespace, pod_selector(o.name)) if o.phase != "Suspended" else []
+        if o.phase in ("Succeeded", "Failed"):
+            found = next((r for r in map(ev.result, pods) if r is not None), None)
+            o = dataclasses.replace(o, scores=(found or {}).get("evaluation"), results=(found or {}).get("results", ""),
+                                    error=next((e for e in map(ev.error, pods) if e), ""))
+        elif o.phase in ("Pending", "Running"):
+            o = dataclasses.replace(o, stuck=why_waiting(namespace, o.name, pods))
+        out.append(o)
+    return out

@@ -1,0 +1,70 @@
+"""Conditions and the run's phase, kept the way the Kubernetes API conventions ask: one condition per type,
+lastTransitionTime moving only when its status changes, a reason on False conditions too. Pure, in place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vita_api.status import PHASE_CONDITIONS, Condition, Reason
+
+from .decision import Clock, Decision, ObservedAttempt, ObservedJob, normal, warning
+
+
+def set_condition(status: dict[str, Any], ctype: str, value: bool, reason: str, message: str, clock: Clock) -> None:
+    """Update one standard condition in place; lastTransitionTime moves only when its status changes."""
+    conds = status.setdefault("conditions", [])
+    new = {"type": ctype, "status": "True" if value else "False", "reason": reason, "message": message,
+           "observedGeneration": clock.generation}
+    for c in conds:
+        if c["type"] == ctype:
+            new["lastTransitionTime"] = c.get("lastTransitionTime", clock.now) if c["status"] == new["status"] \
+                else clock.now
+            c.clear()
+            c.update(new)
+            return
+    conds.append({**new, "lastTransitionTime": clock.now})
+
+
+def condition(status: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    """The status's condition of that type, if any."""
+    return next((c for c in status.get("conditions", []) if c["type"] == ctype), None)
+
+
+def set_phase(d: Decision, phase: str, reason: str, message: str, clock: Clock) -> None:
+    """The run's phase and message, mirrored into the phase conditions; a new phase is one Run<Phase> event."""
+    if d.status.get("phase") != phase:
+        d.events.append((warning if phase == "Failed" else normal)(f"Run{phase}", message))
+    d.status["phase"] = phase
+    d.status["message"] = message
+    for ctype in PHASE_CONDITIONS:
+        if ctype == phase:
+            set_condition(d.status, ctype, True, reason, message, clock)
+        else:  # API conventions: a False condition says why too (a non-empty CamelCase reason)
+            set_condition(d.status, ctype, False, f"Run{phase}", f"the run is {phase}", clock)
+
+
+def pods_ready(d: Decision, job: ObservedJob | ObservedAttempt, clock: Clock) -> None:
+    """Pods that cannot start leave Kubeflow's job "Running" forever: say so (condition PodsReady=False, one
+    Warning event per new cause). Not a failure: a pushed image or a created Secret heals it."""
+    old = condition(d.status, Condition.PODS_READY)
+    if job.stuck:
+        if not old or old["status"] != "False" or old["message"] != job.stuck:
+            d.events.append(warning(Reason.PODS_STUCK, f"job {job.name}: {job.stuck}"))
+        set_condition(d.status, Condition.PODS_READY, False, Reason.PODS_STUCK, job.stuck, clock)
+    elif old and old["status"] == "False":
+        set_condition(d.status, Condition.PODS_READY, True, Reason.PODS_STARTED, f"the pods of job {job.name} started",
+                      clock)
+
+
+def still_refused(status: dict[str, Any], name: str) -> bool:
+    """A Blocked run retrying the create that was refused: it stays Blocked until the job exists."""
+    return status.get("phase") == "Blocked" and (status.get("refused") or {}).get("job") == name
+
+
+def created(status: dict[str, Any], name: str, clock: Clock) -> None:
+    """The job exists: a refusal recorded earlier is over."""
+    if status.get("refused"):
+        status["refused"] = None  # a merge patch's null removes it
+    ready = condition(status, Condition.READY)
+    if ready and ready["status"] == "False" and ready["reason"] == Reason.CREATE_REFUSED:
+        set_condition(status, Condition.READY, True, Reason.JOB_CREATED, f"job {name} exists", clock)
