@@ -6,6 +6,7 @@ import pytest
 
 from tests.operator_scenarios import BACKENDS, job_status
 from vita_operator.jobs.backends import job_backends
+from tests.status_schema import assert_valid_status
 from vita_api.naming import LABEL_ATTEMPT, LABEL_STAGE
 from vita_operator.core.decision import CreateJob, ObservedAttempt, ObservedJob, SetJobSuspend
 from vita_operator.core.state import decide
@@ -126,6 +127,7 @@ def test_transitions(case, sp, st, jobs, actions, phase, stage_phases, events, b
     if stage_phases is not None:
         assert [r["phase"] for r in d.status["stages"]] == stage_phases
     assert [reason for _, reason, _ in d.events] == events
+    assert_valid_status(d.status)  # what the CRD's generated status schema accepts
     # metav1.Condition: every condition, False ones included, carries a CamelCase reason
     for c in d.status.get("conditions", []):
         assert re.fullmatch(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?", c["reason"]), c

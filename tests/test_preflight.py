@@ -12,6 +12,7 @@ from PIL import Image
 from tests.k8s_tools import assert_valid_builtin
 from tests.test_operator_builder_crd import FULL
 from vita_operator.jobs import preflight as pre
+from vita_operator.jobs.batch import job_phase
 from vita_api.spec import VitaTrainingRunSpec
 from vita_trainer.tools.preflight import PROBLEM_CHARS, clip_middle
 from vita_trainer.tools.preflight import main as preflight_main
@@ -145,7 +146,7 @@ def test_a_preflight_pod_that_cannot_start_or_waits_in_a_queue_shows_on_the_run(
     queued = decide("run", 1, preflight_spec(), first.status, [], NOW, steps={"preflight": [ObservedAttempt(
         "run-preflight-1", 1, "Suspended", "the Job is suspended, waiting for admission")]})
     assert queued.status["phase"] == "Queued" and "waits for admission" in queued.status["message"]
-    assert pre.job_phase({"spec": {"suspend": True}, "status": {}})[0] == "Suspended"
+    assert job_phase({"spec": {"suspend": True}, "status": {}})[0] == "Suspended"
     deadline = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
                                            "message": "Job was active longer than specified deadline"}]}}
-    assert pre.job_phase(deadline) == ("Failed", "DeadlineExceeded: Job was active longer than specified deadline")
+    assert job_phase(deadline) == ("Failed", "DeadlineExceeded: Job was active longer than specified deadline")

@@ -17,6 +17,7 @@ from typing import Any
 from vita_api.naming import job_name
 from vita_api.plan import EXPORT, INITIALIZE, PREFLIGHT, cluster_roots, export_args, export_dir
 from vita_api.spec import VitaTrainingRunSpec
+from vita_api.status import Reason
 
 from .conditions import created, pods_ready, set_phase, still_refused
 from .decision import Clock, CreateStepJob, Decision, Event, ObservedAttempt, normal, warning
@@ -43,6 +44,7 @@ class BatchStep:
     needs_report: bool = True   # a Succeeded Job without its pod's report counts as failed
     retry_note: str = "starts"  # "attempt 3 <retry_note>"
     prepare: Callable[[Spec, Record], None] | None = None  # fields the record always shows
+    succeeded_reason: str = ""  # the Succeeded event's reason, if not <title>Succeeded
 
     def reason(self, what: str) -> str:
         return f"{self.title}{what}"
@@ -84,7 +86,7 @@ PREFLIGHT_STEP = BatchStep(
     before_stages=True, wanted=lambda spec: spec.preflight.enabled,
     running=lambda spec, rec: "preflight: checking every stage's data",
     started=lambda spec, rec: f"checking the data of {len(spec.stages)} stage(s): job {rec['jobName']}",
-    succeeded=_preflight_succeeded,
+    succeeded=_preflight_succeeded, succeeded_reason=Reason.PREFLIGHT_PASSED,
     failed=lambda spec, attempt, cause, permanent: f"preflight: {cause}" if permanent else
     f"preflight failed after {attempt} attempt(s): {cause}")
 
@@ -195,7 +197,7 @@ def run_step(d: Decision, step: BatchStep, run_name: str, spec: Spec, observed: 
         if problem:
             return _fail(d, step, rec, problem, clock)
         rec["phase"] = "Succeeded"
-        d.events.append(normal(step.reason("Succeeded"), message))
+        d.events.append(normal(step.succeeded_reason or step.reason("Succeeded"), message))
         return False
     if job.phase in ("Succeeded", "Failed"):
         cause = job.permanent or job.message or \

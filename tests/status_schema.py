@@ -1,0 +1,30 @@
+"""Checks a status the operator would write against the CRD's generated status schema, as the API server stores
+it: a merge patch's nulls removed."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jsonschema
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft7Validator:
+    from vita_operator.crd import crd
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    return jsonschema.Draft7Validator(schema)
+
+
+def stored(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: stored(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [stored(v) for v in value]
+    return value
+
+
+def assert_valid_status(status: dict[str, Any]) -> None:
+    errors = [f"{'.'.join(map(str, e.absolute_path)) or '<status>'}: {e.message}"
+              for e in _validator().iter_errors(stored(status))]
+    assert not errors, errors
