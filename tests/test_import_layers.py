@@ -9,9 +9,10 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "vita_trainer"
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Absolute dotted names of everything a module imports, at any depth (function-level imports included)."""
-    package = ".".join(path.relative_to(PKG.parent).with_suffix("").parts[:-1])
+def imported_modules(path: Path, root: Path = PKG.parent) -> set[str]:
+    """Absolute dotted names of everything a module imports, at any depth (function-level imports included);
+    `root` is the folder its top package lives in."""
+    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -45,23 +46,8 @@ IO_MODULES = ("kopf", "kubernetes", "urllib", "http", "socket", "subprocess", "t
               "vita_operator.controller")
 
 
-def operator_imports(path: Path) -> set[str]:
-    """Like imported_modules, for the operator package (its root is operator/)."""
-    package = ".".join(path.relative_to(OPERATOR.parent).with_suffix("").parts[:-1])
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = package.split(".")
-            if node.level:
-                base = base[:len(base) - node.level + 1]
-            out.add(".".join(base + ([node.module] if node.module else [])) if node.level else node.module or "")
-    return out
-
-
 def _offenders(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
-    found = {str(p.relative_to(OPERATOR)): sorted(m for m in operator_imports(p)
+    found = {str(p.relative_to(OPERATOR)): sorted(m for m in imported_modules(p, OPERATOR.parent)
                                                   if any(m == f or m.startswith(f + ".") for f in forbidden))
              for p in (OPERATOR / folder).rglob("*.py")}
     return {k: v for k, v in found.items() if v}

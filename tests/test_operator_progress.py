@@ -100,7 +100,8 @@ def test_a_readmitted_job_restarts_the_hang_clock():
 
     from vita_operator.jobs.pods import active_since
     from vita_operator.core.progress import hang_reason
-    progress = {"job": "r-s1-1", "step": 40, "lastStepTime": "2026-12-01T10:00:00Z"}
+    progress = {"job": "r-s1-1", "step": 40, "lastStepTime": "2026-12-01T10:00:00Z",
+                "updateTime": "2026-12-01T11:10:00Z"}
     now = datetime(2026, 12, 1, 11, 10, tzinfo=timezone.utc)
     job = {"metadata": {"creationTimestamp": "2026-12-01T09:00:00Z"},
            "status": {"conditions": [
@@ -110,6 +111,7 @@ def test_a_readmitted_job_restarts_the_hang_clock():
     assert hang_reason(progress, "r-s1-1", now, 1800) != ""                        # the old rule: hung at once
     assert hang_reason(progress, "r-s1-1", now, 1800, active_since(job)) == ""   # 4 minutes since re-admission
     later = datetime(2026, 12, 1, 11, 40, tzinfo=timezone.utc)
+    progress["updateTime"] = "2026-12-01T11:40:00Z"  # read again then, the step still 40
     assert "no training step for" in hang_reason(progress, "r-s1-1", later, 1800, active_since(job))
     assert active_since({"metadata": {"creationTimestamp": "2026-12-01T09:00:00Z"}}) == "2026-12-01T09:00:00Z"
 
@@ -119,3 +121,22 @@ def test_hang_detection_is_on_by_default():
     spec = VitaTrainingRunSpec.model_validate({"model": {"base": "b"}, "data": {"registry": "r"}, "output": "o",
                                                "stages": [{"name": "s", "preset": "text_sft", "datasetUse": "d"}]})
     assert spec.hang_timeout_seconds == 3600
+
+
+def test_only_successful_reads_since_the_operator_started_make_a_hang():
+    """[day-two] item 1: a trainer whose /metrics stops answering (a tenant's default-deny NetworkPolicy, a CNI
+    fault) is stale, never hung; an operator that was down longer than the timeout counts from its own start."""
+    p = next_progress(None, {"step": 50, "totalSteps": 100}, stage="mm", job="j", now=T0, stage_start=None, gpus=0)
+    unanswered = stale_progress(p, "j", T0 + timedelta(hours=3), "connection refused")
+    assert hang_reason(unanswered, "j", T0 + timedelta(hours=3), 600) == ""
+    # the last good read was at T0: silence since then is not evidence
+    assert hang_reason(p, "j", T0 + timedelta(hours=3), 600) == ""
+    restarted = T0 + timedelta(hours=2)  # the operator was down two hours
+    first_read = next_progress(p, {"step": 50, "totalSteps": 100}, stage="mm", job="j",
+                               now=restarted + timedelta(seconds=30), stage_start=None, gpus=0)
+    assert hang_reason(first_read, "j", restarted + timedelta(seconds=30), 600, not_before=restarted) == ""
+    assert hang_reason(first_read, "j", restarted + timedelta(seconds=30), 600) != ""  # without the restart clock
+    later = next_progress(first_read, {"step": 50, "totalSteps": 100}, stage="mm", job="j",
+                          now=restarted + timedelta(seconds=601), stage_start=None, gpus=0)
+    assert "no training step for 10m01s" in hang_reason(later, "j", restarted + timedelta(seconds=601), 600,
+                                                          not_before=restarted)

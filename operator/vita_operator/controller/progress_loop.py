@@ -18,6 +18,7 @@ from vita_api.plan import stage_resources
 from vita_api.spec import VitaTrainingRunSpec
 
 from . import kube, metrics
+from .clock import STARTED
 from ..core import progress as prog
 from ..jobs.backend import JobBackend
 
@@ -164,7 +165,7 @@ def _progress_one(run: dict[str, Any], backend_for: Callable[[dict[str, Any]], J
     new = read_progress(run, spec, backend_for(run), now)
     kube.patch_status(meta["namespace"], meta["name"], {"progress": prog.as_merge_patch(st.get("progress"), new)})
     metrics.PROGRESS_STALE.labels(meta["namespace"], meta["name"]).set(1 if new.get("stale") else 0)
-    if prog.hang_reason(new, st["currentJob"], now, spec.hang_timeout_seconds):
+    if prog.hang_reason(new, st["currentJob"], now, spec.hang_timeout_seconds, not_before=STARTED):
         on_hung(kube.get_run(meta["namespace"], meta["name"]))
     return True
 

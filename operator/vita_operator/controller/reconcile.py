@@ -23,7 +23,7 @@ from ..core.volumes import claim_names, claim_problems
 from ..jobs.backends import backend_of
 from . import kube, metrics
 from .act import Refused, apply_actions
-from .clock import now_rfc3339
+from .clock import STARTED, now_rfc3339
 from .config import BACKENDS, DEFAULT_BACKEND, ENABLED
 from .observe import evaluations_needed, observed_evaluations, observed_jobs, observed_steps
 
@@ -127,7 +127,8 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger | Any) -> None:
             raise
         now = datetime.now(timezone.utc)
         jobs = [dataclasses.replace(j, hung=why) if j.phase == "Running" and (why := prog.hang_reason(
-            status.get("progress"), j.name, now, spec.hang_timeout_seconds, j.active_since)) else j for j in jobs]
+            status.get("progress"), j.name, now, spec.hang_timeout_seconds, j.active_since, STARTED)) else j
+            for j in jobs]
         evaluations = observed_evaluations(namespace, name) if evaluations_needed(spec, status) else []
         decision = decide(name, generation, spec, run.get("status"), jobs, now_rfc3339(), backend_name,
                           evaluations=evaluations, steps=observed_steps(spec, status, namespace, name))

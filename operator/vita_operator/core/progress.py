@@ -122,19 +122,22 @@ def as_merge_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str,
 
 
 def hang_reason(progress: dict[str, Any] | None, job: str, now: datetime, timeout_seconds: int | None,
-                since: str | None = None) -> str:
-    """Why `job` counts as hung: its step has not moved for the timeout, counted from the first scrape (the
-    endpoint starts after the model is loaded, so loading is not a hang) and never from before `since` (the job's
-    latest admission: a job Kueue suspended and re-admitted restarts the clock); "" when it has not, or when hang
-    detection is off. A stale endpoint does not move the clock either way: a trainer that cannot answer is not
-    progressing."""
-    if not timeout_seconds or not progress or progress.get("job") != job:
+                since: str | None = None, not_before: datetime | None = None) -> str:
+    """Why `job` counts as hung, on fresh evidence only: successful reads of its endpoint (progress not stale; its
+    updateTime is the latest such read) show no step for the timeout, counted from the latest of the last step
+    seen, `since` (the job's latest admission: a job Kueue re-admitted restarts the clock) and `not_before` (when
+    this operator process started: an outage is not the trainer's). A failed read (stale progress) or no read
+    since then is never a hang: the trainer may be fine behind a NetworkPolicy or a CNI fault; the progress says
+    stale and is alerted on. "" when it is not hung, or when hang detection is off."""
+    if not timeout_seconds or not progress or progress.get("job") != job or progress.get("stale"):
         return ""
-    last = parse_time(progress.get("lastStepTime"))
-    admitted = parse_time(since)
-    if last is not None and admitted is not None:
-        last = max(last, admitted)
-    if last is None or (now - last).total_seconds() < timeout_seconds:
+    read = parse_time(progress.get("updateTime"))
+    start = max((t for t in (parse_time(progress.get("lastStepTime")), parse_time(since), not_before) if t),
+                default=None)
+    if read is None or start is None:
         return ""
-    return (f"no training step for {format_duration((now - last).total_seconds())} (step {progress['step']}; "
+    quiet = (min(now, read) - start).total_seconds()
+    if quiet < timeout_seconds:
+        return ""
+    return (f"no training step for {format_duration(quiet)} (step {progress['step']}; "
             f"hangTimeoutSeconds {timeout_seconds})")
