@@ -275,3 +275,72 @@ def test_two_replicas_one_operates_and_the_standby_takes_over(cluster):
             assert "reconciled default/ha" in b.log()
             assert_no_forbidden(b)
     cluster.cp.kubectl("delete", "vitatrainingrun", "ha", "-n", NS, "--timeout=30s")
+
+
+def test_a_job_with_the_runs_labels_that_the_run_does_not_own_is_never_adopted(cluster):
+    """[day-two] item 4 on the real API server: a Failed job labelled as attempt 5 of run "own" (made by anyone who
+    can create jobs in the namespace, or left by a deleted run of that name) does not fail the run or move its
+    attempt counter: the run creates its own attempt 1 and names the other job in status.foreignJobs."""
+    from vita_api.naming import job_labels
+    stray = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+             "metadata": {"name": "own-s1-5", "namespace": NS, "labels": job_labels("own", "s1", 5)},
+             "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": {"spec": {"containers": [
+                 {"name": "pytorch", "image": "trainer:test"}]}}}}}}
+    cluster.apply(stray)
+    cluster.set_job("own-s1-5", "Failed")
+    try:
+        with cluster.operator("operator-foreign") as op:
+            cluster.apply(run_on("pytorchjob", "own"))
+            wait_for(lambda: "own-s1-1" in cluster.jobs(), what="the run's own first job")
+            status = wait_for(lambda: (s := cluster.run_status("own")).get("foreignJobs") and s,
+                              what="foreignJobs")
+            assert status["foreignJobs"] == ["own-s1-5"] and status["phase"] == "Running"
+            assert status["stages"][0]["attempts"] == 1
+            assert "ForeignJobs" in cluster.cp.kubectl("describe", "vitatrainingrun", "own", "-n", NS).stdout
+            assert_no_forbidden(op)
+    finally:
+        cluster.cp.kubectl("delete", "vitatrainingrun", "own", "-n", NS, "--timeout=30s", check=False)
+        cluster.cp.kubectl("delete", "pytorchjob", "own-s1-5", "-n", NS, "--timeout=30s", check=False)
+
+
+# A policy that refuses the run's preflight Jobs (batch/v1, by the operator's preflight label).
+NO_PREFLIGHT_JOBS = [
+    {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+     "metadata": {"name": "no-preflight"},
+     "spec": {"failurePolicy": "Fail",
+              "matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
+                                                      "operations": ["CREATE"], "resources": ["jobs"]}]},
+              "validations": [{"expression": "!has(object.metadata.labels) || "
+                                             "!('vita.training.dev/preflight' in object.metadata.labels)",
+                               "message": "preflight Jobs are not allowed in this namespace"}]}},
+    {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+     "metadata": {"name": "no-preflight"},
+     "spec": {"policyName": "no-preflight", "validationActions": ["Deny"],
+              "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}}}}}]
+
+
+def test_a_refused_preflight_job_blocks_the_run_with_the_apis_message(cluster):
+    """[day-two] item 2: the run stayed in Preflight with no reason; now it is Blocked with the policy's message
+    and status.refused names the Job."""
+    for obj in NO_PREFLIGHT_JOBS:
+        cluster.apply(obj)
+    probe = {"apiVersion": "batch/v1", "kind": "Job",
+             "metadata": {"name": "probe", "namespace": NS, "labels": {"vita.training.dev/preflight": "true"}},
+             "spec": {"template": {"spec": {"restartPolicy": "Never",
+                                            "containers": [{"name": "c", "image": "trainer:test"}]}}}}
+    wait_for(lambda: cluster.apply(probe, "--dry-run=server", check=False).returncode != 0, what="policy active")
+    try:
+        with cluster.operator("operator-refused-preflight", resync_seconds=2) as op:
+            cluster.apply(with_preflight("nopf"))
+            status = wait_for(lambda: (s := cluster.run_status("nopf")).get("phase") == "Blocked" and s,
+                              what="Blocked")
+            assert "preflight Jobs are not allowed in this namespace" in status["message"]
+            assert status["refused"]["job"] == "nopf-preflight-1"
+            ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+            assert ready["status"] == "False" and ready["reason"] == "CreateRefused"
+            assert not preflight_jobs(cluster)
+            assert_no_forbidden(op)
+    finally:
+        for obj in reversed(NO_PREFLIGHT_JOBS):
+            cluster.cp.kubectl("delete", obj["kind"].lower(), obj["metadata"]["name"], check=False)
+        cluster.cp.kubectl("delete", "vitatrainingrun", "nopf", "-n", NS, "--timeout=30s", check=False)

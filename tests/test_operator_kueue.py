@@ -41,7 +41,7 @@ def test_a_queued_jobs_workload_reason_reaches_the_runs_status(monkeypatch):
     monkeypatch.setattr(kube, "warning_events", lambda ns: [])
     monkeypatch.setattr(kube, "workloads", lambda ns, sel: asked.append(sel) or [workload(
         ("QuotaReserved", "False", "Pending", "insufficient quota for nvidia.com/gpu"))])
-    (seen,) = observe.observed_jobs(backend, "default", "q", set())
+    (seen,) = observe.observed_jobs(backend, observe.RunRef("default", "q", None), set())
     assert asked == ["kueue.x-k8s.io/job-uid=uid-1"] and "insufficient quota" in seen.message
     d = decide("q", 1, spec, {"phase": "Running", "stages": [{"name": "s1", "phase": "Running", "attempts": 1}]},
                [seen], "2026-12-04T09:00:00Z")

@@ -55,6 +55,7 @@ class Reason:
     EVALUATION_STARTED = "EvaluationStarted"
     EVALUATION_SUCCEEDED = "EvaluationSucceeded"
     EVALUATION_FAILED = "EvaluationFailed"
+    FOREIGN_JOBS = "ForeignJobs"
     # the preflight verdict (the other batch steps' reasons come from their names: <Name>Started, ...)
     PREFLIGHT_PASSED = "PreflightPassed"
 
@@ -225,5 +226,7 @@ class VitaTrainingRunStatus(_Status):
     observed_generation: int | None = None
     refused: Refusal | None = None
     hung: HungJob | None = None
+    foreign_jobs: list[str] | None = Field(None, description="Jobs that carry this run's labels but that it does not "
+                                           "control (ownerReferences): ignored, never adopted")
     conditions: list[StatusCondition] | None = None
     stages: list[StageStatus] | None = None

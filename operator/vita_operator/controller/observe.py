@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -58,6 +59,30 @@ def all_runs() -> list[dict[str, Any]]:
     return kube.list_runs(os.environ.get(NAMESPACE_ENV))
 
 
+@dataclass
+class RunRef:
+    """The run being observed, and what observing it found that is not its own."""
+    namespace: str
+    name: str
+    uid: str | None   # metadata.uid; None only for a run object that has none (never one from the API server)
+    foreign: list[str] = field(default_factory=list)  # jobs with its labels that it does not control
+
+    def owns(self, obj: dict[str, Any]) -> bool:
+        """Whether `obj` is this run's: its labels name the run and the operator, and the run controls it (an owner
+        reference with the run's UID and controller: true, as create_owned writes). A job with the labels but
+        another owner (made by hand, or left by an earlier run of the same name until the garbage collector
+        removes it) is recorded in `foreign`, never adopted."""
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if labels.get(LABEL_RUN) != self.name or labels.get(MANAGED_BY[0]) != MANAGED_BY[1]:
+            return False
+        if self.uid is None or any(r.get("uid") == self.uid and r.get("controller")
+                                   for r in meta.get("ownerReferences") or []):
+            return True
+        self.foreign.append(str(meta.get("name", "")))
+        return False
+
+
 def indexed_jobs(backend_name: str, namespace: str, run_name: str) -> list[dict[str, Any]]:
     """The run's jobs as kopf's index holds them; [] if it holds none."""
     index = job_indices.get(backend_name)
@@ -65,7 +90,7 @@ def indexed_jobs(backend_name: str, namespace: str, run_name: str) -> list[dict[
     return _snapshot(lambda: list(store or []), 4)
 
 
-def observed_jobs(backend: JobBackend, namespace: str, run_name: str, recorded_done: set[str],
+def observed_jobs(backend: JobBackend, run: RunRef, recorded_done: set[str],
                   read_pods: bool = True) -> list[ObservedJob]:
     """The run's jobs, from kopf's index. Only a run the index holds no job for asks the API server (a LIST):
     its first job may not be indexed yet, and only the API can say that the backend's CRD is missing (404).
@@ -73,13 +98,14 @@ def observed_jobs(backend: JobBackend, namespace: str, run_name: str, recorded_d
     The latest attempt of a stage not yet recorded done also gets what its pods say: the final loss (Succeeded),
     the trainer's permanent error (Failed) or why the pods cannot start (Pending/Running). Older attempts and
     finished runs (`read_pods=False`) read no pods: the state machine looks at neither."""
-    items = indexed_jobs(backend.name, namespace, run_name) or kube.custom_objects(
-        backend.api_version, backend.plural, namespace, f"{LABEL_RUN}={run_name}")
+    namespace = run.namespace
+    items = indexed_jobs(backend.name, namespace, run.name) or kube.custom_objects(
+        backend.api_version, backend.plural, namespace, f"{LABEL_RUN}={run.name}")
     jobs, queued_uids = [], {}
-    for job in items:  # filter again: cheap, and safe against proxies or mocks that ignore selectors
-        labels = job.get("metadata", {}).get("labels", {})
-        if labels.get(LABEL_RUN) != run_name or labels.get(MANAGED_BY[0]) != MANAGED_BY[1]:
+    for job in items:  # filter again: the owner, and proxies or mocks that ignore selectors
+        if not run.owns(job):
             continue
+        labels = job["metadata"]["labels"]
         jobs.append(ObservedJob(job["metadata"]["name"], labels.get(LABEL_STAGE, ""),
                                 int(labels.get(LABEL_ATTEMPT, "0")), *backend.phase(job),
                                 active_since=active_since(job), nodes=backend.node_count(job),
@@ -115,14 +141,10 @@ def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob) -> 
     return job
 
 
-def run_batch_jobs(namespace: str, run_name: str, kind_label: str) -> list[tuple[dict[str, Any], dict[str, str]]]:
+def run_batch_jobs(run: RunRef, kind_label: str) -> list[tuple[dict[str, Any], dict[str, str]]]:
     """(job, its labels) of the run's batch Jobs of one kind (preflight, initializer, export, evaluation)."""
-    out = []
-    for job in kube.batch_jobs(namespace, f"{LABEL_RUN}={run_name},{kind_label}=true"):
-        labels = job.get("metadata", {}).get("labels", {})
-        if labels.get(LABEL_RUN) == run_name and labels.get(MANAGED_BY[0]) == MANAGED_BY[1]:
-            out.append((job, labels))
-    return out
+    return [(job, job["metadata"]["labels"])
+            for job in kube.batch_jobs(run.namespace, f"{LABEL_RUN}={run.name},{kind_label}=true") if run.owns(job)]
 
 
 def why_waiting(namespace: str, job_name: str, pods: list[dict[str, Any]], nodes: int = 1) -> str:
@@ -133,7 +155,7 @@ def why_waiting(namespace: str, job_name: str, pods: list[dict[str, Any]], nodes
                                   if len(pods) < nodes else "")
 
 
-def observed_attempts(namespace: str, run_name: str, kind_label: str, *, report: PodRead | None = None,
+def observed_attempts(run: RunRef, kind_label: str, *, report: PodRead | None = None,
                       permanent: PodRead | None = None, failure: PodRead | None = None) -> list[ObservedAttempt]:
     """The run's Jobs of one attempt-numbered step (preflight, initializers, export). The latest attempt's pods are
     read when it waits (why it cannot start) or when it finished and its pods say something: `report` (a finished
@@ -141,7 +163,8 @@ def observed_attempts(namespace: str, run_name: str, kind_label: str, *, report:
     def first(read: PodRead | None, pods: list[dict[str, Any]], default: Any) -> Any:
         return next((r for r in map(read, pods) if r not in (None, "")), default) if read else default
     out = [ObservedAttempt(job["metadata"]["name"], int(labels.get(LABEL_ATTEMPT, "0")), *job_phase(job))
-           for job, labels in run_batch_jobs(namespace, run_name, kind_label)]
+           for job, labels in run_batch_jobs(run, kind_label)]
+    namespace = run.namespace
     latest = max((o.attempt for o in out), default=0)
     for i, o in enumerate(out):
         waiting = o.phase in ("Pending", "Running")
@@ -155,15 +178,14 @@ def observed_attempts(namespace: str, run_name: str, kind_label: str, *, report:
     return out
 
 
-def observed_steps(spec: VitaTrainingRunSpec, status: dict[str, Any], namespace: str,
-                   run_name: str) -> dict[str, list[ObservedAttempt]]:
+def observed_steps(spec: VitaTrainingRunSpec, status: dict[str, Any], run: RunRef) -> dict[str, list[ObservedAttempt]]:
     """Each batch step's Jobs that the state machine may still need (steps.step_pending), by step key."""
     out = {}
     for step in STEPS:
         if step_pending(step, spec, status):
             jobs = STEP_JOBS[step.key]
-            out[step.key] = observed_attempts(namespace, run_name, jobs.label, report=jobs.report,
-                                              permanent=jobs.permanent, failure=jobs.failure)
+            out[step.key] = observed_attempts(run, jobs.label, report=jobs.report, permanent=jobs.permanent,
+                                              failure=jobs.failure)
     return out
 
 
@@ -177,10 +199,10 @@ def evaluations_needed(spec: VitaTrainingRunSpec, status: dict[str, Any]) -> boo
                ended for i in evaluated_stages(spec))
 
 
-def observed_evaluations(namespace: str, run_name: str) -> list[ObservedEvaluation]:
+def observed_evaluations(run: RunRef) -> list[ObservedEvaluation]:
     """The run's benchmark Jobs; a finished one also gets its pod's scores or error, a waiting one why."""
-    out = []
-    for job, labels in run_batch_jobs(namespace, run_name, ev.LABEL_EVALUATION):
+    out, namespace = [], run.namespace
+    for job, labels in run_batch_jobs(run, ev.LABEL_EVALUATION):
         o = ObservedEvaluation(job["metadata"]["name"], labels.get(LABEL_STAGE, ""), *job_phase(job))
         pods = kube.pods(namespace, pod_selector(o.name)) if o.phase != "Suspended" else []
         if o.phase in ("Succeeded", "Failed"):

@@ -25,7 +25,7 @@ from . import kube, metrics
 from .act import Refused, apply_actions
 from .clock import STARTED, now_rfc3339
 from .config import BACKENDS, DEFAULT_BACKEND, ENABLED
-from .observe import evaluations_needed, observed_evaluations, observed_jobs, observed_steps
+from .observe import RunRef, evaluations_needed, observed_evaluations, observed_jobs, observed_steps
 
 _locks: dict[str, threading.Lock] = {}
 
@@ -117,7 +117,8 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger | Any) -> None:
             return
         backend = BACKENDS[backend_name]
         try:
-            jobs = observed_jobs(backend, namespace, name,
+            ref = RunRef(namespace, name, meta.get("uid"))
+            jobs = observed_jobs(backend, ref,
                                  {r.get("name") for r in status.get("stages") or [] if r.get("phase") == "Succeeded"},
                                  read_pods=status.get("phase") not in TERMINAL)
         except ApiException as e:
@@ -129,9 +130,10 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger | Any) -> None:
         jobs = [dataclasses.replace(j, hung=why) if j.phase == "Running" and (why := prog.hang_reason(
             status.get("progress"), j.name, now, spec.hang_timeout_seconds, j.active_since, STARTED)) else j
             for j in jobs]
-        evaluations = observed_evaluations(namespace, name) if evaluations_needed(spec, status) else []
+        evaluations = observed_evaluations(ref) if evaluations_needed(spec, status) else []
+        steps = observed_steps(spec, status, ref)
         decision = decide(name, generation, spec, run.get("status"), jobs, now_rfc3339(), backend_name,
-                          evaluations=evaluations, steps=observed_steps(spec, status, namespace, name))
+                          evaluations=evaluations, steps=steps, foreign=ref.foreign)
         if any(isinstance(a, CREATES) for a in decision.actions) and \
                 (problems := claim_problems(spec, {c: kube.claim(namespace, c) for c in claim_names(spec)})):
             _blocked(run, "VolumeNotReady", "; ".join(problems), "volume")

@@ -41,7 +41,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vita_api.naming import job_name
+from vita_api.naming import LABEL_RUN, job_name
 from vita_api.oom import after_oom
 from vita_api.plan import (EVALUATION, backend_problems, check_spec, cluster_roots, evaluated_stages, evaluation_dir,
                            stage_output_dir)
@@ -189,6 +189,20 @@ def decide_evaluation_refused(status: dict[str, Any], stage: str, message: str, 
     return d
 
 
+def _report_foreign(d: Decision, foreign: Sequence[str]) -> None:
+    """Jobs with the run's labels that it does not own are never adopted (their phase would drive the run): named in
+    status.foreignJobs, and one Warning event each time that list changes."""
+    names = sorted(set(foreign))
+    if names == sorted(d.status.get("foreignJobs") or []):
+        return
+    if names:
+        d.events.append(warning(Reason.FOREIGN_JOBS, f"job(s) {', '.join(names)} carry this run's labels but the run "
+                                f"does not control them (no owner reference with its UID): ignored. A deleted run's "
+                                f"jobs go once the garbage collector removes them; delete others by hand, or remove "
+                                f"their {LABEL_RUN} label"[:1000]))
+    d.status["foreignJobs"] = names or None
+
+
 @dataclasses.dataclass(frozen=True)
 class _Attempt:
     """The stage attempt a pass looks at: which stage, its record, its number and job."""
@@ -314,10 +328,12 @@ def _active(d: Decision, a: _Attempt, spec: VitaTrainingRunSpec, clock: Clock) -
 
 def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: dict[str, Any] | None,
            jobs: list[ObservedJob], now: str, backend: str = "pytorchjob", *,
-           evaluations: Sequence[ObservedEvaluation] = (), steps: Attempts | None = None) -> Decision:
+           evaluations: Sequence[ObservedEvaluation] = (), steps: Attempts | None = None,
+           foreign: Sequence[str] = ()) -> Decision:
     """`backend`: the job backend the run uses (its own, else the operator's default); only its limits matter
     here, the jobs arrive as ObservedJob whatever their kind. `evaluations`: the run's benchmark Jobs
-    (spec.evaluation), one per evaluated stage. `steps`: each batch step's Jobs by its key (steps.STEPS)."""
+    (spec.evaluation), one per evaluated stage. `steps`: each batch step's Jobs by its key (steps.STEPS).
+    `foreign`: jobs that carry the run's labels but that the run does not control (left out of `jobs`)."""
     attempts: Attempts = steps or {}
     clock = Clock(now, generation)
     d = Decision(status=copy.deepcopy(status or {}))
@@ -327,6 +343,7 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
         return d
 
     st["backend"] = backend
+    _report_foreign(d, foreign)
     problems = list(dict.fromkeys(check_spec(spec) + backend_problems(spec, backend)))
     if problems:
         set_phase(d, "Failed", Reason.INVALID_SPEC, "; ".join(problems), clock)
