@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 from vita_api.errors import ConfigError, VitaError
 
+from ..data.shared_files import update_text
+
 SOURCES_FILE = Path(__file__).with_name("download_sources.yaml")
 MARKERS = ".vita-download"
 CHUNK = 1 << 16   # what a dropped connection can cost: the chunk in flight is not on disk yet
@@ -286,21 +288,24 @@ def unpack(archive: Path, into: Path) -> int:
 
 def update_registry(root: Path, manifest: Manifest, done: list[str]) -> Path:
     """Merge each complete source's registry entries into <root>/registry.yaml (other entries are kept), then the
-    manifest's mixtures whose datasets are all there."""
+    manifest's mixtures whose datasets are all there. Under the file's lock and replaced atomically: initializers of
+    several runs on one dataset volume keep each other's entries."""
     path = root / "registry.yaml"
-    reg = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    reg = reg or {}
-    for name in done:
-        for key, value in manifest.sources[name].registry.items():
-            if isinstance(value, dict):
-                reg.setdefault(key, {}).update(value)
-            else:
-                reg[key] = value
-    for mixture, members in manifest.mixtures.items():
-        if all(m in reg.get("datasets", {}) for m in members):
-            reg.setdefault("mixtures", {})[mixture] = list(members)
-    path.write_text("# Written by `vita-data download`; entries of other sources and your own edits are kept.\n"
-                    + yaml.safe_dump(reg, sort_keys=True))
+
+    def merged(text: str | None) -> str:
+        reg = (yaml.safe_load(text) if text else {}) or {}
+        for name in done:
+            for key, value in manifest.sources[name].registry.items():
+                if isinstance(value, dict):
+                    reg.setdefault(key, {}).update(value)
+                else:
+                    reg[key] = value
+        for mixture, members in manifest.mixtures.items():
+            if all(m in reg.get("datasets", {}) for m in members):
+                reg.setdefault("mixtures", {})[mixture] = list(members)
+        return ("# Written by `vita-data download`; entries of other sources and your own edits are kept.\n"
+                + yaml.safe_dump(reg, sort_keys=True))
+    update_text(path, merged)
     return path
 
 
