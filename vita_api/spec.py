@@ -291,6 +291,10 @@ class VitaTrainingRunSpec(_Spec):
     volumes: VolumesSpec = Field(default_factory=VolumesSpec)
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     suspend: bool = Field(False, description="Suspend the run (passed to the current job's runPolicy.suspend)")
+    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the run, and with it its jobs, "
+                                                   "this long after it Succeeded or Failed (its outputs on the "
+                                                   "volumes stay); unset: the operator's default (chart value "
+                                                   "runTTLSecondsAfterFinished)")
     progress_interval_seconds: int = Field(30, ge=5, le=3600, description="How often the operator reads the "
                                            "current stage's metrics endpoint into status.progress")
     hang_timeout_seconds: int | None = Field(3600, ge=1, description="A running stage whose step does not move for "

@@ -56,6 +56,9 @@ class Reason:
     EVALUATION_SUCCEEDED = "EvaluationSucceeded"
     EVALUATION_FAILED = "EvaluationFailed"
     FOREIGN_JOBS = "ForeignJobs"
+    RUN_RESUMED = "RunResumed"
+    UNKNOWN_FIELDS = "UnknownFields"
+    SPEC_READ = "SpecRead"
     # the preflight verdict (the other batch steps' reasons come from their names: <Name>Started, ...)
     PREFLIGHT_PASSED = "PreflightPassed"
 
@@ -66,6 +69,7 @@ class Condition:
     PODS_READY = "PodsReady"
     HUNG = "Hung"
     EVALUATED = "Evaluated"
+    SPEC_UNDERSTOOD = "SpecUnderstood"
 
 
 PHASE_CONDITIONS: Final = ("Running", "Suspended", "Succeeded", "Failed")

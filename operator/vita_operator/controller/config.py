@@ -16,6 +16,7 @@ WORKERS_ENV = "VITA_OPERATOR_WORKERS"  # reconciles at once
 # How often the progress loop looks for runs due a read (each run is read every spec.progressIntervalSeconds).
 PROGRESS_TICK_ENV = "VITA_OPERATOR_PROGRESS_TICK_SECONDS"
 METRICS_PORT_ENV = "VITA_OPERATOR_METRICS_PORT"
+RUN_TTL_ENV = "VITA_OPERATOR_RUN_TTL_SECONDS"  # finished runs are deleted this long after (spec's own wins)
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Settings:
     # burst of stage transitions behind a handful of them.
     workers: int
     metrics_port: int
+    run_ttl_seconds: int | None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -35,7 +37,23 @@ class Settings:
         return cls(api_url=env.get(API_URL_ENV) or None, namespace=env.get(NAMESPACE_ENV) or None,
                    resync_seconds=float(env.get(RESYNC_ENV, "60")),
                    progress_tick_seconds=float(env.get(PROGRESS_TICK_ENV, "10")),
-                   workers=int(env.get(WORKERS_ENV, "32")), metrics_port=int(env.get(METRICS_PORT_ENV, "9090")))
+                   workers=int(env.get(WORKERS_ENV, "32")), metrics_port=int(env.get(METRICS_PORT_ENV, "9090")),
+                   run_ttl_seconds=int(env[RUN_TTL_ENV]) if env.get(RUN_TTL_ENV) else None)
+
+
+_settings: list[Settings] = []
+
+
+def settings() -> Settings:
+    """The settings read at startup (handlers.startup), or now if the operator has not started (a bare call)."""
+    if not _settings:
+        load()
+    return _settings[0]
+
+
+def load() -> Settings:
+    _settings[:] = [Settings.from_env()]
+    return _settings[0]
 
 
 # Which job backends this operator runs (and so watches and is granted RBAC for). kopf registers its watches when

@@ -16,7 +16,7 @@ from vita_api.spec import API_GROUP
 
 from ..crd import PLURAL, VERSION
 from . import kube, loops, metrics, observe
-from .config import BACKENDS, ENABLED, Settings
+from .config import BACKENDS, ENABLED, Settings, load
 from .reconcile import forget, reconcile
 
 JOB_INDEX_IDS = {name: f"{name}_jobs_by_run" for name in ENABLED}
@@ -37,7 +37,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
-    config = Settings.from_env()
+    config = load()
     settings.execution.max_workers = config.workers
     kube.connect(config.api_url, config.workers)
     # The indices, for the reconciles that run outside kopf's handlers (the resync and progress loops) too.

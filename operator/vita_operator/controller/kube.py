@@ -147,6 +147,16 @@ def get_run(namespace: str, name: str) -> dict[str, Any]:
     return cast(dict[str, Any], custom().get_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL, name))
 
 
+def delete_run(namespace: str, name: str) -> None:
+    """Background propagation: the garbage collector removes its jobs (owner references) after it."""
+    try:
+        custom().delete_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL, name,
+                                                 propagation_policy="Background")
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+
 def list_runs(namespace: str | None) -> list[dict[str, Any]]:
     """Every run in `namespace`, or in the cluster when it is None."""
     found = (custom().list_namespaced_custom_object(API_GROUP, VERSION, namespace, PLURAL) if namespace

@@ -1,5 +1,6 @@
 """The operator's own Prometheus metrics. Names are defined here once."""
 
+import threading
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -24,16 +25,24 @@ BENCHMARK_SCORE = Gauge("vita_operator_benchmark_score", "A benchmark score afte
                                                                             "metric"], registry=REGISTRY)
 
 _phases: dict[str, str] = {}
+_phase_lock = threading.Lock()
+for _p in PHASES:  # every phase's series exists from the start, at 0
+    RUNS.labels(_p).set(0)
 _scores: dict[tuple[str, str], set[tuple[str, ...]]] = {}
 
 
 def record_phase(run_key: str, phase: str | None) -> None:
-    if phase is None:
-        _phases.pop(run_key, None)
-    else:
-        _phases[run_key] = phase
-    for p in PHASES:
-        RUNS.labels(p).set(sum(1 for v in _phases.values() if v == p))
+    """The run's phase now (None: the run is gone); only the two phases it left and entered change."""
+    with _phase_lock:  # reconciles run on many threads
+        old = _phases.pop(run_key, None) if phase is None else _phases.get(run_key)
+        if phase is not None:
+            _phases[run_key] = phase
+        if old == phase:
+            return
+        if old is not None:
+            RUNS.labels(old).dec()
+        if phase is not None:
+            RUNS.labels(phase).inc()
 
 
 def forget_progress(namespace: str, run: str) -> None:

@@ -4,6 +4,7 @@ repeatedly; every pass decides from the run's own status and the cluster."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from datetime import datetime, timezone
 from typing import Any
@@ -17,16 +18,17 @@ from vita_api.status import TERMINAL
 
 from ..core import progress as prog
 from ..core.decision import CREATES, Decision
-from ..core.state import decide, decide_blocked, decide_invalid, decide_refused
+from ..core.state import decide, decide_blocked, decide_invalid, decide_refused, decide_unknown_fields, expired
 from ..core.steps import without_started
 from ..core.volumes import claim_names, claim_problems
 from ..jobs.backends import backend_of
 from . import kube, metrics
 from .act import Refused, apply_actions
 from .clock import STARTED, now_rfc3339
-from .config import BACKENDS, DEFAULT_BACKEND, ENABLED
+from .config import BACKENDS, DEFAULT_BACKEND, ENABLED, settings
 from .observe import RunRef, evaluations_needed, observed_evaluations, observed_jobs, observed_steps
 
+log = logging.getLogger(__name__)
 _locks: dict[str, threading.Lock] = {}
 
 CRD_MISSING = {"pytorchjob": "the PyTorchJob CRD (kubeflow.org/v1) is not installed; install the Kubeflow training "
@@ -84,6 +86,28 @@ def _blocked(run: dict[str, Any], reason: str, message: str, metric: str) -> Non
     metrics.RECONCILE_ERRORS.labels(metric).inc()
 
 
+def unknown_fields(error: ValidationError) -> list[str]:
+    """The fields a spec has that this operator's model does not know, when that is all that is wrong with it."""
+    errors = error.errors()
+    if not errors or any(e["type"] != "extra_forbidden" for e in errors):
+        return []
+    return [".".join(["spec", *map(str, e["loc"])]) for e in errors]
+
+
+def _finished(run: dict[str, Any], spec: VitaTrainingRunSpec, status: dict[str, Any]) -> None:
+    """A Succeeded or Failed run whose spec has not changed since: deleted once its TTL has passed (its jobs go with
+    it, by their owner references), else left alone."""
+    meta = run["metadata"]
+    ttl = spec.ttl_seconds_after_finished if spec.ttl_seconds_after_finished is not None else \
+        settings().run_ttl_seconds
+    if expired(status, ttl, datetime.now(timezone.utc)):
+        kube.delete_run(meta["namespace"], meta["name"])
+        metrics.record_phase(f"{meta['namespace']}/{meta['name']}", None)
+        return
+    metrics.record_phase(f"{meta['namespace']}/{meta['name']}", status.get("phase"))
+    metrics.record_scores(meta["namespace"], meta["name"], status.get("evaluations") or [])
+
+
 def reconcile(run: dict[str, Any], logger: kopf.Logger | Any, attempts: int = 3) -> None:
     """One pass for one run. A pass decided on a stale copy (a job event read the run just before another pass wrote
     its status) loses the write race and decides again, so nothing recorded only in status (the preflight's result)
@@ -107,7 +131,12 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger | Any) -> None:
         try:
             spec = VitaTrainingRunSpec.model_validate(run.get("spec") or {})
         except ValidationError as e:  # the CRD schema normally rejects these first
-            _apply_status_only(run, decide_invalid(run.get("status"), str(e), now_rfc3339(), generation))
+            unknown = unknown_fields(e)
+            _apply_status_only(run, decide_unknown_fields(run.get("status"), unknown, now_rfc3339(), generation)
+                               if unknown else decide_invalid(run.get("status"), str(e), now_rfc3339(), generation))
+            return
+        if status.get("phase") in TERMINAL and status.get("observedGeneration") == generation:
+            _finished(run, spec, status)  # nothing to read: a finished run costs no request per resync
             return
         backend_name = backend_of(run, DEFAULT_BACKEND)
         if backend_name not in ENABLED and status.get("phase") not in TERMINAL:

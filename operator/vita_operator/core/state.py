@@ -9,7 +9,8 @@ Rules:
   other failed job is retried while attempts <= retryLimit; the trainer resumes from the newest checkpoint in
   the stage's output folder. After that the run is Failed with the job's reason.
 - Spec edits: a job keeps the spec it was created with. Every job created after an edit (the next stage, or a
-  retry) uses the new spec. Finished runs (Succeeded/Failed) ignore edits: delete and recreate to rerun.
+  retry) uses the new spec. Finished runs (Succeeded/Failed) ignore edits (delete and recreate to rerun), except
+  one: a run that Failed because a stage spent its retries resumes when that stage's retryLimit is raised.
 - Batch steps (steps.py, one declaration each): initializers (spec.initializers: the run's models and datasets
   onto the dataset volume, Initializing) and preflight (spec.preflight, on by default: every stage's data checked,
   Preflight) before the first stage, and export after the last. A failed attempt is retried up to the step's
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from datetime import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,6 +51,7 @@ from vita_api.spec import StageSpec, VitaTrainingRunSpec
 from vita_api.status import TERMINAL, Condition, Reason
 
 from .conditions import condition, created, pods_ready, set_condition, set_phase, still_refused
+from .progress import parse_time
 from .decision import (Clock, CreateEvaluation, CreateJob, Decision, DeleteJob, ObservedAttempt, ObservedEvaluation,
                        ObservedJob, SetJobSuspend, normal, warning)
 from .steps import CREATING_PHASES, STEPS, run_step
@@ -187,6 +190,63 @@ def decide_evaluation_refused(status: dict[str, Any], stage: str, message: str, 
     rec.update(phase="Failed", completionTime=now, message=msg)
     d.events.append(warning(Reason.EVALUATION_FAILED, f"benchmarks after stage {stage}: {msg}"[:1000]))
     return d
+
+
+def expired(status: dict[str, Any], ttl_seconds: int | None, now: datetime) -> bool:
+    """Whether a finished run's TTL (spec.ttlSecondsAfterFinished, else the operator's default) has passed since it
+    Succeeded or Failed (its phase condition's lastTransitionTime); never without a TTL."""
+    if ttl_seconds is None or status.get("phase") not in TERMINAL:
+        return False
+    since = parse_time((condition(status, str(status["phase"])) or {}).get("lastTransitionTime"))
+    return since is not None and (now - since).total_seconds() >= ttl_seconds
+
+
+def _understood(d: Decision, clock: Clock) -> None:
+    """The spec could be read again (the operator upgraded, or the unknown fields removed)."""
+    old = condition(d.status, Condition.SPEC_UNDERSTOOD)
+    if old and old["status"] == "False":
+        set_condition(d.status, Condition.SPEC_UNDERSTOOD, True, Reason.SPEC_READ, "every field of the spec is known",
+                      clock)
+
+
+def decide_unknown_fields(status: dict[str, Any] | None, fields: Sequence[str], now: str,
+                          generation: int) -> Decision:
+    """A spec with fields this operator does not know (a newer CRD's, after an operator rollback): the run is left
+    alone, not Failed (its running job goes on, nothing is created or deleted), and condition SpecUnderstood=False
+    says so, with one event per new list of fields."""
+    d = Decision(status=copy.deepcopy(status or {}))
+    msg = (f"the spec has field(s) this operator does not know: {', '.join(fields)} (from a newer CRD?). The run and "
+           f"its jobs are left as they are until the operator is upgraded or the fields are removed")[:2000]
+    old = condition(d.status, Condition.SPEC_UNDERSTOOD)
+    if not old or old["status"] != "False" or old["message"] != msg:
+        d.events.append(warning(Reason.UNKNOWN_FIELDS, msg))
+    set_condition(d.status, Condition.SPEC_UNDERSTOOD, False, Reason.UNKNOWN_FIELDS, msg, Clock(now, generation))
+    return d
+
+
+def _resume(d: Decision, run_name: str, spec: VitaTrainingRunSpec, clock: Clock) -> bool:
+    """A run that Failed because a stage spent its retries (JobFailed, Hung) resumes once its retryLimit allows
+    another attempt: the next attempt resumes from the stage's last checkpoint; finished stages stay done."""
+    st = d.status
+    failed = condition(st, "Failed")
+    if st.get("phase") != "Failed" or not failed or failed.get("reason") not in (Reason.JOB_FAILED, Reason.HUNG):
+        return False
+    records = {r.get("name"): r for r in st.get("stages") or []}
+    for i, stage in enumerate(spec.stages):
+        rec = records.get(stage.name)
+        if not rec or rec.get("phase") != "Failed" or not _retries_left(stage, rec, rec.get("attempts", 0)):
+            continue
+        nxt = rec.get("attempts", 0) + 1
+        name = job_name(run_name, stage.name, nxt)
+        rec.update(phase="Running", attempts=nxt, jobName=name, completionTime=None,
+                   message=f"resumed with retryLimit {stage.retry_limit}")
+        st["currentStage"], st["currentJob"] = stage.name, name
+        d.actions.append(CreateJob(i, nxt, spec.suspend, dict(rec.get("argOverrides", {}))))
+        d.events.append(normal(Reason.RUN_RESUMED, f"stage {stage.name}: retryLimit is {stage.retry_limit} now; "
+                               f"attempt {nxt} resumes from the last checkpoint"))
+        set_phase(d, "Running", Reason.STAGE_RUNNING, f"stage {stage.name} ({i + 1}/{len(spec.stages)})", clock)
+        return True
+    return False
 
 
 def _report_foreign(d: Decision, foreign: Sequence[str]) -> None:
@@ -339,6 +399,9 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
     d = Decision(status=copy.deepcopy(status or {}))
     st = d.status
     st["observedGeneration"] = generation
+    _understood(d, clock)
+    if _resume(d, run_name, spec, clock):
+        return d
     if st.get("phase") in TERMINAL:
         return d
 

@@ -1,0 +1,129 @@
+"""[day-two] in the pure core and the reconcile: a Failed run resumes when its retry limit is raised, a spec with
+fields this operator does not know is left alone, finished runs expire after their TTL and cost nothing per resync,
+and the phase gauge is kept incrementally."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from pydantic import ValidationError
+
+from tests.status_schema import assert_valid_status
+from vita_api.spec import VitaTrainingRunSpec
+from vita_operator.controller import kube, metrics, reconcile
+from vita_operator.core.decision import CreateJob, ObservedJob
+from vita_operator.core.state import decide, decide_unknown_fields, expired
+
+NOW = "2026-12-07T00:00:00Z"
+
+
+def spec(retry: int = 1, **extra) -> VitaTrainingRunSpec:
+    return VitaTrainingRunSpec.model_validate({
+        "model": {"base": "b"}, "data": {"registry": "r.yaml"}, "output": "o", "preflight": {"enabled": False},
+        **extra, "stages": [{"name": "s1", "preset": "vision_align", "datasetUse": "d"},
+                            {"name": "s2", "preset": "multimodal_sft", "datasetUse": "d", "retryLimit": retry}]})
+
+
+def failed_run():
+    """s1 succeeded; s2 spent its one retry."""
+    st = decide("r", 1, spec(), None, [ObservedJob("r-s1-1", "s1", 1, "Succeeded")], NOW).status
+    st = decide("r", 1, spec(), st, [ObservedJob("r-s1-1", "s1", 1, "Succeeded"),
+                                     ObservedJob("r-s2-1", "s2", 1, "Failed", "NCCL error")], NOW).status
+    d = decide("r", 1, spec(), st, [ObservedJob("r-s2-1", "s2", 1, "Failed"),
+                                    ObservedJob("r-s2-2", "s2", 2, "Failed", "NCCL error")], NOW)
+    assert d.status["phase"] == "Failed" and d.status["stages"][1]["attempts"] == 2
+    return d.status
+
+
+def test_a_failed_run_resumes_its_failed_stage_when_the_retry_limit_is_raised():
+    st = failed_run()
+    same = decide("r", 2, spec(retry=1), st, [], NOW)
+    assert same.status["phase"] == "Failed" and not same.actions           # other edits: still ignored
+    resumed = decide("r", 3, spec(retry=3), st, [], NOW)
+    assert resumed.actions == [CreateJob(1, 3, False)]                       # s1 is not redone
+    assert resumed.status["phase"] == "Running" and resumed.status["currentJob"] == "r-s2-3"
+    assert [e.reason for e in resumed.events] == ["RunResumed", "RunRunning"]
+    assert resumed.status["stages"][0]["phase"] == "Succeeded" and resumed.status["stages"][1]["phase"] == "Running"
+    assert_valid_status(resumed.status)
+    # from there on it is an ordinary attempt
+    done = decide("r", 3, spec(retry=3), resumed.status, [ObservedJob("r-s2-3", "s2", 3, "Succeeded")], NOW)
+    assert done.status["phase"] == "Succeeded"
+
+
+def test_a_run_failed_for_a_permanent_error_is_not_resumed_by_more_retries():
+    st = decide("r", 1, spec(), None, [ObservedJob("r-s1-1", "s1", 1, "Failed", permanent="bad data")], NOW).status
+    assert st["phase"] == "Failed"
+    assert not decide("r", 2, spec(retry=5), st, [], NOW).actions
+
+
+def unknown(error_spec: dict) -> list[str]:
+    try:
+        VitaTrainingRunSpec.model_validate(error_spec)
+    except ValidationError as e:
+        return reconcile.unknown_fields(e)
+    raise AssertionError("the spec validated")
+
+
+def test_a_spec_with_fields_this_operator_does_not_know_is_left_alone():
+    base = spec().model_dump(by_alias=True, exclude_none=True)
+    newer = {**base, "fabric": {"profile": "ib"}, "stages": [{**base["stages"][0], "topology": "rack"},
+                                                            base["stages"][1]]}
+    fields = unknown(newer)
+    assert sorted(fields) == ["spec.fabric", "spec.stages.0.topology"]
+    assert unknown({**base, "output": None}) == []  # a real error is not an unknown field
+    running = decide("r", 1, spec(), None, [], NOW).status
+    d = decide_unknown_fields(running, fields, NOW, 2)
+    assert d.status["phase"] == "Running" and not d.actions                 # not Failed, its job untouched
+    cond = {c["type"]: c for c in d.status["conditions"]}["SpecUnderstood"]
+    assert cond["status"] == "False" and cond["reason"] == "UnknownFields" and "spec.fabric" in cond["message"]
+    assert [e.reason for e in d.events] == ["UnknownFields"]
+    assert not decide_unknown_fields(d.status, fields, NOW, 2).events       # said once
+    assert_valid_status(d.status)
+    back = decide("r", 3, spec(), d.status, [ObservedJob("r-s1-1", "s1", 1, "Running")], NOW)
+    assert {c["type"]: c for c in back.status["conditions"]}["SpecUnderstood"]["status"] == "True"
+
+
+def finished_at(when: str) -> dict:
+    return {"phase": "Succeeded", "observedGeneration": 1, "conditions": [
+        {"type": "Succeeded", "status": "True", "reason": "AllStagesSucceeded", "lastTransitionTime": when}]}
+
+
+def test_finished_runs_expire_after_their_ttl():
+    now = datetime(2026, 12, 7, tzinfo=timezone.utc)
+    st = finished_at("2026-12-06T00:00:00Z")
+    assert not expired(st, None, now)
+    assert not expired(st, 2 * 86400, now)
+    assert expired(st, 86400, now)
+    assert not expired({**st, "phase": "Running"}, 0, now)
+
+
+def test_a_finished_run_is_not_read_again_and_is_deleted_after_its_ttl(monkeypatch):
+    """The resync reaches every run: a finished one lists no jobs, reads no pods and writes nothing."""
+    calls = []
+    for fn in ("custom_objects", "pods", "batch_jobs", "patch_status", "warning_events", "claim"):
+        monkeypatch.setattr(kube, fn, lambda *a, _fn=fn, **k: calls.append(_fn))
+    deleted = []
+    monkeypatch.setattr(kube, "delete_run", lambda ns, name: deleted.append((ns, name)))
+    run = {"metadata": {"name": "old", "namespace": "ns", "uid": "u", "generation": 1},
+           "spec": spec(ttlSecondsAfterFinished=3600).model_dump(by_alias=True, exclude_none=True),
+           "status": finished_at((datetime.now(timezone.utc) - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ"))}
+    reconcile.reconcile(run, reconcile.log)
+    assert calls == [] and deleted == []
+    run["status"] = finished_at("2026-01-01T00:00:00Z")
+    reconcile.reconcile(run, reconcile.log)
+    assert calls == [] and deleted == [("ns", "old")]
+
+
+def test_the_phase_gauge_moves_one_run_at_a_time():
+    def value(phase):
+        return metrics.REGISTRY.get_sample_value("vita_operator_runs", {"phase": phase})
+    before = {p: value(p) for p in ("Running", "Succeeded", "Queued")}
+    metrics.record_phase("t/a", "Running")
+    metrics.record_phase("t/b", "Running")
+    metrics.record_phase("t/a", "Succeeded")
+    metrics.record_phase("t/a", "Succeeded")
+    assert value("Running") == before["Running"] + 1 and value("Succeeded") == before["Succeeded"] + 1
+    metrics.record_phase("t/a", None)
+    metrics.record_phase("t/b", None)
+    assert value("Running") == before["Running"] and value("Succeeded") == before["Succeeded"]
+    assert value("Queued") == before["Queued"]
