@@ -127,3 +127,100 @@ def test_the_phase_gauge_moves_one_run_at_a_time():
     metrics.record_phase("t/b", None)
     assert value("Running") == before["Running"] and value("Succeeded") == before["Succeeded"]
     assert value("Queued") == before["Queued"]
+
+
+def disrupted(attempt: int, node: str) -> ObservedJob:
+    return ObservedJob(f"r-s1-{attempt}", "s1", attempt, "Failed", "PodFailed", disruption=
+                       "DeletionByTaintManager: Taint manager: deleting due to NoExecute taint", failed_nodes=(node,))
+
+
+def test_disruptions_are_retried_without_spending_retries_and_a_node_that_fails_twice_is_avoided():
+    """[day-two] item 3: a lost node is not the stage's failure; the node is recorded per attempt, and after two
+    failed attempts on it the next attempt's pods are kept off it."""
+    sp = spec()  # s1: retryLimit 2
+    st = decide("r", 1, sp, None, [], NOW).status
+    d = decide("r", 1, sp, st, [disrupted(1, "gpu-7")], NOW)
+    assert d.actions == [CreateJob(0, 2, False)] and d.status["phase"] == "Running"
+    rec = d.status["stages"][0]
+    assert rec["disruptions"] == 1 and rec["failures"] == [
+        {"attempt": 1, "message": "PodFailed", "nodes": ["gpu-7"],
+         "disruption": "DeletionByTaintManager: Taint manager: deleting due to NoExecute taint"}]
+    assert [e.reason for e in d.events] == ["StageDisrupted"] and "gpu-7" in d.events[0].message
+    d = decide("r", 1, sp, d.status, [disrupted(2, "gpu-7")], NOW)
+    assert d.actions == [CreateJob(0, 3, False, avoid_nodes=("gpu-7",))]
+    assert d.status["stages"][0]["avoidNodes"] == ["gpu-7"] and d.status["stages"][0]["disruptions"] == 2
+    assert [e.reason for e in d.events] == ["NodeAvoided", "StageDisrupted"]
+    assert_valid_status(d.status)
+    # two disruptions spent none of its 2 retries: its own failures still have both
+    own = ObservedJob("r-s1-3", "s1", 3, "Failed", "exit 1", failed_nodes=("gpu-2",))
+    d = decide("r", 1, sp, d.status, [own], NOW)
+    assert d.actions == [CreateJob(0, 4, False, avoid_nodes=("gpu-7",))]
+    d = decide("r", 1, sp, d.status, [ObservedJob("r-s1-4", "s1", 4, "Failed", "exit 1")], NOW)
+    assert d.actions == [CreateJob(0, 5, False, avoid_nodes=("gpu-7",))]
+    d = decide("r", 1, sp, d.status, [ObservedJob("r-s1-5", "s1", 5, "Failed", "exit 1")], NOW)
+    assert d.status["phase"] == "Failed" and not d.actions
+
+
+def test_the_disruption_cap_ends_free_retries():
+    sp = spec().model_copy()
+    sp.stages[0] = sp.stages[0].model_copy(update={"disruption_limit": 1, "retry_limit": 0})
+    st = decide("r", 1, sp, None, [], NOW).status
+    st = decide("r", 1, sp, st, [disrupted(1, "a")], NOW).status
+    d = decide("r", 1, sp, st, [disrupted(2, "b")], NOW)
+    assert d.status["phase"] == "Failed" and d.status["stages"][0]["disruptions"] == 1
+
+
+def test_failures_of_its_own_back_off_exponentially_visible_in_status():
+    sp = spec(retry=3)
+    st = decide("r", 1, sp, None, [ObservedJob("r-s1-1", "s1", 1, "Succeeded")], NOW, retry_backoff_seconds=30).status
+    failed = ObservedJob("r-s2-1", "s2", 1, "Failed", "NCCL error")
+    wait = decide("r", 1, sp, st, [failed], "2026-12-07T00:00:00Z", retry_backoff_seconds=30)
+    assert not wait.actions and wait.status["stages"][1]["nextAttemptTime"] == "2026-12-07T00:00:30Z"
+    assert [e.reason for e in wait.events] == ["StageRetrying"] and "at 2026-12-07T00:00:30Z" in wait.events[0].message
+    assert "attempt 2 starts at 2026-12-07T00:00:30Z" in wait.status["message"]
+    assert_valid_status(wait.status)
+    still = decide("r", 1, sp, wait.status, [failed], "2026-12-07T00:00:29Z", retry_backoff_seconds=30)
+    assert not still.actions and not still.events
+    go = decide("r", 1, sp, still.status, [failed], "2026-12-07T00:00:31Z", retry_backoff_seconds=30)
+    assert go.actions == [CreateJob(1, 2, False)] and not go.events
+    assert go.status["stages"][1]["nextAttemptTime"] is None
+    second = ObservedJob("r-s2-2", "s2", 2, "Failed", "NCCL error")
+    again = decide("r", 1, sp, go.status, [second], "2026-12-07T00:01:00Z", retry_backoff_seconds=30)
+    assert again.status["stages"][1]["nextAttemptTime"] == "2026-12-07T00:02:00Z"  # 60 s: doubled
+
+
+def test_a_pods_disruption_and_node_are_read_from_its_status():
+    from vita_operator.jobs.pods import avoiding_nodes, disruption_of, failed_node
+    gone = {"spec": {"nodeName": "gpu-7"}, "status": {"phase": "Failed", "conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByPodGC",
+         "message": "PodGC: node no longer exists"}]}}
+    assert disruption_of(gone) == "DeletionByPodGC: PodGC: node no longer exists" and failed_node(gone) == "gpu-7"
+    evicted = {"spec": {"nodeName": "n"}, "status": {"phase": "Failed", "reason": "Evicted",
+                                                      "message": "The node was low on resource: memory."}}
+    assert disruption_of(evicted).startswith("Evicted") and failed_node(evicted) == "n"
+    crashed = {"spec": {"nodeName": "n2"}, "status": {"phase": "Failed", "containerStatuses": [
+        {"name": "pytorch", "state": {"terminated": {"exitCode": 1}}}]}}
+    assert disruption_of(crashed) == "" and failed_node(crashed) == "n2"
+    fine = {"spec": {"nodeName": "n3"}, "status": {"phase": "Running"}}
+    assert failed_node(fine) == ""
+    user = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "rack", "operator": "In", "values": ["a"]}]},
+        {"matchExpressions": [{"key": "rack", "operator": "In", "values": ["b"]}]}]}}}
+    out = avoiding_nodes(user, ["gpu-7"])
+    terms = out["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert all(t["matchExpressions"][-1] == {"key": "kubernetes.io/hostname", "operator": "NotIn",
+                                             "values": ["gpu-7"]} for t in terms) and len(terms) == 2
+    assert user["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0][
+        "matchExpressions"] == [{"key": "rack", "operator": "In", "values": ["a"]}]  # not changed in place
+
+
+def test_an_attempt_that_avoids_nodes_gets_the_anti_affinity_on_both_backends():
+    from vita_operator.jobs.backends import job_backends
+    from vita_operator.jobs.pods import with_avoided_nodes
+    sp = with_avoided_nodes(spec(), 1, ["gpu-7"])
+    assert spec().stages[1].resources is None  # the user's spec is unchanged
+    for backend in job_backends().values():
+        body = backend.build("r", "ns", sp, 1, 3)
+        text = str(body)
+        assert "'kubernetes.io/hostname', 'operator': 'NotIn', 'values': ['gpu-7']" in text, backend.name
+        assert "gpu-7" not in str(backend.build("r", "ns", sp, 0, 1))  # only that stage

@@ -57,6 +57,8 @@ class Reason:
     EVALUATION_FAILED = "EvaluationFailed"
     FOREIGN_JOBS = "ForeignJobs"
     RUN_RESUMED = "RunResumed"
+    STAGE_DISRUPTED = "StageDisrupted"
+    NODE_AVOIDED = "NodeAvoided"
     UNKNOWN_FIELDS = "UnknownFields"
     SPEC_READ = "SpecRead"
     # the preflight verdict (the other batch steps' reasons come from their names: <Name>Started, ...)
@@ -98,6 +100,15 @@ class OomAdjustment(_Status):
     next_gradient_accumulation_steps: int | None = None
 
 
+class StageFailure(_Status):
+    """One failed attempt: where its failed pods ran, and whether a disruption ended it."""
+    attempt: int
+    nodes: list[str] | None = Field(None, description="Nodes of its failed pods")
+    disruption: str | None = Field(None, description="The disruption that ended it (DisruptionTarget's reason); "
+                                   "unset for a failure of its own")
+    message: str | None = None
+
+
 class StageStatus(_Status):
     name: str | None = None
     phase: StepPhase | None = None
@@ -115,6 +126,13 @@ class StageStatus(_Status):
                                                  "micro-batch and the accumulation)")
     oom_adjustments: list[OomAdjustment] | None = Field(None, description="Each out-of-memory retry (oomPolicy "
                                                         "adjust)")
+    disruptions: int | None = Field(None, ge=0, description="Attempts a disruption ended (not counted against "
+                                    "retryLimit; capped by disruptionLimit)")
+    failures: list[StageFailure] | None = Field(None, max_length=20, description="The latest failed attempts")
+    avoid_nodes: list[str] | None = Field(None, description="Nodes where two attempts failed: the next attempts "
+                                          "are kept off them (node anti-affinity)")
+    next_attempt_time: str | None = Field(None, json_schema_extra={"format": "date-time"},
+                                          description="When the next attempt starts (retries back off)")
     message: str | None = None
 
 

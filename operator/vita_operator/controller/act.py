@@ -17,6 +17,7 @@ from ..core.decision import CreateEvaluation, CreateJob, CreateStepJob, Decision
 from ..core.state import decide_evaluation_refused
 from ..jobs import evaluation as ev
 from ..jobs.backend import JobBackend
+from ..jobs.pods import with_avoided_nodes
 from ..jobs.steps import STEP_JOBS
 from . import kube, metrics
 from .clock import now_rfc3339
@@ -68,8 +69,10 @@ def apply_actions(run: dict[str, Any], spec: VitaTrainingRunSpec, backend: JobBa
             create_owned(run, STEP_JOBS[action.step].build(name, namespace, spec, action.attempt),
                          lambda body: kube.create_batch_job(namespace, body))
         elif isinstance(action, CreateJob):
-            create_owned(run, backend.build(name, namespace, with_stage_args(spec, action.index, action.arg_overrides),
-                                            action.index, action.attempt, suspend=action.suspend),
+            attempt_spec = with_avoided_nodes(with_stage_args(spec, action.index, action.arg_overrides), action.index,
+                                              action.avoid_nodes)
+            create_owned(run, backend.build(name, namespace, attempt_spec, action.index, action.attempt,
+                                            suspend=action.suspend),
                          lambda body: kube.create_custom(backend.api_version, backend.plural, namespace, body))
         elif isinstance(action, DeleteJob):
             kube.delete_custom(backend.api_version, backend.plural, namespace, action.name)

@@ -17,6 +17,7 @@ WORKERS_ENV = "VITA_OPERATOR_WORKERS"  # reconciles at once
 PROGRESS_TICK_ENV = "VITA_OPERATOR_PROGRESS_TICK_SECONDS"
 METRICS_PORT_ENV = "VITA_OPERATOR_METRICS_PORT"
 RUN_TTL_ENV = "VITA_OPERATOR_RUN_TTL_SECONDS"  # finished runs are deleted this long after (spec's own wins)
+RETRY_BACKOFF_ENV = "VITA_OPERATOR_RETRY_BACKOFF_SECONDS"  # the first retry's delay after a stage's own failure
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Settings:
     workers: int
     metrics_port: int
     run_ttl_seconds: int | None
+    retry_backoff_seconds: int
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -38,7 +40,8 @@ class Settings:
                    resync_seconds=float(env.get(RESYNC_ENV, "60")),
                    progress_tick_seconds=float(env.get(PROGRESS_TICK_ENV, "10")),
                    workers=int(env.get(WORKERS_ENV, "32")), metrics_port=int(env.get(METRICS_PORT_ENV, "9090")),
-                   run_ttl_seconds=int(env[RUN_TTL_ENV]) if env.get(RUN_TTL_ENV) else None)
+                   run_ttl_seconds=int(env[RUN_TTL_ENV]) if env.get(RUN_TTL_ENV) else None,
+                   retry_backoff_seconds=int(env.get(RETRY_BACKOFF_ENV) or 0))
 
 
 _settings: list[Settings] = []

@@ -22,7 +22,8 @@ from ..core.steps import STEPS, step_pending
 from ..jobs import evaluation as ev
 from ..jobs.backend import JobBackend
 from ..jobs.batch import job_phase, pod_selector
-from ..jobs.pods import KUEUE_LABEL, active_since, creation_failure, stuck_reason
+from ..jobs.pods import (KUEUE_LABEL, active_since, creation_failure, disruption_of, failed_node,
+                         stuck_reason)
 from ..jobs.steps import STEP_JOBS, PodRead
 from . import kube
 from .config import NAMESPACE_ENV
@@ -134,7 +135,9 @@ def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob) -> 
         pods = kube.pods(namespace, backend.pods_selector(job.name))
         errors = [backend.permanent_failure(p) for p in pods]
         return dataclasses.replace(job, permanent=next((e for e in errors if e), ""),
-                                   oom=next((o for o in map(backend.out_of_memory, pods) if o), None))
+                                   oom=next((o for o in map(backend.out_of_memory, pods) if o), None),
+                                   disruption=next((d for d in map(disruption_of, pods) if d), ""),
+                                   failed_nodes=tuple(sorted({n for n in map(failed_node, pods) if n})))
     if job.phase in ("Pending", "Running"):
         pods = kube.pods(namespace, backend.pods_selector(job.name))
         return dataclasses.replace(job, stuck=why_waiting(namespace, job.name, pods, job.nodes))

@@ -26,6 +26,8 @@ class ObservedJob:
     final_eval_loss: float | None = None  # the stage's last validation loss, from the master pod's same report
     nodes: int = 1      # how many pods the job should have (one per node)
     suspended: bool = False  # its spec asks the controller to hold it (Kueue's admission, or parked after failing)
+    disruption: str = ""  # a failed job's disruption (pods.disruption_of): a lost node, eviction, preemption
+    failed_nodes: tuple[str, ...] = ()  # the nodes of its failed pods
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class CreateJob:
     attempt: int
     suspend: bool
     arg_overrides: dict[str, Any] = field(default_factory=dict)  # stage args this attempt runs with, not the spec's
+    avoid_nodes: tuple[str, ...] = ()  # nodes this attempt's pods are kept off
 
 
 @dataclass(frozen=True)

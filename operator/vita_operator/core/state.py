@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from datetime import datetime
+from collections import Counter
+from datetime import datetime, timedelta
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,7 +52,7 @@ from vita_api.spec import StageSpec, VitaTrainingRunSpec
 from vita_api.status import TERMINAL, Condition, Reason
 
 from .conditions import condition, created, pods_ready, set_condition, set_phase, still_refused
-from .progress import parse_time
+from .progress import format_time, parse_time
 from .decision import (Clock, CreateEvaluation, CreateJob, Decision, DeleteJob, ObservedAttempt, ObservedEvaluation,
                        ObservedJob, SetJobSuspend, normal, warning)
 from .steps import CREATING_PHASES, STEPS, run_step
@@ -241,7 +242,7 @@ def _resume(d: Decision, run_name: str, spec: VitaTrainingRunSpec, clock: Clock)
         rec.update(phase="Running", attempts=nxt, jobName=name, completionTime=None,
                    message=f"resumed with retryLimit {stage.retry_limit}")
         st["currentStage"], st["currentJob"] = stage.name, name
-        d.actions.append(CreateJob(i, nxt, spec.suspend, dict(rec.get("argOverrides", {}))))
+        d.actions.append(_create_job(i, nxt, spec.suspend, rec))
         d.events.append(normal(Reason.RUN_RESUMED, f"stage {stage.name}: retryLimit is {stage.retry_limit} now; "
                                f"attempt {nxt} resumes from the last checkpoint"))
         set_phase(d, "Running", Reason.STAGE_RUNNING, f"stage {stage.name} ({i + 1}/{len(spec.stages)})", clock)
@@ -275,20 +276,65 @@ class _Attempt:
     suspend: bool
 
 
+def _create_job(index: int, attempt: int, suspend: bool, rec: dict[str, Any]) -> CreateJob:
+    """A stage attempt's job, with what its record carries: changed args, nodes to keep off."""
+    return CreateJob(index, attempt, suspend, dict(rec.get("argOverrides", {})), tuple(rec.get("avoidNodes") or ()))
+
+
 def _retry(d: Decision, a: _Attempt, message: str, event: str, event_message: str) -> Decision:
-    """The stage's next attempt, resuming from its last checkpoint, with the args the record carries."""
+    """The stage's next attempt, resuming from its last checkpoint, with the args the record carries; `event` is
+    emitted unless it is "" (the failure was announced when it was first seen)."""
     nxt = a.attempt + 1
     new_name = job_name(a.run_name, a.stage.name, nxt)
-    d.actions.append(CreateJob(a.index, nxt, a.suspend, dict(a.rec.get("argOverrides", {}))))
-    a.rec.update(phase="Running", attempts=nxt, jobName=new_name, message=message)
+    d.actions.append(_create_job(a.index, nxt, a.suspend, a.rec))
+    a.rec.update(phase="Running", attempts=nxt, jobName=new_name, message=message, nextAttemptTime=None)
     d.status["currentJob"] = new_name
-    d.events.append(warning(event, event_message))
+    if event:
+        d.events.append(warning(event, event_message))
     return d
 
 
+def _counted(rec: dict[str, Any], attempt: int) -> int:
+    """Attempts so far that count against retryLimit: out-of-memory adjustments and disruptions do not."""
+    return attempt - len(rec.get("oomAdjustments", [])) - int(rec.get("disruptions") or 0)
+
+
 def _retries_left(stage: StageSpec, rec: dict[str, Any], attempt: int) -> bool:
-    """Out-of-memory adjustments do not count against retryLimit."""
-    return attempt - len(rec.get("oomAdjustments", [])) <= stage.retry_limit
+    return _counted(rec, attempt) <= stage.retry_limit
+
+
+MAX_FAILURES_KEPT = 20
+AVOID_AFTER = 2          # failed attempts on one node before the stage's next attempts are kept off it
+MAX_BACKOFF_SECONDS = 900
+
+
+def backoff_seconds(base: int, counted_failures: int) -> int:
+    """Exponential: base, 2 base, 4 base ... capped at 15 minutes; 0 when the operator's base is 0."""
+    return min(base * 2 ** max(counted_failures - 1, 0), MAX_BACKOFF_SECONDS) if base else 0
+
+
+def _record_failure(d: Decision, a: _Attempt, clock: Clock) -> bool:
+    """The failed attempt in the stage's record (once: True the first time it is seen), its nodes counted; a node
+    where AVOID_AFTER attempts failed is kept out of the stage's next attempts (NodeAvoided, once per node)."""
+    failures = a.rec.setdefault("failures", [])
+    if failures and failures[-1].get("attempt") == a.attempt:
+        return False
+    entry: dict[str, Any] = {"attempt": a.attempt, "message": (a.job.message or "")[:500]}
+    if a.job.failed_nodes:
+        entry["nodes"] = list(a.job.failed_nodes)
+    if a.job.disruption:
+        entry["disruption"] = a.job.disruption[:500]
+    failures.append(entry)
+    del failures[:-MAX_FAILURES_KEPT]
+    counts = Counter(n for f in failures for n in f.get("nodes") or [])
+    avoid = sorted(n for n, c in counts.items() if c >= AVOID_AFTER)
+    new = [n for n in avoid if n not in (a.rec.get("avoidNodes") or [])]
+    if new:
+        a.rec["avoidNodes"] = sorted(set(a.rec.get("avoidNodes") or []) | set(avoid))
+        d.events.append(warning(Reason.NODE_AVOIDED, f"stage {a.stage.name}: attempts failed on node(s) "
+                                f"{', '.join(new)} {AVOID_AFTER} times; the next attempts are kept off them "
+                                f"(status.stages[].avoidNodes)"))
+    return True
 
 
 def _fail_stage(d: Decision, a: _Attempt, message: str, event_message: str, reason: str, run_message: str,
@@ -344,18 +390,40 @@ def _hung(d: Decision, a: _Attempt, clock: Clock) -> Decision:
     return d
 
 
-def _failed(d: Decision, a: _Attempt, clock: Clock) -> Decision:
-    job, stage = a.job, a.stage
+def _failed(d: Decision, a: _Attempt, clock: Clock, backoff: int) -> Decision:
+    job, stage, rec = a.job, a.stage, a.rec
+    first = _record_failure(d, a, clock)
     if job.permanent:
         return _fail_stage(d, a, job.permanent, f"stage {stage.name} attempt {a.attempt} failed with an error that "
                            f"a retry cannot fix, not retried: {job.permanent}", Reason.PERMANENT_ERROR,
                            f"stage {stage.name}: {job.permanent}", clock)
     if job.oom is not None and stage.oom_policy == "adjust":
         return _after_oom(d, a, clock)
-    if _retries_left(stage, a.rec, a.attempt):
-        return _retry(d, a, f"attempt {a.attempt} failed: {job.message}", Reason.STAGE_RETRYING,
-                      f"stage {stage.name} attempt {a.attempt} failed ({job.message}); attempt {a.attempt + 1} "
-                      f"resumes from the last checkpoint")
+    if job.disruption and int(rec.get("disruptions") or 0) < stage.disruption_limit:
+        if first:
+            rec["disruptions"] = int(rec.get("disruptions") or 0) + 1
+        where = f" on {', '.join(job.failed_nodes)}" if job.failed_nodes else ""
+        return _retry(d, a, f"attempt {a.attempt} was disrupted{where}: {job.disruption}",
+                      Reason.STAGE_DISRUPTED if first else "",
+                      f"stage {stage.name} attempt {a.attempt} was disrupted{where} ({job.disruption}); attempt "
+                      f"{a.attempt + 1} resumes from the last checkpoint without using retryLimit (disruption "
+                      f"{rec['disruptions']} of {stage.disruption_limit})")
+    if _retries_left(stage, rec, a.attempt):
+        delay = backoff_seconds(backoff, _counted(rec, a.attempt))
+        now = parse_time(clock.now)
+        due = rec.get("nextAttemptTime") or (format_time(now + timedelta(seconds=delay)) if delay and now else None)
+        announce = (f"stage {stage.name} attempt {a.attempt} failed ({job.message}); attempt {a.attempt + 1} resumes "
+                    f"from the last checkpoint" + (f" at {due}" if due else ""))
+        if due and clock.now < due:  # RFC 3339 UTC times sort as strings
+            rec.update(nextAttemptTime=due, message=f"attempt {a.attempt} failed: {job.message}; attempt "
+                                                    f"{a.attempt + 1} starts at {due}")
+            if first:
+                d.events.append(warning(Reason.STAGE_RETRYING, announce))
+            set_phase(d, "Running", Reason.STAGE_RUNNING, f"stage {stage.name} ({a.index + 1}/"
+                      f"{len(d.status['stages'])}): attempt {a.attempt + 1} starts at {due}", clock)
+            return d
+        return _retry(d, a, f"attempt {a.attempt} failed: {job.message}", Reason.STAGE_RETRYING if first else "",
+                      announce)
     return _fail_stage(d, a, job.message, f"stage {stage.name} attempt {a.attempt} failed ({job.message}); no "
                        f"retries left", Reason.JOB_FAILED, f"stage {stage.name} failed after {a.attempt} attempt(s): "
                        f"{job.message}", clock)
@@ -389,11 +457,12 @@ def _active(d: Decision, a: _Attempt, spec: VitaTrainingRunSpec, clock: Clock) -
 def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: dict[str, Any] | None,
            jobs: list[ObservedJob], now: str, backend: str = "pytorchjob", *,
            evaluations: Sequence[ObservedEvaluation] = (), steps: Attempts | None = None,
-           foreign: Sequence[str] = ()) -> Decision:
+           foreign: Sequence[str] = (), retry_backoff_seconds: int = 0) -> Decision:
     """`backend`: the job backend the run uses (its own, else the operator's default); only its limits matter
     here, the jobs arrive as ObservedJob whatever their kind. `evaluations`: the run's benchmark Jobs
     (spec.evaluation), one per evaluated stage. `steps`: each batch step's Jobs by its key (steps.STEPS).
-    `foreign`: jobs that carry the run's labels but that the run does not control (left out of `jobs`)."""
+    `foreign`: jobs that carry the run's labels but that the run does not control (left out of `jobs`).
+    `retry_backoff_seconds`: the first retry's delay after a failure of the stage's own (doubling, capped)."""
     attempts: Attempts = steps or {}
     clock = Clock(now, generation)
     d = Decision(status=copy.deepcopy(status or {}))
@@ -450,7 +519,7 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             attempt = attempt or 1
             name = job_name(run_name, stage.name, attempt)
             st["currentStage"], st["currentJob"] = stage.name, name
-            d.actions.append(CreateJob(i, attempt, spec.suspend, dict(rec.get("argOverrides", {}))))
+            d.actions.append(_create_job(i, attempt, spec.suspend, rec))
             if still_refused(st, name):
                 return d
             rec.update(phase="Running", attempts=attempt, jobName=name)
@@ -477,7 +546,7 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             continue  # start the next stage in the same pass
         a = _Attempt(run_name, stage, i, rec, attempt, job, spec.suspend)
         if job.phase == "Failed":
-            return _failed(d, a, clock)
+            return _failed(d, a, clock, retry_backoff_seconds)
         if job.hung and job.phase == "Running":
             return _hung(d, a, clock)
         return _active(d, a, spec, clock)

@@ -3,12 +3,13 @@ say (termination messages, why they cannot start). Pure functions of (run, stage
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
 from vita_api.naming import job_labels, job_name
 from vita_api.plan import GPUS_ENV, cluster_roots, stage_output_dir, stage_resources
-from vita_api.spec import API_GROUP, VitaTrainingRunSpec
+from vita_api.spec import API_GROUP, ResourcesOverride, VitaTrainingRunSpec
 from vita_api.termination import eval_loss_of, final_loss_of, oom_of, permanent_failure_of
 
 KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -243,3 +244,54 @@ def creation_failure(job_name: str, events: list[dict[str, Any]], pods: Sequence
         return ""
     what = f"{len(pods)} pod(s) created, the rest refused" if pods else "no pods were created"
     return f"{what}: {newest.get('reason')}: {newest.get('message', '')}".rstrip(": ")
+
+
+def disruption_of(pod: dict[str, Any]) -> str:
+    """Why a pod was disrupted rather than failed ("" if it was not): its DisruptionTarget condition (a drain, a
+    preemption, taint-based eviction of a NotReady or deleted node, pod garbage collection), else the kubelet's
+    eviction reason."""
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            return f"{cond.get('reason', 'DisruptionTarget')}: {cond.get('message', '')}".rstrip(": ")
+    if status.get("reason") in ("Evicted", "NodeLost", "NodeShutdown", "Terminated", "Preempting"):
+        return f"{status['reason']}: {status.get('message', '')}".rstrip(": ")
+    return ""
+
+
+def failed_node(pod: dict[str, Any]) -> str:
+    """The node of a pod that failed or was disrupted ("" for one that did not, or that never had a node)."""
+    status = pod.get("status") or {}
+    failed = status.get("phase") == "Failed" or disruption_of(pod) or any(
+        ((cs.get("state") or {}).get("terminated") or {}).get("exitCode") for cs in status.get("containerStatuses")
+        or [])
+    return str((pod.get("spec") or {}).get("nodeName") or "") if failed else ""
+
+
+HOSTNAME = "kubernetes.io/hostname"
+
+
+def avoiding_nodes(affinity: dict[str, Any] | None, nodes: Sequence[str]) -> dict[str, Any] | None:
+    """`affinity` that also keeps pods off `nodes`: a NotIn on the hostname added to every required node selector
+    term (terms are ORed, their expressions ANDed), or one term of its own."""
+    if not nodes:
+        return affinity
+    out = copy.deepcopy(affinity or {})
+    required = out.setdefault("nodeAffinity", {}).setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.setdefault("nodeSelectorTerms", []) or [{}]
+    avoid = {"key": HOSTNAME, "operator": "NotIn", "values": sorted(nodes)}
+    required["nodeSelectorTerms"] = [{**t, "matchExpressions": [*t.get("matchExpressions", []), avoid]} for t in terms]
+    return out
+
+
+def with_avoided_nodes(spec: VitaTrainingRunSpec, index: int, nodes: Sequence[str]) -> VitaTrainingRunSpec:
+    """The spec whose stage `index` keeps off `nodes` (an attempt's placement; the user's spec stays as written)."""
+    if not nodes:
+        return spec
+    affinity = avoiding_nodes(stage_resources(spec, index).affinity, nodes)
+    stages = list(spec.stages)
+    override = stages[index].resources
+    stages[index] = stages[index].model_copy(update={"resources": override.model_copy(update={"affinity": affinity})
+                                                     if override else ResourcesOverride.model_validate(
+                                                         {"affinity": affinity})})
+    return spec.model_copy(update={"stages": stages})
