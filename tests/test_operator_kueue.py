@@ -46,3 +46,11 @@ def test_a_queued_jobs_workload_reason_reaches_the_runs_status(monkeypatch):
     d = decide("q", 1, spec, {"phase": "Running", "stages": [{"name": "s1", "phase": "Running", "attempts": 1}]},
                [seen], "2026-12-04T09:00:00Z")
     assert d.status["phase"] == "Queued" and "insufficient quota for nvidia.com/gpu" in d.status["message"]
+
+
+def test_workloads_are_read_through_the_newest_version_served():
+    """[day-two] item 6: Kueue deprecates v1beta1 for v1beta2."""
+    from vita_operator.core.kueue import workload_version
+    assert workload_version(["v1beta1", "v1beta2"]) == "v1beta2"
+    assert workload_version(["v1beta1"]) == "v1beta1"
+    assert workload_version([]) is None and workload_version(["v1alpha9"]) is None

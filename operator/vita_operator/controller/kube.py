@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from datetime import datetime, timezone
 from typing import Any, cast
 
@@ -86,11 +87,33 @@ def claim(namespace: str, name: str) -> dict[str, Any] | None:
     return cast(dict[str, Any], json.loads(raw.data))
 
 
+_workload_version: dict[str, Any] = {}
+REDISCOVER_SECONDS = 300.0  # Kueue installed (or upgraded) after the operator started is found this long after
+
+
+def _served_workload_version() -> str | None:
+    """Discovered once in a while: Kueue deprecates v1beta1 for v1beta2, and a cluster serves one or both."""
+    from ..core.kueue import KUEUE_GROUP, workload_version
+    if time.monotonic() - _workload_version.get("at", -REDISCOVER_SECONDS) >= REDISCOVER_SECONDS:
+        try:
+            groups = client.ApisApi(_api_client()).get_api_versions().groups or []
+        except ApiException as e:
+            log.warning("API discovery failed (API error %s): Kueue's Workloads not read", e.status)
+            return None
+        served = [v.version for g in groups if g.name == KUEUE_GROUP for v in g.versions or []]
+        _workload_version.update(at=time.monotonic(), version=workload_version(served))
+    return cast(str | None, _workload_version["version"])
+
+
 def workloads(namespace: str, selector: str) -> list[dict[str, Any]]:
-    """Kueue's Workloads; [] where Kueue is not installed or not readable (best effort)."""
-    from ..core.kueue import WORKLOAD_API
+    """Kueue's Workloads, through the newest version the cluster serves; [] where Kueue is not installed or not
+    readable (best effort)."""
+    from ..core.kueue import KUEUE_GROUP, WORKLOADS
+    version = _served_workload_version()
+    if version is None:
+        return []
     try:
-        found = custom().list_namespaced_custom_object(WORKLOAD_API[0], WORKLOAD_API[1], namespace, WORKLOAD_API[2],
+        found = custom().list_namespaced_custom_object(KUEUE_GROUP, version, namespace, WORKLOADS,
                                                        label_selector=selector)
     except ApiException as e:
         if e.status not in (403, 404):

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-WORKLOAD_API = ("kueue.x-k8s.io", "v1beta1", "workloads")
+KUEUE_GROUP, WORKLOADS = "kueue.x-k8s.io", "workloads"
+# The Workload versions this operator reads, newest first (their conditions, which is all it reads, are the same).
+WORKLOAD_VERSIONS = ("v1beta2", "v1beta1")
 JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"  # Kueue labels each Workload with its job's uid
+
+
+def workload_version(served: list[str]) -> str | None:
+    """The newest Workload version the cluster serves that this operator reads; None without Kueue."""
+    return next((v for v in WORKLOAD_VERSIONS if v in served), None)
 
 
 def workload_state(workloads: list[dict[str, Any]]) -> str:
