@@ -35,7 +35,8 @@ STAGES = REPO / "tests" / "fixtures" / "kwok-stages.yaml"
 # The kube-controller-manager controllers the stack needs besides the API-server tier's: batch Jobs (the run's
 # preflight and JobSet's child Jobs), binding the run's claims to their volumes (the scheduler waits for that), and
 # node lifecycle (it lifts the not-ready taint a new node is admitted with once kwok reports it Ready).
-EXTRA_CONTROLLERS = ("job", "persistentvolume-binder", "ttl-after-finished", "node-lifecycle-controller")
+EXTRA_CONTROLLERS = ("job", "persistentvolume-binder", "ttl-after-finished", "node-lifecycle-controller", "podgc",
+                     "taint-eviction-controller")
 GPU = "nvidia.com/gpu"
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 # training-operator v1.9.3 hard-codes this (pkg/cert); it is also controller-runtime's default with TMPDIR unset.

@@ -224,3 +224,22 @@ def test_an_attempt_that_avoids_nodes_gets_the_anti_affinity_on_both_backends():
         text = str(body)
         assert "'kubernetes.io/hostname', 'operator': 'NotIn', 'values': ['gpu-7']" in text, backend.name
         assert "gpu-7" not in str(backend.build("r", "ns", sp, 0, 1))  # only that stage
+
+
+def test_the_job_indices_keep_only_what_the_operator_reads():
+    """[day-two] item 7: 10,000 jobs of finished runs stay in kopf's indices; their pod templates and managedFields
+    do not. What the operator reads from an indexed job is the same as from the whole job."""
+    from tests.operator_scenarios import job_status
+    from vita_operator.jobs.backends import job_backends
+    from vita_operator.jobs.pods import active_since
+    for backend in job_backends().values():
+        for phase in ("Pending", "Running", "Suspended", "Succeeded", "Failed"):
+            body = backend.build("r", "ns", spec(), 1, 2, suspend=phase == "Suspended")
+            body["metadata"].update(uid="u-1", creationTimestamp="2026-12-07T00:00:00Z", managedFields=[{"x": 1}],
+                                    ownerReferences=[{"uid": "run-uid", "controller": True}])
+            body["status"] = job_status(backend.name, phase)
+            slim = backend.index_fields(body)
+            assert backend.phase(slim) == backend.phase(body) and backend.node_count(slim) == backend.node_count(body)
+            assert backend.suspended(slim) == backend.suspended(body) and active_since(slim) == active_since(body)
+            assert slim["metadata"]["labels"] == body["metadata"]["labels"] and "managedFields" not in slim["metadata"]
+            assert len(str(slim)) < len(str(body)) / 3, backend.name

@@ -6,6 +6,7 @@ Run with: kopf run --standalone -m vita_operator.controller.handlers --liveness=
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -15,6 +16,7 @@ from vita_api.naming import LABEL_RUN, MANAGED_BY
 from vita_api.spec import API_GROUP
 
 from ..crd import PLURAL, VERSION
+from ..jobs.backend import JobBackend, index_metadata
 from . import kube, loops, metrics, observe
 from .config import BACKENDS, ENABLED, Settings, load
 from .reconcile import forget, reconcile
@@ -65,13 +67,20 @@ def cleanup(**_: Any) -> None:
 @kopf.index(API_GROUP, VERSION, PLURAL, id=RUNS_INDEX_ID)
 def index_run(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str | None, str],
                                                                                    dict[str, Any]]:
-    return {(namespace, name): dict(body)}
+    """A run as the loops read it: its spec and status, its metadata without managedFields or annotations."""
+    return {(namespace, name): {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                                "metadata": index_metadata(dict(body)), "spec": dict(body.get("spec") or {}),
+                                "status": dict(body.get("status") or {})}}
 
 
-def index_job_by_run(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
-                     **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
-    run = labels.get(LABEL_RUN)
-    return {(namespace, run): dict(body)} if run else {}
+def job_indexer(backend: JobBackend) -> Callable[..., dict[tuple[str | None, str], dict[str, Any]]]:
+    """The index of a backend's jobs by (namespace, run): only the fields the operator reads (10,000 jobs of
+    finished runs stay in memory)."""
+    def index_job_by_run(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
+                         **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
+        run = labels.get(LABEL_RUN)
+        return {(namespace, run): backend.index_fields(dict(body))} if run else {}
+    return index_job_by_run
 
 
 @kopf.on.resume(API_GROUP, VERSION, PLURAL)
@@ -108,7 +117,7 @@ def on_job(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
 
 for _name in ENABLED:
     _resource = (*kube.group_version(BACKENDS[_name].api_version), BACKENDS[_name].plural)
-    kopf.index(*_resource, id=JOB_INDEX_IDS[_name], labels={MANAGED_BY[0]: MANAGED_BY[1]})(index_job_by_run)
+    kopf.index(*_resource, id=JOB_INDEX_IDS[_name], labels={MANAGED_BY[0]: MANAGED_BY[1]})(job_indexer(BACKENDS[_name]))
     kopf.on.event(*_resource, id=f"on_{_name}", labels={MANAGED_BY[0]: MANAGED_BY[1]})(on_job)
 kopf.on.event("batch", "v1", "jobs", id="on_batch_job", labels={MANAGED_BY[0]: MANAGED_BY[1]})(on_job)
 

@@ -32,6 +32,8 @@ class JobBackend(Protocol):
 
     def result_pod_selector(self, job_name: str) -> str: ...
 
+    def index_fields(self, job: dict[str, Any]) -> dict[str, Any]: ...
+
     def permanent_failure(self, pod: dict[str, Any]) -> str | None: ...
 
     def out_of_memory(self, pod: dict[str, Any]) -> dict[str, Any] | None: ...
@@ -40,6 +42,14 @@ class JobBackend(Protocol):
 
     def final_eval_loss(self, pod: dict[str, Any]) -> float | None: ...
 
+
+
+def index_metadata(obj: dict[str, Any]) -> dict[str, Any]:
+    """What the operator reads of an object's metadata (its indices hold thousands: no managedFields, no
+    annotations)."""
+    meta = obj.get("metadata") or {}
+    return {k: meta[k] for k in ("name", "namespace", "uid", "labels", "ownerReferences", "creationTimestamp",
+                                 "generation", "resourceVersion", "deletionTimestamp") if k in meta}
 
 
 class ResultPodReader:

@@ -8,7 +8,7 @@ from vita_api.naming import job_labels
 from vita_api.plan import cluster_roots, nproc_per_node, stage_args, stage_resources
 from vita_api.spec import VitaTrainingRunSpec
 
-from .backend import ResultPodReader
+from .backend import ResultPodReader, index_metadata
 from .pods import (POD_SECURITY, TRAINER_MODULE, TTL_AFTER_FINISHED, active_deadline, condition_message,
                    container_env, container_resources, container_security, job_metadata, pod_annotations,
                    pod_placement, true_conditions, volumes_and_mounts)
@@ -106,3 +106,11 @@ class PyTorchJobBackend(ResultPodReader):
     def result_pod_selector(self, job_name: str) -> str:
         """The pod holding global rank 0, which writes the stage's result."""
         return f"{KUBEFLOW_JOB_NAME}={job_name},{KUBEFLOW_REPLICA_TYPE}=master"
+
+    def index_fields(self, job: dict[str, Any]) -> dict[str, Any]:
+        """What phase, node_count, suspended and active_since read: not the pod templates."""
+        spec = job.get("spec") or {}
+        return {"metadata": index_metadata(job), "status": job.get("status") or {},
+                "spec": {"runPolicy": {"suspend": (spec.get("runPolicy") or {}).get("suspend")},
+                         "pytorchReplicaSpecs": {k: {"replicas": (v or {}).get("replicas", 1)}
+                                                 for k, v in (spec.get("pytorchReplicaSpecs") or {}).items()}}}

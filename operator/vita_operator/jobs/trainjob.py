@@ -16,7 +16,7 @@ from vita_api.naming import job_labels
 from vita_api.plan import cluster_roots, nproc_per_node, stage_args, stage_resources
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 
-from .backend import ResultPodReader
+from .backend import ResultPodReader, index_metadata
 from .pods import (POD_SECURITY, TRAINER_MODULE, active_deadline, condition_message,
                       container_env, container_resources, container_security, job_metadata, pod_annotations,
                       pod_placement, true_conditions, volumes_and_mounts)
@@ -91,3 +91,10 @@ class TrainJobBackend(ResultPodReader):
     def result_pod_selector(self, job_name: str) -> str:
         """Node 0 holds global rank 0 (Trainer: PET_NODE_RANK is the Job's completion index)."""
         return f"{JOBSET_NAME}={job_name},{REPLICATED_JOB_NAME}={REPLICATED_JOB},{COMPLETION_INDEX}=0"
+
+    def index_fields(self, job: dict[str, Any]) -> dict[str, Any]:
+        """What phase, node_count, suspended and active_since read: not the trainer's args, env or patches."""
+        spec = job.get("spec") or {}
+        return {"metadata": index_metadata(job), "status": job.get("status") or {},
+                "spec": {"suspend": spec.get("suspend"),
+                         "trainer": {"numNodes": (spec.get("trainer") or {}).get("numNodes")}}}
