@@ -6,6 +6,10 @@
    stage's job existing, and the operator's peak RSS.
 3. The same against a real control plane (etcd, kube-apiserver with RBAC, controller-manager; built once by
    hack/control-plane/build.sh), the operator on the chart's ServiceAccount, as deployed.
+5. History (--history-runs): on a real control plane, 1,000 runs of which all but --history-active have finished,
+   owning 10,000 PyTorchJobs; the operator's peak RSS, its API requests per second at steady state with no active run
+   (the API server's own flow-control count for the operator's ServiceAccount), then the latency of --history-active
+   new runs' stage transitions among that history.
 4. The same with the real Kubeflow stack in the loop (tests/kubeflow_stack.py: kube-scheduler, kwok GPU nodes, the
    training operator): each run's pod is scheduled and started; the latency runs from its trainer program ending
    (kwok then reports the pod Succeeded, the training operator the job) to the next stage's job existing.
@@ -238,6 +242,84 @@ def kopf_on_real_apiserver(n_runs: int, workdir: Path, timeout: float = 300, unr
             "operator_cpu_s": round(op_cpu, 2), "kube_apiserver_peak_rss_mib": round(apiserver_rss, 1)}
 
 
+def _operator_requests(cp) -> float:
+    """Requests the API server dispatched for ServiceAccounts (flow schema "service-accounts"): here, only the
+    operator's (the controller-manager and this benchmark use the admin identity, which is exempt)."""
+    text = cp.kubectl("get", "--raw", "/metrics").stdout
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("apiserver_flowcontrol_dispatched_requests_total{")
+               and 'flow_schema="service-accounts"' in line)
+
+
+def kopf_with_history(n_runs: int, jobs_per_run: int, active: int, workdir: Path, steady_s: float = 130,
+                      timeout: float = 600, settle_s: float = 30) -> dict:
+    """n_runs finished runs, each owning jobs_per_run PyTorchJobs (attempts of its three stages), as a long-lived
+    cluster holds them; the operator started on top; its steady state measured over `steady_s` (two resyncs);
+    then `active` new runs created and their stage 1 jobs turned Succeeded."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kubernetes import client
+
+    from tests.control_plane import ControlPlane, OperatorProcess, install_operator_prerequisites
+    G, V, P, NS = "vita.training.dev", "v1alpha1", "vitatrainingruns", "default"
+    spec = VitaTrainingRunSpec.model_validate(SPEC)
+    backend = PyTorchJobBackend()
+    attempts = [(i, a) for i in range(3) for a in range(1, 5)][:jobs_per_run]
+    seen: dict[str, float] = {}
+    with ControlPlane(workdir) as cp:
+        op_kubeconfig = install_operator_prerequisites(cp)
+        api = client.CustomObjectsApi(cp.api_client())
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        finished = {"phase": "Succeeded", "observedGeneration": 1, "message": "all 3 stages succeeded",
+                    "conditions": [{"type": "Succeeded", "status": "True", "reason": "AllStagesSucceeded",
+                                    "message": "done", "lastTransitionTime": now, "observedGeneration": 1}]}
+
+        def history(r: int) -> None:
+            name = f"h{r}"
+            run = api.create_namespaced_custom_object(G, V, NS, P, {
+                "apiVersion": f"{G}/{V}", "kind": "VitaTrainingRun", "metadata": {"name": name, "namespace": NS},
+                "spec": SPEC})
+            api.patch_namespaced_custom_object_status(G, V, NS, P, name, {"status": finished})
+            owner = {"apiVersion": f"{G}/{V}", "kind": "VitaTrainingRun", "name": name,
+                     "uid": run["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+            for index, attempt in attempts:
+                body = backend.build(name, NS, spec, index, attempt)
+                body["metadata"]["ownerReferences"] = [owner]
+                api.create_namespaced_custom_object("kubeflow.org", "v1", NS, "pytorchjobs", body)
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(history, range(n_runs)))
+        made_s = time.monotonic() - t0
+        stop = threading.Event()
+        _note_job_creations(cp.api_client(), NS, seen, stop, timeout)
+        with OperatorProcess(op_kubeconfig, workdir / "operator.log", resync_seconds=60) as op:
+            time.sleep(settle_s)  # the initial LIST/WATCH of every run and job, and the resume pass over every run
+            before, t1 = _operator_requests(cp), time.monotonic()
+            time.sleep(steady_s)
+            steady = (_operator_requests(cp) - before) / (time.monotonic() - t1)
+            rss_steady = _peak_rss_mib(op.proc.pid)
+            for r in range(active):
+                api.create_namespaced_custom_object(G, V, NS, P, {
+                    "apiVersion": f"{G}/{V}", "kind": "VitaTrainingRun",
+                    "metadata": {"name": f"a{r}", "namespace": NS}, "spec": SPEC})
+            _wait(lambda: all(f"a{r}-s1-1" in seen for r in range(active)), timeout)
+            flipped = {}
+            for r in range(active):
+                if f"a{r}-s1-1" in seen:
+                    api.patch_namespaced_custom_object_status("kubeflow.org", "v1", NS, "pytorchjobs", f"a{r}-s1-1", {
+                        "status": {"conditions": [{"type": "Succeeded", "status": "True", "reason": "Done"}]}})
+                    flipped[r] = time.monotonic()
+            _wait(lambda: all(f"a{r}-s2-1" in seen for r in flipped), timeout)
+            peak = _peak_rss_mib(op.proc.pid)
+        stop.set()
+    lat = sorted(seen[f"a{r}-s2-1"] - flipped[r] for r in flipped if f"a{r}-s2-1" in seen)
+    return {"finished_runs": n_runs, "their_jobs": n_runs * len(attempts), "history_created_s": round(made_s, 1),
+            "steady_operator_requests_per_s": round(steady, 3),
+            "operator_rss_at_steady_state_mib": round(rss_steady, 1), "active_runs": active,
+            **_transition_latency(lat), "operator_peak_rss_mib": round(peak, 1)}
+
+
 def kopf_on_kubeflow(n_runs: int, workdir: Path, timeout: float = 600) -> dict:
     """As kopf_on_real_apiserver, with the controllers in the loop: one GPU node per run, every first job's pod
     running before the clock starts; then every rank-0 pod's program ends (exit 0, its final loss) at once."""
@@ -307,6 +389,11 @@ def main():
                     help="another team's batch Jobs present in the second real-API-server round")
     ap.add_argument("--kubeflow-runs", type=int, default=100,
                     help="runs with the real Kubeflow stack in the loop (tests/kubeflow_stack.py; 0: skip)")
+    ap.add_argument("--history-runs", type=int, default=1000,
+                    help="finished runs (each owning --history-jobs-per-run jobs) on a real API server (0: skip)")
+    ap.add_argument("--history-jobs-per-run", type=int, default=10)
+    ap.add_argument("--history-active", type=int, default=20, help="new runs whose transitions are timed then")
+    ap.add_argument("--history-steady-seconds", type=float, default=130, help="how long steady state is counted")
     ap.add_argument("--operator-log", type=Path, default=Path("bench_out/operator_scale.log"))
     a = ap.parse_args()
     a.operator_log.parent.mkdir(parents=True, exist_ok=True)
@@ -321,6 +408,12 @@ def main():
             with tempfile.TemporaryDirectory(prefix="vita-apiserver-") as d:
                 print("kopf on a real kube-apiserver (operator in its own process, the chart's RBAC):",
                       kopf_on_real_apiserver(a.apiserver_runs, Path(d), unrelated=unrelated))
+    if a.history_runs:
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="vita-history-") as d:
+            print("kopf among a long-lived cluster's history (real kube-apiserver, the chart's RBAC):",
+                  kopf_with_history(a.history_runs, a.history_jobs_per_run, a.history_active, Path(d),
+                                    steady_s=a.history_steady_seconds))
     if a.kubeflow_runs:
         import tempfile
         with tempfile.TemporaryDirectory(prefix="vita-kubeflow-") as d:

@@ -86,8 +86,13 @@ def test_data_check_bench_runs():
 @pytest.mark.kubeflow
 def test_operator_scale_runs(tmp_path, control_plane_binaries, kubeflow_binaries):
     out = run("bench/operator_scale.py", "--runs", "5", "--kopf-runs", "3", "--apiserver-runs", "3",
-              "--unrelated-jobs", "20", "--kubeflow-runs", "3", "--operator-log", str(tmp_path / "op.log"))
+              "--unrelated-jobs", "20", "--kubeflow-runs", "3", "--operator-log", str(tmp_path / "op.log"),
+              "--history-runs", "4", "--history-jobs-per-run", "3", "--history-active", "2",
+              "--history-steady-seconds", "5")
     out, kubeflow = out.split("kopf with the real Kubeflow stack")
+    out, history = out.split("kopf among a long-lived cluster's history")
+    assert "'their_jobs': 12" in history and "'advanced_to_stage2': 2" in history
+    assert "'steady_operator_requests_per_s':" in history
     assert "'first_pods_running': 3" in kubeflow and "'advanced_to_stage2': 3" in kubeflow
     kmock, real, crowded = out.split("kopf on a real kube-apiserver")
     assert "'first_jobs_created': 3" in kmock and "'advanced_to_stage2': 3" in kmock
