@@ -6,13 +6,13 @@
    stage's job existing, and the operator's peak RSS.
 3. The same against a real control plane (etcd, kube-apiserver with RBAC, controller-manager; built once by
    hack/control-plane/build.sh), the operator on the chart's ServiceAccount, as deployed.
+4. The same with the real Kubeflow stack in the loop (tests/kubeflow_stack.py: kube-scheduler, kwok GPU nodes, the
+   training operator): each run's pod is scheduled and started; the latency runs from its trainer program ending
+   (kwok then reports the pod Succeeded, the training operator the job) to the next stage's job existing.
 5. History (--history-runs): on a real control plane, 1,000 runs of which all but --history-active have finished,
    owning 10,000 PyTorchJobs; the operator's peak RSS, its API requests per second at steady state with no active run
    (the API server's own flow-control count for the operator's ServiceAccount), then the latency of --history-active
    new runs' stage transitions among that history.
-4. The same with the real Kubeflow stack in the loop (tests/kubeflow_stack.py: kube-scheduler, kwok GPU nodes, the
-   training operator): each run's pod is scheduled and started; the latency runs from its trainer program ending
-   (kwok then reports the pod Succeeded, the training operator the job) to the next stage's job existing.
 
     .venv/bin/python bench/operator_scale.py
 """

@@ -39,7 +39,7 @@ FULL = {
     "scheduling": {"kueueQueue": "gpu-queue"},
     "stages": [{"name": "align", "preset": "vision_align", "datasetUse": "img", "args": {"max_steps": 10}},
                {"name": "sft", "preset": "multimodal_sft", "datasetUse": "mm",
-                "args": {"active_deadline_seconds": 86400},
+                "activeDeadlineSeconds": 86400, "args": {},
                 "resources": {"nodes": 1, "gpusPerNode": 0, "cpuProcsPerNode": 2}}],
 }
 
@@ -222,6 +222,7 @@ CEL_BROKEN = [
     ("args set output_dir", lambda s: s["stages"][0]["args"].update(output_dir="/x"), "output_dir"),
     ("args set model_name_or_path", lambda s: s["stages"][1]["args"].update(model_name_or_path="m"),
      "model_name_or_path"),
+    ("args set a job setting", lambda s: s["stages"][1]["args"].update(active_deadline_seconds=60), "job setting"),
     ("two kinds of validation data", lambda s: s["stages"][1].update(evalDatasetUse="v", evalHoldout=0.1),
      "give one"),
     ("evaluation after a stage the run lacks", lambda s: s.update(evaluation={"tasks": ["mme"],

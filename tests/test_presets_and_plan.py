@@ -142,15 +142,23 @@ def test_the_prepared_base_folder_name_is_reserved():
     assert any("base-model" in p for p in check_spec(spec))
 
 
-def test_job_level_args_are_not_passed_to_the_trainer():
-    """active_deadline_seconds belongs to the PyTorchJob's runPolicy; the trainer's parser rejects unknown flags."""
+def test_job_settings_are_typed_stage_fields_not_trainer_args():
+    """The job's deadline is the stage's activeDeadlineSeconds (the PyTorchJob's runPolicy, the TrainJob's spec); the
+    old spelling in args is refused with where it moved, not passed to the trainer (its parser rejects it)."""
+    from vita_operator.jobs.backends import job_backends
     from vita_trainer.train.arguments import parse
-    spec = run_spec([{"name": "s", "preset": "multimodal_sft", "datasetUse": "a",
-                      "args": {"active_deadline_seconds": 86400, "max_steps": 3}}])
+    spec = run_spec([{"name": "s", "preset": "multimodal_sft", "datasetUse": "a", "activeDeadlineSeconds": 86400,
+                      "args": {"max_steps": 3}}])
     argv = stage_args(spec, 0, ROOTS)
-    assert "--active_deadline_seconds" not in argv and "--max_steps" in argv
+    assert "--max_steps" in argv and not any("deadline" in a for a in argv)
     _, _, train_args, _ = parse(argv)
     assert train_args.max_steps == 3
+    backends = job_backends()
+    assert backends["pytorchjob"].build("r", "ns", spec, 0, 1)["spec"]["runPolicy"]["activeDeadlineSeconds"] == 86400
+    assert backends["trainjob"].build("r", "ns", spec, 0, 1)["spec"]["activeDeadlineSeconds"] == 86400
+    old = run_spec([{"name": "s", "preset": "multimodal_sft", "datasetUse": "a",
+                     "args": {"active_deadline_seconds": 86400}}])
+    assert any("stages[0].activeDeadlineSeconds" in p for p in check_spec(old))
 
 
 def test_stage_resources_change_only_the_fields_they_set():

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from .constants import MODEL_MAX_LENGTH
 from .errors import ConfigError
-from .spec import (KUEUE_PRIORITY_NEEDS_QUEUE, PLAN_DERIVED_ARGS, SUSPEND_WITH_KUEUE, TRAINJOB_PRIORITY,
-                    TRAINJOB_VOLCANO, ResourcesSpec, VitaTrainingRunSpec)
+from .spec import (JOB_SETTING_ARGS, KUEUE_PRIORITY_NEEDS_QUEUE, PLAN_DERIVED_ARGS, SUSPEND_WITH_KUEUE,
+                   TRAINJOB_PRIORITY, TRAINJOB_VOLCANO, ResourcesSpec, VitaTrainingRunSpec)
 from .presets import FREEZE_FLAGS, as_bool, get_preset, resolve_trainable, saves_full_weights
 
 STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage finishes
@@ -23,7 +23,6 @@ EVALUATION = "eval"                    # starts the names of the run's benchmark
 EXPORT = "export"                      # names the run's export Job: <run>-export-<attempt>; no stage may take it
 INITIALIZE = "init"                    # names the run's initializer Job: <run>-init-<attempt>; no stage may take it
 PREPARED_BASE_DIR = "base-model"      # beside the stage outputs: the run's base, imported or composed once
-JOB_ARGS = ("active_deadline_seconds",)  # stage args the job builder consumes; the trainer never sees them
 EVALUATION_DIR = "eval"                # in a stage's output folder: lmms-eval's results of spec.evaluation
 GPUS_ENV = "VITA_EXPECTED_GPUS"       # set on pods that request GPUs: the trainer then refuses to fall back to CPU
 
@@ -174,6 +173,10 @@ def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
             trainable_groups(spec, i)
         except ConfigError as e:
             problems.append(f"stages[{i}] ({stage.name}): {e}")
+        for arg, moved in JOB_SETTING_ARGS.items():
+            if arg in stage.args:
+                problems.append(f"stages[{i}] ({stage.name}): args.{arg} is a job setting, not a trainer flag: set "
+                                f"stages[{i}].{moved} instead")
         if any(a in stage.args for a in PLAN_DERIVED_ARGS):
             problems.append(f"stages[{i}] ({stage.name}): args may not set output_dir or model_name_or_path; "
                             f"the plan derives them from `output` and the previous stage")
@@ -244,8 +247,7 @@ def stage_args(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> list[
         # A dead peer ends the job after the hang timeout instead of the trainer's 2-hour collective timeout.
         args += ["--ddp_timeout", str(spec.hang_timeout_seconds)]
     for key, arg in stage.args.items():
-        if key not in JOB_ARGS:
-            args += [f"--{key}", str(arg)]
+        args += [f"--{key}", str(arg)]
     return args
 
 

@@ -32,6 +32,8 @@ MAX_STAGES = 32
 MAX_STAGE_ARGS = 128
 # Trainer flags that the stage plan derives (where a stage reads from and writes to); a stage may not set them.
 PLAN_DERIVED_ARGS = ("output_dir", "model_name_or_path")
+# Job settings that older specs put in a stage's args, and the stage field that holds each now.
+JOB_SETTING_ARGS = {"active_deadline_seconds": "activeDeadlineSeconds"}
 # Kueue owns a queued job's suspend field: suspending it ourselves would start a suspend/unsuspend loop.
 # How a stage attempt runs on the cluster: a Kubeflow training-operator v1 PyTorchJob, or a Kubeflow Trainer v2
 # TrainJob on the chart's ClusterTrainingRuntime. Unset: the operator's default (a chart value).
@@ -200,13 +202,20 @@ class SchedulingSpec(_Spec):
     volcano_queue: str | None = Field(None, description="Volcano queue (runPolicy.schedulingPolicy.queue)")
 
 
+# CEL rules of a stage; the API server checks them at `kubectl apply`.
+_STAGE_RULES: list[Any] = [
+    {"rule": "!has(self.args) || !(" + " || ".join(f"has(self.args.{a})" for a in PLAN_DERIVED_ARGS) + ")",
+     "message": f"args may not set {' or '.join(PLAN_DERIVED_ARGS)}: the stage plan derives them"},
+    *[{"rule": f"!has(self.args) || !has(self.args.{arg})",
+       "message": f"args.{arg} is a job setting, not a trainer flag: set the stage's {field} instead"}
+      for arg, field in JOB_SETTING_ARGS.items()],
+    {"rule": "!(has(self.evalDatasetUse) && has(self.evalHoldout))",
+     "message": "evalDatasetUse and evalHoldout both name validation data: give one"}]
+
+
 class StageSpec(_Spec):
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, json_schema_extra={
-        "x-kubernetes-validations": [
-            {"rule": "!has(self.args) || !(" + " || ".join(f"has(self.args.{a})" for a in PLAN_DERIVED_ARGS) + ")",
-             "message": f"args may not set {' or '.join(PLAN_DERIVED_ARGS)}: the stage plan derives them"},
-            {"rule": "!(has(self.evalDatasetUse) && has(self.evalHoldout))",
-             "message": "evalDatasetUse and evalHoldout both name validation data: give one"}]})
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
+                              json_schema_extra={"x-kubernetes-validations": _STAGE_RULES})
     name: str = Field(pattern=DNS_LABEL, max_length=30, description="Stage name, unique in the run (DNS label)")
     preset: str = Field(description="Stage preset name or alias, e.g. vision_align or 1.1")
     dataset_use: str = Field(description="Mixture or dataset key in the registry")
@@ -220,6 +229,9 @@ class StageSpec(_Spec):
                                       description="Trainer flag overrides (HF TrainingArguments and VITA flags)")
     resources: ResourcesOverride | None = Field(None, description="For this stage, the fields of the run's "
                                                 "resources to change; unset fields keep the run's values")
+    active_deadline_seconds: int | None = Field(None, ge=60, description="Each attempt's job fails this long after "
+                                                "it started (the PyTorchJob's runPolicy, the TrainJob's spec); unset: "
+                                                "no deadline")
     retry_limit: int = Field(2, ge=0, le=20, description="Failed attempts to retry, resuming from the last checkpoint "
                              "(raising it on a Failed run resumes the stage); disruptions do not count")
     disruption_limit: int = Field(20, ge=0, le=1000, description="Attempts ended by a disruption (a lost or "

@@ -13,7 +13,8 @@ import sys
 
 import yaml
 
-from vita_api.spec import API_GROUP, KIND, PLAN_DERIVED_ARGS, RUN_NAME, RUN_NAME_MAX, VitaTrainingRunSpec
+from vita_api.spec import (API_GROUP, JOB_SETTING_ARGS, KIND, PLAN_DERIVED_ARGS, RUN_NAME, RUN_NAME_MAX,
+                           VitaTrainingRunSpec)
 from vita_api.status import VitaTrainingRunStatus
 from vita_api.presets import all_presets
 
@@ -72,6 +73,8 @@ def spec_schema() -> dict[str, Any]:
     args["x-kubernetes-preserve-unknown-fields"] = True
     args["properties"] = {a: {"type": "string", "description": "Derived by the stage plan; may not be set"}
                           for a in PLAN_DERIVED_ARGS}
+    args["properties"].update({a: {"type": "string", "description": f"Moved to the stage's {field}; may not be set"}
+                               for a, field in JOB_SETTING_ARGS.items()})
     return schema
 
 

@@ -49,12 +49,6 @@ def kueue_labels(spec: VitaTrainingRunSpec) -> dict[str, str]:
     return out
 
 
-def active_deadline(spec: VitaTrainingRunSpec, index: int) -> int | None:
-    """One of plan.JOB_ARGS: the job's deadline, not a trainer flag."""
-    value = spec.stages[index].args.get("active_deadline_seconds")
-    return int(value) if value else None
-
-
 def container_resources(spec: VitaTrainingRunSpec, index: int) -> dict[str, Any]:
     res = stage_resources(spec, index)
     limits = {"cpu": res.cpu, "memory": res.memory}

@@ -9,7 +9,7 @@ from vita_api.plan import cluster_roots, nproc_per_node, stage_args, stage_resou
 from vita_api.spec import VitaTrainingRunSpec
 
 from .backend import ResultPodReader, index_metadata
-from .pods import (POD_SECURITY, TRAINER_MODULE, TTL_AFTER_FINISHED, active_deadline, condition_message,
+from .pods import (POD_SECURITY, TRAINER_MODULE, TTL_AFTER_FINISHED, condition_message,
                    container_env, container_resources, container_security, job_metadata, pod_annotations,
                    pod_placement, true_conditions, volumes_and_mounts)
 
@@ -71,7 +71,7 @@ class PyTorchJobBackend(ResultPodReader):
             replicas["Worker"] = replica(res.nodes - 1)
         run_policy: dict[str, Any] = {"cleanPodPolicy": "Running",
                       "ttlSecondsAfterFinished": TTL_AFTER_FINISHED, "suspend": suspend}
-        if deadline := active_deadline(spec, index):
+        if deadline := spec.stages[index].active_deadline_seconds:
             run_policy["activeDeadlineSeconds"] = deadline
         if spec.scheduling.volcano_queue:
             run_policy["schedulingPolicy"] = {"queue": spec.scheduling.volcano_queue, "minAvailable": res.nodes}

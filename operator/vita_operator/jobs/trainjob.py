@@ -17,7 +17,7 @@ from vita_api.plan import cluster_roots, nproc_per_node, stage_args, stage_resou
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 
 from .backend import ResultPodReader, index_metadata
-from .pods import (POD_SECURITY, TRAINER_MODULE, active_deadline, condition_message,
+from .pods import (POD_SECURITY, TRAINER_MODULE, condition_message,
                       container_env, container_resources, container_security, job_metadata, pod_annotations,
                       pod_placement, true_conditions, volumes_and_mounts)
 
@@ -60,7 +60,7 @@ class TrainJobBackend(ResultPodReader):
                    "resourcesPerNode": container_resources(spec, index)}
         job_spec = {"runtimeRef": {"apiGroup": TRAINER_GROUP, "kind": "ClusterTrainingRuntime", "name": self.runtime},
                     "trainer": trainer, "runtimePatches": [patch], "suspend": suspend}
-        if deadline := active_deadline(spec, index):
+        if deadline := spec.stages[index].active_deadline_seconds:
             job_spec["activeDeadlineSeconds"] = deadline
         return {"apiVersion": self.api_version, "kind": self.kind,
                 "metadata": job_metadata(run_name, namespace, spec, index, attempt), "spec": job_spec}
