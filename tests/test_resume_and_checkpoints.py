@@ -72,7 +72,7 @@ def test_crash_during_save_keeps_previous_checkpoint(data, tmp_path):
 def test_a_nonfinite_loss_on_one_rank_stops_every_rank_at_once(data, tmp_path):
     """Rank 1's loss turns NaN at step 2; rank 0's stays finite. Both stop there with the error, instead of rank 0
     waiting in the next collective until the process-group timeout (30 minutes)."""
-    from vita_trainer.train.trainer import FAULT_NONFINITE_ENV
+    from vita_trainer.train.faults import FAULT_NONFINITE_ENV
     r = subprocess.run(train_cmd(tmp_path / "nan", data), env={**os.environ, FAULT_NONFINITE_ENV: "2:1"},
                        capture_output=True, text=True, timeout=300)
     out = r.stdout + r.stderr

@@ -1,6 +1,10 @@
 from vita_api.constants import IGNORE_INDEX
 from vita_trainer.data.chat_format import FORMATS
-from vita_trainer.data.template import render_segments, render_text, tokenize_segments
+from vita_trainer.data.template import render_segments, tokenize_segments
+
+
+def render_text(turns, system, **options):
+    return "".join(s.text for s in render_segments(turns, system, **options))
 
 
 def test_multi_turn_template_exact_string():

@@ -40,10 +40,6 @@ def render_segments(turns: list[tuple[str, str]], system: str, *, newline_after_
     return segments
 
 
-def render_text(turns: list[tuple[str, str]], system: str, **options) -> str:
-    return "".join(s.text for s in render_segments(turns, system, **options))
-
-
 def tokenize_segments(segments: list[Segment], encode) -> tuple[list[int], list[int]]:
     """Encode segment by segment so that label boundaries are exact.
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from vita_api.constants import IGNORE_INDEX
 from vita_api.errors import ConfigError
-from ..tools.chat import REPLY_SYMBOLS, Conversation, batch_inputs, load_chat_model, prompt_inputs
+from ..inference import REPLY_SYMBOLS, Conversation, batch_inputs, load_chat_model, prompt_inputs
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus")
 

@@ -62,11 +62,6 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise ConfigError(f"{folder} has no model.safetensors(.index.json) or pytorch_model.bin{hint}")
 
 
-def is_vita15_folder(path: str | Path) -> bool:
-    config = Path(path) / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("model_type") == MODEL_TYPE
-
-
 def is_internvit_folder(path: str | Path) -> bool:
     config = Path(path) / "config.json"
     return config.is_file() and json.loads(config.read_text()).get("model_type") == INTERNVIT_TYPE

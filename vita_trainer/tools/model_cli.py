@@ -99,7 +99,8 @@ def _print_inspect(r: dict) -> None:
 
 
 def _chat(a) -> int:
-    from .chat import Conversation, answer, generation_kwargs, load_chat_model, repl
+    from ..inference import Conversation, generation_kwargs, load_chat_model
+    from .chat import answer, repl
     chat = load_chat_model(a.model, a.base, a.system, a.device)
     conversation = Conversation(images=a.image, audio=a.audio, video=a.video)
     generation = generation_kwargs(a.max_new_tokens, a.do_sample, a.temperature, a.top_p, a.top_k,

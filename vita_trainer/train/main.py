@@ -173,7 +173,8 @@ def module_learning_rates(preset: StagePreset, args: VitaTrainingArguments) -> d
 def build_trainer(setup: ModelSetup, data: DataSetup, data_args: DataArguments, args: VitaTrainingArguments,
                   preset: StagePreset, stage_name: str) -> Any:
     from .metrics import MetricsCallback, TrainerMetrics
-    from .trainer import FaultInjection, VitaTrainer, token_budget_sampler
+    from .faults import FaultInjection
+    from .trainer import VitaTrainer, token_budget_sampler
 
     metrics = MetricsCallback(TrainerMetrics(), stage_name, preset.name, args.metrics_port)
     module_lr = module_learning_rates(preset, args)

@@ -11,21 +11,19 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import rotate_checkpoints
 
 from vita_api.errors import ConfigError, VitaError
 from vita_api.module_groups import group_of
 from ..data.sample import MEDIA_LABELS
+from .faults import barrier, crash_in_save, fault_nonfinite, fault_oom
 
 log = logging.getLogger("vita_trainer")
 STAGING = ".staging"
 
 
-def _barrier():
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:
@@ -71,12 +69,6 @@ def check_world_size(checkpoint: str | Path) -> None:
                           f"OUT, then use OUT as the model)")
 
 
-FAULT_NONFINITE_ENV = "VITA_FAULT_NONFINITE_LOSS"  # test hook: "STEP:RANK" makes that rank's loss NaN
-# Test hook: "STEP:FITS" raises CUDA's out-of-memory error at STEP on every rank while the micro-batch is larger than
-# FITS, as a card that holds FITS samples would.
-FAULT_OOM_ENV = "VITA_FAULT_OOM"
-
-
 def token_budget_sampler(dataset, args, max_tokens: int, packed: bool):
     """The token-budget batch sampler (data/token_budget.py). Each rank reads the headers of every world_size-th
     sample and the ranks exchange their shares, so all ranks plan the same batches and no rank scans the mixture
@@ -94,34 +86,6 @@ def token_budget_sampler(dataset, args, max_tokens: int, packed: bool):
         lengths[rank::world] = share
     return TokenBudgetSampler(lengths, max_tokens, packed=packed, dp_size=max(1, args.world_size),
                               grad_accum=args.gradient_accumulation_steps, rank=args.process_index, seed=args.seed)
-
-
-def _fault_oom(step: int, micro_batch: int) -> None:
-    at, _, fits = os.environ.get(FAULT_OOM_ENV, "").partition(":")
-    if at and step == int(at) and micro_batch > int(fits or 0):
-        raise torch.OutOfMemoryError(f"CUDA out of memory (injected by {FAULT_OOM_ENV} at step {step} with "
-                                     f"micro-batch {micro_batch})")
-
-
-def _fault_nonfinite(step: int) -> bool:
-    spec = os.environ.get(FAULT_NONFINITE_ENV)
-    if not spec:
-        return False
-    at, _, rank = spec.partition(":")
-    return step == int(at) and os.environ.get("RANK", "0") == (rank or "0")
-
-
-class FaultInjection(TrainerCallback):
-    """Test hook: VITA_FAULT_EXIT_AT_STEP=N kills the process after step N (and its checkpoint, if any)."""
-
-    def on_step_end(self, args, state, control, **kw):
-        if os.environ.get("VITA_FAULT_EXIT_AT_STEP") == str(state.global_step):
-            control.should_save = True  # let the step's save happen first, then die in on_save
-
-    def on_save(self, args, state, control, **kw):
-        if os.environ.get("VITA_FAULT_EXIT_AT_STEP") == str(state.global_step):
-            _barrier()
-            os._exit(18)
 
 
 BATCH_COUNTS = "vita_batch_counts"
@@ -173,13 +137,13 @@ class VitaTrainer(Trainer):
 
     # --- loss ---------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        _fault_oom(self.state.global_step, self.args.per_device_train_batch_size)
+        fault_oom(self.state.global_step, self.args.per_device_train_batch_size)
         counts = inputs.pop(BATCH_COUNTS, {"tokens": 0, "skipped": []})
         if self.metrics_callback is not None and model.training:  # validation batches are not trained tokens
             self.metrics_callback.count_batch(int(counts["tokens"]), int(self._samples_in(inputs)), counts["skipped"])
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = result[0] if return_outputs else result
-        if _fault_nonfinite(self.state.global_step):
+        if fault_nonfinite(self.state.global_step):
             loss = loss * float("nan")
         self._stop_on_nonfinite(loss)
         return result
@@ -325,16 +289,15 @@ class VitaTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self._staging_root = None
-        if os.environ.get("VITA_FAULT_CRASH_IN_SAVE") == str(self.state.global_step):
-            os._exit(17)  # test hook: simulates a crash after the shards are written, before the commit
-        _barrier()
+        crash_in_save(self.state.global_step)  # test hook (faults.py)
+        barrier()
         if self.args.should_save:
             src, dst = os.path.join(final_root, STAGING, name), os.path.join(final_root, name)
             if os.path.exists(dst):
                 shutil.rmtree(dst)
             os.replace(src, dst)
             rotate_checkpoints(final_root, self.args.save_total_limit, self.state.best_model_checkpoint)
-        _barrier()
+        barrier()
         if self.metrics_callback is not None:
             self.metrics_callback.m.checkpoint_seconds.labels(self.metrics_callback.stage).observe(
                 time.monotonic() - start)
