@@ -163,3 +163,26 @@ def test_per_module_learning_rates(tok, tiny_cfg, tmp_path):
     assert by_lr[2e-6] == vision
     assert by_lr[1e-5] == {id(p) for p in model.parameters() if p.requires_grad} - vision
     assert any(g["weight_decay"] == 0.0 for g in opt.param_groups)  # biases and norms
+
+
+def test_each_vision_family_is_one_registry_entry(tok):
+    """InternViT and SigLIP: the block ZeRO-3/FSDP keep whole is a module of the built model, CLS is dropped only
+    where the tower has one, and the tile's token count follows the family's pixel shuffle."""
+    import torch
+
+    from vita_api.errors import ConfigError
+    from vita_trainer.model.builder import build_model, tiny_config
+    from vita_trainer.model.vision_families import FAMILIES, family_of
+    for family in FAMILIES:
+        cfg = tiny_config(tok, vision=family.name)
+        model = build_model(cfg)
+        classes = {type(m).__name__ for m in model.modules()}
+        assert family.layer_class in classes and family.layer_class in model._no_split_modules
+        assert not {f.layer_class for f in FAMILIES if f is not family} & set(model._no_split_modules)
+        pixels = torch.zeros(2, 3, cfg.tile_size, cfg.tile_size)
+        raw = model.vision_tower.backbone(pixel_values=pixels).last_hidden_state
+        out = model.vision_tower(pixels)
+        assert raw.shape[1] == (cfg.tile_size // 8) ** 2 + (1 if family.has_cls else 0)
+        assert out.shape[1] == cfg.tokens_per_tile
+    with pytest.raises(ConfigError, match="vision_families.py"):
+        family_of("clip_vision_model")

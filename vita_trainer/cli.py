@@ -40,12 +40,12 @@ def main(argv: list[str] | None = None) -> int:
             from .local import run_local
             run_local(a.run, a.nproc, a.root)
         elif cmd == "init-model":
+            from .model.vision_families import families_help
             p = argparse.ArgumentParser(prog="vita-train init-model")
             p.add_argument("out")
             p.add_argument("--tiny", action="store_true", help="tiny random model (CPU tests)")
             p.add_argument("--llm", help="HF causal LM folder, e.g. Qwen2.5-7B-Instruct")
-            p.add_argument("--vision_tower", help="vision folder: OpenGVLab InternViT-300M-448px, or an HF "
-                                                  "internvl_vision / SigLIP folder")
+            p.add_argument("--vision_tower", help=f"vision folder, one of: {families_help()}")
             p.add_argument("--audio_encoder", help="whale audio-encoder folder (final.pt, train.yaml, global_cmvn); "
                                                    "without it the encoder starts random")
             p.add_argument("--mm_projector_type", default="mlp2x_gelu")

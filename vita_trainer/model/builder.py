@@ -7,6 +7,7 @@ import logging
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .configuration import VitaConfig, vision_preset
+from .vision_families import family_named, family_of
 from .modeling import VitaForCausalLM
 
 log = logging.getLogger(__name__)
@@ -32,15 +33,9 @@ def tiny_config(tokenizer, *, hidden: int = 64, layers: int = 2, heads: int = 4,
                 num_attention_heads=heads, num_key_value_heads=max(heads // 2, 1), intermediate_size=ffn,
                 max_position_embeddings=4096, tie_word_embeddings=True,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    if vision == "internvit":
-        vis = dict(model_type="internvl_vision", hidden_size=vision_hidden, num_hidden_layers=vision_layers,
-                   num_attention_heads=2, intermediate_size=vision_hidden * 2, image_size=[image_size] * 2,
-                   patch_size=[patch_size] * 2, attention_bias=True)
-    else:
-        vis = dict(model_type="siglip_vision_model", hidden_size=vision_hidden, num_hidden_layers=vision_layers,
-                   num_attention_heads=2, intermediate_size=vision_hidden * 2, image_size=image_size,
-                   patch_size=patch_size)
-    preset = dict(vision_preset(vis["model_type"]))
+    family = family_named(vision)
+    vis = family.tiny(vision_hidden, vision_layers, image_size, patch_size)
+    preset = family.preset()
     if downsample_ratio is not None:
         preset["downsample_ratio"] = downsample_ratio
     audio = dict(d_model=audio_d_model, num_layers=audio_layers, num_heads=2, ffn_dim=audio_d_model * 4,
@@ -71,8 +66,9 @@ def vita_1p5_config(image_token_id: int = 151665, audio_token_id: int = 151666,
 def compose_model(llm_path: str, vision_path: str, tokenizer, audio_encoder: str | None = None,
                   audio_config: dict | None = None, mm_projector_type: str = "mlp2x_gelu"):
     """A new VITA from pretrained parts, as the retraining guide downloads them: an HF causal LM folder
-    (Qwen2.5-7B-Instruct), a vision folder (OpenGVLab's InternViT-300M-448px, or transformers-native
-    internvl_vision / SigLIP) and optionally a whale audio-encoder folder (final.pt, train.yaml, global_cmvn).
+    (Qwen2.5-7B-Instruct), a vision folder (a family of vision_families.py: OpenGVLab's InternViT-300M-448px,
+    transformers' internvl_vision, SigLIP) and optionally a whale audio-encoder folder (final.pt, train.yaml,
+    global_cmvn).
 
     The projector starts random (stage 1 trains it); so does the audio adapter unless final.pt carries one for
     this LLM width. Returns (model, GlobalCMVN or None)."""
@@ -87,8 +83,10 @@ def compose_model(llm_path: str, vision_path: str, tokenizer, audio_encoder: str
     else:
         vision = AutoModel.from_pretrained(vision_path)
         vcfg = vision.config if not hasattr(vision.config, "vision_config") else vision.config.vision_config
-        # a full SigLIP checkpoint (text + vision) keeps the tower under .vision_model
-        tower = vision if vision.config.model_type == vcfg.model_type else vision.vision_model
+        family = family_of(vcfg.model_type)
+        # a multi-tower checkpoint (SigLIP's text + vision) keeps the vision tower under one attribute
+        tower = vision if vision.config.model_type == vcfg.model_type else \
+            getattr(vision, family.full_checkpoint_tower or "vision_model")
         vision_dict, vision_state = vcfg.to_dict(), tower.state_dict()
     audio_state, cmvn = {}, None
     if audio_encoder:

@@ -7,6 +7,7 @@ from transformers import AutoConfig, PretrainedConfig
 from vita_api.errors import ConfigError
 from ..data.audio_tokens import ADAPTER_STRIDES
 from .vision import side, tokens_per_tile
+from .vision_families import family_of
 
 DEFAULT_AUDIO = dict(input_dim=80, d_model=1024, num_layers=24, num_heads=16, ffn_dim=4096, dropout=0.1,
                      adapter_type="subsampling", adapter_kernel=5, chunk_size=-1, left_chunks=-1,
@@ -23,12 +24,8 @@ def _sub_config(value, default_type):
 
 
 def vision_preset(model_type: str) -> dict:
-    """How VITA feeds a tower of this type: InternViT (VITA-1.5) gets the 0.5 feature scale, the 0.5 pixel
-    shuffle and ImageNet normalisation; SigLIP neither scale nor shuffle, and 0.5/0.5 normalisation."""
-    if model_type == "internvl_vision":
-        return dict(downsample_ratio=0.5, vision_feature_scale=0.5, image_mean=(0.485, 0.456, 0.406),
-                    image_std=(0.229, 0.224, 0.225))
-    return dict(downsample_ratio=1.0, vision_feature_scale=1.0, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
+    """How VITA feeds a tower of this type (vision_families.py: feature scale, pixel shuffle, normalisation)."""
+    return family_of(model_type).preset()
 
 
 class VitaConfig(PretrainedConfig):

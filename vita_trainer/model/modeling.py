@@ -13,6 +13,7 @@ from .configuration import VitaConfig
 from .projector import build_projector
 from .splice import scatter_media, valid_frames
 from .vision import VisionTower
+from .vision_families import family_of
 
 # What the packed collator adds for flash attention's varlen kernel (data/collator.py: varlen_boundaries).
 VARLEN_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
@@ -24,13 +25,16 @@ class VitaForCausalLM(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
-    _no_split_modules = ["Qwen2DecoderLayer", "EncoderBlock", "InternVLVisionLayer"]
+    # The LLM's and the whale's blocks; the vision family's is added per model (vision_families.py).
+    _no_split_modules = ["Qwen2DecoderLayer", "EncoderBlock"]
 
     # Set by the trainer (--chunked_loss): training losses without the batch's full fp32 logits.
     chunked_loss = False
 
     def __init__(self, config: VitaConfig):
         super().__init__(config)
+        self._no_split_modules = [*type(self)._no_split_modules,
+                                  family_of(config.vision_config.model_type).layer_class]
         llm_dim = config.text_config.hidden_size
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.vision_tower = VisionTower(config.vision_config, config.downsample_ratio, config.vision_feature_scale)

@@ -1,4 +1,4 @@
-"""Vision tower: SigLIP or InternViT (transformers' InternVLVisionModel), built from config, plus pixel shuffle."""
+"""Vision tower: any family of vision_families.py (SigLIP, InternViT), built from config, plus pixel shuffle."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 
 import torch
 from torch import nn
+
+from .vision_families import family_of
 
 
 def build_vision_backbone(vision_config) -> nn.Module:
@@ -27,6 +29,7 @@ class VisionTower(nn.Module):
     def __init__(self, vision_config, downsample_ratio: float = 1.0, feature_scale: float = 1.0):
         super().__init__()
         self.backbone = build_vision_backbone(vision_config)
+        self.drop_cls = family_of(vision_config.model_type).has_cls
         self.downsample_ratio = downsample_ratio
         # VITA-1.5 multiplies InternViT features by 0.5 before the pixel shuffle; its projector expects that.
         self.feature_scale = feature_scale
@@ -35,10 +38,9 @@ class VisionTower(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         dtype = next(self.backbone.parameters()).dtype
         feats = self.backbone(pixel_values=pixel_values.to(dtype)).last_hidden_state
-        side = math.isqrt(feats.shape[1])
-        if side * side != feats.shape[1]:  # drop CLS
+        if self.drop_cls:
             feats = feats[:, 1:]
-            side = math.isqrt(feats.shape[1])
+        side = math.isqrt(feats.shape[1])
         if self.feature_scale != 1.0:
             feats = feats * self.feature_scale
         if self.downsample_ratio != 1.0:
