@@ -6,7 +6,7 @@
    stage's job existing, and the operator's peak RSS.
 3. The same against a real control plane (etcd, kube-apiserver with RBAC, controller-manager; built once by
    hack/control-plane/build.sh), the operator on the chart's ServiceAccount, as deployed.
-4. The same with the real Kubeflow stack in the loop (tests/kubeflow_stack.py: kube-scheduler, kwok GPU nodes, the
+4. The same with the real Kubeflow stack in the loop (testing/kubeflow_stack.py: kube-scheduler, kwok GPU nodes, the
    training operator): each run's pod is scheduled and started; the latency runs from its trainer program ending
    (kwok then reports the pod Succeeded, the training operator the job) to the next stage's job existing.
 5. History (--history-runs): on a real control plane, 1,000 runs of which all but --history-active have finished,
@@ -37,7 +37,7 @@ from vita_api.spec import VitaTrainingRunSpec  # noqa: E402
 
 SPEC = {"model": {"base": "m"}, "data": {"registry": "r.yaml"}, "output": "o", "resources": {"gpusPerNode": 8},
         "preflight": {"enabled": False},  # the stage jobs are what is measured
-        "volumes": {"dataset": {"claimName": "data", "mountPath": "/data"},  # tests.operator_scenarios.CLAIMS
+        "volumes": {"dataset": {"claimName": "data", "mountPath": "/data"},  # testing.operator_scenarios.CLAIMS
                     "checkpoints": {"claimName": "ckpt", "mountPath": "/ckpt"}},
         "stages": [{"name": "s1", "preset": "vision_align", "datasetUse": "a"},
                    {"name": "s2", "preset": "audio_align", "datasetUse": "b"},
@@ -116,7 +116,7 @@ def kopf_on_kmock(n_runs: int, log_path: Path, timeout: float = 300) -> dict:
     """
     from kubernetes import client
 
-    from tests.kmock_server import KMockThread
+    from testing.kmock_server import KMockThread
     G, V, P, NS = "vita.training.dev", "v1alpha1", "vitatrainingruns", "default"
     with KMockThread(request_history=64) as mock:
         api = client.CustomObjectsApi(client.ApiClient(client.Configuration(host=mock.url)))
@@ -206,7 +206,7 @@ def kopf_on_real_apiserver(n_runs: int, workdir: Path, timeout: float = 300, unr
 
     from kubernetes import client
 
-    from tests.control_plane import ControlPlane, OperatorProcess, install_operator_prerequisites
+    from testing.control_plane import ControlPlane, OperatorProcess, install_operator_prerequisites
     G, V, P, NS = "vita.training.dev", "v1alpha1", "vitatrainingruns", "default"
     seen: dict[str, float] = {}
     with ControlPlane(workdir) as cp:
@@ -261,7 +261,7 @@ def kopf_with_history(n_runs: int, jobs_per_run: int, active: int, workdir: Path
 
     from kubernetes import client
 
-    from tests.control_plane import ControlPlane, OperatorProcess, install_operator_prerequisites
+    from testing.control_plane import ControlPlane, OperatorProcess, install_operator_prerequisites
     G, V, P, NS = "vita.training.dev", "v1alpha1", "vitatrainingruns", "default"
     spec = VitaTrainingRunSpec.model_validate(SPEC)
     backend = PyTorchJobBackend()
@@ -327,10 +327,10 @@ def kopf_on_kubeflow(n_runs: int, workdir: Path, timeout: float = 600) -> dict:
 
     from kubernetes import client
 
-    from tests.control_plane import ensure_binaries
-    from tests.kubeflow_cluster import EXIT_CODE, MESSAGE, start_kubeflow_cluster
-    from tests.kubeflow_stack import ensure_binaries as kubeflow_binaries
-    from tests.operator_scenarios import finished
+    from testing.control_plane import ensure_binaries
+    from testing.kubeflow_cluster import EXIT_CODE, MESSAGE, start_kubeflow_cluster
+    from testing.kubeflow_stack import ensure_binaries as kubeflow_binaries
+    from testing.operator_scenarios import finished
     G, V, P, NS = "vita.training.dev", "v1alpha1", "vitatrainingruns", "default"
     spec = {**SPEC, "resources": {**SPEC["resources"], "tolerations": [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}}
@@ -388,7 +388,7 @@ def main():
     ap.add_argument("--unrelated-jobs", type=int, default=2000,
                     help="another team's batch Jobs present in the second real-API-server round")
     ap.add_argument("--kubeflow-runs", type=int, default=100,
-                    help="runs with the real Kubeflow stack in the loop (tests/kubeflow_stack.py; 0: skip)")
+                    help="runs with the real Kubeflow stack in the loop (testing/kubeflow_stack.py; 0: skip)")
     ap.add_argument("--history-runs", type=int, default=1000,
                     help="finished runs (each owning --history-jobs-per-run jobs) on a real API server (0: skip)")
     ap.add_argument("--history-jobs-per-run", type=int, default=10)

@@ -28,7 +28,7 @@ def _crd() -> str:
 
 def _operator_manifests() -> str:
     from hack.render_manifests import render
-    from tests.k8s_tools import tool
+    from testing.k8s_tools import tool
     return render(str(tool("helm")))
 
 

@@ -60,7 +60,7 @@ def demo_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def control_plane_binaries():
     """etcd, kube-apiserver and kube-controller-manager, built once per machine (hack/control-plane/build.sh)."""
-    from tests.control_plane import ensure_binaries, have_go
+    from testing.control_plane import ensure_binaries, have_go
     if not have_go() and not os.environ.get("CI"):
         pytest.skip("SKIPPED THE REAL-API-SERVER TIER: `go` is not installed, so the control plane cannot be "
                     "built; install Go >= 1.24 to run it (CI always runs it)")
@@ -70,22 +70,22 @@ def control_plane_binaries():
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, control_plane_binaries):
     """A real control plane with the operator's prerequisites installed, one per test module
-    (tests/apiserver_cluster.py)."""
-    from tests.apiserver_cluster import start_cluster
+    (testing/apiserver_cluster.py)."""
+    from testing.apiserver_cluster import start_cluster
     yield from start_cluster(tmp_path_factory.mktemp("control-plane"), control_plane_binaries)
 
 
 @pytest.fixture(scope="session")
 def kubeflow_binaries(control_plane_binaries):
     """kwok, the training operator, Trainer, JobSet and Kueue, built once per machine (hack/kubeflow/build.sh)."""
-    from tests.kubeflow_stack import ensure_binaries
+    from testing.kubeflow_stack import ensure_binaries
     return ensure_binaries()
 
 
 @pytest.fixture(scope="module")
 def kubeflow(tmp_path_factory, control_plane_binaries, kubeflow_binaries):
-    """A real control plane with the Kubeflow stack running on it, one per test module (tests/kubeflow_cluster.py)."""
-    from tests.kubeflow_cluster import start_kubeflow_cluster
+    """A real control plane with the Kubeflow stack running on it, one per test module (testing/kubeflow_cluster.py)."""
+    from testing.kubeflow_cluster import start_kubeflow_cluster
     yield from start_kubeflow_cluster(tmp_path_factory.mktemp("kubeflow"), control_plane_binaries, kubeflow_binaries)
 
 
@@ -95,14 +95,14 @@ def _ran(terminalreporter, mark: str) -> list:
 
 
 def pytest_terminal_summary(terminalreporter):
-    from tests.control_plane import k8s_version
+    from testing.control_plane import k8s_version
     ran = _ran(terminalreporter, "apiserver")
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if "apiserver" in r.keywords]
     if ran or skipped:
         terminalreporter.write_line(f"{len(ran)} tests ran against a real kube-apiserver {k8s_version()} "
                                     f"(etcd, RBAC, controller-manager); {len(skipped)} skipped")
     if ran := _ran(terminalreporter, "kubeflow"):
-        from tests.kubeflow_stack import describe
+        from testing.kubeflow_stack import describe
         terminalreporter.write_line(f"{len(ran)} of them with the real Kubeflow stack: {describe()}")
 
 

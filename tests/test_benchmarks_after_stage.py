@@ -3,10 +3,9 @@ that carries the scores, their Prometheus series, and the reduction of lmms-eval
 
 import json
 
-import pytest
 from prometheus_client import generate_latest
 
-from tests.k8s_tools import assert_valid_builtin
+from testing.k8s_tools import assert_valid_builtin
 from tests.test_operator_builder_crd import FULL
 from vita_api.spec import VitaTrainingRunSpec
 from vita_api.termination import MAX_BYTES, evaluation_message, evaluation_of
@@ -101,7 +100,6 @@ def test_no_evaluation_asked_none_made():
     assert d.status["phase"] == "Succeeded" and "evaluations" not in d.status and not d.actions
 
 
-@pytest.mark.subprocess
 def test_the_evaluation_job_is_a_valid_gpu_job_on_the_run_volumes(tmp_path):
     s = VitaTrainingRunSpec.model_validate({**FULL, "evaluation": {"tasks": ["mme", "mmbench_en_dev"], "limit": 50,
                                                                    "includePath": "eval_tasks"}})

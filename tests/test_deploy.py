@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.k8s_tools import tool
+from testing.k8s_tools import tool
 from vita_operator.controller.metrics import REGISTRY as OPERATOR_REGISTRY
 from vita_api.spec import VitaTrainingRun
 from vita_api.plan import check_spec

@@ -2,9 +2,8 @@
 checkpoint volume; the state machine, the Job and the spec's checks."""
 
 
-import pytest
 
-from tests.k8s_tools import assert_valid_builtin
+from testing.k8s_tools import assert_valid_builtin
 from tests.test_operator_builder_crd import FULL
 from vita_api.plan import check_spec
 from vita_api.spec import VitaTrainingRunSpec
@@ -76,7 +75,6 @@ def test_no_stage_may_take_the_export_jobs_name():
     assert any("no stage may be named 'export'" in p for p in check_spec(bad))
 
 
-@pytest.mark.subprocess
 def test_the_export_job_is_a_valid_cpu_job_where_the_last_stage_ran(tmp_path):
     s = VitaTrainingRunSpec.model_validate({**FULL, "export": {"path": "/ckpt/releases/v1"}})
     job = exp.export_job("my-run", "ml", s, 2)

@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 
-from tests.k8s_tools import assert_valid_builtin
-from tests.hub_server import HubServer, Repo
+from testing.k8s_tools import assert_valid_builtin
+from testing.hub_server import HubServer, Repo
 from tests.test_operator_builder_crd import FULL
 from vita_api.spec import VitaTrainingRunSpec
 from vita_api.termination import initialized_of
@@ -64,7 +64,6 @@ def test_a_failed_download_is_retried_and_a_bad_name_fails_the_run():
     assert next(c for c in bad.status["conditions"] if c["type"] == "Failed")["reason"] == "InitializersFailed"
 
 
-@pytest.mark.subprocess
 def test_the_initializer_job_writes_the_dataset_volume_with_the_token_from_a_secret(tmp_path):
     s = VitaTrainingRunSpec.model_validate({**FULL, "initializers": {
         "models": [{"name": "qwen2.5-7b-instruct"}, {"name": "org/x", "revision": "v2", "include": ["*.json"]}],

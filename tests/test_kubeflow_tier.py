@@ -1,7 +1,7 @@
 """[real-controllers] The operator's jobs run by the real Kubeflow stack: the training operator v1.9.3 and Trainer
 v2.3.0 (with JobSet) accept them through their webhooks and make the pods, kube-scheduler places those pods on kwok's
 fake GPU nodes, and the run chains on the status the controllers write. Nothing here writes a job's or pod's status
-by hand: a test only ends the trainer program in a pod (tests/kubeflow_cluster.py)."""
+by hand: a test only ends the trainer program in a pod (testing/kubeflow_cluster.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import time
 import pytest
 import yaml
 
-from tests.apiserver_cluster import assert_no_forbidden, preflight_message
-from tests.control_plane import REPO
-from tests.kubeflow_stack import GPU
-from tests.operator_scenarios import BACKENDS, NS, claim, finished, job_args, run_on, wait_for
+from testing.apiserver_cluster import assert_no_forbidden, preflight_message
+from testing.control_plane import REPO
+from testing.kubeflow_stack import GPU
+from testing.operator_scenarios import BACKENDS, NS, claim, finished, job_args, run_on, wait_for
 from vita_api.termination import failure_message
 
 pytestmark = [pytest.mark.kubeflow, pytest.mark.apiserver, pytest.mark.slow]

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.hub_server import HubServer, Repo
+from testing.hub_server import HubServer, Repo
 
 pytestmark = pytest.mark.subprocess
 

@@ -17,11 +17,11 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.apiserver_cluster import (Cluster, assert_no_forbidden, finish_preflight, preflight_jobs,
+from testing.apiserver_cluster import (Cluster, assert_no_forbidden, finish_preflight, preflight_jobs,
                                      preflight_message, with_preflight)
-from tests.control_plane import (REPO, ControlPlane, install_operator_prerequisites, install_pytorchjob_crd,
+from testing.control_plane import (REPO, ControlPlane, install_operator_prerequisites, install_pytorchjob_crd,
                                  k8s_version)
-from tests.operator_scenarios import (BACKENDS, NS, RUN, FakeTrainerEndpoint, claim, job_args, run_on,
+from testing.operator_scenarios import (BACKENDS, NS, RUN, FakeTrainerEndpoint, claim, job_args, run_on,
                                       wait_for)
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.slow]
@@ -495,8 +495,8 @@ def test_a_run_from_new_run_is_accepted_by_the_api_server(cluster, tmp_path):
 def test_download_progress_shows_while_the_initializer_runs(cluster, tmp_path):
     """The operator reads the initializer pod's /metrics (the initializer's own Progress server, here on 127.0.0.1
     as the pod's IP) into status.initializers.progress while the run is Initializing."""
-    from tests.apiserver_cluster import finish_preflight
-    from tests.operator_scenarios import pod
+    from testing.apiserver_cluster import finish_preflight
+    from testing.operator_scenarios import pod
     from vita_trainer.local import free_port
     from vita_trainer.tools.initialize import Progress, Target
     port = free_port()

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.apiserver_cluster import assert_no_forbidden, preflight_jobs, with_preflight
-from tests.operator_scenarios import BACKENDS, NS, FakeTrainerEndpoint, job_args, run_on, wait_for
+from testing.apiserver_cluster import assert_no_forbidden, preflight_jobs, with_preflight
+from testing.operator_scenarios import BACKENDS, NS, FakeTrainerEndpoint, job_args, run_on, wait_for
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.slow]
 
@@ -91,7 +91,7 @@ def test_the_charts_run_policy_and_user_roles(cluster):
     """[day-one] item 11, as the chart ships it: kube-apiserver itself refuses a run whose image, ServiceAccount,
     tolerations or Secrets are not allowed (with a message naming the field), and the aggregated roles give a
     namespace's editors runs and its viewers read access, nothing more."""
-    from tests.control_plane import helm_template
+    from testing.control_plane import helm_template
     rendered = helm_template("--show-only", "templates/runpolicy.yaml", "--show-only", "templates/userroles.yaml",
                              "--set", "runPolicy.allowedImagePrefixes={registry.example.com/,trainer:}",
                              "--set", "runPolicy.allowedServiceAccounts={trainer}")
@@ -138,7 +138,7 @@ def test_the_charts_run_policy_and_user_roles(cluster):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_workers_out_of_memory_report_halves_the_micro_batch(cluster, backend):
     """[day-one] item 4: rank 0 was killed without a word; a worker's pod says it ran out of memory."""
-    from tests.operator_scenarios import worker_pod
+    from testing.operator_scenarios import worker_pod
     from vita_api.termination import failure_message
     with cluster.operator(f"operator-worker-oom-{backend}") as op:
         job = cluster.start_run("woom", backend)

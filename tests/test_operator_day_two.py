@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 from pydantic import ValidationError
 
-from tests.status_schema import assert_valid_status
+from testing.status_schema import assert_valid_status
 from vita_api.spec import VitaTrainingRunSpec
 from vita_operator.controller import kube, metrics, reconcile
 from vita_operator.core.decision import CreateJob, ObservedJob
@@ -229,7 +229,7 @@ def test_an_attempt_that_avoids_nodes_gets_the_anti_affinity_on_both_backends():
 def test_the_job_indices_keep_only_what_the_operator_reads():
     """[day-two] item 7: 10,000 jobs of finished runs stay in kopf's indices; their pod templates and managedFields
     do not. What the operator reads from an indexed job is the same as from the whole job."""
-    from tests.operator_scenarios import job_status
+    from testing.operator_scenarios import job_status
     from vita_operator.jobs.backends import job_backends
     from vita_operator.jobs.pods import active_since
     for backend in job_backends().values():

@@ -9,8 +9,8 @@ import os
 import pytest
 from kubernetes import client
 
-from tests.kmock_server import KMockThread
-from tests.operator_scenarios import (BACKENDS, JOB_RESOURCE, NS, RUN, finished, job_args, job_status, result_pod,
+from testing.kmock_server import KMockThread
+from testing.operator_scenarios import (BACKENDS, JOB_RESOURCE, NS, RUN, finished, job_args, job_status, result_pod,
                                       run_on, wait_for)
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ from vita_operator.controller import kube, observe
 from vita_operator.jobs.backends import job_backends
 from vita_operator.core.kueue import workload_state
 from vita_operator.core.state import decide
-from tests.operator_scenarios import job_status, run_on
+from testing.operator_scenarios import job_status, run_on
 
 
 def workload(*conditions):

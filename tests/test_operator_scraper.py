@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.operator_scenarios import FakeTrainerEndpoint, result_pod
+from testing.operator_scenarios import FakeTrainerEndpoint, result_pod
 from vita_operator.controller import kube, progress_loop
 from vita_operator.jobs.backends import job_backends
 from vita_operator.controller.progress_loop import ScrapeError, owned_by_job, scrape

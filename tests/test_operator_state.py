@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from tests.operator_scenarios import BACKENDS, job_status
+from testing.operator_scenarios import BACKENDS, job_status
 from vita_operator.jobs.backends import job_backends
-from tests.status_schema import assert_valid_status
+from testing.status_schema import assert_valid_status
 from vita_api.naming import LABEL_ATTEMPT, LABEL_STAGE
 from vita_operator.core.decision import CreateJob, ObservedAttempt, ObservedJob, SetJobSuspend
 from vita_operator.core.state import decide

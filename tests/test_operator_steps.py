@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.status_schema import assert_valid_status
+from testing.status_schema import assert_valid_status
 from vita_api.spec import VitaTrainingRunSpec
 from vita_api.status import PHASES
 from vita_operator.core.decision import CreateJob, CreateStepJob, ObservedAttempt, ObservedEvaluation, ObservedJob

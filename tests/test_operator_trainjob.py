@@ -8,8 +8,8 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.control_plane import helm_template
-from tests.operator_scenarios import finished, job_status, result_pod
+from testing.control_plane import helm_template
+from testing.operator_scenarios import finished, job_status, result_pod
 from tests.test_operator_builder_crd import FULL, cel_failures, cel_rules, crd_schema
 from vita_api.naming import LABEL_RUN
 from vita_operator.jobs.pods import POD_SECURITY, container_security, volumes_and_mounts
@@ -176,7 +176,7 @@ def test_a_failed_trainjob_is_parked_once(backend):
     """Trainer v2.3.0 recreates a failed TrainJob's JobSet after the runtime's TTL (kubeflow/trainer#3737): the
     operator suspends each failed TrainJob attempt once, so no controller can run it again. A PyTorchJob has no such
     path and is left as it is."""
-    from tests.operator_scenarios import RUN
+    from testing.operator_scenarios import RUN
     from vita_operator.core.decision import ObservedJob, SetJobSuspend
     from vita_operator.core.state import decide
     spec = VitaTrainingRunSpec.model_validate(RUN["spec"])

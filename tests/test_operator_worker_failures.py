@@ -3,7 +3,7 @@ container that fails, and pods the job controller could not create."""
 
 import pytest
 
-from tests.operator_scenarios import BACKENDS, result_pod, worker_pod
+from testing.operator_scenarios import BACKENDS, result_pod, worker_pod
 from vita_api.termination import failure_message
 from vita_operator.controller import kube, observe
 from vita_operator.jobs.backends import job_backends

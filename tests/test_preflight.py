@@ -9,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.k8s_tools import assert_valid_builtin
+from testing.k8s_tools import assert_valid_builtin
 from tests.test_operator_builder_crd import FULL
 from vita_operator.jobs import preflight as pre
 from vita_operator.jobs.batch import job_phase
@@ -21,7 +21,6 @@ from vita_api.termination import MAX_BYTES, PATH_ENV, permanent_failure_of, pref
 BIN = Path(sys.executable).parent
 
 
-@pytest.mark.subprocess
 def test_the_preflight_job_is_a_valid_cpu_job_on_the_run_volumes(tmp_path):
     spec = VitaTrainingRunSpec.model_validate(FULL)
     job = pre.preflight_job("my-run", "ml", spec, 2)

@@ -19,10 +19,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.apiserver_cluster import assert_no_forbidden, finish_preflight, preflight_jobs
-from tests.control_plane import REPO
-from tests.hub_server import HubServer, Repo
-from tests.operator_scenarios import NS, claim, wait_for
+from testing.apiserver_cluster import assert_no_forbidden, finish_preflight, preflight_jobs
+from testing.control_plane import REPO
+from testing.hub_server import HubServer, Repo
+from testing.operator_scenarios import NS, claim, wait_for
 from tests.test_vita15_interop import write_released_tree, write_tiny_llm
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.slow]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the control plane that the apiserver test tier runs (etcd, kube-apiserver, kube-controller-manager; and
 # kube-scheduler, which the kubeflow tier adds) at the versions go.mod pins, into $1 (default ~/.cache/vita/k8s/<kubernetes version>). Only a machine's
-# first run pays the build (about 15 minutes on 2 cores); tests/control_plane.py calls this when a binary is
+# first run pays the build (about 15 minutes on 2 cores); testing/control_plane.py calls this when a binary is
 # missing. Go's module and build caches (~/go/pkg/mod, ~/.cache/go-build) make a rerun cheap.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the helm the tests run (helm lint/template of the chart) at the version go.mod pins, into $1
-# (default ~/.cache/vita/k8s-tools/helm-<version>). tests/k8s_tools.py calls this when the binary is missing.
+# (default ~/.cache/vita/k8s-tools/helm-<version>). testing/k8s_tools.py calls this when the binary is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 version=$(awk '$1 == "helm.sh/helm/v4" {print $2}' "$here/go.mod")

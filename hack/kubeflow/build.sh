@@ -3,7 +3,7 @@
 # Kubernetes library versions differ): kwok, the training operator, Trainer v2's controller manager, JobSet and
 # Kueue, at the versions each folder's go.mod pins. Binaries go to $1 (default ~/.cache/vita/kubeflow), one folder per
 # component and version, so a version bump rebuilds only that one. kube-scheduler comes from hack/control-plane (the
-# same k8s.io/kubernetes module as the API server). tests/kubeflow_stack.py calls this when a binary is missing.
+# same k8s.io/kubernetes module as the API server). testing/kubeflow_stack.py calls this when a binary is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=${1:-$HOME/.cache/vita/kubeflow}

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.control_plane import REPO, ControlPlane, _openssl, _Processes
-from tests.operator_scenarios import wait_for
+from testing.control_plane import REPO, ControlPlane, _openssl, _Processes
+from testing.operator_scenarios import wait_for
 from vita_trainer.local import free_port
 
 HACK = REPO / "hack" / "kubeflow"

@@ -116,7 +116,7 @@ class KMockThread:
             if self.with_pytorchjobs:
                 kmock.resources[PYTORCHJOBS[0]] = PYTORCHJOBS[1]
             kmock.resources[TRAINJOBS[0]] = TRAINJOBS[1]
-            from tests.operator_scenarios import CLAIMS
+            from testing.operator_scenarios import CLAIMS
             for pvc in CLAIMS:  # the scenarios' run mounts these
                 kmock.objects["v1/persistentvolumeclaims", pvc["metadata"]["namespace"], pvc["metadata"]["name"]] = pvc
             self.kmock = kmock

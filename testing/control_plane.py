@@ -217,7 +217,7 @@ class ControlPlane(_Processes):
     # --- clients ---------------------------------------------------------------------------------
     def kubectl(self, *args: str, kubeconfig_path: Path | None = None, input: str | None = None,
                 check: bool = True) -> subprocess.CompletedProcess:
-        from tests.k8s_tools import tool
+        from testing.k8s_tools import tool
         done = subprocess.run([str(tool("kubectl")), f"--kubeconfig={kubeconfig_path or self.admin_kubeconfig}",
                                *args], input=input, capture_output=True, text=True)
         if check and done.returncode:
@@ -239,7 +239,7 @@ class ControlPlane(_Processes):
 
 
 def helm_template(*args: str) -> str:
-    from tests.k8s_tools import tool
+    from testing.k8s_tools import tool
     return subprocess.run([str(tool("helm")), "template", "vita-operator", str(REPO / "helm" / "vita-operator"),
                            "-n", "vita-system", *args], capture_output=True, text=True, check=True).stdout
 
@@ -266,7 +266,7 @@ def install_operator_prerequisites(cp: ControlPlane, *, pytorchjob_crd: bool = T
     # The real API server checks the shipped runtime against Trainer's schema and CEL rules.
     cp.kubectl("apply", "-f", "-", input=helm_template(*BOTH_BACKENDS, "--show-only",
                                                        "templates/clustertrainingruntime.yaml"))
-    from tests.operator_scenarios import CLAIMS
+    from testing.operator_scenarios import CLAIMS
     for pvc in CLAIMS:  # the scenarios' run mounts these (Pending without a provisioner: the operator checks modes)
         cp.kubectl("apply", "-f", "-", input=json.dumps(pvc))
     return cp.service_account_kubeconfig("vita-system", "vita-operator")

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from tests.control_plane import ControlPlane, OperatorProcess
+from testing.control_plane import ControlPlane, OperatorProcess
 from vita_trainer.local import free_port
-from tests.operator_scenarios import BACKENDS, JOB_RESOURCE, NS, finished, job_status, pod, result_pod, run_on, wait_for
+from testing.operator_scenarios import (BACKENDS, JOB_RESOURCE, NS, finished, job_status, pod, result_pod, run_on,
+                                        wait_for)
 
 
 class Cluster:
@@ -87,7 +88,7 @@ class Cluster:
 
 def start_cluster(workdir: Path, bins: Path):
     """A control plane with the operator's prerequisites installed, as a Cluster (a context manager's body)."""
-    from tests.control_plane import install_operator_prerequisites
+    from testing.control_plane import install_operator_prerequisites
     with ControlPlane(workdir, bins) as cp:
         yield Cluster(cp, install_operator_prerequisites(cp), workdir)
 

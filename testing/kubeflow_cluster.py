@@ -1,5 +1,5 @@
 """The kubeflow tier's cluster: the tier's control plane, the operator's prerequisites, and the real Kubeflow stack
-(tests/kubeflow_stack.py). Jobs, pods and their statuses come from the real controllers, kube-scheduler and kwok; a
+(testing/kubeflow_stack.py). Jobs, pods and their statuses come from the real controllers, kube-scheduler and kwok; a
 test only says what the trainer program in a pod does when it ends (its exit code and termination message, as pod
 annotations kwok's `pod-exit` stage reads), which no controller writes."""
 
@@ -9,10 +9,10 @@ import contextlib
 import json
 from pathlib import Path
 
-from tests.apiserver_cluster import Cluster
-from tests.control_plane import ControlPlane, install_operator_prerequisites
-from tests.kubeflow_stack import EXTRA_CONTROLLERS, KubeflowStack
-from tests.operator_scenarios import NS, wait_for
+from testing.apiserver_cluster import Cluster
+from testing.control_plane import ControlPlane, install_operator_prerequisites
+from testing.kubeflow_stack import EXTRA_CONTROLLERS, KubeflowStack
+from testing.operator_scenarios import NS, wait_for
 from vita_operator.jobs.backends import job_backends
 from vita_operator.jobs.batch import pod_selector as batch_pod_selector
 
