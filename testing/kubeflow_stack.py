@@ -188,6 +188,22 @@ class KubeflowStack(_Processes):
                                                  "ephemeral-storage": "10Ti", GPU: "8"}),
                             "allocatable": cap}} for i in range(self.nodes)]
 
+    def lose_node(self, name: str) -> None:
+        """The node is gone (deleted, as a cloud provider's node controller does with a reclaimed VM): pod garbage
+        collection then fails and deletes its pods."""
+        self.cp.kubectl("delete", "node", name, "--wait=false")
+
+    def restore_node(self, name: str) -> None:
+        """The node registers again and becomes Ready (kwok), its not-ready taint lifted."""
+        self.apply(*[n for n in self.gpu_nodes() if n["metadata"]["name"] == name])
+
+        def ready() -> bool:
+            node = json.loads(self.cp.kubectl("get", "node", name, "-o", "json").stdout)
+            conds = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
+            return conds.get("Ready") == "True" and not any(
+                t["key"].startswith("node.kubernetes.io/") for t in node["spec"].get("taints", []))
+        wait_for(ready, timeout=60, what=f"node {name} Ready again")
+
     def start_kwok(self) -> None:
         self.apply(*self.gpu_nodes())
         self._spawn("kwok", [self.bins["kwok"], f"--kubeconfig={self.cp.admin_kubeconfig}",

@@ -282,3 +282,33 @@ def test_kueue_queues_admits_and_preempts_the_runs_jobs(kubeflow, backend):
         status = kubeflow.wait_phase(second, "Running")
         assert status["stages"][0]["attempts"] == 1 and f"{second}-s1-2" not in kubeflow.jobs(backend)
         assert_no_forbidden(op)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_lost_node_retries_the_stage_without_spending_a_retry(kubeflow, backend):
+    """[day-two] item 3 on the real controllers: the node under rank 0 is deleted; pod garbage collection fails and
+    deletes its pods, the job fails; the run retries the stage as a disruption (retryLimit 0 would fail it), names
+    the node, and the next attempt runs elsewhere."""
+    name = f"lost-{backend[:5]}"
+    run = two_nodes(backend, name)
+    run["spec"]["stages"][0]["retryLimit"] = 0
+    with kubeflow.running(run, f"operator-lost-node-{backend}") as op:
+        job = wait_for(lambda: f"{name}-s1-1" in kubeflow.jobs(backend) and f"{name}-s1-1", what="stage 1's job")
+        rank0, _ = rank0_first(kubeflow.running_pods(job, backend, 2))
+        node = rank0["spec"]["nodeName"]
+        wait_for(lambda: node in (kubeflow.run_status(name)["stages"][0].get("nodes") or []),
+                 what="the attempt's nodes recorded")
+        kubeflow.stack.lose_node(node)
+        try:
+            retry = wait_for(lambda: f"{name}-s1-2" in kubeflow.jobs(backend) and f"{name}-s1-2", timeout=180,
+                             what="the stage retried after the node was lost")
+            rec = kubeflow.run_status(name)["stages"][0]
+            assert rec["disruptions"] == 1 and rec["failures"][0]["nodes"] == [node]
+            assert f"node {node} no longer exists" in rec["failures"][0]["disruption"]
+            assert kubeflow.phase(name) in ("Running", "Queued")
+            events = [e for e in kubeflow.get("events")["items"] if e["involvedObject"]["name"] == name]
+            assert any(e["reason"] == "StageDisrupted" and node in e["message"] for e in events)
+            assert all(p["spec"]["nodeName"] != node for p in kubeflow.running_pods(retry, backend, 2))
+            assert_no_forbidden(op)
+        finally:
+            kubeflow.stack.restore_node(node)

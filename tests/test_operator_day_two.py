@@ -243,3 +243,25 @@ def test_the_job_indices_keep_only_what_the_operator_reads():
             assert backend.suspended(slim) == backend.suspended(body) and active_since(slim) == active_since(body)
             assert slim["metadata"]["labels"] == body["metadata"]["labels"] and "managedFields" not in slim["metadata"]
             assert len(str(slim)) < len(str(body)) / 3, backend.name
+
+
+def test_a_failed_job_whose_pods_are_gone_is_a_disruption_if_its_node_is_lost(monkeypatch):
+    """Pod garbage collection deletes a deleted node's pods before the operator reads them: the nodes recorded while
+    the job ran say what happened."""
+    from vita_operator.controller import observe
+    from vita_operator.jobs.backends import job_backends
+    from vita_operator.jobs.pods import node_lost
+    ready = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    assert node_lost("a", ready) == "" and node_lost("a", None) == "node a no longer exists"
+    assert "NotReady" in node_lost("a", {"status": {"conditions": [{"type": "Ready", "status": "Unknown",
+                                                                   "reason": "NodeStatusUnknown"}]}})
+    assert "unreachable" in node_lost("a", {**ready, "spec": {"taints": [{"key": "node.kubernetes.io/unreachable"}]}})
+    nodes = {"gpu-1": ready, "gpu-2": None}
+    monkeypatch.setattr(kube, "pods", lambda ns, sel: [])
+    monkeypatch.setattr(kube, "node", lambda name: nodes[name])
+    backend = job_backends()["pytorchjob"]
+    failed = ObservedJob("r-s1-1", "s1", 1, "Failed", "1 Master replica(s) failed")
+    seen = observe._with_pod_reports(backend, "ns", failed, ["gpu-1", "gpu-2"])
+    assert seen.disruption == "node gpu-2 no longer exists" and seen.failed_nodes == ("gpu-2",)
+    nodes["gpu-2"] = ready
+    assert observe._with_pod_reports(backend, "ns", failed, ["gpu-1", "gpu-2"]).disruption == ""

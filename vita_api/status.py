@@ -126,6 +126,8 @@ class StageStatus(_Status):
                                                  "micro-batch and the accumulation)")
     oom_adjustments: list[OomAdjustment] | None = Field(None, description="Each out-of-memory retry (oomPolicy "
                                                         "adjust)")
+    nodes: list[str] | None = Field(None, description="Nodes of the current attempt's pods (a lost node's pods are "
+                                    "deleted by pod garbage collection; this says where they ran)")
     disruptions: int | None = Field(None, ge=0, description="Attempts a disruption ended (not counted against "
                                     "retryLimit; capped by disruptionLimit)")
     failures: list[StageFailure] | None = Field(None, max_length=20, description="The latest failed attempts")

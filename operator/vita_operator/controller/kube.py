@@ -122,6 +122,17 @@ def workloads(namespace: str, selector: str) -> list[dict[str, Any]]:
     return cast(list[dict[str, Any]], cast(dict[str, Any], found)["items"])
 
 
+def node(name: str) -> dict[str, Any] | None:
+    """A node; None if it does not exist. A node the operator may not read raises (the caller knows nothing)."""
+    try:
+        raw: Any = core().read_node(name, _preload_content=False)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return cast(dict[str, Any], json.loads(raw.data))
+
+
 def warning_events(namespace: str) -> list[dict[str, Any]]:
     """The namespace's Warning events (what controllers say when they cannot create pods). Best effort."""
     try:

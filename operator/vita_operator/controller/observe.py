@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from vita_api.naming import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY
 from vita_api.plan import evaluated_stages
@@ -22,11 +24,13 @@ from ..core.steps import STEPS, step_pending
 from ..jobs import evaluation as ev
 from ..jobs.backend import JobBackend
 from ..jobs.batch import job_phase, pod_selector
-from ..jobs.pods import (KUEUE_LABEL, active_since, creation_failure, disruption_of, failed_node,
-                         stuck_reason)
+from ..jobs.pods import (KUEUE_LABEL, active_since, creation_failure, disruption_of, failed_node, node_lost,
+                         running_nodes, stuck_reason)
 from ..jobs.steps import STEP_JOBS, PodRead
 from . import kube
 from .config import NAMESPACE_ENV
+
+log = logging.getLogger(__name__)
 
 # The enabled backends' jobs by (namespace, run), kept by kopf from the watch it runs anyway for on_job: a reconcile
 # reads its run's jobs from memory instead of LISTing them. Filled by handlers.startup.
@@ -91,14 +95,15 @@ def indexed_jobs(backend_name: str, namespace: str, run_name: str) -> list[dict[
     return _snapshot(lambda: list(store or []), 4)
 
 
-def observed_jobs(backend: JobBackend, run: RunRef, recorded_done: set[str],
-                  read_pods: bool = True) -> list[ObservedJob]:
+def observed_jobs(backend: JobBackend, run: RunRef, recorded_done: set[str], read_pods: bool = True,
+                  recorded_nodes: dict[str, list[str]] | None = None) -> list[ObservedJob]:
     """The run's jobs, from kopf's index. Only a run the index holds no job for asks the API server (a LIST):
     its first job may not be indexed yet, and only the API can say that the backend's CRD is missing (404).
 
     The latest attempt of a stage not yet recorded done also gets what its pods say: the final loss (Succeeded),
     the trainer's permanent error (Failed) or why the pods cannot start (Pending/Running). Older attempts and
-    finished runs (`read_pods=False`) read no pods: the state machine looks at neither."""
+    finished runs (`read_pods=False`) read no pods: the state machine looks at neither. `recorded_nodes`: where
+    each job's pods ran, as status recorded it (by job name)."""
     namespace = run.namespace
     items = indexed_jobs(backend.name, namespace, run.name) or kube.custom_objects(
         backend.api_version, backend.plural, namespace, f"{LABEL_RUN}={run.name}")
@@ -116,15 +121,16 @@ def observed_jobs(backend: JobBackend, run: RunRef, recorded_done: set[str],
     latest: dict[str, int] = {}
     for j in jobs:
         latest[j.stage] = max(latest.get(j.stage, 0), j.attempt)
-    out = [_with_pod_reports(backend, namespace, j) if read_pods and j.attempt == latest[j.stage]
-           and j.stage not in recorded_done else j for j in jobs]
+    out = [_with_pod_reports(backend, namespace, j, (recorded_nodes or {}).get(j.name, ()))
+           if read_pods and j.attempt == latest[j.stage] and j.stage not in recorded_done else j for j in jobs]
     # a job Kueue holds: what its Workload says (no quota, evicted, preempted) is why the run is Queued
     return [dataclasses.replace(j, message=workload_state(kube.workloads(namespace, f"{JOB_UID_LABEL}={uid}"))
                                 or j.message)
             if read_pods and (uid := queued_uids.get(j.name)) and j.attempt == latest[j.stage] else j for j in out]
 
 
-def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob) -> ObservedJob:
+def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob,
+                      recorded_nodes: Sequence[str] = ()) -> ObservedJob:
     if job.phase == "Succeeded":
         pods = kube.pods(namespace, backend.result_pod_selector(job.name))
         losses = [backend.final_loss(p) for p in pods]
@@ -134,14 +140,35 @@ def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob) -> 
     if job.phase == "Failed":  # every pod: a worker's OOM or data error is as much the stage's as rank 0's
         pods = kube.pods(namespace, backend.pods_selector(job.name))
         errors = [backend.permanent_failure(p) for p in pods]
+        failed = tuple(sorted({n for n in map(failed_node, pods) if n}))
+        disruption = next((d for d in map(disruption_of, pods) if d), "")
+        if not disruption and not any(errors):
+            # pod garbage collection deletes a lost node's pods (with their DisruptionTarget) before anyone reads
+            # them: the nodes they ran on say it instead
+            disruption, lost = _lost_node(failed or tuple(recorded_nodes))
+            failed = failed or lost
         return dataclasses.replace(job, permanent=next((e for e in errors if e), ""),
                                    oom=next((o for o in map(backend.out_of_memory, pods) if o), None),
-                                   disruption=next((d for d in map(disruption_of, pods) if d), ""),
-                                   failed_nodes=tuple(sorted({n for n in map(failed_node, pods) if n})))
+                                   disruption=disruption, failed_nodes=failed)
     if job.phase in ("Pending", "Running"):
         pods = kube.pods(namespace, backend.pods_selector(job.name))
-        return dataclasses.replace(job, stuck=why_waiting(namespace, job.name, pods, job.nodes))
+        return dataclasses.replace(job, stuck=why_waiting(namespace, job.name, pods, job.nodes),
+                                   placed_on=running_nodes(pods))
     return job
+
+
+def _lost_node(nodes: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """(why, which) for the first of `nodes` that is gone or NotReady; ("", ()) if none is, or if nodes cannot be
+    read (the chart grants get on nodes; without it the failure counts as the stage's own)."""
+    for name in nodes:
+        try:
+            why = node_lost(name, kube.node(name))
+        except ApiException as e:
+            log.warning("node %s not read (API error %s): a lost node cannot be told apart", name, e.status)
+            return "", ()
+        if why:
+            return why, (name,)
+    return "", ()
 
 
 def run_batch_jobs(run: RunRef, kind_label: str) -> list[tuple[dict[str, Any], dict[str, str]]]:

@@ -147,9 +147,11 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger | Any) -> None:
         backend = BACKENDS[backend_name]
         try:
             ref = RunRef(namespace, name, meta.get("uid"))
-            jobs = observed_jobs(backend, ref,
-                                 {r.get("name") for r in status.get("stages") or [] if r.get("phase") == "Succeeded"},
-                                 read_pods=status.get("phase") not in TERMINAL)
+            records = status.get("stages") or []
+            jobs = observed_jobs(backend, ref, {r.get("name") for r in records if r.get("phase") == "Succeeded"},
+                                 read_pods=status.get("phase") not in TERMINAL,
+                                 recorded_nodes={r["jobName"]: r["nodes"] for r in records
+                                                 if r.get("jobName") and r.get("nodes")})
         except ApiException as e:
             if e.status == 404:
                 _blocked(run, f"{backend.kind}CRDMissing", CRD_MISSING[backend_name], "crd_missing")

@@ -28,6 +28,7 @@ class ObservedJob:
     suspended: bool = False  # its spec asks the controller to hold it (Kueue's admission, or parked after failing)
     disruption: str = ""  # a failed job's disruption (pods.disruption_of): a lost node, eviction, preemption
     failed_nodes: tuple[str, ...] = ()  # the nodes of its failed pods
+    placed_on: tuple[str, ...] = ()  # a running job's pods' nodes (recorded: the evidence if its pods vanish)
 
 
 @dataclass(frozen=True)

@@ -287,7 +287,7 @@ def _retry(d: Decision, a: _Attempt, message: str, event: str, event_message: st
     nxt = a.attempt + 1
     new_name = job_name(a.run_name, a.stage.name, nxt)
     d.actions.append(_create_job(a.index, nxt, a.suspend, a.rec))
-    a.rec.update(phase="Running", attempts=nxt, jobName=new_name, message=message, nextAttemptTime=None)
+    a.rec.update(phase="Running", attempts=nxt, jobName=new_name, message=message, nextAttemptTime=None, nodes=None)
     d.status["currentJob"] = new_name
     if event:
         d.events.append(warning(event, event_message))
@@ -433,6 +433,8 @@ def _active(d: Decision, a: _Attempt, spec: VitaTrainingRunSpec, clock: Clock) -
     """A Pending / Running / Suspended job: suspend or resume it as the spec asks, say why it waits."""
     st, rec, job, name = d.status, a.rec, a.job, a.job.name
     rec["phase"] = "Running"
+    if job.placed_on:
+        rec["nodes"] = list(job.placed_on)
     rec.setdefault("startTime", clock.now)
     if spec.suspend and job.phase != "Suspended":
         d.actions.append(SetJobSuspend(name, True))

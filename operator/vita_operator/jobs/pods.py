@@ -262,6 +262,28 @@ def failed_node(pod: dict[str, Any]) -> str:
     return str((pod.get("spec") or {}).get("nodeName") or "") if failed else ""
 
 
+UNREACHABLE_TAINTS = ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready")
+
+
+def node_lost(name: str, node: dict[str, Any] | None) -> str:
+    """Why a node counts as lost ("" if it does not): deleted, NotReady, or tainted unreachable by the node
+    lifecycle controller."""
+    if node is None:
+        return f"node {name} no longer exists"
+    ready = next((c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None)
+    if ready is not None and ready.get("status") != "True":
+        return f"node {name} is NotReady: {ready.get('reason', '')} {ready.get('message', '')}".rstrip(": ")
+    taints = [t.get("key") for t in (node.get("spec") or {}).get("taints") or []]
+    if hit := next((t for t in UNREACHABLE_TAINTS if t in taints), None):
+        return f"node {name} is tainted {hit}"
+    return ""
+
+
+def running_nodes(pods: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The nodes a job's pods are placed on."""
+    return tuple(sorted({str(p["spec"]["nodeName"]) for p in pods if (p.get("spec") or {}).get("nodeName")}))
+
+
 HOSTNAME = "kubernetes.io/hostname"
 
 
