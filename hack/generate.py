@@ -1,7 +1,7 @@
 """Every derived file in the repository, regenerated from its one source (`make generate`), or checked
 (`--check`: lists the files that differ from what their source gives, exits 1; tests/test_deploy.py runs it).
 
-    manifests/crd, helm/.../crds    the CRD, from the run spec model (vita_api.spec, via vita_operator.crd)
+    manifests/crd, helm/.../crd.yaml  the CRD, from the run spec model (vita_api.spec, via vita_operator.crd)
     manifests/operator.yaml         the chart rendered with default values, without Helm's labels
     manifests/grafana/*.json        the chart's dashboard, for Grafana without Helm
     manifests/examples/run-tiny     the demo's run (vita_trainer/demo/run-tiny.yaml)
@@ -24,6 +24,17 @@ sys.path[:0] = [str(REPO), str(REPO / "operator")]  # runnable from a checkout w
 def _crd() -> str:
     from vita_operator.crd import render
     return render()
+
+
+def _chart_crd() -> str:
+    """The CRD as a chart template, so that `helm upgrade` upgrades it (Helm never touches crds/ after install);
+    kept on uninstall, which would otherwise delete every run."""
+    import yaml
+    from vita_operator.crd import crd
+    doc = crd()
+    doc["metadata"].setdefault("annotations", {})["helm.sh/resource-policy"] = "keep"
+    return ("# Generated from vita_api (make generate). A template, not crds/: `helm upgrade` upgrades it.\n"
+            "{{- if .Values.crds.install }}\n" + yaml.safe_dump(doc, sort_keys=False, width=120) + "{{- end }}\n")
 
 
 def _operator_manifests() -> str:
@@ -70,7 +81,7 @@ def _copy(source: str) -> Callable[[], str]:
 
 DERIVED: dict[str, Callable[[], str]] = {
     "manifests/crd/vitatrainingruns.yaml": _crd,
-    "helm/vita-operator/crds/vitatrainingruns.yaml": _crd,
+    "helm/vita-operator/templates/crd.yaml": _chart_crd,
     "manifests/operator.yaml": _operator_manifests,
     "manifests/grafana/vita-training.json": _copy("helm/vita-operator/dashboards/vita-training.json"),
     "manifests/examples/run-tiny.yaml": _copy("vita_trainer/demo/run-tiny.yaml"),

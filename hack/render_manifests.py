@@ -33,7 +33,8 @@ def _relabel(node):
 
 def render(helm: str) -> str:
     out = subprocess.run([helm, "template", "vita-operator", str(REPO / "helm" / "vita-operator"), "-n", "vita-system",
-                          "--skip-tests"], capture_output=True, text=True, check=True).stdout
+                          "--skip-tests", "--set", "crds.install=false"],  # the CRD is manifests/crd/
+                         capture_output=True, text=True, check=True).stdout
     docs = [_relabel(d) for d in yaml.safe_load_all(out) if d]
     return HEADER + yaml.safe_dump_all(docs, sort_keys=False, width=120)
 

@@ -253,7 +253,7 @@ def install_operator_prerequisites(cp: ControlPlane, *, pytorchjob_crd: bool = T
     the Kubeflow PyTorchJob CRD; Kubeflow Trainer's TrainJob and ClusterTrainingRuntime CRDs and the chart's
     runtime. Returns the operator's kubeconfig."""
     cp.kubectl("create", "namespace", "vita-system")
-    cp.kubectl("apply", "--server-side", "-f", str(REPO / "helm" / "vita-operator" / "crds"))
+    cp.kubectl("apply", "--server-side", "-f", str(REPO / "manifests" / "crd"))
     rendered = helm_template(*BOTH_BACKENDS, "--show-only", "templates/serviceaccount.yaml",
                              "--show-only", "templates/rbac.yaml")
     cp.kubectl("apply", "-f", "-", input=rendered)
