@@ -34,9 +34,11 @@ COMPONENTS = ("kwok", "training-operator", "jobset", "trainer", "kueue")
 STAGES = REPO / "tests" / "fixtures" / "kwok-stages.yaml"
 # The kube-controller-manager controllers the stack needs besides the API-server tier's: batch Jobs (the run's
 # preflight and JobSet's child Jobs), binding the run's claims to their volumes (the scheduler waits for that), and
-# node lifecycle (it lifts the not-ready taint a new node is admitted with once kwok reports it Ready).
+# node lifecycle (it lifts the not-ready taint a new node is admitted with once kwok reports it Ready); pod garbage
+# collection and taint-based eviction (a lost node's pods fail and go, as on a cluster); ResourceQuota usage (the
+# quota admission plugin refuses only what a computed quota status says is over).
 EXTRA_CONTROLLERS = ("job", "persistentvolume-binder", "ttl-after-finished", "node-lifecycle-controller", "podgc",
-                     "taint-eviction-controller")
+                     "taint-eviction-controller", "resourcequota")
 GPU = "nvidia.com/gpu"
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"
 # training-operator v1.9.3 hard-codes this (pkg/cert); it is also controller-runtime's default with TMPDIR unset.

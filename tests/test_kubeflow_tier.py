@@ -312,3 +312,35 @@ def test_a_lost_node_retries_the_stage_without_spending_a_retry(kubeflow, backen
             assert_no_forbidden(op)
         finally:
             kubeflow.stack.restore_node(node)
+
+
+def test_a_partly_created_job_is_explained_and_fails_its_attempt_after_the_startup_timeout(kubeflow):
+    """[day-two] item 2 on the real controllers: a ResourceQuota of one pod lets the training operator create the
+    master and refuses the worker; the run says so within a progress interval (a run whose endpoint does not answer,
+    or that is Queued, is reconciled every interval), and after spec.startupTimeoutSeconds the attempt is deleted and counted
+    (retryLimit 0: the run fails, naming the quota) instead of waiting out the hang window."""
+    ns = "quota"
+    kubeflow.cp.kubectl("create", "namespace", ns)
+    kubeflow.apply({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "one-pod", "namespace": ns},
+                    "spec": {"hard": {"pods": "1"}}})
+    for pvc in (claim("data", "ReadOnlyMany"), claim("ckpt", "ReadWriteMany")):
+        pvc["metadata"]["namespace"] = ns
+        kubeflow.apply(pvc)
+    kubeflow.stack.volumes_for(ns, ("data", ["ReadOnlyMany"]), ("ckpt", ["ReadWriteMany"]))
+    run = two_nodes("pytorchjob", "quota", ns)
+    run["spec"].update(progressIntervalSeconds=5, startupTimeoutSeconds=60)
+    run["spec"]["stages"][0]["retryLimit"] = 0
+    try:
+        with kubeflow.running(run, "operator-quota", env={"VITA_OPERATOR_PROGRESS_TICK_SECONDS": "2"}) as op:
+            def status():
+                return kubeflow.get("vitatrainingrun", "quota", ns).get("status", {})
+            start = time.monotonic()
+            explained = wait_for(lambda: "exceeded quota" in status().get("message", "") and status(), timeout=60,
+                                 what="the run's message naming the quota")
+            assert explained["phase"] in ("Running", "Queued") and time.monotonic() - start < 45
+            failed = wait_for(lambda: status().get("phase") == "Failed" and status(), timeout=150,
+                              what="the attempt failed after the startup timeout")
+            assert "did not all start within 60s" in failed["message"] and "exceeded quota" in failed["message"]
+            assert_no_forbidden(op)
+    finally:
+        kubeflow.cp.kubectl("delete", "namespace", ns, "--wait=false")

@@ -4,6 +4,7 @@ and the phase gauge is kept incrementally."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta, timezone
 
 from pydantic import ValidationError
@@ -265,3 +266,23 @@ def test_a_failed_job_whose_pods_are_gone_is_a_disruption_if_its_node_is_lost(mo
     assert seen.disruption == "node gpu-2 no longer exists" and seen.failed_nodes == ("gpu-2",)
     nodes["gpu-2"] = ready
     assert observe._with_pod_reports(backend, "ns", failed, ["gpu-1", "gpu-2"]).disruption == ""
+
+
+def test_a_job_whose_pods_cannot_all_start_fails_its_attempt_after_the_startup_timeout():
+    """[day-two] item 2: a quota that refuses the worker leaves the master waiting in torchrun's rendezvous; the
+    run says why at once, and after startupTimeoutSeconds the attempt is deleted and counted as failed."""
+    from vita_operator.core.decision import DeleteJob
+    sp = spec()
+    st = decide("r", 1, sp, None, [], NOW).status
+    quota = "1 pod(s) created, the rest refused: FailedCreate: pods \"r-s1-1-worker-0\" is forbidden: exceeded quota"
+    young = ObservedJob("r-s1-1", "s1", 1, "Running", stuck=quota, active_since="2026-12-06T23:59:00Z", nodes=2)
+    d = decide("r", 1, sp, st, [young], NOW, startup_timeout_seconds=600)
+    assert not d.actions and "exceeded quota" in d.status["message"] and d.status["phase"] == "Running"
+    old = dataclasses.replace(young, active_since="2026-12-06T23:40:00Z")
+    d = decide("r", 1, sp, d.status, [old], NOW, startup_timeout_seconds=600)
+    assert d.actions == [DeleteJob("r-s1-1"), CreateJob(0, 2, False)]
+    assert "did not all start within 600s" in d.status["stages"][0]["failures"][0]["message"]
+    assert [e.reason for e in d.events] == ["StageRetrying"]
+    waiting = dataclasses.replace(old, stuck="pod r-s1-1-master-0: Unschedulable: 0/4 nodes have 8 GPUs free")
+    assert not decide("r", 1, sp, st, [waiting], NOW, startup_timeout_seconds=600).actions  # capacity: it waits
+    assert not decide("r", 1, sp, st, [old], NOW).actions                                    # no timeout: waits

@@ -138,9 +138,12 @@ def test_one_slow_endpoint_does_not_delay_another_runs_reading(endpoints, monkey
     monkeypatch.setattr(kube, "pods", pods)
     monkeypatch.setattr(kube, "patch_status", lambda ns, name, body: written.setdefault(
         name, (time.monotonic() - start, body["progress"])))
+    monkeypatch.setattr(kube, "get_run", lambda ns, name: next(r for r in runs if r["metadata"]["name"] == name))
     monkeypatch.setenv(progress_loop.SCRAPE_TIMEOUT_ENV, "5")
+    reconciled = []
     try:
-        read = progress_loop.progress_pass(runs, lambda run: job_backends()["pytorchjob"], lambda run: None,
+        read = progress_loop.progress_pass(runs, lambda run: job_backends()["pytorchjob"],
+                                           lambda run: reconciled.append(run["metadata"]["name"]),
                                            progress_loop.logging.getLogger("test"))
     finally:
         fast.close()
@@ -148,3 +151,4 @@ def test_one_slow_endpoint_does_not_delay_another_runs_reading(endpoints, monkey
     assert written["fast"][0] < 1.5 and written["fast"][1]["step"] == 5 and not written["fast"][1]["stale"]
     assert written["slow"][0] >= 3 and written["slow"][1]["stale"]
     assert written["slow"][1]["staleReason"].endswith("no metrics for stage s1 yet")
+    assert reconciled == ["slow"]  # an endpoint that does not answer: the reconcile says why at once

@@ -311,6 +311,13 @@ class VitaTrainingRunSpec(_Spec):
                                                    "this long after it Succeeded or Failed (its outputs on the "
                                                    "volumes stay); unset: the operator's default (chart value "
                                                    "runTTLSecondsAfterFinished)")
+    startup_timeout_seconds: int | None = Field(None, ge=30, description="A stage job whose pods cannot all "
+                                                "start this long after it was created or admitted (a quota, a "
+                                                "webhook or PodSecurity refusing some of them, an image that does "
+                                                "not pull) is deleted and counted as a failed attempt, instead of "
+                                                "waiting out the hang window; pods the scheduler cannot place yet "
+                                                "wait. Unset: the operator's default (chart value "
+                                                "startupTimeoutSeconds)")
     progress_interval_seconds: int = Field(30, ge=5, le=3600, description="How often the operator reads the "
                                            "current stage's metrics endpoint into status.progress")
     hang_timeout_seconds: int | None = Field(3600, ge=1, description="A running stage whose step does not move for "

@@ -17,6 +17,7 @@ WORKERS_ENV = "VITA_OPERATOR_WORKERS"  # reconciles at once
 PROGRESS_TICK_ENV = "VITA_OPERATOR_PROGRESS_TICK_SECONDS"
 METRICS_PORT_ENV = "VITA_OPERATOR_METRICS_PORT"
 RUN_TTL_ENV = "VITA_OPERATOR_RUN_TTL_SECONDS"  # finished runs are deleted this long after (spec's own wins)
+STARTUP_TIMEOUT_ENV = "VITA_OPERATOR_STARTUP_TIMEOUT_SECONDS"  # a job's pods must all start within this
 RETRY_BACKOFF_ENV = "VITA_OPERATOR_RETRY_BACKOFF_SECONDS"  # the first retry's delay after a stage's own failure
 
 
@@ -32,6 +33,7 @@ class Settings:
     metrics_port: int
     run_ttl_seconds: int | None
     retry_backoff_seconds: int
+    startup_timeout_seconds: int | None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -41,7 +43,8 @@ class Settings:
                    progress_tick_seconds=float(env.get(PROGRESS_TICK_ENV, "10")),
                    workers=int(env.get(WORKERS_ENV, "32")), metrics_port=int(env.get(METRICS_PORT_ENV, "9090")),
                    run_ttl_seconds=int(env[RUN_TTL_ENV]) if env.get(RUN_TTL_ENV) else None,
-                   retry_backoff_seconds=int(env.get(RETRY_BACKOFF_ENV) or 0))
+                   retry_backoff_seconds=int(env.get(RETRY_BACKOFF_ENV) or 0),
+                   startup_timeout_seconds=int(env[STARTUP_TIMEOUT_ENV]) if env.get(STARTUP_TIMEOUT_ENV) else None)
 
 
 _settings: list[Settings] = []

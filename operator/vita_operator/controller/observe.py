@@ -24,7 +24,8 @@ from ..core.steps import STEPS, step_pending
 from ..jobs import evaluation as ev
 from ..jobs.backend import JobBackend
 from ..jobs.batch import job_phase, pod_selector
-from ..jobs.pods import (KUEUE_LABEL, active_since, creation_failure, disruption_of, failed_node, node_lost,
+from ..jobs.pods import (KUEUE_LABEL, active_since, creation_failure, disruption_of, exited_with_error, failed_node,
+                         node_lost,
                          running_nodes, stuck_reason)
 from ..jobs.steps import STEP_JOBS, PodRead
 from . import kube
@@ -142,7 +143,7 @@ def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob,
         errors = [backend.permanent_failure(p) for p in pods]
         failed = tuple(sorted({n for n in map(failed_node, pods) if n}))
         disruption = next((d for d in map(disruption_of, pods) if d), "")
-        if not disruption and not any(errors):
+        if not disruption and not any(errors) and not any(map(exited_with_error, pods)):
             # pod garbage collection deletes a lost node's pods (with their DisruptionTarget) before anyone reads
             # them: the nodes they ran on say it instead
             disruption, lost = _lost_node(failed or tuple(recorded_nodes))

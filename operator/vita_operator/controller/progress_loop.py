@@ -119,14 +119,19 @@ def read_progress(run: dict[str, Any], spec: VitaTrainingRunSpec, backend: JobBa
 
 
 def progress_pass(runs: list[dict[str, Any]], backend_for: Callable[[dict[str, Any]], JobBackend | None],
-                  on_hung: Callable[[dict[str, Any]], None], logger: logging.Logger,
+                  reconcile_now: Callable[[dict[str, Any]], None], logger: logging.Logger,
                   stop: threading.Event | None = None) -> int:
     """Read every running run that is due, SCRAPE_WORKERS at a time (a slow endpoint holds up only its own
-    read); a run found hung goes to `on_hung` (a fresh copy) at once. Returns how many it read."""
+    read); a run found hung, or whose endpoint does not answer, goes to `reconcile_now` (a fresh copy) at once:
+    the reconcile then says why (its pods cannot start, a partly created job) or acts. Returns how many it read."""
     due = []
     for run in runs:
         st, meta = run.get("status") or {}, run["metadata"]
         downloading = st.get("phase") == "Initializing" and (st.get("initializers") or {}).get("jobName")
+        waiting = st.get("phase") == "Queued" and st.get("currentJob") and not meta.get("deletionTimestamp")
+        if waiting and _queued_check_due(run):
+            due.append(run)  # reconciled, not read: why it waits changes without a job event (a refused pod)
+            continue
         if not downloading and (st.get("phase") != "Running" or not st.get("currentJob")) or \
                 meta.get("deletionTimestamp"):
             metrics.forget_progress(meta.get("namespace"), meta.get("name"))
@@ -139,7 +144,10 @@ def progress_pass(runs: list[dict[str, Any]], backend_for: Callable[[dict[str, A
         try:
             if (run.get("status") or {}).get("phase") == "Initializing":
                 return _download_progress_one(run)
-            return _progress_one(run, backend_for, on_hung)
+            if (run.get("status") or {}).get("phase") == "Queued":
+                reconcile_now(run)
+                return True
+            return _progress_one(run, backend_for, reconcile_now)
         except Exception:  # one run's endpoint or spec must not stop the others
             meta = run["metadata"]
             metrics.RECONCILE_ERRORS.labels("progress").inc()
@@ -151,8 +159,23 @@ def progress_pass(runs: list[dict[str, Any]], backend_for: Callable[[dict[str, A
         return sum(pool.map(one, due))
 
 
+_queued_checked: dict[str, float] = {}
+
+
+def _queued_check_due(run: dict[str, Any]) -> bool:
+    """A Queued run is reconciled every spec.progressIntervalSeconds (kept in memory: nothing is written)."""
+    meta = run["metadata"]
+    key = f"{meta.get('namespace')}/{meta.get('name')}"
+    interval = float((run.get("spec") or {}).get("progressIntervalSeconds") or 30)
+    now = time.monotonic()
+    if now - _queued_checked.get(key, -interval) < interval:
+        return False
+    _queued_checked[key] = now
+    return True
+
+
 def _progress_one(run: dict[str, Any], backend_for: Callable[[dict[str, Any]], JobBackend | None],
-                  on_hung: Callable[[dict[str, Any]], None]) -> bool:
+                  reconcile_now: Callable[[dict[str, Any]], None]) -> bool:
     """Read one run if it is due; True if it was read."""
     st, meta = run.get("status") or {}, run["metadata"]
     spec = VitaTrainingRunSpec.model_validate(run.get("spec") or {})
@@ -165,8 +188,9 @@ def _progress_one(run: dict[str, Any], backend_for: Callable[[dict[str, Any]], J
     new = read_progress(run, spec, backend_for(run), now)
     kube.patch_status(meta["namespace"], meta["name"], {"progress": prog.as_merge_patch(st.get("progress"), new)})
     metrics.PROGRESS_STALE.labels(meta["namespace"], meta["name"]).set(1 if new.get("stale") else 0)
-    if prog.hang_reason(new, st["currentJob"], now, spec.hang_timeout_seconds, not_before=STARTED):
-        on_hung(kube.get_run(meta["namespace"], meta["name"]))
+    if new.get("stale") or prog.hang_reason(new, st["currentJob"], now, spec.hang_timeout_seconds,
+                                            not_before=STARTED):
+        reconcile_now(kube.get_run(meta["namespace"], meta["name"]))
     return True
 
 

@@ -165,7 +165,8 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger | Any) -> None:
         steps = observed_steps(spec, status, ref)
         decision = decide(name, generation, spec, run.get("status"), jobs, now_rfc3339(), backend_name,
                           evaluations=evaluations, steps=steps, foreign=ref.foreign,
-                          retry_backoff_seconds=settings().retry_backoff_seconds)
+                          retry_backoff_seconds=settings().retry_backoff_seconds,
+                          startup_timeout_seconds=spec.startup_timeout_seconds or settings().startup_timeout_seconds)
         if any(isinstance(a, CREATES) for a in decision.actions) and \
                 (problems := claim_problems(spec, {c: kube.claim(namespace, c) for c in claim_names(spec)})):
             _blocked(run, "VolumeNotReady", "; ".join(problems), "volume")

@@ -276,6 +276,18 @@ class _Attempt:
     suspend: bool
 
 
+def not_started(job: ObservedJob, timeout_seconds: int | None, clock: Clock) -> str:
+    """Why a job counts as failed to start ("" if it does not): its pods cannot all start (job.stuck: refused
+    creates, image pulls, missing Secrets) for `timeout_seconds` since it was created or admitted. Pods the
+    scheduler cannot place yet, and jobs waiting in a queue, are waiting for capacity, not failing."""
+    if not timeout_seconds or not job.stuck or "Unschedulable" in job.stuck or job.phase not in ("Pending", "Running"):
+        return ""
+    since, now = parse_time(job.active_since), parse_time(clock.now)
+    if since is None or now is None or (now - since).total_seconds() < timeout_seconds:
+        return ""
+    return f"its pods did not all start within {timeout_seconds}s (startupTimeoutSeconds): {job.stuck}"
+
+
 def _create_job(index: int, attempt: int, suspend: bool, rec: dict[str, Any]) -> CreateJob:
     """A stage attempt's job, with what its record carries: changed args, nodes to keep off."""
     return CreateJob(index, attempt, suspend, dict(rec.get("argOverrides", {})), tuple(rec.get("avoidNodes") or ()))
@@ -452,19 +464,22 @@ def _active(d: Decision, a: _Attempt, spec: VitaTrainingRunSpec, clock: Clock) -
     if waiting:
         set_phase(d, "Queued", Reason.JOB_QUEUED, f"{msg}: job {name} waits: {waiting}", clock)
     else:
-        set_phase(d, "Suspended" if spec.suspend else "Running", Reason.STAGE_RUNNING, msg, clock)
+        set_phase(d, "Suspended" if spec.suspend else "Running", Reason.STAGE_RUNNING,
+                  f"{msg}: its pods cannot start: {job.stuck}" if job.stuck else msg, clock)
     return d
 
 
 def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: dict[str, Any] | None,
            jobs: list[ObservedJob], now: str, backend: str = "pytorchjob", *,
            evaluations: Sequence[ObservedEvaluation] = (), steps: Attempts | None = None,
-           foreign: Sequence[str] = (), retry_backoff_seconds: int = 0) -> Decision:
+           foreign: Sequence[str] = (), retry_backoff_seconds: int = 0,
+           startup_timeout_seconds: int | None = None) -> Decision:
     """`backend`: the job backend the run uses (its own, else the operator's default); only its limits matter
     here, the jobs arrive as ObservedJob whatever their kind. `evaluations`: the run's benchmark Jobs
     (spec.evaluation), one per evaluated stage. `steps`: each batch step's Jobs by its key (steps.STEPS).
     `foreign`: jobs that carry the run's labels but that the run does not control (left out of `jobs`).
-    `retry_backoff_seconds`: the first retry's delay after a failure of the stage's own (doubling, capped)."""
+    `retry_backoff_seconds`: the first retry's delay after a failure of the stage's own (doubling, capped).
+    `startup_timeout_seconds`: how long a job's pods may fail to start before the attempt counts as failed."""
     attempts: Attempts = steps or {}
     clock = Clock(now, generation)
     d = Decision(status=copy.deepcopy(status or {}))
@@ -551,6 +566,11 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             return _failed(d, a, clock, retry_backoff_seconds)
         if job.hung and job.phase == "Running":
             return _hung(d, a, clock)
+        if why := not_started(job, startup_timeout_seconds, clock):
+            # deleted, and retried at once (a waiting retry would find no job and re-create this attempt)
+            d.actions.append(DeleteJob(job.name))
+            return _failed(d, dataclasses.replace(a, job=dataclasses.replace(job, phase="Failed", message=why)),
+                           clock, 0)
         return _active(d, a, spec, clock)
 
     return _finish(d, run_name, spec, attempts, clock)

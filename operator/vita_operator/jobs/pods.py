@@ -253,12 +253,16 @@ def disruption_of(pod: dict[str, Any]) -> str:
     return ""
 
 
+def exited_with_error(pod: dict[str, Any]) -> bool:
+    """A container of the pod ended with a non-zero exit code: the pod failed by itself."""
+    return any(((cs.get("state") or {}).get("terminated") or {}).get("exitCode")
+               for cs in (pod.get("status") or {}).get("containerStatuses") or [])
+
+
 def failed_node(pod: dict[str, Any]) -> str:
     """The node of a pod that failed or was disrupted ("" for one that did not, or that never had a node)."""
     status = pod.get("status") or {}
-    failed = status.get("phase") == "Failed" or disruption_of(pod) or any(
-        ((cs.get("state") or {}).get("terminated") or {}).get("exitCode") for cs in status.get("containerStatuses")
-        or [])
+    failed = status.get("phase") == "Failed" or disruption_of(pod) or exited_with_error(pod)
     return str((pod.get("spec") or {}).get("nodeName") or "") if failed else ""
 
 
