@@ -316,9 +316,9 @@ def test_a_lost_node_retries_the_stage_without_spending_a_retry(kubeflow, backen
 
 def test_a_partly_created_job_is_explained_and_fails_its_attempt_after_the_startup_timeout(kubeflow):
     """[day-two] item 2 on the real controllers: a ResourceQuota of one pod lets the training operator create the
-    master and refuses the worker; the run says so within a progress interval (a run whose endpoint does not answer,
-    or that is Queued, is reconciled every interval), and after spec.startupTimeoutSeconds the attempt is deleted and counted
-    (retryLimit 0: the run fails, naming the quota) instead of waiting out the hang window."""
+    master and refuses the worker; the run says so within a progress interval (a run whose endpoint does not
+    answer, or that is Queued, is reconciled every interval), and after spec.startupTimeoutSeconds the attempt is
+    deleted and counted (retryLimit 0: the run fails, naming the quota) instead of waiting out the hang window."""
     ns = "quota"
     kubeflow.cp.kubectl("create", "namespace", ns)
     kubeflow.apply({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "one-pod", "namespace": ns},

@@ -89,6 +89,14 @@ class RunRef:
         return False
 
 
+def indexed_run(namespace: str | None, name: str) -> dict[str, Any] | None:
+    """The run as kopf's index holds it; None if it holds none (not started, or not seen yet)."""
+    if not runs_index:
+        return None
+    found = _snapshot(lambda: list(runs_index[0].get((namespace, name)) or []), 3)
+    return found[0] if found else None
+
+
 def indexed_jobs(backend_name: str, namespace: str, run_name: str) -> list[dict[str, Any]]:
     """The run's jobs as kopf's index holds them; [] if it holds none."""
     index = job_indices.get(backend_name)
