@@ -31,3 +31,7 @@ DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3_offload")
 
 # Clips outside these bounds are counted and warned about (the reference's whale data); defaults of every tool.
 MIN_AUDIO_SECONDS, MAX_AUDIO_SECONDS = 0.5, 30.0
+
+# ImageNet normalisation (InternViT's); SigLIP uses 0.5/0.5 (vita_trainer/model/vision_families.py per family).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -12,11 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vita_api.constants import IMAGENET_MEAN, IMAGENET_STD  # InternViT's; SigLIP's are 0.5/0.5 (per model config)
 from .geometry import centre_crop_box, short_side_size
-
-# ImageNet statistics used by InternViT; SigLIP uses 0.5/0.5 (set per vision tower in the model config).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def candidate_grids(min_tiles: int = 1, max_tiles: int = 12) -> list[tuple[int, int]]:

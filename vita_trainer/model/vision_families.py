@@ -8,9 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vita_api.constants import IMAGENET_MEAN, IMAGENET_STD
 from vita_api.errors import ConfigError
-
-from ..data.image import IMAGENET_MEAN, IMAGENET_STD
 
 TinyConfig = Callable[[int, int, int, int], dict[str, Any]]  # (hidden, layers, image size, patch size) -> config
 
