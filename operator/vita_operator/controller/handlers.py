@@ -15,8 +15,8 @@ from kubernetes.client.exceptions import ApiException
 
 from vita_api.naming import LABEL_RUN, MANAGED_BY
 from vita_api.spec import API_GROUP
-from vita_api.status import TERMINAL
 
+from ..core.state import finished_and_seen
 from ..crd import PLURAL, VERSION
 from ..jobs.backend import JobBackend, index_metadata
 from . import kube, loops, metrics, observe
@@ -87,12 +87,6 @@ def job_indexer(backend: JobBackend) -> Callable[..., dict[tuple[str | None, str
     return index_job_by_run
 
 
-def finished_and_seen(run: dict[str, Any]) -> bool:
-    """Succeeded or Failed, and its latest spec already decided on (an edit may resume it)."""
-    status = run.get("status") or {}
-    return status.get("phase") in TERMINAL and status.get("observedGeneration") == run["metadata"].get("generation")
-
-
 @kopf.on.resume(API_GROUP, VERSION, PLURAL)
 @kopf.on.create(API_GROUP, VERSION, PLURAL)
 @kopf.on.update(API_GROUP, VERSION, PLURAL, field="spec")
@@ -117,7 +111,7 @@ def on_job(body: kopf.Body, event: kopf.RawEvent, logger: kopf.Logger, **_: Any)
     if not run_name or event.get("type") is None:
         return
     known = observe.indexed_run(namespace, run_name)
-    if known and finished_and_seen(known):
+    if known and finished_and_seen(known.get("status") or {}, known["metadata"].get("generation", 1)):
         return
     try:
         run = kube.get_run(namespace, run_name)

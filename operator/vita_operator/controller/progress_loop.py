@@ -129,7 +129,9 @@ def progress_pass(runs: list[dict[str, Any]], backend_for: Callable[[dict[str, A
         st, meta = run.get("status") or {}, run["metadata"]
         downloading = st.get("phase") == "Initializing" and (st.get("initializers") or {}).get("jobName")
         waiting = st.get("phase") == "Queued" and st.get("currentJob") and not meta.get("deletionTimestamp")
-        if waiting and _queued_check_due(run):
+        if not waiting:  # its clock goes with it (deleted, admitted or finished runs leave nothing behind)
+            _queued_checked.pop(f"{meta.get('namespace')}/{meta.get('name')}", None)
+        elif _queued_check_due(run):
             due.append(run)  # reconciled, not read: why it waits changes without a job event (a refused pod)
             continue
         if not downloading and (st.get("phase") != "Running" or not st.get("currentJob")) or \

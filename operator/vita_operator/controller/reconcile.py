@@ -18,7 +18,8 @@ from vita_api.status import TERMINAL
 
 from ..core import progress as prog
 from ..core.decision import CREATES, Decision
-from ..core.state import decide, decide_blocked, decide_invalid, decide_refused, decide_unknown_fields, expired
+from ..core.state import (decide, decide_blocked, decide_invalid, decide_refused, decide_unknown_fields, expired,
+                          finished_and_seen)
 from ..core.steps import without_started
 from ..core.volumes import claim_names, claim_problems
 from ..jobs.backends import backend_of
@@ -135,7 +136,7 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger | Any) -> None:
             _apply_status_only(run, decide_unknown_fields(run.get("status"), unknown, now_rfc3339(), generation)
                                if unknown else decide_invalid(run.get("status"), str(e), now_rfc3339(), generation))
             return
-        if status.get("phase") in TERMINAL and status.get("observedGeneration") == generation:
+        if finished_and_seen(status, generation):
             _finished(run, spec, status)  # nothing to read: a finished run costs no request per resync
             return
         backend_name = backend_of(run, DEFAULT_BACKEND)

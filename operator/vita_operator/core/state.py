@@ -39,22 +39,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections import Counter
-from datetime import datetime, timedelta
+from datetime import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vita_api.naming import LABEL_RUN, job_name
-from vita_api.oom import after_oom
 from vita_api.plan import (EVALUATION, backend_problems, check_spec, cluster_roots, evaluated_stages, evaluation_dir,
                            stage_output_dir)
-from vita_api.spec import StageSpec, VitaTrainingRunSpec
+from vita_api.spec import VitaTrainingRunSpec
 from vita_api.status import TERMINAL, Condition, Reason
 
 from .conditions import condition, created, pods_ready, set_condition, set_phase, still_refused
-from .progress import format_time, parse_time
-from .decision import (Clock, CreateEvaluation, CreateJob, Decision, DeleteJob, ObservedAttempt, ObservedEvaluation,
+from .progress import parse_time
+from .decision import (Clock, CreateEvaluation, Decision, DeleteJob, ObservedAttempt, ObservedEvaluation,
                        ObservedJob, SetJobSuspend, normal, warning)
+from .attempts import Attempt, create_job, failed_attempt, hung_attempt, not_started, retries_left
 from .steps import CREATING_PHASES, STEPS, run_step
 
 Attempts = Mapping[str, Sequence[ObservedAttempt]]
@@ -193,6 +192,11 @@ def decide_evaluation_refused(status: dict[str, Any], stage: str, message: str, 
     return d
 
 
+def finished_and_seen(status: dict[str, Any], generation: int) -> bool:
+    """Succeeded or Failed, and its latest spec already decided on (an edit may resume it): nothing to observe."""
+    return status.get("phase") in TERMINAL and status.get("observedGeneration") == generation
+
+
 def expired(status: dict[str, Any], ttl_seconds: int | None, now: datetime) -> bool:
     """Whether a finished run's TTL (spec.ttlSecondsAfterFinished, else the operator's default) has passed since it
     Succeeded or Failed (its phase condition's lastTransitionTime); never without a TTL."""
@@ -235,14 +239,14 @@ def _resume(d: Decision, run_name: str, spec: VitaTrainingRunSpec, clock: Clock)
     records = {r.get("name"): r for r in st.get("stages") or []}
     for i, stage in enumerate(spec.stages):
         rec = records.get(stage.name)
-        if not rec or rec.get("phase") != "Failed" or not _retries_left(stage, rec, rec.get("attempts", 0)):
+        if not rec or rec.get("phase") != "Failed" or not retries_left(stage, rec, rec.get("attempts", 0)):
             continue
         nxt = rec.get("attempts", 0) + 1
         name = job_name(run_name, stage.name, nxt)
         rec.update(phase="Running", attempts=nxt, jobName=name, completionTime=None,
                    message=f"resumed with retryLimit {stage.retry_limit}")
         st["currentStage"], st["currentJob"] = stage.name, name
-        d.actions.append(_create_job(i, nxt, spec.suspend, rec))
+        d.actions.append(create_job(i, nxt, spec.suspend, rec))
         d.events.append(normal(Reason.RUN_RESUMED, f"stage {stage.name}: retryLimit is {stage.retry_limit} now; "
                                f"attempt {nxt} resumes from the last checkpoint"))
         set_phase(d, "Running", Reason.STAGE_RUNNING, f"stage {stage.name} ({i + 1}/{len(spec.stages)})", clock)
@@ -264,184 +268,7 @@ def _report_foreign(d: Decision, foreign: Sequence[str]) -> None:
     d.status["foreignJobs"] = names or None
 
 
-@dataclasses.dataclass(frozen=True)
-class _Attempt:
-    """The stage attempt a pass looks at: which stage, its record, its number and job."""
-    run_name: str
-    stage: StageSpec
-    index: int
-    rec: dict[str, Any]
-    attempt: int
-    job: ObservedJob
-    suspend: bool
-
-
-def not_started(job: ObservedJob, timeout_seconds: int | None, clock: Clock) -> str:
-    """Why a job counts as failed to start ("" if it does not): its pods cannot all start (job.stuck: refused
-    creates, image pulls, missing Secrets) for `timeout_seconds` since it was created or admitted. Pods the
-    scheduler cannot place yet, and jobs waiting in a queue, are waiting for capacity, not failing."""
-    if not timeout_seconds or not job.stuck or "Unschedulable" in job.stuck or job.phase not in ("Pending", "Running"):
-        return ""
-    since, now = parse_time(job.active_since), parse_time(clock.now)
-    if since is None or now is None or (now - since).total_seconds() < timeout_seconds:
-        return ""
-    return f"its pods did not all start within {timeout_seconds}s (startupTimeoutSeconds): {job.stuck}"
-
-
-def _create_job(index: int, attempt: int, suspend: bool, rec: dict[str, Any]) -> CreateJob:
-    """A stage attempt's job, with what its record carries: changed args, nodes to keep off."""
-    return CreateJob(index, attempt, suspend, dict(rec.get("argOverrides", {})), tuple(rec.get("avoidNodes") or ()))
-
-
-def _retry(d: Decision, a: _Attempt, message: str, event: str, event_message: str) -> Decision:
-    """The stage's next attempt, resuming from its last checkpoint, with the args the record carries; `event` is
-    emitted unless it is "" (the failure was announced when it was first seen)."""
-    nxt = a.attempt + 1
-    new_name = job_name(a.run_name, a.stage.name, nxt)
-    d.actions.append(_create_job(a.index, nxt, a.suspend, a.rec))
-    a.rec.update(phase="Running", attempts=nxt, jobName=new_name, message=message, nextAttemptTime=None, nodes=None)
-    d.status["currentJob"] = new_name
-    if event:
-        d.events.append(warning(event, event_message))
-    return d
-
-
-def _counted(rec: dict[str, Any], attempt: int) -> int:
-    """Attempts so far that count against retryLimit: out-of-memory adjustments and disruptions do not."""
-    return attempt - len(rec.get("oomAdjustments", [])) - int(rec.get("disruptions") or 0)
-
-
-def _retries_left(stage: StageSpec, rec: dict[str, Any], attempt: int) -> bool:
-    return _counted(rec, attempt) <= stage.retry_limit
-
-
-MAX_FAILURES_KEPT = 20
-AVOID_AFTER = 2          # failed attempts on one node before the stage's next attempts are kept off it
-MAX_BACKOFF_SECONDS = 900
-
-
-def backoff_seconds(base: int, counted_failures: int) -> int:
-    """Exponential: base, 2 base, 4 base ... capped at 15 minutes; 0 when the operator's base is 0."""
-    return min(base * 2 ** max(counted_failures - 1, 0), MAX_BACKOFF_SECONDS) if base else 0
-
-
-def _record_failure(d: Decision, a: _Attempt, clock: Clock) -> bool:
-    """The failed attempt in the stage's record (once: True the first time it is seen), its nodes counted; a node
-    where AVOID_AFTER attempts failed is kept out of the stage's next attempts (NodeAvoided, once per node)."""
-    failures = a.rec.setdefault("failures", [])
-    if failures and failures[-1].get("attempt") == a.attempt:
-        return False
-    entry: dict[str, Any] = {"attempt": a.attempt, "message": (a.job.message or "")[:500]}
-    if a.job.failed_nodes:
-        entry["nodes"] = list(a.job.failed_nodes)
-    if a.job.disruption:
-        entry["disruption"] = a.job.disruption[:500]
-    failures.append(entry)
-    del failures[:-MAX_FAILURES_KEPT]
-    counts = Counter(n for f in failures for n in f.get("nodes") or [])
-    avoid = sorted(n for n, c in counts.items() if c >= AVOID_AFTER)
-    new = [n for n in avoid if n not in (a.rec.get("avoidNodes") or [])]
-    if new:
-        a.rec["avoidNodes"] = sorted(set(a.rec.get("avoidNodes") or []) | set(avoid))
-        d.events.append(warning(Reason.NODE_AVOIDED, f"stage {a.stage.name}: attempts failed on node(s) "
-                                f"{', '.join(new)} {AVOID_AFTER} times; the next attempts are kept off them "
-                                f"(status.stages[].avoidNodes)"))
-    return True
-
-
-def _fail_stage(d: Decision, a: _Attempt, message: str, event_message: str, reason: str, run_message: str,
-                clock: Clock) -> Decision:
-    a.rec.update(phase="Failed", completionTime=clock.now, message=message)
-    d.events.append(warning(Reason.STAGE_FAILED, event_message))
-    set_phase(d, "Failed", reason, run_message, clock)
-    return d
-
-
-def _after_oom(d: Decision, a: _Attempt, clock: Clock) -> Decision:
-    """The next attempt with half the micro-batch (oomPolicy adjust), or the stage's end at micro-batch 1."""
-    oom = a.job.oom or {}
-    ran = (int(oom.get("perDeviceTrainBatchSize", 1)), int(oom.get("gradientAccumulationSteps", 1)))
-    nxt = after_oom(*ran)
-    entry: dict[str, Any] = {"attempt": a.attempt, "step": int(oom.get("step", 0)),
-                             "perDeviceTrainBatchSize": ran[0], "gradientAccumulationSteps": ran[1]}
-    if nxt:
-        entry.update(nextPerDeviceTrainBatchSize=nxt["per_device_train_batch_size"],
-                     nextGradientAccumulationSteps=nxt["gradient_accumulation_steps"])
-    history = a.rec.setdefault("oomAdjustments", [])
-    history.append(entry)
-    path = " -> ".join(str(h["perDeviceTrainBatchSize"]) for h in history)
-    if nxt is None:
-        msg = (f"out of GPU memory at micro-batch 1 (micro-batches tried: {path}); lower --model_max_length or "
-               f"--max_tokens_per_batch, enable gradient checkpointing, or use more GPUs (zero3 / zero3_offload)")
-        return _fail_stage(d, a, msg, f"stage {a.stage.name} attempt {a.attempt}: {msg}", Reason.OUT_OF_MEMORY,
-                           f"stage {a.stage.name}: {msg}", clock)
-    a.rec["argOverrides"] = {**a.rec.get("argOverrides", {}), **nxt}
-    return _retry(d, a, f"attempt {a.attempt} ran out of GPU memory at step {entry['step']} with micro-batch "
-                        f"{ran[0]}", Reason.OUT_OF_MEMORY,
-                  f"stage {a.stage.name} attempt {a.attempt} ran out of GPU memory at step {entry['step']} with "
-                  f"per_device_train_batch_size {ran[0]}; attempt {a.attempt + 1} resumes from the last checkpoint "
-                  f"with per_device_train_batch_size {nxt['per_device_train_batch_size']} and "
-                  f"gradient_accumulation_steps {nxt['gradient_accumulation_steps']}")
-
-
-def _hung(d: Decision, a: _Attempt, clock: Clock) -> Decision:
-    """Delete the hung job; retry the stage from its checkpoint while retries are left, else fail it."""
-    job = a.job
-    d.actions.append(DeleteJob(job.name))
-    set_condition(d.status, Condition.HUNG, True, Reason.NO_STEP_PROGRESS,
-                  f"stage {a.stage.name} job {job.name}: {job.hung}", clock)
-    d.status["hung"] = {"job": job.name, "stage": a.stage.name}
-    if _retries_left(a.stage, a.rec, a.attempt):
-        return _retry(d, a, f"attempt {a.attempt} hung: {job.hung}", Reason.HUNG,
-                      f"stage {a.stage.name} attempt {a.attempt} hung ({job.hung}); deleted job {job.name}; attempt "
-                      f"{a.attempt + 1} resumes from the last checkpoint")
-    a.rec.update(phase="Failed", completionTime=clock.now, message=f"attempt {a.attempt} hung: {job.hung}")
-    d.events.append(warning(Reason.HUNG, f"stage {a.stage.name} attempt {a.attempt} hung ({job.hung}); deleted job "
-                            f"{job.name}; no retries left"))
-    set_phase(d, "Failed", Reason.HUNG, f"stage {a.stage.name} hung after {a.attempt} attempt(s): {job.hung}", clock)
-    return d
-
-
-def _failed(d: Decision, a: _Attempt, clock: Clock, backoff: int) -> Decision:
-    job, stage, rec = a.job, a.stage, a.rec
-    first = _record_failure(d, a, clock)
-    if job.permanent:
-        return _fail_stage(d, a, job.permanent, f"stage {stage.name} attempt {a.attempt} failed with an error that "
-                           f"a retry cannot fix, not retried: {job.permanent}", Reason.PERMANENT_ERROR,
-                           f"stage {stage.name}: {job.permanent}", clock)
-    if job.oom is not None and stage.oom_policy == "adjust":
-        return _after_oom(d, a, clock)
-    if job.disruption and int(rec.get("disruptions") or 0) < stage.disruption_limit:
-        if first:
-            rec["disruptions"] = int(rec.get("disruptions") or 0) + 1
-        where = f" on {', '.join(job.failed_nodes)}" if job.failed_nodes else ""
-        return _retry(d, a, f"attempt {a.attempt} was disrupted{where}: {job.disruption}",
-                      Reason.STAGE_DISRUPTED if first else "",
-                      f"stage {stage.name} attempt {a.attempt} was disrupted{where} ({job.disruption}); attempt "
-                      f"{a.attempt + 1} resumes from the last checkpoint without using retryLimit (disruption "
-                      f"{rec['disruptions']} of {stage.disruption_limit})")
-    if _retries_left(stage, rec, a.attempt):
-        delay = backoff_seconds(backoff, _counted(rec, a.attempt))
-        now = parse_time(clock.now)
-        due = rec.get("nextAttemptTime") or (format_time(now + timedelta(seconds=delay)) if delay and now else None)
-        announce = (f"stage {stage.name} attempt {a.attempt} failed ({job.message}); attempt {a.attempt + 1} resumes "
-                    f"from the last checkpoint" + (f" at {due}" if due else ""))
-        if due and clock.now < due:  # RFC 3339 UTC times sort as strings
-            rec.update(nextAttemptTime=due, message=f"attempt {a.attempt} failed: {job.message}; attempt "
-                                                    f"{a.attempt + 1} starts at {due}")
-            if first:
-                d.events.append(warning(Reason.STAGE_RETRYING, announce))
-            set_phase(d, "Running", Reason.STAGE_RUNNING, f"stage {stage.name} ({a.index + 1}/"
-                      f"{len(d.status['stages'])}): attempt {a.attempt + 1} starts at {due}", clock)
-            return d
-        return _retry(d, a, f"attempt {a.attempt} failed: {job.message}", Reason.STAGE_RETRYING if first else "",
-                      announce)
-    return _fail_stage(d, a, job.message, f"stage {stage.name} attempt {a.attempt} failed ({job.message}); no "
-                       f"retries left", Reason.JOB_FAILED, f"stage {stage.name} failed after {a.attempt} attempt(s): "
-                       f"{job.message}", clock)
-
-
-def _active(d: Decision, a: _Attempt, spec: VitaTrainingRunSpec, clock: Clock) -> Decision:
+def _active(d: Decision, a: Attempt, spec: VitaTrainingRunSpec, clock: Clock) -> Decision:
     """A Pending / Running / Suspended job: suspend or resume it as the spec asks, say why it waits."""
     st, rec, job, name = d.status, a.rec, a.job, a.job.name
     rec["phase"] = "Running"
@@ -536,7 +363,7 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             attempt = attempt or 1
             name = job_name(run_name, stage.name, attempt)
             st["currentStage"], st["currentJob"] = stage.name, name
-            d.actions.append(_create_job(i, attempt, spec.suspend, rec))
+            d.actions.append(create_job(i, attempt, spec.suspend, rec))
             if still_refused(st, name):
                 return d
             rec.update(phase="Running", attempts=attempt, jobName=name)
@@ -561,15 +388,15 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             if i in evaluated:  # its benchmarks run beside the next stage
                 _evaluate_stage(d, run_name, spec, i, observed_evals, now)
             continue  # start the next stage in the same pass
-        a = _Attempt(run_name, stage, i, rec, attempt, job, spec.suspend)
+        a = Attempt(run_name, stage, i, rec, attempt, job, spec.suspend)
         if job.phase == "Failed":
-            return _failed(d, a, clock, retry_backoff_seconds)
+            return failed_attempt(d, a, clock, retry_backoff_seconds)
         if job.hung and job.phase == "Running":
-            return _hung(d, a, clock)
+            return hung_attempt(d, a, clock)
         if why := not_started(job, startup_timeout_seconds, clock):
             # deleted, and retried at once (a waiting retry would find no job and re-create this attempt)
             d.actions.append(DeleteJob(job.name))
-            return _failed(d, dataclasses.replace(a, job=dataclasses.replace(job, phase="Failed", message=why)),
+            return failed_attempt(d, dataclasses.replace(a, job=dataclasses.replace(job, phase="Failed", message=why)),
                            clock, 0)
         return _active(d, a, spec, clock)
 
