@@ -333,7 +333,7 @@ def test_trainer_runtime_image_can_compile_kernels():
 
 
 def test_user_roles_run_policy_network_policy_and_operator_env(helm):
-    """[day-one] items 11 and the chart's knobs: aggregated roles for run authors, the run policy on by default,
+    """Aggregated roles for run authors, the run policy on by default,
     an optional NetworkPolicy, extraEnv and the log format."""
     rendered = docs(helm("template", "vita", str(CHART), "-n", "vita-system").stdout)
     roles = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "ClusterRole"}
@@ -363,7 +363,7 @@ def test_user_roles_run_policy_network_policy_and_operator_env(helm):
 
 
 def test_the_shipped_runtime_sets_no_jobset_ttl(helm):
-    """[day-one] item 7: a TTL-deleted JobSet of a failed TrainJob can be recreated by Trainer (kubeflow/trainer#3737)
+    """A TTL-deleted JobSet of a failed TrainJob can be recreated by Trainer (kubeflow/trainer#3737)
     and run a stale attempt; the operator owns the cleanup of its attempts instead."""
     rendered = docs(helm("template", "vita", str(CHART), "--set", "backends.trainjob.enabled=true").stdout)
     runtime = next(d for d in rendered if d["kind"] == "ClusterTrainingRuntime")
@@ -371,7 +371,7 @@ def test_the_shipped_runtime_sets_no_jobset_ttl(helm):
 
 
 def test_alert_joins_never_mix_runs(helm):
-    """[day-one] item 10: two runs may have stages of the same name; a join on stage alone pairs one run's step with
+    """Two runs may have stages of the same name; a join on stage alone pairs one run's step with
     another's info series."""
     rendered = docs(helm("template", "vita", str(CHART), "--set", "metrics.prometheusRule.enabled=true",
                          "--set", "metrics.podMonitor.enabled=true").stdout)

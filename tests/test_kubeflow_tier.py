@@ -286,7 +286,7 @@ def test_kueue_queues_admits_and_preempts_the_runs_jobs(kubeflow, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_lost_node_retries_the_stage_without_spending_a_retry(kubeflow, backend):
-    """[day-two] item 3 on the real controllers: the node under rank 0 is deleted; pod garbage collection fails and
+    """The node under rank 0 is deleted; pod garbage collection fails and
     deletes its pods, the job fails; the run retries the stage as a disruption (retryLimit 0 would fail it), names
     the node, and the next attempt runs elsewhere."""
     name = f"lost-{backend[:5]}"
@@ -315,7 +315,7 @@ def test_a_lost_node_retries_the_stage_without_spending_a_retry(kubeflow, backen
 
 
 def test_a_partly_created_job_is_explained_and_fails_its_attempt_after_the_startup_timeout(kubeflow):
-    """[day-two] item 2 on the real controllers: a ResourceQuota of one pod lets the training operator create the
+    """A ResourceQuota of one pod lets the training operator create the
     master and refuses the worker; the run says so within a progress interval (a run whose endpoint does not
     answer, or that is Queued, is reconciled every interval), and after spec.startupTimeoutSeconds the attempt is
     deleted and counted (retryLimit 0: the run fails, naming the quota) instead of waiting out the hang window."""

@@ -306,7 +306,7 @@ def test_the_tier_ran_on_the_pinned_release(cluster):
 
 
 def test_helm_upgrade_upgrades_the_crd_and_the_run_goes_on(tmp_path, control_plane_binaries):
-    """[day-two] item 6: the chart's CRD is a template, so `helm upgrade` upgrades it (Helm never touches crds/).
+    """The chart's CRD is a template, so `helm upgrade` upgrades it (Helm never touches crds/).
     Installed from a chart whose CRD lacks a field (a release from before `trainer.env`), a run starts; the upgrade
     to this chart adds the field; the run and its job go on, and the new field is kept."""
     import shutil

@@ -15,26 +15,31 @@ from testing.operator_scenarios import BACKENDS, NS, FakeTrainerEndpoint, job_ar
 pytestmark = [pytest.mark.apiserver, pytest.mark.slow]
 
 
-# A policy engine's rule, played by kube-apiserver's built-in ValidatingAdmissionPolicy: trainer images come from
-# one registry.
-TRUSTED_REGISTRY = [
-    {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-     "metadata": {"name": "trusted-registry"},
-     "spec": {"failurePolicy": "Fail",
-              "matchConstraints": {"resourceRules": [{"apiGroups": ["kubeflow.org"], "apiVersions": ["v1"],
-                                                      "operations": ["CREATE"], "resources": ["pytorchjobs"]}]},
-              "validations": [{"expression": "object.spec.pytorchReplicaSpecs.all(r, object.spec.pytorchReplicaSpecs"
-                                             "[r].template.spec.containers.all(c, c.image.startsWith("
-                                             "'registry.example.com/')))",
-                               "message": "images must come from registry.example.com"}]}},
-    {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-     "metadata": {"name": "trusted-registry"},
-     "spec": {"policyName": "trusted-registry", "validationActions": ["Deny"],
-              "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}}}}}]
+def denying_policy(name: str, group: str, resource: str, expression: str, message: str) -> list[dict]:
+    """A policy engine's rule, played by kube-apiserver's built-in ValidatingAdmissionPolicy: creates of `resource`
+    in the scenarios' namespace are denied with `message` unless `expression` holds."""
+    return [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+         "metadata": {"name": name},
+         "spec": {"failurePolicy": "Fail",
+                  "matchConstraints": {"resourceRules": [{"apiGroups": [group], "apiVersions": ["v1"],
+                                                          "operations": ["CREATE"], "resources": [resource]}]},
+                  "validations": [{"expression": expression, "message": message}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+         "metadata": {"name": name},
+         "spec": {"policyName": name, "validationActions": ["Deny"],
+                  "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}}}}}]
+
+
+# Trainer images come from one registry.
+TRUSTED_REGISTRY = denying_policy(
+    "trusted-registry", "kubeflow.org", "pytorchjobs",
+    "object.spec.pytorchReplicaSpecs.all(r, object.spec.pytorchReplicaSpecs[r].template.spec.containers.all(c, "
+    "c.image.startsWith('registry.example.com/')))", "images must come from registry.example.com")
 
 
 def test_a_create_refused_by_admission_blocks_the_run_with_the_policys_message(cluster):
-    """[day-one] items 3 and 8: the denial shows on the run (phase Blocked, Ready=False with the API's message, an
+    """The denial shows on the run (phase Blocked, Ready=False with the API's message, an
     event, the PHASE column); fixing the spec creates the job; the job carries none of the run's labels."""
     for obj in TRUSTED_REGISTRY:
         cluster.apply(obj)
@@ -75,7 +80,7 @@ def test_a_create_refused_by_admission_blocks_the_run_with_the_policys_message(c
 
 
 def test_renaming_a_started_stage_deletes_its_job(cluster):
-    """[day-one] item 12: the renamed stage's running job would hold its GPUs unseen."""
+    """The renamed stage's running job would hold its GPUs unseen."""
     with cluster.operator("operator-rename") as op:
         cluster.start_run("renamed")
         cluster.cp.kubectl("patch", "vitatrainingrun", "renamed", "-n", NS, "--type=json",
@@ -88,7 +93,7 @@ def test_renaming_a_started_stage_deletes_its_job(cluster):
 
 
 def test_the_charts_run_policy_and_user_roles(cluster):
-    """[day-one] item 11, as the chart ships it: kube-apiserver itself refuses a run whose image, ServiceAccount,
+    """kube-apiserver itself refuses a run whose image, ServiceAccount,
     tolerations or Secrets are not allowed (with a message naming the field), and the aggregated roles give a
     namespace's editors runs and its viewers read access, nothing more."""
     from testing.control_plane import helm_template
@@ -137,7 +142,7 @@ def test_the_charts_run_policy_and_user_roles(cluster):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_workers_out_of_memory_report_halves_the_micro_batch(cluster, backend):
-    """[day-one] item 4: rank 0 was killed without a word; a worker's pod says it ran out of memory."""
+    """Rank 0 was killed without a word; a worker's pod says it ran out of memory."""
     from testing.operator_scenarios import worker_pod
     from vita_api.termination import failure_message
     with cluster.operator(f"operator-worker-oom-{backend}") as op:
@@ -157,7 +162,7 @@ def test_a_workers_out_of_memory_report_halves_the_micro_batch(cluster, backend)
 
 
 def test_pods_refused_by_pod_security_show_on_the_run(cluster):
-    """[day-one] item 4: the training operator v1 injects `init-pytorch` (no securityContext) into workers; under
+    """The training operator v1 injects `init-pytorch` (no securityContext) into workers; under
     PodSecurity "restricted" the API server refuses those pods and the job controller only records an event. The
     refusal here is the real PodSecurity admission's; the event is what the training operator writes with it."""
     cluster.cp.kubectl("create", "namespace", "restricted-probe")
@@ -185,7 +190,7 @@ def test_pods_refused_by_pod_security_show_on_the_run(cluster):
 
 
 def test_a_job_kueue_suspends_and_readmits_is_not_taken_for_hung(cluster):
-    """[day-one] item 6: a job preempted (suspended) for longer than hangTimeoutSeconds and re-admitted starts a
+    """A job preempted (suspended) for longer than hangTimeoutSeconds and re-admitted starts a
     fresh hang window from its admission; only a job that then stays without a step is hung."""
     endpoint = FakeTrainerEndpoint("s1")
     run = run_on("pytorchjob", "preempted")
@@ -221,7 +226,7 @@ def test_a_job_kueue_suspends_and_readmits_is_not_taken_for_hung(cluster):
 
 
 def test_the_preflight_job_runs_where_the_first_stage_runs(cluster, tmp_path, monkeypatch):
-    """[day-one] item 2, as the API server admits it: the stage's node selector and tolerations, its Kueue queue
+    """The stage's node selector and tolerations, its Kueue queue
     (created suspended), a deadline; a pod that cannot be scheduled shows on the run."""
     run = with_preflight("placed")
     run["spec"]["resources"].update(nodeSelector={"nvidia.com/gpu.product": "H100"}, tolerations=[
@@ -247,7 +252,7 @@ def test_the_preflight_job_runs_where_the_first_stage_runs(cluster, tmp_path, mo
 
 
 def test_two_replicas_one_operates_and_the_standby_takes_over(cluster):
-    """[day-one] item 13: two operator processes on the chart's RBAC share a Lease: one operates, the other stands by
+    """Two operator processes on the chart's RBAC share a Lease: one operates, the other stands by
     (live, doing nothing); when the leader dies the standby takes over within the lease and carries the run on,
     without a duplicate job."""
     import os
@@ -278,7 +283,7 @@ def test_two_replicas_one_operates_and_the_standby_takes_over(cluster):
 
 
 def test_a_job_with_the_runs_labels_that_the_run_does_not_own_is_never_adopted(cluster):
-    """[day-two] item 4 on the real API server: a Failed job labelled as attempt 5 of run "own" (made by anyone who
+    """A Failed job labelled as attempt 5 of run "own" (made by anyone who
     can create jobs in the namespace, or left by a deleted run of that name) does not fail the run or move its
     attempt counter: the run creates its own attempt 1 and names the other job in status.foreignJobs."""
     from vita_api.naming import job_labels
@@ -303,24 +308,15 @@ def test_a_job_with_the_runs_labels_that_the_run_does_not_own_is_never_adopted(c
         cluster.cp.kubectl("delete", "pytorchjob", "own-s1-5", "-n", NS, "--timeout=30s", check=False)
 
 
-# A policy that refuses the run's preflight Jobs (batch/v1, by the operator's preflight label).
-NO_PREFLIGHT_JOBS = [
-    {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-     "metadata": {"name": "no-preflight"},
-     "spec": {"failurePolicy": "Fail",
-              "matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
-                                                      "operations": ["CREATE"], "resources": ["jobs"]}]},
-              "validations": [{"expression": "!has(object.metadata.labels) || "
-                                             "!('vita.training.dev/preflight' in object.metadata.labels)",
-                               "message": "preflight Jobs are not allowed in this namespace"}]}},
-    {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-     "metadata": {"name": "no-preflight"},
-     "spec": {"policyName": "no-preflight", "validationActions": ["Deny"],
-              "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}}}}}]
+# The run's preflight Jobs (batch/v1, by the operator's preflight label) are refused.
+NO_PREFLIGHT_JOBS = denying_policy(
+    "no-preflight", "batch", "jobs",
+    "!has(object.metadata.labels) || !('vita.training.dev/preflight' in object.metadata.labels)",
+    "preflight Jobs are not allowed in this namespace")
 
 
 def test_a_refused_preflight_job_blocks_the_run_with_the_apis_message(cluster):
-    """[day-two] item 2: the run stayed in Preflight with no reason; now it is Blocked with the policy's message
+    """A preflight Job that admission refuses makes the run Blocked with the policy's message
     and status.refused names the Job."""
     for obj in NO_PREFLIGHT_JOBS:
         cluster.apply(obj)

@@ -144,7 +144,7 @@ def test_reconciles_read_a_runs_jobs_from_kopfs_index_not_a_list_each():
 
 
 def test_the_operator_asks_the_api_server_only_for_what_it_owns():
-    """[day-one] item 13: kopf's label filters are client-side; the job watches carry a server-side label selector,
+    """kopf's label filters are client-side; the job watches carry a server-side label selector,
     so the API server never streams the cluster's other Jobs and PyTorchJobs, and the resync and progress loops
     read runs from kopf's index instead of LISTing every run each pass."""
     with KMockThread() as mock:

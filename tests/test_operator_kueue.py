@@ -1,4 +1,4 @@
-"""[day-one] item 10: what Kueue says about a queued job (its Workload's conditions) shows on the run."""
+"""What Kueue says about a queued job (its Workload's conditions) shows on the run."""
 
 from vita_operator.controller import kube, observe
 from vita_operator.jobs.backends import job_backends
@@ -49,7 +49,7 @@ def test_a_queued_jobs_workload_reason_reaches_the_runs_status(monkeypatch):
 
 
 def test_workloads_are_read_through_the_newest_version_served():
-    """[day-two] item 6: Kueue deprecates v1beta1 for v1beta2."""
+    """Kueue deprecates v1beta1 for v1beta2."""
     from vita_operator.core.kueue import workload_version
     assert workload_version(["v1beta1", "v1beta2"]) == "v1beta2"
     assert workload_version(["v1beta1"]) == "v1beta1"

@@ -1,4 +1,4 @@
-"""[day-two] item 4: a job counts as the run's only if the run controls it (owner UID), whatever its labels; a job
+"""A job counts as the run's only if the run controls it (owner UID), whatever its labels; a job
 with the labels but another owner is reported on the run, never adopted."""
 
 from __future__ import annotations

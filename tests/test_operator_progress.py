@@ -94,7 +94,7 @@ def test_progress_is_written_as_a_merge_patch_that_drops_what_the_new_reading_la
 
 
 def test_a_readmitted_job_restarts_the_hang_clock():
-    """[day-one] item 6: Kueue suspends a job (preemption) and re-admits it an hour later: the last step read before
+    """Kueue suspends a job (preemption) and re-admits it an hour later: the last step read before
     the suspension is old, but the job has only just started again, so it is not hung."""
     from datetime import datetime, timezone
 
@@ -124,7 +124,7 @@ def test_hang_detection_is_on_by_default():
 
 
 def test_only_successful_reads_since_the_operator_started_make_a_hang():
-    """[day-two] item 1: a trainer whose /metrics stops answering (a tenant's default-deny NetworkPolicy, a CNI
+    """A trainer whose /metrics stops answering (a tenant's default-deny NetworkPolicy, a CNI
     fault) is stale, never hung; an operator that was down longer than the timeout counts from its own start."""
     p = next_progress(None, {"step": 50, "totalSteps": 100}, stage="mm", job="j", now=T0, stage_start=None, gpus=0)
     unanswered = stale_progress(p, "j", T0 + timedelta(hours=3), "connection refused")

@@ -1,4 +1,4 @@
-"""[day-one] item 9: the operator reads a trainer's /metrics as untrusted input: the run's own pods only, no
+"""The operator reads a trainer's /metrics as untrusted input: the run's own pods only, no
 redirects, a byte cap and an overall deadline, a fixed vocabulary in status, and one slow endpoint holds up no
 other run's reading. Endpoints are real HTTP servers on 127.0.0.1."""
 

@@ -368,7 +368,7 @@ def test_an_invalid_spec_and_a_blocked_run_are_decided_by_the_pure_core():
 
 
 def test_a_refused_create_blocks_the_run_with_the_apis_message_until_the_job_exists():
-    """[day-one] An admission denial (a policy engine, Trainer's webhook) is on the run, not only in the
+    """An admission denial (a policy engine, Trainer's webhook) is on the run, not only in the
     operator's log; the same attempt is tried again, the run stays Blocked without new events, and the job's
     appearance ends it."""
     from vita_operator.core.state import decide_refused
@@ -404,7 +404,7 @@ def test_a_stage_renamed_after_its_job_started_does_not_orphan_the_job():
 
 
 def test_a_stage_that_succeeds_deletes_its_failed_attempts():
-    """[day-one] item 7: nothing (a TTL-deleted JobSet that Trainer recreates) can run a stale attempt again."""
+    """Nothing (a TTL-deleted JobSet that Trainer recreates) can run a stale attempt again."""
     from vita_operator.core.decision import DeleteJob
     d = decide("run", 1, spec(retry=2), status(rec("s1", "Running", 3)),
                [job("s1", 1, "Failed"), job("s1", 2, "Failed"), job("s1", 3, "Succeeded")], NOW)

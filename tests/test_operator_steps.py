@@ -75,7 +75,7 @@ def test_a_whole_run_writes_only_statuses_the_crd_accepts():
 
 @pytest.mark.parametrize("key", [s.key for s in STEPS])
 def test_a_refused_step_job_blocks_the_run_with_the_apis_message_until_it_exists(key):
-    """[day-two] A refused preflight Job left the run in Preflight with no reason; every step is refusable now."""
+    """Every batch step's refused Job blocks the run with the API's message, retried quietly until it exists."""
     decisions = walk()
     before = next(d for d in decisions if CreateStepJob(key, 1) in d.actions)
     name = f"run-{STEP_BY_KEY[key].job_kind}-1"

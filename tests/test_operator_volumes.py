@@ -1,4 +1,4 @@
-"""[day-one] item 5: the run's claims exist and fit its node count before any job is created."""
+"""The run's claims exist and fit its node count before any job is created."""
 
 import copy
 

@@ -1,4 +1,4 @@
-"""[day-one] item 4: what a job's other pods say counts too: a worker's out-of-memory or data error, an init
+"""What a job's other pods say counts too: a worker's out-of-memory or data error, an init
 container that fails, and pods the job controller could not create."""
 
 import pytest

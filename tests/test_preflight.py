@@ -30,7 +30,7 @@ def test_the_preflight_job_is_a_valid_cpu_job_on_the_run_volumes(tmp_path):
     (c,) = pod["containers"]
     assert c["command"] == ["python", "-m", "vita_trainer.tools.preflight"] and c["image"] == "ghcr.io/x/trainer:1"
     assert c["resources"]["limits"] == {"cpu": "4", "memory": "16Gi"}  # no GPU
-    # [day-one] where the first stage runs (GPU nodes are tainted: without these it never schedules), in its queue
+    # Where the first stage runs (GPU nodes are tainted: without these it never schedules), in its queue
     # (created suspended: Kueue admits it), under a deadline
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -110,7 +110,7 @@ def test_a_long_problem_line_keeps_its_sample_and_its_fix():
 
 def test_an_output_folder_the_trainer_cannot_write_fails_the_preflight_naming_owner_and_fix(tmp_path, monkeypatch,
                                                                                           capsys):
-    """[day-one] item 5: fsGroup does not chown NFS-style ReadWriteMany shares; the first checkpoint save would fail
+    """fsGroup does not chown NFS-style ReadWriteMany shares; the first checkpoint save would fail
     hours in. The check says so before any GPU starts, as the run's own (not retryable) error."""
     from vita_trainer.tools import preflight as tool
     (tmp_path / "ckpt").mkdir()

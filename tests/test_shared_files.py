@@ -1,4 +1,4 @@
-"""[day-two] item 5: the registry on the shared dataset volume is changed under a lock and replaced atomically, so
+"""The registry on the shared dataset volume is changed under a lock and replaced atomically, so
 initializers of two runs in one namespace keep each other's entries."""
 
 from __future__ import annotations

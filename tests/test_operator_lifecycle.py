@@ -1,4 +1,4 @@
-"""[day-two] in the pure core and the reconcile: a Failed run resumes when its retry limit is raised, a spec with
+"""A Failed run resumes when its retry limit is raised, a spec with
 fields this operator does not know is left alone, finished runs expire after their TTL and cost nothing per resync,
 and the phase gauge is kept incrementally."""
 
@@ -136,7 +136,7 @@ def disrupted(attempt: int, node: str) -> ObservedJob:
 
 
 def test_disruptions_are_retried_without_spending_retries_and_a_node_that_fails_twice_is_avoided():
-    """[day-two] item 3: a lost node is not the stage's failure; the node is recorded per attempt, and after two
+    """A lost node is not the stage's failure; the node is recorded per attempt, and after two
     failed attempts on it the next attempt's pods are kept off it."""
     sp = spec()  # s1: retryLimit 2
     st = decide("r", 1, sp, None, [], NOW).status
@@ -228,7 +228,7 @@ def test_an_attempt_that_avoids_nodes_gets_the_anti_affinity_on_both_backends():
 
 
 def test_the_job_indices_keep_only_what_the_operator_reads():
-    """[day-two] item 7: 10,000 jobs of finished runs stay in kopf's indices; their pod templates and managedFields
+    """10,000 jobs of finished runs stay in kopf's indices; their pod templates and managedFields
     do not. What the operator reads from an indexed job is the same as from the whole job."""
     from testing.operator_scenarios import job_status
     from vita_operator.jobs.backends import job_backends
@@ -269,7 +269,7 @@ def test_a_failed_job_whose_pods_are_gone_is_a_disruption_if_its_node_is_lost(mo
 
 
 def test_a_job_whose_pods_cannot_all_start_fails_its_attempt_after_the_startup_timeout():
-    """[day-two] item 2: a quota that refuses the worker leaves the master waiting in torchrun's rendezvous; the
+    """A quota that refuses the worker leaves the master waiting in torchrun's rendezvous; the
     run says why at once, and after startupTimeoutSeconds the attempt is deleted and counted as failed."""
     from vita_operator.core.decision import DeleteJob
     sp = spec()
