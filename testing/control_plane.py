@@ -23,6 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from vita_trainer.data.shared_files import exclusive
 from vita_trainer.local import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +49,10 @@ def ensure_binaries() -> Path:
     """Build (first run on a machine, ~15 min on 2 cores) or reuse the cached binaries."""
     out = bin_dir()
     if not all((out / b).is_file() for b in BINARIES):
-        subprocess.run(["bash", str(BUILD_SCRIPT), str(out)], check=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive(out):  # parallel test workers: one builds, the others wait for it
+            if not all((out / b).is_file() for b in BINARIES):
+                subprocess.run(["bash", str(BUILD_SCRIPT), str(out)], check=True)
     return out
 
 

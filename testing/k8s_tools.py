@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from vita_trainer.data.shared_files import exclusive
+
 REPO = Path(__file__).resolve().parents[1]
 HELM_MODULE = REPO / "hack" / "helm"
 
@@ -43,7 +45,10 @@ def tool(name: str) -> Path:
         out = out / f"helm-{helm_version()}"
         if not (out / "helm").is_file():
             _require_go(name)
-            subprocess.run(["bash", str(HELM_MODULE / "build.sh"), str(out)], check=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with exclusive(out):  # parallel test workers: one builds, the others wait for it
+                if not (out / "helm").is_file():
+                    subprocess.run(["bash", str(HELM_MODULE / "build.sh"), str(out)], check=True)
         return out / "helm"
     raise ValueError(f"unknown tool {name!r}")
 

@@ -27,6 +27,7 @@ import yaml
 
 from testing.control_plane import REPO, ControlPlane, _openssl, _Processes
 from testing.operator_scenarios import wait_for
+from vita_trainer.data.shared_files import exclusive
 from vita_trainer.local import free_port
 
 HACK = REPO / "hack" / "kubeflow"
@@ -64,9 +65,11 @@ def binary(component: str) -> Path:
 
 def ensure_binaries() -> dict[str, Path]:
     """Build what is missing (a machine's first run: see README for how long), or reuse the cache."""
-    missing = [c for c in COMPONENTS if not binary(c).is_file()]
-    if missing:
-        subprocess.run(["bash", str(HACK / "build.sh"), str(cache_root()), *missing], check=True)
+    if any(not binary(c).is_file() for c in COMPONENTS):
+        cache_root().mkdir(parents=True, exist_ok=True)
+        with exclusive(cache_root() / "build"):  # parallel test workers: one builds, the others wait for it
+            if missing := [c for c in COMPONENTS if not binary(c).is_file()]:
+                subprocess.run(["bash", str(HACK / "build.sh"), str(cache_root()), *missing], check=True)
     return {c: binary(c) for c in COMPONENTS}
 
 

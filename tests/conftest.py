@@ -1,4 +1,5 @@
 import os
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/vita/torch_extensions"))
@@ -104,6 +105,37 @@ def pytest_terminal_summary(terminalreporter):
     if ran := _ran(terminalreporter, "kubeflow"):
         from testing.kubeflow_stack import describe
         terminalreporter.write_line(f"{len(ran)} of them with the real Kubeflow stack: {describe()}")
+    _tier_timings(terminalreporter)
+
+
+_STARTED = [time.monotonic()]
+
+
+def pytest_sessionstart(session) -> None:
+    _STARTED[0] = time.monotonic()
+
+
+TIERS = ("kubeflow", "apiserver", "slow", "subprocess")  # a test's tier: the first of its marks here, else "fast"
+
+
+def _tier_timings(terminalreporter) -> None:
+    """Per tier: how many tests and the seconds they took (setup, call and teardown, summed over the workers), and
+    the run's wall time: where a slow suite spends its time."""
+    tests: dict[str, set] = {}
+    seconds: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for r in reports:
+            if not hasattr(r, "when") or not hasattr(r, "duration"):
+                continue
+            tier = next((t for t in TIERS if t in r.keywords), "fast")
+            tests.setdefault(tier, set()).add(r.nodeid)
+            seconds[tier] = seconds.get(tier, 0.0) + r.duration
+    if not tests:
+        return
+    parts = [f"{t} {len(tests[t])} tests {seconds[t]:.0f} s" for t in ("fast", *reversed(TIERS)) if t in tests]
+    wall = time.monotonic() - _STARTED[0]
+    terminalreporter.write_line(f"tier timings (test seconds summed over workers): {'; '.join(parts)}; "
+                                f"wall {wall:.0f} s")
 
 
 # `make test-fast` sets this: the tests it selects may not start processes. A test that does fails here, naming

@@ -225,6 +225,68 @@ def test_a_job_kueue_suspends_and_readmits_is_not_taken_for_hung(cluster):
     cluster.cp.kubectl("delete", "vitatrainingrun", "preempted", "-n", NS, "--timeout=30s")
 
 
+def running_with_progress(cluster, name: str, endpoint: FakeTrainerEndpoint) -> str:
+    """The run's first job Running, its endpoint read into status.progress at least once; the job's name."""
+    job = wait_for(lambda: f"{name}-s1-1" in cluster.jobs() and f"{name}-s1-1", what="first job")
+    cluster.serving_master_pod(job)
+    cluster.set_job(job, "Running")
+    wait_for(lambda: (cluster.run_status(name).get("progress") or {}).get("step"), what="progress")
+    return job
+
+
+def test_a_trainer_endpoint_that_stops_answering_makes_progress_stale_never_hung(cluster):
+    """The trainer is fine but its /metrics stops answering (a tenant's default-deny NetworkPolicy, a CNI fault) for
+    twice hangTimeoutSeconds: progress says stale, and the job is left alone."""
+    endpoint = FakeTrainerEndpoint("s1")
+    run = run_on("pytorchjob", "unreachable")
+    run["spec"].update(progressIntervalSeconds=2, hangTimeoutSeconds=10)
+    run["spec"]["trainer"]["metricsPort"] = endpoint.port
+    try:
+        with cluster.operator("operator-unreachable", resync_seconds=1,
+                              env={"VITA_OPERATOR_PROGRESS_TICK_SECONDS": "1"}) as op:
+            cluster.apply(run)
+            job = running_with_progress(cluster, "unreachable", endpoint)
+            endpoint.close()  # from here on every read fails
+            wait_for(lambda: (cluster.run_status("unreachable").get("progress") or {}).get("stale"),
+                     what="progress marked stale")
+            time.sleep(20)  # twice the hang window
+            assert [j for j in cluster.jobs() if j.startswith("unreachable-")] == [job], "deleted or retried"
+            status = cluster.run_status("unreachable")
+            assert status["phase"] == "Running" and status["progress"]["stale"] and not status.get("hung")
+            assert (cluster.condition("Hung", "unreachable") or {}).get("status") != "True"
+            assert_no_forbidden(op)
+    finally:
+        endpoint.close()
+    cluster.cp.kubectl("delete", "vitatrainingrun", "unreachable", "-n", NS, "--timeout=30s")
+
+
+def test_an_operator_back_from_a_long_outage_whose_first_read_fails_deletes_nothing(cluster):
+    """The operator is down for longer than hangTimeoutSeconds (the last recorded step is old); when it comes back,
+    the endpoint does not answer: no read of its own since it started has shown a step, so the stage is stale, not
+    hung."""
+    endpoint = FakeTrainerEndpoint("s1")
+    run = run_on("pytorchjob", "outage")
+    run["spec"].update(progressIntervalSeconds=2, hangTimeoutSeconds=10)
+    run["spec"]["trainer"]["metricsPort"] = endpoint.port
+    env = {"VITA_OPERATOR_PROGRESS_TICK_SECONDS": "1"}
+    try:
+        with cluster.operator("operator-before-outage", resync_seconds=1, env=env):
+            cluster.apply(run)
+            job = running_with_progress(cluster, "outage", endpoint)
+        endpoint.close()
+        time.sleep(12)  # the outage: longer than the hang window
+        with cluster.operator("operator-after-outage", resync_seconds=1, env=env) as op:
+            wait_for(lambda: (cluster.run_status("outage").get("progress") or {}).get("stale"),
+                     what="progress marked stale after the restart")
+            time.sleep(15)  # longer than the hang window again, every read failing
+            assert [j for j in cluster.jobs() if j.startswith("outage-")] == [job], "deleted or retried"
+            assert cluster.run_status("outage")["phase"] == "Running"
+            assert_no_forbidden(op)
+    finally:
+        endpoint.close()
+    cluster.cp.kubectl("delete", "vitatrainingrun", "outage", "-n", NS, "--timeout=30s")
+
+
 def test_the_preflight_job_runs_where_the_first_stage_runs(cluster, tmp_path, monkeypatch):
     """The stage's node selector and tolerations, its Kueue queue
     (created suspended), a deadline; a pod that cannot be scheduled shows on the run."""

@@ -121,8 +121,8 @@ def test_stages_chain_retry_restart_and_delete(backend):
             assert reason in reasons, (reason, reasons)
 
 
-def test_reconciles_read_a_runs_jobs_from_kopfs_index_not_a_list_each():
-    """Job events and the 1 s resync reconcile the run again and again; once its job is indexed, none LISTs jobs."""
+def test_reconciles_read_a_runs_jobs_from_the_cache_not_a_list_each():
+    """Job events and the 1 s resync reconcile the run again and again; once its job is cached, none LISTs jobs."""
     with KMockThread() as mock:
         a = api(mock.url)
         with operator(mock.url) as runner:
@@ -130,23 +130,23 @@ def test_reconciles_read_a_runs_jobs_from_kopfs_index_not_a_list_each():
             wait_for(lambda: "r1-s1-1" in jobs(a), what="first job")
             set_job(a, "r1-s1-1", "Running")
             wait_for(lambda: run_status(a).get("phase") == "Running", what="Running")
-            after_reconciles(2, "the job's events indexed")
+            after_reconciles(2, "the job's events cached")
             lists = mock.kmock.selected_lists[("pytorchjobs", "vita.training.dev/run=r1")]
             for phase in ("Pending", "Running", "Pending", "Running"):  # four job events, each a reconcile
                 set_job(a, "r1-s1-1", phase)
                 after_reconciles(1, f"job {phase}")
             after_reconciles(2, "two resync passes")
             assert mock.kmock.selected_lists[("pytorchjobs", "vita.training.dev/run=r1")] == lists
-            set_job(a, "r1-s1-1", "Failed")  # still acts on what the index holds: the retry
+            set_job(a, "r1-s1-1", "Failed")  # still acts on what the cache holds: the retry
             wait_for(lambda: "r1-s1-2" in jobs(a), what="retry job")
-            assert lists <= 3  # the first reconciles, before the first job was indexed
+            assert lists <= 3  # the first reconciles, before the first job was cached
         assert runner.exception is None
 
 
 def test_the_operator_asks_the_api_server_only_for_what_it_owns():
     """kopf's label filters are client-side; the job watches carry a server-side label selector,
     so the API server never streams the cluster's other Jobs and PyTorchJobs, and the resync and progress loops
-    read runs from kopf's index instead of LISTing every run each pass."""
+    read runs from the operator's cache instead of LISTing every run each pass."""
     with KMockThread() as mock:
         a = api(mock.url)
         with operator(mock.url) as runner:

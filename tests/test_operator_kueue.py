@@ -36,7 +36,7 @@ def test_a_queued_jobs_workload_reason_reaches_the_runs_status(monkeypatch):
     job["metadata"]["uid"] = "uid-1"
     job["status"] = job_status("pytorchjob", "Suspended")
     asked = []
-    monkeypatch.setattr(observe, "indexed_jobs", lambda *a: [job])
+    monkeypatch.setattr(observe, "cached_jobs", lambda *a: [job])
     monkeypatch.setattr(kube, "pods", lambda ns, sel: [])
     monkeypatch.setattr(kube, "warning_events", lambda ns: [])
     monkeypatch.setattr(kube, "workloads", lambda ns, sel: asked.append(sel) or [workload(

@@ -227,9 +227,9 @@ def test_an_attempt_that_avoids_nodes_gets_the_anti_affinity_on_both_backends():
         assert "gpu-7" not in str(backend.build("r", "ns", sp, 0, 1))  # only that stage
 
 
-def test_the_job_indices_keep_only_what_the_operator_reads():
-    """10,000 jobs of finished runs stay in kopf's indices; their pod templates and managedFields
-    do not. What the operator reads from an indexed job is the same as from the whole job."""
+def test_the_job_cache_keeps_only_what_the_operator_reads():
+    """10,000 jobs of finished runs stay in the operator's cache; their pod templates and managedFields
+    do not. What the operator reads from a cached job is the same as from the whole job."""
     from testing.operator_scenarios import job_status
     from vita_operator.jobs.backends import job_backends
     from vita_operator.jobs.pods import active_since
@@ -286,3 +286,28 @@ def test_a_job_whose_pods_cannot_all_start_fails_its_attempt_after_the_startup_t
     waiting = dataclasses.replace(old, stuck="pod r-s1-1-master-0: Unschedulable: 0/4 nodes have 8 GPUs free")
     assert not decide("r", 1, sp, st, [waiting], NOW, startup_timeout_seconds=600).actions  # capacity: it waits
     assert not decide("r", 1, sp, st, [old], NOW).actions                                    # no timeout: waits
+
+
+def test_the_cache_follows_watch_events():
+    """The operator's cache as a watch drives it: the initial listing (type None) and ADDED fill it, MODIFIED replaces,
+    a relabelled job moves to its new run (or leaves, with no run label), DELETED removes; readers get copies."""
+    from vita_operator.controller.cache import Store
+
+    def job(name: str, phase: str) -> dict:
+        return {"metadata": {"name": name, "namespace": "ns"}, "status": {"phase": phase}}
+    store = Store()
+    store.apply(None, ("ns", "r1"), job("r1-s1-1", "Succeeded"))
+    store.apply("ADDED", ("ns", "r1"), job("r1-s2-1", "Running"))
+    store.apply("ADDED", ("ns", "r2"), job("r2-s1-1", "Running"))
+    store.apply("MODIFIED", ("ns", "r1"), job("r1-s2-1", "Failed"))
+    assert sorted((j["metadata"]["name"], j["status"]["phase"]) for j in store.group(("ns", "r1"))) == [
+        ("r1-s1-1", "Succeeded"), ("r1-s2-1", "Failed")]
+    store.group(("ns", "r1")).clear()  # a copy
+    assert len(store.group(("ns", "r1"))) == 2 and len(store) == 3
+    store.apply("MODIFIED", ("ns", "r2"), job("r1-s1-1", "Succeeded"))  # its run label now names r2
+    assert [j["metadata"]["name"] for j in store.group(("ns", "r1"))] == ["r1-s2-1"]
+    assert len(store.group(("ns", "r2"))) == 2
+    store.apply("MODIFIED", None, job("r2-s1-1", "Running"))  # no run label any more
+    store.apply("DELETED", ("ns", "r1"), job("r1-s2-1", "Failed"))
+    assert store.group(("ns", "r1")) == [] and [j["metadata"]["name"] for j in store.all()] == ["r1-s1-1"]
+    assert len(store) == 1

@@ -41,7 +41,7 @@ def test_only_jobs_the_run_controls_are_its_own():
 def test_a_deleted_runs_failed_job_does_not_drive_the_rerun(monkeypatch):
     """A rerun of the same name while the garbage collector has not yet removed the old run's jobs: the old
     attempt 3 (Failed) would have made the new run retry from attempt 4, or fail it."""
-    monkeypatch.setattr(observe, "indexed_jobs", lambda *a: [job("r-s1-3", 3, "uid-of-a-deleted-run")])
+    monkeypatch.setattr(observe, "cached_jobs", lambda *a: [job("r-s1-3", 3, "uid-of-a-deleted-run")])
     monkeypatch.setattr(kube, "pods", lambda ns, sel: [])
     ref = RunRef("ns", "r", "uid-now")
     jobs = observe.observed_jobs(job_backends()["pytorchjob"], ref, set())

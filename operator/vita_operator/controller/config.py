@@ -34,11 +34,17 @@ class Settings:
     run_ttl_seconds: int | None
     retry_backoff_seconds: int
     startup_timeout_seconds: int | None
+    backends: dict[str, JobBackend]   # every backend by name (the TrainJob one with its runtime)
+    enabled: list[str]                # the ones this operator runs, watches and is granted RBAC for
+    default_backend: str
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ) if env is None else env
-        return cls(api_url=env.get(API_URL_ENV) or None, namespace=env.get(NAMESPACE_ENV) or None,
+        enabled, default_backend = configured_backends(env)
+        return cls(backends=job_backends(env.get(RUNTIME_ENV) or DEFAULT_RUNTIME), enabled=enabled,
+                   default_backend=default_backend,
+                   api_url=env.get(API_URL_ENV) or None, namespace=env.get(NAMESPACE_ENV) or None,
                    resync_seconds=float(env.get(RESYNC_ENV, "60")),
                    progress_tick_seconds=float(env.get(PROGRESS_TICK_ENV, "10")),
                    workers=int(env.get(WORKERS_ENV, "32")), metrics_port=int(env.get(METRICS_PORT_ENV, "9090")),
@@ -60,9 +66,3 @@ def settings() -> Settings:
 def load() -> Settings:
     _settings[:] = [Settings.from_env()]
     return _settings[0]
-
-
-# Which job backends this operator runs (and so watches and is granted RBAC for). kopf registers its watches when
-# handlers.py is imported, so these are the one part of the configuration read then.
-BACKENDS: dict[str, JobBackend] = job_backends(os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME)
-ENABLED, DEFAULT_BACKEND = configured_backends(dict(os.environ))

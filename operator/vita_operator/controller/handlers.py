@@ -1,4 +1,5 @@
-"""kopf registration: the run and job watches, the indices, startup and cleanup. Each handler hands the run to
+"""kopf registration: the run handlers and watch, startup (the job watches, informer.py, and the loops) and
+cleanup. Each handler hands the run to
 reconcile.py (observe, decide, act); nothing here decides.
 
 Run with: kopf run --standalone -m vita_operator.controller.handlers --liveness=http://0.0.0.0:8081/healthz
@@ -13,22 +14,22 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from vita_api.naming import LABEL_RUN, MANAGED_BY
+from vita_api.naming import MANAGED_BY
 from vita_api.spec import API_GROUP
 
 from ..core.state import finished_and_seen
 from ..crd import PLURAL, VERSION
-from ..jobs.backend import JobBackend, index_metadata
-from . import kube, loops, metrics, observe
-from .config import BACKENDS, ENABLED, Settings, load
+from . import cache, kube, loops, metrics
+from .cache import Key
+from .config import Settings, load
+from .informer import Informer, JobWatch
 from .reconcile import forget, reconcile
+from .run_queue import RunQueue
 
-JOB_INDEX_IDS = {name: f"{name}_jobs_by_run" for name in ENABLED}
-RUNS_INDEX_ID = "runs_by_key"
-# Watch only the enabled backends' jobs: the chart grants RBAC for those alone. And the run's batch Jobs
-# (initializers, preflight, evaluation, export): one watch, by the label the operator puts on every Job it makes.
-WATCHED_JOBS = [(*kube.group_version(BACKENDS[n].api_version), BACKENDS[n].plural) for n in ENABLED] + \
-    [("batch", "v1", "jobs")]
+log = logging.getLogger(__name__)
+
+# The job watches' reconciles, in kopf's thread pool (sized by Settings.workers) as kopf's own handlers.
+_queue: list[RunQueue] = []
 
 
 @kopf.on.login()
@@ -44,15 +45,15 @@ def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     config = load()
     settings.execution.max_workers = config.workers
     kube.connect(config.api_url, config.workers)
-    # The indices, for the reconciles that run outside kopf's handlers (the resync and progress loops) too.
-    observe.job_indices.update({name: kwargs[index_id] for name, index_id in JOB_INDEX_IDS.items()})
-    observe.runs_index[:] = [kwargs[RUNS_INDEX_ID]]
-    # Server-side label selectors on the job watches: without them the API server streams every batch Job and
-    # PyTorchJob of the cluster to the operator, which kopf's label filters then drop.
-    for group, version, plural in WATCHED_JOBS:
-        settings.watching.label_selectors[group, version, plural] = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
+    # From now on the watches below feed the cache, and every reconcile reads it (the resync and progress loops'
+    # too).
+    cache.start_feeding()
+    _queue[:] = [RunQueue(settings.execution.executor, reconcile_owner)]
+    for w in job_watches(config, _queue[0].add):
+        informer = Informer(w)
+        loops.start_thread(f"watch-{w.plural}", informer.run, informer.close)
     # Only kopf's warnings and errors become Kubernetes Events (the operator writes its own): at INFO, every handler
-    # call ("Handler 'on_pytorchjob' succeeded") was an Event, 10,000 of them for the jobs listed at startup.
+    # call ("Handler 'on_run' succeeded") was an Event, one per run at every start.
     settings.posting.level = logging.WARNING
     # No handler needs a finalizer any more; naming the one older versions added lets kopf remove it from runs.
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
@@ -66,25 +67,12 @@ def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
 @kopf.on.cleanup()
 def cleanup(**_: Any) -> None:
     loops.stop_loops()
+    cache.stop_feeding()
 
 
-@kopf.index(API_GROUP, VERSION, PLURAL, id=RUNS_INDEX_ID)
-def index_run(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str | None, str],
-                                                                                   dict[str, Any]]:
-    """A run as the loops read it: its spec and status, its metadata without managedFields or annotations."""
-    return {(namespace, name): {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-                                "metadata": index_metadata(dict(body)), "spec": dict(body.get("spec") or {}),
-                                "status": dict(body.get("status") or {})}}
-
-
-def job_indexer(backend: JobBackend) -> Callable[..., dict[tuple[str | None, str], dict[str, Any]]]:
-    """The index of a backend's jobs by (namespace, run): only the fields the operator reads (10,000 jobs of
-    finished runs stay in memory)."""
-    def index_job_by_run(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
-                         **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
-        run = labels.get(LABEL_RUN)
-        return {(namespace, run): backend.index_fields(dict(body))} if run else {}
-    return index_job_by_run
+@kopf.on.event(API_GROUP, VERSION, PLURAL, id="cache_run")
+async def cache_run(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+    cache.runs.apply(event.get("type"), (namespace or "", name), cache.slim_run(dict(body)))
 
 
 @kopf.on.resume(API_GROUP, VERSION, PLURAL)
@@ -102,33 +90,34 @@ def _reconcile_or_retry_later(run: dict[str, Any], logger: kopf.Logger) -> None:
         raise kopf.TemporaryError(f"API error {e.status}: {e.reason}", delay=10) from e
 
 
-def on_job(body: kopf.Body, event: kopf.RawEvent, logger: kopf.Logger, **_: Any) -> None:
-    """A job changed (Kubeflow wrote its status): reconcile the run that owns it. Not for the initial listing of
-    every job (event type None): the runs are resumed on their own at startup, and 10,000 jobs of finished runs
-    would be 10,000 reads before the first real event. Nor for a finished run's jobs (the index says it is)."""
-    labels = body.get("metadata", {}).get("labels", {})
-    run_name, namespace = labels.get(LABEL_RUN), body["metadata"].get("namespace")
-    if not run_name or event.get("type") is None:
-        return
-    known = observe.indexed_run(namespace, run_name)
-    if known and finished_and_seen(known.get("status") or {}, known["metadata"].get("generation", 1)):
-        return
+def job_watches(config: Settings, reconcile_later: Callable[[Key], None]) -> list[JobWatch]:
+    """The enabled backends' jobs (cached) and the runs' batch Jobs (initializers, preflight, evaluation, export:
+    only their events matter), each by the label the operator puts on every job it makes: the API server never
+    streams the cluster's other Jobs and PyTorchJobs to the operator."""
+    def changed(key: Key) -> None:
+        known = cache.run_in_cache(*key)
+        if known and finished_and_seen(known.get("status") or {}, known["metadata"].get("generation", 1)):
+            return  # a finished run's job (garbage collection deleting it, say): nothing to do
+        reconcile_later(key)
+    selector = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
+    out = [JobWatch(*kube.group_version(b.api_version), b.plural, selector, config.namespace,
+                    cache.job_store(b.name), b.index_fields, changed)
+           for b in (config.backends[name] for name in config.enabled)]
+    return out + [JobWatch("batch", "v1", "jobs", selector, config.namespace, None, lambda job: job, changed)]
+
+
+def reconcile_owner(key: Key) -> None:
+    """Reconcile the run a job event named (read fresh: the cache may lag the job's own event)."""
+    namespace, run_name = key
     try:
         run = kube.get_run(namespace, run_name)
+        if not run.get("metadata", {}).get("deletionTimestamp"):
+            reconcile(run, log)
     except ApiException as e:
         if e.status == 404:
             return  # the run is gone; garbage collection removes its jobs
+        metrics.RECONCILE_ERRORS.labels("api").inc()
         raise
-    if run.get("metadata", {}).get("deletionTimestamp"):
-        return
-    _reconcile_or_retry_later(run, logger)
-
-
-for _name in ENABLED:
-    _resource = (*kube.group_version(BACKENDS[_name].api_version), BACKENDS[_name].plural)
-    kopf.index(*_resource, id=JOB_INDEX_IDS[_name], labels={MANAGED_BY[0]: MANAGED_BY[1]})(job_indexer(BACKENDS[_name]))
-    kopf.on.event(*_resource, id=f"on_{_name}", labels={MANAGED_BY[0]: MANAGED_BY[1]})(on_job)
-kopf.on.event("batch", "v1", "jobs", id="on_batch_job", labels={MANAGED_BY[0]: MANAGED_BY[1]})(on_job)
 
 
 @kopf.on.delete(API_GROUP, VERSION, PLURAL, optional=True)

@@ -1,4 +1,4 @@
-"""The operator's own periodic loops: the resync (a safety net for missed events) and the progress reads."""
+"""The operator's own threads: the resync (a safety net for missed events), the progress reads and the job watches."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 
 from . import metrics
-from .config import BACKENDS, DEFAULT_BACKEND
+from .config import settings
 from .observe import all_runs
 from .progress_loop import progress_pass
 from .reconcile import reconcile
@@ -48,25 +48,35 @@ def _loop(stop: threading.Event, interval: float, one_pass: OnePass, what: str) 
 
 # The running loops, (stop, thread) each: one Event per start, and cleanup waits for them, so a loop never outlives
 # its operator.
-_loops: list[tuple[threading.Event, threading.Thread]] = []
+_loops: list[tuple[threading.Event, threading.Thread, Callable[[], None]]] = []
 
 
 def start_loop(what: str, interval: float, one_pass: OnePass) -> None:
+    start_thread(what, lambda stop: _loop(stop, interval, one_pass, what))
+
+
+def start_thread(what: str, run: Callable[[threading.Event], None], wake: Callable[[], None] = lambda: None) -> None:
+    """A thread of the operator's (a loop, a watch) that runs until stop_loops sets its Event (and calls `wake`,
+    for a thread blocked in a read)."""
     stop = threading.Event()
-    thread = threading.Thread(target=_loop, name=f"vita-{what}", daemon=True, args=(stop, interval, one_pass, what))
+    thread = threading.Thread(target=run, name=f"vita-{what}", daemon=True, args=(stop,))
     thread.start()
-    _loops.append((stop, thread))
+    _loops.append((stop, thread, wake))
 
 
 def progress_all(logger: logging.Logger = log, stop: threading.Event | None = None) -> int:
     """One progress pass over every run (progress_loop.py); a run found hung is reconciled at once."""
+    config = settings()
     return progress_pass(all_runs(),
-                         lambda run: BACKENDS.get((run.get("status") or {}).get("backend") or DEFAULT_BACKEND),
+                         lambda run: config.backends.get((run.get("status") or {}).get("backend")
+                                                         or config.default_backend),
                          lambda run: reconcile(run, logger), logger, stop)
 
 
 def stop_loops() -> None:
-    for stop, thread in _loops:
+    for stop, _, wake in _loops:
         stop.set()
+        wake()
+    for _, thread, _ in _loops:
         thread.join(timeout=30)
     _loops.clear()

@@ -1,4 +1,4 @@
-"""Observe: what the cluster says about a run, as the state machine's Observed* values. Reads kopf's indices where
+"""Observe: what the cluster says about a run, as the state machine's Observed* values. Reads the cache where
 it can and the API server where it must (pods, events, Kueue Workloads); never writes."""
 
 from __future__ import annotations
@@ -7,10 +7,9 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-import kopf
 from kubernetes.client.exceptions import ApiException
 
 from vita_api.naming import LABEL_ATTEMPT, LABEL_RUN, LABEL_STAGE, MANAGED_BY
@@ -25,44 +24,17 @@ from ..jobs import evaluation as ev
 from ..jobs.backend import JobBackend
 from ..jobs.batch import job_phase, pod_selector
 from ..jobs.pods import (KUEUE_LABEL, active_since, creation_failure, disruption_of, exited_with_error, failed_node,
-                         node_lost,
-                         running_nodes, stuck_reason)
+                         node_lost, running_nodes, stuck_reason)
 from ..jobs.steps import STEP_JOBS, PodRead
-from . import kube
+from . import cache, kube
 from .config import NAMESPACE_ENV
 
 log = logging.getLogger(__name__)
 
-# The enabled backends' jobs by (namespace, run), kept by kopf from the watch it runs anyway for on_job: a reconcile
-# reads its run's jobs from memory instead of LISTing them. Filled by handlers.startup.
-job_indices: dict[str, kopf.Index[tuple[str | None, str], dict[str, Any]]] = {}
-# Every run, kept by kopf from the watch it runs anyway for the run handlers: the resync and progress loops read it
-# instead of LISTing every run of the cluster each pass.
-runs_index: list[kopf.Index[tuple[str | None, str], dict[str, Any]]] = []
-
-T = TypeVar("T")
-
-
-def _snapshot(read: Callable[[], list[T]], attempts: int) -> list[T]:
-    """A copy of (part of) a kopf index, read from another thread than kopf's loop: if the loop changed it meanwhile
-    (RuntimeError), read again; the last attempt's error propagates."""
-    for _ in range(attempts - 1):
-        try:
-            return read()
-        except RuntimeError:
-            continue
-    return read()
-
 
 def all_runs() -> list[dict[str, Any]]:
-    """Every run as kopf's index holds it (a LIST before the operator started, e.g. in a bare call, or if the index
-    kept changing under the read)."""
-    if runs_index:
-        try:
-            return _snapshot(lambda: [run for store in list(runs_index[0].values()) for run in list(store)], 3)
-        except RuntimeError:
-            pass
-    return kube.list_runs(os.environ.get(NAMESPACE_ENV))
+    """Every run, from the cache (a LIST before the operator's watches feed it, e.g. in a bare call)."""
+    return cache.runs.all() if cache.fed.is_set() else kube.list_runs(os.environ.get(NAMESPACE_ENV))
 
 
 @dataclass
@@ -89,32 +61,22 @@ class RunRef:
         return False
 
 
-def indexed_run(namespace: str | None, name: str) -> dict[str, Any] | None:
-    """The run as kopf's index holds it; None if it holds none (not started, or not seen yet)."""
-    if not runs_index:
-        return None
-    found = _snapshot(lambda: list(runs_index[0].get((namespace, name)) or []), 3)
-    return found[0] if found else None
-
-
-def indexed_jobs(backend_name: str, namespace: str, run_name: str) -> list[dict[str, Any]]:
-    """The run's jobs as kopf's index holds them; [] if it holds none."""
-    index = job_indices.get(backend_name)
-    store = index.get((namespace, run_name)) if index is not None else None
-    return _snapshot(lambda: list(store or []), 4)
+def cached_jobs(backend_name: str, namespace: str, run_name: str) -> list[dict[str, Any]]:
+    """The run's jobs as the cache holds them; [] if it holds none (or is not fed)."""
+    return cache.job_store(backend_name).group((namespace, run_name)) if cache.fed.is_set() else []
 
 
 def observed_jobs(backend: JobBackend, run: RunRef, recorded_done: set[str], read_pods: bool = True,
                   recorded_nodes: dict[str, list[str]] | None = None) -> list[ObservedJob]:
-    """The run's jobs, from kopf's index. Only a run the index holds no job for asks the API server (a LIST):
-    its first job may not be indexed yet, and only the API can say that the backend's CRD is missing (404).
+    """The run's jobs, from the cache. Only a run the cache holds no job for asks the API server (a LIST):
+    its first job may not be cached yet, and only the API can say that the backend's CRD is missing (404).
 
     The latest attempt of a stage not yet recorded done also gets what its pods say: the final loss (Succeeded),
     the trainer's permanent error (Failed) or why the pods cannot start (Pending/Running). Older attempts and
     finished runs (`read_pods=False`) read no pods: the state machine looks at neither. `recorded_nodes`: where
     each job's pods ran, as status recorded it (by job name)."""
     namespace = run.namespace
-    items = indexed_jobs(backend.name, namespace, run.name) or kube.custom_objects(
+    items = cached_jobs(backend.name, namespace, run.name) or kube.custom_objects(
         backend.api_version, backend.plural, namespace, f"{LABEL_RUN}={run.name}")
     jobs, queued_uids = [], {}
     for job in items:  # filter again: the owner, and proxies or mocks that ignore selectors

@@ -26,7 +26,7 @@ from ..jobs.backends import backend_of
 from . import kube, metrics
 from .act import Refused, apply_actions
 from .clock import STARTED, now_rfc3339
-from .config import BACKENDS, DEFAULT_BACKEND, ENABLED, settings
+from .config import settings
 from .observe import RunRef, evaluations_needed, observed_evaluations, observed_jobs, observed_steps
 
 log = logging.getLogger(__name__)
@@ -139,13 +139,14 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger | Any) -> None:
         if finished_and_seen(status, generation):
             _finished(run, spec, status)  # nothing to read: a finished run costs no request per resync
             return
-        backend_name = backend_of(run, DEFAULT_BACKEND)
-        if backend_name not in ENABLED and status.get("phase") not in TERMINAL:
+        config = settings()
+        backend_name = backend_of(run, config.default_backend)
+        if backend_name not in config.enabled and status.get("phase") not in TERMINAL:
             _blocked(run, "BackendNotEnabled", f"trainer.backend {backend_name} is not enabled in this operator "
-                     f"(enabled: {', '.join(ENABLED)}); set backends.{backend_name}.enabled in the chart values",
-                     "backend_disabled")
+                     f"(enabled: {', '.join(config.enabled)}); set backends.{backend_name}.enabled in the chart "
+                     "values", "backend_disabled")
             return
-        backend = BACKENDS[backend_name]
+        backend = config.backends[backend_name]
         try:
             ref = RunRef(namespace, name, meta.get("uid"))
             records = status.get("stages") or []
