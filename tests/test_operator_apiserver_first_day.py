@@ -239,7 +239,7 @@ def test_a_trainer_endpoint_that_stops_answering_makes_progress_stale_never_hung
     twice hangTimeoutSeconds: progress says stale, and the job is left alone."""
     endpoint = FakeTrainerEndpoint("s1")
     run = run_on("pytorchjob", "unreachable")
-    run["spec"].update(progressIntervalSeconds=2, hangTimeoutSeconds=10)
+    run["spec"].update(progressIntervalSeconds=5, hangTimeoutSeconds=12)
     run["spec"]["trainer"]["metricsPort"] = endpoint.port
     try:
         with cluster.operator("operator-unreachable", resync_seconds=1,
@@ -249,7 +249,7 @@ def test_a_trainer_endpoint_that_stops_answering_makes_progress_stale_never_hung
             endpoint.close()  # from here on every read fails
             wait_for(lambda: (cluster.run_status("unreachable").get("progress") or {}).get("stale"),
                      what="progress marked stale")
-            time.sleep(20)  # twice the hang window
+            time.sleep(24)  # twice the hang window
             assert [j for j in cluster.jobs() if j.startswith("unreachable-")] == [job], "deleted or retried"
             status = cluster.run_status("unreachable")
             assert status["phase"] == "Running" and status["progress"]["stale"] and not status.get("hung")
@@ -266,7 +266,7 @@ def test_an_operator_back_from_a_long_outage_whose_first_read_fails_deletes_noth
     hung."""
     endpoint = FakeTrainerEndpoint("s1")
     run = run_on("pytorchjob", "outage")
-    run["spec"].update(progressIntervalSeconds=2, hangTimeoutSeconds=10)
+    run["spec"].update(progressIntervalSeconds=5, hangTimeoutSeconds=12)
     run["spec"]["trainer"]["metricsPort"] = endpoint.port
     env = {"VITA_OPERATOR_PROGRESS_TICK_SECONDS": "1"}
     try:
@@ -274,11 +274,11 @@ def test_an_operator_back_from_a_long_outage_whose_first_read_fails_deletes_noth
             cluster.apply(run)
             job = running_with_progress(cluster, "outage", endpoint)
         endpoint.close()
-        time.sleep(12)  # the outage: longer than the hang window
+        time.sleep(14)  # the outage: longer than the hang window
         with cluster.operator("operator-after-outage", resync_seconds=1, env=env) as op:
             wait_for(lambda: (cluster.run_status("outage").get("progress") or {}).get("stale"),
                      what="progress marked stale after the restart")
-            time.sleep(15)  # longer than the hang window again, every read failing
+            time.sleep(18)  # longer than the hang window again, every read failing
             assert [j for j in cluster.jobs() if j.startswith("outage-")] == [job], "deleted or retried"
             assert cluster.run_status("outage")["phase"] == "Running"
             assert_no_forbidden(op)
