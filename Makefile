@@ -25,9 +25,11 @@ demo: setup
 	$(VENV)/bin/vita-train demo --out demo_out
 
 # Lint first (ruff: pyflakes, pycodestyle, bugbear; mypy --strict on vita_api and the operator; config in
-# pyproject.toml), then the suite.
+# pyproject.toml), then the suite: three workers, one test module each at a time (the real-cluster tiers mostly wait
+# on their control planes, and a module shares one cluster), so the 2-core machine stays busy; the Go builds of a
+# fresh machine run under a lock while the other workers go on. The tier timings print at the end.
 test: setup lint
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n 3 --dist loadfile tests
 
 # The unit tier in under a minute: no subprocess, DeepSpeed or API-server tests (a test that starts a process
 # without the `subprocess` mark fails here), two workers.
