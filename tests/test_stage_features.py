@@ -143,7 +143,7 @@ def test_the_demo_as_the_readme_runs_it_learns_above_chance(tmp_path, capsys, mo
     assert all(s["final_loss"] < s["first_loss"] for s in report["stages"]), report["stages"]
     chance = {"color": 1 / 6, "shape": 1 / 3, "pitch": 1 / 3, "count": 1 / 4}
     for kind in ("image", "audio"):
-        accuracy = report["eval"][kind]["accuracy"]
+        accuracy = report["answer_check"][kind]["accuracy"]
         assert accuracy["all"] >= 0.6, (kind, accuracy)
         for question, acc in accuracy.items():
             if question != "all":

@@ -47,13 +47,14 @@ def prepare(out: Path, small: bool = False, seed: int = 0) -> None:
     GlobalCMVN.estimate([fbank(load_audio(c)) for c in clips]).save(out / "base_model" / "global_cmvn.json")
 
 
-def evaluate_run(out: Path, final_stage: dict) -> dict:
-    """Held-out accuracy of the final stage's model, prompted exactly as that stage was trained."""
+def check_answers(out: Path, final_stage: dict) -> dict:
+    """The demo's answer check: held-out accuracy of the final stage's model, prompted exactly as that stage was
+    trained."""
     from ..data.processor import MediaSpec, SampleProcessor
     from ..data.registry import load_registry
     from ..data.tokenizer import load_tokenizer
     from ..model.builder import load_model
-    from .evaluate import evaluate
+    from .answer_check import answer_accuracy
     model_dir = out / "runs" / final_stage["name"]
     args = final_stage["args"]
     model, tok = load_model(str(model_dir)), load_tokenizer(str(model_dir))
@@ -61,8 +62,8 @@ def evaluate_run(out: Path, final_stage: dict) -> dict:
                            args["model_max_length"], cmvn=GlobalCMVN.load(model_dir / "global_cmvn.json"),
                            system_prompt=args.get("system_prompt"), chat_format=model.config.chat_format)
     kind = {q: k for q, k in synth.IMAGE_QUESTIONS + synth.AUDIO_QUESTIONS}
-    return {"image": evaluate(model, tok, proc, str(out / "chats" / "image_eval.json"), kind.get),
-            "audio": evaluate(model, tok, proc, str(out / "chats" / "audio_eval.json"), kind.get)}
+    return {"image": answer_accuracy(model, tok, proc, str(out / "chats" / "image_eval.json"), kind.get),
+            "audio": answer_accuracy(model, tok, proc, str(out / "chats" / "audio_eval.json"), kind.get)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     run_yaml.write_text(yaml.safe_dump(build_run("tiny-demo", a.steps_scale, a.deepspeed, a.nproc), sort_keys=False))
     from ..local import run_local
     summaries = run_local(run_yaml, a.nproc)
-    results = evaluate_run(out, yaml.safe_load(run_yaml.read_text())["spec"]["stages"][-1])
+    results = check_answers(out, yaml.safe_load(run_yaml.read_text())["spec"]["stages"][-1])
     report = {"stages": [{k: s[k] for k in ("stage", "preset", "global_step", "first_loss", "final_loss", "seconds")}
-                         for s in summaries], "eval": results, "total_seconds": round(time.time() - t0, 1)}
+                         for s in summaries], "answer_check": results, "total_seconds": round(time.time() - t0, 1)}
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2))
     from .lmms_tasks import GROUP, write_tasks
     tasks = write_tasks(out, out / "lmms_tasks")

@@ -1,4 +1,5 @@
-"""Held-out exact-match accuracy: ask each question of each eval sample alone and compare the greedy answer."""
+"""The demo's answer check: held-out exact-match accuracy. Each question of each held-out sample is asked alone and
+the greedy answer compared. (Not the benchmarks of spec.evaluation, nor the validation loss of evalDatasetUse.)"""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def question_samples(sample: dict) -> list[tuple[str, dict]]:
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, processor, chat_file: str, kind_of_question) -> dict:
+def answer_accuracy(model, tokenizer, processor, chat_file: str, kind_of_question) -> dict:
     """Returns accuracy per question kind and overall, plus a few wrong answers for inspection."""
     model.eval()
     collate = MultimodalCollator(tokenizer.pad_token_id)
