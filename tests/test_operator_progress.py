@@ -140,3 +140,46 @@ def test_only_successful_reads_since_the_operator_started_make_a_hang():
                           now=restarted + timedelta(seconds=601), stage_start=None, gpus=0)
     assert "no training step for 10m01s" in hang_reason(later, "j", restarted + timedelta(seconds=601), 600,
                                                           not_before=restarted)
+
+
+def test_a_reading_is_written_only_when_it_says_something_new(monkeypatch):
+    """A healthy trainer's step moves and each reading is written; a reading that differs only in what follows the
+    clock (the read time, the ETA, GPU hours) is not; stale is written once; a hang is written, since the reconcile
+    that acts on it reads status."""
+    from vita_operator.controller import kube
+    from vita_operator.controller import progress_loop as loop
+    from vita_operator.core.progress import format_time, worth_writing
+    now = datetime.now(timezone.utc)
+    run = {"metadata": {"namespace": "ns", "name": "r"},
+           "spec": {"model": {"base": "b"}, "data": {"registry": "r"}, "output": "o", "hangTimeoutSeconds": 600,
+                    "stages": [{"name": "s1", "preset": "text_sft", "datasetUse": "d"}]},
+           "status": {"phase": "Running", "currentStage": "s1", "currentJob": "r-s1-1"}}
+    writes = []
+
+    def patch_status(namespace, name, body, *_):
+        writes.append(body["progress"])
+        run["status"]["progress"] = {k: v for k, v in {**run["status"].get("progress", {}),
+                                                       **body["progress"]}.items() if v is not None}
+    monkeypatch.setattr(kube, "patch_status", patch_status)
+    monkeypatch.setattr(kube, "get_run", lambda namespace, name: run)
+
+    def reading(step, at, **extra):
+        return {"job": "r-s1-1", "stage": "s1", "step": step, "totalSteps": 100, "stale": False,
+                "updateTime": format_time(at), "lastStepTime": format_time(at - timedelta(seconds=30)),
+                "eta": f"{step}m", **extra}
+    earlier = now - timedelta(minutes=5)  # status says when it was read: long enough ago to be due again
+    stale = {"job": "r-s1-1", "step": 12, "stale": True, "staleReason": "connection refused",
+             "updateTime": format_time(earlier)}
+    hung = {**reading(12, earlier), "lastStepTime": format_time(now - timedelta(hours=2))}
+    readings = [reading(10, earlier), reading(10, earlier, eta="9m"), reading(12, earlier), stale, stale, hung, hung]
+    monkeypatch.setattr(loop, "read_progress", lambda *a: readings.pop(0))
+    monkeypatch.setattr(loop, "STARTED", now - timedelta(hours=3))
+    written = []
+    while readings:
+        loop._last_read.clear()  # due at once (the interval is the loop's business)
+        before = len(writes)
+        assert loop._progress_one(run, lambda r: None, lambda r: None)
+        written.append(len(writes) > before)
+    assert written == [True, False, True, True, False, True, True]
+    assert not worth_writing({"step": 1, "eta": "1m", "updateTime": "a"}, {"step": 1, "eta": "2m", "updateTime": "b"})
+    assert worth_writing({"step": 1}, {"step": 1, "stale": True})

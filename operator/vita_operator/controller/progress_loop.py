@@ -139,6 +139,10 @@ def progress_pass(runs: list[dict[str, Any]], backend_for: Callable[[dict[str, A
             metrics.forget_progress(meta.get("namespace"), meta.get("name"))
             continue
         due.append(run)
+    reading = {(r["metadata"]["namespace"], r["metadata"]["name"], (r.get("status") or {}).get("currentJob"))
+               for r in due}
+    for key in [k for k in _last_read if k not in reading]:  # its job ended, or its run did
+        del _last_read[key]
 
     def one(run: dict[str, Any]) -> bool:
         if stop is not None and stop.is_set():
@@ -183,17 +187,25 @@ def _progress_one(run: dict[str, Any], backend_for: Callable[[dict[str, Any]], J
     spec = VitaTrainingRunSpec.model_validate(run.get("spec") or {})
     now = datetime.now(timezone.utc)
     last = st.get("progress") or {}
-    updated = prog.parse_time(last.get("updateTime"))
-    if (last.get("job") == st["currentJob"] and updated is not None
-            and (now - updated).total_seconds() < spec.progress_interval_seconds):
+    key = (meta["namespace"], meta["name"], st["currentJob"])
+    updated = max((t for t in (prog.parse_time(last.get("updateTime")) if last.get("job") == st["currentJob"]
+                               else None, _last_read.get(key)) if t), default=None)
+    if updated is not None and (now - updated).total_seconds() < spec.progress_interval_seconds:
         return False
     new = read_progress(run, spec, backend_for(run), now)
-    kube.patch_status(meta["namespace"], meta["name"], {"progress": prog.as_merge_patch(st.get("progress"), new)})
+    _last_read[key] = now
+    hung = prog.hang_reason(new, st["currentJob"], now, spec.hang_timeout_seconds, not_before=STARTED)
+    if prog.worth_writing(last, new) or hung:  # a hang is written: the reconcile decides from status
+        kube.patch_status(meta["namespace"], meta["name"], {"progress": prog.as_merge_patch(last, new)})
     metrics.PROGRESS_STALE.labels(meta["namespace"], meta["name"]).set(1 if new.get("stale") else 0)
-    if new.get("stale") or prog.hang_reason(new, st["currentJob"], now, spec.hang_timeout_seconds,
-                                            not_before=STARTED):
+    if new.get("stale") or hung:
         reconcile_now(kube.get_run(meta["namespace"], meta["name"]))
     return True
+
+
+# When each (namespace, run, job) was last read: the schedule, since a reading that changes nothing is not written.
+# Only the jobs being read are kept (progress_pass drops the others).
+_last_read: dict[tuple[str, str, str], datetime] = {}
 
 
 def _download_progress_one(run: dict[str, Any]) -> bool:

@@ -112,6 +112,18 @@ def stale_progress(previous: dict[str, Any] | None, job: str, now: datetime, why
     return kept
 
 
+# Fields that follow the clock, not the trainer: a reading that differs only in these is not written.
+CLOCK_FIELDS = frozenset({"updateTime", "eta", "etaSeconds", "gpuHoursSoFar", "gpuHoursEstimate"})
+
+
+def worth_writing(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether a reading says something status does not: a step, a rate, a loss, a new job, the endpoint answering
+    or not. A stuck or unreachable trainer's readings are written once, not every interval."""
+    def said(p: dict[str, Any] | None) -> dict[str, Any]:
+        return {k: v for k, v in (p or {}).items() if k not in CLOCK_FIELDS}
+    return said(old) != said(new)
+
+
 def as_merge_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """`new` as a JSON merge patch over `old`: the fields `new` no longer has are set to null (deleted), so a new
     job's progress never shows the previous job's ETA or step. Nested objects (firstSeen) are replaced whole."""
