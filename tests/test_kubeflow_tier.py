@@ -284,20 +284,16 @@ def test_kueue_queues_admits_and_preempts_the_runs_jobs(kubeflow, backend):
         assert_no_forbidden(op)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_lost_node_retries_the_stage_without_spending_a_retry(kubeflow, backend):
-    """The node under rank 0 is deleted; pod garbage collection fails and
-    deletes its pods, the job fails; the run retries the stage as a disruption (retryLimit 0 would fail it), names
-    the node, and the next attempt runs elsewhere."""
-    name = f"lost-{backend[:5]}"
+def test_a_lost_node_retries_the_pytorchjob_stage_without_spending_a_retry(kubeflow):
+    """The node under rank 0 is deleted; pod garbage collection fails and deletes its pods, the PyTorchJob fails (the
+    training operator has no in-place restart that torchrun's static rendezvous could take); the run retries the
+    stage as a disruption (retryLimit 0 would fail it), names the node, and the next attempt runs elsewhere."""
+    name, backend = "lost-pytor", "pytorchjob"
     run = two_nodes(backend, name)
     run["spec"]["stages"][0]["retryLimit"] = 0
     with kubeflow.running(run, f"operator-lost-node-{backend}") as op:
         job = wait_for(lambda: f"{name}-s1-1" in kubeflow.jobs(backend) and f"{name}-s1-1", what="stage 1's job")
-        rank0, _ = rank0_first(kubeflow.running_pods(job, backend, 2))
-        node = rank0["spec"]["nodeName"]
-        wait_for(lambda: node in (kubeflow.run_status(name)["stages"][0].get("nodes") or []),
-                 what="the attempt's nodes recorded")
+        node = node_under_rank0(kubeflow, name, job, backend)
         kubeflow.stack.lose_node(node)
         try:
             retry = wait_for(lambda: f"{name}-s1-2" in kubeflow.jobs(backend) and f"{name}-s1-2", timeout=180,
@@ -306,12 +302,54 @@ def test_a_lost_node_retries_the_stage_without_spending_a_retry(kubeflow, backen
             assert rec["disruptions"] == 1 and rec["failures"][0]["nodes"] == [node]
             assert f"node {node} no longer exists" in rec["failures"][0]["disruption"]
             assert kubeflow.phase(name) in ("Running", "Queued")
-            events = [e for e in kubeflow.get("events")["items"] if e["involvedObject"]["name"] == name]
-            assert any(e["reason"] == "StageDisrupted" and node in e["message"] for e in events)
+            assert any(e["reason"] == "StageDisrupted" and node in e["message"] for e in run_events(kubeflow, name))
             assert all(p["spec"]["nodeName"] != node for p in kubeflow.running_pods(retry, backend, 2))
             assert_no_forbidden(op)
         finally:
             kubeflow.stack.restore_node(node)
+
+
+def test_a_lost_node_restarts_the_trainjob_in_place(kubeflow):
+    """The node under rank 0 is deleted; pod garbage collection marks its pod with DisruptionTarget, the runtime's pod
+    failure policy fails that Job, and the JobSet restarts every pod in place (Trainer v2.3.0, JobSet v0.10.1): the
+    same TrainJob (its Kueue admission kept) runs on other nodes, no retry spent, the restart and the node on the
+    run."""
+    name, backend = "lost-train", "trainjob"
+    run = two_nodes(backend, name)
+    run["spec"]["stages"][0]["retryLimit"] = 0
+    with kubeflow.running(run, f"operator-lost-node-{backend}") as op:
+        job = wait_for(lambda: f"{name}-s1-1" in kubeflow.jobs(backend) and f"{name}-s1-1", what="stage 1's job")
+        node = node_under_rank0(kubeflow, name, job, backend)
+        before = {p["metadata"]["uid"] for p in kubeflow.pods(job, backend)}
+        kubeflow.stack.lose_node(node)
+        try:
+            restarted = wait_for(lambda: [p for p in kubeflow.running_pods(job, backend, 2, timeout=180)
+                                          if p["metadata"]["uid"] not in before] or None, timeout=240,
+                                 what="the TrainJob's pods restarted in place")
+            assert all(p["metadata"]["labels"]["jobset.sigs.k8s.io/restart-attempt"] == "1" for p in restarted)
+            assert all(p["spec"]["nodeName"] != node for p in restarted)
+            rec = wait_for(lambda: (r := kubeflow.run_status(name)["stages"][0]).get("restartsInPlace") and r,
+                           timeout=60, what="the restart recorded on the run")
+            assert rec["restartsInPlace"] == 1 and rec["attempts"] == 1 and not rec.get("disruptions")
+            assert f"{name}-s1-2" not in kubeflow.jobs(backend) and kubeflow.phase(name) == "Running"
+            assert any(e["reason"] == "StageRestartedInPlace" and node in e["message"]
+                       for e in run_events(kubeflow, name))
+            assert_no_forbidden(op)
+        finally:
+            kubeflow.stack.restore_node(node)
+
+
+def node_under_rank0(kubeflow, name: str, job: str, backend: str) -> str:
+    """The node of the job's rank-0 pod, once the run has recorded it among the attempt's nodes."""
+    rank0, _ = rank0_first(kubeflow.running_pods(job, backend, 2))
+    node = rank0["spec"]["nodeName"]
+    wait_for(lambda: node in (kubeflow.run_status(name)["stages"][0].get("nodes") or []),
+             what="the attempt's nodes recorded")
+    return node
+
+
+def run_events(kubeflow, name: str) -> list[dict]:
+    return [e for e in kubeflow.get("events")["items"] if e["involvedObject"]["name"] == name]
 
 
 def test_a_partly_created_job_is_explained_and_fails_its_attempt_after_the_startup_timeout(kubeflow):

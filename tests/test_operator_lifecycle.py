@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from testing.status_schema import assert_valid_status
 from vita_api.spec import VitaTrainingRunSpec
 from vita_operator.controller import kube, metrics, reconcile
-from vita_operator.core.decision import CreateJob, ObservedJob
+from vita_operator.core.decision import CreateJob, DeleteJob, ObservedJob
 from vita_operator.core.state import decide, decide_unknown_fields, expired
 
 NOW = "2026-12-07T00:00:00Z"
@@ -169,6 +169,41 @@ def test_the_disruption_cap_ends_free_retries():
     st = decide("r", 1, sp, st, [disrupted(1, "a")], NOW).status
     d = decide("r", 1, sp, st, [disrupted(2, "b")], NOW)
     assert d.status["phase"] == "Failed" and d.status["stages"][0]["disruptions"] == 1
+
+
+def test_in_place_restarts_are_recorded_announced_and_capped_with_the_disruptions():
+    """A TrainJob's pods restarted in place by its JobSet after a disruption (JobSet's restart-attempt label on the
+    new pods): the same attempt goes on, the restart is recorded and announced once, and it counts toward
+    disruptionLimit with the attempts disruptions ended; past the cap the job is stopped and a retry is spent."""
+    from vita_operator.jobs.pods import restarts_in_place
+    pod = {"metadata": {"labels": {"jobset.sigs.k8s.io/restart-attempt": "2"}}}
+    assert restarts_in_place([pod, {"metadata": {"labels": {}}}]) == 2 and restarts_in_place([]) == 0
+    sp = spec().model_copy()
+    sp.stages[0] = sp.stages[0].model_copy(update={"disruption_limit": 3, "retry_limit": 1})
+
+    def running(attempt: int, restarts: int, **extra) -> ObservedJob:
+        return ObservedJob(f"r-s1-{attempt}", "s1", attempt, "Running", restarts=restarts, **extra)
+    st = decide("r", 1, sp, None, [], NOW).status
+    d = decide("r", 1, sp, st, [running(1, 1, disruption="node gpu-3 no longer exists", failed_nodes=("gpu-3",))],
+               NOW)
+    assert d.actions == [] and d.status["phase"] == "Running" and d.status["stages"][0]["restartsInPlace"] == 1
+    assert [e.reason for e in d.events] == ["StageRestartedInPlace"]
+    assert "gpu-3" in d.events[0].message and "disruption 1 of 3" in d.events[0].message
+    d = decide("r", 1, sp, d.status, [running(1, 1)], NOW)  # seen already: nothing new
+    assert d.actions == [] and "StageRestartedInPlace" not in [e.reason for e in d.events]
+    d = decide("r", 1, sp, d.status, [disrupted(1, "gpu-5")], NOW)  # then a disruption the JobSet did not absorb
+    assert d.actions == [CreateJob(0, 2, False)]
+    rec = d.status["stages"][0]
+    assert rec["disruptions"] == 1 and rec["restartsInPlace"] == 1 and rec["restartsInPlaceBefore"] == 1
+    assert "disruption 2 of 3" in d.events[-1].message
+    d = decide("r", 1, sp, d.status, [running(2, 1)], NOW)  # attempt 2's first restart: the third disruption
+    assert d.actions == [] and d.status["stages"][0]["restartsInPlace"] == 2
+    assert_valid_status(d.status)
+    d = decide("r", 1, sp, d.status, [running(2, 2)], NOW)  # the fourth: past the cap, stopped, a retry spent
+    assert d.actions[0] == DeleteJob("r-s1-2") and d.actions[1] == CreateJob(0, 3, False)
+    assert "restarted in place 2 times, past disruptionLimit 3" in d.status["stages"][0]["failures"][-1]["message"]
+    d = decide("r", 1, sp, d.status, [ObservedJob("r-s1-3", "s1", 3, "Failed", "exit 1")], NOW)
+    assert d.status["phase"] == "Failed"  # retryLimit 1: attempt 2 spent it
 
 
 def test_failures_of_its_own_back_off_exponentially_visible_in_status():

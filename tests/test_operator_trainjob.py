@@ -119,11 +119,18 @@ def test_the_shipped_runtime_validates_and_fits_the_builder():
     assert cel_failures(runtime, list(cel_rules(schema))) == []
     assert runtime["metadata"]["name"] == DEFAULT_RUNTIME and "torch" in runtime["spec"]["mlPolicy"]
     jobset = runtime["spec"]["template"]["spec"]
-    assert jobset["failurePolicy"]["maxRestarts"] == 0  # retries are the operator's: a fresh TrainJob
+    # a disruption restarts every pod in place, uncounted by JobSet (the operator counts it); any other failure
+    # fails the JobSet, and the operator's retry is a fresh TrainJob
+    policy = jobset["failurePolicy"]
+    assert policy["maxRestarts"] == 0 and policy["restartStrategy"] == "BlockingRecreate"
+    assert policy["rules"] == [{"action": "RestartJobSetAndIgnoreMaxRestarts", "onJobFailureReasons":
+                                ["PodFailurePolicy"]}, {"action": "FailJobSet"}]
     (replicated,) = jobset["replicatedJobs"]
     assert replicated["name"] == REPLICATED_JOB
     assert replicated["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
     assert replicated["template"]["spec"]["backoffLimit"] == 0
+    assert replicated["template"]["spec"]["podFailurePolicy"] == {"rules": [{"action": "FailJob", "onPodConditions": [
+        {"type": "DisruptionTarget", "status": "True"}]}]}
     pod = replicated["template"]["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["securityContext"] == POD_SECURITY
     (container,) = pod["containers"]

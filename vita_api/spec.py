@@ -234,9 +234,9 @@ class StageSpec(_Spec):
                                                 "no deadline")
     retry_limit: int = Field(2, ge=0, le=20, description="Failed attempts to retry, resuming from the last checkpoint "
                              "(raising it on a Failed run resumes the stage); disruptions do not count")
-    disruption_limit: int = Field(20, ge=0, le=1000, description="Attempts ended by a disruption (a lost or "
-                                  "drained node, eviction, preemption: the pod's DisruptionTarget condition) to "
-                                  "retry without using retryLimit")
+    disruption_limit: int = Field(20, ge=0, le=1000, description="Disruptions (a lost or drained node, eviction, "
+                                  "preemption: the pod's DisruptionTarget condition) to recover from without using "
+                                  "retryLimit: attempts they ended, and a TrainJob's in-place restarts")
     oom_policy: Literal["adjust", "fail"] = Field("adjust", description="When the GPU runs out of memory: adjust "
                                                   "retries from the last checkpoint with half the micro-batch and "
                                                   "twice the accumulation (same global batch and schedule), down to "

@@ -58,6 +58,7 @@ class Reason:
     FOREIGN_JOBS = "ForeignJobs"
     RUN_RESUMED = "RunResumed"
     STAGE_DISRUPTED = "StageDisrupted"
+    STAGE_RESTARTED_IN_PLACE = "StageRestartedInPlace"
     NODE_AVOIDED = "NodeAvoided"
     UNKNOWN_FIELDS = "UnknownFields"
     SPEC_READ = "SpecRead"
@@ -130,6 +131,12 @@ class StageStatus(_Status):
                                     "deleted by pod garbage collection; this says where they ran)")
     disruptions: int | None = Field(None, ge=0, description="Attempts a disruption ended (not counted against "
                                     "retryLimit; capped by disruptionLimit)")
+    restarts_in_place: int | None = Field(None, ge=0, description="Times the stage's pods were restarted in place "
+                                          "after a disruption (the TrainJob runtime's JobSet failure policy: the "
+                                          "job keeps its queue admission); counted with disruptions toward "
+                                          "disruptionLimit")
+    restarts_in_place_before: int | None = Field(None, ge=0, description="Of restartsInPlace, those of earlier "
+                                                 "attempts")
     failures: list[StageFailure] | None = Field(None, max_length=20, description="The latest failed attempts")
     avoid_nodes: list[str] | None = Field(None, description="Nodes where two attempts failed: the next attempts "
                                           "are kept off them (node anti-affinity)")

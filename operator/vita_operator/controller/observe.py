@@ -24,7 +24,7 @@ from ..jobs import evaluation as ev
 from ..jobs.backend import JobBackend
 from ..jobs.batch import job_phase, pod_selector
 from ..jobs.pods import (KUEUE_LABEL, active_since, creation_failure, disruption_of, exited_with_error, failed_node,
-                         node_lost, running_nodes, stuck_reason)
+                         node_lost, restarts_in_place, running_nodes, stuck_reason)
 from ..jobs.steps import STEP_JOBS, PodRead
 from . import cache, kube
 from .config import NAMESPACE_ENV
@@ -67,14 +67,16 @@ def cached_jobs(backend_name: str, namespace: str, run_name: str) -> list[dict[s
 
 
 def observed_jobs(backend: JobBackend, run: RunRef, recorded_done: set[str], read_pods: bool = True,
-                  recorded_nodes: dict[str, list[str]] | None = None) -> list[ObservedJob]:
+                  recorded_nodes: dict[str, list[str]] | None = None,
+                  recorded_restarts: dict[str, int] | None = None) -> list[ObservedJob]:
     """The run's jobs, from the cache. Only a run the cache holds no job for asks the API server (a LIST):
     its first job may not be cached yet, and only the API can say that the backend's CRD is missing (404).
 
     The latest attempt of a stage not yet recorded done also gets what its pods say: the final loss (Succeeded),
     the trainer's permanent error (Failed) or why the pods cannot start (Pending/Running). Older attempts and
     finished runs (`read_pods=False`) read no pods: the state machine looks at neither. `recorded_nodes`: where
-    each job's pods ran, as status recorded it (by job name)."""
+    each job's pods ran, as status recorded it (by job name); `recorded_restarts`: the in-place restarts of each
+    job that status has recorded (a new one is looked into: which node went)."""
     namespace = run.namespace
     items = cached_jobs(backend.name, namespace, run.name) or kube.custom_objects(
         backend.api_version, backend.plural, namespace, f"{LABEL_RUN}={run.name}")
@@ -92,7 +94,8 @@ def observed_jobs(backend: JobBackend, run: RunRef, recorded_done: set[str], rea
     latest: dict[str, int] = {}
     for j in jobs:
         latest[j.stage] = max(latest.get(j.stage, 0), j.attempt)
-    out = [_with_pod_reports(backend, namespace, j, (recorded_nodes or {}).get(j.name, ()))
+    out = [_with_pod_reports(backend, namespace, j, (recorded_nodes or {}).get(j.name, ()),
+                             (recorded_restarts or {}).get(j.name, 0))
            if read_pods and j.attempt == latest[j.stage] and j.stage not in recorded_done else j for j in jobs]
     # a job Kueue holds: what its Workload says (no quota, evicted, preempted) is why the run is Queued
     return [dataclasses.replace(j, message=workload_state(kube.workloads(namespace, f"{JOB_UID_LABEL}={uid}"))
@@ -101,7 +104,7 @@ def observed_jobs(backend: JobBackend, run: RunRef, recorded_done: set[str], rea
 
 
 def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob,
-                      recorded_nodes: Sequence[str] = ()) -> ObservedJob:
+                      recorded_nodes: Sequence[str] = (), recorded_restarts: int = 0) -> ObservedJob:
     if job.phase == "Succeeded":
         pods = kube.pods(namespace, backend.result_pod_selector(job.name))
         losses = [backend.final_loss(p) for p in pods]
@@ -123,8 +126,12 @@ def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob,
                                    disruption=disruption, failed_nodes=failed)
     if job.phase in ("Pending", "Running"):
         pods = kube.pods(namespace, backend.pods_selector(job.name))
+        restarts = restarts_in_place(pods)
+        # restarted in place since status last looked: which of its nodes went, if one did
+        disruption, lost = _lost_node(recorded_nodes) if restarts > recorded_restarts else ("", ())
         return dataclasses.replace(job, stuck=why_waiting(namespace, job.name, pods, job.nodes),
-                                   placed_on=running_nodes(pods))
+                                   placed_on=running_nodes(pods), restarts=restarts, disruption=disruption,
+                                   failed_nodes=lost)
     return job
 
 

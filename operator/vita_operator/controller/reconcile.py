@@ -153,7 +153,10 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger | Any) -> None:
             jobs = observed_jobs(backend, ref, {r.get("name") for r in records if r.get("phase") == "Succeeded"},
                                  read_pods=status.get("phase") not in TERMINAL,
                                  recorded_nodes={r["jobName"]: r["nodes"] for r in records
-                                                 if r.get("jobName") and r.get("nodes")})
+                                                 if r.get("jobName") and r.get("nodes")},
+                                 recorded_restarts={r["jobName"]: int(r.get("restartsInPlace") or 0)
+                                                    - int(r.get("restartsInPlaceBefore") or 0)
+                                                    for r in records if r.get("jobName")})
         except ApiException as e:
             if e.status == 404:
                 _blocked(run, f"{backend.kind}CRDMissing", CRD_MISSING[backend_name], "crd_missing")

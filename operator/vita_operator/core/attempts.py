@@ -54,11 +54,17 @@ def _retry(d: Decision, a: Attempt, message: str, event: str, event_message: str
     nxt = a.attempt + 1
     new_name = job_name(a.run_name, a.stage.name, nxt)
     d.actions.append(create_job(a.index, nxt, a.suspend, a.rec))
-    a.rec.update(phase="Running", attempts=nxt, jobName=new_name, message=message, nextAttemptTime=None, nodes=None)
+    a.rec.update(phase="Running", attempts=nxt, jobName=new_name, message=message, nextAttemptTime=None, nodes=None,
+                 restartsInPlaceBefore=a.rec.get("restartsInPlace"))  # the next job counts its restarts from 0
     d.status["currentJob"] = new_name
     if event:
         d.events.append(warning(event, event_message))
     return d
+
+
+def disruptions_so_far(rec: dict[str, Any]) -> int:
+    """Disruptions the stage has met: attempts they ended, and in-place restarts of the current attempt."""
+    return int(rec.get("disruptions") or 0) + int(rec.get("restartsInPlace") or 0)
 
 
 def _counted(rec: dict[str, Any], attempt: int) -> int:
@@ -139,6 +145,28 @@ def _after_oom(d: Decision, a: Attempt, clock: Clock) -> Decision:
                   f"gradient_accumulation_steps {nxt['gradient_accumulation_steps']}")
 
 
+def restarted_in_place(d: Decision, a: Attempt, clock: Clock) -> Decision | None:
+    """The attempt's pods were restarted in place since the last pass (a disruption the runtime's JobSet failure
+    policy handled: the job keeps its admission): recorded and announced. Past disruptionLimit the attempt is
+    stopped and counts as a failure of the stage's own (a node pool that keeps failing must not restart it for
+    ever). None when there is nothing new."""
+    job, stage, rec = a.job, a.stage, a.rec
+    before = int(rec.get("restartsInPlaceBefore") or 0)
+    if job.restarts <= int(rec.get("restartsInPlace") or 0) - before:
+        return None
+    rec["restartsInPlace"] = before + job.restarts
+    where = f" (node {', '.join(job.failed_nodes)}: {job.disruption})" if job.failed_nodes else ""
+    if disruptions_so_far(rec) <= stage.disruption_limit:
+        d.events.append(warning(Reason.STAGE_RESTARTED_IN_PLACE, f"stage {stage.name} attempt {a.attempt}: its pods "
+                                f"were restarted in place after a disruption{where}, resuming from the last "
+                                f"checkpoint (disruption {disruptions_so_far(rec)} of {stage.disruption_limit})"))
+        return None
+    d.actions.append(DeleteJob(job.name))
+    stopped = dataclasses.replace(job, phase="Failed", disruption="", message=(
+        f"its pods were restarted in place {job.restarts} times, past disruptionLimit {stage.disruption_limit}"))
+    return failed_attempt(d, dataclasses.replace(a, job=stopped), clock, 0)
+
+
 def hung_attempt(d: Decision, a: Attempt, clock: Clock) -> Decision:
     """Delete the hung job; retry the stage from its checkpoint while retries are left, else fail it."""
     job = a.job
@@ -166,7 +194,7 @@ def failed_attempt(d: Decision, a: Attempt, clock: Clock, backoff: int) -> Decis
                            f"stage {stage.name}: {job.permanent}", clock)
     if job.oom is not None and stage.oom_policy == "adjust":
         return _after_oom(d, a, clock)
-    if job.disruption and int(rec.get("disruptions") or 0) < stage.disruption_limit:
+    if job.disruption and disruptions_so_far(rec) < stage.disruption_limit:
         if first:
             rec["disruptions"] = int(rec.get("disruptions") or 0) + 1
         where = f" on {', '.join(job.failed_nodes)}" if job.failed_nodes else ""
@@ -174,7 +202,7 @@ def failed_attempt(d: Decision, a: Attempt, clock: Clock, backoff: int) -> Decis
                       Reason.STAGE_DISRUPTED if first else "",
                       f"stage {stage.name} attempt {a.attempt} was disrupted{where} ({job.disruption}); attempt "
                       f"{a.attempt + 1} resumes from the last checkpoint without using retryLimit (disruption "
-                      f"{rec['disruptions']} of {stage.disruption_limit})")
+                      f"{disruptions_so_far(rec)} of {stage.disruption_limit})")
     if retries_left(stage, rec, a.attempt):
         delay = backoff_seconds(backoff, _counted(rec, a.attempt))
         now = parse_time(clock.now)

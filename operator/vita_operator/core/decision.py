@@ -29,6 +29,7 @@ class ObservedJob:
     disruption: str = ""  # a failed job's disruption (pods.disruption_of): a lost node, eviction, preemption
     failed_nodes: tuple[str, ...] = ()  # the nodes of its failed pods
     placed_on: tuple[str, ...] = ()  # a running job's pods' nodes (recorded: the evidence if its pods vanish)
+    restarts: int = 0   # in-place restarts of its pods so far (JobSet's restart attempt; PyTorchJobs have none)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,8 @@ from .conditions import condition, created, pods_ready, set_condition, set_phase
 from .progress import parse_time
 from .decision import (Clock, CreateEvaluation, Decision, DeleteJob, ObservedAttempt, ObservedEvaluation,
                        ObservedJob, SetJobSuspend, normal, warning)
-from .attempts import Attempt, create_job, failed_attempt, hung_attempt, not_started, retries_left
+from .attempts import (Attempt, create_job, failed_attempt, hung_attempt, not_started, restarted_in_place,
+                       retries_left)
 from .steps import CREATING_PHASES, STEPS, run_step
 
 Attempts = Mapping[str, Sequence[ObservedAttempt]]
@@ -393,6 +394,8 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
             return failed_attempt(d, a, clock, retry_backoff_seconds)
         if job.hung and job.phase == "Running":
             return hung_attempt(d, a, clock)
+        if (stopped := restarted_in_place(d, a, clock)) is not None:
+            return stopped
         if why := not_started(job, startup_timeout_seconds, clock):
             # deleted, and retried at once (a waiting retry would find no job and re-create this attempt)
             d.actions.append(DeleteJob(job.name))

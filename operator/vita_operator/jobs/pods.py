@@ -283,6 +283,16 @@ def node_lost(name: str, node: dict[str, Any] | None) -> str:
     return ""
 
 
+RESTART_ATTEMPT_LABEL = "jobset.sigs.k8s.io/restart-attempt"
+
+
+def restarts_in_place(pods: list[dict[str, Any]]) -> int:
+    """How many times a job's pods were restarted in place: the JobSet restart attempt its pods carry (a TrainJob's
+    JobSet recreates all of them on a restart); 0 for pods without it (a PyTorchJob's)."""
+    attempts = [((p.get("metadata") or {}).get("labels") or {}).get(RESTART_ATTEMPT_LABEL) for p in pods]
+    return max((int(a) for a in attempts if a and a.isdigit()), default=0)
+
+
 def running_nodes(pods: list[dict[str, Any]]) -> tuple[str, ...]:
     """The nodes a job's pods are placed on."""
     return tuple(sorted({str(p["spec"]["nodeName"]) for p in pods if (p.get("spec") or {}).get("nodeName")}))
