@@ -4,8 +4,8 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/vita/torch_extensions"))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-# vita_operator.controller.config reads its enabled backends when first imported, and several test modules import
-# it: every in-process operator (the kmock tier) then runs both backends, whichever module imported it first.
+# Every in-process operator (the kmock tier) runs both backends: its settings are read from the environment when it
+# starts.
 os.environ.setdefault("VITA_OPERATOR_BACKENDS", "pytorchjob,trainjob")
 
 import numpy as np  # noqa: E402

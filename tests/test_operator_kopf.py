@@ -61,7 +61,7 @@ def operator(url, metrics_port=0, liveness_port=None):
     os.environ["VITA_OPERATOR_API_URL"] = url
     os.environ["VITA_OPERATOR_METRICS_PORT"] = str(metrics_port)
     os.environ["VITA_OPERATOR_RESYNC_SECONDS"] = "1"
-    os.environ["VITA_OPERATOR_BACKENDS"] = ",".join(BACKENDS)  # read when kopf first imports the handlers
+    os.environ["VITA_OPERATOR_BACKENDS"] = ",".join(BACKENDS)  # read by the startup handler
     extra = [f"--liveness=http://127.0.0.1:{liveness_port}/healthz"] if liveness_port else []
     return KopfRunner(["run", "--standalone", "--all-namespaces", "-m", "vita_operator.controller.handlers", *extra])
 
