@@ -189,13 +189,19 @@ def test_pods_refused_by_pod_security_show_on_the_run(cluster):
     cluster.cp.kubectl("delete", "namespace", "restricted-probe", "--wait=false")
 
 
+def watched_run(name: str, endpoint: FakeTrainerEndpoint) -> dict:
+    """A run whose trainer endpoint is `endpoint`, read every 5 s, hung after 12 s without a step."""
+    run = run_on("pytorchjob", name)
+    run["spec"].update(progressIntervalSeconds=5, hangTimeoutSeconds=12)
+    run["spec"]["trainer"]["metricsPort"] = endpoint.port
+    return run
+
+
 def test_a_job_kueue_suspends_and_readmits_is_not_taken_for_hung(cluster):
     """A job preempted (suspended) for longer than hangTimeoutSeconds and re-admitted starts a
     fresh hang window from its admission; only a job that then stays without a step is hung."""
     endpoint = FakeTrainerEndpoint("s1")
-    run = run_on("pytorchjob", "preempted")
-    run["spec"].update(progressIntervalSeconds=5, hangTimeoutSeconds=12)
-    run["spec"]["trainer"]["metricsPort"] = endpoint.port
+    run = watched_run("preempted", endpoint)
     try:
         with cluster.operator("operator-readmitted", resync_seconds=1,
                               env={"VITA_OPERATOR_PROGRESS_TICK_SECONDS": "1"}):
@@ -238,9 +244,7 @@ def test_a_trainer_endpoint_that_stops_answering_makes_progress_stale_never_hung
     """The trainer is fine but its /metrics stops answering (a tenant's default-deny NetworkPolicy, a CNI fault) for
     twice hangTimeoutSeconds: progress says stale, and the job is left alone."""
     endpoint = FakeTrainerEndpoint("s1")
-    run = run_on("pytorchjob", "unreachable")
-    run["spec"].update(progressIntervalSeconds=5, hangTimeoutSeconds=12)
-    run["spec"]["trainer"]["metricsPort"] = endpoint.port
+    run = watched_run("unreachable", endpoint)
     try:
         with cluster.operator("operator-unreachable", resync_seconds=1,
                               env={"VITA_OPERATOR_PROGRESS_TICK_SECONDS": "1"}) as op:
@@ -265,9 +269,7 @@ def test_an_operator_back_from_a_long_outage_whose_first_read_fails_deletes_noth
     the endpoint does not answer: no read of its own since it started has shown a step, so the stage is stale, not
     hung."""
     endpoint = FakeTrainerEndpoint("s1")
-    run = run_on("pytorchjob", "outage")
-    run["spec"].update(progressIntervalSeconds=5, hangTimeoutSeconds=12)
-    run["spec"]["trainer"]["metricsPort"] = endpoint.port
+    run = watched_run("outage", endpoint)
     env = {"VITA_OPERATOR_PROGRESS_TICK_SECONDS": "1"}
     try:
         with cluster.operator("operator-before-outage", resync_seconds=1, env=env):
