@@ -117,11 +117,16 @@ def run_stage(spec, index: int, roots: PathRoots, nproc: int, rerun: str) -> Non
         with tempfile.TemporaryDirectory() as tmp:
             message = Path(tmp) / "termination-log"  # the trainer writes its result here, as in a pod
             message.touch()
+            # A free port for /metrics, as for the rendezvous: the spec's metricsPort is the pod's, and two local
+            # runs (or anything else on this machine) may hold it here. The last --metrics_port wins.
+            metrics_port = free_port()
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                    "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                   "-m", "vita_trainer.train", *stage_args(with_stage_args(spec, index, overrides), index, roots)]
+                   "-m", "vita_trainer.train", *stage_args(with_stage_args(spec, index, overrides), index, roots),
+                   "--metrics_port", str(metrics_port)]
             print(f"[local] stage {index + 1}/{len(spec.stages)} {stage.name} ({stage.preset}) on {nproc} "
-                  f"process(es){' with ' + str(overrides) if overrides else ''}", flush=True)
+                  f"process(es){' with ' + str(overrides) if overrides else ''}; metrics at "
+                  f"http://127.0.0.1:{metrics_port}/metrics", flush=True)
             proc = subprocess.run(cmd, env={**os.environ, TERMINATION_PATH_ENV: str(message)})
             # torchrun exits 1 whatever its workers did; the trainer's message says what happened
             report = message.read_text() if proc.returncode else ""
