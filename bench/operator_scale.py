@@ -9,10 +9,11 @@
 4. The same with the real Kubeflow stack in the loop (testing/kubeflow_stack.py: kube-scheduler, kwok GPU nodes, the
    training operator): each run's pod is scheduled and started; the latency runs from its trainer program ending
    (kwok then reports the pod Succeeded, the training operator the job) to the next stage's job existing.
-5. History (--history-runs): on a real control plane, 1,000 runs of which all but --history-active have finished,
-   owning 10,000 PyTorchJobs; the operator's peak RSS, its API requests per second at steady state with no active run
-   (the API server's own flow-control count for the operator's ServiceAccount), then the latency of --history-active
-   new runs' stage transitions among that history.
+5. History (--history-runs): on a real control plane, 1,000 finished runs owning 10,000 PyTorchJobs. An operator
+   handles them once and stops (as the one that ran them); a second one starts on top, as after an upgrade, and is
+   measured once it is quiet: its RSS and API requests per second at steady state (the API server's own flow-control
+   count for the operator's ServiceAccount), then the latency of --history-active new runs' stage transitions among
+   that history, and its peak RSS over all of it.
 
     .venv/bin/python bench/operator_scale.py
 """
