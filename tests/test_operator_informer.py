@@ -104,3 +104,25 @@ def test_the_job_watch_lists_in_pages_follows_events_and_lists_again_after_a_410
     assert cached == {"r1-s1-1": "Succeeded", "r1-s2-1": "Failed", "r3-s1-1": "Running"}
     assert all("managedFields" not in o["metadata"] for o in store.all())
     assert [o["metadata"]["name"] for o in store.group(("ns", "r2"))] == []
+
+
+def test_a_watch_without_a_store_lists_one_object_for_its_version(monkeypatch):
+    """The batch Jobs' watch keeps nothing: its LIST asks for one object (only the resourceVersion matters), and its
+    events still ask for their runs' reconciles."""
+    stop = threading.Event()
+    changed = []
+
+    def on_change(key):
+        changed.append(key)
+        stop.set()
+    api = FakeApi([job(f"r{i}-preflight-1", f"r{i}") for i in range(5)],
+                  watches=[[{"type": "MODIFIED", "object": job("r4-preflight-1", "r4", "Failed")}]], objects_later=[])
+    monkeypatch.setattr(informer, "_call", lambda w: api)
+    w = JobWatch("batch", "v1", "jobs", "app.kubernetes.io/managed-by=vita-operator", "ns", None, lambda o: o,
+                 on_change)
+    thread = threading.Thread(target=Informer(w).run, args=(stop,), daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive()
+    assert [(q["limit"], q["_continue"]) for q in api.lists] == [(1, None)]
+    assert api.watched_from == ["rv-list-1"] and changed == [("ns", "r4")]

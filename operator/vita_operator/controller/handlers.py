@@ -1,6 +1,5 @@
 """kopf registration: the run handlers and watch, startup (the job watches, informer.py, and the loops) and
-cleanup. Each handler hands the run to
-reconcile.py (observe, decide, act); nothing here decides.
+cleanup. Each handler hands the run to reconcile.py (observe, decide, act); nothing here decides.
 
 Run with: kopf run --standalone -m vita_operator.controller.handlers --liveness=http://0.0.0.0:8081/healthz
 """

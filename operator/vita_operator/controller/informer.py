@@ -60,14 +60,14 @@ def _call(w: JobWatch) -> Callable[..., Any]:
 
 def list_all(w: JobWatch) -> str:
     """Every object, a page at a time, into the store (replacing what it held: objects deleted while no watch ran
-    leave it); the list's resourceVersion."""
+    leave it); the list's resourceVersion. A watch without a store needs only that version: one object is listed."""
     call, found, token = _call(w), [], None
     while True:
-        page = json.loads(call(label_selector=w.label_selector, limit=PAGE, _continue=token,
-                               _preload_content=False).data)
+        page = json.loads(call(label_selector=w.label_selector, limit=PAGE if w.store is not None else 1,
+                               _continue=token, _preload_content=False).data)
         found += [(run_key(obj), w.slim(obj)) for obj in page.get("items") or []]
         token = (page.get("metadata") or {}).get("continue")
-        if not token:
+        if w.store is None or not token:
             if w.store is not None:
                 w.store.replace(found)
             return str((page.get("metadata") or {}).get("resourceVersion") or "")
