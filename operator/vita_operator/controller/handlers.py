@@ -27,9 +27,6 @@ from .run_queue import RunQueue
 
 log = logging.getLogger(__name__)
 
-# The job watches' reconciles, in kopf's thread pool (sized by Settings.workers) as kopf's own handlers.
-_queue: list[RunQueue] = []
-
 
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -47,8 +44,9 @@ def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     # From now on the watches below feed the cache, and every reconcile reads it (the resync and progress loops'
     # too).
     cache.start_feeding()
-    _queue[:] = [RunQueue(settings.execution.executor, reconcile_owner)]
-    for w in job_watches(config, _queue[0].add):
+    # the job watches' reconciles run in kopf's thread pool (sized by Settings.workers), as kopf's own handlers do
+    queue = RunQueue(settings.execution.executor, reconcile_owner)
+    for w in job_watches(config, queue.add):
         informer = Informer(w)
         loops.start_thread(f"watch-{w.plural}", informer.run, informer.close)
     # Only kopf's warnings and errors become Kubernetes Events (the operator writes its own): at INFO, every handler

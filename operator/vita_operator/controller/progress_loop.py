@@ -188,8 +188,9 @@ def _progress_one(run: dict[str, Any], backend_for: Callable[[dict[str, Any]], J
     now = datetime.now(timezone.utc)
     last = st.get("progress") or {}
     key = (meta["namespace"], meta["name"], st["currentJob"])
-    updated = max((t for t in (prog.parse_time(last.get("updateTime")) if last.get("job") == st["currentJob"]
-                               else None, _last_read.get(key)) if t), default=None)
+    # read last: by this process (kept in memory), else as status says (after a restart)
+    updated = _last_read.get(key) or (prog.parse_time(last.get("updateTime"))
+                                      if last.get("job") == st["currentJob"] else None)
     if updated is not None and (now - updated).total_seconds() < spec.progress_interval_seconds:
         return False
     new = read_progress(run, spec, backend_for(run), now)

@@ -17,6 +17,7 @@ from vita_api.spec import VitaTrainingRunSpec
 from vita_api.status import TERMINAL
 
 from ..core import progress as prog
+from ..core.attempts import attempt_restarts
 from ..core.decision import CREATES, Decision
 from ..core.state import (decide, decide_blocked, decide_invalid, decide_refused, decide_unknown_fields, expired,
                           finished_and_seen)
@@ -154,8 +155,7 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger | Any) -> None:
                                  read_pods=status.get("phase") not in TERMINAL,
                                  recorded_nodes={r["jobName"]: r["nodes"] for r in records
                                                  if r.get("jobName") and r.get("nodes")},
-                                 recorded_restarts={r["jobName"]: int(r.get("restartsInPlace") or 0)
-                                                    - int(r.get("restartsInPlaceBefore") or 0)
+                                 recorded_restarts={r["jobName"]: attempt_restarts(r)
                                                     for r in records if r.get("jobName")})
         except ApiException as e:
             if e.status == 404:

@@ -145,16 +145,20 @@ def _after_oom(d: Decision, a: Attempt, clock: Clock) -> Decision:
                   f"gradient_accumulation_steps {nxt['gradient_accumulation_steps']}")
 
 
+def attempt_restarts(rec: dict[str, Any]) -> int:
+    """In-place restarts of the stage's current attempt that its record holds (restartsInPlace counts the stage's)."""
+    return int(rec.get("restartsInPlace") or 0) - int(rec.get("restartsInPlaceBefore") or 0)
+
+
 def restarted_in_place(d: Decision, a: Attempt, clock: Clock) -> Decision | None:
     """The attempt's pods were restarted in place since the last pass (a disruption the runtime's JobSet failure
     policy handled: the job keeps its admission): recorded and announced. Past disruptionLimit the attempt is
     stopped and counts as a failure of the stage's own (a node pool that keeps failing must not restart it for
     ever). None when there is nothing new."""
     job, stage, rec = a.job, a.stage, a.rec
-    before = int(rec.get("restartsInPlaceBefore") or 0)
-    if job.restarts <= int(rec.get("restartsInPlace") or 0) - before:
+    if job.restarts <= attempt_restarts(rec):
         return None
-    rec["restartsInPlace"] = before + job.restarts
+    rec["restartsInPlace"] = int(rec.get("restartsInPlaceBefore") or 0) + job.restarts
     where = f" (node {', '.join(job.failed_nodes)}: {job.disruption})" if job.failed_nodes else ""
     if disruptions_so_far(rec) <= stage.disruption_limit:
         d.events.append(warning(Reason.STAGE_RESTARTED_IN_PLACE, f"stage {stage.name} attempt {a.attempt}: its pods "
