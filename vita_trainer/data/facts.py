@@ -122,6 +122,7 @@ class SampleFacts:
     sample: ParsedSample
     image_sizes: list[tuple[int, int]]
     audio_seconds: list[float]
+    audio_tokens: list[int]     # LLM tokens per clip (what the template spends on it)
     tokens: int
 
 
@@ -143,4 +144,4 @@ def inspect_parsed(proc, s: ParsedSample, file: str) -> SampleFacts:
     seconds = audio_seconds(proc, s, file)
     frames = [fbank_frames(int(sec * SAMPLE_RATE)) for sec in seconds]
     ids, _ = proc.layout(s, file, tiles, video_frames(proc, s, file), frames)
-    return SampleFacts(s, sizes, seconds, len(ids))
+    return SampleFacts(s, sizes, seconds, [proc.media.audio_tokens_fn(f) for f in frames], len(ids))

@@ -17,11 +17,17 @@ wins, then its dataset's `set` or `image_folder`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from vita_api.errors import ConfigError, DataError
+
+AudioTask = Literal["asr", "caption", "qa"]
+# Stage 2.1 aligns on transcription first, as VITA-1.5's recipe; captions and spoken questions follow.
+AUDIO_TASK_ORDER: tuple[str, ...] = ("asr", "caption", "qa")
+AUDIO_MIXTURE, MULTIMODAL_MIXTURE, IMAGE_MIXTURE = "Pretrain_audio", "Pretrain_multimodal", "Pretrain_image"
 
 
 class DatasetEntry(BaseModel):
@@ -33,6 +39,8 @@ class DatasetEntry(BaseModel):
                                      "ShareGPT4V files as downloaded: paths like coco/train2017/x.jpg under it)")
     audio_root: str | None = Field(None, description="Audio folder of this dataset (default: the registry's)")
     video_root: str | None = Field(None, description="Video folder of this dataset (default: the registry's)")
+    task: AudioTask | None = Field(None, description="What an audio dataset teaches (`vita-data audio-chat` writes "
+                                   "it): the audio mixtures are built from it")
 
     @model_validator(mode="after")
     def _one_default_image_root(self):
@@ -126,6 +134,21 @@ class Registry(BaseModel):
                             hint=f"add `{set_name}: <folder>` under image_folders in the registry YAML "
                                  f"(known sets: {sorted(self.image_folders)})")
         return self.resolve(self.image_folders[set_name])
+
+
+def with_audio_mixtures(reg: dict) -> dict:
+    """The registry (plain YAML data) with `Pretrain_audio` (every dataset with a `task`, ASR first, then captions,
+    then spoken questions, by name within a task) and `Pretrain_multimodal` (`Pretrain_image`'s datasets, then
+    `Pretrain_audio`'s) derived from what is registered. Written by `vita-data audio-chat` and `download`; an
+    audio mixture with no audio dataset is not written, and a mixture you wrote by hand under another key is kept."""
+    datasets = reg.get("datasets") or {}
+    audio = [name for task in AUDIO_TASK_ORDER for name in sorted(datasets) if datasets[name].get("task") == task]
+    if not audio:
+        return reg
+    mixtures = dict(reg.get("mixtures") or {})
+    mixtures[AUDIO_MIXTURE] = audio
+    mixtures[MULTIMODAL_MIXTURE] = [*mixtures.get(IMAGE_MIXTURE, []), *audio]
+    return {**reg, "mixtures": mixtures}
 
 
 def _roots(ds: DatasetEntry) -> tuple:

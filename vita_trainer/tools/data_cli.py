@@ -1,4 +1,4 @@
-"""`vita-data`: download, check, stats, concat, preprocess-images, preprocess-audio."""
+"""`vita-data`: download, check, stats, concat, audio-chat, speak, preprocess-images, preprocess-audio."""
 
 from __future__ import annotations
 
@@ -129,6 +129,33 @@ def cmd_download(a) -> int:
     return 0
 
 
+def cmd_audio_chat(a) -> int:
+    from .audio_chat import AudioChatOptions, convert
+    opts = AudioChatOptions(
+        fmt=a.format, src=Path(a.src), out=Path(a.out), task=a.task, audio_dir=Path(a.audio_dir) if a.audio_dir else
+        None, name=a.name, language=a.language, normalize=a.normalize, seed=a.seed, shard_size=a.shard_size,
+        min_seconds=a.min_audio_seconds, max_seconds=a.max_audio_seconds,
+        **({"prompts": Path(a.prompts)} if a.prompts else {}), text_column=a.text_column,
+        audio_column=a.audio_column, registry=Path(a.registry) if a.registry else None)
+    summary = convert(opts)
+    print(json.dumps(summary, indent=2) if a.json else
+          f"{summary['samples']} samples from {summary['clips']} clips ({summary['audio_hours']} h) in "
+          f"{len(summary['shards'])} shard(s): {', '.join(summary['shards'])}\nskipped: "
+          + ", ".join(f"{k} {v}" for k, v in summary["skipped"].items())
+          + (f"\nregistered in {summary['registry']}" if "registry" in summary else ""))
+    return 0
+
+
+def cmd_speak(a) -> int:
+    from .speak import SpeakOptions, speak
+    summary = speak(SpeakOptions(src=a.src, model=a.model, out=Path(a.out), share=a.share, seed=a.seed,
+                                 audio_dir=Path(a.audio_dir) if a.audio_dir else None,
+                                 max_seconds=a.max_audio_seconds, registry=Path(a.registry) if a.registry else None,
+                                 name=a.name, device=a.device))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vita-data", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -174,6 +201,45 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--max-tokens", dest="max_tokens", type=int, default=6000)
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--output", required=True)
+    ac = sub.add_parser("audio-chat", help="an audio dataset (LibriSpeech, a manifest, Parquet, Clotho/AudioCaps) as "
+                                           "VITA conversations, sharded and resumable; registered with --registry")
+    ac.add_argument("src", help="LibriSpeech split folder, CSV/TSV manifest, Parquet/Arrow file or folder, or a "
+                                "Clotho/AudioCaps captions CSV")
+    ac.add_argument("--format", required=True, choices=("librispeech", "manifest", "parquet", "clotho"))
+    ac.add_argument("--task", choices=("asr", "caption", "qa"),
+                    help="what the samples teach (default: asr for librispeech, caption for clotho)")
+    ac.add_argument("--out", required=True, help="the JSON file (several shards: OUT-00000-of-0000N.json)")
+    ac.add_argument("--audio-dir", dest="audio_dir", help="where the clips are (manifest: its folder; clotho: the "
+                    "split's folder beside the CSV); parquet: where the embedded audio is written (<out>_audio)")
+    ac.add_argument("--name", help="dataset name in the registry and sample id prefix (default: OUT's stem)")
+    ac.add_argument("--registry", help="register the shards in this registry YAML (and rebuild Pretrain_audio / "
+                                       "Pretrain_multimodal)")
+    ac.add_argument("--language", choices=("auto", "en", "zh"), default="auto",
+                    help="instruction language (auto: Chinese when the target text has Chinese characters)")
+    ac.add_argument("--normalize", choices=("sentence", "none"),
+                    help="transcripts: sentence case (default for librispeech, whose transcripts are upper case) "
+                         "or as they are")
+    ac.add_argument("--seed", type=int, default=0, help="instruction choice (per sample id)")
+    ac.add_argument("--shard-size", dest="shard_size", type=int, default=100_000, help="clips per output shard")
+    ac.add_argument("--min_audio_seconds", type=float, default=MIN_AUDIO_SECONDS)
+    ac.add_argument("--max_audio_seconds", type=float, default=MAX_AUDIO_SECONDS,
+                    help="longer clips are skipped and counted (whale's limit: 30 s)")
+    ac.add_argument("--prompts", help="instructions YAML (default: the shipped audio_prompts.yaml)")
+    ac.add_argument("--text-column", dest="text_column", help="manifest/parquet: the text column")
+    ac.add_argument("--audio-column", dest="audio_column", help="manifest/parquet: the audio column")
+    ac.add_argument("--json", action="store_true", help="machine-readable summary")
+    sp = sub.add_parser("speak", help="read a share of a dataset's questions aloud with a text-to-speech model "
+                                      "(stage 2.2's spoken questions)")
+    sp.add_argument("src", help="a chat file, or a dataset name of --registry")
+    sp.add_argument("--model", required=True, help="text-to-speech model folder or Hub id (transformers pipeline)")
+    sp.add_argument("--out", required=True, help="the JSON file written (every sample; the chosen ones spoken)")
+    sp.add_argument("--share", type=float, default=0.5, help="fraction of samples whose question is spoken")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--audio-dir", dest="audio_dir", help="where the clips go (default: <out>_speech beside OUT)")
+    sp.add_argument("--max_audio_seconds", type=float, default=MAX_AUDIO_SECONDS)
+    sp.add_argument("--registry", help="read SRC from and register the result in this registry YAML")
+    sp.add_argument("--name", help="dataset name (default: OUT's stem)")
+    sp.add_argument("--device", help="torch device for the model (default: the pipeline's)")
     for kind in ("images", "audio"):
         pp = sub.add_parser(f"preprocess-{kind}", help=f"resize/re-encode {kind} into another folder (idempotent)")
         pp.add_argument("input")
@@ -188,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_preprocess(a, a.cmd.split("-", 1)[1])
         if a.cmd == "download":
             return cmd_download(a)
+        if a.cmd in ("audio-chat", "speak"):
+            return {"audio-chat": cmd_audio_chat, "speak": cmd_speak}[a.cmd](a)
         opts = ToolOptions(registry=a.registry, model=a.model, tokenizer=a.tokenizer,
                            model_max_length=a.model_max_length, min_audio_seconds=a.min_audio_seconds,
                            max_audio_seconds=a.max_audio_seconds, chat_format=a.version)

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import sys
+import tarfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from vita_api.errors import ConfigError, VitaError
 
+from ..data.registry import with_audio_mixtures
 from ..data.shared_files import update_text
 
 SOURCES_FILE = Path(__file__).with_name("download_sources.yaml")
@@ -52,14 +54,28 @@ class RemoteFile(BaseModel):
     url: str | None = None
     hf: HfFile | None = None
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    md5: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="Where the publisher gives only an MD5 "
+                            "(Zenodo, OpenSLR): it finds a corrupted or truncated copy, which is its job here")
     approx_bytes: int = Field(ge=0)
-    unpack: str | None = Field(None, description="Unzip into this folder under the root")
+    unpack: str | None = Field(None, description="Unpack (.zip, .tar, .tar.gz/.tgz, .7z) into this folder under the "
+                               "root")
 
     @model_validator(mode="after")
     def _one_origin(self):
         if (self.url is None) == (self.hf is None):
             raise ValueError(f"{self.name}: give exactly one of url and hf")
         return self
+
+
+class Conversion(BaseModel):
+    """A `vita-data audio-chat` run on a complete source; paths relative to the download root."""
+    model_config = ConfigDict(extra="forbid")
+    format: str
+    src: str
+    out: str
+    name: str
+    task: str | None = None
+    audio_dir: str | None = None
 
 
 class Source(BaseModel):
@@ -72,6 +88,8 @@ class Source(BaseModel):
     provides: list[str] = Field(default_factory=list, description="Paths under the root this source fills (image "
                                 "folders): `vita-data check` names the source of a missing file under them")
     registry: dict = Field(default_factory=dict)
+    convert: list[Conversion] = Field(default_factory=list, description="Audio datasets turned into conversations "
+                                      "and registered (with their task) once the files are complete")
 
     @model_validator(mode="after")
     def _files_or_manual(self):
@@ -173,8 +191,8 @@ def _total_from(response, have: int) -> int | None:
     return int(length) if length is not None and response.status_code == 200 else None
 
 
-def fetch_url(url: str, dest: Path, *, sha256: str | None, retries: int = 5, backoff: float = 1.0,
-              overall: tqdm | None = None, session=None) -> int:
+def fetch_url(url: str, dest: Path, *, sha256: str | None, md5: str | None = None, retries: int = 5,
+              backoff: float = 1.0, overall: tqdm | None = None, session=None) -> int:
     """Download `url` to `dest` through `dest.part`; returns the bytes transferred. The .part file survives a
     failure (a rerun resumes it); it is deleted when the finished file fails its checksum (it cannot be resumed)."""
     import requests
@@ -224,23 +242,23 @@ def fetch_url(url: str, dest: Path, *, sha256: str | None, retries: int = 5, bac
     size = part.stat().st_size
     if total is not None and size != total:
         raise DownloadError(f"{dest.name}: {size} bytes on disk but the server announced {total} ({last_error})")
-    if sha256:
-        got = file_sha256(part)
-        if got != sha256:
+    for algorithm, published in (("sha256", sha256), ("md5", md5)):
+        if published and (got := file_digest(part, algorithm)) != published:
             part.unlink()
-            raise DownloadError(f"{dest.name}: sha256 {got} does not match the published {sha256}; the download was "
-                                f"removed (nothing was renamed). Rerun to fetch it again; if it fails the same way, "
-                                f"the source or a proxy serves another file")
+            raise DownloadError(f"{dest.name}: {algorithm} {got} does not match the published {published}; the "
+                                f"download was removed (nothing was renamed). Rerun to fetch it again; if it fails the "
+                                f"same way, the source or a proxy serves another file")
     os.replace(part, dest)
     return moved
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def fetch_hf(f: RemoteFile, root: Path) -> int:
@@ -275,13 +293,31 @@ def fetch_hf(f: RemoteFile, root: Path) -> int:
 
 
 def unpack(archive: Path, into: Path) -> int:
-    """Unzip, refusing members that would land outside `into`; returns the number of files."""
+    """Unpack a .zip, .tar(.gz) or .7z, refusing members that would land outside `into`; returns the number of
+    files."""
     into.mkdir(parents=True, exist_ok=True)
     base = into.resolve()
-    with zipfile.ZipFile(archive) as z:
-        for member in z.namelist():
+
+    def inside(names: list[str]) -> None:
+        for member in names:
             if not (into / member).resolve().is_relative_to(base):
                 raise DownloadError(f"{archive.name}: member {member!r} would unpack outside {into}")
+    name = archive.name.lower()
+    if name.endswith(".7z"):
+        import py7zr
+        with py7zr.SevenZipFile(archive) as z:
+            files = [i.filename for i in z.list() if not i.is_directory]
+            inside(z.getnames())
+            z.extractall(into)
+        return len(files)
+    if name.endswith((".tar", ".tar.gz", ".tgz")):
+        with tarfile.open(archive) as t:
+            members = t.getmembers()
+            inside([m.name for m in members])
+            t.extractall(into, filter="data")  # no links out, no devices, no setuid (PEP 706)
+        return sum(1 for m in members if m.isfile())
+    with zipfile.ZipFile(archive) as z:
+        inside(z.namelist())
         z.extractall(into)
         return sum(1 for i in z.infolist() if not i.is_dir())
 
@@ -303,6 +339,7 @@ def update_registry(root: Path, manifest: Manifest, done: list[str]) -> Path:
         for mixture, members in manifest.mixtures.items():
             if all(m in reg.get("datasets", {}) for m in members):
                 reg.setdefault("mixtures", {})[mixture] = list(members)
+        reg = with_audio_mixtures(reg)
         return ("# Written by `vita-data download`; entries of other sources and your own edits are kept.\n"
                 + yaml.safe_dump(reg, sort_keys=True))
     update_text(path, merged)
@@ -337,7 +374,8 @@ def download(root: Path, names: list[str], manifest: Manifest, *, dry_run: bool 
         for p in todo:
             f, dest = p.file, root / p.file.name
             if f.url:
-                moved += fetch_url(f.url, dest, sha256=f.sha256, retries=retries, backoff=backoff, overall=overall)
+                moved += fetch_url(f.url, dest, sha256=f.sha256, md5=f.md5, retries=retries, backoff=backoff,
+                                   overall=overall)
             else:
                 moved += fetch_hf(f, root)
             record = {"size": dest.stat().st_size if dest.is_file() else None}
@@ -349,10 +387,24 @@ def download(root: Path, names: list[str], manifest: Manifest, *, dry_run: bool 
             marker = marker_path(root, f)
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps(record))
-    registry = update_registry(root, manifest, [n for n in names if not pending(root, manifest, [n])])
+    complete = [n for n in names if not pending(root, manifest, [n])]
+    for name in complete:
+        convert_source(root, manifest.sources[name], out)
+    registry = update_registry(root, manifest, complete)
     print(f"done: {human(moved)} transferred; registry {registry}\nnext: vita-data check --registry {registry}",
           file=out)
     return {"pending": 0, "bytes": moved, "registry": str(registry)}
+
+
+def convert_source(root: Path, src: Source, out) -> None:
+    """The source's audio datasets as conversations, registered (resumable: done shards are skipped)."""
+    from .audio_chat import AudioChatOptions, convert
+    for c in src.convert:
+        summary = convert(AudioChatOptions(fmt=c.format, src=root / c.src, out=root / c.out, name=c.name, task=c.task,
+                                           audio_dir=root / c.audio_dir if c.audio_dir else None,
+                                           registry=root / "registry.yaml"))
+        print(f"{c.name:<16}{summary['samples']} samples ({summary['audio_hours']} h) -> {c.out}; skipped "
+              + ", ".join(f"{k} {v}" for k, v in summary["skipped"].items() if v), file=out)
 
 
 def how_to_get(manifest: Manifest, name: str, root: Path) -> str:

@@ -22,7 +22,7 @@ def collect(chunk) -> list[dict]:
             facts = inspect_sample(proc, raw, file, index)
             s = facts.sample
             row.update(modality=s.media_label,
-                       tokens=facts.tokens, audio_seconds=facts.audio_seconds,
+                       tokens=facts.tokens, audio_seconds=facts.audio_seconds, audio_tokens=facts.audio_tokens,
                        image_sizes=[list(size) for size in facts.image_sizes])
         except DataError as e:
             row.update(modality="invalid", error=e.reason)
@@ -46,11 +46,16 @@ def write_report(rows: list[dict], out: Path) -> dict:
         by_dataset[r["dataset"]][r["modality"]] += 1
     tokens = [r["tokens"] for r in rows if "tokens" in r]
     seconds = [s for r in rows for s in r.get("audio_seconds", [])]
+    audio_tokens = [t for r in rows for t in r.get("audio_tokens", [])]
     pixels = [max(w, h) for r in rows for w, h in r.get("image_sizes", [])]
     report = {"samples": len(rows), "by_modality": by_modality, "by_dataset": by_dataset,
               "tokens": {"mean": float(np.mean(tokens)) if tokens else 0.0, "max": max(tokens, default=0),
                          "p95": float(np.percentile(tokens, 95)) if tokens else 0.0},
-              "audio_seconds": {"clips": len(seconds), "mean": float(np.mean(seconds)) if seconds else 0.0},
+              "audio_seconds": {"clips": len(seconds), "mean": float(np.mean(seconds)) if seconds else 0.0,
+                                "hours": sum(seconds) / 3600},
+              "audio_tokens": {"clips": len(audio_tokens), "total": sum(audio_tokens),
+                               "mean": float(np.mean(audio_tokens)) if audio_tokens else 0.0,
+                               "max": max(audio_tokens, default=0)},
               "histograms": {"tokens": _hist(tokens, 30), "audio_seconds": _hist(seconds, 30),
                              "image_longest_side": _hist(pixels, 30)}}
     (out / "stats.json").write_text(json.dumps(report, indent=2))
