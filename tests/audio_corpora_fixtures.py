@@ -52,7 +52,8 @@ def clotho(root: Path, clips: int = 3) -> Path:
         pitch = list(PITCHES)[i % len(PITCHES)]
         name = f"clip {i}.wav"  # Clotho's names have spaces
         sf.write(root / "development" / name, beep_clip(pitch, 2, 100 + i), SR)
-        caps = [f"{pitch} beeps sound {k}" for k in range(5)] if i < clips - 1 else [f"高音的哔哔声{k}" for k in range(5)]
+        caps = [f"{pitch} beeps sound {k}" for k in range(5)] if i < clips - 1 else \
+            [f"高音的哔哔声{k}" for k in range(5)]
         rows.append(",".join([f'"{name}"', *(f'"{c}"' for c in caps)]))
     csv = root / "clotho_captions_development.csv"
     csv.write_text("\n".join(rows) + "\n", encoding="utf-8")
@@ -79,3 +80,25 @@ def hf_dataset(root: Path, rows: int = 6) -> tuple[Path, Path]:
     embedded.to_parquet(str(parquet))
     ds.save_to_disk(str(root / "saved"))
     return parquet, root / "saved"
+
+
+def tiny_tts(folder: Path) -> Path:
+    """A randomly initialised VITS (transformers' MMS-TTS architecture) with a character vocabulary: speech-shaped
+    noise at 16 kHz, enough to exercise the text-to-speech pipeline end to end. `speaking_rate` keeps clips short."""
+    import json
+
+    from transformers import VitsConfig, VitsModel, VitsTokenizer, set_seed
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = ["<pad>", *"abcdefghijklmnopqrstuvwxyz '.,?!"]
+    (folder / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(chars)}))
+    VitsTokenizer(str(folder / "vocab.json"), language=None, add_blank=True, normalize=True,
+                  phonemize=False).save_pretrained(folder)
+    config = VitsConfig(vocab_size=len(chars), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
+                        flow_size=16, spectrogram_bins=33, upsample_initial_channel=16, upsample_rates=[8, 8, 4],
+                        upsample_kernel_sizes=[16, 16, 8], resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]],
+                        prior_encoder_num_flows=1, posterior_encoder_num_wavenet_layers=1,
+                        prior_encoder_num_wavenet_layers=1, duration_predictor_filter_channels=16,
+                        depth_separable_num_layers=1, sampling_rate=SR, speaking_rate=8.0)
+    set_seed(0)
+    VitsModel(config).save_pretrained(folder)
+    return folder

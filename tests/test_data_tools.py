@@ -120,7 +120,7 @@ def test_stats_writes_png_and_json(planted, capsys, tmp_path):
     assert report["by_modality"]["image"] == 2 and report["by_modality"]["audio"] == 2
     assert report["by_modality"]["text"] == 2 and report["by_modality"]["invalid"] == 13
     assert sum(report["histograms"]["audio_seconds"]["counts"]) == 2
-    assert report["audio_seconds"] == {"clips": 2, "mean": pytest.approx(1.0)}
+    assert report["audio_seconds"] == {"clips": 2, "mean": pytest.approx(1.0), "hours": pytest.approx(2 / 3600)}
     assert (tmp_path / "st" / "stats.png").stat().st_size > 5000
 
 

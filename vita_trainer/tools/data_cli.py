@@ -119,8 +119,9 @@ def cmd_download(a) -> int:
     manifest = load_manifest(Path(a.manifest) if a.manifest else SOURCES_FILE)
     if a.list or not (a.source or a.all):
         for name, src in manifest.sources.items():
-            size = "by hand" if src.manual else f"{sum(f.approx_bytes for f in src.files) / 1e9:.1f} GB"
-            print(f"{name:<16}{size:>10}  {src.description} [{src.licence}]")
+            size = " + ".join(([f"{sum(f.approx_bytes for f in src.files) / 1e9:.1f} GB"] if src.files else [])
+                              + (["by hand"] if src.manual else []))
+            print(f"{name:<16}{size:>18}  {src.description} [{src.licence}]")
         if not a.list:
             print("choose with --source NAME (repeatable) or --all", file=sys.stderr)
         return 0 if a.list else EXIT_VITA_ERROR
