@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from .constants import MODEL_MAX_LENGTH
 from .errors import ConfigError
-from .spec import (JOB_SETTING_ARGS, KUEUE_PRIORITY_NEEDS_QUEUE, PLAN_DERIVED_ARGS, SUSPEND_WITH_KUEUE,
-                   TRAINJOB_PRIORITY, TRAINJOB_VOLCANO, ResourcesSpec, VitaTrainingRunSpec)
+from .spec import (JOB_SETTING_ARGS, KUEUE_PRIORITY_NEEDS_QUEUE, NO_CHECKPOINT_VOLUME, OUTPUT_ESCAPES, OUTPUT_OUTSIDE,
+                   PLAN_DERIVED_ARGS, SUSPEND_WITH_KUEUE, TRAINJOB_PRIORITY, TRAINJOB_VOLCANO, ResourcesSpec,
+                   VitaTrainingRunSpec)
 from .presets import FREEZE_FLAGS, as_bool, get_preset, resolve_trainable, saves_full_weights
 
 STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage finishes
@@ -193,6 +194,20 @@ def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
         problems.append("set at most one of scheduling.kueueQueue and scheduling.volcanoQueue: "
                         "Kueue admits the job and Volcano gang-schedules it; use one queue system")
     return problems + backend_problems(spec, spec.trainer.backend)
+
+
+def cluster_problems(spec: VitaTrainingRunSpec) -> list[str]:
+    """What a run on a cluster must also satisfy (spec.CLUSTER_RULES, which the CRD checks at apply)."""
+    problems = []
+    checkpoints = spec.volumes.checkpoints
+    if checkpoints is None:
+        problems.append(NO_CHECKPOINT_VOLUME)
+    if ".." in spec.output.split("/"):
+        problems.append(OUTPUT_ESCAPES)
+    if posixpath.isabs(spec.output) and checkpoints and \
+            not (spec.output + "/").startswith(checkpoints.mount_path + "/"):
+        problems.append(OUTPUT_OUTSIDE)
+    return problems
 
 
 def stage_max_length(spec: VitaTrainingRunSpec, index: int) -> int:

@@ -21,12 +21,48 @@ API_VERSION: Final = "vita.training.dev/v1alpha1"
 API_GROUP = API_VERSION.split("/")[0]
 KIND: Final = "VitaTrainingRun"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # A run's name starts its PyTorchJobs' names (DNS-1035 for the training operator: a letter first) and is a label
 # value on them; 40 leaves room for "-<stage>-<attempt>" before job names are hashed.
 RUN_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 RUN_NAME_MAX = 40
 
 ArgValue = str | int | float | bool
+# What Kubernetes accepts where it will later read these values, so that the API server refuses a run at `kubectl
+# apply` with the field path instead of a pod failing far from its author.
+# A resource.Quantity (apimachinery's own OpenAPI pattern): "64Gi" is one, "64GB" and "lots" are not.
+QUANTITY = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|"
+            r"(\.[0-9]+))))?$")
+# The fix a pattern's CEL twin names at apply (the API server's own pattern error shows only the regex).
+FIX = "x-vita-fix"
+QUANTITY_FIX = ("must be a Kubernetes quantity: e.g. 64Gi or 1500Gi (binary), 64G (decimal), 8 or 500m (CPU); "
+                "64GB, '1 TB' and words are not")
+Quantity = Annotated[str, Field(pattern=QUANTITY, max_length=64, json_schema_extra={FIX: QUANTITY_FIX})]
+# A label value (node selector values), and a qualified name (label, annotation and extended resource keys).
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+QUALIFIED_NAME = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                  r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+# An environment variable name as a shell and torchrun pass it on.
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A trainer flag name (HF TrainingArguments and VITA's flags are Python identifiers; argparse adds the dashes).
+ARG_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# An image reference as the container runtime parses it (distribution's grammar): lowercase repository path,
+# optional registry host and port, tag and/or sha256 digest.
+IMAGE_REF = (r"^([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*(:[0-9]+)?/)?"
+             r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*"
+             r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$")
+ABSOLUTE_PATH = r"^/([^/]+(/[^/]+)*)?$"
+# Keys of a map, by pattern: pydantic checks them; the CRD generator turns the pattern into a CEL rule with the
+# description as its message (the API server's schemas cannot constrain keys otherwise). Maps carry maxProperties so
+# that the rule's cost is bounded.
+MAX_MAP_KEYS = 64
+EnvName = Annotated[str, Field(pattern=ENV_NAME, max_length=253, description="names must be environment variable "
+                               "names: letters, digits and '_', not starting with a digit")]
+QualifiedName = Annotated[str, Field(pattern=QUALIFIED_NAME, max_length=253, description="keys must be qualified "
+                                     "names as Kubernetes labels and annotations use them (an optional DNS prefix "
+                                     "and '/', then letters, digits, '-', '_' and '.')")]
+ArgName = Annotated[str, Field(pattern=ARG_NAME, max_length=253, description="names must be trainer flags without "
+                               "their dashes (letters, digits and '_', e.g. learning_rate)")]
 # Bounds the API server needs to estimate the CRD's CEL rule costs (unbounded lists make it reject the CRD).
 MAX_STAGES = 32
 MAX_STAGE_ARGS = 128
@@ -74,24 +110,40 @@ class DataSpec(_Spec):
     registry: str = Field(description="Dataset registry YAML (image folders, audio root, datasets, mixtures)")
 
 
+TOLERATION_EXISTS_VALUE = ("a toleration with operator Exists matches every value of its key: remove value, or use "
+                           "operator Equal")
+
+
 class Toleration(_Spec):
-    key: str | None = None
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, json_schema_extra={
+        "x-kubernetes-validations": [{"rule": "!(has(self.operator) && self.operator == 'Exists' && has(self.value) "
+                                              "&& self.value != '')", "message": TOLERATION_EXISTS_VALUE}]})
+    key: str | None = Field(None, pattern=QUALIFIED_NAME, max_length=253)
     operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
+    value: str | None = Field(None, pattern=LABEL_VALUE, max_length=63)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+    @model_validator(mode="after")
+    def _exists_has_no_value(self) -> "Toleration":
+        if self.operator == "Exists" and self.value:
+            raise ValueError(TOLERATION_EXISTS_VALUE)
+        return self
 
 
 class ResourcesSpec(_Spec):
     nodes: int = Field(1, ge=1, le=1024, description="Number of nodes (1 Master + nodes-1 Workers)")
     gpus_per_node: int = Field(0, ge=0, le=16, description="GPUs per node; also torchrun's nproc_per_node")
     cpu_procs_per_node: int = Field(1, ge=1, le=64, description="torchrun processes per node when gpusPerNode is 0")
-    cpu: str = Field("8", description="CPU request and limit per pod")
-    memory: str = Field("64Gi", description="Memory request and limit per pod")
-    shm_size: str = Field("16Gi", description="Size of the memory-backed /dev/shm")
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
-    priority_class_name: str | None = None
-    extra_resources: dict[str, str] = Field(
+    cpu: Quantity = Field("8", description="CPU request and limit per pod")
+    memory: Quantity = Field("64Gi", description="Memory request and limit per pod")
+    shm_size: Quantity = Field("16Gi", description="Size of the memory-backed /dev/shm")
+    node_selector: dict[QualifiedName, Annotated[str, Field(pattern=LABEL_VALUE, max_length=63, json_schema_extra={
+        FIX: "node selector values are label values: at most 63 letters, digits, '-', '_' and '.', starting and "
+             "ending with a letter or digit (no spaces)"})]] = Field(
+        default_factory=dict, max_length=MAX_MAP_KEYS)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=MAX_MAP_KEYS)
+    priority_class_name: str | None = Field(None, pattern=DNS_SUBDOMAIN, max_length=253)
+    extra_resources: dict[QualifiedName, Quantity] = Field(max_length=MAX_MAP_KEYS,
         default_factory=dict, description="More resources per pod, requested and limited alike, e.g. "
         "{'rdma/rdma_shared_device_a': '1'} or {'nvidia.com/hostdev': '8'} for InfiniBand/RoCE")
     affinity: dict[str, Any] | None = Field(None, description="Pod affinity, as Kubernetes writes it (e.g. "
@@ -112,7 +164,7 @@ else:
     ResourcesOverride = create_model(
         "ResourcesOverride", __base__=_Spec,
         **{name: (Annotated[field.annotation, *field.metadata] | None if field.metadata else field.annotation | None,
-                  Field(None, description=field.description))
+                  Field(None, description=field.description, json_schema_extra=field.json_schema_extra))
            for name, field in ResourcesSpec.model_fields.items()})
 
 
@@ -123,8 +175,8 @@ class PreflightSpec(_Spec):
     decode: bool = Field(False, description="Decode every image, audio clip and chosen video frame in full "
                          "(`vita-data check --decode`): slower, and also finds truncated or cut files whose headers "
                          "are fine")
-    cpu: str = Field("4", description="CPU request and limit of the preflight pod")
-    memory: str = Field("16Gi", description="Memory request and limit of the preflight pod")
+    cpu: Quantity = Field("4", description="CPU request and limit of the preflight pod")
+    memory: Quantity = Field("16Gi", description="Memory request and limit of the preflight pod")
     deadline_seconds: int = Field(3600, ge=60, description="The preflight Job's activeDeadlineSeconds: a check that "
                                   "has not finished by then (pods that never start, a hung volume) fails and is "
                                   "retried, then fails the run with the reason")
@@ -142,8 +194,8 @@ class EvaluationSpec(_Spec):
                                      "the dataset volume")
     limit: int | None = Field(None, ge=1, description="At most this many documents per task (a quick check)")
     gpus: int = Field(1, ge=0, le=16, description="GPUs of the evaluation pod (one process on the first; 0: CPU)")
-    cpu: str = Field("8", description="CPU request and limit of the evaluation pod")
-    memory: str = Field("64Gi", description="Memory request and limit of the evaluation pod")
+    cpu: Quantity = Field("8", description="CPU request and limit of the evaluation pod")
+    memory: Quantity = Field("64Gi", description="Memory request and limit of the evaluation pod")
     deadline_seconds: int = Field(86400, ge=60, description="The evaluation Job's activeDeadlineSeconds")
 
 
@@ -167,8 +219,8 @@ class InitializersSpec(_Spec):
                                  "mirror), instead of the shipped sources")
     token_secret: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[-._a-zA-Z0-9]+$",
                                      description="'secret/key' holding a Hugging Face token (HF_TOKEN)")
-    cpu: str = Field("4", description="CPU request and limit of the initializer pod")
-    memory: str = Field("16Gi", description="Memory request and limit of the initializer pod")
+    cpu: Quantity = Field("4", description="CPU request and limit of the initializer pod")
+    memory: Quantity = Field("16Gi", description="Memory request and limit of the initializer pod")
     deadline_seconds: int = Field(172800, ge=60, description="The initializer Job's activeDeadlineSeconds")
 
 
@@ -178,20 +230,35 @@ class ExportSpec(_Spec):
                                       "VLMEvalKit")
     path: str = Field("export-vita15", description="Folder the export writes, on the checkpoint volume: relative to "
                       "the run's output, or absolute")
-    cpu: str = Field("8", description="CPU request and limit of the export pod (no GPU)")
-    memory: str = Field("64Gi", description="Memory request and limit of the export pod: the model's weights in "
+    cpu: Quantity = Field("8", description="CPU request and limit of the export pod (no GPU)")
+    memory: Quantity = Field("64Gi", description="Memory request and limit of the export pod: the model's weights in "
                         "their dtype, about twice (a 7B model in bf16: ~15 GiB)")
     deadline_seconds: int = Field(21600, ge=60, description="The export Job's activeDeadlineSeconds")
 
 
 class VolumeSpec(_Spec):
-    claim_name: str = Field(description="PersistentVolumeClaim name")
-    mount_path: str = Field(description="Where the volume is mounted in trainer pods")
+    claim_name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="PersistentVolumeClaim name")
+    mount_path: str = Field(pattern=ABSOLUTE_PATH, max_length=1024,
+                            description="Where the volume is mounted in trainer pods (an absolute path)",
+                            json_schema_extra={FIX: "mountPath must be an absolute path, e.g. /data"})
+
+
+SAME_MOUNT = "volumes.dataset and volumes.checkpoints need different mountPaths: one would hide the other"
 
 
 class VolumesSpec(_Spec):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, json_schema_extra={
+        "x-kubernetes-validations": [{"rule": "!(has(self.dataset) && has(self.checkpoints) && "
+                                              "self.dataset.mountPath == self.checkpoints.mountPath)",
+                                      "message": SAME_MOUNT}]})
     dataset: VolumeSpec | None = Field(None, description="Shared dataset volume, mounted read-only")
     checkpoints: VolumeSpec | None = Field(None, description="Checkpoint volume, mounted read-write")
+
+    @model_validator(mode="after")
+    def _distinct_mounts(self) -> "VolumesSpec":
+        if self.dataset and self.checkpoints and self.dataset.mount_path == self.checkpoints.mount_path:
+            raise ValueError(SAME_MOUNT)
+        return self
 
 
 class SchedulingSpec(_Spec):
@@ -225,7 +292,7 @@ class StageSpec(_Spec):
     eval_holdout: float | None = Field(None, ge=0, le=0.5, description="Validation data held out of datasetUse: "
                                        "this fraction of its samples, chosen with the stage's seed, never trained "
                                        "on (instead of evalDatasetUse; 0 or unset: none)")
-    args: dict[str, ArgValue] = Field(default_factory=dict, max_length=MAX_STAGE_ARGS,
+    args: dict[ArgName, ArgValue] = Field(default_factory=dict, max_length=MAX_STAGE_ARGS,
                                       description="Trainer flag overrides (HF TrainingArguments and VITA flags)")
     resources: ResourcesOverride | None = Field(None, description="For this stage, the fields of the run's "
                                                 "resources to change; unset fields keep the run's values")
@@ -250,19 +317,25 @@ class StageSpec(_Spec):
 
 
 class TrainerSpec(_Spec):
-    image: str = Field("ghcr.io/vita-trainer/trainer:0.1.0", description="Trainer container image")
+    image: str = Field("ghcr.io/vita-trainer/trainer:0.1.0", pattern=IMAGE_REF, max_length=512,
+                       description="Trainer container image (a tag, or a digest: image@sha256:...)",
+                       json_schema_extra={FIX: "image must be a container image reference: [registry[:port]/]"
+                                               "lowercase/path[:tag][@sha256:digest], e.g. "
+                                               "ghcr.io/vita-trainer/trainer:0.1.0"})
     deepspeed: Literal[(*DEEPSPEED_PRESETS, "none")] = Field(  # type: ignore[valid-type]
         "zero3", description="Shipped DeepSpeed config")
     metrics_port: int = Field(9400, ge=1024, le=65535, description="Port of the trainer's /metrics on rank 0")
-    env_from_secrets: dict[str, str] = Field(default_factory=dict,
-                                             description="Env var name -> 'secret/key' reference, never a value")
+    env_from_secrets: dict[EnvName, str] = Field(default_factory=dict, max_length=MAX_MAP_KEYS,
+                                                 description="Env var name -> 'secret/key' reference, never a value")
     image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull a private trainer image")
     service_account_name: str | None = Field(None, pattern=DNS_LABEL,
                                              description="ServiceAccount of the trainer pods (default: the "
                                                          "namespace's)")
-    env: dict[str, str] = Field(default_factory=dict, description="Plain env vars for the trainer, e.g. "
-                                "NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_DEBUG (secrets go in envFromSecrets)")
-    pod_annotations: dict[str, str] = Field(default_factory=dict, description="Annotations on trainer pods, e.g. "
+    env: dict[EnvName, str] = Field(default_factory=dict, max_length=MAX_MAP_KEYS, description="Plain env vars for "
+                                    "the trainer, e.g. NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_DEBUG (secrets go in "
+                                    "envFromSecrets)")
+    pod_annotations: dict[QualifiedName, str] = Field(default_factory=dict, max_length=MAX_MAP_KEYS,
+                                                      description="Annotations on trainer pods, e.g. "
                                             "k8s.v1.cni.cncf.io/networks for a Multus secondary network")
     ipc_lock: bool = Field(False, description="Add the IPC_LOCK capability (RDMA memory registration). Not allowed "
                            "by PodSecurity 'restricted' or 'baseline': the namespace must be 'privileged'")
@@ -275,6 +348,24 @@ class TrainerSpec(_Spec):
 
 
 _TRAINJOB = "has(self.trainer) && has(self.trainer.backend) && self.trainer.backend == 'trainjob'"
+
+# What a run on a cluster must also satisfy (the CRD checks it, plan.cluster_problems is its twin; `vita-train local`
+# writes beside its YAML): checkpoints and outputs live on the checkpoint volume, which outlives the pods.
+NO_CHECKPOINT_VOLUME = ("a run on a cluster needs volumes.checkpoints (a ReadWriteMany claim for more than one node): "
+                        "without it the checkpoints and every stage's output are written inside the pods and lost "
+                        "with them")
+OUTPUT_ESCAPES = ("output may not contain '..': it must stay inside the checkpoint volume (a path relative to its "
+                  "mount, e.g. runs/my-run)")
+OUTPUT_OUTSIDE = ("an absolute output must be under volumes.checkpoints.mountPath, or the checkpoints are written "
+                  "outside the volume and lost with the pod; write it relative to the mount, e.g. runs/my-run")
+CLUSTER_RULES: list[dict[str, str]] = [
+    {"rule": "has(self.volumes) && has(self.volumes.checkpoints)", "message": NO_CHECKPOINT_VOLUME,
+     "fieldPath": ".volumes", "reason": "FieldValueRequired"},
+    {"rule": "!self.output.matches('(^|/)[.][.](/|$)')", "message": OUTPUT_ESCAPES, "fieldPath": ".output"},
+    {"rule": "!self.output.startsWith('/') || !has(self.volumes) || !has(self.volumes.checkpoints) || "
+             "(self.output + '/').startsWith(self.volumes.checkpoints.mountPath + '/')",
+     "message": OUTPUT_OUTSIDE, "fieldPath": ".output"},
+]
 
 
 class VitaTrainingRunSpec(_Spec):
@@ -301,7 +392,9 @@ class VitaTrainingRunSpec(_Spec):
     model: ModelSpec
     data: DataSpec
     stages: list[StageSpec] = Field(min_length=1, max_length=MAX_STAGES, description="Stages, run in order")
-    output: str = Field(description="Output root; stage k writes <output>/<stage name>")
+    output: str = Field(min_length=1, max_length=1024, description="Output root; stage k writes <output>/<stage "
+                        "name>. On a cluster: relative to the checkpoint volume's mount (no '..'), or absolute under "
+                        "it")
     trainer: TrainerSpec = Field(default_factory=TrainerSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     volumes: VolumesSpec = Field(default_factory=VolumesSpec)

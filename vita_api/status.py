@@ -12,7 +12,7 @@ from typing import Any, Final, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from .spec import JOB_BACKENDS
+from .spec import JOB_BACKENDS, MAX_STAGES
 
 # Pending: nothing created yet; Initializing: models and datasets are fetched (spec.initializers); Preflight: the
 # data check runs; Queued: a job waits for Kueue or the scheduler; Running; Suspended (spec.suspend); Blocked: a
@@ -111,7 +111,7 @@ class StageFailure(_Status):
 
 
 class StageStatus(_Status):
-    name: str | None = None
+    name: str | None = Field(None, max_length=30)
     phase: StepPhase | None = None
     job_name: str | None = Field(None, description="Job (PyTorchJob or TrainJob) of the latest attempt")
     attempts: int | None = Field(None, ge=0)
@@ -260,4 +260,4 @@ class VitaTrainingRunStatus(_Status):
     foreign_jobs: list[str] | None = Field(None, description="Jobs that carry this run's labels but that it does not "
                                            "control (ownerReferences): ignored, never adopted")
     conditions: list[StatusCondition] | None = None
-    stages: list[StageStatus] | None = None
+    stages: list[StageStatus] | None = Field(None, max_length=MAX_STAGES)

@@ -13,13 +13,18 @@ import sys
 
 import yaml
 
-from vita_api.spec import (API_GROUP, JOB_SETTING_ARGS, KIND, PLAN_DERIVED_ARGS, RUN_NAME, RUN_NAME_MAX,
-                           VitaTrainingRunSpec)
+from vita_api.spec import (API_GROUP, CLUSTER_RULES, FIX, JOB_SETTING_ARGS, KIND, PLAN_DERIVED_ARGS, RUN_NAME,
+                           RUN_NAME_MAX, VitaTrainingRunSpec)
 from vita_api.status import VitaTrainingRunStatus
 from vita_api.presets import all_presets
 
 PLURAL = "vitatrainingruns"
 VERSION = "v1alpha1"
+def _cel_string(pattern: str) -> str:
+    """A regex as the body of a single-quoted CEL string: its backslashes escaped."""
+    return pattern.replace("\\", "\\\\")
+
+
 def _structural(node: Any, defs: dict[str, Any]) -> Any:
     """Pydantic JSON schema -> Kubernetes structural OpenAPI v3 (inline refs, nullable, no titles)."""
     if isinstance(node, list):
@@ -41,6 +46,20 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         # scalars of several types (stage args values): keep them as they are
         return {k: v for k, v in _structural(rest, defs).items()} | {"x-kubernetes-preserve-unknown-fields": True}
     out: dict[str, Any] = {}
+    if "patternProperties" in node:  # a map with constrained keys (pydantic writes the key pattern there)
+        node = dict(node)
+        [(pattern, values)] = node.pop("patternProperties").items()
+        names = node.pop("propertyNames", {})
+        node["additionalProperties"] = values
+        # Structural schemas cannot constrain keys: a CEL rule on the map does (maxProperties bounds its cost).
+        node["x-kubernetes-validations"] = [*node.get("x-kubernetes-validations", []), {
+            "rule": f"self.all(k, k.matches('{_cel_string(pattern)}'))",
+            "message": names.get("description", f"keys must match {pattern}")}]
+    if FIX in node:  # a pattern's fix, as a CEL rule beside it (the pattern's own error shows only the regex)
+        node = dict(node)
+        fix = node.pop(FIX)
+        node["x-kubernetes-validations"] = [*node.get("x-kubernetes-validations", []), {
+            "rule": f"self.matches('{_cel_string(node['pattern'])}')", "message": fix}]
     for key, value in node.items():
         if key in ("title", "$defs") or (key == "additionalProperties" and value is False):
             continue  # structural schemas forbid additionalProperties: false; the API server prunes instead
@@ -58,6 +77,20 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
+# A stage that has started keeps its name: its checkpoints, attempts and progress are filed under it. Only the API
+# server sees the old object, so this rule has no twin in the model (the operator deletes a renamed stage's job).
+STARTED_STAGE_KEPT = ("a stage that has started (status.stages[].phase other than Pending) cannot be renamed or "
+                      "removed: its checkpoints and progress belong to its name. To start it anew under another "
+                      "name, delete the run and apply it again (the checkpoint volume keeps its outputs)")
+
+
+def started_stages_rule() -> dict[str, Any]:
+    return {"rule": "!has(oldSelf.status) || !has(oldSelf.status.stages) || oldSelf.status.stages.all(s, "
+                    "!has(s.name) || !has(s.phase) || s.phase == 'Pending' || "
+                    "self.spec.stages.exists(t, t.name == s.name))",
+            "message": STARTED_STAGE_KEPT, "fieldPath": ".spec.stages"}
+
+
 def spec_schema() -> dict[str, Any]:
     raw = VitaTrainingRunSpec.model_json_schema(by_alias=True)
     schema: dict[str, Any] = _structural(raw, raw.get("$defs", {}))
@@ -70,11 +103,15 @@ def spec_schema() -> dict[str, Any]:
     # has(self.args.output_dir): the API server compiles rules against the schema, and undeclared keys have no type.
     args = schema["properties"]["stages"]["items"]["properties"]["args"]
     args.pop("additionalProperties")
+    # An object whose values are of several types has no CEL type for its keys: the run policy (a
+    # ValidatingAdmissionPolicy, which reads the object untyped) checks that they are flag names.
+    args.pop("x-kubernetes-validations")
     args["x-kubernetes-preserve-unknown-fields"] = True
     args["properties"] = {a: {"type": "string", "description": "Derived by the stage plan; may not be set"}
                           for a in PLAN_DERIVED_ARGS}
     args["properties"].update({a: {"type": "string", "description": f"Moved to the stage's {field}; may not be set"}
                                for a, field in JOB_SETTING_ARGS.items()})
+    schema["x-kubernetes-validations"] = [*schema.get("x-kubernetes-validations", []), *CLUSTER_RULES]
     return schema
 
 
@@ -98,7 +135,7 @@ def name_rule() -> dict[str, Any]:
 def crd() -> dict[str, Any]:
     schema = {"type": "object", "description": "A progressive VITA-1.5 training run: one PyTorchJob or TrainJob per "
                                                "stage attempt.",
-              "x-kubernetes-validations": [name_rule()],
+              "x-kubernetes-validations": [name_rule(), started_stages_rule()],
               "required": ["spec"], "properties": {
                   "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
                   "spec": spec_schema(), "status": status_schema()}}

@@ -19,7 +19,7 @@ import yaml
 
 from vita_api.constants import MODEL_MAX_LENGTH
 from vita_api.errors import ConfigError
-from vita_api.plan import check_spec, saves_full_model
+from vita_api.plan import check_spec, cluster_problems, saves_full_model
 from vita_api.spec import API_VERSION, JOB_BACKENDS, KIND, VitaTrainingRun
 
 # The guide's schedule (manifests/examples/run-full.yaml): 8 per GPU x 2 accumulation x 32 GPUs.
@@ -133,7 +133,8 @@ def new_run(a: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
             notes.append(f"stage {stages[-1]['name']}: saves the full model too, for spec.export")
     run = run_of(a, spec)
     parsed = VitaTrainingRun.model_validate(run)
-    if problems := check_spec(parsed.spec):
+    # With claims it is a cluster run: the CRD's cluster rules apply too (the API server would refuse it).
+    if problems := check_spec(parsed.spec) + (cluster_problems(parsed.spec) if a.checkpoint_claim else []):
         raise ConfigError("the run would not start: " + "; ".join(problems))
     return run, notes
 
