@@ -47,11 +47,20 @@ REFUSED = [
 ]
 
 
+POLICY = ("--set", "runPolicy.allowedImagePrefixes={trainer:}", "--set", "runPolicy.allowedPriorityClasses={team-a}",
+          "--set", "runPolicy.allowedKueuePriorityClasses={batch}", "--set", "runPolicy.allowedVolcanoQueues={team-a}",
+          "--set", "runPolicy.allowedPodAnnotations={k8s.v1.cni.cncf.io/networks}",
+          "--set", "runPolicy.allowedExtraResources={rdma/rdma_shared_device_a}")
+
+
+def run_policy(*values: str) -> str:
+    return helm_template("--show-only", "templates/runpolicy.yaml", *POLICY, *values)
+
+
 @pytest.fixture(scope="module")
 def policed(cluster):
-    """The chart's run policy, allowing the scenarios' image."""
-    rendered = helm_template("--show-only", "templates/runpolicy.yaml",
-                             "--set", "runPolicy.allowedImagePrefixes={trainer:}")
+    """The chart's run policy, allowing the scenarios' image and one item of each allow-list."""
+    rendered = run_policy()
     cluster.cp.kubectl("apply", "-f", "-", input=rendered)
     probe = copy.deepcopy(RUN)
     probe["spec"]["stages"][0]["args"] = {"not a flag": 1}
@@ -101,3 +110,70 @@ def test_a_started_stage_keeps_its_name(policed):
     got = json.loads(policed.cp.kubectl("get", "vitatrainingrun", "renamed", "-n", NS, "-o", "json").stdout)
     assert [s["name"] for s in got["spec"]["stages"]] == ["s1", "audio", "s3"]
     policed.cp.kubectl("delete", "vitatrainingrun", "renamed", "-n", NS)
+
+
+# Every field that shapes a pod or reaches a cluster-scoped object or a Secret: (rule, allowed, refused, message).
+POLICED = [
+    ("priority class", lambda s: s["resources"].update(priorityClassName="team-a"),
+     lambda s: s["resources"].update(priorityClassName="system-cluster-critical"),
+     "resources.priorityClassName (of the run or a stage) is not allowed here (allowed: team-a)"),
+    ("a stage's priority class", lambda s: s["stages"][1].update(resources={"priorityClassName": "team-a"}),
+     lambda s: s["stages"][1].update(resources={"priorityClassName": "top"}), "priorityClassName"),
+    ("Kueue priority class", lambda s: s.update(scheduling={"kueueQueue": "q", "kueuePriorityClass": "batch"}),
+     lambda s: s.update(scheduling={"kueueQueue": "q", "kueuePriorityClass": "top"}),
+     "spec.scheduling.kueuePriorityClass is not allowed here (allowed: batch)"),
+    ("Volcano queue", lambda s: s.update(scheduling={"volcanoQueue": "team-a"}),
+     lambda s: s.update(scheduling={"volcanoQueue": "vip"}), "spec.scheduling.volcanoQueue is not allowed here"),
+    ("Hub token Secret", lambda s: s.update(initializers={"tokenSecret": "huggingface/token"}),
+     lambda s: s.update(initializers={"tokenSecret": "db/password"}),
+     "spec.initializers.tokenSecret names a Secret that runs may not read here"),
+    ("env LD_PRELOAD", lambda s: s["trainer"].update(env={"WANDB_PROJECT": "vita"}),
+     lambda s: s["trainer"].update(env={"LD_PRELOAD": "/tmp/x.so"}), "sets a variable runs may not set here"),
+    ("env PYTHONPATH", None, lambda s: s["trainer"].update(env={"PYTHONPATH": "/data/evil"}),
+     "sets a variable runs may not set here"),
+    ("env HF_ENDPOINT", None, lambda s: s["trainer"].update(env={"HF_ENDPOINT": "https://evil.example"}),
+     "send the Hub token elsewhere"),
+    ("an NCCL override", None, lambda s: s["trainer"].update(env={"NCCL_IB_HCA": "mlx5_0"}), "NCCL_*"),
+    ("a denied name from a Secret", None,
+     lambda s: s["trainer"].update(envFromSecrets={"LD_PRELOAD": "huggingface/token"}), "envFromSecrets"),
+    ("pod annotation", lambda s: s["trainer"].update(podAnnotations={"k8s.v1.cni.cncf.io/networks": "rdma-net"}),
+     lambda s: s["trainer"].update(podAnnotations={"v1.multus-cni.io/default-network": "other/net"}),
+     "spec.trainer.podAnnotations has a key that runs may not set here"),
+    ("node selector key", lambda s: s["resources"].update(nodeSelector={"nvidia.com/gpu.product": "H100"}),
+     lambda s: s["resources"].update(nodeSelector={"kubernetes.io/hostname": "someone-elses-node"}),
+     "a nodeSelector key (of the run or a stage) is not allowed here"),
+    ("affinity", None, lambda s: s["resources"].update(affinity={"nodeAffinity": {}}),
+     "resources.affinity (of the run or a stage) is not allowed here"),
+    ("extra resource", lambda s: s["resources"].update(extraResources={"rdma/rdma_shared_device_a": "1"}),
+     lambda s: s["resources"].update(extraResources={"nvidia.com/hostdev": "8"}),
+     "resources.extraResources (of the run or a stage) names a resource"),
+    ("IPC_LOCK", None, lambda s: s["trainer"].update(ipcLock=True), "spec.trainer.ipcLock (the IPC_LOCK capability)"),
+]
+
+
+def dry_run(cluster, mutate) -> str:
+    run = copy.deepcopy(RUN)
+    mutate(run["spec"])
+    done = cluster.apply(run, "--dry-run=server", check=False)
+    return "" if done.returncode == 0 else done.stderr
+
+
+@pytest.mark.parametrize("rule,allowed,refused,message", POLICED, ids=[p[0] for p in POLICED])
+def test_the_run_policy_allows_what_its_lists_allow_and_refuses_the_rest(policed, rule, allowed, refused, message):
+    if allowed is not None:
+        assert dry_run(policed, allowed) == "", rule
+    got = dry_run(policed, refused)
+    assert "denied request" in got and message in got, got
+
+
+def test_affinity_and_ipc_lock_when_the_platform_allows_them(policed):
+    opened = run_policy("--set", "runPolicy.allowAffinity=true", "--set", "runPolicy.allowIpcLock=true")
+    policed.cp.kubectl("apply", "-f", "-", input=opened)
+    try:
+        wait_for(lambda: dry_run(policed, lambda s: s["trainer"].update(ipcLock=True)) == "",
+                 what="the opened policy active")
+        assert dry_run(policed, lambda s: s["resources"].update(affinity={"nodeAffinity": {}})) == ""
+    finally:
+        policed.cp.kubectl("apply", "-f", "-", input=run_policy())
+        wait_for(lambda: dry_run(policed, lambda s: s["trainer"].update(ipcLock=True)) != "",
+                 what="the default policy back")

@@ -45,3 +45,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- join "," $enabled -}}
 {{- end -}}
+
+{{/* An allow-list in a message: its items, or "none" */}}
+{{- define "vita-operator.allowedList" -}}
+{{- if . }}{{ join ", " . }}{{ else }}none{{ end }}
+{{- end }}
