@@ -177,3 +177,34 @@ def test_affinity_and_ipc_lock_when_the_platform_allows_them(policed):
         policed.cp.kubectl("apply", "-f", "-", input=run_policy())
         wait_for(lambda: dry_run(policed, lambda s: s["trainer"].update(ipcLock=True)) != "",
                  what="the default policy back")
+
+
+def test_the_run_author_role_creates_runs_and_reads_logs_and_nothing_more(policed):
+    """The chart's run-author ClusterRole, bound in a namespace: the author creates a run (as that user, through
+    the run policy) and reads its pods and their logs; no pod create or exec, no Secrets, no jobs of their own."""
+    cp = policed.cp
+    cp.kubectl("apply", "-f", "-", input=helm_template("--show-only", "templates/userroles.yaml"))
+    cp.kubectl("create", "serviceaccount", "author", "-n", NS)
+    cp.kubectl("create", "rolebinding", "author", "--clusterrole=vita-operator-run-author",
+               f"--serviceaccount={NS}:author", "-n", NS)
+
+    def can(verb: str, resource: str) -> bool:
+        return cp.kubectl("auth", "can-i", verb, resource, "-n", NS, "--as", f"system:serviceaccount:{NS}:author",
+                          check=False).stdout.strip() == "yes"
+    wait_for(lambda: can("create", "vitatrainingruns.vita.training.dev"), what="the aggregated run-author role")
+    assert can("delete", "vitatrainingruns.vita.training.dev") and can("get", "pods/log") and can("list", "events")
+    assert can("watch", "pytorchjobs.kubeflow.org") and can("get", "vitatrainingruns.vita.training.dev/status")
+    for verb, resource in (("create", "pods"), ("create", "pods/exec"), ("get", "secrets"), ("list", "secrets"),
+                           ("create", "pytorchjobs.kubeflow.org"), ("create", "jobs.batch"),
+                           ("patch", "vitatrainingruns.vita.training.dev/status"), ("create", "rolebindings")):
+        assert not can(verb, resource), (verb, resource)
+    run = copy.deepcopy(RUN)
+    run["metadata"]["name"] = "authored"
+    author = cp.service_account_kubeconfig(NS, "author")
+    created = cp.kubectl("apply", "-f", "-", input=json.dumps(run), kubeconfig_path=author, check=False)
+    assert created.returncode == 0, created.stderr
+    refused = copy.deepcopy(run)
+    refused["spec"]["trainer"]["env"] = {"LD_PRELOAD": "/x.so"}
+    assert "denied request" in cp.kubectl("apply", "-f", "-", input=json.dumps(refused), kubeconfig_path=author,
+                                          check=False).stderr
+    cp.kubectl("delete", "vitatrainingrun", "authored", "-n", NS)
