@@ -386,6 +386,27 @@ def test_trainer_pods_meet_pod_security_restricted_and_can_write_their_volumes(p
         assert {"name": "cache", "emptyDir": {}} in pod["volumes"]
 
 
+def test_no_api_token_unless_the_run_names_a_service_account_and_tags_are_pulled_every_time(pytorchjob_schema):
+    """A trainer pod gets no ServiceAccount token by default; a named ServiceAccount decides for itself. A tag is
+    pulled by every pod (one build on every node); a digest once per node. The batch Jobs (preflight) alike."""
+    from vita_operator.jobs.preflight import preflight_job
+    digest = "ghcr.io/x/trainer@sha256:" + "a" * 64
+    for image, policy in (("ghcr.io/x/trainer:1", "Always"), (digest, "IfNotPresent")):
+        for account in (None, "vita-trainer"):
+            spec = copy.deepcopy(FULL)
+            spec["trainer"]["image"] = image
+            if account:
+                spec["trainer"]["serviceAccountName"] = account
+            parsed = VitaTrainingRunSpec.model_validate(spec)
+            job = PyTorchJobBackend().build("my-run", "ml", parsed, 0, 1)
+            jsonschema.validate(job, pytorchjob_schema)
+            pods = [r["template"]["spec"] for r in job["spec"]["pytorchReplicaSpecs"].values()]
+            pods.append(preflight_job("my-run", "ml", parsed, 1)["spec"]["template"]["spec"])
+            for pod in pods:
+                assert pod["containers"][0]["imagePullPolicy"] == policy
+                assert pod.get("automountServiceAccountToken") is (None if account else False)
+
+
 def test_private_images_and_the_trainer_service_account(pytorchjob_schema):
     spec = copy.deepcopy(FULL)
     spec["trainer"].update(imagePullSecrets=["registry-cred"], serviceAccountName="vita-trainer")

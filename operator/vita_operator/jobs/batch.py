@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .pods import (POD_SECURITY, TTL_AFTER_FINISHED, condition_message, container_security, kueue_labels,
-                      pod_placement, true_conditions, volumes_and_mounts)
+from .pods import (POD_SECURITY, TTL_AFTER_FINISHED, condition_message, container_security, image_pull_policy,
+                   kueue_labels, pod_identity, pod_placement, true_conditions, volumes_and_mounts)
 from vita_api.spec import VitaTrainingRunSpec
 
 # Set by the Job controller on the pods it creates.
@@ -25,7 +25,8 @@ def batch_job(spec: VitaTrainingRunSpec, index: int, *, name: str, namespace: st
         volumes = [v for v in volumes if v["name"] != "dshm"]
         mounts = [m for m in mounts if m["name"] != "dshm"]
     job_labels = {**labels, **kueue_labels(spec)}
-    container = {"image": spec.trainer.image, "imagePullPolicy": "IfNotPresent", **container, "volumeMounts": mounts,
+    container = {"image": spec.trainer.image, "imagePullPolicy": image_pull_policy(spec.trainer.image), **container,
+                 "volumeMounts": mounts,
                  "terminationMessagePolicy": "FallbackToLogsOnError",
                  "securityContext": {**container_security(spec), "capabilities": {"drop": ["ALL"]}}}
     return {"apiVersion": "batch/v1", "kind": "Job",
@@ -36,7 +37,8 @@ def batch_job(spec: VitaTrainingRunSpec, index: int, *, name: str, namespace: st
                      **({"suspend": True} if spec.scheduling.kueue_queue else {}),
                      "template": {"metadata": {"labels": dict(labels)},
                                   "spec": {"restartPolicy": "Never", "containers": [container], "volumes": volumes,
-                                           "securityContext": dict(POD_SECURITY), **pod_placement(spec, index)}}}}
+                                           "securityContext": dict(POD_SECURITY), **pod_placement(spec, index),
+                                           **pod_identity(spec)}}}}
 
 
 def job_phase(job: dict[str, Any]) -> tuple[str, str]:

@@ -120,6 +120,18 @@ def pod_placement(spec: VitaTrainingRunSpec, index: int) -> dict[str, Any]:
     return out
 
 
+def pod_identity(spec: VitaTrainingRunSpec) -> dict[str, Any]:
+    """A trainer needs no API access: no ServiceAccount token is mounted, unless the run names a ServiceAccount (whose
+    own automount setting then decides). Batch and PyTorchJob pods; a TrainJob's come from the chart's runtime."""
+    return {} if spec.trainer.service_account_name else {"automountServiceAccountToken": False}
+
+
+def image_pull_policy(image: str) -> str:
+    """A digest names one build: pull it once per node. A tag can be re-pushed: every pod asks the registry, so a
+    job's ranks on several nodes cannot run two builds of one tag from different node caches."""
+    return "IfNotPresent" if "@sha256:" in image else "Always"
+
+
 # A node autoscaler that drains a trainer pod's node kills the whole job (every rank restarts from a checkpoint).
 NO_EVICTION = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false", "karpenter.sh/do-not-disrupt": "true"}
 

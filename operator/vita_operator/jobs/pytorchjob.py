@@ -10,8 +10,8 @@ from vita_api.spec import VitaTrainingRunSpec
 
 from .backend import ResultPodReader, index_metadata
 from .pods import (POD_SECURITY, TRAINER_MODULE, TTL_AFTER_FINISHED, condition_message,
-                   container_env, container_resources, container_security, job_metadata, pod_annotations,
-                   pod_placement, true_conditions, volumes_and_mounts)
+                   container_env, container_resources, container_security, image_pull_policy, job_metadata,
+                   pod_annotations, pod_identity, pod_placement, true_conditions, volumes_and_mounts)
 
 # Set by the Kubeflow training operator on the pods it creates.
 KUBEFLOW_JOB_NAME, KUBEFLOW_REPLICA_TYPE = "training.kubeflow.org/job-name", "training.kubeflow.org/replica-type"
@@ -21,7 +21,8 @@ TRAINER_CONTAINER = "pytorch"
 def pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict[str, Any], args: list[str]) -> dict[str, Any]:
     volumes, mounts = volumes_and_mounts(spec, index)
     container = {
-        "name": TRAINER_CONTAINER, "image": spec.trainer.image, "imagePullPolicy": "IfNotPresent",
+        "name": TRAINER_CONTAINER, "image": spec.trainer.image,
+        "imagePullPolicy": image_pull_policy(spec.trainer.image),
         # Kubeflow injects MASTER_ADDR/PORT and PET_NNODES/PET_NPROC_PER_NODE/PET_NODE_RANK, which torchrun reads.
         "command": ["torchrun"],
         "args": ["--master_addr=$(MASTER_ADDR)", "--master_port=$(MASTER_PORT)", *TRAINER_MODULE, *args],
@@ -34,7 +35,7 @@ def pod_template(spec: VitaTrainingRunSpec, index: int, labels: dict[str, Any], 
         "securityContext": container_security(spec),
     }
     pod_spec = {"containers": [container], "volumes": volumes, "securityContext": dict(POD_SECURITY),
-                **pod_placement(spec, index)}
+                **pod_placement(spec, index), **pod_identity(spec)}
     priority = stage_resources(spec, index).priority_class_name
     if priority:
         pod_spec["priorityClassName"] = priority
