@@ -209,3 +209,44 @@ def test_the_run_author_role_creates_runs_and_reads_logs_and_nothing_more(police
     assert "denied request" in cp.kubectl("apply", "-f", "-", input=json.dumps(refused), kubeconfig_path=author,
                                           check=False).stderr
     cp.kubectl("delete", "vitatrainingrun", "authored", "-n", NS)
+
+
+def test_a_runs_pods_are_isolated_by_network_policies_the_operator_makes_first(policed):
+    """With the chart's trainerNetworkPolicy (the operator's environment as the chart renders it), the operator makes
+    the run's NetworkPolicies, owned by the run, before its first job: its pods reach each other and DNS and are
+    reached by each other, the operator and the chart's scrapers on the metrics port; the initializer's pods may
+    connect out on HTTPS. The API server validates them; the chart's RBAC allows them (no Forbidden)."""
+    import yaml
+
+    from testing.apiserver_cluster import assert_no_forbidden
+    from testing.operator_scenarios import run_on
+    deployment = yaml.safe_load(helm_template("--show-only", "templates/deployment.yaml"))
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+           if e["name"] == "VITA_OPERATOR_TRAINER_NETWORK_POLICY"}
+    run = run_on("pytorchjob", "fenced")
+    run["spec"]["initializers"] = {"datasets": ["llava_pretrain"]}
+    with policed.operator("operator-network-policy", env=env) as op:
+        policed.apply(run)
+        policies = wait_for(lambda: {p["metadata"]["name"]: p for p in policed.get("networkpolicies")["items"]
+                                     if p["metadata"]["name"].startswith("fenced-")} or None,
+                            what="the run's NetworkPolicies")
+        wait_for(lambda: policed.get("jobs.batch").get("items"), what="the initializer job")
+        assert_no_forbidden(op)
+    pods, downloads = policies["fenced-pods"]["spec"], policies["fenced-downloads"]["spec"]
+    own = {"podSelector": {"matchLabels": {"vita.training.dev/run": "fenced"}}}
+    assert pods["podSelector"] == own["podSelector"] and pods["policyTypes"] == ["Ingress", "Egress"]
+    assert pods["ingress"][0] == {"from": [own]}
+    scrapers = pods["ingress"][1]
+    assert scrapers["ports"] == [{"port": 9400, "protocol": "TCP"}]
+    assert {"kubernetes.io/metadata.name": "vita-system"} in [p["namespaceSelector"]["matchLabels"]
+                                                             for p in scrapers["from"]]
+    assert pods["egress"][0] == {"to": [own]} and {"port": 53, "protocol": "UDP"} in pods["egress"][1]["ports"]
+    assert len(pods["egress"]) == 2  # nothing out of the cluster for trainers
+    assert downloads["podSelector"]["matchLabels"] == {"vita.training.dev/run": "fenced",
+                                                       "vita.training.dev/egress": "https"}
+    assert downloads["egress"] == [{"ports": [{"port": 443, "protocol": "TCP"}]}]
+    owner = policies["fenced-pods"]["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "VitaTrainingRun" and owner["name"] == "fenced"
+    initializer = policed.get("jobs.batch")["items"][0]["spec"]["template"]["metadata"]["labels"]
+    assert initializer["vita.training.dev/egress"] == "https"  # the downloads policy selects it
+    policed.cp.kubectl("delete", "vitatrainingrun", "fenced", "-n", NS, "--wait=false")

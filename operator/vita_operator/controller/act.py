@@ -13,10 +13,11 @@ from kubernetes.client.exceptions import ApiException
 from vita_api.plan import with_stage_args
 from vita_api.spec import VitaTrainingRunSpec
 
-from ..core.decision import CreateEvaluation, CreateJob, CreateStepJob, Decision, DeleteJob, SetJobSuspend
+from ..core.decision import CREATES, CreateEvaluation, CreateJob, CreateStepJob, Decision, DeleteJob, SetJobSuspend
 from ..core.state import decide_evaluation_refused
 from ..jobs import evaluation as ev
 from ..jobs.backend import JobBackend
+from ..jobs.network_policy import run_network_policies
 from ..jobs.pods import with_avoided_nodes
 from ..jobs.steps import STEP_JOBS
 from . import kube, metrics
@@ -58,10 +59,15 @@ def create_owned(run: dict[str, Any], body: dict[str, Any], create: Callable[[di
             raise
 
 
-def apply_actions(run: dict[str, Any], spec: VitaTrainingRunSpec, backend: JobBackend, decision: Decision) -> None:
-    """Carry out the decision's actions; a refused create raises Refused (the actions after it wait)."""
+def apply_actions(run: dict[str, Any], spec: VitaTrainingRunSpec, backend: JobBackend, decision: Decision,
+                  network: dict[str, Any] | None = None) -> None:
+    """Carry out the decision's actions; a refused create raises Refused (the actions after it wait). `network`:
+    the platform's trainer network settings; the run's NetworkPolicies are made before any of its pods."""
     meta = run["metadata"]
     name, namespace = meta["name"], meta["namespace"]
+    if network is not None and any(isinstance(a, CREATES) for a in decision.actions):
+        for policy in run_network_policies(name, namespace, spec, network):
+            create_owned(run, policy, lambda body: kube.create_network_policy(namespace, body))
     for action in decision.actions:
         if isinstance(action, CreateEvaluation):
             _create_evaluation(run, spec, action.index, decision)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from ..jobs.backend import JobBackend
+from ..jobs import network_policy
 from ..jobs.backends import RUNTIME_ENV, configured_backends, job_backends
 from ..jobs.trainjob import DEFAULT_RUNTIME
 
@@ -37,6 +39,8 @@ class Settings:
     backends: dict[str, JobBackend]   # every backend by name (the TrainJob one with its runtime)
     enabled: list[str]                # the ones this operator runs, watches and is granted RBAC for
     default_backend: str
+    # Each run's NetworkPolicies (jobs/network_policy.py): who scrapes trainers, more egress; None: none created.
+    trainer_network_policy: dict[str, Any] | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -50,7 +54,8 @@ class Settings:
                    workers=int(env.get(WORKERS_ENV, "32")), metrics_port=int(env.get(METRICS_PORT_ENV, "9090")),
                    run_ttl_seconds=int(env[RUN_TTL_ENV]) if env.get(RUN_TTL_ENV) else None,
                    retry_backoff_seconds=int(env.get(RETRY_BACKOFF_ENV) or 0),
-                   startup_timeout_seconds=int(env[STARTUP_TIMEOUT_ENV]) if env.get(STARTUP_TIMEOUT_ENV) else None)
+                   startup_timeout_seconds=int(env[STARTUP_TIMEOUT_ENV]) if env.get(STARTUP_TIMEOUT_ENV) else None,
+                   trainer_network_policy=network_policy.settings_from_env(env.get(network_policy.ENV)))
 
 
 _settings: list[Settings] = []

@@ -159,6 +159,11 @@ def create_batch_job(namespace: str, body: dict[str, Any]) -> None:
     batch().create_namespaced_job(namespace, custom_body)
 
 
+def create_network_policy(namespace: str, body: dict[str, Any]) -> None:
+    policy: Any = body
+    client.NetworkingV1Api(_api_client()).create_namespaced_network_policy(namespace, policy)
+
+
 def create_custom(api_version: str, plural: str, namespace: str, body: dict[str, Any]) -> None:
     custom().create_namespaced_custom_object(*group_version(api_version), namespace, plural, body)
 

@@ -182,7 +182,7 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger | Any) -> None:
         version = write_status(run, decision.status, run.get("status"), meta.get("resourceVersion"))
         written = decision.status
         try:
-            apply_actions(run, spec, backend, decision)
+            apply_actions(run, spec, backend, decision, config.trainer_network_policy)
         except Refused as refused:
             # what did happen stays (a stage that succeeded); what did not (a job started, the run Running) goes
             kept = without_started(decision.events)

@@ -12,6 +12,7 @@ from vita_api.plan import EVALUATION, GPUS_ENV, cluster_roots, evaluation_args, 
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 from vita_api.termination import evaluation_of, failure_of
 
+from .network_policy import DOWNLOADS
 from .batch import batch_job
 from .pods import container_env, trainer_container_state
 
@@ -37,7 +38,7 @@ def evaluation_job(run_name: str, namespace: str, spec: VitaTrainingRunSpec, ind
                  # the image says HF_HUB_OFFLINE=1 (training never reads the Hub): the tasks' datasets do
                  "env": [*env, {"name": "HF_HUB_OFFLINE", "value": "0"}, {"name": "HF_HOME", "value": hf_home}],
                  "resources": {"requests": dict(limits), "limits": limits}}
-    labels = {**job_labels(run_name, stage.name, 1), LABEL_EVALUATION: "true"}
+    labels = {**job_labels(run_name, stage.name, 1), LABEL_EVALUATION: "true", **DOWNLOADS}
     return batch_job(spec, index, name=job_name(run_name, f"{EVALUATION}-{stage.name}", 1), namespace=namespace,
                      labels=labels, container=container, deadline_seconds=ev.deadline_seconds, shm=True,
                      annotations={f"{API_GROUP}/tasks": ",".join(ev.tasks)})

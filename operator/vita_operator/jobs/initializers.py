@@ -11,6 +11,7 @@ from vita_api.plan import GPUS_ENV, INITIALIZE, cluster_roots, initializer_args
 from vita_api.spec import API_GROUP, VitaTrainingRunSpec
 from vita_api.termination import initialized_of
 
+from .network_policy import DOWNLOADS
 from .batch import batch_job
 from .pods import container_env, permanent_failure_in, trainer_container_state
 
@@ -46,7 +47,8 @@ def initializer_job(run_name: str, namespace: str, spec: VitaTrainingRunSpec, at
                  "resources": {"requests": dict(limits), "limits": limits}}
     return _writable_dataset(batch_job(
         spec, 0, name=job_name(run_name, INITIALIZE, attempt), namespace=namespace,
-        labels={**job_labels(run_name, INITIALIZE, attempt), LABEL_INITIALIZER: "true"}, container=container,
+        labels={**job_labels(run_name, INITIALIZE, attempt), LABEL_INITIALIZER: "true", **DOWNLOADS},
+        container=container,
         deadline_seconds=init.deadline_seconds, annotations={}))
 
 
