@@ -83,13 +83,15 @@ def test_operator_pod_security_and_least_privilege_rbac(helm):
         assert "secrets" not in rule["resources"]
     resources = {r for rule in role["rules"] for r in rule["resources"]}
     assert resources == {"vitatrainingruns", "vitatrainingruns/status", "vitatrainingruns/finalizers", "pytorchjobs",
-                         "jobs", "events", "pods", "customresourcedefinitions", "persistentvolumeclaims", "workloads"}
+                         "jobs", "events", "pods", "customresourcedefinitions", "persistentvolumeclaims", "workloads",
+                         "networkpolicies"}
     verbs = {r: set(rule["verbs"]) for rule in role["rules"] for r in rule["resources"]}
     assert verbs["pods"] == {"list"}  # read-only: termination messages
     assert verbs["persistentvolumeclaims"] == {"get"}  # read-only: the run's claims fit its nodes
     assert verbs["workloads"] == {"list"} and verbs["events"] == {"create", "list"}  # read-only: why a job waits
     assert verbs["jobs"] == {"list", "watch", "create"}  # the preflight Job: never deleted or changed
     assert verbs["customresourcedefinitions"] == {"get", "list", "watch"}  # read-only: a late PyTorchJob CRD
+    assert verbs["networkpolicies"] == {"create"}  # each run's, owned by the run (deleted with it)
     ns_scoped = docs(helm("template", "vita", str(CHART), "-n", "ml", "--set", "watchAllNamespaces=false").stdout)
     assert {"Role", "RoleBinding"} <= {d["kind"] for d in ns_scoped}
 
@@ -345,7 +347,9 @@ def test_user_roles_run_policy_network_policy_and_operator_env(helm):
                 if not r.startswith("vitatrainingruns")]  # runs only: the operator makes the jobs
     policy = next(d for d in rendered if d["kind"] == "ValidatingAdmissionPolicy")
     assert policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["vitatrainingruns"]
-    assert len(policy["spec"]["validations"]) == 4
+    # arg names, image, ServiceAccount, tolerations, Secrets, priority classes, Kueue priority, Volcano queue, token
+    # Secret, env names, pod annotations, node selector keys, affinity, extra resources, IPC_LOCK
+    assert len(policy["spec"]["validations"]) == 15
     assert any(d["kind"] == "ValidatingAdmissionPolicyBinding" for d in rendered)
     assert not any(d["kind"] == "NetworkPolicy" for d in rendered)
     off = docs(helm("template", "vita", str(CHART), "--set", "runPolicy.enabled=false").stdout)

@@ -506,3 +506,39 @@ def test_pods_are_not_restarted_alone_and_permanent_errors_are_read(pytorchjob_s
     assert backend.permanent_failure(_pod(failure_message("NodeError", "no GPU", True), exit_code=2)) is None
     assert backend.permanent_failure(_pod("Traceback ... NCCL error", exit_code=1)) is None  # log tail: retry
     assert backend.permanent_failure(_pod('{"stage":"s","finalLoss":1.0}', exit_code=0)) is None
+
+
+def pod_specs(job):
+    """Every pod spec in a job body (a PyTorchJob's replicas, a Job's template, a TrainJob's runtime patch)."""
+    if isinstance(job, dict):
+        own = [job] if "containers" in job and "securityContext" in job else []
+        return own + [p for v in job.values() for p in pod_specs(v)]
+    return [p for v in job for p in pod_specs(v)] if isinstance(job, list) else []
+
+
+def test_the_platform_may_assign_the_trainer_uid(pytorchjob_schema):
+    """The chart's trainerPods.runAsUser reaches every pod the operator makes: another UID, or none at all where the
+    platform assigns them (OpenShift's restricted-v2 refuses a pod naming a UID outside the namespace's range)."""
+    from vita_operator.controller.config import Settings
+    from vita_operator.jobs.pods import with_trainer_uid
+    from vita_operator.jobs.preflight import preflight_job
+    from vita_operator.jobs.trainjob import TrainJobBackend
+    spec = VitaTrainingRunSpec.model_validate(FULL)
+    assert Settings.from_env({"VITA_OPERATOR_TRAINER_UID": "platform"}).trainer_uid is None
+    assert Settings.from_env({}).trainer_uid == 1000
+    with pytest.raises(SystemExit, match="non-root UID"):
+        Settings.from_env({"VITA_OPERATOR_TRAINER_UID": "0"})
+    jobs = [PyTorchJobBackend().build("r", "ml", spec, 0, 1), TrainJobBackend().build("r", "ml", spec, 0, 1),
+            preflight_job("r", "ml", spec, 1)]
+    for job in jobs:
+        pods = pod_specs(job)
+        assert pods and all(p["securityContext"]["runAsUser"] == 1000 for p in pods)
+        assert with_trainer_uid(job, 1000) is job
+        assigned = pod_specs(with_trainer_uid(job, None))
+        assert len(assigned) == len(pods)
+        assert all(p["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+                   for p in assigned)
+        assert all(c["securityContext"]["capabilities"]["drop"] == ["ALL"] for p in assigned for c in p["containers"])
+        assert all(p["securityContext"]["runAsUser"] == p["securityContext"]["fsGroup"] == 5000
+                   for p in pod_specs(with_trainer_uid(job, 5000)))
+    jsonschema.validate(with_trainer_uid(jobs[0], None), pytorchjob_schema)

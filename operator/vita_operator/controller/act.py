@@ -18,9 +18,10 @@ from ..core.state import decide_evaluation_refused
 from ..jobs import evaluation as ev
 from ..jobs.backend import JobBackend
 from ..jobs.network_policy import run_network_policies
-from ..jobs.pods import with_avoided_nodes
+from ..jobs.pods import with_avoided_nodes, with_trainer_uid
 from ..jobs.steps import STEP_JOBS
 from . import kube, metrics
+from .config import settings
 from .clock import now_rfc3339
 
 
@@ -46,9 +47,11 @@ def api_message(e: ApiException) -> str:
 
 
 def create_owned(run: dict[str, Any], body: dict[str, Any], create: Callable[[dict[str, Any]], None]) -> None:
-    """Create a job owned by the run (ownerReferences: deleting the run deletes its jobs). A 409 means an earlier
-    pass created it: names are deterministic. Only the owner reference: kopf.adopt would also copy the run's labels,
-    so Argo CD's instance label would let it prune running jobs, and a queue-name label would bypass the spec."""
+    """Create a job owned by the run (ownerReferences: deleting the run deletes its jobs), its pods as the
+    platform's UID setting says. A 409 means an earlier pass created it: names are deterministic. Only the owner
+    reference: kopf.adopt would also copy the run's labels, so Argo CD's instance label would let it prune running
+    jobs, and a queue-name label would bypass the spec."""
+    body = with_trainer_uid(body, settings().trainer_uid)
     kopf.append_owner_reference(body, owner=cast(kopf.Body, run))  # kopf reads only its metadata
     try:
         create(body)

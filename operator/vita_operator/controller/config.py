@@ -9,6 +9,7 @@ from typing import Any
 from ..jobs.backend import JobBackend
 from ..jobs import network_policy
 from ..jobs.backends import RUNTIME_ENV, configured_backends, job_backends
+from ..jobs.pods import PLATFORM_UID, TRAINER_UID
 from ..jobs.trainjob import DEFAULT_RUNTIME
 
 API_URL_ENV = "VITA_OPERATOR_API_URL"   # tests point the operator at their own API server
@@ -21,6 +22,7 @@ METRICS_PORT_ENV = "VITA_OPERATOR_METRICS_PORT"
 RUN_TTL_ENV = "VITA_OPERATOR_RUN_TTL_SECONDS"  # finished runs are deleted this long after (spec's own wins)
 STARTUP_TIMEOUT_ENV = "VITA_OPERATOR_STARTUP_TIMEOUT_SECONDS"  # a job's pods must all start within this
 RETRY_BACKOFF_ENV = "VITA_OPERATOR_RETRY_BACKOFF_SECONDS"  # the first retry's delay after a stage's own failure
+TRAINER_UID_ENV = "VITA_OPERATOR_TRAINER_UID"  # a UID, or "platform" (the chart's trainerPods.runAsUser)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class Settings:
     default_backend: str
     # Each run's NetworkPolicies (jobs/network_policy.py): who scrapes trainers, more egress; None: none created.
     trainer_network_policy: dict[str, Any] | None = None
+    # The trainer pods' UID (runAsUser, runAsGroup, fsGroup); None: the platform assigns one (OpenShift).
+    trainer_uid: int | None = TRAINER_UID
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -55,7 +59,19 @@ class Settings:
                    run_ttl_seconds=int(env[RUN_TTL_ENV]) if env.get(RUN_TTL_ENV) else None,
                    retry_backoff_seconds=int(env.get(RETRY_BACKOFF_ENV) or 0),
                    startup_timeout_seconds=int(env[STARTUP_TIMEOUT_ENV]) if env.get(STARTUP_TIMEOUT_ENV) else None,
-                   trainer_network_policy=network_policy.settings_from_env(env.get(network_policy.ENV)))
+                   trainer_network_policy=network_policy.settings_from_env(env.get(network_policy.ENV)),
+                   trainer_uid=trainer_uid(env.get(TRAINER_UID_ENV)))
+
+
+def trainer_uid(value: str | None) -> int | None:
+    if not value:
+        return TRAINER_UID
+    if value == PLATFORM_UID:
+        return None
+    if not value.isdigit() or int(value) == 0:
+        raise SystemExit(f"{TRAINER_UID_ENV}={value!r}: a non-root UID, or {PLATFORM_UID!r} where the platform "
+                         f"assigns them (chart value trainerPods.runAsUser: null)")
+    return int(value)
 
 
 _settings: list[Settings] = []

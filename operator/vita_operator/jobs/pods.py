@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from vita_api.naming import job_labels, job_name
 from vita_api.plan import GPUS_ENV, cluster_roots, stage_output_dir, stage_resources
@@ -83,6 +83,26 @@ def container_security(spec: VitaTrainingRunSpec) -> dict[str, Any]:
 # fsGroup: most CSI volumes are root-owned; without it the first checkpoint save is refused.
 POD_SECURITY = {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID, "fsGroup": TRAINER_UID,
                 "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+PLATFORM_UID = "platform"  # the operator's setting when the platform assigns UIDs (OpenShift's restricted SCCs)
+
+
+def with_trainer_uid(job: dict[str, Any], uid: int | None) -> dict[str, Any]:
+    """The job with every pod's securityContext for the platform's choice: `uid` (the image's user by default), or,
+    where the platform assigns UIDs (None; OpenShift refuses a pod that names one outside the namespace's range),
+    no runAsUser, runAsGroup or fsGroup at all. Builders write POD_SECURITY; the operator applies its setting here."""
+    if uid == TRAINER_UID:
+        return job
+    chosen = {**POD_SECURITY, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid} if uid is not None else \
+        {k: v for k, v in POD_SECURITY.items() if k in ("runAsNonRoot", "seccompProfile")}
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: (dict(chosen) if k == "securityContext" and v == POD_SECURITY else walk(v))
+                    for k, v in node.items()}
+        return [walk(v) for v in node] if isinstance(node, list) else node
+    return cast(dict[str, Any], walk(job))
 
 
 def volumes_and_mounts(spec: VitaTrainingRunSpec, index: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
