@@ -250,3 +250,45 @@ def test_a_runs_pods_are_isolated_by_network_policies_the_operator_makes_first(p
     initializer = policed.get("jobs.batch")["items"][0]["spec"]["template"]["metadata"]["labels"]
     assert initializer["vita.training.dev/egress"] == "https"  # the downloads policy selects it
     policed.cp.kubectl("delete", "vitatrainingrun", "fenced", "-n", NS, "--wait=false")
+
+
+def test_an_operator_scoped_to_a_list_of_namespaces_runs_there_and_reaches_no_other(policed, tmp_path):
+    """watchAllNamespaces=false with watchNamespaces: a Role in each listed namespace (no cluster-wide create), and
+    the operator, on that RBAC alone, runs the runs of those namespaces and leaves another namespace's run alone."""
+    from testing.apiserver_cluster import assert_no_forbidden
+    from testing.control_plane import OperatorProcess
+    from testing.operator_scenarios import CLAIMS
+    from vita_trainer.local import free_port
+    cp = policed.cp
+    for ns in ("team-a", "team-b", "team-c"):
+        cp.kubectl("create", "namespace", ns)
+        for pvc in CLAIMS:
+            cp.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps({**pvc, "metadata": {
+                **pvc["metadata"], "namespace": ns}}))
+    scoped = ("--set", "watchAllNamespaces=false", "--set", "watchNamespaces={team-a,team-b}",
+              "--set", "fullnameOverride=scoped", "--set", "backends.trainjob.enabled=true")
+    cp.kubectl("apply", "-f", "-", input=helm_template(*scoped, "--show-only", "templates/serviceaccount.yaml",
+                                                        "--show-only", "templates/rbac.yaml"))
+    listed = json.loads(cp.kubectl("get", "roles,rolebindings,clusterroles,clusterrolebindings", "-A", "-o",
+                                   "json").stdout)["items"]
+    kinds = {(d["kind"], d["metadata"].get("namespace")) for d in listed if d["metadata"]["name"] == "scoped"}
+    assert kinds == {("Role", "team-a"), ("Role", "team-b"), ("RoleBinding", "team-a"), ("RoleBinding", "team-b")}
+    watch = next(d for d in listed if d["metadata"]["name"] == "scoped-namespaces" and d["kind"] == "ClusterRole")
+    assert {v for rule in watch["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}  # read-only
+    kubeconfig = cp.service_account_kubeconfig("vita-system", "scoped")
+    user = "system:serviceaccount:vita-system:scoped"
+    assert cp.kubectl("auth", "can-i", "create", "pytorchjobs.kubeflow.org", "-n", "team-c", "--as", user,
+                      check=False).stdout.strip() == "no"
+    operator = OperatorProcess(kubeconfig, tmp_path / "scoped.log", metrics_port=free_port(), resync_seconds=600,
+                               env={"VITA_OPERATOR_NAMESPACE": "team-a,team-b"})
+    with operator:
+        for ns in ("team-a", "team-b", "team-c"):
+            run = copy.deepcopy(RUN)
+            run["metadata"].update(name="scoped", namespace=ns)
+            policed.apply(run)
+        for ns in ("team-a", "team-b"):
+            wait_for(lambda ns=ns: policed.get("pytorchjobs.kubeflow.org", namespace=ns)["items"],
+                     what=f"the job in {ns}")
+        assert_no_forbidden(operator)
+    assert not policed.get("pytorchjobs.kubeflow.org", namespace="team-c")["items"]
+    assert "status" not in policed.get("vitatrainingrun", "scoped", namespace="team-c")

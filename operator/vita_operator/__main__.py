@@ -19,8 +19,9 @@ def main() -> None:
                       urllib.parse.urlparse(liveness).port)
     args = ["run", "--standalone", "-m", "vita_operator.controller.handlers", f"--liveness={liveness}"]
     args.append(f"--log-format={os.environ.get('VITA_OPERATOR_LOG_FORMAT', 'plain')}")  # plain, full or json
-    namespace = os.environ.get("VITA_OPERATOR_NAMESPACE")
-    args += ["--namespace", namespace] if namespace else ["--all-namespaces"]
+    # One namespace, a comma-separated list (the chart's watchNamespaces), or all of them.
+    namespaces = [n.strip() for n in os.environ.get("VITA_OPERATOR_NAMESPACE", "").split(",") if n.strip()]
+    args += [a for n in namespaces for a in ("--namespace", n)] if namespaces else ["--all-namespaces"]
     sys.exit(kopf.cli.main(args + sys.argv[1:]))
 
 

@@ -34,13 +34,17 @@ class Store:
         with self._lock:
             self._apply(self._groups, self._key_of, event_type, key, obj)
 
-    def replace(self, objects: list[tuple[Key | None, dict[str, Any]]]) -> None:
-        """Everything at once, from a fresh LIST: objects deleted while nobody watched leave the cache too."""
+    def replace(self, objects: list[tuple[Key | None, dict[str, Any]]], namespace: str | None = None) -> None:
+        """Everything at once, from a fresh LIST: objects deleted while nobody watched leave the cache too. With
+        `namespace`, the LIST covered that namespace only (an operator watching several): the others' are kept."""
         groups: dict[Key, dict[str, dict[str, Any]]] = {}
         key_of: dict[tuple[str, str], Key] = {}
         for key, obj in objects:
             self._apply(groups, key_of, None, key, obj)
         with self._lock:
+            if namespace is not None:
+                groups.update({k: g for k, g in self._groups.items() if k[0] != namespace})
+                key_of.update({i: k for i, k in self._key_of.items() if i[0] != namespace})
             self._groups, self._key_of = groups, key_of
 
     @staticmethod

@@ -13,7 +13,8 @@ from ..jobs.pods import PLATFORM_UID, TRAINER_UID
 from ..jobs.trainjob import DEFAULT_RUNTIME
 
 API_URL_ENV = "VITA_OPERATOR_API_URL"   # tests point the operator at their own API server
-NAMESPACE_ENV = "VITA_OPERATOR_NAMESPACE"  # watch one namespace (as __main__ does); unset: all namespaces
+# The namespaces to watch, comma-separated (as __main__ passes them to kopf); unset: all namespaces.
+NAMESPACE_ENV = "VITA_OPERATOR_NAMESPACE"
 RESYNC_ENV = "VITA_OPERATOR_RESYNC_SECONDS"
 WORKERS_ENV = "VITA_OPERATOR_WORKERS"  # reconciles at once
 # How often the progress loop looks for runs due a read (each run is read every spec.progressIntervalSeconds).
@@ -28,7 +29,7 @@ TRAINER_UID_ENV = "VITA_OPERATOR_TRAINER_UID"  # a UID, or "platform" (the chart
 @dataclass(frozen=True)
 class Settings:
     api_url: str | None
-    namespace: str | None
+    namespaces: tuple[str, ...] | None   # None: every namespace
     resync_seconds: float
     progress_tick_seconds: float
     # Reconciles are mostly waiting on the API server: Python's default pool (cpus + 4 threads) would serialise a
@@ -52,7 +53,7 @@ class Settings:
         enabled, default_backend = configured_backends(env)
         return cls(backends=job_backends(env.get(RUNTIME_ENV) or DEFAULT_RUNTIME), enabled=enabled,
                    default_backend=default_backend,
-                   api_url=env.get(API_URL_ENV) or None, namespace=env.get(NAMESPACE_ENV) or None,
+                   api_url=env.get(API_URL_ENV) or None, namespaces=watched_namespaces(env.get(NAMESPACE_ENV)),
                    resync_seconds=float(env.get(RESYNC_ENV, "60")),
                    progress_tick_seconds=float(env.get(PROGRESS_TICK_ENV, "10")),
                    workers=int(env.get(WORKERS_ENV, "32")), metrics_port=int(env.get(METRICS_PORT_ENV, "9090")),
@@ -61,6 +62,11 @@ class Settings:
                    startup_timeout_seconds=int(env[STARTUP_TIMEOUT_ENV]) if env.get(STARTUP_TIMEOUT_ENV) else None,
                    trainer_network_policy=network_policy.settings_from_env(env.get(network_policy.ENV)),
                    trainer_uid=trainer_uid(env.get(TRAINER_UID_ENV)))
+
+
+def watched_namespaces(value: str | None) -> tuple[str, ...] | None:
+    names = tuple(n.strip() for n in (value or "").split(",") if n.strip())
+    return names or None
 
 
 def trainer_uid(value: str | None) -> int | None:

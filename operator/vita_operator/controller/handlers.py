@@ -97,10 +97,12 @@ def job_watches(config: Settings, reconcile_later: Callable[[Key], None]) -> lis
             return  # a finished run's job (garbage collection deleting it, say): nothing to do
         reconcile_later(key)
     selector = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
-    out = [JobWatch(*kube.group_version(b.api_version), b.plural, selector, config.namespace,
+    namespaces: tuple[str | None, ...] = config.namespaces or (None,)  # one watch per namespace, or one for all
+    out = [JobWatch(*kube.group_version(b.api_version), b.plural, selector, namespace,
                     cache.job_store(b.name), b.index_fields, changed)
-           for b in (config.backends[name] for name in config.enabled)]
-    return out + [JobWatch("batch", "v1", "jobs", selector, config.namespace, None, lambda job: job, changed)]
+           for b in (config.backends[name] for name in config.enabled) for namespace in namespaces]
+    return out + [JobWatch("batch", "v1", "jobs", selector, namespace, None, lambda job: job, changed)
+                  for namespace in namespaces]
 
 
 def reconcile_owner(key: Key) -> None:

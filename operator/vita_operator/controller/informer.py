@@ -69,7 +69,7 @@ def list_all(w: JobWatch) -> str:
         token = (page.get("metadata") or {}).get("continue")
         if w.store is None or not token:
             if w.store is not None:
-                w.store.replace(found)
+                w.store.replace(found, w.namespace)
             return str((page.get("metadata") or {}).get("resourceVersion") or "")
 
 

@@ -27,14 +27,17 @@ from ..jobs.pods import (KUEUE_LABEL, active_since, creation_failure, disruption
                          node_lost, restarts_in_place, running_nodes, stuck_reason)
 from ..jobs.steps import STEP_JOBS, PodRead
 from . import cache, kube
-from .config import NAMESPACE_ENV
+from .config import NAMESPACE_ENV, watched_namespaces
 
 log = logging.getLogger(__name__)
 
 
 def all_runs() -> list[dict[str, Any]]:
     """Every run, from the cache (a LIST before the operator's watches feed it, e.g. in a bare call)."""
-    return cache.runs.all() if cache.fed.is_set() else kube.list_runs(os.environ.get(NAMESPACE_ENV))
+    if cache.fed.is_set():
+        return cache.runs.all()
+    namespaces = watched_namespaces(os.environ.get(NAMESPACE_ENV)) or (None,)
+    return [run for namespace in namespaces for run in kube.list_runs(namespace)]
 
 
 @dataclass
