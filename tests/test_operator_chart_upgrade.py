@@ -38,9 +38,10 @@ def test_helm_upgrade_upgrades_the_crd_and_the_run_goes_on(tmp_path, control_pla
         cp.kubectl("apply", "--server-side", "-f", str(REPO / "third_party" / "kubeflow-trainer"))
 
         def helm(*args: str) -> None:
-            subprocess.run([str(tool("helm")), *args, "-n", "vita-system", "--kubeconfig", str(cp.admin_kubeconfig),
-                            "--set", "backends.trainjob.enabled=true", "--set", "runPolicy.enabled=false"],
-                           check=True, capture_output=True, text=True)
+            done = subprocess.run([str(tool("helm")), *args, "-n", "vita-system", "--kubeconfig",
+                                   str(cp.admin_kubeconfig), "--set", "backends.trainjob.enabled=true",
+                                   "--set", "runPolicy.enabled=false"], capture_output=True, text=True)
+            assert done.returncode == 0, f"helm {args[0]}: {done.stderr}"
         helm("install", "vita-operator", str(old_chart), "--create-namespace")
         wait_established(cp, "vitatrainingruns.vita.training.dev")
         cluster = Cluster(cp, cp.service_account_kubeconfig("vita-system", "vita-operator"), tmp_path)
