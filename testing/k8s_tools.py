@@ -28,7 +28,7 @@ def helm_version() -> str:
     raise RuntimeError("hack/helm/go.mod does not require helm.sh/helm/v4")
 
 
-def _require_go(name: str) -> None:
+def require_go(name: str) -> None:
     if shutil.which("go") is None and not os.environ.get("CI"):
         pytest.skip(f"SKIPPED: {name} is built from its Go module and `go` is not installed; install Go >= 1.24 "
                     "to run this test (CI always runs it)")
@@ -38,13 +38,13 @@ def tool(name: str) -> Path:
     if name == "kubectl":
         from testing.control_plane import bin_dir, ensure_binaries
         if not (bin_dir() / "kubectl").is_file():
-            _require_go(name)
+            require_go(name)
         return ensure_binaries() / "kubectl"
     if name == "helm":
         out = Path(os.environ.get("VITA_K8S_TOOLS", Path.home() / ".cache" / "vita" / "k8s-tools"))
         out = out / f"helm-{helm_version()}"
         if not (out / "helm").is_file():
-            _require_go(name)
+            require_go(name)
             out.parent.mkdir(parents=True, exist_ok=True)
             with exclusive(out):  # parallel test workers: one builds, the others wait for it
                 if not (out / "helm").is_file():

@@ -5,7 +5,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from vita_api.status import PHASES
+from vita_api.status import PHASES, Reason
 
 REGISTRY = CollectorRegistry()
 RUNS = Gauge("vita_operator_runs", "VitaTrainingRuns by phase", ["phase"], registry=REGISTRY)
@@ -24,10 +24,23 @@ BENCHMARK_SCORE = Gauge("vita_operator_benchmark_score", "A benchmark score afte
                         "lmms-eval's metric value, as in status.evaluations", ["namespace", "run", "stage", "task",
                                                                             "metric"], registry=REGISTRY)
 
+# Why a reconcile raised or stopped. The operator's own faults (or the platform's: a missing job CRD) alert the
+# platform team; a tenant's state (a create the API server refused, a claim that does not fit, a backend the run
+# names but this operator does not run) is reported on the run and repeats on every resync, so it does not.
+OPERATOR_FAULTS = ("api", "resync", "progress", "crd_missing")
+TENANT_STATES = ("create_refused", "volume", "backend_disabled")
+
 _phases: dict[str, str] = {}
 _phase_lock = threading.Lock()
-for _p in PHASES:  # every phase's series exists from the start, at 0
+# Every known series exists from the start, at 0: increase() over a counter series that appears at 1 is 0, so the
+# first failure after each operator start would not alert.
+for _p in PHASES:
     RUNS.labels(_p).set(0)
+# The transitions' reasons: the Reason constants, and Run<Phase> (conditions.set_phase), RunFailed among them.
+for _r in {v for k, v in vars(Reason).items() if k.isupper() and isinstance(v, str)} | {f"Run{p}" for p in PHASES}:
+    STAGE_TRANSITIONS.labels(_r)
+for _e in OPERATOR_FAULTS + TENANT_STATES:
+    RECONCILE_ERRORS.labels(_e)
 _scores: dict[tuple[str, str], set[tuple[str, ...]]] = {}
 
 
