@@ -332,8 +332,8 @@ class TrainerSpec(_Spec):
                                              description="ServiceAccount of the trainer pods (default: the "
                                                          "namespace's)")
     env: dict[EnvName, str] = Field(default_factory=dict, max_length=MAX_MAP_KEYS, description="Plain env vars for "
-                                    "the trainer, e.g. NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_DEBUG (secrets go in "
-                                    "envFromSecrets)")
+                                    "the trainer, e.g. WANDB_PROJECT (secrets go in envFromSecrets; the chart's "
+                                    "run policy denies some: LD_PRELOAD, PYTHONPATH, HF_ENDPOINT, NCCL_*...)")
     pod_annotations: dict[QualifiedName, str] = Field(default_factory=dict, max_length=MAX_MAP_KEYS,
                                                       description="Annotations on trainer pods, e.g. "
                                             "k8s.v1.cni.cncf.io/networks for a Multus secondary network")
