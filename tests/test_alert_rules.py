@@ -141,13 +141,17 @@ def test_the_reconcile_error_alert_reads_the_operators_own_fault_reasons():
 
 
 def test_the_operator_exports_every_alerted_series_from_its_start():
-    """What the scenarios above assume: a fresh operator exports RunFailed and each reconcile error reason at 0
-    (increase() over a series that appears at 1 is 0: without them the first failure after every start, and so
-    after every upgrade, would not alert)."""
-    from prometheus_client import generate_latest
+    """What the scenarios above assume: a fresh operator process exports RunFailed and each reconcile error reason
+    at 0 (increase() over a series that appears at 1 is 0: without them the first failure after every start, and so
+    after every upgrade, would not alert). A new process: this one's counters may have counted other tests' runs."""
+    import sys
 
-    from vita_operator.controller.metrics import OPERATOR_FAULTS, REGISTRY, TENANT_STATES
-    text = generate_latest(REGISTRY).decode()
+    from testing.control_plane import REPO
+    from vita_operator.controller.metrics import OPERATOR_FAULTS, TENANT_STATES
+    text = subprocess.run(
+        [sys.executable, "-c", "from prometheus_client import generate_latest; from vita_operator.controller.metrics "
+                               "import REGISTRY; print(generate_latest(REGISTRY).decode())"],
+        capture_output=True, text=True, check=True, env={"PYTHONPATH": f"{REPO / 'operator'}:{REPO}"}).stdout
     assert 'vita_operator_stage_transitions_total{reason="RunFailed"} 0.0' in text
     for reason in OPERATOR_FAULTS + TENANT_STATES:
         assert f'vita_operator_reconcile_errors_total{{reason="{reason}"}} 0.0' in text

@@ -81,15 +81,19 @@ def test_a_create_refused_by_admission_blocks_the_run_with_the_policys_message(c
         cluster.cp.kubectl("delete", "vitatrainingrun", "denied", "-n", NS, "--timeout=30s", check=False)
 
 
-def test_renaming_a_started_stage_deletes_its_job(cluster):
-    """The renamed stage's running job would hold its GPUs unseen."""
+def test_renaming_a_started_stage_is_refused_and_its_job_runs_on(cluster):
+    """The API server refuses the rename (the CRD's transition rule on status.stages): the running job is not
+    deleted and restarted under a new name. (A job of a stage the spec no longer has is still deleted by the
+    operator, as a second line: test_operator_state.)"""
     with cluster.operator("operator-rename") as op:
         cluster.start_run("renamed")
-        cluster.cp.kubectl("patch", "vitatrainingrun", "renamed", "-n", NS, "--type=json",
-                           "-p", '[{"op": "replace", "path": "/spec/stages/0/name", "value": "s1b"}]')
-        wait_for(lambda: "renamed-s1b-1" in (jobs := cluster.jobs()) and "renamed-s1-1" not in jobs,
-                 what="the old stage's job deleted, the renamed stage's created")
-        assert "StageRemoved" in cluster.cp.kubectl("describe", "vitatrainingrun", "renamed", "-n", NS).stdout
+        wait_for(lambda: (cluster.run_status("renamed").get("stages") or [{}])[0].get("phase") == "Running",
+                 what="stage s1 recorded as started")
+        refused = cluster.cp.kubectl("patch", "vitatrainingrun", "renamed", "-n", NS, "--type=json", "-p",
+                                     '[{"op": "replace", "path": "/spec/stages/0/name", "value": "s1b"}]',
+                                     check=False)
+        assert refused.returncode != 0 and "cannot be renamed or removed" in refused.stderr
+        assert set(cluster.jobs()) >= {"renamed-s1-1"} and "renamed-s1b-1" not in cluster.jobs()
         assert_no_forbidden(op)
     cluster.cp.kubectl("delete", "vitatrainingrun", "renamed", "-n", NS, "--timeout=30s")
 
