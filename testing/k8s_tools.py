@@ -20,12 +20,29 @@ REPO = Path(__file__).resolve().parents[1]
 HELM_MODULE = REPO / "hack" / "helm"
 
 
-def helm_version() -> str:
-    for line in (HELM_MODULE / "go.mod").read_text().splitlines():
+def module_version(module_dir: Path, module: str) -> str:
+    """The version a hack/ build module's go.mod requires of `module`."""
+    for line in (module_dir / "go.mod").read_text().splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0] == "helm.sh/helm/v4":
+        if len(parts) >= 2 and parts[0] == module:
             return parts[1]
-    raise RuntimeError("hack/helm/go.mod does not require helm.sh/helm/v4")
+    raise RuntimeError(f"{module_dir.relative_to(REPO)}/go.mod does not require {module}")
+
+
+def helm_version() -> str:
+    return module_version(HELM_MODULE, "helm.sh/helm/v4")
+
+
+def built(out: Path, binary: str, build_script: Path) -> Path:
+    """`out/binary`, built by `build_script out` the first time (Go needed then): parallel test workers build it
+    once, the others wait on the lock."""
+    if not (out / binary).is_file():
+        require_go(binary)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive(out):
+            if not (out / binary).is_file():
+                subprocess.run(["bash", str(build_script), str(out)], check=True)
+    return out / binary
 
 
 def require_go(name: str) -> None:
@@ -42,14 +59,7 @@ def tool(name: str) -> Path:
         return ensure_binaries() / "kubectl"
     if name == "helm":
         out = Path(os.environ.get("VITA_K8S_TOOLS", Path.home() / ".cache" / "vita" / "k8s-tools"))
-        out = out / f"helm-{helm_version()}"
-        if not (out / "helm").is_file():
-            require_go(name)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with exclusive(out):  # parallel test workers: one builds, the others wait for it
-                if not (out / "helm").is_file():
-                    subprocess.run(["bash", str(HELM_MODULE / "build.sh"), str(out)], check=True)
-        return out / "helm"
+        return built(out / f"helm-{helm_version()}", "helm", HELM_MODULE / "build.sh")
     raise ValueError(f"unknown tool {name!r}")
 
 

@@ -1,4 +1,4 @@
-"""The reference recipe's defaults where HF's differ ([gpu-correctness]), and the frozen whale encoder's mode."""
+"""The reference recipe's defaults where HF's differ, and the frozen whale encoder's mode."""
 
 from pathlib import Path
 

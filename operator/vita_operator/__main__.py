@@ -9,6 +9,7 @@ import uuid
 
 import kopf.cli
 
+from .controller.config import NAMESPACE_ENV, watched_namespaces
 from .controller.leader import LEADER_ELECTION_ENV, become_leader
 
 
@@ -20,7 +21,7 @@ def main() -> None:
     args = ["run", "--standalone", "-m", "vita_operator.controller.handlers", f"--liveness={liveness}"]
     args.append(f"--log-format={os.environ.get('VITA_OPERATOR_LOG_FORMAT', 'plain')}")  # plain, full or json
     # One namespace, a comma-separated list (the chart's watchNamespaces), or all of them.
-    namespaces = [n.strip() for n in os.environ.get("VITA_OPERATOR_NAMESPACE", "").split(",") if n.strip()]
+    namespaces = watched_namespaces(os.environ.get(NAMESPACE_ENV))
     args += [a for n in namespaces for a in ("--namespace", n)] if namespaces else ["--all-namespaces"]
     sys.exit(kopf.cli.main(args + sys.argv[1:]))
 

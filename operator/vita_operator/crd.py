@@ -20,9 +20,15 @@ from vita_api.presets import all_presets
 
 PLURAL = "vitatrainingruns"
 VERSION = "v1alpha1"
+
+
 def _cel_string(pattern: str) -> str:
     """A regex as the body of a single-quoted CEL string: its backslashes escaped."""
     return pattern.replace("\\", "\\\\")
+
+
+def _add_rule(node: dict[str, Any], rule: str, message: str) -> None:
+    node["x-kubernetes-validations"] = [*node.get("x-kubernetes-validations", []), {"rule": rule, "message": message}]
 
 
 def _structural(node: Any, defs: dict[str, Any]) -> Any:
@@ -52,14 +58,11 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         names = node.pop("propertyNames", {})
         node["additionalProperties"] = values
         # Structural schemas cannot constrain keys: a CEL rule on the map does (maxProperties bounds its cost).
-        node["x-kubernetes-validations"] = [*node.get("x-kubernetes-validations", []), {
-            "rule": f"self.all(k, k.matches('{_cel_string(pattern)}'))",
-            "message": names.get("description", f"keys must match {pattern}")}]
+        _add_rule(node, f"self.all(k, k.matches('{_cel_string(pattern)}'))",
+                  names.get("description", f"keys must match {pattern}"))
     if FIX in node:  # a pattern's fix, as a CEL rule beside it (the pattern's own error shows only the regex)
         node = dict(node)
-        fix = node.pop(FIX)
-        node["x-kubernetes-validations"] = [*node.get("x-kubernetes-validations", []), {
-            "rule": f"self.matches('{_cel_string(node['pattern'])}')", "message": fix}]
+        _add_rule(node, f"self.matches('{_cel_string(node['pattern'])}')", node.pop(FIX))
     for key, value in node.items():
         if key in ("title", "$defs") or (key == "additionalProperties" and value is False):
             continue  # structural schemas forbid additionalProperties: false; the API server prunes instead

@@ -4,7 +4,6 @@ it can and the API server where it must (pods, events, Kueue Workloads); never w
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 import logging
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from ..jobs.pods import (KUEUE_LABEL, active_since, creation_failure, disruption
                          node_lost, restarts_in_place, running_nodes, stuck_reason)
 from ..jobs.steps import STEP_JOBS, PodRead
 from . import cache, kube
-from .config import NAMESPACE_ENV, watched_namespaces
+from .config import settings
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +35,7 @@ def all_runs() -> list[dict[str, Any]]:
     """Every run, from the cache (a LIST before the operator's watches feed it, e.g. in a bare call)."""
     if cache.fed.is_set():
         return cache.runs.all()
-    namespaces = watched_namespaces(os.environ.get(NAMESPACE_ENV)) or (None,)
-    return [run for namespace in namespaces for run in kube.list_runs(namespace)]
+    return [run for namespace in settings().namespaces or (None,) for run in kube.list_runs(namespace)]
 
 
 @dataclass
