@@ -1,4 +1,5 @@
-"""promtool for the tests, built from its pinned Go module (hack/prometheus) and cached like the control plane.
+"""promtool and prometheus for the tests, built from their pinned Go module (hack/prometheus) and cached like the
+control plane.
 
 A machine's first run builds it (minutes: Prometheus' dependency tree); later runs reuse the binary. Without Go
 (outside CI) the tests that need it skip, saying so.
@@ -14,7 +15,15 @@ from testing.k8s_tools import REPO, built, module_version
 MODULE = REPO / "hack" / "prometheus"
 
 
-def promtool() -> Path:
+def _tool(name: str) -> Path:
     version = module_version(MODULE, "github.com/prometheus/prometheus")
     out = Path(os.environ.get("VITA_PROMETHEUS_BIN", Path.home() / ".cache" / "vita" / f"prometheus-{version}"))
-    return built(out, "promtool", MODULE / "build.sh")
+    return built(out, name, MODULE / "build.sh")
+
+
+def promtool() -> Path:
+    return _tool("promtool")
+
+
+def prometheus() -> Path:
+    return _tool("prometheus")

@@ -118,16 +118,38 @@ def test_a_finished_run_is_not_read_again_and_is_deleted_after_its_ttl(monkeypat
 def test_the_phase_gauge_moves_one_run_at_a_time():
     def value(phase):
         return metrics.REGISTRY.get_sample_value("vita_operator_runs", {"phase": phase})
+
+    def st(phase):
+        return {"phase": phase}
     before = {p: value(p) for p in ("Running", "Succeeded", "Queued")}
-    metrics.record_phase("t/a", "Running")
-    metrics.record_phase("t/b", "Running")
-    metrics.record_phase("t/a", "Succeeded")
-    metrics.record_phase("t/a", "Succeeded")
+    metrics.record_run("t", "a", st("Running"))
+    metrics.record_run("t", "b", st("Running"))
+    metrics.record_run("t", "a", st("Succeeded"))
+    metrics.record_run("t", "a", st("Succeeded"))
     assert value("Running") == before["Running"] + 1 and value("Succeeded") == before["Succeeded"] + 1
-    metrics.record_phase("t/a", None)
-    metrics.record_phase("t/b", None)
+    metrics.record_run("t", "a", None)
+    metrics.record_run("t", "b", None)
     assert value("Running") == before["Running"] and value("Succeeded") == before["Succeeded"]
     assert value("Queued") == before["Queued"]
+
+
+def test_each_run_has_one_series_with_the_time_it_entered_its_phase():
+    def series(run):
+        return [(s.labels, s.value) for m in metrics.REGISTRY.collect() for s in m.samples
+                if s.name == "vita_operator_run_phase_transition_timestamp_seconds" and s.labels["run"] == run]
+    queued = {"phase": "Queued", "phaseTransitionTime": "2026-01-01T00:00:00Z", "currentStage": "s1",
+              "conditions": [{"type": "Ready", "status": "True", "reason": "JobQueued"}]}
+    metrics.record_run("t", "q", queued)
+    # 2026-01-01T00:00:00Z is 1767225600 s after the epoch (date -d 2026-01-01T00:00:00Z +%s)
+    assert series("q") == [({"namespace": "t", "run": "q", "phase": "Queued", "reason": "JobQueued", "stage": "s1"},
+                            1767225600.0)]
+    failed = {**queued, "phase": "Failed", "phaseTransitionTime": "2026-01-01T01:00:00Z",
+              "conditions": [{"type": "Ready", "status": "False", "reason": "JobFailed"}]}
+    metrics.record_run("t", "q", failed)
+    assert series("q") == [({"namespace": "t", "run": "q", "phase": "Failed", "reason": "JobFailed", "stage": "s1"},
+                            1767229200.0)]
+    metrics.record_run("t", "q", None)
+    assert series("q") == []
 
 
 def disrupted(attempt: int, node: str) -> ObservedJob:

@@ -68,7 +68,9 @@ class Reason:
 
 class Condition:
     """Condition types besides the phases' own (Running, Suspended, Succeeded, Failed)."""
-    READY = "Ready"
+    READY = "Ready"                # healthy: True while the run works or waits its turn, and once it Succeeded
+    RECONCILING = "Reconciling"    # kstatus: the run is still working toward its end
+    STALLED = "Stalled"            # kstatus: a person must act (Blocked, Failed)
     PODS_READY = "PodsReady"
     HUNG = "Hung"
     EVALUATED = "Evaluated"
@@ -249,6 +251,8 @@ class VitaTrainingRunStatus(_Status):
     progress: ProgressStatus | None = None
     phase: Phase | None = None
     message: str | None = Field(None, description="Why the run is in its phase, and what to change")
+    phase_transition_time: str | None = Field(None, json_schema_extra={"format": "date-time"},
+                                              description="When the run entered its phase")
     current_stage: str | None = None
     current_job: str | None = None
     backend: Literal[JOB_BACKENDS] | None = Field(  # type: ignore[valid-type]

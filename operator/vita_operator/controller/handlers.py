@@ -57,8 +57,8 @@ def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     loops.start_loop("resync", config.resync_seconds, loops.resync_all)
     loops.start_loop("progress", config.progress_tick_seconds, loops.progress_all)
     if config.metrics_port:
-        from prometheus_client import start_http_server
-        start_http_server(config.metrics_port, registry=metrics.REGISTRY)
+        metrics.serve(config.metrics_port)
+    metrics.LEADER.set(1)
 
 
 @kopf.on.cleanup()
@@ -122,7 +122,7 @@ def reconcile_owner(key: Key) -> None:
 @kopf.on.delete(API_GROUP, VERSION, PLURAL, optional=True)
 def on_delete(body: kopf.Body, **_: Any) -> None:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    metrics.record_phase(f"{namespace}/{name}", None)
+    metrics.record_run(namespace, name, None)
     forget(namespace, name)
     metrics.forget_progress(namespace, name)
     metrics.record_scores(namespace, name, [])

@@ -1,9 +1,10 @@
 """The operator's own Prometheus metrics. Names are defined here once."""
 
 import threading
+from datetime import datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from vita_api.status import PHASES, Reason
 
@@ -16,6 +17,13 @@ JOB_FAILURES = Counter("vita_operator_job_failures", "Jobs (PyTorchJobs or Train
 RECONCILE_ERRORS = Counter("vita_operator_reconcile_errors", "Reconciles that raised", ["reason"], registry=REGISTRY)
 RECONCILE_SECONDS = Histogram("vita_operator_reconcile_seconds", "Reconcile latency", registry=REGISTRY,
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+LEADER = Gauge("vita_operator_leader", "1 while this replica operates (it holds the Lease, or runs without leader "
+               "election); 0 while it waits as a standby", registry=REGISTRY)
+RUN_PHASE_SINCE = Gauge("vita_operator_run_phase_transition_timestamp_seconds", "When each run entered its phase "
+                        "(status.phaseTransitionTime, Unix time): one series per run, labelled with the phase, its "
+                        "reason and the current stage", ["namespace", "run", "phase", "reason", "stage"],
+                        registry=REGISTRY)
 
 PROGRESS_STALE = Gauge("vita_operator_progress_stale", "1 while a running run's trainer endpoint does not answer "
                        "(status.progress.stale)", ["namespace", "run"], registry=REGISTRY)
@@ -31,6 +39,7 @@ OPERATOR_FAULTS = ("api", "resync", "progress", "crd_missing")
 TENANT_STATES = ("create_refused", "volume", "backend_disabled")
 
 _phases: dict[str, str] = {}
+_run_series: dict[tuple[str, str], tuple[str, ...]] = {}
 _phase_lock = threading.Lock()
 # Every known series exists from the start, at 0: increase() over a counter series that appears at 1 is 0, so the
 # first failure after each operator start would not alert.
@@ -44,8 +53,45 @@ for _e in OPERATOR_FAULTS + TENANT_STATES:
 _scores: dict[tuple[str, str], set[tuple[str, ...]]] = {}
 
 
-def record_phase(run_key: str, phase: str | None) -> None:
-    """The run's phase now (None: the run is gone); only the two phases it left and entered change."""
+def serve(port: int) -> None:
+    """The /metrics endpoint, once per process: a standby serves it too (its leader gauge 0), so that two replicas
+    are two healthy scrape targets and an absent leader is an alert, not a down target."""
+    global _server
+    with _phase_lock:
+        if _server is None:
+            _server = start_http_server(port, registry=REGISTRY)
+
+
+_server: Any = None
+
+
+def record_run(namespace: str, name: str, status: dict[str, Any] | None) -> None:
+    """The run's phase now (None: the run is gone): the phase counts, and the run's own series with the time it
+    entered the phase (its labels replaced when the phase, reason or stage change)."""
+    key = (namespace, name)
+    phase = (status or {}).get("phase")
+    _record_phase(f"{namespace}/{name}", phase)
+    labels = None
+    if status is not None and phase and (since := _unix(status.get("phaseTransitionTime"))) is not None:
+        reason = next((c.get("reason") or "" for c in status.get("conditions") or [] if c.get("type") == "Ready"), "")
+        labels = (namespace, name, phase, reason, status.get("currentStage") or "")
+    with _phase_lock:
+        old = _run_series.pop(key, None)
+        if old is not None and old != labels:
+            RUN_PHASE_SINCE.remove(*old)
+        if labels is not None:
+            RUN_PHASE_SINCE.labels(*labels).set(since)
+            _run_series[key] = labels
+
+
+def _unix(rfc3339: str | None) -> float | None:
+    if not rfc3339:
+        return None
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+def _record_phase(run_key: str, phase: str | None) -> None:
+    """The phase counts: only the two phases the run left and entered change."""
     with _phase_lock:  # reconciles run on many threads
         old = _phases.pop(run_key, None) if phase is None else _phases.get(run_key)
         if phase is not None:

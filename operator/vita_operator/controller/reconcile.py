@@ -79,7 +79,7 @@ def _apply_status_only(run: dict[str, Any], decision: Decision) -> None:
     write_status(run, decision.status, run.get("status"), meta.get("resourceVersion"))
     for event in decision.events:
         kube.emit_event(run, *event)
-    metrics.record_phase(f"{meta['namespace']}/{meta['name']}", decision.status.get("phase"))
+    metrics.record_run(meta["namespace"], meta["name"], decision.status)
 
 
 def _blocked(run: dict[str, Any], reason: str, message: str, metric: str) -> None:
@@ -104,9 +104,9 @@ def _finished(run: dict[str, Any], spec: VitaTrainingRunSpec, status: dict[str, 
         settings().run_ttl_seconds
     if expired(status, ttl, datetime.now(timezone.utc)):
         kube.delete_run(meta["namespace"], meta["name"])
-        metrics.record_phase(f"{meta['namespace']}/{meta['name']}", None)
+        metrics.record_run(meta["namespace"], meta["name"], None)
         return
-    metrics.record_phase(f"{meta['namespace']}/{meta['name']}", status.get("phase"))
+    metrics.record_run(meta["namespace"], meta["name"], status)
     metrics.record_scores(meta["namespace"], meta["name"], status.get("evaluations") or [])
 
 
@@ -198,6 +198,6 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger | Any) -> None:
             metrics.STAGE_TRANSITIONS.labels(event.reason).inc()
             if event.reason in ("StageRetrying", "StageFailed"):  # each is one job observed Failed
                 metrics.JOB_FAILURES.inc()
-        metrics.record_phase(key, decision.status.get("phase"))
+        metrics.record_run(namespace, name, decision.status)
         logger.info("reconciled %s: phase=%s stage=%s job=%s", key, decision.status.get("phase"),
                     decision.status.get("currentStage"), decision.status.get("currentJob"))

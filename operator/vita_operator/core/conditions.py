@@ -30,12 +30,38 @@ def condition(status: dict[str, Any], ctype: str) -> dict[str, Any] | None:
     return next((c for c in status.get("conditions", []) if c["type"] == ctype), None)
 
 
+# What each phase says to the tools that read a resource's health from its conditions, as (Ready, Reconciling,
+# Stalled): Ready for Argo CD's health check (docs/argocd-health.lua), `kubectl wait --for=condition=Ready` and
+# people; Reconciling and Stalled for kstatus (Flux, kpt, cli-utils). Ready means nothing needs a person: True
+# while the run works or waits its turn and once it Succeeded; False when suspended, Blocked or Failed.
+HEALTH: dict[str, tuple[bool, bool, bool]] = {
+    **{p: (True, True, False) for p in ("Pending", "Initializing", "Preflight", "Queued", "Running", "Exporting",
+                                        "Evaluating")},
+    "Suspended": (False, False, False), "Blocked": (False, False, True),
+    "Succeeded": (True, False, False), "Failed": (False, False, True)}
+
+
+def enter_phase(status: dict[str, Any], phase: str, reason: str, message: str, clock: Clock) -> None:
+    """The run's phase, message and health conditions; phaseTransitionTime moves only when the phase changes (the
+    alerts on a run Blocked or Queued too long read it)."""
+    if status.get("phase") != phase or not status.get("phaseTransitionTime"):
+        status["phaseTransitionTime"] = clock.now
+    status["phase"], status["message"] = phase, message
+    ready, reconciling, stalled = HEALTH[phase]
+    for ctype, value in ((Condition.READY, ready), (Condition.RECONCILING, reconciling),
+                         (Condition.STALLED, stalled)):
+        # a False condition says why too: the phase's reason where the phase is the cause, else Run<Phase>
+        if value or ctype == Condition.READY:
+            set_condition(status, ctype, value, reason, message, clock)
+        else:
+            set_condition(status, ctype, False, f"Run{phase}", f"the run is {phase}", clock)
+
+
 def set_phase(d: Decision, phase: str, reason: str, message: str, clock: Clock) -> None:
     """The run's phase and message, mirrored into the phase conditions; a new phase is one Run<Phase> event."""
     if d.status.get("phase") != phase:
         d.events.append((warning if phase == "Failed" else normal)(f"Run{phase}", message))
-    d.status["phase"] = phase
-    d.status["message"] = message
+    enter_phase(d.status, phase, reason, message, clock)
     for ctype in PHASE_CONDITIONS:
         if ctype == phase:
             set_condition(d.status, ctype, True, reason, message, clock)

@@ -49,7 +49,7 @@ from vita_api.plan import (EVALUATION, backend_problems, check_spec, cluster_roo
 from vita_api.spec import VitaTrainingRunSpec
 from vita_api.status import TERMINAL, Condition, Reason
 
-from .conditions import condition, created, pods_ready, set_condition, set_phase, still_refused
+from .conditions import condition, created, enter_phase, pods_ready, set_condition, set_phase, still_refused
 from .progress import parse_time
 from .decision import (Clock, CreateEvaluation, Decision, DeleteJob, ObservedAttempt, ObservedEvaluation,
                        ObservedJob, SetJobSuspend, normal, warning)
@@ -151,8 +151,7 @@ def decide_blocked(status: dict[str, Any] | None, reason: str, message: str, now
     d = Decision(status=copy.deepcopy(status or {}))
     if d.status.get("phase") in TERMINAL:
         return d
-    d.status["phase"], d.status["message"] = "Blocked", message
-    set_condition(d.status, Condition.READY, False, reason, message, Clock(now, generation))
+    enter_phase(d.status, "Blocked", reason, message, Clock(now, generation))
     if d.status != (status or {}):
         d.events.append(warning(reason, message))
     return d
@@ -176,7 +175,6 @@ def decide_refused(status: dict[str, Any], job: str, kind: str, message: str, no
     clock = Clock(now, generation)
     d.status["refused"] = {"job": job, "kind": kind, "message": message[:1500]}
     set_phase(d, "Blocked", Reason.CREATE_REFUSED, msg, clock)
-    set_condition(d.status, Condition.READY, False, Reason.CREATE_REFUSED, msg, clock)
     return d
 
 
