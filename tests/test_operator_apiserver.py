@@ -144,8 +144,33 @@ def test_pods_that_cannot_start_show_on_the_run(cluster):
         assert "badimage-s1-1-master-0: ImagePullBackOff" in ready["message"]
         described = cluster.cp.kubectl("describe", "vitatrainingrun", "badimage", "-n", NS).stdout
         assert "PodsStuck" in described
+        # the kubelet rewords its back-off message on every try: the condition follows it, with no new event
+        cluster.cp.kubectl("patch", "pod", f"{job}-master-0", "-n", NS, "--subresource=status", "--type=json",
+                           "-p", json.dumps([{"op": "replace", "path": "/status/containerStatuses/0/state/waiting/"
+                                              "message", "value": 'Back-off pulling image "trainer:test" (2)'}]))
+        wait_for(lambda: "(2)" in cluster.condition("PodsReady", "badimage")["message"], what="reworded message")
+        stuck = [e for e in cluster.get("events")["items"]
+                 if e["involvedObject"]["name"] == "badimage" and e["reason"] == "PodsStuck"]
+        assert len(stuck) == 1, stuck
         assert_no_forbidden(op)
     cluster.cp.kubectl("delete", "vitatrainingrun", "badimage", "-n", NS, "--timeout=30s")
+
+
+def test_a_repeated_event_is_counted_on_the_first_with_the_charts_rbac(cluster, monkeypatch):
+    """What `kubectl describe` shows as "x2": the same event twice is one Event with count 2; another message is
+    another Event. Written as the operator's ServiceAccount (the chart's RBAC: create, get, patch)."""
+    from kubernetes import client, config
+    from vita_operator.controller import kube
+    cfg = client.Configuration()
+    config.load_kube_config(str(cluster.operator_kubeconfig), client_configuration=cfg)
+    monkeypatch.setattr(kube, "_client", client.ApiClient(cfg))
+    run = {"metadata": {"name": "evt", "namespace": NS, "uid": "0b6a1f52-0000-4000-8000-000000000001"}}
+    for message in ("claim data is missing", "claim data is missing", "claim ckpt is missing"):
+        kube.emit_event(run, "Warning", "VolumeNotReady", message)
+    ours = sorted((e["message"], e["count"]) for e in cluster.get("events")["items"]
+                  if e["involvedObject"]["name"] == "evt")
+    assert ours == [("claim ckpt is missing", 1), ("claim data is missing", 2)]
+    assert "VolumeNotReady" in cluster.cp.kubectl("get", "events", "-n", NS).stdout
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

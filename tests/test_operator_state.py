@@ -1,5 +1,6 @@
 """Table-driven tests of the operator's pure state machine."""
 
+import dataclasses
 import re
 
 import pytest
@@ -180,6 +181,13 @@ def test_pods_that_cannot_start_are_reported_once_and_cleared_when_they_start():
     assert first.status["phase"] == "Running" and not first.actions  # reported, not failed: it can heal
     again = decide("run", 1, spec(), first.status, [stuck], NOW)
     assert "PodsStuck" not in [e[1] for e in again.events]  # one event per cause, not per reconcile
+    # the scheduler rewords its message on every try while a gang waits: the condition follows, no new event
+    waiting = [dataclasses.replace(stuck, stuck=f"pod run-s1-1-master-0: Unschedulable: 0/{n} nodes are available")
+               for n in (4, 5)]
+    first_wait = decide("run", 1, spec(), again.status, waiting[:1], NOW)
+    reworded = decide("run", 1, spec(), first_wait.status, waiting[1:], NOW)
+    assert [e[1] for e in first_wait.events] == ["PodsStuck"] and "PodsStuck" not in [e[1] for e in reworded.events]
+    assert "0/5 nodes" in {c["type"]: c for c in reworded.status["conditions"]}["PodsReady"]["message"]
     healed = decide("run", 1, spec(), again.status, [job("s1", 1, "Running")], NOW)
     assert {c["type"]: c["status"] for c in healed.status["conditions"]}["PodsReady"] == "True"
     plain = decide("run", 1, spec(), status(rec("s1", "Running", 1)), [job("s1", 1, "Running")], NOW)

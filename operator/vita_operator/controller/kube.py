@@ -3,6 +3,7 @@ the operator's loops share. Nothing here decides anything."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -216,18 +217,32 @@ def patch_status(namespace: str, name: str, status: dict[str, Any], resource_ver
 
 def emit_event(run: dict[str, Any], etype: str, reason: str, message: str) -> None:
     """A core/v1 Event on the run (`kubectl describe` shows it). Written directly, not with kopf.info: that only
-    works inside kopf's per-object tasks, and the resync loop reconciles from its own thread. Best effort."""
+    works inside kopf's per-object tasks, and the resync loop reconciles from its own thread. Best effort.
+
+    The same event again (same run, type, reason and message) is counted on the first one (count, lastTimestamp:
+    "x3 over 10m"), as client-go's event correlator does: its name is derived from what it says, so an operator
+    restart finds it too, until the API server's event TTL removes it."""
     meta = run["metadata"]
     now = datetime.now(timezone.utc)
+    message = message[:1024]
+    digest = hashlib.sha256("\0".join((meta.get("uid") or "", etype, reason, message)).encode()).hexdigest()[:16]
+    name = f"{meta['name']}.{digest}"
     event = client.CoreV1Event(
-        metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+        metadata=client.V1ObjectMeta(name=name, namespace=meta["namespace"]),
         involved_object=client.V1ObjectReference(api_version=run.get("apiVersion", f"{API_GROUP}/{VERSION}"),
                                                  kind=run.get("kind", KIND), name=meta["name"],
                                                  namespace=meta["namespace"], uid=meta.get("uid")),
-        type=etype, reason=reason, message=message[:1024], count=1, first_timestamp=now, last_timestamp=now,
+        type=etype, reason=reason, message=message, count=1, first_timestamp=now, last_timestamp=now,
         source=client.V1EventSource(component="vita-operator"), reporting_component="vita-operator",
         reporting_instance=os.environ.get("HOSTNAME", "vita-operator"))
     try:
-        core().create_namespaced_event(meta["namespace"], event)
+        try:
+            core().create_namespaced_event(meta["namespace"], event)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            seen = core().read_namespaced_event(name, meta["namespace"])
+            core().patch_namespaced_event(name, meta["namespace"], {
+                "count": (seen.count or 1) + 1, "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ")})
     except ApiException as e:
         log.warning("event %s on %s/%s not written: API error %s", reason, meta["namespace"], meta["name"], e.status)

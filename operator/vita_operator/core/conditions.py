@@ -71,15 +71,22 @@ def set_phase(d: Decision, phase: str, reason: str, message: str, clock: Clock) 
 
 def pods_ready(d: Decision, job: ObservedJob | ObservedAttempt, clock: Clock) -> None:
     """Pods that cannot start leave Kubeflow's job "Running" forever: say so (condition PodsReady=False, one
-    Warning event per new cause). Not a failure: a pushed image or a created Secret heals it."""
+    Warning event per new cause). Not a failure: a pushed image or a created Secret heals it. The condition keeps
+    the latest message; the event is for a new cause only (its pod and reason), since the scheduler rewords its
+    message on every try while a gang waits."""
     old = condition(d.status, Condition.PODS_READY)
     if job.stuck:
-        if not old or old["status"] != "False" or old["message"] != job.stuck:
+        if not old or old["status"] != "False" or _cause(old["message"]) != _cause(job.stuck):
             d.events.append(warning(Reason.PODS_STUCK, f"job {job.name}: {job.stuck}"))
         set_condition(d.status, Condition.PODS_READY, False, Reason.PODS_STUCK, job.stuck, clock)
     elif old and old["status"] == "False":
         set_condition(d.status, Condition.PODS_READY, True, Reason.PODS_STARTED, f"the pods of job {job.name} started",
                       clock)
+
+
+def _cause(stuck: str) -> str:
+    """What a stuck message is about: "pod NAME: Reason" (pods.stuck_reason's first two fields)."""
+    return ": ".join(stuck.split(": ")[:2])
 
 
 def still_refused(status: dict[str, Any], name: str) -> bool:
