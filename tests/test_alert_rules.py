@@ -21,6 +21,9 @@ def series(name: str, labels: str, values: str) -> dict:
 
 
 def alert(at: str, name: str, *expected: dict) -> dict:
+    """Every alert links its runbook: the README's section named after it (GitHub's anchor: the name lowercased)."""
+    for e in expected:
+        e["exp_annotations"].setdefault("runbook_url", f"{RUNBOOKS}#{name.lower()}")
     return {"eval_time": at, "alertname": name, "exp_alerts": list(expected)}
 
 
@@ -28,22 +31,80 @@ def fired(labels: dict, **annotations: str) -> dict:
     return {"exp_labels": labels, "exp_annotations": annotations}
 
 
-RUN_FAILED = {"summary": "A VitaTrainingRun failed in the last 15 minutes",
-              "description": "kubectl get vitatrainingruns -A shows which; kubectl describe shows the job's reason."}
-FAILED = 'vita_operator_stage_transitions_total'
+RUNBOOKS = "https://github.com/vita-trainer/vita-trainer/blob/main/README.md"
+PHASE = "vita_operator_run_phase_transition_timestamp_seconds"
+
+
+def in_phase(phase: str, reason: str, values: str, pod: str = "op-0") -> dict:
+    """The run's series as the operator exports it: its value is when the run entered the phase (Unix seconds;
+    promtool's clock starts at 0, so a run that failed at minute 5 reads 300)."""
+    return series(PHASE, f'namespace="team-a", run="r1", stage="s1", phase="{phase}", reason="{reason}", '
+                         f'pod="{pod}"', values)
+
+
+def failed(reason: str, summary: str, description: str) -> dict:
+    return fired({"severity": "warning", **ROUTE, "reason": reason}, summary=summary, description=description)
+
+
+PERMANENT = failed("PermanentError", "Run team-a/r1 failed (PermanentError)",
+                   "kubectl describe vitatrainingrun r1 -n team-a says why.")
+RETRIES = failed("JobFailed", "Run team-a/r1 stage s1 spent its retries (JobFailed)",
+                 "status.stages[].failures lists each attempt's reason and nodes; raising the stage's retryLimit "
+                 "resumes the run.")
+PREFLIGHT = failed("PreflightFailed",
+                   "Run team-a/r1 failed its data check before any GPU job",
+                   "status.preflight.problems lists the first bad samples; status.preflight.reportPath has them all.")
 
 # (what, input series, alert tests)
 SCENARIOS = [
-    ("a run fails: the counter's series exists at 0 from the operator's start (metrics.py), so increase() sees it",
-     [series(FAILED, 'reason="RunFailed"', "0 0 0 0 0 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1")],
-     [alert("8m", "VitaTrainingRunFailed", fired({"severity": "warning", "reason": "RunFailed"}, **RUN_FAILED)),
-      alert("24m", "VitaTrainingRunFailed")]),  # a failed run kept for inspection: quiet once the window passed
-    ("the first failure after an operator restart (the counter restarts at 0)",
-     [series(FAILED, 'reason="RunFailed"', "2 2 2 2 0 0 0 1 1 1")],
-     [alert("9m", "VitaTrainingRunFailed", fired({"severity": "warning", "reason": "RunFailed"}, **RUN_FAILED))]),
-    ("a restarted operator with no failure: the reset is not a failure",
-     [series(FAILED, 'reason="RunFailed"', "2 2 2 2 0 0 0 0 0 0")],
-     [alert("9m", "VitaTrainingRunFailed")]),
+    ("a run fails: one alert with its route for 15 minutes, then quiet while the failed run is kept",
+     [in_phase("Running", "StageRunning", "0x4"), in_phase("Failed", "PermanentError", "_x5 300x40")],
+     [alert("8m", "VitaTrainingRunFailed", PERMANENT), alert("24m", "VitaTrainingRunFailed")]),
+    ("an operator restarted 25 minutes after the failure exports it again: an old failure, quiet",
+     [in_phase("Failed", "PermanentError", "_x5 300x5 _x20 300x10")],
+     [alert("32m", "VitaTrainingRunFailed")]),
+    ("a leader handover: both replicas export the failed run for a moment, one alert",
+     [in_phase("Failed", "PermanentError", "_x5 300x10"), in_phase("Failed", "PermanentError", "_x7 300x8", "op-1")],
+     [alert("8m", "VitaTrainingRunFailed", PERMANENT)]),
+    ("a stage spends its retries (and the generic failure alert stays quiet: one alert per failure)",
+     [in_phase("Failed", "JobFailed", "_x5 300x30")],
+     [alert("8m", "VitaTrainingRetriesExhausted", RETRIES), alert("8m", "VitaTrainingRunFailed"),
+      alert("25m", "VitaTrainingRetriesExhausted")]),
+    ("the preflight finds bad samples",
+     [in_phase("Failed", "PreflightFailed", "_x5 300x30")],
+     [alert("8m", "VitaTrainingPreflightFailed", PREFLIGHT), alert("8m", "VitaTrainingRunFailed")]),
+    ("a run whose retried stage is running again", [in_phase("Running", "StageRunning", "300x30")],
+     [alert("8m", "VitaTrainingPreflightFailed"), alert("8m", "VitaTrainingRetriesExhausted")]),
+    ("a run Blocked for over an hour",
+     [in_phase("Blocked", "VolumeNotReady", "_x5 300x80")],
+     [alert("60m", "VitaTrainingRunBlocked"),
+      alert("70m", "VitaTrainingRunBlocked", fired(
+          {"severity": "warning", **ROUTE, "reason": "VolumeNotReady"},
+          summary="Run team-a/r1 has been Blocked (VolumeNotReady) for over 60 minutes",
+          description="status.message says what a person must change."))]),
+    ("a run Blocked for half an hour, then running once its claim was created",
+     [in_phase("Blocked", "VolumeNotReady", "0x30"), in_phase("Running", "StageRunning", "_x30 1800x50")],
+     [alert("70m", "VitaTrainingRunBlocked")]),
+    ("a run Queued for over 6 hours",
+     [in_phase("Queued", "JobQueued", "0x380")],
+     [alert("370m", "VitaTrainingRunQueuedTooLong", fired(
+         {"severity": "info", **ROUTE, "reason": "JobQueued"},
+         summary="Run team-a/r1 stage s1 has waited for admission or placement for over 360 minutes",
+         description="status.message has Kueue's or the scheduler's reason."))]),
+    ("a run Queued for 2 hours, then admitted",
+     [in_phase("Queued", "JobQueued", "0x120"), in_phase("Running", "StageRunning", "_x120 7200x260")],
+     [alert("370m", "VitaTrainingRunQueuedTooLong")]),
+    ("only a standby answers (the leader's pod is gone)",
+     [series("vita_operator_leader", 'pod="op-1"', "0x20")],
+     [alert("10m", "VitaOperatorNotLeading", fired({"severity": "critical"}, summary=(
+         "No VITA operator replica is leading: runs are not being advanced")))]),
+    ("no operator is scraped at all", [series("up", 'job="other"', "1x20")],
+     [alert("10m", "VitaOperatorNotLeading", fired({"severity": "critical"}, summary=(
+         "No VITA operator replica is leading: runs are not being advanced")))]),
+    ("a leader and its standby; and a handover shorter than 5 minutes",
+     [series("vita_operator_leader", 'pod="op-0"', "1x10 _x3 _x7"), series("vita_operator_leader", 'pod="op-1"',
+                                                                       "0x10 0x3 1x7")],
+     [alert("9m", "VitaOperatorNotLeading"), alert("19m", "VitaOperatorNotLeading")]),
     ("NaN loss",
      [series("vita_train_loss", TRAINER, "2.0 2.0 NaN NaN NaN NaN")],
      [alert("5m", "VitaTrainingLossNotFinite", fired({"severity": "critical", **ROUTE},
@@ -153,5 +214,14 @@ def test_the_operator_exports_every_alerted_series_from_its_start():
                                "import REGISTRY; print(generate_latest(REGISTRY).decode())"],
         capture_output=True, text=True, check=True, env={"PYTHONPATH": f"{REPO / 'operator'}:{REPO}"}).stdout
     assert 'vita_operator_stage_transitions_total{reason="RunFailed"} 0.0' in text
+    assert "vita_operator_leader 0.0" in text  # until it leads (handlers.startup)
     for reason in OPERATOR_FAULTS + TENANT_STATES:
         assert f'vita_operator_reconcile_errors_total{{reason="{reason}"}} 0.0' in text
+
+
+def test_every_alert_has_its_runbook_section_in_the_readme(rules):
+    from testing.control_plane import REPO
+    headings = {line.removeprefix("#### ").strip() for line in (REPO / "README.md").read_text().splitlines()
+                if line.startswith("#### ")}
+    names = {r["alert"] for g in yaml.safe_load(rules.read_text())["groups"] for r in g["rules"] if "alert" in r}
+    assert names <= headings, sorted(names - headings)

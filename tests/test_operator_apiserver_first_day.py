@@ -372,6 +372,11 @@ def test_two_replicas_one_operates_and_the_standby_takes_over(cluster):
             wait_for(lambda: a.reconciles() >= 3, what="three reconciles of the leader")
             assert holder() == "replica-a" and "reconciled default/ha" in a.log()
             assert "reconciled" not in b.log()  # the standby does nothing
+            # ...but is a healthy scrape target: its /metrics answers, at 0 (VitaOperatorNotLeading reads the 1)
+            assert [(s.name, s.value) for s in b.samples() if s.name == "vita_operator_leader"] == [
+                ("vita_operator_leader", 0.0)]
+            assert [(s.name, s.value) for s in a.samples() if s.name == "vita_operator_leader"] == [
+                ("vita_operator_leader", 1.0)]
             os.killpg(a.proc.pid, signal.SIGKILL)  # the leader's node is lost
             cluster.set_job(job, "Succeeded")
             wait_for(lambda: holder() == "replica-b", timeout=30, what="replica-b takes the Lease")
@@ -380,6 +385,7 @@ def test_two_replicas_one_operates_and_the_standby_takes_over(cluster):
             wait_for(lambda: b.reconciles() >= seen + 2, what="two more reconciles of the new leader")
             assert sorted(j for j in cluster.jobs() if j.startswith("ha-")) == ["ha-s1-1", "ha-s2-1"]
             assert "reconciled default/ha" in b.log()
+            assert next(s.value for s in b.samples() if s.name == "vita_operator_leader") == 1.0
             assert_no_forbidden(b)
     cluster.cp.kubectl("delete", "vitatrainingrun", "ha", "-n", NS, "--timeout=30s")
 
