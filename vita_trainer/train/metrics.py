@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import torch
@@ -34,6 +35,18 @@ class TrainerMetrics:
         self.checkpoint_seconds = Histogram("vita_train_checkpoint_seconds", "Seconds to write a checkpoint", L,
                                             registry=r, buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800))
         self.gpu_memory = Gauge("vita_train_gpu_memory_bytes", "Peak GPU memory allocated on rank 0", L, registry=r)
+        # Every rank's own figures, served by the first process of each node (so every pod is a scrape target):
+        # the dashboard's per-node panels find a straggler or a node short of memory.
+        R = ["stage", "node_rank", "rank"]
+        self.rank_step_seconds = Gauge("vita_train_rank_step_seconds", "Mean seconds per optimizer step on this rank "
+                                       "since the last log (forward, backward, optimizer)", R, registry=r)
+        self.rank_data_wait_seconds = Gauge("vita_train_rank_data_wait_seconds", "Mean seconds per step this rank "
+                                            "spent between steps (loading its batches): a node whose wait stands "
+                                            "out is slow on input", R, registry=r)
+        self.rank_tokens_per_second = Gauge("vita_train_rank_tokens_per_second", "Non-pad tokens/s of this rank "
+                                            "since the last log", R, registry=r)
+        self.rank_gpu_memory = Gauge("vita_train_rank_gpu_memory_bytes", "Peak GPU memory allocated on this rank",
+                                     R, registry=r)
         self.eval_loss = Gauge("vita_train_eval_loss", "Validation loss at the last evaluation: all samples "
                                "(modality=\"all\") and per modality", ["stage", "modality"], registry=r)
 
@@ -44,12 +57,30 @@ class TrainerMetrics:
         return {m.name + sfx for m in self.registry.collect() for sfx in suffixes.get(m.type, ("",))}
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _all_reduce(values: list[float]) -> list[float]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if _distributed():
         t = torch.tensor(values, dtype=torch.float64)
         torch.distributed.all_reduce(t)
         return t.tolist()
     return values
+
+
+def _all_gather(values: list[float]) -> list[list[float]]:
+    """Every rank's row (the same length on every rank, or the collective would hang)."""
+    if _distributed():
+        rows = [torch.zeros(len(values), dtype=torch.float64) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(rows, torch.tensor(values, dtype=torch.float64))
+        return [r.tolist() for r in rows]
+    return [values]
+
+
+def _node_rank() -> int:
+    """torchrun's node rank (GROUP_RANK); 0 for one process."""
+    return int(os.environ.get("GROUP_RANK", "0"))
 
 
 class MetricsCallback(TrainerCallback):
@@ -63,6 +94,10 @@ class MetricsCallback(TrainerCallback):
         self.last_time = time.monotonic()
         self.start_time = self.last_time
         self.server = None
+        # this rank's step timing since the last log
+        self.step_begin: float | None = None
+        self.step_end: float | None = None
+        self.timing = {"step": 0.0, "wait": 0.0, "steps": 0}
 
     def count_batch(self, tokens: int, samples: int, skipped: list[str]):
         self.pending["tokens"] += tokens
@@ -71,9 +106,10 @@ class MetricsCallback(TrainerCallback):
             self.pending_skips[reason] = self.pending_skips.get(reason, 0) + 1
 
     def on_train_begin(self, args, state, control, **kw):
-        self.m.stage_info.labels(self.stage, self.preset).set(1)
-        self.m.max_steps.labels(self.stage).set(state.max_steps)
-        if state.is_world_process_zero and self.port:
+        if state.is_world_process_zero:  # the stage's series come from rank 0 alone
+            self.m.stage_info.labels(self.stage, self.preset).set(1)
+            self.m.max_steps.labels(self.stage).set(state.max_steps)
+        if getattr(state, "is_local_process_zero", state.is_world_process_zero) and self.port:
             try:
                 self.server = start_http_server(self.port, registry=self.m.registry)
             except OSError as e:
@@ -82,8 +118,22 @@ class MetricsCallback(TrainerCallback):
                                   f"free port, or 0 to disable the endpoint") from e
             log.info("serving Prometheus metrics on :%d/metrics", self.port)
 
+    def on_step_begin(self, args, state, control, **kw):
+        now = time.monotonic()
+        if self.step_end is not None:
+            self.timing["wait"] += now - self.step_end
+        self.step_begin = now
+
+    def on_step_end(self, args, state, control, **kw):
+        now = time.monotonic()
+        if self.step_begin is not None:
+            self.timing["step"] += now - self.step_begin
+            self.timing["steps"] += 1
+        self.step_end = now
+
     def on_log(self, args, state, control, logs=None, **kw):
         reasons = DATA_ERROR_REASONS  # the same vector length on every rank, or the all_reduce would hang
+        mine = self.pending["tokens"]
         summed = _all_reduce([self.pending["tokens"], self.pending["samples"]]
                              + [self.pending_skips.get(r, 0) for r in reasons])
         tokens, samples, skips = summed[0], summed[1], dict(zip(reasons, summed[2:]))
@@ -92,6 +142,7 @@ class MetricsCallback(TrainerCallback):
         now = time.monotonic()
         dt = max(now - self.last_time, 1e-9)
         self.last_time = now
+        self._export_ranks(state, mine / dt)
         if not state.is_world_process_zero:
             return
         logs = logs or {}
@@ -125,7 +176,28 @@ class MetricsCallback(TrainerCallback):
                      state.max_steps, logs["loss"], logs.get("learning_rate", 0.0),
                      f"{logs['grad_norm']:.3f}" if "grad_norm" in logs else "-", tokens / dt, eta)
 
+    def _export_ranks(self, state, tokens_per_second: float) -> None:
+        """Every rank's timing, tokens/s and memory, gathered; each node's first process exports its node's ranks."""
+        steps = max(self.timing["steps"], 1)
+        memory = float(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else -1.0
+        rank = torch.distributed.get_rank() if _distributed() else 0
+        rows = _all_gather([rank, _node_rank(), self.timing["step"] / steps, self.timing["wait"] / steps,
+                            tokens_per_second, memory])
+        self.timing = {"step": 0.0, "wait": 0.0, "steps": 0}
+        if not getattr(state, "is_local_process_zero", state.is_world_process_zero):
+            return
+        for r, node, step, wait, tps, mem in rows:
+            if int(node) != _node_rank():
+                continue
+            labels = (self.stage, str(int(node)), str(int(r)))
+            self.m.rank_step_seconds.labels(*labels).set(step)
+            self.m.rank_data_wait_seconds.labels(*labels).set(wait)
+            self.m.rank_tokens_per_second.labels(*labels).set(tps)
+            if mem >= 0:  # no GPU, no GPU memory series
+                self.m.rank_gpu_memory.labels(*labels).set(mem)
+
     def on_train_end(self, args, state, control, **kw):
-        self.m.stage_info.labels(self.stage, self.preset).set(0)
+        if state.is_world_process_zero:
+            self.m.stage_info.labels(self.stage, self.preset).set(0)
         if self.server is not None:
             self.server[0].shutdown()
