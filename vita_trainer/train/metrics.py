@@ -132,6 +132,13 @@ class MetricsCallback(TrainerCallback):
         self.step_end = now
 
     def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        if "eval_loss" in logs:
+            # an evaluation's log (every rank gets one, so skipping the collectives here is the same on all): its
+            # losses only. Rates measured over the evaluation alone would read 0 tokens/s until the next log.
+            if state.is_world_process_zero:
+                self._record_eval(state, logs)
+            return
         reasons = DATA_ERROR_REASONS  # the same vector length on every rank, or the all_reduce would hang
         mine = self.pending["tokens"]
         summed = _all_reduce([self.pending["tokens"], self.pending["samples"]]
@@ -145,19 +152,11 @@ class MetricsCallback(TrainerCallback):
         self._export_ranks(state, mine / dt)
         if not state.is_world_process_zero:
             return
-        logs = logs or {}
         s = self.stage
         for key, gauge in (("loss", self.m.loss), ("learning_rate", self.m.learning_rate),
                            ("grad_norm", self.m.grad_norm)):
             if key in logs:
                 gauge.labels(s).set(float(logs[key]))
-        for key, value in logs.items():
-            if key == "eval_loss" or key.startswith("eval_loss_"):
-                self.m.eval_loss.labels(s, key.removeprefix("eval_loss").lstrip("_") or "all").set(float(value))
-        if "eval_loss" in logs:
-            log.info("[%s] step %d/%d eval_loss %.4f%s", s, state.global_step, state.max_steps, logs["eval_loss"],
-                     "".join(f" {k.removeprefix('eval_')} {v:.4f}" for k, v in logs.items()
-                             if k.startswith("eval_loss_")))
         self.m.tokens.labels(s).inc(tokens)
         self.m.samples.labels(s).inc(samples)
         for reason, n in skips.items():
@@ -175,6 +174,14 @@ class MetricsCallback(TrainerCallback):
             log.info("[%s] step %d/%d loss %.4f lr %.2e grad_norm %s tokens/s %.0f eta %ds", s, state.global_step,
                      state.max_steps, logs["loss"], logs.get("learning_rate", 0.0),
                      f"{logs['grad_norm']:.3f}" if "grad_norm" in logs else "-", tokens / dt, eta)
+
+    def _record_eval(self, state, logs: dict) -> None:
+        s = self.stage
+        for key, value in logs.items():
+            if key == "eval_loss" or key.startswith("eval_loss_"):
+                self.m.eval_loss.labels(s, key.removeprefix("eval_loss").lstrip("_") or "all").set(float(value))
+        log.info("[%s] step %d/%d eval_loss %.4f%s", s, state.global_step, state.max_steps, logs["eval_loss"],
+                 "".join(f" {k.removeprefix('eval_')} {v:.4f}" for k, v in logs.items() if k.startswith("eval_loss_")))
 
     def _export_ranks(self, state, tokens_per_second: float) -> None:
         """Every rank's timing, tokens/s and memory, gathered; each node's first process exports its node's ranks."""
