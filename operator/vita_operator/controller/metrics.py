@@ -71,15 +71,15 @@ def record_run(namespace: str, name: str, status: dict[str, Any] | None) -> None
     key = (namespace, name)
     phase = (status or {}).get("phase")
     _record_phase(f"{namespace}/{name}", phase)
-    labels = None
-    if status is not None and phase and (since := _unix(status.get("phaseTransitionTime"))) is not None:
+    labels, since = None, _unix((status or {}).get("phaseTransitionTime"))
+    if status is not None and phase and since is not None:
         reason = next((c.get("reason") or "" for c in status.get("conditions") or [] if c.get("type") == "Ready"), "")
         labels = (namespace, name, phase, reason, status.get("currentStage") or "")
     with _phase_lock:
         old = _run_series.pop(key, None)
         if old is not None and old != labels:
             RUN_PHASE_SINCE.remove(*old)
-        if labels is not None:
+        if labels is not None and since is not None:
             RUN_PHASE_SINCE.labels(*labels).set(since)
             _run_series[key] = labels
 
