@@ -377,3 +377,28 @@ def test_a_partly_created_job_is_explained_and_fails_its_attempt_after_the_start
             assert_no_forbidden(op)
     finally:
         kubeflow.cp.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_platforms_network_profile_reaches_every_pod_of_a_two_node_stage(kubeflow, backend):
+    """A 2-node run that names no profile gets the chart's default (fabric.defaultProfile): the RDMA device, the
+    Multus network, the NCCL settings and IPC_LOCK on both nodes' pods, as the real controllers make them. (A run
+    that writes these fields itself is refused by the run policy: test_run_admission.)"""
+    import json
+    profiles = {"defaultProfile": "ib", "profiles": {"ib": {
+        "extraResources": {"example.com/rdma": "1"}, "podAnnotations": {"k8s.v1.cni.cncf.io/networks": "rdma-net"},
+        "env": {"NCCL_IB_HCA": "mlx5", "NCCL_SOCKET_IFNAME": "eth0"}, "ipcLock": True, "minBusBandwidthGBps": 40}}}
+    name = f"ib-{backend[:5]}"
+    with kubeflow.running(two_nodes(backend, name), f"operator-fabric-{backend}",
+                          env={"VITA_OPERATOR_FABRIC": json.dumps(profiles)}) as op:
+        job = wait_for(lambda: f"{name}-s1-1" in kubeflow.jobs(backend) and f"{name}-s1-1", what="stage 1's job")
+        # no node offers example.com/rdma: the pods exist (made by the controllers) and wait for one that does
+        pods = wait_for(lambda: len(p := kubeflow.pods(job, backend)) == 2 and p, timeout=90, what="both pods")
+        for pod in pods:
+            trainer = container(pod)
+            assert trainer["resources"]["limits"]["example.com/rdma"] == "1", pod["metadata"]["name"]
+            assert pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == "rdma-net"
+            assert env(pod)["NCCL_IB_HCA"] == "mlx5" and env(pod)["NCCL_SOCKET_IFNAME"] == "eth0"
+            assert "IPC_LOCK" in trainer["securityContext"]["capabilities"]["add"]
+            assert "--min_bus_bandwidth_gbps 40" in " ".join(trainer.get("args", []) + trainer.get("command", []))
+        assert_no_forbidden(op)

@@ -241,6 +241,8 @@ CEL_BROKEN = [
     ("suspend with kueue", lambda s: s.update(suspend=True), "unsuspend"),
     ("kueue priority without a queue", lambda s: s.update(scheduling={"kueuePriorityClass": "high"}),
      "needs scheduling.kueuequeue"),
+    ("topology without a queue", lambda s: s.update(scheduling={"topology": {"level": "cloud.provider.com/block"}}),
+     "topology needs scheduling.kueuequeue"),
     ("args set output_dir", lambda s: s["stages"][0]["args"].update(output_dir="/x"), "output_dir"),
     ("args set model_name_or_path", lambda s: s["stages"][1]["args"].update(model_name_or_path="m"),
      "model_name_or_path"),

@@ -27,7 +27,8 @@ MODEL_MAX_LENGTH = 6200
 IMAGE_ASPECT_RATIOS = ("dynamic", "square", "pad")
 
 # DeepSpeed configs shipped in vita_trainer/configs/<name>.json (a run spec's trainer.deepspeed, or "none").
-DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3_offload")
+# zero3_hpz: ZeRO-3 with ZeRO++ hierarchical partitioning (a node-local copy of the bf16 weights) for multi-node stages
+DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3_offload", "zero3_hpz")
 
 # Clips outside these bounds are counted and warned about (the reference's whale data); defaults of every tool.
 MIN_AUDIO_SECONDS, MAX_AUDIO_SECONDS = 0.5, 30.0

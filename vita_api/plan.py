@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from .constants import MODEL_MAX_LENGTH
 from .errors import ConfigError
 from .spec import (JOB_SETTING_ARGS, KUEUE_PRIORITY_NEEDS_QUEUE, NO_CHECKPOINT_VOLUME, OUTPUT_ESCAPES, OUTPUT_OUTSIDE,
-                   PLAN_DERIVED_ARGS, SUSPEND_WITH_KUEUE, TRAINJOB_PRIORITY, TRAINJOB_VOLCANO, ResourcesSpec,
-                   VitaTrainingRunSpec)
+                   PLAN_DERIVED_ARGS, SUSPEND_WITH_KUEUE, TOPOLOGY_NEEDS_QUEUE, TRAINJOB_PRIORITY, TRAINJOB_VOLCANO,
+                   ResourcesSpec, VitaTrainingRunSpec)
 from .presets import FREEZE_FLAGS, as_bool, get_preset, resolve_trainable, saves_full_weights
 
 STAGE_DONE_FILE = "vita_stage.json"   # written by the trainer when a stage finishes
+# Where each rank's NCCL flight recorder dump goes, inside the stage's output folder (TORCH_NCCL_DEBUG_INFO_TEMP_FILE).
+FLIGHT_RECORDER_DIR = "nccl-flight-recorder"
 PREFLIGHT = "preflight"                # names the run's data-check Job; no stage may take it
 EVALUATION = "eval"                    # starts the names of the run's benchmark Jobs: <run>-eval-<stage>-1
 EXPORT = "export"                      # names the run's export Job: <run>-export-<attempt>; no stage may take it
@@ -190,6 +192,8 @@ def check_spec(spec: VitaTrainingRunSpec) -> list[str]:
         problems.append(SUSPEND_WITH_KUEUE)
     if spec.scheduling.kueue_priority_class and not spec.scheduling.kueue_queue:
         problems.append(KUEUE_PRIORITY_NEEDS_QUEUE)
+    if spec.scheduling.topology and not spec.scheduling.kueue_queue:
+        problems.append(TOPOLOGY_NEEDS_QUEUE)
     if spec.scheduling.kueue_queue and spec.scheduling.volcano_queue:
         problems.append("set at most one of scheduling.kueueQueue and scheduling.volcanoQueue: "
                         "Kueue admits the job and Volcano gang-schedules it; use one queue system")
@@ -258,9 +262,11 @@ def stage_args(spec: VitaTrainingRunSpec, index: int, roots: PathRoots) -> list[
             args += ["--mm_projector_type", spec.model.mm_projector_type]
     if spec.trainer.deepspeed != "none":
         args += ["--deepspeed", spec.trainer.deepspeed]
-    if spec.hang_timeout_seconds and "ddp_timeout" not in stage.args:
-        # A dead peer ends the job after the hang timeout instead of the trainer's 2-hour collective timeout.
-        args += ["--ddp_timeout", str(spec.hang_timeout_seconds)]
+    if "ddp_timeout" not in stage.args:
+        # A dead peer ends the job in minutes instead of the trainer's 2-hour collective timeout.
+        args += ["--ddp_timeout", str(spec.trainer.collective_timeout_seconds)]
+    if spec.fabric.min_bus_bandwidth_gbps and stage_resources(spec, index).nodes > 1:
+        args += ["--min_bus_bandwidth_gbps", f"{spec.fabric.min_bus_bandwidth_gbps:g}"]
     for key, arg in stage.args.items():
         args += [f"--{key}", str(arg)]
     return args

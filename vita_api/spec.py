@@ -81,6 +81,7 @@ TRAINJOB_PRIORITY = ("resources.priorityClassName needs the pytorchjob backend: 
                      "priority class; use scheduling.kueuePriorityClass with a Kueue queue, or the "
                      "pytorchjob backend")
 KUEUE_PRIORITY_NEEDS_QUEUE = "scheduling.kueuePriorityClass needs scheduling.kueueQueue: only Kueue reads it"
+TOPOLOGY_NEEDS_QUEUE = "scheduling.topology needs scheduling.kueueQueue: Kueue places the pods by topology"
 SUSPEND_WITH_KUEUE = ("spec.suspend cannot be combined with scheduling.kueueQueue: Kueue owns the job's suspend "
                       "field and would unsuspend it again, restarting GPU pods; deactivate the run's Kueue "
                       "Workload instead (spec.active: false)")
@@ -261,12 +262,35 @@ class VolumesSpec(_Spec):
         return self
 
 
+class TopologySpec(_Spec):
+    level: str = Field(pattern=QUALIFIED_NAME, max_length=317, description="The node label of the topology domain "
+                       "every pod of a stage's job must share (Kueue Topology-Aware Scheduling), e.g. "
+                       "cloud.provider.com/topology-block")
+    mode: Literal["required", "preferred"] = Field("required", description="required: wait until one domain "
+                                                   "fits the whole job; preferred: the tightest domain that fits")
+
+
 class SchedulingSpec(_Spec):
     kueue_queue: str | None = Field(None, description="Kueue LocalQueue name (label kueue.x-k8s.io/queue-name)")
     kueue_priority_class: str | None = Field(
         None, description="Kueue WorkloadPriorityClass of the run's jobs (label kueue.x-k8s.io/priority-class): "
                           "a higher one preempts lower ones in its ClusterQueue; needs kueueQueue")
     volcano_queue: str | None = Field(None, description="Volcano queue (runPolicy.schedulingPolicy.queue)")
+    topology: TopologySpec | None = Field(None, description="Place each stage's pods in one topology domain "
+                                          "(block, rack) by Kueue's Topology-Aware Scheduling; needs kueueQueue "
+                                          "and a ClusterQueue whose ResourceFlavor names a Topology")
+
+
+class FabricSpec(_Spec):
+    profile: str | None = Field(None, pattern=DNS_LABEL, max_length=63, description="A network profile the platform "
+                                "defines (chart value fabric.profiles): the RDMA device, secondary network, NCCL "
+                                "settings and IPC_LOCK every trainer pod gets. Unset: the platform's default for "
+                                "multi-node runs (fabric.defaultProfile), none for one node")
+    min_bus_bandwidth_gbps: float | None = Field(None, ge=0, alias="minBusBandwidthGBps", description="A multi-node "
+                                                 "stage whose all-reduce probe "
+                                                 "measures less (GB/s, nccl-tests' bus bandwidth) fails at once "
+                                                 "instead of training at socket speed. Unset: the profile's floor; "
+                                                 "0: none")
 
 
 # CEL rules of a stage; the API server checks them at `kubectl apply`.
@@ -337,6 +361,10 @@ class TrainerSpec(_Spec):
     pod_annotations: dict[QualifiedName, str] = Field(default_factory=dict, max_length=MAX_MAP_KEYS,
                                                       description="Annotations on trainer pods, e.g. "
                                             "k8s.v1.cni.cncf.io/networks for a Multus secondary network")
+    collective_timeout_seconds: int = Field(900, ge=60, description="A collective (all-reduce, all-gather, barrier) "
+                                            "that does not finish in this long ends the job (--ddp_timeout), with "
+                                            "NCCL's flight recorder written beside the stage's checkpoints; must "
+                                            "exceed the longest checkpoint save")
     ipc_lock: bool = Field(False, description="Add the IPC_LOCK capability (RDMA memory registration). Not allowed "
                            "by PodSecurity 'restricted' or 'baseline': the namespace must be 'privileged'")
     backend: Literal[JOB_BACKENDS] | None = Field(  # type: ignore[valid-type]
@@ -378,6 +406,8 @@ class VitaTrainingRunSpec(_Spec):
             {"rule": "!(has(self.scheduling) && has(self.scheduling.kueuePriorityClass) && "
                      "!has(self.scheduling.kueueQueue))",
              "message": KUEUE_PRIORITY_NEEDS_QUEUE},
+            {"rule": "!(has(self.scheduling) && has(self.scheduling.topology) && !has(self.scheduling.kueueQueue))",
+             "message": TOPOLOGY_NEEDS_QUEUE},
             {"rule": "!(has(self.suspend) && self.suspend && has(self.scheduling) && has(self.scheduling.kueueQueue))",
              "message": SUSPEND_WITH_KUEUE},
             {"rule": f"!({_TRAINJOB} && has(self.scheduling) && has(self.scheduling.volcanoQueue))",
@@ -399,6 +429,7 @@ class VitaTrainingRunSpec(_Spec):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     volumes: VolumesSpec = Field(default_factory=VolumesSpec)
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    fabric: FabricSpec = Field(default_factory=FabricSpec)
     suspend: bool = Field(False, description="Suspend the run (passed to the current job's runPolicy.suspend)")
     ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the run, and with it its jobs, "
                                                    "this long after it Succeeded or Failed (its outputs on the "
@@ -416,10 +447,8 @@ class VitaTrainingRunSpec(_Spec):
     hang_timeout_seconds: int | None = Field(3600, ge=1, description="A running stage whose step does not move for "
                                              "this long (counted from its job's latest admission) is Hung: its job "
                                              "is deleted and the stage retried from its last checkpoint (counts "
-                                             "against retryLimit). Also the trainer's collective timeout "
-                                             "(--ddp_timeout), so it must exceed the longest checkpoint save; null "
-                                             "turns detection off (a lost node then idles the job until the "
-                                             "trainer's own 2-hour collective timeout)")
+                                             "against retryLimit); null turns detection off. A dead peer ends the job "
+                                             "sooner, by trainer.collectiveTimeoutSeconds")
     preflight: PreflightSpec = Field(default_factory=PreflightSpec, description="vita-data check of every stage's "
                                      "datasetUse on the dataset volume before any GPU job; problems fail the run")
     initializers: InitializersSpec | None = Field(None, description="Fetch the run's pretrained parts and datasets "

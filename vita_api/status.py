@@ -109,7 +109,16 @@ class StageFailure(_Status):
     nodes: list[str] | None = Field(None, description="Nodes of its failed pods")
     disruption: str | None = Field(None, description="The disruption that ended it (DisruptionTarget's reason); "
                                    "unset for a failure of its own")
+    flight_recorder: str | None = Field(None, description="A collective timed out: the folder of each rank's NCCL "
+                                        "flight recorder dump (rank_<N>), on the checkpoint volume")
     message: str | None = None
+
+
+class FabricResult(_Status):
+    transport: str | None = Field(None, description="What the collectives used: ib (InfiniBand or RoCE), socket, "
+                                  "gloo, a plugin's name, or unknown")
+    bus_bandwidth_gbps: float | None = Field(None, alias="busBandwidthGBps", description="The all-reduce probe's "
+                                             "bus bandwidth, GB/s")
 
 
 class StageStatus(_Status):
@@ -122,6 +131,8 @@ class StageStatus(_Status):
     checkpoint_path: str | None = Field(None, description="Where the stage writes checkpoints and its output")
     final_loss: float | None = Field(None, description="Last logged training loss, from the master pod's "
                                      "termination message; unset when not reported")
+    fabric: FabricResult | None = Field(None, description="The stage's fabric probe (multi-node stages, or "
+                                        "args.fabric_probe: on), from the same report")
     final_eval_loss: float | None = Field(None, description="Validation loss at the stage's end, from the same "
                                           "message; unset when the stage had no validation data")
     arg_overrides: dict[str, Any] | None = Field(None, description="Stage args the operator changed for the "

@@ -28,6 +28,8 @@ def termination_message(summary: dict[str, Any]) -> str:
            "finalLoss": _finite(summary.get("final_loss"))}
     if (eval_loss := _finite(summary.get("eval_loss"))) is not None:  # a stage with validation data
         msg["evalLoss"] = eval_loss
+    if fabric := summary.get("fabric"):  # a stage that probed its collectives (train/fabric.py)
+        msg["fabric"] = {"transport": fabric["transport"], "busBandwidthGBps": fabric["bus_bandwidth_gbps"]}
     return json.dumps(msg, separators=(",", ":"))[:MAX_BYTES]
 
 
@@ -46,6 +48,15 @@ def final_loss_of(message: str) -> float | None:
 def eval_loss_of(message: str) -> float | None:
     """The stage's final validation loss from a message; None when it had no validation data."""
     return _number_in(message, "evalLoss")
+
+
+def fabric_of(message: str) -> dict[str, Any] | None:
+    """The stage's fabric probe (transport, busBandwidthGBps) from a message; None when it did not probe."""
+    found = _object_at(message, "fabric")
+    if not found or not isinstance(found.get("transport"), str) or \
+            not isinstance(found.get("busBandwidthGBps"), (int, float)):
+        return None
+    return {"transport": found["transport"], "busBandwidthGBps": float(found["busBandwidthGBps"])}
 
 
 # Exit codes, one convention for the trainer and every CLI (vita-train, vita-data, vita-model):

@@ -1,4 +1,5 @@
-"""`python -m vita_trainer.selftest`: the image's health check. Builds a tiny VITA and runs one forward pass."""
+"""`python -m vita_trainer.selftest`: the image's health check. Builds a tiny VITA and runs one forward pass, and
+says whether the pod sees RDMA (verbs) devices, the first thing to check when a multi-node stage crawls."""
 
 import sys
 
@@ -13,7 +14,9 @@ def main() -> int:
     ids = torch.tensor([tok("hello world")["input_ids"]])
     loss = model(input_ids=ids, labels=ids).loss
     ok = bool(torch.isfinite(loss))
-    print(f"vita_trainer selftest: loss={loss.item():.3f} cuda={torch.cuda.is_available()} {'ok' if ok else 'FAILED'}")
+    from .train.fabric import verbs_devices
+    print(f"vita_trainer selftest: loss={loss.item():.3f} cuda={torch.cuda.is_available()} "
+          f"verbs_devices={','.join(verbs_devices()) or 'none'} {'ok' if ok else 'FAILED'}")
     return 0 if ok else 1
 
 

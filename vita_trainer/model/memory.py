@@ -38,9 +38,12 @@ class LayerShape:
         return 6 * self.hidden + 2 * self.kv_dim + 4 * self.intermediate
 
 
-def model_states_bytes(total: int, trainable: int, gpus: int) -> float:
-    """ZeRO-3 partitions bf16 weights, gradients and fp32 optimizer states over all GPUs."""
-    return (total * BYTES_BF16 + trainable * (BYTES_BF16 + BYTES_ADAM_STATE)) / gpus
+def model_states_bytes(total: int, trainable: int, gpus: int, hpz_partition: int = 0) -> float:
+    """ZeRO-3 partitions bf16 weights, gradients and fp32 optimizer states over all GPUs. ZeRO++'s hierarchical
+    partitioning (`hpz_partition`: the GPUs of a node) keeps a second copy of the bf16 weights partitioned over the
+    node's GPUs only."""
+    secondary = total * BYTES_BF16 / hpz_partition if hpz_partition else 0.0
+    return (total * BYTES_BF16 + trainable * (BYTES_BF16 + BYTES_ADAM_STATE)) / gpus + secondary
 
 
 def activation_bytes(shape: LayerShape, tokens: int, gradient_checkpointing: bool) -> float:
@@ -58,10 +61,11 @@ def logits_bytes(shape: LayerShape, tokens: int, chunked: bool) -> float:
 
 
 def estimate(shape: LayerShape, *, total: int, trainable: int, gpus: int, tokens: int, gpu_memory_gib: float,
-             gradient_checkpointing: bool = True, chunked_loss: bool = True, language_model: bool = True) -> dict:
+             gradient_checkpointing: bool = True, chunked_loss: bool = True, language_model: bool = True,
+             hpz_partition: int = 0) -> dict:
     """GiB per GPU for a micro-batch of `tokens`, whether it fits `gpu_memory_gib`, and the most tokens that do.
     `language_model` is False for a stage that never runs the LLM (the CTC stage)."""
-    fixed = model_states_bytes(total, trainable, gpus) + ZERO3_LIVE_PARAMETERS * BYTES_BF16
+    fixed = model_states_bytes(total, trainable, gpus, hpz_partition) + ZERO3_LIVE_PARAMETERS * BYTES_BF16
 
     def need(n: int) -> dict:
         act = activation_bytes(shape, n, gradient_checkpointing) if language_model else 0.0

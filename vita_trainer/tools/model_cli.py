@@ -54,7 +54,8 @@ def convert(ckpt: Path, out: Path) -> Path:
 
 
 def inspect(model_path: str, stage: str | None, gpus: int, tokens: int = MODEL_MAX_LENGTH,
-            gpu_memory_gib: float = 80.0, gradient_checkpointing: bool = True, chunked_loss: bool = True) -> dict:
+            gpu_memory_gib: float = 80.0, gradient_checkpointing: bool = True, chunked_loss: bool = True,
+            hpz_partition: int = 0) -> dict:
     from ..model import memory
     from ..model.builder import vita_1p5_config
     from ..model.configuration import VitaConfig
@@ -71,13 +72,16 @@ def inspect(model_path: str, stage: str | None, gpus: int, tokens: int = MODEL_M
         preset = get_preset(stage)
         trainable = resolve_trainable(preset)
         n_train = sum(counts.get(g, 0) for g in trainable)
-        per_gpu = memory.model_states_bytes(total, n_train, gpus)
+        per_gpu = memory.model_states_bytes(total, n_train, gpus, hpz_partition)
         report.update(stage=preset.name, trainable_groups=sorted(trainable), trainable=n_train,
                       zero3_model_states_gib_per_gpu=round(per_gpu / memory.GIB, 2), gpus=gpus,
                       memory=memory.estimate(memory.LayerShape.of(config.text_config), total=total, trainable=n_train,
                                              gpus=gpus, tokens=tokens, gpu_memory_gib=gpu_memory_gib,
                                              gradient_checkpointing=gradient_checkpointing,
-                                             chunked_loss=chunked_loss, language_model=preset.objective != "ctc"))
+                                             chunked_loss=chunked_loss, language_model=preset.objective != "ctc",
+                                             hpz_partition=hpz_partition))
+        if hpz_partition:
+            report["zero3_hpz_secondary_gib_per_gpu"] = round(total * memory.BYTES_BF16 / hpz_partition / memory.GIB, 2)
     return report
 
 
@@ -93,6 +97,9 @@ def _print_inspect(r: dict) -> None:
           f"{m['tokens']:,} tokens:")
     for part in ("model_states", "activations", "logits", "total"):
         print(f"  {part.replace('_', ' '):<14}{m[part + '_gib']:>8.2f} GiB")
+    if "zero3_hpz_secondary_gib_per_gpu" in r:
+        print(f"  (model states include ZeRO++'s node-local weight copy: "
+              f"{r['zero3_hpz_secondary_gib_per_gpu']:.2f} GiB)")
     verdict = "fits" if m["fits"] else "does NOT fit"
     print(f"{verdict} a {m['gpu_memory_gib']:g} GiB GPU ({m['usable_gib']:g} GiB usable); at most ~{m['max_tokens']:,} "
           f"tokens per micro-batch (--max_tokens_per_batch)")
@@ -169,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--gpu-memory-gib", type=float, default=80.0, help="the card's memory (H100 80, H200 141)")
     i.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
     i.add_argument("--no-chunked-loss", dest="chunked_loss", action="store_false")
+    i.add_argument("--zero3-hpz", dest="hpz_partition", type=int, default=0, metavar="GPUS_PER_NODE",
+                   help="the deepspeed preset zero3_hpz (ZeRO++ hierarchical partitioning), this many GPUs per node")
     i.add_argument("--json", action="store_true")
     ch = sub.add_parser("chat", help="ask a trained model: one answer with --prompt, else an interactive chat")
     ch.add_argument("model", help="a VITA folder (any stage's full output, a merged LoRA stage, `import` output), "
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             print(merge_lora(a.base, a.lora_run, a.output, a.init_weights))
         else:
             r = inspect(a.model, a.stage, a.gpus, a.tokens, a.gpu_memory_gib, a.gradient_checkpointing,
-                        a.chunked_loss)
+                        a.chunked_loss, a.hpz_partition)
             if a.json:
                 print(json.dumps(r, indent=2))
             else:

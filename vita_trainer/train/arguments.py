@@ -114,6 +114,13 @@ class VitaTrainingArguments(TrainingArguments):
     model_max_length: int = field(default=MODEL_MAX_LENGTH, metadata={
         "help": "Maximum sequence length after media expansion"})
     metrics_port: int = field(default=9400, metadata={"help": "Rank 0 serves Prometheus /metrics here; 0 disables"})
+    fabric_probe: str = field(default="auto", metadata={
+        "choices": ["auto", "on", "off"],
+        "help": "An all-reduce probe before training reports the collectives' transport and bus bandwidth: auto "
+                "probes multi-node stages only"})
+    min_bus_bandwidth_gbps: float = field(default=0.0, metadata={
+        "help": "Stop at once when the probe measures less (GB/s; 0: no floor)"})
+    fabric_probe_megabytes: int = field(default=256, metadata={"help": "The probe's all-reduce size"})
     save_full_model: bool = field(default=False, metadata={"help": "Partial stages: also save full weights"})
     frozen_audio_encoder_eval: bool = field(default=False, metadata={
         "help": "Keep a frozen whale encoder in eval mode (no dropout, no dynamic chunks); the reference trains "
@@ -152,9 +159,16 @@ class VitaTrainingArguments(TrainingArguments):
 
 
 def resolve_deepspeed(value: str | dict | None) -> str | dict | None:
-    """Shipped config names (zero2, zero3, zero3_offload) become file paths; anything else is a path."""
+    """Shipped config names (zero2, zero3, zero3_offload, zero3_hpz) become file paths; anything else is a path.
+    zero3_hpz becomes the config itself, its secondary partition sized to this node's GPUs (LOCAL_WORLD_SIZE): the
+    forward and backward all-gathers then stay inside the node, over NVLink, and only gradients cross the fabric."""
     if isinstance(value, str) and value in DEEPSPEED_PRESETS:
-        return str(resources.files("vita_trainer") / "configs" / f"{value}.json")
+        path = resources.files("vita_trainer") / "configs" / f"{value}.json"
+        if value != "zero3_hpz":
+            return str(path)
+        config = json.loads(path.read_text())
+        config["zero_optimization"]["zero_hpz_partition_size"] = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return config
     return value
 
 

@@ -232,6 +232,8 @@ def write_summary(summary: dict[str, Any], args: VitaTrainingArguments) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from .fabric import check_fabric, prepare_nccl_log
+    nccl_log = prepare_nccl_log()  # before the process group exists: NCCL reads it then
     model_args, data_args, args, preset = parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -239,6 +241,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # On CPU, HF initialises torch.distributed itself and DeepSpeed's comm layer would see world size 1.
         import deepspeed
         deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+    # before the model loads: a stage over sockets stops here, in seconds
+    fabric = check_fabric(args.fabric_probe, args.min_bus_bandwidth_gbps, args.fabric_probe_megabytes, nccl_log)
     set_seed(args.seed)
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # denormal floats slow CPU kernels badly
@@ -251,6 +255,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log.info("stage %s (preset %s) trains %s", stage_name, preset.name, setup.counts)
     data = setup_data(setup, registry, model_args, data_args, args, preset)
     trainer = build_trainer(setup, data, data_args, args, preset, stage_name)
+    if fabric and args.process_index == 0:
+        trainer.metrics_callback.m.nccl_bus_bandwidth.labels(stage_name, fabric["transport"]).set(
+            fabric["bus_bandwidth_gbps"])
     # automatic resume when checkpoints exist (unless --resume_from_checkpoint names one)
     resume = prepare_resume(args.output_dir, args.resume_from_checkpoint, args.should_save)
     if resume:
@@ -274,7 +281,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "eval_loss": final_eval.get("eval_loss"), "eval_losses": eval_losses,
                "eval_loss_by_modality": {k.removeprefix("eval_loss_"): v for k, v in final_eval.items()
                                          if k.startswith("eval_loss_")},
-               "seconds": round(time.time() - start, 1), "audio_warnings": vars(data.processor.warnings)}
+               "seconds": round(time.time() - start, 1), "audio_warnings": vars(data.processor.warnings),
+               "fabric": fabric}
     write_summary(summary, args)
     if torch.distributed.is_initialized():
         # A process group left alive at interpreter exit can abort a rank ("terminate called ...").

@@ -47,6 +47,9 @@ class TrainerMetrics:
                                             "since the last log", R, registry=r)
         self.rank_gpu_memory = Gauge("vita_train_rank_gpu_memory_bytes", "Peak GPU memory allocated on this rank",
                                      R, registry=r)
+        self.nccl_bus_bandwidth = Gauge("vita_train_nccl_bus_bandwidth_gbps", "The stage's all-reduce probe: bus "
+                                        "bandwidth in GB/s, labelled with the transport the collectives use (ib, "
+                                        "socket, gloo, ...)", ["stage", "transport"], registry=r)
         self.eval_loss = Gauge("vita_train_eval_loss", "Validation loss at the last evaluation: all samples "
                                "(modality=\"all\") and per modality", ["stage", "modality"], registry=r)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from ..jobs.backend import JobBackend
+from ..jobs import fabric as fabric_profiles
 from ..jobs import network_policy
 from ..jobs.backends import RUNTIME_ENV, configured_backends, job_backends
 from ..jobs.pods import PLATFORM_UID, TRAINER_UID
@@ -46,6 +48,8 @@ class Settings:
     trainer_network_policy: dict[str, Any] | None = None
     # The trainer pods' UID (runAsUser, runAsGroup, fsGroup); None: the platform assigns one (OpenShift).
     trainer_uid: int | None = TRAINER_UID
+    # The platform's network profiles (jobs/fabric.py), from the chart's fabric values.
+    fabric: fabric_profiles.FabricSettings = dataclasses.field(default_factory=fabric_profiles.FabricSettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -61,7 +65,8 @@ class Settings:
                    retry_backoff_seconds=int(env.get(RETRY_BACKOFF_ENV) or 0),
                    startup_timeout_seconds=int(env[STARTUP_TIMEOUT_ENV]) if env.get(STARTUP_TIMEOUT_ENV) else None,
                    trainer_network_policy=network_policy.settings_from_env(env.get(network_policy.ENV)),
-                   trainer_uid=trainer_uid(env.get(TRAINER_UID_ENV)))
+                   trainer_uid=trainer_uid(env.get(TRAINER_UID_ENV)),
+                   fabric=fabric_profiles.settings_from_env(env.get(fabric_profiles.ENV)))
 
 
 def watched_namespaces(value: str | None) -> tuple[str, ...] | None:

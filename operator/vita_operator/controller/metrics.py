@@ -36,7 +36,7 @@ BENCHMARK_SCORE = Gauge("vita_operator_benchmark_score", "A benchmark score afte
 # platform team; a tenant's state (a create the API server refused, a claim that does not fit, a backend the run
 # names but this operator does not run) is reported on the run and repeats on every resync, so it does not.
 OPERATOR_FAULTS = ("api", "resync", "progress", "crd_missing")
-TENANT_STATES = ("create_refused", "volume", "backend_disabled")
+TENANT_STATES = ("create_refused", "volume", "backend_disabled", "fabric")
 
 _phases: dict[str, str] = {}
 _run_series: dict[tuple[str, str], tuple[str, ...]] = {}

@@ -110,8 +110,10 @@ def _with_pod_reports(backend: JobBackend, namespace: str, job: ObservedJob,
         pods = kube.pods(namespace, backend.result_pod_selector(job.name))
         losses = [backend.final_loss(p) for p in pods]
         evals = [backend.final_eval_loss(p) for p in pods]
+        fabrics = [backend.fabric(p) for p in pods]
         return dataclasses.replace(job, final_loss=next((x for x in losses if x is not None), None),
-                                   final_eval_loss=next((x for x in evals if x is not None), None))
+                                   final_eval_loss=next((x for x in evals if x is not None), None),
+                                   fabric=next((x for x in fabrics if x is not None), None))
     if job.phase == "Failed":  # every pod: a worker's OOM or data error is as much the stage's as rank 0's
         pods = kube.pods(namespace, backend.pods_selector(job.name))
         errors = [backend.permanent_failure(p) for p in pods]

@@ -23,6 +23,7 @@ from ..core.state import (decide, decide_blocked, decide_invalid, decide_refused
                           finished_and_seen)
 from ..core.steps import without_started
 from ..core.volumes import claim_names, claim_problems
+from ..jobs import fabric
 from ..jobs.backends import backend_of
 from . import kube, metrics
 from .act import Refused, apply_actions
@@ -147,6 +148,10 @@ def _reconcile(run: dict[str, Any], logger: kopf.Logger | Any) -> None:
                      f"(enabled: {', '.join(config.enabled)}); set backends.{backend_name}.enabled in the chart "
                      "values", "backend_disabled")
             return
+        if (no_profile := fabric.unknown_profile(spec, config.fabric)) and status.get("phase") not in TERMINAL:
+            _blocked(run, "FabricProfileUnknown", no_profile, "fabric")
+            return
+        spec = fabric.with_profile(spec, config.fabric)  # the platform's network settings, as the jobs get them
         backend = config.backends[backend_name]
         try:
             ref = RunRef(namespace, name, meta.get("uid"))

@@ -5,12 +5,14 @@ each failed attempt and its nodes recorded, a node that failed twice kept off. P
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 from datetime import timedelta
 from typing import Any
 
 from vita_api.naming import job_name
 from vita_api.oom import after_oom
+from vita_api.plan import FLIGHT_RECORDER_DIR
 from vita_api.spec import StageSpec
 from vita_api.status import Condition, Reason
 
@@ -77,6 +79,10 @@ def retries_left(stage: StageSpec, rec: dict[str, Any], attempt: int) -> bool:
 
 
 MAX_FAILURES_KEPT = 20
+# What PyTorch's NCCL watchdog says when a collective times out (the pod's log tail is the job's message): its
+# flight recorder then wrote every rank's last collectives beside the stage's checkpoints.
+COLLECTIVE_TIMEOUT = re.compile(r"Watchdog caught collective operation timeout|ran for \d+ milliseconds before timing "
+                                r"out")
 AVOID_AFTER = 2          # failed attempts on one node before the stage's next attempts are kept off it
 MAX_BACKOFF_SECONDS = 900
 
@@ -97,6 +103,8 @@ def _record_failure(d: Decision, a: Attempt, clock: Clock) -> bool:
         entry["nodes"] = list(a.job.failed_nodes)
     if a.job.disruption:
         entry["disruption"] = a.job.disruption[:500]
+    if COLLECTIVE_TIMEOUT.search(a.job.message or "") and a.rec.get("checkpointPath"):
+        entry["flightRecorder"] = f"{a.rec['checkpointPath']}/{FLIGHT_RECORDER_DIR}/"
     failures.append(entry)
     del failures[:-MAX_FAILURES_KEPT]
     counts = Counter(n for f in failures for n in f.get("nodes") or [])

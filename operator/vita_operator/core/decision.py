@@ -24,6 +24,7 @@ class ObservedJob:
     hung: str = ""      # why a running job counts as hung (progress.hang_reason); "" if it does not
     active_since: str | None = None  # creation or latest (re)admission (pods.active_since): hangs count from it
     final_eval_loss: float | None = None  # the stage's last validation loss, from the master pod's same report
+    fabric: dict[str, Any] | None = None  # the stage's fabric probe (transport, busBandwidthGBps), same report
     nodes: int = 1      # how many pods the job should have (one per node)
     suspended: bool = False  # its spec asks the controller to hold it (Kueue's admission, or parked after failing)
     disruption: str = ""  # a failed job's disruption (pods.disruption_of): a lost node, eviction, preemption

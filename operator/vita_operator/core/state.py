@@ -383,6 +383,8 @@ def decide(run_name: str, generation: int, spec: VitaTrainingRunSpec, status: di
                 rec["finalLoss"] = job.final_loss
             if job.final_eval_loss is not None:
                 rec["finalEvalLoss"] = job.final_eval_loss
+            if job.fabric is not None:
+                rec["fabric"] = job.fabric
             d.events.append(normal(Reason.STAGE_SUCCEEDED, f"stage {stage.name} succeeded ({name})"))
             if i in evaluated:  # its benchmarks run beside the next stage
                 _evaluate_stage(d, run_name, spec, i, observed_evals, now)

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from vita_api.spec import VitaTrainingRunSpec
 
-from .pods import final_eval_loss_in, final_loss_in, oom_in, permanent_failure_in
+from .pods import fabric_in, final_eval_loss_in, final_loss_in, oom_in, permanent_failure_in
 
 
 class JobBackend(Protocol):
@@ -42,6 +42,8 @@ class JobBackend(Protocol):
 
     def final_eval_loss(self, pod: dict[str, Any]) -> float | None: ...
 
+    def fabric(self, pod: dict[str, Any]) -> dict[str, Any] | None: ...
+
 
 
 def index_metadata(obj: dict[str, Any]) -> dict[str, Any]:
@@ -67,3 +69,6 @@ class ResultPodReader:
 
     def final_eval_loss(self, pod: dict[str, Any]) -> float | None:
         return final_eval_loss_in(pod, self.container)
+
+    def fabric(self, pod: dict[str, Any]) -> dict[str, Any] | None:
+        return fabric_in(pod, self.container)

@@ -8,12 +8,17 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from vita_api.naming import job_labels, job_name
-from vita_api.plan import GPUS_ENV, cluster_roots, stage_output_dir, stage_resources
+from vita_api.plan import FLIGHT_RECORDER_DIR, GPUS_ENV, cluster_roots, stage_output_dir, stage_resources
 from vita_api.spec import API_GROUP, ResourcesOverride, VitaTrainingRunSpec
-from vita_api.termination import eval_loss_of, final_loss_of, oom_of, permanent_failure_of
+from vita_api.termination import eval_loss_of, fabric_of, final_loss_of, oom_of, permanent_failure_of
 
 KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+# Kueue Topology-Aware Scheduling, on each pod template: the domain level, and (for a PyTorchJob's two pod sets,
+# Master and Worker) the group that must share one domain.
+KUEUE_TOPOLOGY = {"required": "kueue.x-k8s.io/podset-required-topology",
+                  "preferred": "kueue.x-k8s.io/podset-preferred-topology"}
+KUEUE_PODSET_GROUP = "kueue.x-k8s.io/podset-group-name"
 TTL_AFTER_FINISHED = 7 * 24 * 3600
 # Container states that do not heal by waiting alone: a wrong image or tag, a private registry without a pull
 # Secret, a missing Secret/ConfigMap (envFromSecrets) or a bad container config.
@@ -58,13 +63,23 @@ def container_resources(spec: VitaTrainingRunSpec, index: int) -> dict[str, Any]
     return {"requests": dict(limits), "limits": limits}
 
 
+def flight_recorder_prefix(spec: VitaTrainingRunSpec, index: int) -> str:
+    """Where each rank's NCCL flight recorder dump goes when a collective times out: <stage output>/
+    nccl-flight-recorder/rank_<N>, on the checkpoint volume (it outlives the pods)."""
+    return f"{stage_output_dir(spec, index, cluster_roots(spec))}/{FLIGHT_RECORDER_DIR}/rank_"
+
+
 def container_env(spec: VitaTrainingRunSpec, index: int) -> list[dict[str, Any]]:
     gpus = stage_resources(spec, index).gpus_per_node
     gpu_env = [{"name": GPUS_ENV, "value": str(gpus)}] if gpus else []
     # NCCL's async error handling: a collective that times out (--ddp_timeout) or a dead peer ends the process
-    # instead of leaving the rank blocked, so the job fails and the stage is retried.
+    # instead of leaving the rank blocked, so the job fails and the stage is retried. The flight recorder keeps
+    # each rank's last collectives and writes them when one times out: which rank stopped, and in which call.
     return _merged_env([{"name": "HF_HUB_OFFLINE", "value": "1"},
                         {"name": "TORCH_NCCL_ASYNC_ERROR_HANDLING", "value": "1"},
+                        {"name": "TORCH_NCCL_TRACE_BUFFER_SIZE", "value": "2000"},
+                        {"name": "TORCH_NCCL_DUMP_ON_TIMEOUT", "value": "1"},
+                        {"name": "TORCH_NCCL_DEBUG_INFO_TEMP_FILE", "value": flight_recorder_prefix(spec, index)},
                         # Under an arbitrary UID (OpenShift) HOME is "/", and every cache below it fails to write.
                         {"name": "HOME", "value": CACHE_DIR},
                         {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
@@ -158,8 +173,10 @@ NO_EVICTION = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false", "karpe
 
 def pod_annotations(spec: VitaTrainingRunSpec) -> dict[str, Any]:
     port = spec.trainer.metrics_port
+    topology = spec.scheduling.topology
+    placement = {KUEUE_TOPOLOGY[topology.mode]: topology.level} if topology else {}
     return {**NO_EVICTION, **spec.trainer.pod_annotations, "prometheus.io/scrape": "true",
-            "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+            "prometheus.io/port": str(port), "prometheus.io/path": "/metrics", **placement}
 
 
 def _merged_env(*groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -194,6 +211,12 @@ def final_loss_in(pod: dict[str, Any], container: str) -> float | None:
     """finalLoss from the trainer container's termination message, if it finished and wrote one."""
     term = trainer_container_state(pod, container)
     return final_loss_of(term.get("message", "")) if term.get("exitCode") == 0 else None
+
+
+def fabric_in(pod: dict[str, Any], container: str) -> dict[str, Any] | None:
+    """The stage's fabric probe (transport and bus bandwidth) from the same message, if it probed."""
+    term = trainer_container_state(pod, container)
+    return fabric_of(term.get("message", "")) if term.get("exitCode") == 0 else None
 
 
 def final_eval_loss_in(pod: dict[str, Any], container: str) -> float | None:

@@ -9,7 +9,7 @@ from vita_api.plan import cluster_roots, nproc_per_node, stage_args, stage_resou
 from vita_api.spec import VitaTrainingRunSpec
 
 from .backend import ResultPodReader, index_metadata
-from .pods import (POD_SECURITY, TRAINER_MODULE, TTL_AFTER_FINISHED, condition_message,
+from .pods import (KUEUE_PODSET_GROUP, POD_SECURITY, TRAINER_MODULE, TTL_AFTER_FINISHED, condition_message,
                    container_env, container_resources, container_security, image_pull_policy, job_metadata,
                    pod_annotations, pod_identity, pod_placement, true_conditions, volumes_and_mounts)
 
@@ -67,6 +67,9 @@ class PyTorchJobBackend(ResultPodReader):
                                  stage_args(spec, index, cluster_roots(spec)))
         def replica(n: int) -> dict[str, Any]:
             return {"replicas": n, "restartPolicy": POD_RESTART_POLICY, "template": template}
+        if res.nodes > 1 and spec.scheduling.topology:
+            # Master and Worker are two pod sets to Kueue: grouped, they are placed in one domain together
+            template["metadata"]["annotations"][KUEUE_PODSET_GROUP] = "trainers"
         replicas = {"Master": replica(1)}
         if res.nodes > 1:
             replicas["Worker"] = replica(res.nodes - 1)
