@@ -261,3 +261,24 @@ def test_a_stage_that_dies_on_a_collective_timeout_names_the_flight_recorder_dum
     other = decide("r1", 1, sp, status, [ObservedJob("r1-s1-1", "s1", 1, "Failed", "exit 1: CUDA error")],
                    "2026-12-07T00:00:00Z", "pytorchjob").status["stages"][0]
     assert "flightRecorder" not in other["failures"][0]
+
+
+@pytest.mark.slow
+def test_the_trainer_runs_zero3_as_one_process_without_a_launcher(tmp_path):
+    """What the README documents: `python -m vita_trainer.train --deepspeed zero3 ...`, no torchrun (DeepSpeed
+    looked for MPI then: No module named 'mpi4py')."""
+    from vita_api.plan import STAGE_DONE_FILE
+    from vita_trainer.demo.run import build_run, prepare
+    out = tmp_path / "demo"
+    prepare(out, small=True)
+    run = build_run("single", 1.0, "zero3", 1)
+    run["spec"]["stages"] = run["spec"]["stages"][:1]
+    run["spec"]["stages"][0]["args"].update(max_steps=2, logging_steps=1, save_strategy="no",
+                                            per_device_train_batch_size=2)
+    sp = VitaTrainingRunSpec.model_validate(run["spec"])
+    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    done = subprocess.run([sys.executable, "-m", "vita_trainer.train", *stage_args(sp, 0, PathRoots(str(out), str(out))),
+                           "--metrics_port", "0"], capture_output=True, text=True, timeout=600,
+                          env={k: v for k, v in os.environ.items() if k not in launcher})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "runs" / "base-lm" / STAGE_DONE_FILE).read_text())["global_step"] == 2

@@ -116,10 +116,12 @@ def test_the_chunked_lm_loss_equals_the_plain_one_in_value_and_gradient(tok):
 
 
 @pytest.mark.slow
-def test_ranks_with_different_chunk_counts_under_zero3(four_samples, tmp_path, tok):
-    """Two ZeRO-3 ranks whose micro-batches hold different numbers of labelled tokens call the (untied, sharded)
-    lm_head a different number of times per chunked loss: the gathers must not desynchronise (a hang), and one
-    step gives the same update as with one chunk."""
+def test_a_fixed_lm_head_call_count_under_zero3_keeps_deepspeeds_trace_and_the_update(four_samples, tmp_path, tok):
+    """Two ZeRO-3 ranks whose micro-batches hold different numbers of labelled tokens: every micro-batch calls the
+    (untied, sharded) lm_head the same number of times (from the largest micro-batch the run can have, without a
+    collective), so the ranks' gathers stay in step (no hang), DeepSpeed's recorded module trace is never
+    invalidated over several steps (its trace-cache warnings on), and one step gives the same update with many
+    small chunks as with one."""
     data, registry_dir = four_samples
     from vita_trainer.data.tokenizer import load_tokenizer
     demo_tok = load_tokenizer(str(data / "base_model"))
@@ -129,24 +131,32 @@ def test_ranks_with_different_chunk_counts_under_zero3(four_samples, tmp_path, t
     torch.manual_seed(0)
     VitaForCausalLM(config).save_pretrained(base)
     demo_tok.save_pretrained(base)
-    script = tmp_path / "chunks.py"
-    script.write_text("import sys\nimport vita_trainer.model.chunked_loss as c\nc.CHUNK_TOKENS = int(sys.argv.pop(1))\n"
-                      "from vita_trainer.train.main import main\nmain()\n")
-    steps = []
-    for chunk in (4096, 5):
-        out = tmp_path / f"chunk{chunk}"
+    from importlib import resources
+    ds = json.loads((resources.files("vita_trainer") / "configs" / "zero3.json").read_text())
+    ds["zero_optimization"]["log_trace_cache_warnings"] = True
+    (tmp_path / "zero3-traced.json").write_text(json.dumps(ds))
+
+    def train(chunk: int, steps: int) -> tuple:
+        out = tmp_path / f"chunk{chunk}-{steps}"
         argv = ["--stage", "text_sft", "--model_name_or_path", str(base), "--data_registry",
                 str(registry_dir / "registry.yaml"), "--dataset_use", "text4", "--output_dir", str(out),
-                "--max_steps", "1", "--per_device_train_batch_size", "2", "--optim", "sgd", "--learning_rate", "1.0",
-                "--lr_scheduler_type", "constant", "--max_grad_norm", "0", "--save_strategy", "no",
-                "--metrics_port", "0", "--model_max_length", "512", "--disable_tqdm", "True", "--deepspeed", "zero3"]
+                "--max_steps", str(steps), "--per_device_train_batch_size", "2", "--optim", "sgd",
+                "--learning_rate", "1.0", "--lr_scheduler_type", "constant", "--max_grad_norm", "0",
+                "--save_strategy", "no", "--metrics_port", "0", "--model_max_length", "512", "--disable_tqdm", "True",
+                "--deepspeed", str(tmp_path / "zero3-traced.json"), "--lm_head_chunk_tokens", str(chunk)]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), str(script), str(chunk), *argv]
+               "--master_port", str(free_port()), "-m", "vita_trainer.train", *argv]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert done.returncode == 0, done.stderr[-3000:]
+        return out, done.stdout + done.stderr
+    steps = []
+    for chunk in (4096, 5):  # 1 call per micro-batch; ceil(2 x 512 / 5) = 205 calls, most of them a few positions
+        out, _ = train(chunk, 1)
         before, after = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
         steps.append({k: after[k] - before[k] for k in before if k in after})
     assert steps[0]["language_model.lm_head.weight"].abs().max() > 0 and steps[0].keys() == steps[1].keys()
     for k, v in steps[0].items():
         torch.testing.assert_close(steps[1][k], v, rtol=2e-4, atol=2e-6)
+    _, log = train(5, 4)
+    assert "Invalidate trace cache" not in log, [line for line in log.splitlines() if "Invalidate" in line][:3]

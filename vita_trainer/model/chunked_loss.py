@@ -17,18 +17,29 @@ from vita_api.constants import IGNORE_INDEX
 CHUNK_TOKENS = 4096  # 4096 x 152k fp32 logits: 2.5 GB per chunk in flight
 
 
-def chunk_starts(count: int, chunk_tokens: int, device: torch.device) -> list[int]:
-    """Where each chunk starts. Under ZeRO-3 every rank makes as many chunks as the rank with the most labelled
-    tokens (the extra ones empty): each lm_head call gathers its sharded weight with a collective, so ranks that
-    called it a different number of times would wait on each other for ever. Without ZeRO-3 no call is collective,
-    and nothing is exchanged."""
+def chunk_slices(count: int, chunk_tokens: int, device: torch.device, calls: int | None = None) -> list[slice]:
+    """The chunks of `count` labelled positions. Under ZeRO-3 each lm_head call gathers its sharded weight with a
+    collective, so every rank must make as many calls, and DeepSpeed's prefetch replays a recorded module order
+    that a changing count would invalidate (it then stops prefetching): with `calls` (the trainer sets it from the
+    largest micro-batch a run can have) every micro-batch makes exactly that many, the positions spread evenly over
+    them, with no collective and no host sync. Without it, under ZeRO-3 the ranks agree on the most chunks any of
+    them needs (an all-reduce); without ZeRO-3 no call is collective, and nothing is exchanged."""
+    if calls:
+        width = max(-(-count // calls), 1)
+        return [slice(i * width, (i + 1) * width) for i in range(calls)]
     from transformers.integrations import is_deepspeed_zero3_enabled
     chunks = -(-count // chunk_tokens)
     if is_deepspeed_zero3_enabled() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         most = torch.tensor([chunks], device=device)
         torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
         chunks = int(most.item())
-    return [i * chunk_tokens for i in range(chunks)]
+    return [slice(i * chunk_tokens, (i + 1) * chunk_tokens) for i in range(chunks)]
+
+
+def fixed_calls(max_tokens: int, chunk_tokens: int = CHUNK_TOKENS) -> int:
+    """lm_head calls per micro-batch for micro-batches of at most `max_tokens` tokens: no chunk above
+    `chunk_tokens` positions."""
+    return max(-(-max_tokens // chunk_tokens), 1)
 
 
 def _labelled(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -46,13 +57,13 @@ def _chunk_loss(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor)
 
 
 def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor,
-                           num_items_in_batch=None, chunk_tokens: int | None = None) -> torch.Tensor:
+                           num_items_in_batch=None, chunk_tokens: int | None = None,
+                           calls: int | None = None) -> torch.Tensor:
     """Mean next-token loss over labelled positions (or the sum over `num_items_in_batch`, as HF's loss does)."""
     chunk_tokens = chunk_tokens or CHUNK_TOKENS
     hidden, targets, _ = _labelled(hidden, labels)
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in chunk_starts(targets.numel(), chunk_tokens, hidden.device):
-        piece = slice(start, start + chunk_tokens)
+    for piece in chunk_slices(targets.numel(), chunk_tokens, hidden.device, calls):
         total = total + checkpoint(_chunk_loss, lm_head, hidden[piece], targets[piece], use_reentrant=False)
     if num_items_in_batch is None:
         return total / max(targets.numel(), 1)
@@ -61,14 +72,13 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: tor
 
 @torch.no_grad()
 def chunked_row_losses(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor,
-                       chunk_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       chunk_tokens: int | None = None, calls: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Evaluation: per row, the summed next-token loss and the number of labelled positions, with the same one
     lm_head call per chunk as training (so ZeRO-3 ranks make the same calls) and never the full logits."""
     chunk_tokens = chunk_tokens or CHUNK_TOKENS
     hidden, targets, rows = _labelled(hidden, labels)
     sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device)
-    for start in chunk_starts(targets.numel(), chunk_tokens, hidden.device):
-        piece = slice(start, start + chunk_tokens)
+    for piece in chunk_slices(targets.numel(), chunk_tokens, hidden.device, calls):
         losses = nn.functional.cross_entropy(lm_head(hidden[piece]).float(), targets[piece], reduction="none")
         sums.index_add_(0, rows[piece], losses)
     counts = torch.bincount(rows, minlength=labels.shape[0]).to(torch.float32)

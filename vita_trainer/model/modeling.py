@@ -30,6 +30,10 @@ class VitaForCausalLM(PreTrainedModel):
 
     # Set by the trainer (--chunked_loss): training losses without the batch's full fp32 logits.
     chunked_loss = False
+    # Set by the trainer under ZeRO-3: lm_head calls per micro-batch, the same on every step and rank
+    # (chunked_loss.chunk_slices); None: as many as the labelled positions need.
+    lm_head_calls: int | None = None
+    lm_head_chunk_tokens: int | None = None  # positions per call at most (--lm_head_chunk_tokens)
 
     def __init__(self, config: VitaConfig):
         super().__init__(config)
@@ -173,11 +177,12 @@ class VitaForCausalLM(PreTrainedModel):
                                                    position_ids=position_ids, **kwargs).last_hidden_state
         head = self.language_model.get_output_embeddings()
         if not self.training and not torch.is_grad_enabled():
-            sums, counts = chunked_row_losses(hidden, head, labels)
+            sums, counts = chunked_row_losses(hidden, head, labels, self.lm_head_chunk_tokens, self.lm_head_calls)
             out = CausalLMOutputWithPast(loss=sums.sum() / counts.sum().clamp(min=1), logits=None)
             out["row_loss_sums"], out["row_label_counts"] = sums, counts
             return out
-        return CausalLMOutputWithPast(loss=chunked_causal_lm_loss(hidden, head, labels, num_items_in_batch),
+        return CausalLMOutputWithPast(loss=chunked_causal_lm_loss(hidden, head, labels, num_items_in_batch,
+                                                                  self.lm_head_chunk_tokens, self.lm_head_calls),
                                       logits=None)
 
     @classmethod

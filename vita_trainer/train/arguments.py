@@ -125,6 +125,8 @@ class VitaTrainingArguments(TrainingArguments):
     frozen_audio_encoder_eval: bool = field(default=False, metadata={
         "help": "Keep a frozen whale encoder in eval mode (no dropout, no dynamic chunks); the reference trains "
                 "with it in train mode"})
+    lm_head_chunk_tokens: int = field(default=4096, metadata={
+        "help": "--chunked_loss: labelled positions per lm_head call at most (4096 x 152k fp32 logits: 2.5 GB)"})
     chunked_loss: bool = field(default=True, metadata={
         "help": "LM loss from the labelled positions' logits only, in checkpointed chunks, never the batch's "
                 "full fp32 logits (HF's path needs tens of GB at 8 x 6200 tokens)"})

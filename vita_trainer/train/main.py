@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -231,10 +232,36 @@ def write_summary(summary: dict[str, Any], args: VitaTrainingArguments) -> None:
     write_termination_message(summary)
 
 
+def lm_head_calls(args: VitaTrainingArguments, data_args: DataArguments) -> int | None:
+    """Under ZeRO-3, a fixed number of lm_head calls per micro-batch, from the largest one the run can have (its
+    token budget, else rows x --model_max_length): the same module order on every step and rank, so DeepSpeed's
+    prefetch keeps its recorded trace, and no collective or host sync picks the count."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from ..model.chunked_loss import fixed_calls
+    if not (args.chunked_loss and is_deepspeed_zero3_enabled()):
+        return None
+    rows = max(args.per_device_train_batch_size, args.per_device_eval_batch_size)
+    return fixed_calls(data_args.max_tokens_per_batch or rows * args.model_max_length, args.lm_head_chunk_tokens)
+
+
+def single_process_rendezvous(argv: list[str]) -> None:
+    """`python -m vita_trainer.train --deepspeed ...` without torchrun: a one-process group of its own. DeepSpeed
+    would otherwise look for MPI to learn its rank (ModuleNotFoundError: No module named 'mpi4py')."""
+    if "--deepspeed" not in argv or any(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        return
+    from ..local import free_port
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(free_port()))
+    log.info("no launcher: one process, rendezvous on 127.0.0.1:%s (use torchrun for more)", os.environ["MASTER_PORT"])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from .fabric import check_fabric, prepare_nccl_log
+    argv = sys.argv[1:] if argv is None else argv
+    single_process_rendezvous(argv)
     nccl_log = prepare_nccl_log()  # before the process group exists: NCCL reads it then
-    model_args, data_args, args, preset = parse(sys.argv[1:] if argv is None else argv)
+    model_args, data_args, args, preset = parse(argv)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.deepspeed and torch.distributed.is_initialized():
@@ -252,6 +279,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stage_name = args.stage_name or preset.name
     registry = load_registry(data_args.data_registry)  # a bad registry fails before the model loads
     setup = setup_model(model_args, args, preset)
+    setup.model.lm_head_calls = lm_head_calls(args, data_args)
+    setup.model.lm_head_chunk_tokens = args.lm_head_chunk_tokens
     log.info("stage %s (preset %s) trains %s", stage_name, preset.name, setup.counts)
     data = setup_data(setup, registry, model_args, data_args, args, preset)
     trainer = build_trainer(setup, data, data_args, args, preset, stage_name)
