@@ -277,8 +277,9 @@ def test_the_trainer_runs_zero3_as_one_process_without_a_launcher(tmp_path):
                                             per_device_train_batch_size=2)
     sp = VitaTrainingRunSpec.model_validate(run["spec"])
     launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    done = subprocess.run([sys.executable, "-m", "vita_trainer.train", *stage_args(sp, 0, PathRoots(str(out), str(out))),
-                           "--metrics_port", "0"], capture_output=True, text=True, timeout=600,
+    args = stage_args(sp, 0, PathRoots(str(out), str(out)))
+    done = subprocess.run([sys.executable, "-m", "vita_trainer.train", *args, "--metrics_port", "0"],
+                          capture_output=True, text=True, timeout=600,
                           env={k: v for k, v in os.environ.items() if k not in launcher})
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((out / "runs" / "base-lm" / STAGE_DONE_FILE).read_text())["global_step"] == 2
