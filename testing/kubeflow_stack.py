@@ -81,6 +81,15 @@ def module_dir(component: str) -> Path:
     return Path(json.loads(out)["Dir"])
 
 
+def dependency_dir(component: str, module: str) -> Path:
+    """A module the component's pinned version requires, at that version, from Go's module cache."""
+    version = next(line.split()[1] for line in (HACK / component / "go.mod").read_text().splitlines()
+                   if line.startswith("\t") and line.split()[0] == module)
+    out = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"], cwd=HACK / component,
+                         capture_output=True, text=True, check=True).stdout
+    return Path(json.loads(out)["Dir"])
+
+
 def host_ip() -> str:
     """This machine's first non-loopback IPv4 address: an EndpointSlice refuses loopback ones."""
     import psutil
@@ -277,6 +286,10 @@ class KubeflowStack(_Processes):
         port, ns, svc = free_port(), "kubeflow-system", "kubeflow-trainer-controller-manager"
         src = module_dir("trainer")
         self.crds(*sorted((src / "manifests" / "base" / "crds").glob("trainer.kubeflow.org_*.yaml")))
+        # The scheduler-plugins' PodGroup, at the version Trainer builds against: Trainer's coscheduling plugin (a
+        # runtime's podGroupPolicy) makes one per TrainJob, and needs the CRD before it starts.
+        plugins = dependency_dir("trainer", "sigs.k8s.io/scheduler-plugins")
+        self.crds(plugins / "config" / "crd" / "bases" / "scheduling.x-k8s.io_podgroups.yaml")
         self.webhook_service(svc, ns, port)
         # controller-runtime serves from $TMPDIR/k8s-webhook-server/serving-certs when Trainer manages no certs.
         tmp = self.dir / "trainer-tmp"

@@ -402,3 +402,24 @@ def test_the_platforms_network_profile_reaches_every_pod_of_a_two_node_stage(kub
             assert "IPC_LOCK" in trainer["securityContext"]["capabilities"]["add"]
             assert "--min_bus_bandwidth_gbps 40" in " ".join(trainer.get("args", []) + trainer.get("command", []))
         assert_no_forbidden(op)
+
+
+def test_a_runtime_with_gang_scheduling_groups_both_pods_of_a_trainjob(kubeflow):
+    """The chart's runtime with podGroupPolicy coscheduling: Trainer makes one PodGroup per TrainJob (minMember:
+    every node's pod) and labels both pods with it, so a gang scheduler places them together or not at all."""
+    from testing.control_plane import helm_template
+    runtime = yaml.safe_load(helm_template(
+        "--set", "backends.trainjob.enabled=true", "--set", "backends.trainjob.runtime.name=vita-torch-gang",
+        "--set-json", 'backends.trainjob.runtime.podGroupPolicy={"coscheduling":{"scheduleTimeoutSeconds":300}}',
+        "--show-only", "templates/clustertrainingruntime.yaml"))
+    kubeflow.apply(runtime)
+    name = "gang"
+    with kubeflow.running(two_nodes("trainjob", name), "operator-gang",
+                          env={"VITA_OPERATOR_TRAINJOB_RUNTIME": "vita-torch-gang"}) as op:
+        job = wait_for(lambda: f"{name}-s1-1" in kubeflow.jobs("trainjob") and f"{name}-s1-1", what="the TrainJob")
+        assert kubeflow.jobs("trainjob")[job]["spec"]["runtimeRef"]["name"] == "vita-torch-gang"
+        pods = wait_for(lambda: len(p := kubeflow.pods(job, "trainjob")) == 2 and p, timeout=90, what="both pods")
+        group = kubeflow.get("podgroups.scheduling.x-k8s.io", job)
+        assert group["spec"]["minMember"] == 2
+        assert [p["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] for p in pods] == [job, job]
+        assert_no_forbidden(op)
