@@ -67,16 +67,16 @@ def unknown(error_spec: dict) -> list[str]:
 
 def test_a_spec_with_fields_this_operator_does_not_know_is_left_alone():
     base = spec().model_dump(by_alias=True, exclude_none=True)
-    newer = {**base, "fabric": {"profile": "ib"}, "stages": [{**base["stages"][0], "topology": "rack"},
-                                                            base["stages"][1]]}
+    newer = {**base, "checkpointing": {"mode": "async"}, "stages": [{**base["stages"][0], "topology": "rack"},
+                                                                   base["stages"][1]]}
     fields = unknown(newer)
-    assert sorted(fields) == ["spec.fabric", "spec.stages.0.topology"]
+    assert sorted(fields) == ["spec.checkpointing", "spec.stages.0.topology"]
     assert unknown({**base, "output": None}) == []  # a real error is not an unknown field
     running = decide("r", 1, spec(), None, [], NOW).status
     d = decide_unknown_fields(running, fields, NOW, 2)
     assert d.status["phase"] == "Running" and not d.actions                 # not Failed, its job untouched
     cond = {c["type"]: c for c in d.status["conditions"]}["SpecUnderstood"]
-    assert cond["status"] == "False" and cond["reason"] == "UnknownFields" and "spec.fabric" in cond["message"]
+    assert cond["status"] == "False" and cond["reason"] == "UnknownFields" and "spec.checkpointing" in cond["message"]
     assert [e.reason for e in d.events] == ["UnknownFields"]
     assert not decide_unknown_fields(d.status, fields, NOW, 2).events       # said once
     assert_valid_status(d.status)

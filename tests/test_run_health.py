@@ -66,6 +66,8 @@ def test_argo_cd_and_kstatus_read_each_phase_as_its_health(case, status):
     ready = {c["type"]: c for c in status["conditions"]}["Ready"]
     assert ready["status"] == ("True" if status["phase"] in ("Running", "Queued", "Succeeded") else "False"), case
     assert ready["reason"], case
+    if status["phase"] == "Suspended":  # not the reason of what it would be doing (StageRunning)
+        assert ready["reason"] == "RunSuspended", case
 
 
 def test_a_spec_the_operator_has_not_read_is_progressing():

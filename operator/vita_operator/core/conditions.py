@@ -31,7 +31,7 @@ def condition(status: dict[str, Any], ctype: str) -> dict[str, Any] | None:
 
 
 # What each phase says to the tools that read a resource's health from its conditions, as (Ready, Reconciling,
-# Stalled): Ready for Argo CD's health check (docs/argocd-health.lua), `kubectl wait --for=condition=Ready` and
+# Stalled): Ready for Argo CD's health check (the chart's argocd/health.lua), `kubectl wait --for=condition=Ready` and
 # people; Reconciling and Stalled for kstatus (Flux, kpt, cli-utils). Ready means nothing needs a person: True
 # while the run works or waits its turn and once it Succeeded; False when suspended, Blocked or Failed.
 HEALTH: dict[str, tuple[bool, bool, bool]] = {
@@ -50,8 +50,9 @@ def enter_phase(status: dict[str, Any], phase: str, reason: str, message: str, c
     ready, reconciling, stalled = HEALTH[phase]
     for ctype, value in ((Condition.READY, ready), (Condition.RECONCILING, reconciling),
                          (Condition.STALLED, stalled)):
-        # a False condition says why too: the phase's reason where the phase is the cause, else Run<Phase>
-        if value or ctype == Condition.READY:
+        # a False condition says why too: the phase's reason where it is the cause (Blocked, Failed), else Run<Phase>
+        # (a suspended run's phase reason says what it would be doing)
+        if value or (ctype == Condition.READY and phase != "Suspended"):
             set_condition(status, ctype, value, reason, message, clock)
         else:
             set_condition(status, ctype, False, f"Run{phase}", f"the run is {phase}", clock)
