@@ -294,7 +294,9 @@ def test_a_lost_node_retries_the_pytorchjob_stage_without_spending_a_retry(kubef
                          what="the stage retried after the node was lost")
         rec = kubeflow.run_status(name)["stages"][0]
         assert rec["disruptions"] == 1 and rec["failures"][0]["nodes"] == [node]
-        assert f"node {node} no longer exists" in rec["failures"][0]["disruption"]
+        # whichever the operator saw first: the node gone (its own check), or pod GC's DisruptionTarget
+        # ("DeletionByPodGC: PodGC: node no longer exists"); the node is named in `nodes` either way
+        assert "no longer exists" in rec["failures"][0]["disruption"]
         assert kubeflow.phase(name) in ("Running", "Queued")
         assert any(e["reason"] == "StageDisrupted" and node in e["message"] for e in run_events(kubeflow, name))
         assert all(p["spec"]["nodeName"] != node for p in kubeflow.running_pods(retry, backend, 2))
