@@ -55,6 +55,9 @@ PREFLIGHT = failed("PreflightFailed",
                    "Run team-a/r1 failed its data check before any GPU job",
                    "status.preflight.problems lists the first bad samples; status.preflight.reportPath has them all.")
 
+NOT_LEADING = {"labels": {"severity": "critical"},
+               "summary": "No VITA operator replica is leading: runs are not being advanced"}
+
 # (what, input series, alert tests)
 SCENARIOS = [
     ("a run fails: one alert with its route for 15 minutes, then quiet while the failed run is kept",
@@ -96,11 +99,9 @@ SCENARIOS = [
      [alert("370m", "VitaTrainingRunQueuedTooLong")]),
     ("only a standby answers (the leader's pod is gone)",
      [series("vita_operator_leader", 'pod="op-1"', "0x20")],
-     [alert("10m", "VitaOperatorNotLeading", fired({"severity": "critical"}, summary=(
-         "No VITA operator replica is leading: runs are not being advanced")))]),
+     [alert("10m", "VitaOperatorNotLeading", fired(**NOT_LEADING))]),
     ("no operator is scraped at all", [series("up", 'job="other"', "1x20")],
-     [alert("10m", "VitaOperatorNotLeading", fired({"severity": "critical"}, summary=(
-         "No VITA operator replica is leading: runs are not being advanced")))]),
+     [alert("10m", "VitaOperatorNotLeading", fired(**NOT_LEADING))]),
     ("a leader and its standby; and a handover shorter than 5 minutes",
      [series("vita_operator_leader", 'pod="op-0"', "1x10 _x3 _x7"), series("vita_operator_leader", 'pod="op-1"',
                                                                        "0x10 0x3 1x7")],

@@ -10,7 +10,8 @@ from vita_trainer.train.metrics import MetricsCallback, TrainerMetrics
 def test_metrics_are_served_and_follow_prometheus_naming():
     port = free_port()
     cb = MetricsCallback(TrainerMetrics(), "stage-a", "vision_align", port)
-    state = SimpleNamespace(is_world_process_zero=True, max_steps=100, global_step=10, epoch=0.5)
+    state = SimpleNamespace(is_world_process_zero=True, is_local_process_zero=True, max_steps=100, global_step=10,
+                            epoch=0.5)
     cb.on_train_begin(None, state, None)
     try:
         for _ in range(2):  # two optimizer steps: this rank's step time and its wait between them

@@ -112,7 +112,7 @@ class MetricsCallback(TrainerCallback):
         if state.is_world_process_zero:  # the stage's series come from rank 0 alone
             self.m.stage_info.labels(self.stage, self.preset).set(1)
             self.m.max_steps.labels(self.stage).set(state.max_steps)
-        if getattr(state, "is_local_process_zero", state.is_world_process_zero) and self.port:
+        if state.is_local_process_zero and self.port:
             try:
                 self.server = start_http_server(self.port, registry=self.m.registry)
             except OSError as e:
@@ -194,7 +194,7 @@ class MetricsCallback(TrainerCallback):
         rows = _all_gather([rank, _node_rank(), self.timing["step"] / steps, self.timing["wait"] / steps,
                             tokens_per_second, memory])
         self.timing = {"step": 0.0, "wait": 0.0, "steps": 0}
-        if not getattr(state, "is_local_process_zero", state.is_world_process_zero):
+        if not state.is_local_process_zero:
             return
         for r, node, step, wait, tps, mem in rows:
             if int(node) != _node_rank():

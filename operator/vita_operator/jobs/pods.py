@@ -207,22 +207,25 @@ def oom_in(pod: dict[str, Any], container: str) -> dict[str, Any] | None:
     return oom_of(term.get("message", "")) if term.get("exitCode") else None
 
 
+def result_message(pod: dict[str, Any], container: str) -> str:
+    """The trainer container's termination message when it finished (exit 0): the stage's result; "" otherwise."""
+    term = trainer_container_state(pod, container)
+    return str(term.get("message", "")) if term.get("exitCode") == 0 else ""
+
+
 def final_loss_in(pod: dict[str, Any], container: str) -> float | None:
     """finalLoss from the trainer container's termination message, if it finished and wrote one."""
-    term = trainer_container_state(pod, container)
-    return final_loss_of(term.get("message", "")) if term.get("exitCode") == 0 else None
+    return final_loss_of(result_message(pod, container))
 
 
 def fabric_in(pod: dict[str, Any], container: str) -> dict[str, Any] | None:
     """The stage's fabric probe (transport and bus bandwidth) from the same message, if it probed."""
-    term = trainer_container_state(pod, container)
-    return fabric_of(term.get("message", "")) if term.get("exitCode") == 0 else None
+    return fabric_of(result_message(pod, container))
 
 
 def final_eval_loss_in(pod: dict[str, Any], container: str) -> float | None:
     """The stage's final validation loss (evalLoss) from the same message, if it had validation data."""
-    term = trainer_container_state(pod, container)
-    return eval_loss_of(term.get("message", "")) if term.get("exitCode") == 0 else None
+    return eval_loss_of(result_message(pod, container))
 
 
 def true_conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
