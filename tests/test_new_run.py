@@ -44,6 +44,17 @@ def test_the_micro_batch_is_the_largest_power_of_two_the_memory_model_fits(card)
     most = inspect("vita-1.5-7b", "multimodal_sft", 8, 6200, gib)["memory"]["max_tokens"]
     assert micro * 6200 <= most and (micro == 8 or 2 * micro * 6200 > most), (micro, most)
     assert micro * acc * 8 >= 512 and micro * (acc - 1) * 8 < 512  # the fewest steps that reach the global batch
+    # the fewest checkpointed decoder layers that fit the micro-batch: with one layer fewer it would not
+    policy = st.args["activation_checkpointing"]
+    layers = {"none": 0, "all": 28}.get(policy, policy)
+    from vita_trainer.model import memory
+    from vita_trainer.model.builder import vita_1p5_config
+    r = inspect("vita-1.5-7b", "multimodal_sft", 8, micro * 6200, gib)
+    common = dict(total=r["total"], trainable=r["trainable"], gpus=8, tokens=micro * 6200, gpu_memory_gib=gib)
+    shape = memory.LayerShape.of(vita_1p5_config().text_config)
+    assert memory.estimate(shape, checkpointed_layers=layers, **common)["fits"]
+    assert layers == 0 or not memory.estimate(shape, checkpointed_layers=layers - 1, **common)["fits"]
+    assert policy != "all" or card != "h200"  # 141 GiB leaves room to recompute fewer layers
 
 
 def test_a_card_too_small_for_one_row_says_what_to_change():

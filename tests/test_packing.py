@@ -125,3 +125,103 @@ def test_sdpa_gets_no_varlen_arguments(tok, tiny_cfg, media_dir, monkeypatch):
     with torch.no_grad():
         model(**packed)
     assert seen and all(s == [] for s in seen)
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_varlen_backend_packed_equals_unpacked_in_loss_and_gradients(tok, tiny_cfg, media_dir, monkeypatch):
+    """The varlen backend (model/varlen_attention.py), which never builds a mask: packed rows and padded rows give
+    SDPA's padded loss and the same gradients, and each attention call gets the collator's boundaries."""
+    from vita_trainer.model import varlen_attention
+    calls = []
+
+    def recording(module, query, key, value, attention_mask, **kwargs):
+        calls.append((attention_mask, kwargs["cu_seq_lens_q"].tolist()))
+        return varlen_attention.varlen_attention(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, varlen_attention.NAME, recording)
+    model, items, unpacked, packed, _ = model_and_batches(tok, tiny_cfg, media_dir)
+    model.train()  # gradients; the tiny model has no dropout
+    reference, reference_grads = _loss_and_grads(model, unpacked)  # SDPA, padded rows
+    model.language_model.config._attn_implementation = varlen_attention.NAME
+    layers = tiny_cfg.text_config.num_hidden_layers
+    for batch in (packed, unpacked):
+        calls.clear()
+        loss, grads = _loss_and_grads(model, batch)
+        assert torch.isclose(loss, reference, atol=1e-5, rtol=0), (loss.item(), reference.item())
+        assert grads.keys() == reference_grads.keys()
+        for name, grad in grads.items():
+            assert torch.allclose(grad, reference_grads[name], atol=1e-5, rtol=1e-4), name
+        assert [c[1] for c in calls] == [batch["cu_seq_lens_q"].tolist()] * layers and all(
+            c[0] is None for c in calls)  # no mask at all
+    # padded rows: each row's tokens, then its padding, are the segments
+    width = unpacked["input_ids"].shape[1]
+    lengths = [len(s["input_ids"]) for s in items]
+    expected = varlen_boundaries([[n] for n in lengths], width)["cu_seq_lens_q"]
+    assert unpacked["cu_seq_lens_q"].tolist() == expected.tolist()
+
+
+def test_varlen_backend_refuses_calls_without_boundaries(tok, tiny_cfg):
+    from vita_api.errors import ConfigError
+    from vita_trainer.model import varlen_attention
+    model = build_model(tiny_cfg).float().eval()
+    model.language_model.config._attn_implementation = varlen_attention.NAME
+    ids = torch.tensor([[tok.pad_token_id + 1] * 4])
+    with pytest.raises(ConfigError, match="cu_seq_lens_q.*sdpa or flash_attention_2"), torch.no_grad():
+        model.language_model(input_ids=ids)
+
+
+def test_training_attention_choice_and_what_is_saved(tok, tiny_cfg, tmp_path):
+    from vita_trainer.model.builder import training_attention
+    from vita_trainer.model.varlen_attention import NAME
+    from vita_trainer.train.main import use_attention
+    assert training_attention("auto", cuda=False) == "sdpa"  # no flash-attn in the test environment
+    assert training_attention("auto", cuda=True) == NAME
+    assert training_attention("varlen", cuda=False) == NAME and training_attention("eager", cuda=True) == "eager"
+    with pytest.raises(ValueError, match="choose one of auto, sdpa"):
+        training_attention("flex", cuda=True)
+    model = build_model(tiny_cfg)
+    use_attention(model, "varlen")
+    assert model.language_model.config._attn_implementation == NAME
+    assert model.language_model.model.layers[0].self_attn.config._attn_implementation == NAME
+    model.save_pretrained(tmp_path)  # a saved model loads with the default backend, not the training one
+    assert NAME not in (tmp_path / "config.json").read_text()
+
+
+def test_selective_activation_checkpointing_keeps_the_gradients(tok, tiny_cfg, media_dir):
+    """--activation_checkpointing every_other / N layers: the chosen decoder layers recompute in the backward pass,
+    the gradients equal those without checkpointing (fp32)."""
+    from vita_trainer.model.checkpointing import checkpointed, parse_policy
+    assert checkpointed("every_other", 4) == [True, False, True, False]
+    assert checkpointed(3, 4) == [True, True, True, False] and checkpointed("none", 2) == [False, False]
+    assert parse_policy("true") == "all" and parse_policy("False") == "none" and parse_policy("7") == 7
+    from vita_trainer.model.builder import tiny_config
+    cfg = tiny_config(tok, layers=4)
+    torch.manual_seed(0)
+    model = build_model(cfg).float().train()
+    batch = PackedCollator(tok.pad_token_id, max_length=4096)(samples(tok, cfg, media_dir))
+    plain_loss, plain = _loss_and_grads(model, batch)
+    layers = model.language_model.model.layers
+    recomputed = []
+    for policy, expect in (("every_other", [True, False, True, False]), (1, [True, False, False, False]),
+                           ("all", [True] * 4)):
+        model.checkpoint_policy = policy
+        model.activation_checkpointing_enable()
+        assert [layer.gradient_checkpointing for layer in layers] == expect
+        forward_calls: list[int] = []
+        hooks = [layer.input_layernorm.register_forward_pre_hook(lambda m, i, k=k, seen=forward_calls: seen.append(k))
+                 for k, layer in enumerate(layers)]
+        loss, grads = _loss_and_grads(model, batch)
+        for h in hooks:
+            h.remove()
+        recomputed.append(sorted(k for k in set(forward_calls) if forward_calls.count(k) == 2))
+        assert torch.isclose(loss, plain_loss, atol=1e-6, rtol=0)
+        for name, grad in plain.items():
+            assert torch.allclose(grads[name], grad, atol=1e-6, rtol=1e-5), (policy, name)
+        model.activation_checkpointing_disable()
+    assert recomputed == [[0, 2], [0], [0, 1, 2, 3]]  # the backward pass really ran those layers again

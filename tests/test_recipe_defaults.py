@@ -45,6 +45,15 @@ def test_defaults_are_the_parsers_the_preset_wins_over_the_recipe_and_the_comman
         "--gradient_checkpointing", "false", "--include_num_input_tokens_seen", "false"])
     assert (args.learning_rate, args.dataloader_num_workers, args.gradient_checkpointing) == (0.5, 1, False)
     assert args.include_num_input_tokens_seen == "no"
+    # --activation_checkpointing takes a policy (model/checkpointing.py); HF gets on or off
+    for given, on, policy in (("every_other", True, "every_other"), ("12", True, 12), ("none", False, "none"),
+                              ("true", True, "all")):
+        args = parser.parse_args_into_dataclasses(args=[*ARGV, "--use_cpu", "True", "--activation_checkpointing",
+                                                        given])[2]
+        assert (args.activation_checkpointing, args.gradient_checkpointing, args.checkpoint_policy) == (on, on, policy)
+    assert parser.parse_args_into_dataclasses(args=[*ARGV, "--activation_checkpointing"])[2].checkpoint_policy == "all"
+    with pytest.raises(ConfigError, match="give all, none, every_other, or a number of layers"):
+        parse([*ARGV, "--activation_checkpointing", "some"])
     # the stage preset chosen on the command line sets the defaults, in either spelling
     assert parse([*ARGV, "--stage=1.1"])[2].learning_rate == preset.training["learning_rate"]
     assert parse([*ARGV, "--stage", "3"])[2].learning_rate == get_preset("3").training["learning_rate"]
@@ -123,3 +132,20 @@ def test_mm_projector_lr_is_the_vision_towers_rate_as_in_the_reference(caplog):
     args = parse([*ARGV, "--mm_projector_lr", "2e-6", "--vision_tower_lr", "1e-6"])[2]
     with pytest.raises(ConfigError, match="both set the vision tower"):
         module_learning_rates(preset, args)
+
+
+def test_gpu_stages_pack_rows_under_a_token_budget_by_default():
+    """On GPUs every stage but CTC packs rows, with a budget of micro-batch rows x model_max_length; CPU runs and an
+    explicit choice keep what they say."""
+    from vita_trainer.train.arguments import default_packing
+    for preset, cuda, argv, expect in (
+            ("multimodal_sft", True, [], (True, 8 * 1024)),
+            ("audio_ctc", True, [], (False, None)),
+            ("multimodal_sft", False, [], (False, None)),
+            ("multimodal_sft", True, ["--pack_sequences", "false"], (False, None)),
+            ("multimodal_sft", True, ["--max_tokens_per_batch", "4096"], (True, 4096))):
+        parser = build_parser(get_preset(preset), cuda=cuda, bf16=False, ampere=False)
+        _, data_args, args = parser.parse_args_into_dataclasses(args=[
+            *ARGV, "--use_cpu", "True", "--per_device_train_batch_size", "8", "--model_max_length", "1024", *argv])
+        default_packing(data_args, args, get_preset(preset), cuda)
+        assert (data_args.pack_sequences, data_args.max_tokens_per_batch) == expect, (preset, cuda, argv)

@@ -1,10 +1,12 @@
 """Collate mixed text / image / audio samples: padded rows, or packed rows (several samples per row).
 
 Packed rows carry position ids that restart at 0 for every sample and no attention mask, plus the sample
-boundaries over the flattened rows (`cu_seq_lens_q/k`, `max_length_q/k`). SDPA and eager build a block-diagonal
-mask from the position ids; flash-attention-2 needs the boundaries, because transformers infers them from position
-ids only for a single row (`_is_packed_sequence`): with two or more rows it would run one causal call per row and
-let the samples in a row attend to each other. The model passes the boundaries on only to flash attention.
+boundaries over the flattened rows (`cu_seq_lens_q/k`, `max_length_q/k`); padded rows carry their mask and the same
+boundaries (each row's tokens, then its padding). SDPA and eager build a block-diagonal mask from the position ids;
+the varlen backend (model/varlen_attention.py) attends by the boundaries alone; flash-attention-2 needs them for
+packed rows, because transformers infers them from position ids only for a single row (`_is_packed_sequence`):
+with two or more rows it would run one causal call per row and let the samples in a row attend to each other.
+The model passes the boundaries on only to those two (model/modeling.py: _attention_inputs).
 
 Batches hold model inputs only; the trainer counts tokens and skipped samples around the collator
 (train/trainer.py: CountingCollator).
@@ -65,7 +67,10 @@ class MultimodalCollator:
         mask = torch.zeros_like(ids, dtype=torch.long)
         for row, s in enumerate(samples):
             mask[row, : len(s["input_ids"])] = 1
-        return _media(samples, {"input_ids": ids, "labels": labels, "attention_mask": mask}, self.ctc)
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if not self.ctc:  # the rows' boundaries too, for the varlen attention backend
+            batch.update(varlen_boundaries([[len(s["input_ids"])] for s in samples], ids.shape[1]))
+        return _media(samples, batch, self.ctc)
 
 
 def pack_rows(lengths: list[int], max_length: int) -> list[list[int]]:

@@ -22,6 +22,24 @@ def attn_implementation() -> str:
     return "flash_attention_2" if is_flash_attn_2_available() else "sdpa"
 
 
+TRAINING_ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "varlen")
+
+
+def training_attention(choice: str, cuda: bool) -> str:
+    """The language model's attention backend while training (--attn_implementation): auto takes flash-attn where
+    it is installed, else PyTorch's varlen kernel on GPUs (model/varlen_attention.py; SDPA would attend packed rows
+    through a dense mask), else SDPA (CPU). The backend is set on the training model only: what is saved and what
+    generates keep attn_implementation()."""
+    from .varlen_attention import NAME
+    if choice not in TRAINING_ATTENTION:
+        raise ValueError(f"--attn_implementation {choice!r}: choose one of {', '.join(TRAINING_ATTENTION)}")
+    if choice == "auto":
+        choice = attn_implementation()
+        if choice == "sdpa" and cuda:
+            choice = "varlen"
+    return NAME if choice == "varlen" else choice
+
+
 def tiny_config(tokenizer, *, hidden: int = 64, layers: int = 2, heads: int = 4, ffn: int = 256,
                 vision: str = "siglip", image_size: int = 32, patch_size: int = 8, vision_hidden: int = 32,
                 vision_layers: int = 1, audio_d_model: int = 32, audio_layers: int = 1,

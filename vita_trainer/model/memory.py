@@ -46,12 +46,12 @@ def model_states_bytes(total: int, trainable: int, gpus: int, hpz_partition: int
     return (total * BYTES_BF16 + trainable * (BYTES_BF16 + BYTES_ADAM_STATE)) / gpus + secondary
 
 
-def activation_bytes(shape: LayerShape, tokens: int, gradient_checkpointing: bool) -> float:
-    """Checkpointed: every layer's input, plus one layer recomputed at a time in the backward pass."""
+def activation_bytes(shape: LayerShape, tokens: int, checkpointed_layers: int) -> float:
+    """A checkpointed layer keeps only its input (plus one layer recomputed at a time in the backward pass); the
+    others keep all their values."""
     per_layer = shape.layer_values_per_token() * tokens * BYTES_BF16
-    if gradient_checkpointing:
-        return shape.layers * shape.hidden * tokens * BYTES_BF16 + per_layer
-    return shape.layers * per_layer
+    kept = checkpointed_layers * shape.hidden * tokens * BYTES_BF16 + (shape.layers - checkpointed_layers) * per_layer
+    return kept + (per_layer if checkpointed_layers else 0)
 
 
 def logits_bytes(shape: LayerShape, tokens: int, chunked: bool) -> float:
@@ -61,14 +61,17 @@ def logits_bytes(shape: LayerShape, tokens: int, chunked: bool) -> float:
 
 
 def estimate(shape: LayerShape, *, total: int, trainable: int, gpus: int, tokens: int, gpu_memory_gib: float,
-             gradient_checkpointing: bool = True, chunked_loss: bool = True, language_model: bool = True,
+             checkpointed_layers: int | None = None, chunked_loss: bool = True, language_model: bool = True,
              hpz_partition: int = 0) -> dict:
-    """GiB per GPU for a micro-batch of `tokens`, whether it fits `gpu_memory_gib`, and the most tokens that do.
-    `language_model` is False for a stage that never runs the LLM (the CTC stage)."""
+    """GiB per GPU for a micro-batch of `tokens`, whether it fits `gpu_memory_gib`, and the most tokens that do;
+    `checkpointed_layers` decoder layers checkpointed (None: all), and the fewest that would fit
+    (`fewest_checkpointed_layers`, None if not even all do). `language_model` is False for a stage that never runs
+    the LLM (the CTC stage)."""
     fixed = model_states_bytes(total, trainable, gpus, hpz_partition) + ZERO3_LIVE_PARAMETERS * BYTES_BF16
+    checkpointed_layers = shape.layers if checkpointed_layers is None else checkpointed_layers
 
-    def need(n: int) -> dict:
-        act = activation_bytes(shape, n, gradient_checkpointing) if language_model else 0.0
+    def need(n: int, checkpointed: int = checkpointed_layers) -> dict:
+        act = activation_bytes(shape, n, checkpointed) if language_model else 0.0
         log = logits_bytes(shape, n, chunked_loss) if language_model else 0.0
         return {"activations": act, "logits": log, "total": fixed + act + log}
 
@@ -78,7 +81,9 @@ def estimate(shape: LayerShape, *, total: int, trainable: int, gpus: int, tokens
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if need(mid)["total"] <= usable else (lo, mid - 1)
-    return {"tokens": tokens, "model_states_gib": round(fixed / GIB, 2),
+    fewest = next((k for k in range(shape.layers + 1) if need(tokens, k)["total"] <= usable), None)
+    return {"tokens": tokens, "checkpointed_layers": checkpointed_layers, "fewest_checkpointed_layers": fewest,
+            "model_states_gib": round(fixed / GIB, 2),
             "activations_gib": round(at["activations"] / GIB, 2), "logits_gib": round(at["logits"] / GIB, 2),
             "total_gib": round(at["total"] / GIB, 2), "gpu_memory_gib": gpu_memory_gib,
             "usable_gib": round(usable / GIB, 2), "fits": at["total"] <= usable, "max_tokens": lo}

@@ -12,6 +12,7 @@ from .audio_encoder import AudioAdapter, WhaleEncoder
 from .configuration import VitaConfig
 from .projector import build_projector
 from .splice import scatter_media, valid_frames
+from .varlen_attention import NAME as VARLEN_BACKEND
 from .vision import VisionTower
 from .vision_families import family_of
 
@@ -49,6 +50,20 @@ class VitaForCausalLM(PreTrainedModel):
         # CTC head for the audio-encoder stage (reference stage 2.1, never released there).
         self.ctc_head = nn.Linear(a["d_model"], config.ctc_vocab_size) if config.ctc_vocab_size else None
         self.post_init()
+
+    # Set by the trainer (--activation_checkpointing): which LLM decoder layers checkpoint when checkpointing is on
+    # (model/checkpointing.py); the encoders' layers keep transformers' setting.
+    checkpoint_policy: str | int = "all"
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, every_n_layers=1):
+        from torch.utils.checkpoint import checkpoint
+
+        from .checkpointing import checkpointed
+        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func or checkpoint, every_n_layers)
+        if enable:
+            layers = self.language_model.get_decoder().layers
+            for layer, on in zip(layers, checkpointed(self.checkpoint_policy, len(layers))):
+                layer.gradient_checkpointing = on
 
     def group_module(self, group: str) -> nn.Module | None:
         return getattr(self, group_attr(group))
@@ -154,15 +169,25 @@ class VitaForCausalLM(PreTrainedModel):
                                  kwargs.get("num_items_in_batch"))
         pixel_values = self.tiles(pixel_values, images, image_sizes, image_grids)
         embeds = self.embed_inputs(input_ids, pixel_values, audio_features, audio_feature_lengths)
-        if not is_flash_attention_requested(self.language_model.config):
-            for key in VARLEN_KWARGS:  # packed rows' boundaries are for flash attention; SDPA masks by position
-                kwargs.pop(key, None)
-        if attention_mask is None and position_ids is not None:
-            kwargs["use_cache"] = False  # packed rows: transformers derives the per-sample mask without a cache
+        attention_mask = self._attention_inputs(attention_mask, kwargs)
+        if attention_mask is None and (position_ids is not None or VARLEN_KWARGS[0] in kwargs):
+            kwargs["use_cache"] = False  # rows by boundaries or position ids: training, no cache
         if labels is not None and self.chunked_loss:
             return self._chunked_loss_forward(embeds, attention_mask, labels, position_ids, **kwargs)
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
                                    position_ids=position_ids, **kwargs)
+
+    def _attention_inputs(self, attention_mask, kwargs: dict):
+        """The collators give every batch its sample boundaries (data/collator.py). The varlen backend attends by
+        them alone (the mask says nothing more); flash attention takes them for packed rows (it unpads padded rows
+        by their mask itself); SDPA and eager mask by position ids and padding mask and never get them."""
+        impl = self.language_model.config._attn_implementation
+        if impl == VARLEN_BACKEND and VARLEN_KWARGS[0] in kwargs:
+            return None
+        if not is_flash_attention_requested(self.language_model.config) or attention_mask is not None:
+            for key in VARLEN_KWARGS:
+                kwargs.pop(key, None)
+        return attention_mask
 
     def _chunked_loss_forward(self, embeds, attention_mask, labels, position_ids, num_items_in_batch=None,
                               **kwargs):

@@ -77,7 +77,7 @@ def inspect(model_path: str, stage: str | None, gpus: int, tokens: int = MODEL_M
                       zero3_model_states_gib_per_gpu=round(per_gpu / memory.GIB, 2), gpus=gpus,
                       memory=memory.estimate(memory.LayerShape.of(config.text_config), total=total, trainable=n_train,
                                              gpus=gpus, tokens=tokens, gpu_memory_gib=gpu_memory_gib,
-                                             gradient_checkpointing=gradient_checkpointing,
+                                             checkpointed_layers=None if gradient_checkpointing else 0,
                                              chunked_loss=chunked_loss, language_model=preset.objective != "ctc",
                                              hpz_partition=hpz_partition))
         if hpz_partition:
@@ -100,6 +100,9 @@ def _print_inspect(r: dict) -> None:
     if "zero3_hpz_secondary_gib_per_gpu" in r:
         print(f"  (model states include ZeRO++'s node-local weight copy: "
               f"{r['zero3_hpz_secondary_gib_per_gpu']:.2f} GiB)")
+    if m["fewest_checkpointed_layers"] is not None:
+        print(f"  activation checkpointing: {m['checkpointed_layers']} decoder layers here; the fewest that fit: "
+              f"{m['fewest_checkpointed_layers']} (--activation_checkpointing)")
     verdict = "fits" if m["fits"] else "does NOT fit"
     print(f"{verdict} a {m['gpu_memory_gib']:g} GiB GPU ({m['usable_gib']:g} GiB usable); at most ~{m['max_tokens']:,} "
           f"tokens per micro-batch (--max_tokens_per_batch)")

@@ -2,9 +2,10 @@
 accumulation from `vita-model inspect`'s memory model for the card and the guide's global batch.
 
 Micro-batch: the largest power of two whose padded rows (micro-batch x model_max_length tokens) fit the card by the
-memory model, capped at the guide's 8. Accumulation: global batch / (micro-batch x GPUs), rounded up (the comment
-above each stage says the global batch it gives). The run is validated by the same model the CRD is generated from
-before it is written.
+memory model, capped at the guide's 8; then the fewest decoder layers to checkpoint that still fit it
+(`--activation_checkpointing`: none, a number of layers, or all), since every checkpointed layer runs twice.
+Accumulation: global batch / (micro-batch x GPUs), rounded up (the comment above each stage says the global batch
+it gives). The run is validated by the same model the CRD is generated from before it is written.
 """
 
 from __future__ import annotations
@@ -62,8 +63,13 @@ def batch_plan(preset: str, gpus_total: int, gpu_memory_gib: float, max_length: 
         max_tokens, micro = 0, GUIDE_MICRO_BATCH
     micro = min(micro, max(global_batch // procs, 1))
     accumulation = max(math.ceil(global_batch / (micro * procs)), 1)
-    return {"micro": micro, "accumulation": accumulation, "global": micro * accumulation * procs,
+    plan = {"micro": micro, "accumulation": accumulation, "global": micro * accumulation * procs,
             "max_tokens": max_tokens}
+    if gpus_total:  # the fewest checkpointed decoder layers that still fit the chosen micro-batch
+        memory = inspect(model, preset, gpus_total, micro * max_length, gpu_memory_gib)["memory"]
+        fewest, layers = memory["fewest_checkpointed_layers"], memory["checkpointed_layers"]
+        plan["checkpointing"] = "none" if fewest == 0 else "all" if fewest == layers else fewest
+    return plan
 
 
 def run_of(a: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
@@ -84,11 +90,14 @@ def new_run(a: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
                                 "gradient_accumulation_steps": plan["accumulation"],
                                 "model_max_length": a.model_max_length, "num_train_epochs": a.epochs,
                                 "save_steps": 500, "save_total_limit": 2, "logging_steps": 10}
+        if "checkpointing" in plan:
+            args["activation_checkpointing"] = plan["checkpointing"]
         stages.append({"name": name, "preset": preset, "datasetUse": dataset, "args": args})
         where = f"{gpus_total} x {a.card} ({gib:g} GiB), at most {plan['max_tokens']:,} tokens per micro-batch" \
             if gpus_total else f"{a.cpu_procs} CPU process(es) per node"
+        checkpointing = f"; activation checkpointing: {plan['checkpointing']}" if "checkpointing" in plan else ""
         notes.append(f"stage {name}: micro-batch {plan['micro']} x accumulation {plan['accumulation']} x "
-                     f"{max(gpus_total, 1)} = global batch {plan['global']} on {where}")
+                     f"{max(gpus_total, 1)} = global batch {plan['global']} on {where}{checkpointing}")
     per = max(a.gpus_per_node, 1)  # pod sizes scale with the node's GPUs (run-full.yaml: 96 CPUs, 1.5 TiB, 8 GPUs)
     resources: dict[str, Any] = {
         "nodes": a.nodes, "gpusPerNode": a.gpus_per_node, "cpu": a.cpu or str(CPU_PER_GPU * per),

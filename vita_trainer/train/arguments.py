@@ -56,6 +56,11 @@ class ModelArguments:
     freeze_mm_mlp_adapter: bool | None = None
     freeze_audio_encoder: bool | None = None
     freeze_audio_encoder_adapter: bool | None = None
+    attn_implementation: str = field(default="auto", metadata={
+        "choices": ["auto", "sdpa", "eager", "flash_attention_2", "varlen"],
+        "help": "The language model's attention while training: varlen attends by sample boundaries with "
+                "PyTorch's own flash kernel (GPU, no flash-attn build); auto: flash_attention_2 where flash-attn is "
+                "installed, varlen on other GPUs, sdpa on CPU"})
     lora_enable: bool = field(default=False, metadata={"help": "Train LoRA adapters on the LLM (peft)"})
     lora_r: int = 64
     lora_alpha: int = 16
@@ -83,8 +88,9 @@ class DataArguments:
         "help": "Cap each micro-batch by tokens instead of a sample count (replaces --per_device_train_batch_size): "
                 "as many samples as fit, padded rows counted as samples x longest, packed rows by their sum; "
                 "ranks get batches of even cost. At least --model_max_length"})
-    pack_sequences: bool = field(default=False, metadata={
-        "help": "Pack several samples per row up to --model_max_length (attention stays inside each sample)"})
+    pack_sequences: bool | None = field(default=None, metadata={
+        "help": "Pack several samples per row up to --model_max_length (attention stays inside each sample); "
+                "default: on GPUs, with --max_tokens_per_batch rows x --model_max_length, except the CTC stage"})
     skip_bad_samples: bool = field(default=False, metadata={
         "help": "Count and skip unreadable samples instead of failing"})
     cache_processed_samples: bool = field(default=False, metadata={
@@ -130,6 +136,12 @@ class VitaTrainingArguments(TrainingArguments):
     chunked_loss: bool = field(default=True, metadata={
         "help": "LM loss from the labelled positions' logits only, in checkpointed chunks, never the batch's "
                 "full fp32 logits (HF's path needs tens of GB at 8 x 6200 tokens)"})
+    # HF's flag, widened from a boolean to a policy (model/checkpointing.py); HF itself gets on or off.
+    activation_checkpointing: str | None = field(default=None, metadata={
+        "nargs": "?", "const": "all",
+        "help": "Recompute activations in the backward pass for: all decoder layers, none, every_other, or the "
+                "first N layers (true/false as in HF); the GPU default is all, `vita-train new-run` writes the "
+                "fewest that fit the card"})
     # Per module group (train/main.py LR_FLAGS). --mm_projector_lr keeps the reference's meaning: the vision
     # tower's rate (its stage-1.2 command relies on it); the projector's own rate is --projector_lr.
     vision_tower_lr: float | None = None
@@ -154,6 +166,13 @@ class VitaTrainingArguments(TrainingArguments):
         if given is None or isinstance(given, dict):
             self.activation_checkpointing_kwargs = {"use_reentrant": False, **(given or {})}
             self.gradient_checkpointing_kwargs = None
+        # The policy for the model (train/main.py); HF's own field must be a boolean (or unset: its deprecated
+        # alias gradient_checkpointing may still turn it on, which means all layers).
+        from ..model.checkpointing import parse_policy
+        self.checkpoint_policy = "all" if self.activation_checkpointing is None else parse_policy(
+            self.activation_checkpointing)
+        if self.activation_checkpointing is not None:
+            self.activation_checkpointing = self.checkpoint_policy != "none"
         if self.include_num_input_tokens_seen not in ("no", "all", "non_padding"):
             self.include_num_input_tokens_seen = "all" if as_bool(
                 self.include_num_input_tokens_seen, "--include_num_input_tokens_seen") else "no"
@@ -239,6 +258,16 @@ def renamed(argv: list[str]) -> list[str]:
     return out
 
 
+def default_packing(data_args: DataArguments, args: VitaTrainingArguments, preset: StagePreset, cuda: bool) -> None:
+    """Packed rows under a token budget by default on GPUs (every stage but CTC, which trains on whole clips):
+    a budget of --per_device_train_batch_size rows of --model_max_length tokens, as many samples as fit."""
+    if data_args.pack_sequences is None:
+        data_args.pack_sequences = cuda and preset.objective != "ctc"
+        if data_args.pack_sequences and data_args.max_tokens_per_batch is None \
+                and not data_args.group_by_modality_length:
+            data_args.max_tokens_per_batch = args.per_device_train_batch_size * args.model_max_length
+
+
 def check_evaluation(data_args: DataArguments, args: VitaTrainingArguments) -> None:
     if data_args.eval_dataset_use and data_args.eval_holdout:
         raise ConfigError("--eval_dataset_use and --eval_holdout both name validation data; give one")
@@ -261,6 +290,7 @@ def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, VitaTrainingA
                           ampere=cuda and torch.cuda.get_device_capability()[0] >= 8)
     model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
     check_evaluation(data_args, train_args)
+    default_packing(data_args, train_args, preset, cuda)
     return model_args, data_args, train_args, preset
 
 

@@ -50,6 +50,19 @@ class ModelSetup:
     partial: list[str]       # partial state dicts loaded on top, in order (the LoRA merge loads them again)
 
 
+def use_attention(model, choice: str) -> None:
+    """The training attention backend (model/builder.training_attention) on the language model."""
+    from transformers.utils import is_flash_attn_2_available
+
+    from ..model.builder import training_attention
+    name = training_attention(choice, torch.cuda.is_available())
+    if name == "flash_attention_2" and not is_flash_attn_2_available():
+        raise ConfigError("--attn_implementation flash_attention_2 but flash-attn is not installed here; use "
+                          "--attn_implementation varlen (PyTorch's own varlen kernel) or auto")
+    model.language_model.config._attn_implementation = name  # under LoRA, through peft's wrapper
+    log.info("attention: %s", name)
+
+
 @dataclass
 class DataSetup:
     dataset: Any             # LazySupervisedDataset
@@ -89,6 +102,8 @@ def setup_model(model_args: ModelArguments, args: VitaTrainingArguments, preset:
         model = add_lora(model, model_args)
         groups = groups - {"llm"}
     counts = apply_trainable(model, groups)
+    use_attention(model, model_args.attn_implementation)
+    model.checkpoint_policy = args.checkpoint_policy
     model.chunked_loss = args.chunked_loss
     model.frozen_audio_encoder_eval = args.frozen_audio_encoder_eval
     if model_args.lora_enable:
