@@ -73,8 +73,8 @@ def test_untiled_images_and_uint8_batches():
     small, wide = torch.full((2, 3, 3), 7, dtype=torch.uint8), torch.full((4, 5, 3), 9, dtype=torch.uint8)
     batch = stack_images([small, wide], [(1, 1, 0, 1), (2, 1, 1, 0)])
     assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (2, 4, 5, 3)
-    assert batch["image_sizes"].tolist() == [[2, 3], [4, 5]]
-    assert batch["image_grids"].tolist() == [[1, 1, 0, 1], [2, 1, 1, 0]]
+    assert batch["image_sizes"] == [[2, 3], [4, 5]]
+    assert batch["image_grids"] == [[1, 1, 0, 1], [2, 1, 1, 0]]
     assert (batch["images"][0, :2, :3] == 7).all() and (batch["images"][1] == 9).all()
 
 

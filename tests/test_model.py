@@ -31,8 +31,15 @@ def test_splice_layout_puts_each_embedding_in_its_slot():
     feats = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
     out = scatter_media(embeds, ids, 9, feats, "image")
     assert out[..., 0].tolist() == [[0, 1, 2, 0, 0], [3, 0, 4, 0, 0]]
-    with pytest.raises(Exception, match="3 image token slots|4 image token slots"):
+    with pytest.raises(Exception, match="4 image token slots in the batch but the image encoder produced 3"):
         scatter_media(embeds, ids, 9, feats[:3], "image")
+    # clips (B, T, D) with their real lengths: padding frames are skipped, in order
+    clips = torch.tensor([[[1.0], [2.0], [3.0]], [[4.0], [5.0], [-1.0]]])
+    ids = torch.tensor([[7, 3, 3, 3, 8], [3, 3, 0, 0, 0]])
+    out = scatter_media(torch.zeros(2, 5, 1), ids, 3, clips, "audio", torch.tensor([3, 2]))
+    assert out[..., 0].tolist() == [[0, 1, 2, 3, 0], [4, 5, 0, 0, 0]]
+    with pytest.raises(Exception, match="5 audio token slots in the batch but the audio encoder produced 6"):
+        scatter_media(torch.zeros(2, 5, 1), ids, 3, clips, "audio", torch.tensor([3, 3]))
 
 
 def test_projector_types():

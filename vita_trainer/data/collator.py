@@ -25,13 +25,14 @@ from vita_api.constants import IGNORE_INDEX
 def stack_images(images: list[torch.Tensor], grids: list[tuple[int, int, int, int]]) -> dict:
     """Decoded (H, W, 3) uint8 images of any size as one (N, Hmax, Wmax, 3) tensor, with each one's size and tile
     grid (the device pipeline). The padding is never read (the device step crops each image to its size), so it is
-    left uninitialised."""
+    left uninitialised. Sizes and grids stay Python lists: the trainer moves tensors to the GPU, and the device step
+    would then wait for the GPU to read them back."""
     height, width = max(im.shape[0] for im in images), max(im.shape[1] for im in images)
     out = torch.empty((len(images), height, width, 3), dtype=torch.uint8)
     for k, im in enumerate(images):
         out[k, :im.shape[0], :im.shape[1]] = im
-    return {"images": out, "image_sizes": torch.tensor([[im.shape[0], im.shape[1]] for im in images]),
-            "image_grids": torch.tensor(grids)}
+    return {"images": out, "image_sizes": [[im.shape[0], im.shape[1]] for im in images],
+            "image_grids": [list(g) for g in grids]}
 
 
 def _media(samples: list[dict], batch: dict, ctc: bool) -> dict:
@@ -56,6 +57,12 @@ def _media(samples: list[dict], batch: dict, ctc: bool) -> dict:
     return batch
 
 
+def label_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The flat positions (over rows x (width - 1), after the causal shift) that predict a label, found here on the
+    host so the chunked loss (model/chunked_loss.py) indexes them on the GPU without a sync."""
+    return (labels[:, 1:] != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)
+
+
 @dataclass
 class MultimodalCollator:
     pad_token_id: int
@@ -69,7 +76,8 @@ class MultimodalCollator:
             mask[row, : len(s["input_ids"])] = 1
         batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
         if not self.ctc:  # the rows' boundaries too, for the varlen attention backend
-            batch.update(varlen_boundaries([[len(s["input_ids"])] for s in samples], ids.shape[1]))
+            batch.update(varlen_boundaries([[len(s["input_ids"])] for s in samples], ids.shape[1]),
+                         label_positions=label_positions(labels))
         return _media(samples, batch, self.ctc)
 
 
@@ -126,6 +134,6 @@ class PackedCollator:
                 pos[r, at:at + n] = torch.arange(n)
                 at += n
             pos[r, at:] = torch.arange(width - at)  # padding is its own sequence, never attended by samples
-        batch = {"input_ids": ids, "labels": labels, "position_ids": pos,
+        batch = {"input_ids": ids, "labels": labels, "position_ids": pos, "label_positions": label_positions(labels),
                  **varlen_boundaries([[len(samples[i]["input_ids"]) for i in row] for row in rows], width)}
         return _media(ordered, batch, ctc=False)

@@ -42,14 +42,17 @@ def fixed_calls(max_tokens: int, chunk_tokens: int = CHUNK_TOKENS) -> int:
     return max(-(-max_tokens // chunk_tokens), 1)
 
 
-def _labelled(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _labelled(hidden: torch.Tensor, labels: torch.Tensor,
+              positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The positions that predict a label (after the causal shift), flattened: their hidden states, their targets
-    and the row each came from."""
-    rows = torch.arange(labels.shape[0], device=hidden.device)[:, None].expand(-1, labels.shape[1] - 1).reshape(-1)
+    and the row each came from. `positions` (the collator's label_positions, found on the host) spares the boolean
+    indexing, which waits for the GPU to count them."""
     hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     targets = labels[:, 1:].reshape(-1).to(hidden.device)
-    keep = targets != IGNORE_INDEX
-    return hidden[keep], targets[keep], rows[keep]
+    if positions is None:
+        positions = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+    positions = positions.to(hidden.device)
+    return hidden.index_select(0, positions), targets.index_select(0, positions), positions // (labels.shape[1] - 1)
 
 
 def _chunk_loss(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -58,10 +61,10 @@ def _chunk_loss(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor)
 
 def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor,
                            num_items_in_batch=None, chunk_tokens: int | None = None,
-                           calls: int | None = None) -> torch.Tensor:
+                           calls: int | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token loss over labelled positions (or the sum over `num_items_in_batch`, as HF's loss does)."""
     chunk_tokens = chunk_tokens or CHUNK_TOKENS
-    hidden, targets, _ = _labelled(hidden, labels)
+    hidden, targets, _ = _labelled(hidden, labels, positions)
     total = hidden.new_zeros((), dtype=torch.float32)
     for piece in chunk_slices(targets.numel(), chunk_tokens, hidden.device, calls):
         total = total + checkpoint(_chunk_loss, lm_head, hidden[piece], targets[piece], use_reentrant=False)
@@ -72,14 +75,15 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: tor
 
 @torch.no_grad()
 def chunked_row_losses(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor,
-                       chunk_tokens: int | None = None, calls: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       chunk_tokens: int | None = None, calls: int | None = None,
+                       positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Evaluation: per row, the summed next-token loss and the number of labelled positions, with the same one
     lm_head call per chunk as training (so ZeRO-3 ranks make the same calls) and never the full logits."""
     chunk_tokens = chunk_tokens or CHUNK_TOKENS
-    hidden, targets, rows = _labelled(hidden, labels)
+    hidden, targets, rows = _labelled(hidden, labels, positions)
     sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device)
     for piece in chunk_slices(targets.numel(), chunk_tokens, hidden.device, calls):
         losses = nn.functional.cross_entropy(lm_head(hidden[piece]).float(), targets[piece], reduction="none")
         sums.index_add_(0, rows[piece], losses)
-    counts = torch.bincount(rows, minlength=labels.shape[0]).to(torch.float32)
+    counts = torch.zeros_like(sums).index_add_(0, rows, torch.ones_like(rows, dtype=sums.dtype))  # no sync
     return sums, counts

@@ -20,13 +20,13 @@ def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return interpolate(image, size=(height, width), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 255)
 
 
-def tiles_from_images(images: torch.Tensor, sizes: torch.Tensor, grids: torch.Tensor, tile_size: int,
-                      mean, std) -> torch.Tensor:
+def tiles_from_images(images: torch.Tensor, sizes, grids, tile_size: int, mean, std) -> torch.Tensor:
     """images (N, Hmax, Wmax, 3) uint8, each padded at the bottom/right; sizes (N, 2) as (height, width);
-    grids (N, 4) as (cols, rows, thumbnail, centre crop). Returns (tiles, 3, tile_size, tile_size) float32, image
-    by image in order, each image's grid tiles row-major and then its thumbnail."""
+    grids (N, 4) as (cols, rows, thumbnail, centre crop), as lists (or tensors). Returns (tiles, 3, tile_size,
+    tile_size) float32, image by image in order, each image's grid tiles row-major and then its thumbnail."""
     out = []
-    for image, (height, width), (cols, rows, thumb, crop) in zip(images, sizes.tolist(), grids.tolist()):
+    sizes, grids = (x.tolist() if torch.is_tensor(x) else x for x in (sizes, grids))
+    for image, (height, width), (cols, rows, thumb, crop) in zip(images, sizes, grids):
         x = image[:height, :width].permute(2, 0, 1).unsqueeze(0).float()
         if crop:
             new_width, new_height = short_side_size(width, height, tile_size)

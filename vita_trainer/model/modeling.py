@@ -11,7 +11,8 @@ from vita_api.module_groups import group_attr
 from .audio_encoder import AudioAdapter, WhaleEncoder
 from .configuration import VitaConfig
 from .projector import build_projector
-from .splice import scatter_media, valid_frames
+from .device_checks import raise_failed
+from .splice import scatter_media
 from .varlen_attention import NAME as VARLEN_BACKEND
 from .vision import VisionTower
 from .vision_families import family_of
@@ -118,7 +119,7 @@ class VitaForCausalLM(PreTrainedModel):
             audio_feature_lengths = torch.tensor([64], device=device)
         hidden, lens = self.encode_audio(audio_features, audio_feature_lengths)
         if has_audio:
-            embeds = scatter_media(embeds, input_ids, self.config.audio_token_id, valid_frames(hidden, lens), "audio")
+            embeds = scatter_media(embeds, input_ids, self.config.audio_token_id, hidden, "audio", lens)
         else:
             embeds = embeds + 0.0 * hidden.sum()
         if self.ctc_head is not None and self.training:
@@ -172,8 +173,9 @@ class VitaForCausalLM(PreTrainedModel):
         attention_mask = self._attention_inputs(attention_mask, kwargs)
         if attention_mask is None and (position_ids is not None or VARLEN_KWARGS[0] in kwargs):
             kwargs["use_cache"] = False  # rows by boundaries or position ids: training, no cache
+        positions = kwargs.pop("label_positions", None)  # the collator's (data/collator.py: label_positions)
         if labels is not None and self.chunked_loss:
-            return self._chunked_loss_forward(embeds, attention_mask, labels, position_ids, **kwargs)
+            return self._chunked_loss_forward(embeds, attention_mask, labels, position_ids, positions, **kwargs)
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
                                    position_ids=position_ids, **kwargs)
 
@@ -189,8 +191,8 @@ class VitaForCausalLM(PreTrainedModel):
                 kwargs.pop(key, None)
         return attention_mask
 
-    def _chunked_loss_forward(self, embeds, attention_mask, labels, position_ids, num_items_in_batch=None,
-                              **kwargs):
+    def _chunked_loss_forward(self, embeds, attention_mask, labels, position_ids, positions=None,
+                              num_items_in_batch=None, **kwargs):
         """With labels: the decoder's hidden states, then the loss in chunks (model/chunked_loss.py); no logits
         are returned. In evaluation (eval mode, no grad) also each row's summed loss and labelled-token count
         (`row_loss_sums`, `row_label_counts`): the trainer reports the validation loss per modality from them."""
@@ -202,12 +204,14 @@ class VitaForCausalLM(PreTrainedModel):
                                                    position_ids=position_ids, **kwargs).last_hidden_state
         head = self.language_model.get_output_embeddings()
         if not self.training and not torch.is_grad_enabled():
-            sums, counts = chunked_row_losses(hidden, head, labels, self.lm_head_chunk_tokens, self.lm_head_calls)
+            sums, counts = chunked_row_losses(hidden, head, labels, self.lm_head_chunk_tokens, self.lm_head_calls,
+                                              positions)
             out = CausalLMOutputWithPast(loss=sums.sum() / counts.sum().clamp(min=1), logits=None)
             out["row_loss_sums"], out["row_label_counts"] = sums, counts
             return out
         return CausalLMOutputWithPast(loss=chunked_causal_lm_loss(hidden, head, labels, num_items_in_batch,
-                                                                  self.lm_head_chunk_tokens, self.lm_head_calls),
+                                                                  self.lm_head_chunk_tokens, self.lm_head_calls,
+                                                                  positions),
                                       logits=None)
 
     @classmethod
@@ -229,4 +233,5 @@ class VitaForCausalLM(PreTrainedModel):
                              **gen_kwargs):
         pixel_values = self.tiles(pixel_values, images, image_sizes, image_grids)
         embeds = self.embed_inputs(input_ids, pixel_values, audio_features, audio_feature_lengths)
+        raise_failed()  # before generating from a mis-spliced prompt
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **gen_kwargs)

@@ -197,8 +197,11 @@ def resolve_deepspeed(value: str | dict | None) -> str | dict | None:
 # write to network storage; every other rank waits for it in a collective meanwhile.
 DDP_TIMEOUT_SECONDS = 7200
 # Every run: our collator needs fields that forward() does not take (HF would strip them); no tracker unless asked.
-# Evaluation computes the loss only (chunked, as in training): never the batch's logits.
-RUN_DEFAULTS = {"remove_unused_columns": False, "report_to": "none", "prediction_loss_only": True}
+# Evaluation computes the loss only (chunked, as in training): never the batch's logits. HF's NaN filter reads
+# every micro-batch's loss on the host (a GPU sync each time) to hide a non-finite one in the logged average; the
+# trainer stops on one instead (train/trainer.py).
+RUN_DEFAULTS = {"remove_unused_columns": False, "report_to": "none", "prediction_loss_only": True,
+                "logging_nan_inf_filter": False}
 
 # Flags of the guide's command that transformers 5 renamed: accepted with their meaning, and a notice.
 RENAMED_FLAGS = {"--evaluation_strategy": "--eval_strategy",

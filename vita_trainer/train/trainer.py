@@ -18,6 +18,7 @@ from transformers.trainer_utils import rotate_checkpoints
 from vita_api.errors import ConfigError, VitaError
 from vita_api.module_groups import group_of
 from ..data.sample import MEDIA_LABELS
+from ..model import device_checks
 from .faults import barrier, crash_in_save, fault_nonfinite, fault_oom
 
 log = logging.getLogger("vita_trainer")
@@ -102,6 +103,7 @@ class CountingCollator:
     def __call__(self, samples: list[dict]) -> dict:
         batch = self.collate(samples)
         batch[BATCH_COUNTS] = {"tokens": sum(len(s["input_ids"]) for s in samples),
+                               "positions": batch["input_ids"].numel(), "samples": len(samples),
                                "skipped": [r for s in samples for r in s.get("skipped_reasons", [])],
                                "modalities": [s.get("modality", "text") for s in samples]}
         return batch
@@ -121,6 +123,8 @@ class VitaTrainer(Trainer):
         self.modality_lengths = modality_lengths
         self.train_sampler = train_sampler
         self._staging_root = None
+        self._nonfinite: tuple | None = None   # this optimizer step's (any non-finite, first one, step), on device
+        self._unsummed_tokens = 0              # this rank's tokens since the count was last summed over ranks
         # An adapter-only stage (the plan's handoff rule): its checkpoints hold only these groups' weights (and the
         # optimizer and scheduler state), as the reference's trainer saves only the adapter; None: the whole model.
         self.partial_groups = partial_groups
@@ -135,37 +139,84 @@ class VitaTrainer(Trainer):
                                         lengths=[abs(n) for n in self.modality_lengths])
         return super()._get_train_sampler(train_dataset)
 
+    def _prepare_input(self, data):
+        """Pinned batches (--dataloader_pin_memory, the GPU default) are copied without the host waiting for the
+        copy; HF's own rules (its dtype for float inputs under DeepSpeed) then apply on the device."""
+        if isinstance(data, torch.Tensor) and data.is_pinned():
+            data = data.to(self.args.device, non_blocking=True)
+        return super()._prepare_input(data)
+
     # --- loss ---------------------------------------------------------------------------------
+    # Nothing in a micro-batch's forward and backward waits for the GPU (no .item(), no collective): the tokens come
+    # counted from the collator, on the host, and the non-finite check runs once per optimizer step.
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         fault_oom(self.state.global_step, self.args.per_device_train_batch_size)
-        counts = inputs.pop(BATCH_COUNTS, {"tokens": 0, "skipped": []})
+        counts = inputs.pop(BATCH_COUNTS, {"tokens": 0, "samples": 0, "skipped": []})
         if self.metrics_callback is not None and model.training:  # validation batches are not trained tokens
-            self.metrics_callback.count_batch(int(counts["tokens"]), int(self._samples_in(inputs)), counts["skipped"])
+            self.metrics_callback.count_batch(counts["tokens"], counts["samples"], counts["skipped"])
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = result[0] if return_outputs else result
         if fault_nonfinite(self.state.global_step):
             loss = loss * float("nan")
-        self._stop_on_nonfinite(loss)
+        if model.training:
+            self._note_nonfinite(loss)
         return result
 
-    def _stop_on_nonfinite(self, loss: torch.Tensor) -> None:
-        """Every rank stops together: the decision is collective (one all-reduce of a flag per micro-batch), so
-        the ranks whose loss was finite do not wait in the next collective until the NCCL timeout."""
-        finite = torch.isfinite(loss.detach()).all()
-        bad = (~finite).float().reshape(1)  # stays on the device: one host sync per micro-batch, below
-        if _dist():
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        if bad.item():
-            where = "on another rank" if finite else f"({loss.item()})"
-            raise VitaError(f"non-finite loss {where} at step {self.state.global_step}; lower the learning rate, "
-                            f"enable gradient clipping (--max_grad_norm), or check the batch's data")
+    def _note_nonfinite(self, loss: torch.Tensor) -> None:
+        """Remembers, on the device, whether a loss of this optimizer step was not finite (and the first such)."""
+        loss = loss.detach().float().reshape(())
+        bad = ~torch.isfinite(loss)
+        if self._nonfinite is None:
+            self._nonfinite = (bad, loss, self.state.global_step)
+        else:
+            seen, first, step = self._nonfinite
+            self._nonfinite = (seen | bad, torch.where(seen, first, loss), step)
 
-    @staticmethod
-    def _samples_in(inputs) -> int:
-        pos = inputs.get("position_ids")
-        if pos is not None and inputs.get("attention_mask") is None:  # packed rows: count sequence starts
-            return int((pos == 0).sum())
-        return int(inputs["input_ids"].shape[0])
+    def _stop_on_failed_checks(self) -> None:
+        """Once per optimizer step (and after an evaluation), before anything is logged or saved: a non-finite
+        loss or a failed data check (model/device_checks.py) on any rank stops every rank together (one all-reduce
+        of a flag), so the ranks without it do not wait in the next collective until the NCCL timeout."""
+        nonfinite, self._nonfinite = self._nonfinite, None
+        flags = torch.stack([device_checks.any_failed(self.args.device),
+                             torch.zeros((), device=self.args.device) if nonfinite is None
+                             else nonfinite[0].float().to(self.args.device)])  # [failed check, non-finite loss]
+        if _dist():
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        failed_check, bad_loss = flags.tolist()
+        device_checks.raise_failed()  # this rank's own failed check, with its message (and clears the kept ones)
+        if failed_check:
+            raise VitaError(f"stopping: a batch on another rank failed a data check at step "
+                            f"{self.state.global_step} (its log says which)")
+        if bad_loss:
+            seen, first, step = nonfinite if nonfinite is not None else (None, None, self.state.global_step)
+            where = f"({first.item()})" if seen is not None and seen.item() else "on another rank"
+            raise VitaError(f"non-finite loss {where} at step {step}; lower the learning rate, enable gradient "
+                            f"clipping (--max_grad_norm), or check the batch's data")
+
+    def _maybe_log_save_evaluate(self, *args, **kwargs):
+        self._stop_on_failed_checks()
+        return super()._maybe_log_save_evaluate(*args, **kwargs)
+
+    # --- tokens seen ----------------------------------------------------------------------------
+    def _track_num_input_tokens(self, inputs):
+        """HF gathers each micro-batch's count from the GPU (a collective and a host sync per micro-batch); here
+        the collator's host count is kept per rank and summed over ranks only where the total is read (a log, a
+        checkpoint)."""
+        counts = inputs.get(BATCH_COUNTS)
+        mode = self.args.include_num_input_tokens_seen
+        if mode == "no" or counts is None:
+            return super()._track_num_input_tokens(inputs)
+        self._unsummed_tokens += counts["tokens"] if mode == "non_padding" else counts["positions"]
+
+    def _sum_tokens_seen(self) -> None:
+        mine = torch.tensor(self._unsummed_tokens, dtype=torch.int64, device=self.args.device)
+        self._unsummed_tokens = 0
+        self.state.num_input_tokens_seen += int(self.accelerator.gather(mine).sum().item())
+
+    def log(self, logs, start_time=None):
+        if self.args.include_num_input_tokens_seen != "no":
+            self._sum_tokens_seen()  # every rank logs at the same steps
+        return super().log(logs, start_time)
 
     # --- evaluation -----------------------------------------------------------------------------
     def get_eval_dataloader(self, eval_dataset=None):
@@ -200,6 +251,7 @@ class VitaTrainer(Trainer):
         self._eval_sums = {}
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                          metric_key_prefix)
+        self._stop_on_failed_checks()
         # every label in a fixed order, so every rank all-reduces the same vector
         summed = _all_reduce([v for m in MEDIA_LABELS for v in self._eval_sums.get(m, (0.0, 0.0))])
         for i, modality in enumerate(MEDIA_LABELS):
@@ -282,6 +334,8 @@ class VitaTrainer(Trainer):
         """Write into <output>/.staging/checkpoint-N, then rename into place: a crash mid-save leaves the
         previous checkpoint untouched and no half-written checkpoint-N behind."""
         start = time.monotonic()
+        if self.args.include_num_input_tokens_seen != "no":
+            self._sum_tokens_seen()  # the count the checkpoint's trainer_state.json keeps for a resume
         final_root = super()._get_output_dir(trial)
         name = f"checkpoint-{self.state.global_step}"
         self._staging_root = os.path.join(final_root, STAGING)
