@@ -4,8 +4,9 @@ bf16, flash-attention-2 when installed (SDPA otherwise), gradient checkpointing,
 model TFLOP/s and MFU (6N per real token plus causal attention over each sample, against the card model's bf16
 dense peak), hardware TFLOP/s separately (with the recomputed forward and padding), peak memory; and checks that
 packed rows (two or more) give the unpacked loss in fp32 (SDPA) and in bf16 under every attention backend here:
-SDPA, flash-attention-2 when installed, and the plain-torch flash-attention reference (model/varlen_reference.py),
-which takes the same varlen arguments; and times the device image pipeline's step (8 decoded 640x480 images to
+SDPA, flash-attention-2 when installed, the trainer's varlen backend (model/varlen_attention.py: PyTorch's own
+varlen flash kernel in bf16 on the GPU) and the plain-torch flash-attention reference (model/varlen_reference.py),
+which take the same varlen arguments; and times the device image pipeline's step (8 decoded 640x480 images to
 104 normalised tiles). Needs only torch + transformers (no DeepSpeed, no network).
 
     bash bench/gpu_check.sh            # on a GPU machine (< 8 minutes on one H100/H200)
@@ -20,15 +21,9 @@ import time
 
 import torch
 
-# bf16 dense peak TFLOP/s (no sparsity) by card model; the first name the device name contains wins, so the
-# more specific names come first (torch names the SXM H100 "NVIDIA H100 80GB HBM3").
-PEAK_TFLOPS = (("H200 NVL", 835.0), ("H200", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.0),
-               ("A100", 312.0), ("L40S", 362.0))
+from vita_trainer.model.flops import peak_tflops  # the card table the trainer's MFU uses
+
 BF16_LOSS_TOLERANCE = 2e-2  # bf16 rounding differs between padded and packed layouts; a leak moves the loss more
-
-
-def peak_for(name: str) -> float | None:
-    return next((v for k, v in PEAK_TFLOPS if k in name), None)
 
 
 def build(smoke: bool, device: str):
@@ -101,12 +96,13 @@ def packing_check(model, tok, cfg, seq: int, device: str, dtype, g) -> dict:
     import importlib.util
 
     from vita_trainer.data.collator import MultimodalCollator, PackedCollator
-    from vita_trainer.model import varlen_reference
+    from vita_trainer.model import varlen_attention, varlen_reference
     samples = make_batch(tok, cfg, 6, seq, device, g)
     unpacked = MultimodalCollator(tok.pad_token_id)(samples)
     packed = PackedCollator(tok.pad_token_id, 2 * seq)(samples)
     rows = int(packed["input_ids"].shape[0])
-    backends = ["sdpa", varlen_reference.register()]
+    # the trainer's varlen backend: PyTorch's varlen flash kernel on the GPU in bf16, per-segment SDPA in fp32
+    backends = ["sdpa", varlen_reference.register(), varlen_attention.NAME]
     if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         backends.append("flash_attention_2")
     # fp32 for a tight comparison (SDPA, and the reference), then the training dtype under every backend
@@ -211,7 +207,7 @@ def main():
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     name = "cpu" if smoke else torch.cuda.get_device_name()
-    peak = None if smoke else peak_for(name)
+    peak = None if smoke else peak_tflops(name)
     tflops, hw_tflops = model_flops / elapsed / 1e12, hardware_flops / elapsed / 1e12
     result = {"device": name, "attention": attn, "params": n_params, "dtype": str(dtype).replace("torch.", ""),
               "peak_tflops": peak, "tokens_per_s": round(real / elapsed, 1), "padding_fraction":

@@ -22,7 +22,7 @@ import numpy as np
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from vita_trainer.data.collator import pack_rows
-from vita_trainer.data.image import tile_count
+from vita_trainer.data.geometry import tile_count
 
 # source: (samples in the mix, image size (w, h) or None, turns per sample (low, high), text tokens per turn
 # (median), lognormal spread)
@@ -41,7 +41,9 @@ SOURCES = {
 CHAT_OVERHEAD = 40  # system prompt and chat tokens
 
 
-def sample_lengths(n: int, seed: int, max_len: int) -> list[int]:
+def sample_shapes(n: int, seed: int) -> list[tuple[str, int, int]]:
+    """(source, image tiles, text tokens) per sample, drawn from the mix (bench/gpu_step.py builds samples from
+    them)."""
     rng = np.random.default_rng(seed)
     names = list(SOURCES)
     weights = np.array([SOURCES[k][0] for k in names], dtype=float)
@@ -50,9 +52,12 @@ def sample_lengths(n: int, seed: int, max_len: int) -> list[int]:
         _, size, (lo, hi), per_turn, spread = SOURCES[src]
         turns = int(rng.integers(lo, hi + 1))
         text = int(sum(rng.lognormal(np.log(per_turn), spread) for _ in range(turns)))
-        media = tile_count(*size, 448) * 256 if size else 0
-        out.append(min(text + media + CHAT_OVERHEAD, max_len))
+        out.append((str(src), tile_count(*size, 448) if size else 0, text))
     return out
+
+
+def sample_lengths(n: int, seed: int, max_len: int) -> list[int]:
+    return [min(text + tiles * 256 + CHAT_OVERHEAD, max_len) for _, tiles, text in sample_shapes(n, seed)]
 
 
 def efficiency(batches: list[list[int]], lengths: list[int], pack: int | None) -> float:

@@ -64,9 +64,14 @@ def _benchmarks() -> str:
     if pending:
         parts.append("## Not recorded yet\n\n" + ", ".join(f"`bench/{n}.py`" for n in pending) + ": no recorded "
                      "output in `bench/results/` (run `.venv/bin/python bench/record.py NAME`); no figures.\n")
-    if "gpu_check" not in recorded:  # recorded by hand from a GPU machine: `bash bench/gpu_check.sh` there
-        parts.append("## gpu_check\n\n`bash bench/gpu_check.sh` (step time, tokens/s, MFU and the device image step "
-                     "on one H100/H200) has not been run on a GPU yet: no figures.\n")
+    # recorded by hand from a GPU machine: `bash bench/gpu_check.sh` there
+    gpu = {"gpu_check": "step time, tokens/s, MFU and the device image step of a 1B VITA",
+           "gpu_step": "the 7B-shaped step per trainer configuration: today's against the new default, MFU, HFU, "
+                       "memory per token per layer, host syncs"}
+    for name, what in gpu.items():
+        if name not in recorded:
+            parts.append(f"## {name}\n\n`bash bench/gpu_check.sh` runs `bench/{name}.py` ({what}) on one "
+                         f"H100/H200; it has not been run on a GPU yet: no figures.\n")
     return "\n".join(parts)
 
 

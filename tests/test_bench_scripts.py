@@ -23,24 +23,44 @@ NOT_ON_GPU_MACHINE = ("torchaudio", "soundfile", "deepspeed", "peft", "qwen_toke
                       "kubernetes", "prometheus_client", "PIL", "pydantic", "flash_attn")
 
 
-def test_gpu_check_cpu_path():
+def run_as_on_the_gpu_machine(script: str) -> dict:
+    """`script --cpu-smoke` with only what the GPU machine has importable; its JSON result."""
     out = run("-c", f"import sys, runpy\nfor m in {NOT_ON_GPU_MACHINE!r}: sys.modules[m] = None\n"
-              "sys.argv = ['bench/gpu_check.py', '--cpu-smoke']\nrunpy.run_path(sys.argv[0], run_name='__main__')")
-    result = json.loads(out[out.index("{"):])
+              f"sys.argv = ['{script}', '--cpu-smoke']\nrunpy.run_path(sys.argv[0], run_name='__main__')")
+    return json.loads(out[out.index("{"):])
+
+
+def test_gpu_check_cpu_path():
+    result = run_as_on_the_gpu_machine("bench/gpu_check.py")
     assert result["packed_matches"] is True and result["tokens_per_s"] > 0 and result["device"] == "cpu"
     packing = result["packing"]
     assert 2 <= packing["rows"] < packing["samples"]  # two or more rows, some holding several samples
     reference = packing["flash_attention_varlen_reference/float32"]
     assert reference["matches"] and reference["without_varlen_args"] != reference["packed"]
+    assert packing["vita_varlen/float32"]["matches"]
     assert result["model_tflops"] > 0 and result["hardware_tflops"] >= result["model_tflops"]
 
 
-def test_gpu_check_peak_by_card_model():
-    sys.path.insert(0, str(ROOT / "bench"))
-    from gpu_check import peak_for
-    assert peak_for("NVIDIA H100 80GB HBM3") == 989.0 and peak_for("NVIDIA H100 PCIe") == 756.0
-    assert peak_for("NVIDIA H100 NVL") == 835.0 and peak_for("NVIDIA H200") == 989.0
-    assert peak_for("NVIDIA H200 NVL") == 835.0 and peak_for("Tesla T4") is None
+def test_gpu_step_cpu_path():
+    """bench/gpu_step.py's whole path on a tiny model: every configuration this machine can run, timed on two
+    decoder depths, and the same loss from padded and packed rows under SDPA and the varlen backend (fp32)."""
+    result = run_as_on_the_gpu_machine("bench/gpu_step.py")
+    configs = result["configs"]
+    assert set(result["skipped"]) == {"packed, flash_attention_2, all, fixed", "packed, flash_attention_2, none, "
+                                      "fixed", "packed, varlen, all, fused loss (Liger)",
+                                      "packed, varlen, none, fixed, Liger kernels"}
+    assert len(configs) == 4 and all(c["step_s_28_layers"] > 0 and c["tokens_per_s"] > 0 for c in configs.values())
+    losses = [c["loss"] for c in configs.values()]
+    assert max(losses) - min(losses) < 1e-3, configs
+    assert result["new_default"]["attention"] == "varlen" and result["new_default"]["speedup_vs_today"] > 0
+    assert "no ZeRO-3 collectives" in result["bound"]
+
+
+def test_card_peaks_by_model_name():
+    from vita_trainer.model.flops import peak_tflops
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops("NVIDIA H100 NVL") == 835.0 and peak_tflops("NVIDIA H200") == 989.0
+    assert peak_tflops("NVIDIA H200 NVL") == 835.0 and peak_tflops("Tesla T4") is None
 
 
 def test_token_efficiency_compares_against_length_grouped_batches():

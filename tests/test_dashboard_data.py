@@ -38,6 +38,8 @@ RUN_NAME = "dash"
 NOT_FILLED = {
     "GPU memory (rank 0 peak)": "the trainer runs on CPU here: there is no GPU memory to report",
     "GPU memory by rank (peak)": "the trainer runs on CPU here: there is no GPU memory to report",
+    "MFU (model FLOPs over the GPUs' bf16 peak)": "the trainer runs on CPU here: no card peak to divide by "
+                                                  "(test_metrics covers the gauge)",
     "Benchmark scores": "needs lmms-eval Jobs after a stage (test_benchmarks_after_stage reads the same gauge from "
                         "the operator's /metrics)",
     "Skipped samples (1h)": "needs unreadable samples in the stage's data (the tiny demo data are all readable; "

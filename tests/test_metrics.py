@@ -43,3 +43,57 @@ def test_metrics_are_served_and_follow_prometheus_naming():
 def test_metric_names_are_defined_once():
     names = TrainerMetrics().names()
     assert {"vita_train_tokens_total", "vita_train_checkpoint_seconds_bucket", "vita_train_loss"} <= names
+
+
+def test_mfu_is_the_counted_model_flops_per_second_over_the_peak(monkeypatch):
+    """vita_train_mfu: the FLOPs the collator counted since the last log, per second, over the GPU's peak (a
+    made-up 1e12 FLOP/s card: this machine has none, and without a peak there is no series at all)."""
+    import vita_trainer.train.metrics as metrics
+    clock = iter([100.0, 104.0])  # the callback's start, then the log: 4 s apart
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: next(clock, 104.0))
+    cb = MetricsCallback(TrainerMetrics(), "s", "multimodal_sft", 0, peak_flops=1e12)
+    state = SimpleNamespace(is_world_process_zero=True, is_local_process_zero=True, max_steps=10, global_step=1,
+                            epoch=0.1)
+    cb.count_batch(tokens=100, samples=1, skipped=[], flops=1.2e12)
+    cb.count_batch(tokens=100, samples=1, skipped=[], flops=0.4e12)
+    cb.on_log(None, state, None, logs={"loss": 1.0})
+    assert cb.m.mfu.labels("s")._value.get() == 1.6e12 / 4 / 1e12
+    assert cb.total_flops == 1.6e12 and cb.mfu(cb.total_flops, 8.0) == 0.2
+    no_peak = MetricsCallback(TrainerMetrics(), "s", "multimodal_sft", 0)
+    no_peak.count_batch(tokens=100, samples=1, skipped=[], flops=1e12)
+    no_peak.on_log(None, state, None, logs={"loss": 1.0})
+    assert no_peak.mfu(1e12, 1.0) is None and "vita_train_mfu{" not in _exposition(no_peak)
+
+
+def _exposition(cb) -> str:
+    from prometheus_client import generate_latest
+    return generate_latest(cb.m.registry).decode()
+
+
+def test_model_flops_by_hand(tok):
+    """The LLM's part by the usual formula, written out here for the tiny config: 6 x decoder weights per token,
+    the head at labelled positions only (chunked loss), causal attention 4 x width per pair x 3 (trained); the
+    vision tower of the 7B layout against 2 x parameters x tokens + bidirectional attention."""
+    from vita_trainer.model.builder import tiny_config, vita_1p5_config
+    from vita_trainer.model.flops import StepFlops, peak_tflops
+    cfg = tiny_config(tok)  # hidden 64, 4 heads of 16, 2 key/value heads, MLP 256, 2 layers
+    h, kv, ffn, layers, vocab = 64, 32, 256, 2, cfg.text_config.vocab_size
+    per_layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * ffn + 2 * h
+    tokens, labelled = 300, 40
+    expected = 6 * (layers * per_layer * tokens + h * vocab * labelled) + 3 * 4 * h * layers * tokens * (tokens + 1) / 2
+    sft = StepFlops.of(cfg, frozenset({"llm", "mm_projector", "audio_adapter"}))
+    assert sft.sample(tokens, labelled) == expected
+    # the same sample with the LLM frozen but the projector trained (stage 1): gradients pass through the LLM (4)
+    align = StepFlops.of(cfg, frozenset({"mm_projector"}))
+    assert align.sample(tokens, labelled) == 4 * (layers * per_layer * tokens + h * vocab * labelled) + \
+        3 * 4 * h * layers * tokens * (tokens + 1) / 2
+    # unchunked loss: the head at every position
+    assert StepFlops.of(cfg, frozenset({"llm"}), chunked_loss=False).sample(tokens, labelled) - sft.sample(
+        tokens, labelled) == 6 * h * vocab * (tokens - labelled)
+    big = StepFlops.of(vita_1p5_config(), frozenset({"llm"}))
+    # InternViT-300M: 304,012,288 parameters (the released weights layout), 448 px / 14 = 1024 patches + CLS
+    vit_params, vit_tokens, width, vit_layers = 304_012_288, 1025, 1024, 24
+    by_hand = 2 * vit_params * vit_tokens + 4 * width * vit_tokens ** 2 * vit_layers
+    assert abs(big.tile_flops - by_hand) / by_hand < 0.03, (big.tile_flops, by_hand)
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and peak_tflops("NVIDIA H200 NVL") == 835.0
+    assert peak_tflops("cpu") is None

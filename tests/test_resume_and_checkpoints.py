@@ -49,6 +49,17 @@ def test_resume_matches_uninterrupted_run(data, tmp_path):
     r = run(train_cmd(cut, data))  # same command: resumes automatically
     assert r.returncode == 0, r.stderr[-3000:]
     assert "checkpoint-4" in r.stderr[r.stderr.index("resuming from"):][:300]
+    # ZeRO-3 checkpoints hold the shards and no gathered 16-bit model; the stage's final output has it
+    assert (ref / "checkpoint-8" / "latest").is_file() and (ref / "checkpoint-8" / "config.json").is_file()
+    assert not list((ref / "checkpoint-8").glob("model*.safetensors")) and (ref / "model.safetensors").is_file()
+    # ZeRO-3 sized for the model: one decoder layer per bucket (written out from the config), encoders whole
+    text = json.loads((data / "base_model" / "config.json").read_text())["text_config"]
+    h, ffn = text["hidden_size"], text["intermediate_size"]
+    kv = text["num_key_value_heads"] * h // text["num_attention_heads"]
+    layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * ffn + 2 * h
+    assert (f"ZeRO-3: {{'stage3_prefetch_bucket_size': {layer}, 'reduce_bucket_size': {layer}, "
+            f"'stage3_param_persistence_threshold': {10 * h}}}; gathered whole (frozen): "
+            f"['vision_tower', 'audio_encoder']") in r.stderr, r.stderr[-3000:]
     ref_l, cut_l = dict(losses(ref)), dict(losses(cut))
     assert sorted(cut_l) == list(range(1, 9))
     for step in (1, 2, 3, 4):  # restored from the checkpoint's trainer state

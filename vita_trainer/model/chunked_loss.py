@@ -61,13 +61,18 @@ def _chunk_loss(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor)
 
 def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor,
                            num_items_in_batch=None, chunk_tokens: int | None = None,
-                           calls: int | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean next-token loss over labelled positions (or the sum over `num_items_in_batch`, as HF's loss does)."""
+                           calls: int | None = None, positions: torch.Tensor | None = None,
+                           fused: nn.Module | None = None) -> torch.Tensor:
+    """Mean next-token loss over labelled positions (or the sum over `num_items_in_batch`, as HF's loss does).
+    `fused` (model/liger.py) computes the summed loss of all labelled positions in one fused call instead."""
     chunk_tokens = chunk_tokens or CHUNK_TOKENS
     hidden, targets, _ = _labelled(hidden, labels, positions)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for piece in chunk_slices(targets.numel(), chunk_tokens, hidden.device, calls):
-        total = total + checkpoint(_chunk_loss, lm_head, hidden[piece], targets[piece], use_reentrant=False)
+    if fused is not None:
+        total = fused(hidden, targets)
+    else:
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for piece in chunk_slices(targets.numel(), chunk_tokens, hidden.device, calls):
+            total = total + checkpoint(_chunk_loss, lm_head, hidden[piece], targets[piece], use_reentrant=False)
     if num_items_in_batch is None:
         return total / max(targets.numel(), 1)
     return total / num_items_in_batch

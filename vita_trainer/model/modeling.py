@@ -50,6 +50,9 @@ class VitaForCausalLM(PreTrainedModel):
         self.audio_adapter = AudioAdapter(a["d_model"], llm_dim, stride=a["adapter_stride"], kernel=a["adapter_kernel"])
         # CTC head for the audio-encoder stage (reference stage 2.1, never released there).
         self.ctc_head = nn.Linear(a["d_model"], config.ctc_vocab_size) if config.ctc_vocab_size else None
+        # Liger's fused linear cross-entropy (model/liger.py, --use_liger_kernel); a submodule once set, without
+        # parameters of its own
+        self.fused_loss: nn.Module | None = None
         self.post_init()
 
     # Set by the trainer (--activation_checkpointing): which LLM decoder layers checkpoint when checkpointing is on
@@ -174,6 +177,7 @@ class VitaForCausalLM(PreTrainedModel):
         if attention_mask is None and (position_ids is not None or VARLEN_KWARGS[0] in kwargs):
             kwargs["use_cache"] = False  # rows by boundaries or position ids: training, no cache
         positions = kwargs.pop("label_positions", None)  # the collator's (data/collator.py: label_positions)
+        kwargs.pop("skip_logits", None)  # HF's evaluation adds it under --use_liger_kernel; no logits here anyway
         if labels is not None and self.chunked_loss:
             return self._chunked_loss_forward(embeds, attention_mask, labels, position_ids, positions, **kwargs)
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
@@ -211,7 +215,7 @@ class VitaForCausalLM(PreTrainedModel):
             return out
         return CausalLMOutputWithPast(loss=chunked_causal_lm_loss(hidden, head, labels, num_items_in_batch,
                                                                   self.lm_head_chunk_tokens, self.lm_head_calls,
-                                                                  positions),
+                                                                  positions, self.fused_loss),
                                       logits=None)
 
     @classmethod
@@ -231,6 +235,8 @@ class VitaForCausalLM(PreTrainedModel):
     def generate_from_inputs(self, input_ids, attention_mask, pixel_values=None, audio_features=None,
                              audio_feature_lengths=None, images=None, image_sizes=None, image_grids=None,
                              **gen_kwargs):
+        for key in (*VARLEN_KWARGS, "label_positions"):  # a training collator's batch: for its loss, not here
+            gen_kwargs.pop(key, None)
         pixel_values = self.tiles(pixel_values, images, image_sizes, image_grids)
         embeds = self.embed_inputs(input_ids, pixel_values, audio_features, audio_feature_lengths)
         raise_failed()  # before generating from a mis-spliced prompt

@@ -103,6 +103,9 @@ def setup_model(model_args: ModelArguments, args: VitaTrainingArguments, preset:
         groups = groups - {"llm"}
     counts = apply_trainable(model, groups)
     use_attention(model, model_args.attn_implementation)
+    if args.use_liger_kernel:
+        from ..model.liger import apply_liger
+        apply_liger(model)
     model.checkpoint_policy = args.checkpoint_policy
     model.chunked_loss = args.chunked_loss
     model.frozen_audio_encoder_eval = args.frozen_audio_encoder_eval
@@ -186,19 +189,37 @@ def module_learning_rates(preset: StagePreset, args: VitaTrainingArguments) -> d
     return dict(preset.module_lr) | flags
 
 
+def gpu_peak_flops() -> float | None:
+    """This GPU's bf16 dense peak (FLOP/s) by its name, for MFU; None on CPU or a card not in the table."""
+    from ..model.flops import peak_tflops
+    if not torch.cuda.is_available():
+        return None
+    tflops = peak_tflops(torch.cuda.get_device_name())
+    return tflops * 1e12 if tflops else None
+
+
+def step_flops(setup: ModelSetup, args: VitaTrainingArguments, preset: StagePreset):
+    """The model FLOPs per sample of this stage (model/flops.py); None for the CTC stage (no LLM step)."""
+    from ..model.flops import StepFlops
+    if preset.objective == "ctc":
+        return None
+    return StepFlops.of(setup.model.config, setup.groups, args.chunked_loss, lora="lora" in setup.counts)
+
+
 def build_trainer(setup: ModelSetup, data: DataSetup, data_args: DataArguments, args: VitaTrainingArguments,
                   preset: StagePreset, stage_name: str) -> Any:
     from .metrics import MetricsCallback, TrainerMetrics
     from .faults import FaultInjection
     from .trainer import VitaTrainer, token_budget_sampler
 
-    metrics = MetricsCallback(TrainerMetrics(), stage_name, preset.name, args.metrics_port)
+    metrics = MetricsCallback(TrainerMetrics(), stage_name, preset.name, args.metrics_port, gpu_peak_flops())
     module_lr = module_learning_rates(preset, args)
     budget = data_args.max_tokens_per_batch
     return VitaTrainer(model=setup.model, args=args, train_dataset=data.dataset, data_collator=data.collator,
                        eval_dataset=data.eval_dataset, eval_collator=data.eval_collator,
                        processing_class=setup.tokenizer, callbacks=[metrics, FaultInjection()],
                        metrics_callback=metrics, module_lr=module_lr,
+                       step_flops=step_flops(setup, args, preset) if metrics.peak_flops else None,
                        partial_groups=None if saves_full_weights(setup.groups, args.save_full_model,
                                                                  lora="lora" in setup.counts) else setup.groups,
                        train_sampler=(token_budget_sampler(data.dataset, args, budget,
@@ -273,6 +294,7 @@ def single_process_rendezvous(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from .fabric import check_fabric, prepare_nccl_log
+    from .zero3 import prepare_zero3
     argv = sys.argv[1:] if argv is None else argv
     single_process_rendezvous(argv)
     nccl_log = prepare_nccl_log()  # before the process group exists: NCCL reads it then
@@ -294,6 +316,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stage_name = args.stage_name or preset.name
     registry = load_registry(data_args.data_registry)  # a bad registry fails before the model loads
     setup = setup_model(model_args, args, preset)
+    prepare_zero3(args, setup.model)
     setup.model.lm_head_calls = lm_head_calls(args, data_args)
     setup.model.lm_head_chunk_tokens = args.lm_head_chunk_tokens
     log.info("stage %s (preset %s) trains %s", stage_name, preset.name, setup.counts)
@@ -326,7 +349,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "eval_loss_by_modality": {k.removeprefix("eval_loss_"): v for k, v in final_eval.items()
                                          if k.startswith("eval_loss_")},
                "seconds": round(time.time() - start, 1), "audio_warnings": vars(data.processor.warnings),
-               "fabric": fabric}
+               "fabric": fabric, "mfu": trainer.metrics_callback.mfu(trainer.metrics_callback.total_flops,
+                                                                    result.metrics.get("train_runtime", 0.0))}
     write_summary(summary, args)
     if torch.distributed.is_initialized():
         # A process group left alive at interpreter exit can abort a rank ("terminate called ...").

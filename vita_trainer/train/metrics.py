@@ -35,6 +35,8 @@ class TrainerMetrics:
         self.checkpoint_seconds = Histogram("vita_train_checkpoint_seconds", "Seconds to write a checkpoint", L,
                                             registry=r, buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800))
         self.gpu_memory = Gauge("vita_train_gpu_memory_bytes", "Peak GPU memory allocated on rank 0", L, registry=r)
+        self.mfu = Gauge("vita_train_mfu", "Model FLOPs utilisation since the last log: the model FLOPs the trained "
+                         "samples needed (model/flops.py) per second, over the GPUs' bf16 dense peak", L, registry=r)
         # Every rank's own figures, served by the first process of each node (so every pod is a scrape target):
         # the dashboard's per-node panels find a straggler or a node short of memory.
         R = ["stage", "node_rank", "rank"]
@@ -90,9 +92,12 @@ class MetricsCallback(TrainerCallback):
     """Every rank counts tokens, samples and skips; at each log step the counts are summed over ranks and rank 0
     exports them and prints one progress line."""
 
-    def __init__(self, metrics: TrainerMetrics, stage: str, preset: str, port: int):
+    def __init__(self, metrics: TrainerMetrics, stage: str, preset: str, port: int,
+                 peak_flops: float | None = None):
         self.m, self.stage, self.preset, self.port = metrics, stage, preset, port
-        self.pending = {"tokens": 0.0, "samples": 0.0}
+        self.peak_flops = peak_flops  # one GPU's bf16 dense peak, FLOP/s (model/flops.py); None: no MFU
+        self.pending = {"tokens": 0.0, "samples": 0.0, "flops": 0.0}
+        self.total_flops = 0.0  # all ranks, every log so far
         self.pending_skips: dict[str, float] = {}
         self.last_time = time.monotonic()
         self.start_time = self.last_time
@@ -102,9 +107,10 @@ class MetricsCallback(TrainerCallback):
         self.step_end: float | None = None
         self.timing = {"step": 0.0, "wait": 0.0, "steps": 0}
 
-    def count_batch(self, tokens: int, samples: int, skipped: list[str]):
+    def count_batch(self, tokens: int, samples: int, skipped: list[str], flops: float = 0.0):
         self.pending["tokens"] += tokens
         self.pending["samples"] += samples
+        self.pending["flops"] += flops
         for reason in skipped:
             self.pending_skips[reason] = self.pending_skips.get(reason, 0) + 1
 
@@ -144,10 +150,11 @@ class MetricsCallback(TrainerCallback):
             return
         reasons = DATA_ERROR_REASONS  # the same vector length on every rank, or the all_reduce would hang
         mine = self.pending["tokens"]
-        summed = _all_reduce([self.pending["tokens"], self.pending["samples"]]
+        summed = _all_reduce([self.pending["tokens"], self.pending["samples"], self.pending["flops"]]
                              + [self.pending_skips.get(r, 0) for r in reasons])
-        tokens, samples, skips = summed[0], summed[1], dict(zip(reasons, summed[2:]))
-        self.pending = {"tokens": 0.0, "samples": 0.0}
+        tokens, samples, flops, skips = summed[0], summed[1], summed[2], dict(zip(reasons, summed[3:]))
+        self.pending = {"tokens": 0.0, "samples": 0.0, "flops": 0.0}
+        self.total_flops += flops
         self.pending_skips = {}
         now = time.monotonic()
         dt = max(now - self.last_time, 1e-9)
@@ -167,6 +174,8 @@ class MetricsCallback(TrainerCallback):
                 self.m.skipped.labels(s, reason).inc(n)
         self.m.tokens_per_second.labels(s).set(tokens / dt)
         self.m.samples_per_second.labels(s).set(samples / dt)
+        if (mfu := self.mfu(flops, dt)) is not None:
+            self.m.mfu.labels(s).set(mfu)
         self.m.step.labels(s).set(state.global_step)
         self.m.epoch.labels(s).set(state.epoch or 0.0)
         if torch.cuda.is_available():
@@ -177,6 +186,14 @@ class MetricsCallback(TrainerCallback):
             log.info("[%s] step %d/%d loss %.4f lr %.2e grad_norm %s tokens/s %.0f eta %ds", s, state.global_step,
                      state.max_steps, logs["loss"], logs.get("learning_rate", 0.0),
                      f"{logs['grad_norm']:.3f}" if "grad_norm" in logs else "-", tokens / dt, eta)
+
+    def mfu(self, flops: float, seconds: float) -> float | None:
+        """`flops` of all ranks in `seconds`, over every GPU's peak; None without a known peak (CPU, a card not in
+        model/flops.py's table) or before any work was counted."""
+        if not self.peak_flops or not flops:
+            return None
+        gpus = torch.distributed.get_world_size() if _distributed() else 1
+        return flops / max(seconds, 1e-9) / (self.peak_flops * gpus)
 
     def _record_eval(self, state, logs: dict) -> None:
         s = self.stage

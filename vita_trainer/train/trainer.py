@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer
+from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import rotate_checkpoints
 
@@ -97,13 +99,15 @@ class CountingCollator:
     one key that compute_loss takes off before the model sees the batch. It rides in the batch because the collator
     runs in DataLoader worker processes, whose counters the trainer cannot read."""
 
-    def __init__(self, collate):
+    def __init__(self, collate, flops=None):
         self.collate = collate
+        self.flops = flops  # model/flops.StepFlops, for MFU; None: not counted
 
     def __call__(self, samples: list[dict]) -> dict:
         batch = self.collate(samples)
         batch[BATCH_COUNTS] = {"tokens": sum(len(s["input_ids"]) for s in samples),
                                "positions": batch["input_ids"].numel(), "samples": len(samples),
+                               "flops": sum(self.flops.processed(s) for s in samples) if self.flops else 0.0,
                                "skipped": [r for s in samples for r in s.get("skipped_reasons", [])],
                                "modalities": [s.get("modality", "text") for s in samples]}
         return batch
@@ -113,9 +117,10 @@ class CountingCollator:
 
 class VitaTrainer(Trainer):
     def __init__(self, *args, metrics_callback=None, module_lr: dict[str, float] | None = None,
-                 partial_groups: frozenset[str] | None = None,
+                 partial_groups: frozenset[str] | None = None, step_flops=None,
                  modality_lengths=None, train_sampler=None, data_collator=None, eval_collator=None, **kwargs):
-        super().__init__(*args, data_collator=CountingCollator(data_collator) if data_collator else None, **kwargs)
+        super().__init__(*args, data_collator=CountingCollator(data_collator, step_flops) if data_collator else None,
+                         **kwargs)
         self.eval_collate = eval_collator
         self._eval_sums: dict[str, list[float]] = {}
         self.metrics_callback = metrics_callback
@@ -153,7 +158,8 @@ class VitaTrainer(Trainer):
         fault_oom(self.state.global_step, self.args.per_device_train_batch_size)
         counts = inputs.pop(BATCH_COUNTS, {"tokens": 0, "samples": 0, "skipped": []})
         if self.metrics_callback is not None and model.training:  # validation batches are not trained tokens
-            self.metrics_callback.count_batch(counts["tokens"], counts["samples"], counts["skipped"])
+            self.metrics_callback.count_batch(counts["tokens"], counts["samples"], counts["skipped"],
+                                              counts.get("flops", 0.0))
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = result[0] if return_outputs else result
         if fault_nonfinite(self.state.global_step):
@@ -297,14 +303,26 @@ class VitaTrainer(Trainer):
     # --- adapter-only checkpoints -------------------------------------------------------------
     def save_model(self, output_dir=None, _internal_call=False):
         """A checkpoint of an adapter-only stage writes {group}.bin for what trains (every rank joins the gather),
-        not the gathered 16-bit model (17 GB for 7B); the stage's final outputs are written by save_outputs."""
-        if not (_internal_call and self.partial_groups):
+        not the gathered 16-bit model (17 GB for 7B); the stage's final outputs are written by save_outputs. A
+        checkpoint of a full stage under ZeRO-3 writes no weights here either: its ZeRO shards (written with the
+        optimizer's) are what a resume loads and what `vita-model convert` reads, so only the stage's final save
+        gathers the 16-bit model."""
+        if not _internal_call:
             return super().save_model(output_dir, _internal_call)
-        from .weights import save_groups
         output_dir = output_dir or self.args.output_dir
         if self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
-        save_groups(self.model, self.partial_groups, output_dir, self.args.should_save)  # the bare model
+        if self.partial_groups:
+            from .weights import save_groups
+            save_groups(self.model, self.partial_groups, output_dir, self.args.should_save)  # the bare model
+            return None
+        if not (self.is_deepspeed_enabled and is_deepspeed_zero3_enabled()):
+            return super().save_model(output_dir, _internal_call)
+        if self.args.should_save:  # what a checkpoint folder needs besides the weights: config, tokenizer, args
+            self.accelerator.unwrap_model(self.model).config.save_pretrained(output_dir)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         return None
 
     def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
