@@ -143,6 +143,7 @@ def samples(cfg, n: int, max_length: int, seed: int, smoke: bool) -> list[dict]:
         if length > max_length:
             continue
         ids = torch.randint(10, vocab, (length,), generator=g)
+        ids[(ids == cfg.image_token_id) | (ids == cfg.audio_token_id)] = 10  # media slots only where placed below
         at = CHAT_OVERHEAD
         ids[at:at + tiles * cfg.tokens_per_tile] = cfg.image_token_id
         at += tiles * cfg.tokens_per_tile
