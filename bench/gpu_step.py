@@ -268,14 +268,14 @@ def matmul_tflops(device: str) -> float | None:
     return 2 * 8192 ** 3 * n / (time.perf_counter() - start) / 1e12
 
 
-def attention_computed(batch: dict, sdpa: bool, width: int, layers: int) -> float:
+def attention_computed(batch: dict, sdpa: bool, step_flops) -> float:
     """Forward attention FLOPs the backend computes: every (query, key) pair of each row under SDPA (its mask
     hides pairs but the kernel still scores them), the causal pairs of each segment under a varlen kernel."""
     rows, row_width = batch["input_ids"].shape
     if sdpa:
-        return 4 * width * layers * rows * row_width * row_width
+        return 4 * step_flops.attention_width * step_flops.layers * rows * row_width * row_width
     cu = batch["cu_seq_lens_q"].tolist()
-    return sum(4 * width * layers * n * (n + 1) / 2 for n in (z - a for a, z in zip(cu, cu[1:])))
+    return sum(step_flops.causal_attention(z - a) for a, z in zip(cu, cu[1:]))
 
 
 def run(a) -> dict:
@@ -318,12 +318,10 @@ def run(a) -> dict:
 
     full = model_config(a.cpu_smoke, 4 if a.cpu_smoke else 28, tok)
     full_layers, text = full.text_config.num_hidden_layers, full.text_config
-    width = text.num_attention_heads * (text.hidden_size // text.num_attention_heads)
     step_flops = StepFlops.of(full, STAGE3)
     flops = sum(step_flops.processed(s) for b in chosen for s in b) / len(chosen)
     tokens = sum(len(s["input_ids"]) for b in chosen for s in b) / len(chosen)
-    useful_attention = sum(4 * width * full_layers * n * (n + 1) / 2
-                           for b in chosen for n in (len(s["input_ids"]) for s in b)) / len(chosen)
+    useful_attention = sum(step_flops.causal_attention(len(s["input_ids"])) for b in chosen for s in b) / len(chosen)
     layouts = {packed: [collate(b, packed, a.max_length, "cpu") for b in chosen] for packed in (True, False)}
     from vita_trainer.model import memory
     shape = memory.LayerShape.of(text)
@@ -334,8 +332,7 @@ def run(a) -> dict:
         projected = t[LAYERS[0]] + (full_layers - LAYERS[0]) * per_layer
         batches = layouts[config.packed]
         positions = sum(b["input_ids"].numel() for b in batches) / len(batches)
-        computed = sum(attention_computed(b, config.attention == "sdpa", width, full_layers)
-                       for b in batches) / len(batches)
+        computed = sum(attention_computed(b, config.attention == "sdpa", step_flops) for b in batches) / len(batches)
         recomputed = config.checkpointing == "all"
         # hardware FLOPs: the decoder on every position (padding too), the attention really computed, and the
         # checkpointed layers' forward again

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vita_api.constants import IGNORE_INDEX
+from ..data.audio_tokens import audio_llm_tokens
+
 # bf16 dense peak TFLOP/s (no sparsity) by card model, from NVIDIA's data sheets; the first name the device name
 # contains wins, so the more specific names come first (torch names the SXM H100 "NVIDIA H100 80GB HBM3").
 PEAK_BF16_TFLOPS = (("H200 NVL", 835.0), ("H200", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0),
@@ -59,13 +62,10 @@ class StepFlops:
     def sample(self, tokens: int, labelled: int, tiles: int = 0, clip_frames: tuple[int, ...] = ()) -> float:
         """A sample of `tokens` tokens with `labelled` of them predicting a label, its image tiles and its clips'
         fbank frames."""
-        from ..data.audio_tokens import audio_llm_tokens
         llm = self.llm_factor * (self.decoder_params * tokens
                                  + self.head_params * (labelled if self.chunked_loss else tokens))
-        # causal pairs s(s+1)/2, 4 x width FLOPs each forward; attention has no weights: a backward pass through
-        # it costs twice its forward
-        attention = 4 * self.attention_width * self.layers * tokens * (tokens + 1) / 2
-        llm += attention * (3 if self.llm_factor > 2 else 1)
+        # attention has no weights: a backward pass through it costs twice its forward
+        llm += self.causal_attention(tokens) * (3 if self.llm_factor > 2 else 1)
         towers = tiles * (self.tile_factor * self.tile_flops + self.projector_factor * self.projector_flops)
         a, b, c = self.clip_fit
         for t in clip_frames:
@@ -73,9 +73,12 @@ class StepFlops:
             towers += self.adapter_factor * self.adapter_flops_per_token * audio_llm_tokens(t, self.adapter_stride)
         return llm + towers
 
+    def causal_attention(self, tokens: int) -> float:
+        """The LLM's attention over one sample, forward: causal pairs s(s+1)/2, 4 x width FLOPs each, every layer."""
+        return 4 * self.attention_width * self.layers * tokens * (tokens + 1) / 2
+
     def processed(self, s: dict) -> float:
         """A processed sample's (data/processor.py): tiles made on the host or by the device pipeline."""
-        from vita_api.constants import IGNORE_INDEX
         if s.get("pixel_values") is not None:
             tiles = int(s["pixel_values"].shape[0])
         else:

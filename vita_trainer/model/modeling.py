@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.utils.generic import is_flash_attention_requested
 
@@ -59,11 +60,10 @@ class VitaForCausalLM(PreTrainedModel):
     # (model/checkpointing.py); the encoders' layers keep transformers' setting.
     checkpoint_policy: str | int = "all"
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, every_n_layers=1):
-        from torch.utils.checkpoint import checkpoint
-
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=checkpoint,
+                                    every_n_layers: int = 1):
         from .checkpointing import checkpointed
-        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func or checkpoint, every_n_layers)
+        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
         if enable:
             layers = self.language_model.get_decoder().layers
             for layer, on in zip(layers, checkpointed(self.checkpoint_policy, len(layers))):

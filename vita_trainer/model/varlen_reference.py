@@ -1,6 +1,7 @@
 """flash-attention-2's semantics in plain torch, registered as a transformers attention backend.
 
-For checks where the flash_attn kernels are missing (CPU, or a GPU image without them): like FA2 it gets no mask;
+For checks where the flash_attn kernels are missing (CPU, or a GPU image without them), and the trainer's varlen
+backend where PyTorch's varlen kernel cannot run (model/varlen_attention.py): like FA2 it gets no mask;
 with `cu_seq_lens_q` it attends causally inside each segment of the flattened rows (flash_varlen_fn), without
 them one causal call per row (flash_fn), which is what transformers runs for packed rows when a batch has two or
 more. Its name contains "flash", so the model treats it as flash attention and passes the boundaries on.
