@@ -200,6 +200,7 @@ def test_selective_activation_checkpointing_keeps_the_gradients(tok, tiny_cfg, m
     assert checkpointed("every_other", 4) == [True, False, True, False]
     assert checkpointed(3, 4) == [True, True, True, False] and checkpointed("none", 2) == [False, False]
     assert parse_policy("true") == "all" and parse_policy("False") == "none" and parse_policy("7") == 7
+    assert parse_policy("1") == 1 and parse_policy("0") == "none"  # counts, as new-run writes them
     from vita_trainer.model.builder import tiny_config
     cfg = tiny_config(tok, layers=4)
     torch.manual_seed(0)

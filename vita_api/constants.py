@@ -36,3 +36,6 @@ MIN_AUDIO_SECONDS, MAX_AUDIO_SECONDS = 0.5, 30.0
 # ImageNet normalisation (InternViT's); SigLIP uses 0.5/0.5 (vita_trainer/model/vision_families.py per family).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The words transformers' HfArgumentParser reads as booleans (its `string_to_bool`).
+TRUE_WORDS, FALSE_WORDS = ("yes", "true", "t", "y", "1"), ("no", "false", "f", "n", "0")

@@ -9,6 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from .constants import FALSE_WORDS, TRUE_WORDS
 from .errors import ConfigError
 from .module_groups import Group
 
@@ -45,9 +46,6 @@ def get_preset(name: str) -> StagePreset:
 # Reference freeze flags, in the order resolve_trainable applies them on top of the preset.
 FREEZE_FLAGS = ("tune_mm_mlp_adapter", "tune_audio_mlp_adapter", "freeze_backbone", "unfreeze_vision_tower",
                 "freeze_mm_mlp_adapter", "freeze_audio_encoder", "freeze_audio_encoder_adapter")
-
-
-TRUE_WORDS, FALSE_WORDS = ("yes", "true", "t", "y", "1"), ("no", "false", "f", "n", "0")
 
 
 def as_bool(value: object, flag: str = "value") -> bool:

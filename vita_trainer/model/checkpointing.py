@@ -9,22 +9,23 @@ of layers, the first N (Megatron-LM's "block" method; the memory saved is the sa
 from __future__ import annotations
 
 from vita_api.errors import ConfigError
+from vita_api.constants import FALSE_WORDS, TRUE_WORDS
 
 POLICIES = ("all", "none", "every_other")
-TRUE, FALSE = ("true", "yes", "1"), ("false", "no", "0")
 
 
 def parse_policy(value) -> str | int:
-    """The flag's value: a policy name or a layer count (HF's boolean spellings mean all and none)."""
+    """The flag's value: a policy name or a layer count; HF's other boolean words (as it parsed the flag when it
+    was a boolean) mean all and none."""
     text = str(value).strip().lower()
     if text in POLICIES:
         return text
-    if text in TRUE:
+    if text.isdigit():  # a layer count before HF's words: "1" is one layer (new-run writes counts), "0" is none
+        return int(text) or "none"
+    if text in TRUE_WORDS:
         return "all"
-    if text in FALSE:
+    if text in FALSE_WORDS:
         return "none"
-    if text.isdigit():
-        return int(text)
     raise ConfigError(f"--activation_checkpointing {value!r}: give all, none, every_other, or a number of layers")
 
 
@@ -40,6 +41,3 @@ def checkpointed(policy: str | int, layers: int) -> list[bool]:
         raise ConfigError(f"--activation_checkpointing {policy}: the model has {layers} decoder layers")
     return [i < int(policy) for i in range(layers)]
 
-
-def count(policy: str | int, layers: int) -> int:
-    return sum(checkpointed(policy, layers))
