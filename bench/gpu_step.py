@@ -278,6 +278,12 @@ def attention_computed(batch: dict, sdpa: bool, step_flops) -> float:
     return sum(step_flops.causal_attention(z - a) for a, z in zip(cu, cu[1:]))
 
 
+def per_decoder_layer(by_depth: dict[int, float]) -> float:
+    """One decoder layer's share of a figure (seconds, bytes) measured at both depths: the difference over the
+    layers added."""
+    return (by_depth[LAYERS[1]] - by_depth[LAYERS[0]]) / (LAYERS[1] - LAYERS[0])
+
+
 def run(a) -> dict:
     from vita_trainer.model.flops import StepFlops, peak_tflops
     device = "cpu" if a.cpu_smoke else "cuda"
@@ -327,9 +333,8 @@ def run(a) -> dict:
     shape = memory.LayerShape.of(text)
     report = {}
     for config in runnable:
-        t = times[config.name]
-        per_layer = (t[LAYERS[1]] - t[LAYERS[0]]) / (LAYERS[1] - LAYERS[0])
-        projected = t[LAYERS[0]] + (full_layers - LAYERS[0]) * per_layer
+        per_layer = per_decoder_layer(times[config.name])
+        projected = times[config.name][LAYERS[0]] + (full_layers - LAYERS[0]) * per_layer
         batches = layouts[config.packed]
         positions = sum(b["input_ids"].numel() for b in batches) / len(batches)
         computed = sum(attention_computed(b, config.attention == "sdpa", step_flops) for b in batches) / len(batches)
@@ -338,8 +343,7 @@ def run(a) -> dict:
         # checkpointed layers' forward again
         hardware = (flops + 6 * step_flops.decoder_params * (positions - tokens) + 3 * (computed - useful_attention)
                     + (2 * step_flops.decoder_params * positions + computed if recomputed else 0.0))
-        memory_per_layer = (peaks[config.name][LAYERS[1]] - peaks[config.name][LAYERS[0]]) / (
-            LAYERS[1] - LAYERS[0]) / tokens
+        memory_per_layer = per_decoder_layer(peaks[config.name]) / tokens
         report[config.name] = {
             "tokens_per_s": round(tokens / projected, 1), "step_s_28_layers": round(projected, 4),
             "decoder_layer_s": round(per_layer, 5), "mfu": _ratio(flops / projected, peak),
@@ -356,7 +360,7 @@ def run(a) -> dict:
     fits = stage3_memory(a.gpus, a.budget, card_gib)
     fewest = min(full_layers, fits["fewest_checkpointed_layers"] if fits["fewest_checkpointed_layers"] is not None
                  else full_layers)
-    layer_all, layer_none = ((t[LAYERS[1]] - t[LAYERS[0]]) / (LAYERS[1] - LAYERS[0]) for t in (t_all, t_none))
+    layer_all, layer_none = per_decoder_layer(t_all), per_decoder_layer(t_none)
     new_step = t_none[LAYERS[0]] - LAYERS[0] * layer_none + fewest * layer_all + (full_layers - fewest) * layer_none
     today = report[CONFIGS[0].name]
     result.update(configs=report, new_default={
