@@ -298,7 +298,7 @@ def test_a_lost_node_retries_the_pytorchjob_stage_without_spending_a_retry(kubef
         # ("DeletionByPodGC: PodGC: node no longer exists"); the node is named in `nodes` either way
         assert "no longer exists" in rec["failures"][0]["disruption"]
         assert kubeflow.phase(name) in ("Running", "Queued")
-        assert any(e["reason"] == "StageDisrupted" and node in e["message"] for e in run_events(kubeflow, name))
+        wait_for_event(kubeflow, name, "StageDisrupted", node)
         assert all(p["spec"]["nodeName"] != node for p in kubeflow.running_pods(retry, backend, 2))
         assert_no_forbidden(op)
 
@@ -319,8 +319,7 @@ def test_a_lost_node_restarts_the_trainjob_in_place(kubeflow):
                        timeout=60, what="the restart recorded on the run")
         assert rec["restartsInPlace"] == 1 and rec["attempts"] == 1 and not rec.get("disruptions")
         assert f"{name}-s1-2" not in kubeflow.jobs(backend) and kubeflow.phase(name) == "Running"
-        assert any(e["reason"] == "StageRestartedInPlace" and node in e["message"]
-                   for e in run_events(kubeflow, name))
+        wait_for_event(kubeflow, name, "StageRestartedInPlace", node)
         assert_no_forbidden(op)
 
 
@@ -345,8 +344,11 @@ def node_lost_under_rank0(kubeflow, backend: str, name: str):
             kubeflow.stack.restore_node(node)
 
 
-def run_events(kubeflow, name: str) -> list[dict]:
-    return [e for e in kubeflow.get("events")["items"] if e["involvedObject"]["name"] == name]
+def wait_for_event(kubeflow, name: str, reason: str, text: str) -> None:
+    """The run's event with `reason` whose message names `text`. The operator writes the status before it posts the
+    decision's events, so a test that saw the status may look a moment before the event exists."""
+    wait_for(lambda: any(e["involvedObject"]["name"] == name and e["reason"] == reason and text in e["message"]
+                         for e in kubeflow.get("events")["items"]), timeout=30, what=f"a {reason} event naming {text}")
 
 
 def test_a_partly_created_job_is_explained_and_fails_its_attempt_after_the_startup_timeout(kubeflow):
